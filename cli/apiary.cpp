@@ -1,0 +1,158 @@
+// apiary: the front. Parses a scenario, runs it on the backend it names, writes results.
+//
+//   apiary run [SCENARIO] [--seed N] [--set key=value]... [--out FILE.h5] [--json] [--quiet]
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "analysis/h5/results_file.hpp"
+#include "apiary/quickstart.hpp"
+#include "apiary/version.hpp"
+#include "core/runtime/metrics.hpp"
+#include "core/scenario/swarm_spec.hpp"
+#include "real/live_swarm.hpp"
+#ifdef APIARY_WITH_NS3
+#include "sim/sim_swarm.hpp"
+#endif
+
+namespace {
+
+using namespace apiary;
+
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled), t0_(std::chrono::steady_clock::now()) {}
+  void operator()(double f) {
+    if (!enabled_) return;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const int width = 30, filled = static_cast<int>(f * width);
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.resize(width, ' ');
+    const double eta = f > 0.01 ? elapsed * (1 - f) / f : 0;
+    std::fprintf(stderr, "\r[%s] %3d%%  %.1fs elapsed, ~%.1fs left ", bar.c_str(),
+                 static_cast<int>(f * 100), elapsed, eta);
+    if (f >= 1.0) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+nlohmann::json summarize(const SwarmSpec& spec, const Metrics& m, const RunInfo& info,
+                         const std::string& out) {
+  nlohmann::json metrics;
+  for (const auto& [k, v] : m.counters()) metrics["counters"][k] = v;
+  for (const auto& [k, v] : m.series()) {
+    metrics["series"][k] = {{"count", v.size()},
+                            {"mean", m.mean(k)},
+                            {"p50", m.quantile(k, 0.5)},
+                            {"p95", m.quantile(k, 0.95)},
+                            {"p99", m.quantile(k, 0.99)}};
+  }
+  char hash[32];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(m.trace_hash()));
+  metrics["trace_hash"] = hash;
+  metrics["trace_events"] = m.trace_events();
+  nlohmann::json cost = info.figures;
+  cost["wall_seconds"] = info.wall_seconds;
+  return {{"scenario", spec.name},
+          {"source", spec.scenario_source},
+          {"backend", info.backend},
+          {"seed", spec.seed},
+          {"peers", spec.peers},
+          {"run_seconds", info.run_seconds},
+          {"results", out},
+          {"metrics", metrics},
+          {"cost", cost}};
+}
+
+void print_human(const nlohmann::json& j) {
+  const auto& c = j["metrics"]["counters"];
+  auto get = [&](const char* k) -> long long { return c.contains(k) ? c[k].get<long long>() : 0; };
+  std::printf("%s (%s, %d peers, %.0f s, seed %llu)\n", j["scenario"].get<std::string>().c_str(),
+              j["backend"].get<std::string>().c_str(), j["peers"].get<int>(),
+              j["run_seconds"].get<double>(), j["seed"].get<unsigned long long>());
+  std::printf("  pings: %lld sent, %lld ok, %lld timed out, %lld unreachable\n", get("ping.sent"),
+              get("ping.ok"), get("ping.failed.timeout"), get("ping.failed.unreachable"));
+  if (j["metrics"].contains("series") && j["metrics"]["series"].contains("ping.rtt_ns")) {
+    const auto& s = j["metrics"]["series"]["ping.rtt_ns"];
+    std::printf("  rtt: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms\n", s["p50"].get<double>() / 1e6,
+                s["p95"].get<double>() / 1e6, s["p99"].get<double>() / 1e6);
+  }
+  std::printf("  messages: %lld, bad frames: %lld\n", get("transport.messages_sent"),
+              get("transport.bad_frames"));
+  const auto& cost = j["cost"];
+  if (cost.contains("us_per_message"))
+    std::printf("  ns-3 cost: %.2f us per message, %.0f bytes per peer, %.1fx real time\n",
+                cost["us_per_message"].get<double>(), cost["peak_bytes_per_peer"].get<double>(),
+                cost["speedup_vs_real_time"].get<double>());
+  std::printf("  wall time: %.2f s; results: %s\n", cost["wall_seconds"].get<double>(),
+              j["results"].get<std::string>().c_str());
+}
+
+int run(const std::string& scenario_path, std::optional<std::uint64_t> seed,
+        std::vector<std::string> sets, std::string out, bool json, bool quiet) {
+  if (seed) sets.push_back("seed=" + std::to_string(*seed));
+  Scenario sc = scenario_path.empty()
+                    ? Scenario::from_string(kQuickstartScenario, "<embedded quickstart>", sets)
+                    : Scenario::from_file(scenario_path, sets);
+  SwarmSpec spec = parse_swarm_spec(sc);
+  if (out.empty()) out = "out/" + spec.name + "-seed" + std::to_string(spec.seed) + ".h5";
+
+  Metrics metrics;
+  ProgressBar bar(!quiet && isatty(STDERR_FILENO));
+  ProgressFn progress = [&bar](double f) { bar(f); };
+  RunInfo info;
+  if (spec.backend == "sim") {
+#ifdef APIARY_WITH_NS3
+    info = sim::run_sim_swarm(spec, metrics, progress);
+#else
+    throw std::runtime_error("this build has no ns-3 backend (APIARY_WITH_NS3=OFF)");
+#endif
+  } else {
+    info = real::run_live_swarm(spec, metrics, progress);
+  }
+  results::write_h5(out, spec, metrics, info);
+  const auto summary = summarize(spec, metrics, info, out);
+  if (!quiet) print_human(summary);
+  if (json) std::cout << summary.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Apiary: decentralized deep learning in simulation and live"};
+  app.set_version_flag("--version", std::string("apiary ") + apiary::kVersion);
+  app.require_subcommand(1);
+
+  auto* run_cmd = app.add_subcommand("run", "Run a scenario (the embedded quickstart if none)");
+  std::string scenario, out;
+  std::optional<std::uint64_t> seed;
+  std::vector<std::string> sets;
+  bool json = false, quiet = false;
+  run_cmd->add_option("scenario", scenario, "Scenario file (TOML); see scenarios/README.md");
+  run_cmd->add_option("--seed", seed, "Override the scenario's seed");
+  run_cmd->add_option("--set", sets, "Override a key: --set peers=1000 --set network.latency=50ms");
+  run_cmd->add_option("--out", out, "HDF5 results file (default out/<name>-seed<N>.h5)");
+  run_cmd->add_flag("--json", json, "Print a JSON summary as the last line of stdout");
+  run_cmd->add_flag("--quiet", quiet, "No progress bar or human summary");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*run_cmd) return run(scenario, seed, sets, out, json, quiet || json);
+  } catch (const apiary::ScenarioError& e) {
+    std::fprintf(stderr, "apiary: scenario error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "apiary: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

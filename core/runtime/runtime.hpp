@@ -1,0 +1,74 @@
+#pragma once
+// The runtime contract: everything a protocol may use to touch the world. Each peer gets its own
+// set, passed in by reference; nothing is global. Two implementations exist: sim/ (ns-3: simulated
+// time and ns-3 UDP sockets) and real/ (Boost.Asio: steady clock and TCP). Both are
+// single-threaded per peer: callbacks never run concurrently with each other.
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "core/runtime/endpoint.hpp"
+#include "core/runtime/error.hpp"
+#include "core/runtime/observer.hpp"
+#include "core/runtime/payload.hpp"
+#include "core/runtime/rng.hpp"
+#include "core/runtime/time.hpp"
+
+namespace apiary {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual TimePoint now() const = 0;
+};
+
+using TimerId = std::uint64_t;  // 0 is never a valid id
+
+class Timers {
+ public:
+  virtual ~Timers() = default;
+  // Runs `fn` once after `delay` (>= 0). Timers due at the same instant fire in the order they
+  // were scheduled.
+  virtual TimerId schedule(Duration delay, std::function<void()> fn) = 0;
+  // Cancels a pending timer; returns false if it already fired, was cancelled, or is unknown.
+  virtual bool cancel(TimerId id) = 0;
+};
+
+// What a transport tells its owner.
+class TransportHandler {
+ public:
+  virtual ~TransportHandler() = default;
+  // A whole message from `from` (the sender's listening endpoint).
+  virtual void on_message(const Endpoint& from, Message message) = 0;
+  // Messages to `peer` could not be delivered (connection refused/reset, peer unreachable).
+  // Silence is also possible: a transport may drop messages without notice (a dead host), which
+  // the RPC layer turns into timeouts.
+  virtual void on_peer_error(const Endpoint& peer, const Error& error) = 0;
+};
+
+struct TransportLimits {
+  std::uint64_t max_header = 1u << 20;       // 1 MiB
+  std::uint64_t max_payload = 1ull << 30;    // 1 GiB
+  std::uint32_t max_streams_in_flight = 64;  // per connection
+};
+
+// Delivery contract: messages to one destination arrive in order, whole or not at all. Large
+// payloads are streamed in parts and interleave with small messages.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual Endpoint local() const = 0;
+  virtual void set_handler(TransportHandler* handler) = 0;
+  virtual void send(const Endpoint& to, Message message) = 0;
+};
+
+struct Runtime {
+  Clock& clock;
+  Timers& timers;
+  Transport& transport;
+  Rng& rng;
+  Observer& observer;
+  TimePoint now() const { return clock.now(); }
+};
+
+}  // namespace apiary

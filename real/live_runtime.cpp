@@ -1,0 +1,340 @@
+#include <utility>  // before asio: Boost 1.74's awaitable.hpp needs std::exchange
+#include "real/live_runtime.hpp"
+
+#include <array>
+#include <deque>
+#include <map>
+
+#include <boost/asio.hpp>
+
+#include "core/wire/frame.hpp"
+
+namespace apiary::real {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+const std::array<std::uint8_t, wire::kPartSize>& zeros() {
+  static const std::array<std::uint8_t, wire::kPartSize> z{};
+  return z;
+}
+tcp::endpoint to_asio(const Endpoint& e) { return {asio::ip::address_v4(e.ip), e.port}; }
+}  // namespace
+
+struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
+  struct OutMsg {
+    std::uint32_t stream = 0;
+    Bytes header;
+    Payload payload;
+    std::uint64_t offset = 0;
+    bool begun = false;
+  };
+
+  struct Connection : std::enable_shared_from_this<Connection> {
+    Connection(Impl& o, tcp::socket s) : owner(o), sock(std::move(s)), decoder(o.opts.limits) {}
+    Impl& owner;
+    tcp::socket sock;
+    Endpoint peer;  // the remote's listening endpoint; unknown (port 0) until its HELLO
+    bool outbound = false;
+    bool open = true;
+    wire::FrameDecoder decoder;
+    std::array<std::uint8_t, 64 * 1024> rbuf{};
+    std::deque<OutMsg> small, bulk;
+    Bytes hello;  // written first on an outbound connection
+    bool writing = false;
+    bool connected = false;
+    std::uint32_t next_stream = 1;
+    // Buffers of the write in flight.
+    Bytes frame_prefix;
+    std::vector<asio::const_buffer> bufs;
+  };
+
+  Impl(asio::io_context& io_, LiveOptions o) : io(io_), opts(o), local(o.listen) {}
+
+  asio::io_context& io;
+  LiveOptions opts;
+  Endpoint local;
+  std::unique_ptr<tcp::acceptor> acceptor;
+  TransportHandler* handler = nullptr;
+  NullObserver null_observer;
+  Observer* observer = &null_observer;
+  std::map<Endpoint, std::shared_ptr<Connection>> by_peer;
+  std::map<Connection*, std::shared_ptr<Connection>> all;
+  std::map<TimerId, std::unique_ptr<asio::steady_timer>> timers;
+  TimerId next_timer = 1;
+
+  void accept_loop() {
+    if (!acceptor) return;
+    acceptor->async_accept([self = weak_from_this()](boost::system::error_code ec, tcp::socket s) {
+      auto me = self.lock();
+      if (!me || !me->acceptor) return;
+      if (!ec) {
+        if (me->all.size() >= me->opts.max_connections) {
+          me->observer->count("transport.rejected_connections");
+        } else {
+          s.set_option(tcp::no_delay(true));
+          auto c = std::make_shared<Connection>(*me, std::move(s));
+          c->connected = true;
+          me->all.emplace(c.get(), c);
+          me->read_loop(c);
+        }
+      }
+      me->accept_loop();
+    });
+  }
+
+  void read_loop(const std::shared_ptr<Connection>& c) {
+    c->sock.async_read_some(asio::buffer(c->rbuf), [self = weak_from_this(), c](
+                                                       boost::system::error_code ec, std::size_t n) {
+      auto me = self.lock();
+      if (!me || !c->open) return;
+      if (ec) {
+        me->drop(c, "connection closed: " + ec.message());
+        return;
+      }
+      std::vector<wire::FrameDecoder::Event> events;
+      try {
+        c->decoder.feed({c->rbuf.data(), n}, events);
+      } catch (const wire::DecodeError& e) {
+        me->observer->count("transport.bad_frames");
+        me->observer->log(LogLevel::kWarn, "transport",
+                          "closing connection from " + me->remote_text(*c) + ": " + e.what());
+        me->drop(c, std::string("protocol error: ") + e.what(), /*notify=*/false);
+        return;
+      }
+      for (auto& ev : events) {
+        if (!c->open) return;
+        if (ev.is_hello) {
+          if (c->peer.valid() || !ev.hello.valid()) {
+            me->observer->count("transport.bad_frames");
+            me->drop(c, "unexpected HELLO", false);
+            return;
+          }
+          c->peer = ev.hello;
+          me->by_peer.try_emplace(c->peer, c);
+          continue;
+        }
+        if (!c->peer.valid()) {
+          me->observer->count("transport.bad_frames");
+          me->observer->log(LogLevel::kWarn, "transport",
+                            "closing connection from " + me->remote_text(*c) +
+                                ": message before HELLO");
+          me->drop(c, "message before HELLO", false);
+          return;
+        }
+        me->observer->count("transport.messages_received");
+        if (me->handler) me->handler->on_message(c->peer, std::move(ev.message));
+      }
+      if (c->open) me->read_loop(c);
+    });
+  }
+
+  std::string remote_text(const Connection& c) const {
+    boost::system::error_code ec;
+    auto ep = c.sock.remote_endpoint(ec);
+    return ec ? std::string("?") : ep.address().to_string() + ":" + std::to_string(ep.port());
+  }
+
+  void drop(const std::shared_ptr<Connection>& c, const std::string& why, bool notify = true) {
+    if (!c->open) return;
+    c->open = false;
+    boost::system::error_code ignored;
+    c->sock.close(ignored);
+    all.erase(c.get());
+    auto it = by_peer.find(c->peer);
+    if (it != by_peer.end() && it->second == c) by_peer.erase(it);
+    const bool had_work = !c->small.empty() || !c->bulk.empty();
+    c->small.clear();
+    c->bulk.clear();
+    if (notify && c->peer.valid() && handler) {
+      if (had_work) observer->count("transport.undelivered");
+      handler->on_peer_error(c->peer, Error{ErrorCode::kUnreachable, why});
+    }
+  }
+
+  void send(const Endpoint& to, Message m) {
+    std::shared_ptr<Connection> c;
+    auto it = by_peer.find(to);
+    if (it != by_peer.end() && it->second->open) {
+      c = it->second;
+    } else {
+      c = std::make_shared<Connection>(*this, tcp::socket(io));
+      c->peer = to;
+      c->outbound = true;
+      c->hello = wire::encode_hello(local);
+      by_peer[to] = c;
+      all.emplace(c.get(), c);
+      c->sock.async_connect(to_asio(to), [self = weak_from_this(), c](boost::system::error_code ec) {
+        auto me = self.lock();
+        if (!me || !c->open) return;
+        if (ec) {
+          me->observer->count("transport.connect_failures");
+          me->drop(c, "connect: " + ec.message());
+          return;
+        }
+        c->sock.set_option(tcp::no_delay(true));
+        c->connected = true;
+        me->read_loop(c);
+        me->write_next(c);
+      });
+    }
+    OutMsg out;
+    out.stream = c->next_stream++;
+    out.header = std::move(m.header);
+    out.payload = std::move(m.payload);
+    observer->count("transport.messages_sent");
+    observer->count("transport.bytes_sent", static_cast<std::int64_t>(out.header.size() + out.payload.size()));
+    if (out.payload.size() <= wire::kPartSize)
+      c->small.push_back(std::move(out));
+    else
+      c->bulk.push_back(std::move(out));
+    if (c->connected) write_next(c);
+  }
+
+  void write_next(const std::shared_ptr<Connection>& c) {
+    if (c->writing || !c->open || !c->connected) return;
+    c->bufs.clear();
+    c->frame_prefix.clear();
+    if (!c->hello.empty()) {
+      c->frame_prefix = std::move(c->hello);
+      c->hello.clear();
+      c->bufs.push_back(asio::buffer(c->frame_prefix));
+    } else if (!c->small.empty() || !c->bulk.empty()) {
+      auto& q = !c->small.empty() ? c->small : c->bulk;
+      OutMsg& m = q.front();
+      const std::uint64_t part = std::min<std::uint64_t>(wire::kPartSize, m.payload.size() - m.offset);
+      if (!m.begun) {
+        c->frame_prefix = wire::encode_begin_prefix(m.stream, static_cast<std::uint32_t>(m.header.size()),
+                                                    m.payload.size(), part);
+        c->bufs.push_back(asio::buffer(c->frame_prefix));
+        c->bufs.push_back(asio::buffer(m.header));
+        m.begun = true;
+      } else {
+        auto ph = wire::encode_part_header(m.stream, m.offset, static_cast<std::uint32_t>(part));
+        c->frame_prefix.assign(ph.begin(), ph.end());
+        c->bufs.push_back(asio::buffer(c->frame_prefix));
+      }
+      if (part) {
+        if (m.payload.has_data())
+          c->bufs.push_back(asio::buffer(m.payload.data().data() + m.offset, part));
+        else
+          c->bufs.push_back(asio::buffer(zeros().data(), part));
+      }
+      m.offset += part;
+      // Keep the message alive until its bytes are written: the buffers point into it.
+    } else {
+      return;
+    }
+    c->writing = true;
+    asio::async_write(c->sock, c->bufs, [self = weak_from_this(), c](boost::system::error_code ec,
+                                                                     std::size_t) {
+      auto me = self.lock();
+      if (!me || !c->open) return;
+      c->writing = false;
+      if (ec) {
+        me->drop(c, "write: " + ec.message());
+        return;
+      }
+      me->retire_written(*c);
+      me->write_next(c);
+    });
+  }
+
+  // After a write completes: pop finished messages; rotate bulk streams for fairness.
+  void retire_written(Connection& c) {
+    auto retire = [](std::deque<OutMsg>& q, bool rotate) {
+      if (q.empty() || !q.front().begun) return;
+      OutMsg& m = q.front();
+      if (m.offset >= m.payload.size()) {
+        q.pop_front();
+      } else if (rotate && q.size() > 1) {
+        q.push_back(std::move(q.front()));
+        q.pop_front();
+      }
+    };
+    // Whatever was written came from the front of small (if begun) or bulk.
+    if (!c.small.empty() && c.small.front().begun)
+      retire(c.small, false);
+    else
+      retire(c.bulk, true);
+  }
+
+  void close_all() {
+    if (acceptor) {
+      boost::system::error_code ignored;
+      acceptor->close(ignored);
+      acceptor.reset();
+    }
+    auto conns = all;
+    for (auto& [p, c] : conns) drop(c, "closed", false);
+    by_peer.clear();
+    for (auto& [id, t] : timers) t->cancel();
+    timers.clear();
+  }
+};
+
+LiveRuntime::LiveRuntime(asio::io_context& io, LiveOptions options)
+    : impl_(std::make_shared<Impl>(io, options)) {}
+
+LiveRuntime::~LiveRuntime() { close(); }
+
+void LiveRuntime::open() {
+  if (impl_->acceptor) return;
+  auto acc = std::make_unique<tcp::acceptor>(impl_->io);
+  const auto ep = to_asio(impl_->opts.listen);
+  acc->open(ep.protocol());
+  acc->set_option(tcp::acceptor::reuse_address(true));
+  acc->bind(ep);
+  acc->listen();
+  impl_->local = Endpoint{impl_->opts.listen.ip, acc->local_endpoint().port()};
+  impl_->acceptor = std::move(acc);
+  impl_->accept_loop();
+}
+
+void LiveRuntime::close() { impl_->close_all(); }
+std::size_t LiveRuntime::connections() const { return impl_->all.size(); }
+std::size_t LiveRuntime::pending_timers() const { return impl_->timers.size(); }
+void LiveRuntime::set_observer(Observer& observer) { impl_->observer = &observer; }
+
+TimePoint LiveRuntime::now() const {
+  return TimePoint(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() -
+                                                        impl_->opts.epoch));
+}
+
+TimerId LiveRuntime::schedule(Duration delay, std::function<void()> fn) {
+  const TimerId id = impl_->next_timer++;
+  auto t = std::make_unique<asio::steady_timer>(impl_->io);
+  t->expires_after(delay < Duration::zero() ? Duration::zero() : delay);
+  t->async_wait([self = std::weak_ptr<Impl>(impl_), id, fn = std::move(fn)](boost::system::error_code ec) {
+    if (ec) return;
+    auto me = self.lock();
+    if (!me) return;
+    auto it = me->timers.find(id);
+    if (it == me->timers.end()) return;  // cancelled after it expired
+    auto keep = std::move(it->second);  // the timer object outlives its own handler
+    me->timers.erase(it);
+    fn();
+  });
+  impl_->timers.emplace(id, std::move(t));
+  return id;
+}
+
+bool LiveRuntime::cancel(TimerId id) {
+  auto it = impl_->timers.find(id);
+  if (it == impl_->timers.end()) return false;
+  it->second->cancel();
+  impl_->timers.erase(it);
+  return true;
+}
+
+Endpoint LiveRuntime::local() const { return impl_->local; }
+void LiveRuntime::set_handler(TransportHandler* handler) { impl_->handler = handler; }
+
+void LiveRuntime::send(const Endpoint& to, Message message) {
+  // Transport contract: send never calls the handler synchronously; errors arrive from the
+  // io_context.
+  impl_->send(to, std::move(message));
+}
+
+}  // namespace apiary::real

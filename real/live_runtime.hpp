@@ -1,0 +1,56 @@
+#pragma once
+// The runtime contract on real sockets: a steady clock, Boost.Asio timers, and a TCP transport
+// with one reused connection per peer pair. A connection opens with a HELLO frame naming the
+// sender's listening endpoint, so the other side can answer on it. Messages are framed as in
+// core/wire/frame.hpp; payloads over one part (256 KiB) are streamed part by part, interleaved
+// round-robin with other streams, and small messages go first, so a 64 MiB transfer does not
+// hold up a ping. Malformed input closes the offending connection and is counted
+// (transport.bad_frames); the peer keeps serving. Everything runs on one io_context thread.
+//
+// Asio stays out of this header (pimpl) so protocol tests and tools compile fast.
+#include <chrono>
+#include <memory>
+
+#include "core/runtime/runtime.hpp"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace apiary::real {
+
+struct LiveOptions {
+  Endpoint listen{Endpoint::ipv4(127, 0, 0, 1), 0};  // port 0: pick a free one
+  TransportLimits limits;
+  std::size_t max_connections = 4096;
+  std::chrono::steady_clock::time_point epoch = std::chrono::steady_clock::now();
+};
+
+class LiveRuntime final : public Clock, public Timers, public Transport {
+ public:
+  LiveRuntime(boost::asio::io_context& io, LiveOptions options);
+  ~LiveRuntime() override;
+  LiveRuntime(const LiveRuntime&) = delete;
+  LiveRuntime& operator=(const LiveRuntime&) = delete;
+
+  // Binds and listens; throws std::system_error if the address is taken. local() is valid after.
+  void open();
+  // Closes the listener and every connection, cancels every timer. Idempotent.
+  void close();
+  std::size_t connections() const;
+  std::size_t pending_timers() const;
+  void set_observer(Observer& observer);
+
+  TimePoint now() const override;
+  TimerId schedule(Duration delay, std::function<void()> fn) override;
+  bool cancel(TimerId id) override;
+  Endpoint local() const override;
+  void set_handler(TransportHandler* handler) override;
+  void send(const Endpoint& to, Message message) override;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace apiary::real

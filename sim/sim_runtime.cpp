@@ -1,0 +1,221 @@
+#include "sim/sim_runtime.hpp"
+
+#include <algorithm>
+
+#include <ns3/inet-socket-address.h>
+#include <ns3/ipv4-address.h>
+#include <ns3/packet.h>
+#include <ns3/simulator.h>
+#include <ns3/udp-socket-factory.h>
+
+#include "core/wire/frame.hpp"
+
+namespace apiary::sim {
+
+using namespace ns3;
+
+namespace {
+enum Flags : std::uint8_t { kHeaderBeside = 1, kPayloadBeside = 2 };
+std::int64_t now_ns() { return Simulator::Now().GetNanoSeconds(); }
+}  // namespace
+
+void Sidecar::put(Key key, Entry e) {
+  e.put_at_ns = now_ns();
+  if (e.put_at_ns >= next_sweep_ns_) sweep(e.put_at_ns);
+  entries_.insert_or_assign(key, std::move(e));
+}
+
+std::optional<Sidecar::Entry> Sidecar::take(Key key) {
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return std::nullopt;
+  Entry e = std::move(it->second);
+  entries_.erase(it);
+  return e;
+}
+
+void Sidecar::sweep(std::int64_t now) {
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (now - it->second.put_at_ns > ttl_ns_) {
+      it = entries_.erase(it);
+      ++swept_;
+    } else {
+      ++it;
+    }
+  }
+  next_sweep_ns_ = now + ttl_ns_ / 4;
+}
+
+SimRuntime::SimRuntime(Ptr<Node> node, Endpoint local, Sidecar& sidecar, TransportLimits limits)
+    : node_(node), local_(local), sidecar_(sidecar), limits_(limits) {}
+
+SimRuntime::~SimRuntime() { close(); }
+
+void SimRuntime::open() {
+  if (socket_) return;
+  socket_ = Socket::CreateSocket(node_, UdpSocketFactory::GetTypeId());
+  if (socket_->Bind(InetSocketAddress(Ipv4Address(local_.ip), local_.port)) != 0)
+    throw std::runtime_error("sim: cannot bind " + local_.to_string());
+  socket_->SetRecvCallback(MakeCallback(&SimRuntime::on_readable, this));
+}
+
+void SimRuntime::close() {
+  for (auto& [id, ev] : timers_) Simulator::Cancel(ev);
+  timers_.clear();
+  incoming_.clear();
+  if (socket_) {
+    socket_->SetRecvCallback(MakeNullCallback<void, Ptr<Socket>>());
+    socket_->Close();
+    socket_ = nullptr;
+  }
+}
+
+TimePoint SimRuntime::now() const { return time_from_ns(now_ns()); }
+
+TimerId SimRuntime::schedule(Duration delay, std::function<void()> fn) {
+  const TimerId id = next_timer_++;
+  auto ev = Simulator::Schedule(NanoSeconds(std::max<std::int64_t>(0, delay.count())),
+                                [this, id, fn = std::move(fn)] {
+                                  timers_.erase(id);
+                                  fn();
+                                });
+  timers_.emplace(id, ev);
+  return id;
+}
+
+bool SimRuntime::cancel(TimerId id) {
+  auto it = timers_.find(id);
+  if (it == timers_.end()) return false;
+  Simulator::Cancel(it->second);
+  timers_.erase(it);
+  return true;
+}
+
+void SimRuntime::send(const Endpoint& to, Message message) {
+  if (!socket_) return;  // a stopped peer sends nothing
+  const std::uint32_t stream = next_stream_++;
+  const bool header_beside = message.header.size() > kInlineHeaderMax;
+  const bool payload_beside = message.payload.has_data();
+  std::uint8_t flags = (header_beside ? kHeaderBeside : 0) | (payload_beside ? kPayloadBeside : 0);
+  if (header_beside || payload_beside) {
+    Sidecar::Entry e;
+    if (header_beside) e.header = message.header;
+    e.payload = message.payload;
+    sidecar_.put(sidecar_key(local_, stream), std::move(e));
+  }
+  // BEGIN datagram: real frame header, real message header (unless beside), first payload part.
+  const std::uint64_t total = message.payload.size();
+  const std::uint64_t header_len = message.header.size();
+  const std::uint32_t real_header = header_beside ? 0 : static_cast<std::uint32_t>(header_len);
+  std::uint64_t virtual_now = header_beside ? header_len : 0;  // a big header still costs wire time
+  std::uint64_t first_part =
+      std::min<std::uint64_t>(total, kDatagramPayload > real_header ? kDatagramPayload - real_header : 0);
+  wire::FrameHeader fh{wire::FrameType::kBegin, flags, stream, 4 + real_header, total};
+  auto head = wire::encode_frame_header(fh);
+  Bytes buf(head.begin(), head.end());
+  wire::Writer w(buf);
+  w.u32(static_cast<std::uint32_t>(header_len));
+  if (!header_beside) w.raw(message.header);
+  Ptr<Packet> p = Create<Packet>(buf.data(), static_cast<std::uint32_t>(buf.size()));
+  if (first_part + virtual_now) p->AddAtEnd(Create<Packet>(static_cast<std::uint32_t>(first_part + virtual_now)));
+  const InetSocketAddress dst(Ipv4Address(to.ip), to.port);
+  socket_->SendTo(p, 0, dst);
+  std::uint64_t datagrams = 1;
+  for (std::uint64_t off = first_part; off < total; off += kDatagramPayload) {
+    const auto n = static_cast<std::uint32_t>(std::min<std::uint64_t>(kDatagramPayload, total - off));
+    auto ph = wire::encode_part_header(stream, off, 0);
+    Ptr<Packet> part = Create<Packet>(ph.data(), static_cast<std::uint32_t>(ph.size()));
+    part->AddAtEnd(Create<Packet>(n));
+    socket_->SendTo(part, 0, dst);
+    ++datagrams;
+  }
+  observer_->count("transport.messages_sent");
+  observer_->count("transport.datagrams_sent", static_cast<std::int64_t>(datagrams));
+  observer_->count("transport.bytes_sent", static_cast<std::int64_t>(message.wire_size()));
+}
+
+void SimRuntime::on_readable(Ptr<Socket> socket) {
+  Address from_addr;
+  while (Ptr<Packet> p = socket->RecvFrom(from_addr)) {
+    auto inet = InetSocketAddress::ConvertFrom(from_addr);
+    on_datagram(Endpoint{inet.GetIpv4().Get(), inet.GetPort()}, p);
+    if (!socket_) return;  // the handler stopped this peer
+  }
+}
+
+void SimRuntime::on_datagram(const Endpoint& from, Ptr<Packet> packet) {
+  const std::uint32_t size = packet->GetSize();
+  try {
+    std::uint8_t head[wire::kFrameHeaderSize];
+    if (size < wire::kFrameHeaderSize) throw wire::DecodeError("datagram shorter than a frame header");
+    packet->CopyData(head, wire::kFrameHeaderSize);
+    const auto fh = wire::decode_frame_header({head, wire::kFrameHeaderSize});
+    auto& streams = incoming_[from];
+    if (fh.type == wire::FrameType::kBegin) {
+      if (fh.length < 4 || fh.length > size - wire::kFrameHeaderSize)
+        throw wire::DecodeError("BEGIN frame length out of range");
+      if (fh.extra > limits_.max_payload) throw wire::DecodeError("payload over limit");
+      if (streams.size() >= limits_.max_streams_in_flight)
+        throw wire::DecodeError("too many streams in flight");
+      if (streams.count(fh.stream)) throw wire::DecodeError("stream begun twice");
+      Bytes real(wire::kFrameHeaderSize + fh.length);
+      packet->CopyData(real.data(), static_cast<std::uint32_t>(real.size()));
+      wire::Reader r({real.data() + wire::kFrameHeaderSize, fh.length});
+      const std::uint32_t header_len = r.u32();
+      if (header_len > limits_.max_header) throw wire::DecodeError("message header over limit");
+      Incoming in;
+      in.flags = fh.flags;
+      in.total = fh.extra;
+      if (!(fh.flags & kHeaderBeside)) {
+        auto h = r.raw(header_len);
+        in.header.assign(h.begin(), h.end());
+        r.expect_end();
+      }
+      std::uint64_t virt = size - wire::kFrameHeaderSize - fh.length;
+      if (fh.flags & kHeaderBeside) virt -= std::min<std::uint64_t>(virt, header_len);
+      in.received = virt;
+      if (in.received > in.total) throw wire::DecodeError("payload part beyond declared size");
+      auto [it, ok] = streams.emplace(fh.stream, std::move(in));
+      if (it->second.received == it->second.total) deliver(from, fh.stream, it->second);
+    } else if (fh.type == wire::FrameType::kPart) {
+      auto it = streams.find(fh.stream);
+      if (it == streams.end()) throw wire::DecodeError("part for unknown stream");
+      if (fh.extra != it->second.received) throw wire::DecodeError("part out of order");
+      it->second.received += size - wire::kFrameHeaderSize - fh.length;
+      if (it->second.received > it->second.total)
+        throw wire::DecodeError("payload part beyond declared size");
+      if (it->second.received == it->second.total) deliver(from, fh.stream, it->second);
+    } else {
+      throw wire::DecodeError("unexpected frame type on a datagram socket");
+    }
+  } catch (const wire::DecodeError& e) {
+    incoming_.erase(from);
+    observer_->count("transport.bad_frames");
+    observer_->log(LogLevel::kWarn, "transport",
+                  "bad datagram from " + from.to_string() + ": " + e.what());
+  }
+}
+
+void SimRuntime::deliver(const Endpoint& from, std::uint32_t stream, Incoming& in) {
+  Message msg;
+  msg.header = std::move(in.header);
+  const std::uint64_t total = in.total;
+  const std::uint8_t flags = in.flags;
+  auto& streams = incoming_[from];
+  streams.erase(stream);
+  if (streams.empty()) incoming_.erase(from);
+  if (flags & (kHeaderBeside | kPayloadBeside)) {
+    auto e = sidecar_.take(sidecar_key(from, stream));
+    if (!e) {
+      observer_->count("transport.lost_sidecar");
+      return;
+    }
+    if (flags & kHeaderBeside) msg.header = std::move(e->header);
+    msg.payload = std::move(e->payload);
+  } else {
+    msg.payload = Payload::size_only(total);
+  }
+  observer_->count("transport.messages_received");
+  if (handler_) handler_->on_message(from, std::move(msg));
+}
+
+}  // namespace apiary::sim

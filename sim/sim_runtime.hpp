@@ -1,0 +1,102 @@
+#pragma once
+// The runtime contract on ns-3: simulated time, ns-3 events as timers, and a transport on an ns-3
+// UDP socket of the peer's node. Messages travel as datagrams of at most kDatagramPayload bytes:
+// the first carries the frame header and the message header as real bytes; the payload is sent
+// as virtual (zero-filled, unallocated) bytes so ns-3 models its transfer time, while the data,
+// if any, rides beside in a Sidecar keyed by (sender, stream). The channel is lossless and FIFO
+// per sender/receiver pair, so reassembly needs no retransmission; a peer that is down silently
+// drops what reaches it (the RPC layer reports timeouts).
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <tuple>
+
+#include <ns3/event-id.h>
+#include <ns3/node.h>
+#include <ns3/ptr.h>
+#include <ns3/socket.h>
+
+#include "core/runtime/runtime.hpp"
+
+namespace apiary::sim {
+
+// Message contents that ride beside the packets (payload data, oversized headers). Entries are
+// taken by the receiver; entries whose receiver died are swept after `ttl`.
+class Sidecar {
+ public:
+  struct Entry {
+    Bytes header;  // empty unless the header rides beside
+    Payload payload;
+    std::int64_t put_at_ns = 0;
+  };
+  using Key = std::tuple<std::uint32_t, std::uint16_t, std::uint32_t>;  // sender ip, port, stream
+  void put(Key key, Entry e);
+  std::optional<Entry> take(Key key);
+  std::size_t size() const { return entries_.size(); }
+  std::uint64_t swept() const { return swept_; }
+
+ private:
+  void sweep(std::int64_t now_ns);
+  std::map<Key, Entry> entries_;
+  std::int64_t ttl_ns_ = 600'000'000'000;  // 10 simulated minutes
+  std::int64_t next_sweep_ns_ = 0;
+  std::uint64_t swept_ = 0;
+};
+
+class SimRuntime final : public Clock, public Timers, public Transport {
+ public:
+  static constexpr std::size_t kDatagramPayload = 60000;
+  static constexpr std::size_t kInlineHeaderMax = 32768;
+
+  SimRuntime(ns3::Ptr<ns3::Node> node, Endpoint local, Sidecar& sidecar, TransportLimits limits = {});
+  // Where transport counters and logs go (a NullObserver until set).
+  void set_observer(Observer& observer) { observer_ = &observer; }
+  ~SimRuntime() override;
+
+  // Opens the socket (peer joins). Idempotent.
+  void open();
+  // Closes the socket and cancels every pending timer (peer leaves). Idempotent.
+  void close();
+  bool is_open() const { return static_cast<bool>(socket_); }
+  std::size_t pending_timers() const { return timers_.size(); }
+
+  // Clock
+  TimePoint now() const override;
+  // Timers
+  TimerId schedule(Duration delay, std::function<void()> fn) override;
+  bool cancel(TimerId id) override;
+  // Transport
+  Endpoint local() const override { return local_; }
+  void set_handler(TransportHandler* handler) override { handler_ = handler; }
+  void send(const Endpoint& to, Message message) override;
+
+ private:
+  struct Incoming {
+    Bytes header;
+    std::uint64_t total = 0;
+    std::uint64_t received = 0;
+    std::uint8_t flags = 0;
+  };
+  void on_readable(ns3::Ptr<ns3::Socket> socket);
+  void on_datagram(const Endpoint& from, ns3::Ptr<ns3::Packet> packet);
+  void deliver(const Endpoint& from, std::uint32_t stream, Incoming& in);
+  static Sidecar::Key sidecar_key(const Endpoint& from, std::uint32_t stream) {
+    return {from.ip, from.port, stream};
+  }
+
+  ns3::Ptr<ns3::Node> node_;
+  Endpoint local_;
+  Sidecar& sidecar_;
+  NullObserver null_observer_;
+  Observer* observer_ = &null_observer_;
+  TransportLimits limits_;
+  TransportHandler* handler_ = nullptr;
+  ns3::Ptr<ns3::Socket> socket_;
+  std::map<TimerId, ns3::EventId> timers_;
+  TimerId next_timer_ = 1;
+  std::uint32_t next_stream_ = 1;
+  std::map<Endpoint, std::map<std::uint32_t, Incoming>> incoming_;
+};
+
+}  // namespace apiary::sim

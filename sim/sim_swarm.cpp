@@ -1,0 +1,153 @@
+#include "sim/sim_swarm.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+
+#include <ns3/simulator.h>
+
+#include "sim/sim_network.hpp"
+
+namespace apiary::sim {
+
+using namespace ns3;
+
+namespace {
+
+std::uint64_t rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * 4096;
+}
+
+struct SimPeer {
+  std::unique_ptr<PeerObserver> observer;
+  Rng rng;
+  std::unique_ptr<Runtime> runtime;
+  std::unique_ptr<PeerStack> stack;
+  bool up = false;
+};
+
+class Swarm {
+ public:
+  Swarm(const SwarmSpec& spec, Metrics& metrics) : spec_(spec), metrics_(metrics) {}
+
+  RunInfo run(const ProgressFn& progress) {
+    const auto wall0 = std::chrono::steady_clock::now();
+    const std::uint64_t rss0 = rss_bytes();
+    Rng net_rng(spec_.seed ^ 0x6e6574776f726bULL);  // "network"
+    peers_.resize(spec_.peers);
+    directory_.reserve(spec_.peers);
+    for (std::uint32_t i = 0; i < spec_.peers; ++i) directory_.push_back(net_.endpoint(i));
+    for (std::uint32_t i = 0; i < spec_.peers; ++i) {
+      LinkParams link;
+      link.latency = NanoSeconds(static_cast<std::int64_t>(spec_.latency.sample(net_rng)));
+      link.up_bps = link.down_bps = std::max(1e3, spec_.bandwidth.sample(net_rng));
+      auto& p = peers_[i];
+      p.rng = Rng(spec_.seed).fork(i + 1);
+      net_.add_peer(link);
+      p.observer = std::make_unique<PeerObserver>(metrics_, net_.runtime(i), i);
+      net_.runtime(i).set_observer(*p.observer);
+      p.runtime = std::make_unique<Runtime>(Runtime{net_.runtime(i), net_.runtime(i),
+                                                    net_.runtime(i), p.rng, *p.observer});
+    }
+    const std::uint64_t rss1 = rss_bytes();
+
+    for (std::uint32_t i = 0; i < spec_.peers; ++i) join(i);
+    if (spec_.churn.kind != ChurnSpec::Kind::kNone)
+      for (std::uint32_t i = 0; i < spec_.peers; ++i) schedule_leave(i);
+
+    const Time end = NanoSeconds(spec_.duration.count());
+    if (progress) {
+      for (int k = 1; k < 100; ++k)
+        Simulator::Schedule(NanoSeconds(spec_.duration.count() / 100 * k),
+                            [progress, k] { progress(k / 100.0); });
+    }
+    Simulator::Stop(end);
+    const auto wall_sim0 = std::chrono::steady_clock::now();
+    Simulator::Run();
+    const auto wall_sim1 = std::chrono::steady_clock::now();
+    if (progress) progress(1.0);
+    const std::uint64_t rss2 = rss_bytes();
+
+    RunInfo info;
+    info.backend = "sim";
+    info.run_seconds = to_seconds(spec_.duration);
+    const double sim_wall = std::chrono::duration<double>(wall_sim1 - wall_sim0).count();
+    const auto messages = metrics_.counter("transport.messages_sent");
+    info.figures["sim_wall_seconds"] = sim_wall;
+    info.figures["messages"] = static_cast<double>(messages);
+    info.figures["us_per_message"] = messages ? sim_wall * 1e6 / static_cast<double>(messages) : 0;
+    info.figures["speedup_vs_real_time"] = sim_wall > 0 ? info.run_seconds / sim_wall : 0;
+    info.figures["build_bytes_per_peer"] =
+        static_cast<double>(rss1 > rss0 ? rss1 - rss0 : 0) / spec_.peers;
+    info.figures["peak_bytes_per_peer"] =
+        static_cast<double>(rss2 > rss0 ? rss2 - rss0 : 0) / spec_.peers;
+    info.figures["channel_packets"] = static_cast<double>(net_.channel().stats().packets);
+    info.figures["channel_dropped_down"] = static_cast<double>(net_.channel().stats().dropped_down);
+    info.figures["sidecar_swept"] = static_cast<double>(net_.sidecar().swept());
+
+    for (std::uint32_t i = 0; i < spec_.peers; ++i) leave(i);  // tear down before ns-3 goes
+    info.wall_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+    return info;
+  }
+
+ private:
+  void join(std::uint32_t i) {
+    auto& p = peers_[i];
+    net_.set_up(i, true);
+    p.stack = std::make_unique<PeerStack>(*p.runtime, spec_, directory_);
+    p.up = true;
+    p.observer->trace("peer.join", i, 0);
+    p.stack->start();
+  }
+  void leave(std::uint32_t i) {
+    auto& p = peers_[i];
+    if (!p.up) return;
+    p.observer->trace("peer.leave", i, 0);
+    p.stack.reset();
+    net_.set_up(i, false);
+    p.up = false;
+  }
+  Duration draw_session(Rng& rng) const {
+    const double mean = static_cast<double>(spec_.churn.mean_session.count());
+    if (spec_.churn.kind == ChurnSpec::Kind::kWeibull) {
+      const double k = spec_.churn.weibull_shape;
+      const double scale = mean / std::tgamma(1.0 + 1.0 / k);
+      return Duration(static_cast<std::int64_t>(rng.weibull(k, scale)));
+    }
+    return Duration(static_cast<std::int64_t>(rng.exponential(mean)));
+  }
+  // Churn decisions use the swarm's own stream so they do not shift a peer's protocol stream.
+  void schedule_leave(std::uint32_t i) {
+    Simulator::Schedule(NanoSeconds(draw_session(churn_rng_).count()), [this, i] {
+      leave(i);
+      metrics_.count("churn.leaves", 1);
+      const auto down = churn_rng_.exponential(static_cast<double>(spec_.churn.mean_downtime.count()));
+      Simulator::Schedule(NanoSeconds(static_cast<std::int64_t>(down)), [this, i] {
+        join(i);
+        metrics_.count("churn.joins", 1);
+        schedule_leave(i);
+      });
+    });
+  }
+
+  const SwarmSpec& spec_;
+  Metrics& metrics_;
+  SimNetwork net_;
+  std::vector<SimPeer> peers_;
+  std::vector<Endpoint> directory_;
+  Rng churn_rng_{spec_.seed ^ 0x636875726eULL};
+};
+
+}  // namespace
+
+RunInfo run_sim_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
+  Swarm swarm(spec, metrics);
+  return swarm.run(progress);
+}
+
+}  // namespace apiary::sim
