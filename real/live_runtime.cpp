@@ -61,8 +61,42 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
   Observer* observer = &null_observer;
   std::map<Endpoint, std::shared_ptr<Connection>> by_peer;
   std::map<Connection*, std::shared_ptr<Connection>> all;
-  std::map<TimerId, std::unique_ptr<asio::steady_timer>> timers;
+  // Timers: one asio timer per peer, armed for the earliest entry of an ordered queue, so
+  // timers due at the same instant fire in the order they were scheduled.
+  std::map<std::pair<TimePoint, TimerId>, std::function<void()>> queue;
+  std::map<TimerId, TimePoint> due_of;
   TimerId next_timer = 1;
+  std::unique_ptr<asio::steady_timer> wake;
+  TimePoint armed_for = TimePoint::max();
+
+  TimePoint clock_now() const {
+    return TimePoint(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - opts.epoch));
+  }
+  void arm() {
+    if (queue.empty()) return;
+    const TimePoint first = queue.begin()->first.first;
+    if (first >= armed_for) return;  // already armed early enough
+    armed_for = first;
+    if (!wake) wake = std::make_unique<asio::steady_timer>(io);
+    wake->expires_at(opts.epoch + first.time_since_epoch());
+    wake->async_wait([self = weak_from_this()](boost::system::error_code ec) {
+      if (ec) return;
+      auto me = self.lock();
+      if (!me) return;
+      me->armed_for = TimePoint::max();
+      me->fire_due();
+    });
+  }
+  void fire_due() {
+    const TimePoint t = clock_now();
+    // Take due entries one at a time: a callback may schedule or cancel others.
+    while (!queue.empty() && queue.begin()->first.first <= t) {
+      auto node = queue.extract(queue.begin());
+      due_of.erase(node.key().second);
+      node.mapped()();
+    }
+    arm();
+  }
 
   void accept_loop() {
     if (!acceptor) return;
@@ -269,8 +303,10 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     auto conns = all;
     for (auto& [p, c] : conns) drop(c, "closed", false);
     by_peer.clear();
-    for (auto& [id, t] : timers) t->cancel();
-    timers.clear();
+    queue.clear();
+    due_of.clear();
+    if (wake) wake->cancel();
+    armed_for = TimePoint::max();
   }
 };
 
@@ -282,7 +318,8 @@ LiveRuntime::~LiveRuntime() { close(); }
 void LiveRuntime::open() {
   if (impl_->acceptor) return;
   auto acc = std::make_unique<tcp::acceptor>(impl_->io);
-  const auto ep = to_asio(impl_->opts.listen);
+  // A reopened runtime (a restarted peer) listens on the port it had before.
+  const auto ep = to_asio(impl_->local.port ? impl_->local : impl_->opts.listen);
   acc->open(ep.protocol());
   acc->set_option(tcp::acceptor::reuse_address(true));
   acc->bind(ep);
@@ -294,42 +331,31 @@ void LiveRuntime::open() {
 
 void LiveRuntime::close() { impl_->close_all(); }
 std::size_t LiveRuntime::connections() const { return impl_->all.size(); }
-std::size_t LiveRuntime::pending_timers() const { return impl_->timers.size(); }
+std::size_t LiveRuntime::pending_timers() const { return impl_->queue.size(); }
 void LiveRuntime::set_observer(Observer& observer) { impl_->observer = &observer; }
 
-TimePoint LiveRuntime::now() const {
-  return TimePoint(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() -
-                                                        impl_->opts.epoch));
-}
+TimePoint LiveRuntime::now() const { return impl_->clock_now(); }
 
 TimerId LiveRuntime::schedule(Duration delay, std::function<void()> fn) {
   const TimerId id = impl_->next_timer++;
-  auto t = std::make_unique<asio::steady_timer>(impl_->io);
-  t->expires_after(delay < Duration::zero() ? Duration::zero() : delay);
-  t->async_wait([self = std::weak_ptr<Impl>(impl_), id, fn = std::move(fn)](boost::system::error_code ec) {
-    if (ec) return;
-    auto me = self.lock();
-    if (!me) return;
-    auto it = me->timers.find(id);
-    if (it == me->timers.end()) return;  // cancelled after it expired
-    auto keep = std::move(it->second);  // the timer object outlives its own handler
-    me->timers.erase(it);
-    fn();
-  });
-  impl_->timers.emplace(id, std::move(t));
+  const TimePoint due = now() + (delay < Duration::zero() ? Duration::zero() : delay);
+  impl_->queue.emplace(std::make_pair(due, id), std::move(fn));
+  impl_->due_of.emplace(id, due);
+  impl_->arm();
   return id;
 }
 
 bool LiveRuntime::cancel(TimerId id) {
-  auto it = impl_->timers.find(id);
-  if (it == impl_->timers.end()) return false;
-  it->second->cancel();
-  impl_->timers.erase(it);
+  auto it = impl_->due_of.find(id);
+  if (it == impl_->due_of.end()) return false;
+  impl_->queue.erase(std::make_pair(it->second, id));
+  impl_->due_of.erase(it);
   return true;
 }
 
 Endpoint LiveRuntime::local() const { return impl_->local; }
 void LiveRuntime::set_handler(TransportHandler* handler) { impl_->handler = handler; }
+TransportHandler* LiveRuntime::handler() const { return impl_->handler; }
 
 void LiveRuntime::send(const Endpoint& to, Message message) {
   // Transport contract: send never calls the handler synchronously; errors arrive from the

@@ -46,6 +46,7 @@ class LiveRuntime final : public Clock, public Timers, public Transport {
   bool cancel(TimerId id) override;
   Endpoint local() const override;
   void set_handler(TransportHandler* handler) override;
+  TransportHandler* handler() const override;
   void send(const Endpoint& to, Message message) override;
 
  private:

@@ -69,6 +69,7 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   // Transport
   Endpoint local() const override { return local_; }
   void set_handler(TransportHandler* handler) override { handler_ = handler; }
+  TransportHandler* handler() const override { return handler_; }
   void send(const Endpoint& to, Message message) override;
 
  private:

@@ -65,7 +65,8 @@ Rpc::Rpc(Runtime& rt, RpcOptions options)
 
 Rpc::~Rpc() {
   shutdown();
-  rt_.transport.set_handler(nullptr);
+  // A successor may already own the transport (a peer's stack rebuilt on restart).
+  if (rt_.transport.handler() == this) rt_.transport.set_handler(nullptr);
 }
 
 void Rpc::on(std::uint32_t method, Handler handler) { methods_[method] = std::move(handler); }

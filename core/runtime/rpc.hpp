@@ -59,7 +59,7 @@ class Rpc final : public TransportHandler {
   void notify(const Endpoint& to, std::uint32_t method, Bytes body, Payload payload = {});
 
   template <class Resp, class Req>
-  Task<Result<Resp>> call(Endpoint to, const Req& req, Duration timeout);
+  Task<Result<Resp>> call(Endpoint to, Req req, Duration timeout);  // by value: tasks are lazy
   template <class Req, class Resp, class F>
   void serve(F handler);
 
@@ -113,19 +113,25 @@ T decode_message(std::span<const std::uint8_t> body, const Payload& payload) {
 }  // namespace detail
 
 template <class Resp, class Req>
-Task<Result<Resp>> Rpc::call(Endpoint to, const Req& req, Duration timeout) {
+Task<Result<Resp>> Rpc::call(Endpoint to, Req req, Duration timeout) {
   Bytes body;
   Payload payload;
   detail::encode_message(req, body, payload);
   Result<Reply> r = co_await call(to, Req::kMethod, std::move(body), std::move(payload), timeout);
   if (!r.ok()) co_return r.error();
+  // No co_return inside try/catch: g++ 12 mishandles the frame's temporaries there.
+  std::optional<Resp> decoded;
+  std::string why;
   try {
-    co_return detail::decode_message<Resp>(r->body, r->payload);
+    decoded.emplace(detail::decode_message<Resp>(r->body, r->payload));
   } catch (const wire::DecodeError& e) {
-    rt_.observer.count("rpc.bad_replies");
-    co_return Error{ErrorCode::kBadMessage, std::string("reply from ") + to.to_string() + ": " +
-                                                e.what()};
+    why = e.what();
   }
+  if (!decoded) {
+    rt_.observer.count("rpc.bad_replies");
+    co_return Error{ErrorCode::kBadMessage, "reply from " + to.to_string() + ": " + why};
+  }
+  co_return std::move(*decoded);
 }
 
 template <class Req, class Resp, class F>

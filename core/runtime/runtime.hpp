@@ -59,6 +59,7 @@ class Transport {
   virtual ~Transport() = default;
   virtual Endpoint local() const = 0;
   virtual void set_handler(TransportHandler* handler) = 0;
+  virtual TransportHandler* handler() const = 0;
   virtual void send(const Endpoint& to, Message message) = 0;
 };
 

@@ -3,11 +3,20 @@
 //
 //   Task<Result<Pong>> ask(Rpc& rpc, Endpoint peer) {
 //     auto pong = co_await rpc.call<Pong>(peer, Ping{}, 2s);
-//     co_await sleep(rt.timers, 100ms);
+//     co_await sleep_on(rt.timers, 100ms);
 //     ...
 //   }
 //
 // Tasks are resumed only by the runtime's timers and transport callbacks, never by threads.
+//
+// Two rules for coroutine code here:
+//  * Tasks are lazy, so a coroutine must take its parameters by value (a reference parameter
+//    would dangle once the caller's full-expression ends).
+//  * g++ 12 mishandles non-trivial temporaries created inside a co_await expression (seen as a
+//    heap corruption when such a frame is destroyed): build arguments such as a request struct
+//    in a named local and std::move it into the call, e.g.
+//        Echo req{"text", payload};
+//        auto r = co_await rpc.call<Echo>(peer, std::move(req), 2s);
 // A task starts when awaited (or when spawned into a TaskScope) and resumes its awaiter by
 // symmetric transfer. Destroying a suspended task destroys its whole chain of frames; awaiters
 // that registered timers or pending calls undo that in their destructors, which is what makes
@@ -231,7 +240,7 @@ class SleepAwaiter {
   TimerId id_ = 0;
 };
 
-inline SleepAwaiter sleep(Timers& timers, Duration delay) { return {timers, delay}; }
+inline SleepAwaiter sleep_on(Timers& timers, Duration delay) { return {timers, delay}; }
 
 // Runs tasks concurrently and resumes when all are done; results in input order. An exception
 // from any task is rethrown after all have finished.

@@ -20,7 +20,7 @@ void PingApp::start() { scope_.spawn(loop()); }
 Task<void> PingApp::loop() {
   const double mean_ns = static_cast<double>(cfg_.mean_interval.count());
   for (;;) {
-    co_await sleep(rt_.timers, Duration(static_cast<std::int64_t>(rt_.rng.exponential(mean_ns))));
+    co_await sleep_on(rt_.timers, Duration(static_cast<std::int64_t>(rt_.rng.exponential(mean_ns))));
     if (directory_.size() < 2) continue;
     Endpoint target = rt_.transport.local();
     while (target == rt_.transport.local()) target = directory_[rt_.rng.below(directory_.size())];
@@ -53,7 +53,9 @@ Task<void> PingApp::ping_one(Endpoint target) {
   const TimePoint t0 = rt_.now();
   rt_.observer.count("ping.sent");
   rt_.observer.count("ping.bytes_sent", static_cast<std::int64_t>(req.payload.size() + 9));
-  auto r = co_await rpc_.call<PingResponse>(target, req, cfg_.timeout);
+  PingRequest sent = req;  // kept to check the echo; the call takes its own by move
+  auto r = co_await rpc_.call<PingResponse>(target, std::move(req), cfg_.timeout);
+  req = std::move(sent);
   if (!r.ok()) {
     rt_.observer.count(std::string("ping.failed.") + to_string(r.error().code));
     co_return;

@@ -1,0 +1,95 @@
+// Micro-benchmarks of the codec and the RPC path (core only, no network).
+//   build/tests/apiary_bench --benchmark_min_time=0.5
+#include <benchmark/benchmark.h>
+
+#include "core/runtime/rpc.hpp"
+#include "core/wire/frame.hpp"
+#include "core/workloads/ping.hpp"
+#include "tests/support/fake_runtime.hpp"
+
+namespace apiary {
+namespace {
+
+void BM_VarintRoundTrip(benchmark::State& state) {
+  Rng rng(1);
+  std::vector<std::uint64_t> values(1024);
+  for (auto& v : values) v = rng.next() >> rng.below(64);
+  Bytes buf;
+  for (auto _ : state) {
+    buf.clear();
+    wire::Writer w(buf);
+    for (auto v : values) w.varint(v);
+    wire::Reader r(buf);
+    std::uint64_t sum = 0;
+    for (std::size_t i = 0; i < values.size(); ++i) sum += r.varint();
+    benchmark::DoNotOptimize(sum);
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(values.size()));
+}
+BENCHMARK(BM_VarintRoundTrip);
+
+void BM_PingEncodeDecode(benchmark::State& state) {
+  Bytes buf;
+  for (auto _ : state) {
+    buf.clear();
+    wire::Writer w(buf);
+    PingRequest{42, true, {}}.encode(w);
+    wire::Reader r(buf);
+    benchmark::DoNotOptimize(PingRequest::decode(r));
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_PingEncodeDecode);
+
+// Stream decoding of framed messages with payloads of the given size (bytes/s).
+void BM_FrameDecoder(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  Bytes payload(size, 7), header(32, 1);
+  Bytes stream;
+  for (std::uint32_t s = 1; s <= 4; ++s) {
+    std::uint64_t off = std::min<std::uint64_t>(wire::kPartSize, size);
+    Bytes f = wire::encode_begin_prefix(s, static_cast<std::uint32_t>(header.size()), size, off);
+    stream.insert(stream.end(), f.begin(), f.end());
+    stream.insert(stream.end(), header.begin(), header.end());
+    stream.insert(stream.end(), payload.begin(), payload.begin() + static_cast<std::ptrdiff_t>(off));
+    for (; off < size; off += wire::kPartSize) {
+      const auto n = std::min<std::uint64_t>(wire::kPartSize, size - off);
+      auto h = wire::encode_part_header(s, off, static_cast<std::uint32_t>(n));
+      stream.insert(stream.end(), h.begin(), h.end());
+      stream.insert(stream.end(), payload.begin(), payload.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+  }
+  for (auto _ : state) {
+    wire::FrameDecoder d;
+    std::vector<wire::FrameDecoder::Event> ev;
+    for (std::size_t pos = 0; pos < stream.size(); pos += 65536)
+      d.feed(std::span(stream).subspan(pos, std::min<std::size_t>(65536, stream.size() - pos)), ev);
+    benchmark::DoNotOptimize(ev.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(stream.size()));
+}
+BENCHMARK(BM_FrameDecoder)->Arg(64)->Arg(64 << 10)->Arg(4 << 20);
+
+// One typed RPC round trip through the whole core path (envelope, handler task, reply, timer
+// set and cancelled) on the in-memory fake transport.
+void BM_RpcRoundTrip(benchmark::State& state) {
+  test::FakeSwarm s(2, Duration(0));
+  Rpc a(s[0].runtime()), b(s[1].runtime());
+  b.serve<PingRequest, PingResponse>([](const Endpoint&, PingRequest r) -> Task<Result<PingResponse>> {
+    co_return PingResponse{r.nonce, {}};
+  });
+  const Endpoint to = s[1].local();
+  for (auto _ : state) {
+    auto t = a.call<PingResponse>(to, PingRequest{1, false, {}}, std::chrono::seconds(1));
+    t.start();
+    s.net.run(std::chrono::seconds(1), [&] { return t.done(); });
+    benchmark::DoNotOptimize(t.result());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_RpcRoundTrip);
+
+}  // namespace
+}  // namespace apiary
+
+BENCHMARK_MAIN();

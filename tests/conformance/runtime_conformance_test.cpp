@@ -1,0 +1,206 @@
+// The runtime contract, checked once, in both worlds: ns-3 and live sockets.
+#include <gtest/gtest.h>
+
+#include "core/runtime/rpc.hpp"
+#include "core/runtime/task.hpp"
+#include "tests/conformance/worlds.hpp"
+
+namespace apiary::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Echo {
+  static constexpr std::uint32_t kMethod = 20;
+  std::string text;
+  Payload payload;
+  void encode(wire::Writer& w) const { w.str(text); }
+  static Echo decode(wire::Reader& r) { return Echo{r.str(4096), {}}; }
+};
+struct Hold {  // the server waits `ms` before answering
+  static constexpr std::uint32_t kMethod = 21;
+  std::int64_t ms = 0;
+  void encode(wire::Writer& w) const { w.i64(ms); }
+  static Hold decode(wire::Reader& r) { return Hold{r.i64()}; }
+};
+
+template <class W>
+class Conformance : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (int i = 0; i < 3; ++i) {
+      world.add_peer();
+      rpc.push_back(std::make_unique<Rpc>(world.runtime(i)));
+      Runtime& rt = world.runtime(i);
+      rpc.back()->template serve<Echo, Echo>(
+          [](const Endpoint& from, Echo e) -> Task<Result<Echo>> {
+            e.text += " via " + from.to_string();
+            co_return e;
+          });
+      rpc.back()->template serve<Hold, Hold>([&rt](const Endpoint&, Hold h) -> Task<Result<Hold>> {
+        co_await sleep_on(rt.timers, std::chrono::milliseconds(h.ms));
+        co_return h;
+      });
+    }
+  }
+  void TearDown() override {
+    scope.destroy_all();
+    rpc.clear();
+  }
+  // Runs `t` to completion in the world (bounded by `limit` of world time).
+  template <class T>
+  T run(Task<T> t, Duration limit = 10s) {
+    std::optional<T> out;
+    scope.spawn([](Task<T> task, std::optional<T>& o) -> Task<void> {
+      o.emplace(co_await std::move(task));
+    }(std::move(t), out));
+    EXPECT_TRUE(world.run_until([&] { return out.has_value(); }, limit)) << "did not finish";
+    if (!out) throw std::runtime_error("task did not finish");
+    return std::move(*out);
+  }
+  Duration now(std::size_t i) { return world.runtime(i).now().time_since_epoch(); }
+
+  W world;
+  std::vector<std::unique_ptr<Rpc>> rpc;
+  TaskScope scope;
+};
+
+using Worlds = ::testing::Types<SimWorld, LiveWorld>;
+class WorldNames {
+ public:
+  template <class T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, SimWorld> ? "ns3" : "live";
+  }
+};
+TYPED_TEST_SUITE(Conformance, Worlds, WorldNames);
+
+TYPED_TEST(Conformance, TimersFireInOrderAndCancelledOnesNever) {
+  auto& rt = this->world.runtime(0);
+  std::vector<int> order;
+  rt.timers.schedule(30ms, [&] { order.push_back(30); });
+  rt.timers.schedule(10ms, [&] { order.push_back(10); });
+  const TimerId gone = rt.timers.schedule(15ms, [&] { order.push_back(15); });
+  rt.timers.schedule(20ms, [&] { order.push_back(20); });
+  rt.timers.schedule(20ms, [&] { order.push_back(21); });  // same instant: scheduling order
+  EXPECT_TRUE(rt.timers.cancel(gone));
+  EXPECT_FALSE(rt.timers.cancel(gone));
+  const auto t0 = rt.now();
+  EXPECT_TRUE(this->world.run_until([&] { return order.size() == 4; }, 1s));
+  EXPECT_EQ(order, (std::vector<int>{10, 20, 21, 30}));
+  EXPECT_GE(rt.now() - t0, 30ms);
+  EXPECT_EQ(this->world.pending_timers(0), 0u);
+}
+
+TYPED_TEST(Conformance, RpcRoundTrip) {
+  auto r = this->run(this->rpc[0]->template call<Echo>(this->world.endpoint(1), Echo{"hello", {}}, 2s));
+  ASSERT_TRUE(r.ok()) << r.error().describe();
+  EXPECT_EQ(r->text, "hello via " + this->world.endpoint(0).to_string());
+}
+
+TYPED_TEST(Conformance, RpcTimeout) {
+  const auto t0 = this->now(0);
+  auto r = this->run(this->rpc[0]->template call<Hold>(this->world.endpoint(1), Hold{3000}, 200ms));
+  const auto elapsed = this->now(0) - t0;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kTimeout);
+  EXPECT_GE(elapsed, 200ms);
+  EXPECT_LT(elapsed, 1500ms);
+}
+
+TYPED_TEST(Conformance, DeadPeerGivesAnErrorWithinTheTimeout) {
+  this->world.kill(2);
+  const auto t0 = this->now(0);
+  auto r = this->run(this->rpc[0]->template call<Echo>(this->world.endpoint(2), Echo{"anyone?", {}}, 300ms));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.error().code == ErrorCode::kTimeout || r.error().code == ErrorCode::kUnreachable)
+      << r.error().describe();
+  EXPECT_LT(this->now(0) - t0, 1500ms);
+}
+
+TYPED_TEST(Conformance, UnknownMethodIsReported) {
+  auto r = this->run(this->rpc[0]->call(this->world.endpoint(1), 4242, {}, {}, 2s));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kUnknownMethod);
+}
+
+TYPED_TEST(Conformance, LargePayloadArrivesIntactWhileSmallCallsProceed) {
+  Bytes data(8u << 20);
+  Rng rng(3);
+  for (auto& b : data) b = static_cast<std::uint8_t>(rng.next());
+  const Payload big = Payload::bytes(data);
+  auto both = [&]() -> Task<std::pair<bool, int>> {
+    std::vector<Task<bool>> calls;
+    calls.push_back([](Rpc& r, Endpoint to, Payload p, const Bytes& expect) -> Task<bool> {
+      Echo req{"big", p};
+      auto res = co_await r.call<Echo>(to, std::move(req), 30s);
+      co_return res.ok() && res->payload.size() == expect.size() &&
+          std::equal(expect.begin(), expect.end(), res->payload.data().begin());
+    }(*this->rpc[0], this->world.endpoint(1), big, data));
+    for (int i = 0; i < 10; ++i)
+      calls.push_back([](Rpc& r, Endpoint to) -> Task<bool> {
+        Echo req{"small", {}};
+        auto res = co_await r.call<Echo>(to, std::move(req), 30s);
+        co_return res.ok() && res->payload.size() == 0;
+      }(*this->rpc[2], this->world.endpoint(1)));
+    auto ok = co_await when_all(std::move(calls));
+    co_return std::make_pair(ok[0], static_cast<int>(std::count(ok.begin() + 1, ok.end(), true)));
+  };
+  auto [big_ok, small_ok] = this->run(both(), 60s);
+  EXPECT_TRUE(big_ok);
+  EXPECT_EQ(small_ok, 10);
+}
+
+TYPED_TEST(Conformance, GarbageBytesAreCountedAndThePeerKeepsServing) {
+  Bytes junk(300);
+  Rng rng(9);
+  for (auto& b : junk) b = static_cast<std::uint8_t>(rng.next());
+  this->world.send_garbage(1, junk);
+  EXPECT_TRUE(this->world.run_until(
+      [&] { return this->world.metrics.counter("transport.bad_frames") >= 1; }, 2s));
+  auto r = this->run(this->rpc[0]->template call<Echo>(this->world.endpoint(1), Echo{"still there?", {}}, 2s));
+  EXPECT_TRUE(r.ok()) << r.error().describe();
+}
+
+TYPED_TEST(Conformance, ManyConcurrentCallsWithMixedTimeouts) {
+  auto many = [&]() -> Task<int> {
+    std::vector<Task<bool>> calls;
+    for (int i = 0; i < 200; ++i)
+      calls.push_back([](Rpc& r, Endpoint to, int k) -> Task<bool> {
+        auto res = co_await r.call<Hold>(to, Hold{k % 4 == 0 ? 2000 : 20}, 500ms);
+        co_return res.ok();
+      }(*this->rpc[0], this->world.endpoint(1 + i % 2), i));
+    auto ok = co_await when_all(std::move(calls));
+    co_return static_cast<int>(std::count(ok.begin(), ok.end(), true));
+  };
+  EXPECT_EQ(this->run(many(), 5s), 150);
+  EXPECT_EQ(this->rpc[0]->pending_calls(), 0u);
+}
+
+TYPED_TEST(Conformance, StopAndRestartLeaksNoTimersAndServesAgain) {
+  // Peer 1 has handlers in flight (holding timers) when it stops.
+  this->scope.spawn([](Rpc& r, Endpoint to) -> Task<void> {
+    auto res = co_await r.call<Hold>(to, Hold{5000}, 10s);
+    (void)res;
+  }(*this->rpc[0], this->world.endpoint(1)));
+  EXPECT_TRUE(this->world.run_until([&] { return this->rpc[1]->running_handlers() == 1; }, 2s));
+  EXPECT_GT(this->world.pending_timers(1), 0u);
+  this->rpc[1]->shutdown();
+  this->world.kill(1);
+  EXPECT_EQ(this->rpc[1]->running_handlers(), 0u);
+  EXPECT_EQ(this->world.pending_timers(1), 0u);
+  this->scope.destroy_all();
+
+  // Restart: a fresh protocol stack on the same endpoint. Let the others notice the old
+  // connections closing first (live: their EOFs), as a restarted process takes a moment anyway.
+  this->world.run_until([] { return false; }, 100ms);
+  this->world.revive(1);
+  this->rpc[1] = std::make_unique<Rpc>(this->world.runtime(1));
+  this->rpc[1]->template serve<Echo, Echo>([](const Endpoint&, Echo e) -> Task<Result<Echo>> { co_return e; });
+  auto r = this->run(this->rpc[0]->template call<Echo>(this->world.endpoint(1), Echo{"back", {}}, 2s));
+  ASSERT_TRUE(r.ok()) << r.error().describe();
+  EXPECT_EQ(r->text, "back");
+}
+
+}  // namespace
+}  // namespace apiary::test

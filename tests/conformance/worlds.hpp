@@ -1,0 +1,150 @@
+#pragma once
+// The two worlds the conformance suite runs in: ns-3 (simulated time, ns-3 UDP sockets on the
+// DirectChannel) and live (Boost.Asio, TCP on loopback). Same interface, same tests.
+#include <utility>
+
+#include <boost/asio.hpp>
+#include <functional>
+#include <memory>
+#include <ns3/inet-socket-address.h>
+#include <ns3/simulator.h>
+#include <ns3/udp-socket-factory.h>
+
+#include "core/runtime/metrics.hpp"
+#include "real/live_runtime.hpp"
+#include "sim/sim_network.hpp"
+
+namespace apiary::test {
+
+class World {
+ public:
+  virtual ~World() = default;
+  virtual std::size_t add_peer() = 0;
+  virtual Runtime& runtime(std::size_t i) = 0;
+  virtual void kill(std::size_t i) = 0;    // the peer's process is gone
+  virtual void revive(std::size_t i) = 0;  // it comes back on the same endpoint
+  virtual std::size_t pending_timers(std::size_t i) = 0;
+  // Drives the world until done() or `limit` of the world's own time passes; returns done().
+  virtual bool run_until(const std::function<bool()>& done, Duration limit) = 0;
+  // Raw bytes from outside the protocol stack to peer i's listening endpoint.
+  virtual void send_garbage(std::size_t i, const Bytes& bytes) = 0;
+  Endpoint endpoint(std::size_t i) { return runtime(i).transport.local(); }
+  Metrics metrics;
+};
+
+class SimWorld final : public World {
+ public:
+  ~SimWorld() override {
+    peers_.clear();
+    net_.reset();
+  }
+  std::size_t add_peer() override {
+    const std::size_t i = net_->add_peer(sim::LinkParams{ns3::MilliSeconds(5), 100e6, 100e6});
+    auto p = std::make_unique<Peer>();
+    p->observer = std::make_unique<PeerObserver>(metrics, net_->runtime(i), i);
+    net_->runtime(i).set_observer(*p->observer);
+    p->rng = Rng(i + 1);
+    auto& rt = net_->runtime(i);
+    p->runtime = std::make_unique<Runtime>(Runtime{rt, rt, rt, p->rng, *p->observer});
+    peers_.push_back(std::move(p));
+    net_->set_up(i, true);
+    return i;
+  }
+  Runtime& runtime(std::size_t i) override { return *peers_[i]->runtime; }
+  void kill(std::size_t i) override { net_->set_up(i, false); }
+  void revive(std::size_t i) override { net_->set_up(i, true); }
+  std::size_t pending_timers(std::size_t i) override { return net_->runtime(i).pending_timers(); }
+  bool run_until(const std::function<bool()>& done, Duration limit) override {
+    const auto end = ns3::Simulator::Now() + ns3::NanoSeconds(limit.count());
+    std::function<void()> check = [&] {
+      if (done() || ns3::Simulator::Now() >= end) {
+        ns3::Simulator::Stop();
+        return;
+      }
+      ns3::Simulator::Schedule(ns3::MicroSeconds(100), check);
+    };
+    ns3::Simulator::ScheduleNow(check);
+    ns3::Simulator::Run();
+    return done();
+  }
+  void send_garbage(std::size_t i, const Bytes& bytes) override {
+    if (!raw_) {
+      // A node outside the protocol stack, with a bare ns-3 UDP socket.
+      const std::size_t r = net_->add_peer(sim::LinkParams{});
+      raw_ = ns3::Socket::CreateSocket(net_->device(r).GetNode(), ns3::UdpSocketFactory::GetTypeId());
+      raw_->Bind(ns3::InetSocketAddress(ns3::Ipv4Address(net_->endpoint(r).ip), 9));
+    }
+    const auto to = endpoint(i);
+    raw_->SendTo(ns3::Create<ns3::Packet>(bytes.data(), static_cast<std::uint32_t>(bytes.size())), 0,
+                 ns3::InetSocketAddress(ns3::Ipv4Address(to.ip), to.port));
+  }
+
+ private:
+  struct Peer {
+    std::unique_ptr<PeerObserver> observer;
+    Rng rng;
+    std::unique_ptr<Runtime> runtime;
+  };
+  std::unique_ptr<sim::SimNetwork> net_ = std::make_unique<sim::SimNetwork>();
+  std::vector<std::unique_ptr<Peer>> peers_;
+  ns3::Ptr<ns3::Socket> raw_;
+};
+
+class LiveWorld final : public World {
+ public:
+  ~LiveWorld() override {
+    for (auto& p : peers_) p->rt->close();
+    peers_.clear();
+  }
+  std::size_t add_peer() override {
+    const std::size_t i = peers_.size();
+    auto p = std::make_unique<Peer>();
+    real::LiveOptions o;
+    o.epoch = epoch_;
+    p->rt = std::make_unique<real::LiveRuntime>(io_, o);
+    p->rt->open();
+    p->observer = std::make_unique<PeerObserver>(metrics, *p->rt, i);
+    p->rt->set_observer(*p->observer);
+    p->rng = Rng(i + 1);
+    p->runtime = std::make_unique<Runtime>(Runtime{*p->rt, *p->rt, *p->rt, p->rng, *p->observer});
+    peers_.push_back(std::move(p));
+    return i;
+  }
+  Runtime& runtime(std::size_t i) override { return *peers_[i]->runtime; }
+  void kill(std::size_t i) override { peers_[i]->rt->close(); }
+  void revive(std::size_t i) override {
+    // Reopen on the same port, as a restarted process would.
+    peers_[i]->rt->close();
+    peers_[i]->rt->open();
+  }
+  std::size_t pending_timers(std::size_t i) override { return peers_[i]->rt->pending_timers(); }
+  bool run_until(const std::function<bool()>& done, Duration limit) override {
+    // Wall-clock bound only as a safety net against a hang; the loop itself never sleeps.
+    const auto end = std::chrono::steady_clock::now() + limit + std::chrono::seconds(2);
+    io_.restart();
+    while (!done() && std::chrono::steady_clock::now() < end)
+      io_.run_one_for(std::chrono::milliseconds(5));
+    return done();
+  }
+  void send_garbage(std::size_t i, const Bytes& bytes) override {
+    garbage_.push_back(std::make_unique<boost::asio::ip::tcp::socket>(io_));
+    auto& s = *garbage_.back();
+    const auto to = endpoint(i);
+    s.connect({boost::asio::ip::address_v4(to.ip), to.port});
+    boost::asio::write(s, boost::asio::buffer(bytes));
+  }
+
+ private:
+  struct Peer {
+    std::unique_ptr<real::LiveRuntime> rt;
+    std::unique_ptr<PeerObserver> observer;
+    Rng rng;
+    std::unique_ptr<Runtime> runtime;
+  };
+  boost::asio::io_context io_;
+  std::chrono::steady_clock::time_point epoch_ = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<Peer>> peers_;
+  std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> garbage_;
+};
+
+}  // namespace apiary::test

@@ -1,0 +1,221 @@
+// The RPC layer and the task type against the recording fake transport.
+#include <gtest/gtest.h>
+
+#include "core/runtime/rpc.hpp"
+#include "core/runtime/task.hpp"
+#include "core/workloads/ping.hpp"
+#include "tests/support/fake_runtime.hpp"
+
+namespace apiary {
+namespace {
+
+using namespace std::chrono_literals;
+using test::FakeSwarm;
+
+struct Echo {
+  static constexpr std::uint32_t kMethod = 10;
+  std::string text;
+  void encode(wire::Writer& w) const { w.str(text); }
+  static Echo decode(wire::Reader& r) { return Echo{r.str(1024)}; }
+};
+struct Slow {
+  static constexpr std::uint32_t kMethod = 11;
+  std::int64_t ms = 0;
+  void encode(wire::Writer& w) const { w.i64(ms); }
+  static Slow decode(wire::Reader& r) { return Slow{r.i64()}; }
+};
+
+template <class T>
+T drive(test::FakeNet& net, Task<T> t) {
+  t.start();
+  net.run(1h, [&] { return t.done(); });
+  EXPECT_TRUE(t.done());
+  return t.result();
+}
+
+TEST(Task, SleepAndWhenAllRunConcurrentlyInVirtualTime) {
+  FakeSwarm s(1);
+  auto& rt = s[0].runtime();
+  auto worker = [&rt](int ms) -> Task<int> {
+    co_await sleep_on(rt.timers, std::chrono::milliseconds(ms));
+    co_return ms;
+  };
+  auto all = [&]() -> Task<std::vector<int>> {
+    std::vector<Task<int>> v;
+    for (int ms : {30, 10, 20}) v.push_back(worker(ms));
+    co_return co_await when_all(std::move(v));
+  };
+  const TimePoint t0 = s.net.now();
+  auto r = drive(s.net, all());
+  EXPECT_EQ(r, (std::vector<int>{30, 10, 20}));
+  EXPECT_EQ(s.net.now() - t0, 30ms);  // concurrent, not 60ms
+}
+
+TEST(Task, ExceptionsPropagateToTheAwaiter) {
+  FakeSwarm s(1);
+  auto thrower = []() -> Task<int> {
+    throw std::runtime_error("boom");
+    co_return 1;
+  };
+  auto outer = [&]() -> Task<std::string> {
+    try {
+      co_await thrower();
+    } catch (const std::runtime_error& e) {
+      co_return std::string(e.what());
+    }
+    co_return std::string("no");
+  };
+  EXPECT_EQ(drive(s.net, outer()), "boom");
+}
+
+TEST(Task, DestroyingAScopeCancelsItsTimers) {
+  FakeSwarm s(1);
+  auto& rt = s[0].runtime();
+  int resumed = 0;
+  {
+    TaskScope scope;
+    for (int i = 0; i < 5; ++i)
+      scope.spawn([](Runtime& r, int& n) -> Task<void> {
+        co_await sleep_on(r.timers, 1s);
+        ++n;
+      }(rt, resumed));
+    EXPECT_EQ(scope.size(), 5u);
+    EXPECT_EQ(s[0].pending_timers(), 5u);
+  }
+  EXPECT_EQ(s[0].pending_timers(), 0u);
+  s.net.run();
+  EXPECT_EQ(resumed, 0);
+}
+
+class RpcTest : public ::testing::Test {
+ protected:
+  RpcTest() : s(3), a(s[0].runtime()), b(s[1].runtime()) {
+    b.serve<Echo, Echo>([](const Endpoint& from, Echo e) -> Task<Result<Echo>> {
+      co_return Echo{e.text + " from " + from.to_string()};
+    });
+    b.serve<Slow, Slow>([this](const Endpoint&, Slow req) -> Task<Result<Slow>> {
+      co_await sleep_on(s[1].runtime().timers, std::chrono::milliseconds(req.ms));
+      co_return req;
+    });
+  }
+  FakeSwarm s;
+  Rpc a, b;
+};
+
+TEST_F(RpcTest, RoundTrip) {
+  auto r = drive(s.net, a.call<Echo>(s[1].local(), Echo{"hi"}, 1s));
+  ASSERT_TRUE(r.ok()) << r.error().describe();
+  EXPECT_EQ(r->text, "hi from 10.0.0.1:7000");
+  EXPECT_EQ(a.pending_calls(), 0u);
+  EXPECT_EQ(s[0].pending_timers(), 0u);  // the timeout timer was cancelled
+}
+
+TEST_F(RpcTest, TimeoutSaysSo) {
+  const TimePoint t0 = s.net.now();
+  auto r = drive(s.net, a.call<Slow>(s[1].local(), Slow{500}, 100ms));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kTimeout);
+  EXPECT_EQ(s.net.now() - t0, 100ms);
+  s.net.run();  // the late reply arrives and is counted, not delivered
+  EXPECT_EQ(s.metrics.counter("rpc.late_replies"), 1);
+}
+
+TEST_F(RpcTest, UnknownMethodIsAnErrorReply) {
+  auto r = drive(s.net, a.call(s[1].local(), 999, {}, {}, 1s));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kUnknownMethod);
+}
+
+TEST_F(RpcTest, MalformedRequestBodyGetsBadMessage) {
+  Bytes body = {0xff};  // a varint length with no end
+  auto r = drive(s.net, a.call(s[1].local(), Echo::kMethod, body, {}, 1s));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kBadMessage);
+  EXPECT_EQ(s.metrics.counter("rpc.bad_requests"), 1);
+}
+
+TEST_F(RpcTest, GarbageEnvelopeIsCountedAndDropped) {
+  b.on_message(s[0].local(), Message{Bytes{0x77, 0x01}, {}});
+  b.on_message(s[0].local(), Message{Bytes{}, {}});
+  EXPECT_EQ(s.metrics.counter("rpc.bad_messages"), 2);
+  auto r = drive(s.net, a.call<Echo>(s[1].local(), Echo{"still"}, 1s));
+  EXPECT_TRUE(r.ok());
+}
+
+TEST_F(RpcTest, DeadPeerTimesOutOrIsRefused) {
+  s[1].up = false;
+  auto r = drive(s.net, a.call<Echo>(s[1].local(), Echo{"x"}, 200ms));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kTimeout);
+  s[0].refuse_dead = true;
+  const TimePoint t0 = s.net.now();
+  auto r2 = drive(s.net, a.call<Echo>(s[1].local(), Echo{"x"}, 200ms));
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.error().code, ErrorCode::kUnreachable);
+  EXPECT_LT(s.net.now() - t0, 200ms);  // refused: fails fast, before the timeout
+}
+
+TEST_F(RpcTest, ManyConcurrentCallsWithTimeouts) {
+  auto many = [&]() -> Task<std::vector<bool>> {
+    std::vector<Task<bool>> calls;
+    for (int i = 0; i < 300; ++i)
+      calls.push_back([](Rpc& rpc, Endpoint to, int k) -> Task<bool> {
+        // Every third call asks for more time than its timeout allows.
+        auto r = co_await rpc.call<Slow>(to, Slow{k % 3 == 0 ? 300 : 10}, 100ms);
+        co_return r.ok();
+      }(a, s[1].local(), i));
+    co_return co_await when_all(std::move(calls));
+  };
+  auto r = drive(s.net, many());
+  int ok = 0;
+  for (std::size_t i = 0; i < r.size(); ++i) {
+    EXPECT_EQ(r[i], i % 3 != 0) << i;
+    ok += r[i];
+  }
+  EXPECT_EQ(ok, 200);
+  EXPECT_EQ(a.pending_calls(), 0u);
+}
+
+TEST_F(RpcTest, DestroyingACallerMidCallLeavesNothingPending) {
+  {
+    TaskScope scope;
+    scope.spawn([](Rpc& rpc, Endpoint to) -> Task<void> {
+      auto r = co_await rpc.call<Slow>(to, Slow{1000}, 5s);
+      (void)r;
+    }(a, s[1].local()));
+    s.net.run(10ms);
+    EXPECT_EQ(a.pending_calls(), 1u);
+  }
+  EXPECT_EQ(a.pending_calls(), 0u);
+  EXPECT_EQ(s[0].pending_timers(), 0u);
+}
+
+TEST(PingWorkload, PingsFlowAndEchoRealPayloads) {
+  FakeSwarm s(4);
+  std::vector<Endpoint> dir;
+  for (auto& p : s.peers) dir.push_back(p->local());
+  std::vector<std::unique_ptr<Rpc>> rpcs;
+  std::vector<std::unique_ptr<PingApp>> apps;
+  PingConfig cfg;
+  cfg.mean_interval = 100ms;
+  cfg.payload_bytes = 1000;
+  cfg.echo_payload = true;
+  cfg.real_payload = true;
+  for (auto& p : s.peers) {
+    rpcs.push_back(std::make_unique<Rpc>(p->runtime()));
+    apps.push_back(std::make_unique<PingApp>(p->runtime(), *rpcs.back(), dir, cfg));
+    apps.back()->start();
+  }
+  s.net.run(10s);
+  const auto sent = s.metrics.counter("ping.sent");
+  EXPECT_GT(sent, 300);  // 4 peers x 10/s x 10s = 400 expected
+  EXPECT_LT(sent, 500);
+  EXPECT_EQ(s.metrics.counter("ping.corrupt"), 0);
+  EXPECT_GE(s.metrics.counter("ping.ok"), sent - 4);  // at most one in flight per peer at the end
+  EXPECT_EQ(s.metrics.quantile("ping.rtt_ns", 0.5), 10e6);  // 2 x 5 ms fake latency
+  apps.clear();
+  for (auto& r : rpcs) r->shutdown();
+}
+
+}  // namespace
+}  // namespace apiary

@@ -1,0 +1,114 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "core/scenario/scenario.hpp"
+#include "core/scenario/swarm_spec.hpp"
+
+namespace apiary {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(Units, Durations) {
+  EXPECT_EQ(parse_duration("50ms"), Duration(50ms));
+  EXPECT_EQ(parse_duration("30min"), Duration(30min));
+  EXPECT_EQ(parse_duration("1.5s"), Duration(1500ms));
+  EXPECT_EQ(parse_duration("2h"), Duration(2h));
+  std::string why;
+  EXPECT_FALSE(parse_duration("50", &why));
+  EXPECT_NE(why.find("needs a time unit"), std::string::npos) << why;
+  EXPECT_FALSE(parse_duration("fast", &why));
+  EXPECT_FALSE(parse_duration("-5s", &why));
+}
+
+TEST(Units, SizesRatesBitrates) {
+  EXPECT_EQ(parse_bytes("64MiB"), 64ull << 20);
+  EXPECT_EQ(parse_bytes("1KB"), 1000u);
+  EXPECT_EQ(parse_bitrate("10Mbps"), 10e6);
+  EXPECT_EQ(parse_rate("20/s"), 20.0);
+  EXPECT_DOUBLE_EQ(*parse_rate("30/min"), 0.5);
+  EXPECT_FALSE(parse_bytes("3 apples"));
+}
+
+TEST(Scenario, ReadsTypedValuesAndDistributions) {
+  auto s = Scenario::from_string(R"(
+peers = 10
+duration = "1min"
+[network]
+latency = { dist = "uniform", min = "10ms", max = "30ms" }
+bandwidth = "1Gbps"
+)", "t.toml");
+  EXPECT_EQ(s.get_int("peers", 0, 2, 100), 10);
+  EXPECT_EQ(s.get_duration("duration", 0s), Duration(60s));
+  auto lat = s.get_distribution("network.latency", Distribution::fixed(0), "duration");
+  EXPECT_EQ(lat.kind, Distribution::Kind::kUniform);
+  EXPECT_EQ(lat.a, 10e6);
+  EXPECT_EQ(lat.b, 30e6);
+  EXPECT_EQ(s.get_distribution("network.bandwidth", Distribution::fixed(0), "bitrate").a, 1e9);
+  EXPECT_NO_THROW(s.check_unused());
+}
+
+std::string error_of(const std::string& text, const std::vector<std::string>& sets = {}) {
+  try {
+    auto s = Scenario::from_string(text, "bad.toml", sets);
+    parse_swarm_spec(s);
+  } catch (const ScenarioError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Scenario, ErrorsNameFileLineAndKey) {
+  EXPECT_EQ(error_of("peers = 10\nduration = 5\n"),
+            "bad.toml:2: key 'duration': expected a quantity with a unit as a string (e.g. "
+            "\"50ms\"), found an integer");
+  EXPECT_EQ(error_of("peers = 1\n"), "bad.toml:1: key 'peers': 1 is outside [2, 1000000]");
+  EXPECT_EQ(error_of("backend = \"cloud\"\n"),
+            "bad.toml:1: key 'backend': 'cloud' is not one of: sim, live");
+  EXPECT_EQ(error_of("[network]\nlatency = \"fast\"\n"),
+            "bad.toml:2: key 'network.latency': 'fast' does not start with a number");
+  EXPECT_EQ(error_of("peers = 4\n\n[workload]\nrat = \"1/s\"\n"), "bad.toml:4: unknown key 'workload.rat'");
+}
+
+TEST(Scenario, SyntaxErrorsNameLineAndColumn) {
+  const auto e = error_of("peers = 4\nduration = \"5s\n");
+  EXPECT_EQ(e.rfind("bad.toml:2:", 0), 0u) << e;
+}
+
+TEST(Scenario, OverridesReplaceAndAddKeys) {
+  auto s = Scenario::from_string("peers = 10\n[network]\nlatency = \"5ms\"\n", "t.toml",
+                                 {"peers=1000", "network.latency=50ms", "workload.payload=64KiB"});
+  auto spec = parse_swarm_spec(s);
+  EXPECT_EQ(spec.peers, 1000u);
+  EXPECT_EQ(spec.latency.a, 50e6);
+  EXPECT_EQ(spec.ping.payload_bytes, 64u << 10);
+  EXPECT_NE(spec.scenario_text.find("--set peers=1000"), std::string::npos);
+}
+
+TEST(Scenario, BadOverridesNameTheOverride) {
+  EXPECT_EQ(error_of("peers = 10\n", {"peers=many"}),
+            "--set peers=many: key 'peers': expected an integer, found a string");
+  EXPECT_EQ(error_of("peers = 10\n", {"peerz=5"}), "--set peerz=5: unknown key 'peerz'");
+  EXPECT_EQ(error_of("peers = 10\n", {"novalue"}), "--set novalue: expected key=value");
+}
+
+TEST(Scenario, MissingFileIsAClearError) {
+  try {
+    Scenario::from_file("/nonexistent/x.toml");
+    FAIL();
+  } catch (const ScenarioError& e) {
+    EXPECT_EQ(std::string(e.what()), "/nonexistent/x.toml: cannot open scenario file");
+  }
+}
+
+TEST(Scenario, EveryShippedScenarioParses) {
+  for (const char* name : {"quickstart", "ping-storm", "ping-churn", "ping-live"}) {
+    const std::string path = std::string(APIARY_SOURCE_DIR) + "/scenarios/" + name + ".toml";
+    auto s = Scenario::from_file(path);
+    EXPECT_NO_THROW(parse_swarm_spec(s)) << path;
+  }
+}
+
+}  // namespace
+}  // namespace apiary
