@@ -61,7 +61,7 @@ class SimWorld final : public World {
         ns3::Simulator::Stop();
         return;
       }
-      ns3::Simulator::Schedule(ns3::MicroSeconds(100), check);
+      ns3::Simulator::Schedule(ns3::MilliSeconds(1), check);
     };
     ns3::Simulator::ScheduleNow(check);
     ns3::Simulator::Run();
