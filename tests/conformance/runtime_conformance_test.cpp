@@ -202,5 +202,30 @@ TYPED_TEST(Conformance, StopAndRestartLeaksNoTimersAndServesAgain) {
   EXPECT_EQ(r->text, "back");
 }
 
+// Live only: repeated RPCs between two peers reuse one TCP connection, in both directions.
+TEST(LiveTransport, ReusesOneConnectionPerPeerPair) {
+  LiveWorld world;
+  world.add_peer();
+  world.add_peer();
+  Rpc a(world.runtime(0)), b(world.runtime(1));
+  for (Rpc* r : {&a, &b})
+    r->serve<Echo, Echo>([](const Endpoint&, Echo e) -> Task<Result<Echo>> { co_return e; });
+  auto calls = [&]() -> Task<int> {
+    int ok = 0;
+    for (int i = 0; i < 20; ++i) {
+      Echo ea{"a", {}}, eb{"b", {}};
+      ok += (co_await a.call<Echo>(world.endpoint(1), std::move(ea), 2s)).ok();
+      ok += (co_await b.call<Echo>(world.endpoint(0), std::move(eb), 2s)).ok();
+    }
+    co_return ok;
+  };
+  auto t = calls();
+  t.start();
+  ASSERT_TRUE(world.run_until([&] { return t.done(); }, 10s));
+  EXPECT_EQ(t.result(), 40);
+  EXPECT_EQ(world.connections(0), 1u);
+  EXPECT_EQ(world.connections(1), 1u);
+}
+
 }  // namespace
 }  // namespace apiary::test

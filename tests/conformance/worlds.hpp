@@ -118,6 +118,7 @@ class LiveWorld final : public World {
     peers_[i]->rt->open();
   }
   std::size_t pending_timers(std::size_t i) override { return peers_[i]->rt->pending_timers(); }
+  std::size_t connections(std::size_t i) const { return peers_[i]->rt->connections(); }
   bool run_until(const std::function<bool()>& done, Duration limit) override {
     // Wall-clock bound only as a safety net against a hang; the loop itself never sleeps.
     const auto end = std::chrono::steady_clock::now() + limit + std::chrono::seconds(2);
