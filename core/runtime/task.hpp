@@ -242,6 +242,40 @@ class SleepAwaiter {
 
 inline SleepAwaiter sleep_on(Timers& timers, Duration delay) { return {timers, delay}; }
 
+// Wakes every task waiting on it. For "wait until something changed" loops (a lookup worker
+// waiting for any reply). A waiter destroyed while waiting unregisters itself.
+class Notifier {
+ public:
+  class Awaiter {
+   public:
+    explicit Awaiter(Notifier& n) : n_(n) {}
+    Awaiter(const Awaiter&) = delete;
+    ~Awaiter() {
+      if (h_) std::erase(n_.waiters_, h_);
+    }
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) {
+      h_ = h;
+      n_.waiters_.push_back(h);
+    }
+    void await_resume() noexcept { h_ = {}; }
+
+   private:
+    Notifier& n_;
+    std::coroutine_handle<> h_;
+  };
+  Awaiter wait() { return Awaiter(*this); }
+  void notify_all() {
+    auto waiters = std::move(waiters_);
+    waiters_.clear();
+    for (auto h : waiters) h.resume();
+  }
+  std::size_t waiting() const { return waiters_.size(); }
+
+ private:
+  std::vector<std::coroutine_handle<>> waiters_;
+};
+
 // Runs tasks concurrently and resumes when all are done; results in input order. An exception
 // from any task is rethrown after all have finished.
 namespace detail {

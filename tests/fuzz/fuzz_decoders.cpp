@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dht/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 #include "core/wire/frame.hpp"
 #include "core/workloads/ping.hpp"
@@ -29,6 +30,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)PingRequest::decode(r);
   } catch (const wire::DecodeError&) {
   }
+  // Every DHT message decoder.
+  auto each = [&](auto decode) {
+    try {
+      wire::Reader r(in);
+      (void)decode(r);
+    } catch (const wire::DecodeError&) {
+    } catch (const std::invalid_argument&) {
+    }
+  };
+  each([](wire::Reader& r) { return dht::PingRequest::decode(r); });
+  each([](wire::Reader& r) { return dht::StoreRequest::decode(r); });
+  each([](wire::Reader& r) { return dht::StoreReply::decode(r); });
+  each([](wire::Reader& r) { return dht::FindRequest::decode(r); });
+  each([](wire::Reader& r) { return dht::FindReply::decode(r); });
   // The RPC envelope, through a real Rpc on a fake peer: must count, never crash.
   static test::FakeSwarm* swarm = new test::FakeSwarm(2);
   static Rpc* rpc = new Rpc((*swarm)[0].runtime());

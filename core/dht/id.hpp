@@ -1,0 +1,47 @@
+#pragma once
+// 160-bit identifiers of the Kademlia DHT: peers are named by the hash of their public key,
+// records by the hash of their key. The metric is XOR, compared as a big-endian integer.
+#include <array>
+#include <compare>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "core/runtime/rng.hpp"
+
+namespace apiary::dht {
+
+struct DhtId {
+  static constexpr std::size_t kBytes = 20;
+  static constexpr int kBits = 160;
+  std::array<std::uint8_t, kBytes> b{};
+
+  auto operator<=>(const DhtId&) const = default;
+  DhtId operator^(const DhtId& o) const {
+    DhtId r;
+    for (std::size_t i = 0; i < kBytes; ++i) r.b[i] = b[i] ^ o.b[i];
+    return r;
+  }
+  bool bit(int i) const { return (b[static_cast<std::size_t>(i / 8)] >> (7 - i % 8)) & 1; }
+  // Number of leading bits this id shares with `o` (160 if equal).
+  int common_prefix(const DhtId& o) const;
+  std::string hex() const;
+
+  // BLAKE2b-160 of arbitrary bytes (libsodium).
+  static DhtId hash(std::span<const std::uint8_t> data);
+  static DhtId of_key(std::string_view key) {
+    return hash({reinterpret_cast<const std::uint8_t*>(key.data()), key.size()});
+  }
+  static DhtId random(Rng& rng);
+  // A uniformly random id whose first `depth` bits equal those of `prefix`.
+  static DhtId random_with_prefix(Rng& rng, const DhtId& prefix, int depth);
+  static DhtId from_bytes(std::span<const std::uint8_t> bytes);  // exactly 20 bytes
+};
+
+// True if a is closer to target than b (XOR metric).
+inline bool closer(const DhtId& target, const DhtId& a, const DhtId& b) {
+  return (a ^ target) < (b ^ target);
+}
+
+}  // namespace apiary::dht

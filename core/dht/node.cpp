@@ -1,0 +1,436 @@
+#include "core/dht/node.hpp"
+
+#include <algorithm>
+
+namespace apiary::dht {
+
+struct DhtNode::Traversal {
+  struct Key {
+    DhtId target;
+    std::set<std::pair<DhtId, DhtId>> cands;  // (distance to target, id)
+    std::vector<Record> records;
+    std::set<DhtId> holders;  // answered peers that returned a value
+    int value_hop = 0;
+    bool done = false;
+  };
+  bool want_values = false;
+  std::vector<Key> keys;
+  std::map<DhtId, Candidate> contacts;
+  std::size_t in_flight = 0;
+  int queried = 0;
+  Notifier changed;
+};
+
+DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
+                 std::vector<std::shared_ptr<Validator>> validators)
+    : rt_(rt),
+      rpc_(rpc),
+      self_(self),
+      cfg_(config),
+      validators_(std::move(validators)),
+      table_(self, config.k, config.depth_modulo),
+      storage_(config.max_records) {
+  if (cfg_.client_mode) return;  // a client serves nothing
+  rpc_.serve<PingRequest, PingReply>([this](const Endpoint& from, PingRequest req) -> Task<Result<PingReply>> {
+    if (!req.from.client) learn(Contact{req.from.id, from});
+    rt_.observer.count("dht.served.ping");
+    co_return PingReply{self_};
+  });
+  rpc_.serve<StoreRequest, StoreReply>([this](const Endpoint& from, StoreRequest req) -> Task<Result<StoreReply>> {
+    if (!req.from.client) learn(Contact{req.from.id, from});
+    rt_.observer.count("dht.served.store");
+    StoreReply reply{self_, {}};
+    const TimePoint now = rt_.now();
+    for (const auto& r : req.records) {
+      if (auto why = check_record(r)) {
+        rt_.observer.count("dht.store_rejected");
+        rt_.observer.log(LogLevel::kDebug, "dht", "rejected record '" + r.key + "' from " + from.to_string() + ": " + *why);
+        reply.outcomes.push_back(static_cast<std::uint8_t>(StoreOutcome::kInvalid));
+        continue;
+      }
+      const auto o = storage_.store(r, now);
+      reply.outcomes.push_back(static_cast<std::uint8_t>(
+          o == Storage::Outcome::kStored ? StoreOutcome::kStored
+          : o == Storage::Outcome::kStale ? StoreOutcome::kStale
+                                          : StoreOutcome::kExpired));
+    }
+    co_return reply;
+  });
+  rpc_.serve<FindRequest, FindReply>([this](const Endpoint& from, FindRequest req) -> Task<Result<FindReply>> {
+    if (!req.from.client) learn(Contact{req.from.id, from});
+    rt_.observer.count("dht.served.find");
+    FindReply reply{self_, {}};
+    const TimePoint now = rt_.now();
+    for (const auto& key : req.keys) {
+      FindReply::Entry e;
+      e.records = storage_.get(key, now);
+      if (e.records.size() > cfg_.limits.max_values_per_key) e.records.resize(cfg_.limits.max_values_per_key);
+      e.nearest = table_.nearest(key, std::min(cfg_.k, cfg_.limits.max_contacts), req.from.id);
+      reply.entries.push_back(std::move(e));
+    }
+    co_return reply;
+  });
+}
+
+DhtNode::~DhtNode() { scope_.destroy_all(); }
+
+std::optional<std::string> DhtNode::check_record(const Record& r) const {
+  if (r.key.size() > cfg_.limits.max_key) return "key too long";
+  if (r.subkey && r.subkey->size() > cfg_.limits.max_subkey) return "subkey too long";
+  if (r.value.size() > cfg_.limits.max_value) return "value too large";
+  return validate(validators_, r);
+}
+
+bool DhtNode::blacklisted(const Endpoint& e) const {
+  auto it = blacklist_.find(e);
+  return it != blacklist_.end() && it->second.until > rt_.now();
+}
+
+void DhtNode::punish(const Contact& c) {
+  auto& b = blacklist_[c.endpoint];
+  b.step = b.step == Duration::zero() ? cfg_.blacklist_base : std::min(cfg_.blacklist_max, b.step * 2);
+  b.until = rt_.now() + b.step;
+  table_.remove(c.id);
+  rt_.observer.count("dht.peer_failures");
+}
+
+void DhtNode::learn(const Contact& c) {
+  if (c.id == self_ || !c.endpoint.valid()) return;
+  blacklist_.erase(c.endpoint);
+  auto r = table_.add(c, rt_.now());
+  if (r.kind == RoutingTable::Added::kFull && r.ping_first && !checking_.count(r.ping_first->id)) {
+    checking_.insert(r.ping_first->id);
+    scope_.spawn(check_lru(*r.ping_first));
+  }
+}
+
+Task<void> DhtNode::check_lru(Contact lru) {
+  auto r = co_await ping(lru.endpoint);
+  checking_.erase(lru.id);
+  if (r.ok() && r->id == lru.id) {
+    table_.add(lru, rt_.now());  // alive: stays, now most recently seen
+  } else {
+    table_.remove(lru.id);  // dead: the freshest replacement takes its place
+    rt_.observer.count("dht.evicted_lru");
+  }
+}
+
+Task<Result<PingReply>> DhtNode::ping(Endpoint to) {
+  PingRequest req{me()};
+  co_return co_await rpc_.call<PingReply>(to, std::move(req), cfg_.rpc_timeout);
+}
+
+Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
+  std::vector<Task<bool>> pings;
+  for (const auto& s : seeds)
+    pings.push_back([](DhtNode* self, Endpoint e) -> Task<bool> {
+      auto r = co_await self->ping(e);
+      if (r.ok()) self->learn(Contact{r->id, e});
+      co_return r.ok();
+    }(this, s));
+  co_await when_all(std::move(pings));
+  if (table_.size() > 0) {
+    std::vector<DhtId> self_target{self_};
+    co_await lookup(std::move(self_target), false);
+  }
+  rt_.observer.trace("dht.bootstrapped", table_.size());
+  co_return table_.size();
+}
+
+Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, bool want_values) {
+  Traversal t;
+  t.want_values = want_values;
+  const TimePoint now = rt_.now();
+  for (const auto& target : targets) {
+    Traversal::Key key;
+    key.target = target;
+    table_.touch_bucket(target, now);
+    for (const auto& c : table_.nearest(target, cfg_.k)) {
+      if (blacklisted(c.endpoint)) continue;
+      t.contacts.try_emplace(c.id, Candidate{c, 1});
+      key.cands.insert({c.id ^ target, c.id});
+    }
+    t.keys.push_back(std::move(key));
+  }
+  std::vector<Task<int>> workers;
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, cfg_.alpha); ++i)
+    workers.push_back([](DhtNode* self, Traversal* tr) -> Task<int> {
+      co_await self->lookup_worker(*tr);
+      co_return 0;
+    }(this, &t));
+  co_await when_all(std::move(workers));
+
+  std::map<DhtId, LookupResult> out;
+  for (auto& key : t.keys) {
+    LookupResult res;
+    res.queried = t.queried;
+    int max_hop = 0;
+    for (const auto& [dist, id] : key.cands) {
+      const auto& c = t.contacts.at(id);
+      if (c.state != Candidate::kAnswered) continue;
+      res.nearest.push_back(c.contact);
+      max_hop = std::max(max_hop, c.hop);
+      if (res.nearest.size() >= cfg_.k) break;
+    }
+    res.records = std::move(key.records);
+    res.hops = res.records.empty() ? max_hop : key.value_hop;
+    // Cache on the lookup path: the nearest answering peer that lacked the value gets a copy.
+    if (want_values && cfg_.cache_on_lookup && !res.records.empty()) {
+      for (const auto& c : res.nearest) {
+        if (key.holders.count(c.id)) continue;
+        StoreRequest req{me(), res.records};
+        if (req.records.size() > cfg_.limits.max_keys_per_request) req.records.resize(cfg_.limits.max_keys_per_request);
+        rt_.observer.count("dht.cache_stores");
+        rpc_.notify(c.endpoint, StoreRequest::kMethod, [&] {
+          Bytes b;
+          wire::Writer w(b);
+          req.encode(w);
+          return b;
+        }());
+        break;
+      }
+    }
+    out.emplace(key.target, std::move(res));
+  }
+  co_return out;
+}
+
+Task<void> DhtNode::lookup_worker(Traversal& t) {
+  for (;;) {
+    std::optional<DhtId> pick;
+    bool active = false;
+    for (auto& key : t.keys) {
+      if (key.done) continue;
+      std::size_t seen = 0;
+      bool inflight = false;
+      std::optional<DhtId> first_new;
+      for (const auto& [dist, id] : key.cands) {
+        const auto& c = t.contacts.at(id);
+        if (c.state == Candidate::kFailed) continue;
+        if (seen++ >= cfg_.k) break;
+        if (c.state == Candidate::kNew && !first_new) first_new = id;
+        if (c.state == Candidate::kInFlight) inflight = true;
+      }
+      if (!first_new && !inflight) {
+        key.done = true;  // the k nearest non-failed candidates have all answered
+        continue;
+      }
+      active = true;
+      if (first_new && !pick) pick = first_new;
+    }
+    if (!pick) {
+      if (!active) {
+        t.changed.notify_all();
+        co_return;
+      }
+      co_await t.changed.wait();
+      continue;
+    }
+    Candidate& cand = t.contacts.at(*pick);
+    cand.state = Candidate::kInFlight;
+    ++t.in_flight;
+    ++t.queried;
+    const Contact contact = cand.contact;
+    const int hop = cand.hop;
+    FindRequest req{me(), {}};
+    std::vector<std::size_t> asked;
+    for (std::size_t i = 0; i < t.keys.size() && req.keys.size() < cfg_.limits.max_keys_per_request; ++i) {
+      auto& key = t.keys[i];
+      if (key.done || !key.cands.count({contact.id ^ key.target, contact.id})) continue;
+      req.keys.push_back(key.target);
+      asked.push_back(i);
+    }
+    auto r = co_await rpc_.call<FindReply>(contact.endpoint, std::move(req), cfg_.rpc_timeout);
+    --t.in_flight;
+    Candidate& c = t.contacts.at(contact.id);
+    if (!r.ok() || r->id != contact.id || r->entries.size() != asked.size()) {
+      c.state = Candidate::kFailed;
+      punish(contact);
+    } else {
+      c.state = Candidate::kAnswered;
+      learn(contact);
+      const TimePoint now = rt_.now();
+      for (std::size_t j = 0; j < asked.size(); ++j) {
+        auto& key = t.keys[asked[j]];
+        auto& entry = r->entries[j];
+        bool got = false;
+        for (auto& rec : entry.records) {
+          if (rec.expiration <= now || DhtId::of_key(rec.key) != key.target || check_record(rec)) {
+            rt_.observer.count("dht.invalid_values_seen");
+            continue;
+          }
+          got = true;
+          auto same = std::find_if(key.records.begin(), key.records.end(),
+                                   [&](const Record& x) { return x.subkey == rec.subkey; });
+          if (same == key.records.end())
+            key.records.push_back(std::move(rec));
+          else if (same->expiration < rec.expiration)
+            *same = std::move(rec);
+        }
+        if (got) {
+          key.holders.insert(contact.id);
+          if (key.value_hop == 0) key.value_hop = hop;
+          if (t.want_values) key.done = true;
+        }
+        for (const auto& n : entry.nearest) {
+          if (n.id == self_ || !n.endpoint.valid() || blacklisted(n.endpoint)) continue;
+          t.contacts.try_emplace(n.id, Candidate{n, hop + 1});
+          key.cands.insert({n.id ^ key.target, n.id});
+        }
+      }
+    }
+    t.changed.notify_all();
+  }
+}
+
+Task<std::vector<std::size_t>> DhtNode::store_many(std::vector<Record> records) {
+  std::vector<DhtId> targets;
+  for (const auto& r : records) targets.push_back(DhtId::of_key(r.key));
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  auto found = co_await lookup(targets, false);
+
+  std::vector<std::size_t> replicas(records.size(), 0);
+  std::map<DhtId, std::pair<Contact, std::vector<std::size_t>>> plan;
+  const TimePoint now = rt_.now();
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    const DhtId id = DhtId::of_key(records[i].key);
+    const auto& nearest = found[id].nearest;
+    const bool self_near = nearest.size() < cfg_.k || ((self_ ^ id) < (nearest.back().id ^ id));
+    if (self_near && !cfg_.client_mode && !check_record(records[i])) {
+      const auto o = storage_.store(records[i], now);
+      if (o != Storage::Outcome::kExpired) ++replicas[i];
+    }
+    for (const auto& c : nearest) {
+      auto& p = plan[c.id];
+      p.first = c;
+      p.second.push_back(i);
+    }
+  }
+  std::vector<Task<int>> sends;
+  for (auto& [id, p] : plan) {
+    sends.push_back([](DhtNode* self, Contact c, std::vector<std::size_t> idx,
+                       const std::vector<Record>* recs, std::vector<std::size_t>* reps) -> Task<int> {
+      StoreRequest req{self->me(), {}};
+      for (auto i : idx) req.records.push_back((*recs)[i]);
+      auto r = co_await self->rpc_.call<StoreReply>(c.endpoint, std::move(req), self->cfg_.rpc_timeout);
+      if (!r.ok()) {
+        self->punish(c);
+        co_return 0;
+      }
+      for (std::size_t j = 0; j < idx.size() && j < r->outcomes.size(); ++j) {
+        const auto o = static_cast<StoreOutcome>(r->outcomes[j]);
+        if (o == StoreOutcome::kStored || o == StoreOutcome::kStale) ++(*reps)[idx[j]];
+      }
+      co_return 1;
+    }(this, p.first, p.second, &records, &replicas));
+  }
+  co_await when_all(std::move(sends));
+  co_return replicas;
+}
+
+Task<StoreResult> DhtNode::store(Record record) {
+  const TimePoint t0 = rt_.now();
+  published_[{record.key, record.subkey}] = record;
+  std::vector<Record> one{std::move(record)};
+  auto reps = co_await store_many(std::move(one));
+  co_return StoreResult{reps[0], rt_.now() - t0};
+}
+
+Task<GetResult> DhtNode::get(std::string key) {
+  const TimePoint t0 = rt_.now();
+  const DhtId id = DhtId::of_key(key);
+  GetResult out;
+  std::vector<Record> local;
+  for (auto& r : storage_.get(id, t0))
+    if (!check_record(r)) local.push_back(std::move(r));
+  if (!local.empty()) {
+    out.found = true;
+    out.records = std::move(local);
+    co_return out;
+  }
+  std::vector<DhtId> targets{id};
+  auto res = co_await lookup(std::move(targets), true);
+  auto& lr = res[id];
+  out.found = !lr.records.empty();
+  out.records = std::move(lr.records);
+  out.hops = lr.hops;
+  out.latency = rt_.now() - t0;
+  co_return out;
+}
+
+void DhtNode::spawn_get(std::string key, std::function<void(const GetResult&)> done) {
+  scope_.spawn([](DhtNode* self, std::string k, std::function<void(const GetResult&)> d) -> Task<void> {
+    auto r = co_await self->get(std::move(k));
+    d(r);
+  }(this, std::move(key), std::move(done)));
+}
+
+void DhtNode::spawn_store(Record record, std::function<void(const StoreResult&)> done) {
+  scope_.spawn([](DhtNode* self, Record rec, std::function<void(const StoreResult&)> d) -> Task<void> {
+    auto r = co_await self->store(std::move(rec));
+    d(r);
+  }(this, std::move(record), std::move(done)));
+}
+
+void DhtNode::start_maintenance() {
+  if (cfg_.refresh_period > Duration::zero()) scope_.spawn(refresh_loop());
+  if (cfg_.replicate_period > Duration::zero() && !cfg_.client_mode) scope_.spawn(replicate_loop());
+}
+
+Task<void> DhtNode::refresh_loop() {
+  for (;;) {
+    const auto jitter = Duration(static_cast<std::int64_t>(rt_.rng.uniform(0.8, 1.2) *
+                                                           static_cast<double>(cfg_.refresh_period.count())));
+    co_await sleep_on(rt_.timers, jitter);
+    auto targets = table_.stale_bucket_targets(rt_.now() - cfg_.refresh_period, rt_.rng);
+    if (targets.size() > 8) targets.resize(8);  // bound the work of one refresh
+    if (targets.empty()) continue;
+    rt_.observer.count("dht.refreshes");
+    co_await lookup(std::move(targets), false);
+  }
+}
+
+Task<void> DhtNode::replicate_loop() {
+  for (;;) {
+    const auto jitter = Duration(static_cast<std::int64_t>(rt_.rng.uniform(0.8, 1.2) *
+                                                           static_cast<double>(cfg_.replicate_period.count())));
+    co_await sleep_on(rt_.timers, jitter);
+    const TimePoint now = rt_.now();
+    // Republish what this node published itself (a full lookup finds new nearest peers).
+    std::vector<Record> mine;
+    for (auto it = published_.begin(); it != published_.end();) {
+      if (it->second.expiration <= now) {
+        it = published_.erase(it);
+      } else {
+        mine.push_back(it->second);
+        ++it;
+      }
+    }
+    for (std::size_t i = 0; i < mine.size(); i += cfg_.limits.max_keys_per_request) {
+      std::vector<Record> batch(mine.begin() + static_cast<std::ptrdiff_t>(i),
+                                mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), i + cfg_.limits.max_keys_per_request)));
+      co_await store_many(std::move(batch));
+    }
+    // Replicate what it holds to the k nearest peers it knows (no lookup: cheap, local view).
+    std::map<DhtId, std::pair<Contact, std::vector<Record>>> plan;
+    for (auto& r : storage_.all(rt_.now())) {
+      const DhtId id = DhtId::of_key(r.key);
+      for (const auto& c : table_.nearest(id, cfg_.k)) {
+        auto& p = plan[c.id];
+        p.first = c;
+        if (p.second.size() < cfg_.limits.max_keys_per_request) p.second.push_back(r);
+      }
+    }
+    rt_.observer.count("dht.replications");
+    for (auto& [id, p] : plan) {
+      StoreRequest req{me(), std::move(p.second)};
+      Bytes body;
+      wire::Writer w(body);
+      req.encode(w);
+      rpc_.notify(p.first.endpoint, StoreRequest::kMethod, std::move(body));
+    }
+  }
+}
+
+}  // namespace apiary::dht

@@ -1,0 +1,118 @@
+#pragma once
+// A Kademlia DHT node on the runtime contract: serves ping/store/find, performs iterative
+// alpha-parallel lookups (many keys in one traversal), stores to the k nearest peers, caches on
+// the lookup path, keeps its routing table fresh, replicates and republishes under churn, and
+// backs off from peers that do not answer. The same code runs in ns-3 and live.
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "core/dht/protocol.hpp"
+#include "core/dht/storage.hpp"
+#include "core/dht/validate.hpp"
+#include "core/runtime/rpc.hpp"
+
+namespace apiary::dht {
+
+struct DhtConfig {
+  std::size_t k = 20;
+  std::size_t alpha = 3;
+  int depth_modulo = 5;
+  Duration rpc_timeout = std::chrono::seconds(2);
+  std::size_t max_records = 100000;
+  Duration refresh_period = std::chrono::minutes(30);    // 0: no bucket refresh
+  Duration replicate_period = std::chrono::minutes(10);  // 0: no replication/republish
+  bool client_mode = false;  // send requests, serve none, stay out of others' tables
+  bool cache_on_lookup = true;
+  Duration blacklist_base = std::chrono::seconds(5);
+  Duration blacklist_max = std::chrono::minutes(5);
+  Limits limits;
+};
+
+struct LookupResult {
+  std::vector<Record> records;   // for gets: the valid records found (latest wins)
+  std::vector<Contact> nearest;  // the k nearest peers that answered, nearest first
+  int hops = 0;                  // hops to the value (get) or to the nearest peer (find)
+  int queried = 0;               // peers asked
+};
+
+struct GetResult {
+  bool found = false;
+  std::vector<Record> records;
+  int hops = 0;
+  Duration latency{};
+};
+
+struct StoreResult {
+  std::size_t replicas = 0;  // peers (or self) that accepted the record
+  Duration latency{};
+};
+
+class DhtNode {
+ public:
+  DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config = {},
+          std::vector<std::shared_ptr<Validator>> validators = {});
+  ~DhtNode();
+  DhtNode(const DhtNode&) = delete;
+  DhtNode& operator=(const DhtNode&) = delete;
+
+  const DhtId& id() const { return self_; }
+  RoutingTable& table() { return table_; }
+  Storage& storage() { return storage_; }
+  const DhtConfig& config() const { return cfg_; }
+
+  // Pings the seeds, then looks up its own id to fill its table. Returns contacts known.
+  Task<std::size_t> bootstrap(std::vector<Endpoint> seeds);
+  // Iterative lookup of many targets in one traversal.
+  Task<std::map<DhtId, LookupResult>> lookup(std::vector<DhtId> targets, bool want_values);
+  Task<StoreResult> store(Record record);
+  Task<GetResult> get(std::string key);
+  // Starts bucket refresh, replication and republish loops.
+  void start_maintenance();
+
+  // Fire-and-forget forms for drivers: the operation runs in this node's own scope (so it dies
+  // with the node under churn) and `done` is called only if it completes.
+  void spawn_get(std::string key, std::function<void(const GetResult&)> done);
+  void spawn_store(Record record, std::function<void(const StoreResult&)> done);
+
+ private:
+  struct Candidate {
+    Contact contact;
+    int hop = 1;
+    enum State { kNew, kInFlight, kAnswered, kFailed } state = kNew;
+  };
+  struct Traversal;
+
+  Task<Result<PingReply>> ping(Endpoint to);
+  Task<void> lookup_worker(Traversal& t);
+  void learn(const Contact& c);
+  Task<void> check_lru(Contact lru);
+  bool blacklisted(const Endpoint& e) const;
+  void punish(const Contact& c);
+  Sender me() const { return Sender{self_, cfg_.client_mode}; }
+  Task<std::vector<std::size_t>> store_many(std::vector<Record> records);
+  Task<void> refresh_loop();
+  Task<void> replicate_loop();
+  std::optional<std::string> check_record(const Record& r) const;
+
+  Runtime& rt_;
+  Rpc& rpc_;
+  DhtId self_;
+  DhtConfig cfg_;
+  std::vector<std::shared_ptr<Validator>> validators_;
+  RoutingTable table_;
+  Storage storage_;
+  struct Backoff {
+    TimePoint until;
+    Duration step;
+  };
+  std::map<Endpoint, Backoff> blacklist_;
+  std::set<DhtId> checking_;  // LRU contacts being pinged
+  std::map<std::pair<std::string, std::optional<std::string>>, Record> published_;
+  TaskScope scope_;
+};
+
+}  // namespace apiary::dht

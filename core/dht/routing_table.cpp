@@ -1,0 +1,161 @@
+#include "core/dht/routing_table.hpp"
+
+#include <algorithm>
+
+namespace apiary::dht {
+
+RoutingTable::RoutingTable(DhtId self, std::size_t k, int depth_modulo)
+    : self_(self), k_(k), depth_modulo_(depth_modulo) {
+  buckets_.push_back(Bucket{});
+}
+
+std::size_t RoutingTable::bucket_of(const DhtId& id) const {
+  for (std::size_t i = 0; i < buckets_.size(); ++i)
+    if (buckets_[i].covers(id)) return i;
+  return buckets_.size() - 1;  // unreachable: buckets cover the space
+}
+
+bool RoutingTable::can_split(const Bucket& b) const {
+  if (b.depth >= DhtId::kBits) return false;
+  return b.covers(self_) || (depth_modulo_ > 1 && b.depth % depth_modulo_ != 0);
+}
+
+void RoutingTable::split(std::size_t index) {
+  Bucket old = std::move(buckets_[index]);
+  Bucket lo, hi;
+  lo.depth = hi.depth = old.depth + 1;
+  // Deterministic prefixes: old prefix bits, then 0 (lo) or 1 (hi), then zeros.
+  lo.prefix = old.prefix;
+  for (int i = old.depth; i < DhtId::kBits; ++i) {
+    const auto byte = static_cast<std::size_t>(i / 8);
+    lo.prefix.b[byte] = static_cast<std::uint8_t>(lo.prefix.b[byte] & ~(0x80 >> (i % 8)));
+  }
+  hi.prefix = lo.prefix;
+  hi.prefix.b[static_cast<std::size_t>(old.depth / 8)] |= static_cast<std::uint8_t>(0x80 >> (old.depth % 8));
+  lo.last_lookup = hi.last_lookup = old.last_lookup;
+  for (auto& e : old.nodes) (e.contact.id.bit(old.depth) ? hi : lo).nodes.push_back(e);
+  for (auto& e : old.replacements) (e.contact.id.bit(old.depth) ? hi : lo).replacements.push_back(e);
+  // Refill from replacements where the split left room.
+  for (Bucket* b : {&lo, &hi}) {
+    while (b->nodes.size() < k_ && !b->replacements.empty()) {
+      b->nodes.push_back(b->replacements.back());
+      b->replacements.pop_back();
+    }
+  }
+  buckets_[index] = std::move(lo);
+  buckets_.insert(buckets_.begin() + static_cast<std::ptrdiff_t>(index) + 1, std::move(hi));
+}
+
+RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
+  if (c.id == self_) return {Added::kSelf, std::nullopt};
+  for (;;) {
+    const std::size_t i = bucket_of(c.id);
+    Bucket& b = buckets_[i];
+    auto it = std::find_if(b.nodes.begin(), b.nodes.end(),
+                           [&](const Entry& e) { return e.contact.id == c.id; });
+    if (it != b.nodes.end()) {
+      Entry e = *it;
+      e.contact.endpoint = c.endpoint;
+      e.last_seen = now;
+      b.nodes.erase(it);
+      b.nodes.push_back(e);
+      return {Added::kUpdated, std::nullopt};
+    }
+    if (b.nodes.size() < k_) {
+      b.nodes.push_back(Entry{c, now});
+      auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
+                            [&](const Entry& e) { return e.contact.id == c.id; });
+      if (r != b.replacements.end()) b.replacements.erase(r);
+      return {Added::kAdded, std::nullopt};
+    }
+    if (can_split(b)) {
+      split(i);
+      continue;
+    }
+    auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
+                          [&](const Entry& e) { return e.contact.id == c.id; });
+    if (r != b.replacements.end()) b.replacements.erase(r);
+    b.replacements.push_back(Entry{c, now});
+    if (b.replacements.size() > k_) b.replacements.erase(b.replacements.begin());
+    return {Added::kFull, b.nodes.front().contact};
+  }
+}
+
+bool RoutingTable::remove(const DhtId& id) {
+  Bucket& b = buckets_[bucket_of(id)];
+  auto it = std::find_if(b.nodes.begin(), b.nodes.end(), [&](const Entry& e) { return e.contact.id == id; });
+  if (it == b.nodes.end()) {
+    auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
+                          [&](const Entry& e) { return e.contact.id == id; });
+    if (r == b.replacements.end()) return false;
+    b.replacements.erase(r);
+    return true;
+  }
+  b.nodes.erase(it);
+  if (!b.replacements.empty()) {
+    b.nodes.push_back(b.replacements.back());
+    b.replacements.pop_back();
+  }
+  return true;
+}
+
+bool RoutingTable::contains(const DhtId& id) const { return find(id).has_value(); }
+
+std::optional<Contact> RoutingTable::find(const DhtId& id) const {
+  const Bucket& b = buckets_[bucket_of(id)];
+  for (const auto& e : b.nodes)
+    if (e.contact.id == id) return e.contact;
+  return std::nullopt;
+}
+
+std::vector<Contact> RoutingTable::nearest(const DhtId& target, std::size_t n,
+                                           const std::optional<DhtId>& exclude) const {
+  std::vector<std::pair<DhtId, const Contact*>> all;
+  all.reserve(size());
+  for (const auto& b : buckets_)
+    for (const auto& e : b.nodes)
+      if (!exclude || e.contact.id != *exclude) all.emplace_back(e.contact.id ^ target, &e.contact);
+  const std::size_t m = std::min(n, all.size());
+  std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(m), all.end(),
+                    [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<Contact> out;
+  out.reserve(m);
+  for (std::size_t i = 0; i < m; ++i) out.push_back(*all[i].second);
+  return out;
+}
+
+std::vector<DhtId> RoutingTable::stale_bucket_targets(TimePoint before, Rng& rng) const {
+  std::vector<DhtId> out;
+  for (const auto& b : buckets_)
+    if (b.last_lookup < before) out.push_back(DhtId::random_with_prefix(rng, b.prefix, b.depth));
+  return out;
+}
+
+void RoutingTable::touch_bucket(const DhtId& target, TimePoint now) {
+  buckets_[bucket_of(target)].last_lookup = now;
+}
+
+std::size_t RoutingTable::size() const {
+  std::size_t n = 0;
+  for (const auto& b : buckets_) n += b.nodes.size();
+  return n;
+}
+
+RoutingStats RoutingTable::stats() const {
+  RoutingStats s;
+  s.buckets = buckets_.size();
+  for (const auto& b : buckets_) {
+    s.contacts += b.nodes.size();
+    s.replacements += b.replacements.size();
+    s.full_buckets += b.nodes.size() >= k_;
+  }
+  return s;
+}
+
+std::vector<std::pair<int, std::size_t>> RoutingTable::bucket_shape() const {
+  std::vector<std::pair<int, std::size_t>> out;
+  for (const auto& b : buckets_) out.emplace_back(b.depth, b.nodes.size());
+  return out;
+}
+
+}  // namespace apiary::dht

@@ -1,0 +1,83 @@
+#pragma once
+// Kademlia routing table: k-buckets over the 160-bit id space that split when they cover the
+// node's own id (or, as in relaxed Kademlia, while their depth is not a multiple of b), with
+// least-recently-seen order and a replacement list per bucket. A full bucket never evicts on its
+// own: add() names the least-recently-seen contact to ping, and only if that ping fails does
+// the owner call remove(), which promotes the freshest replacement.
+#include <cstddef>
+#include <optional>
+#include <vector>
+
+#include "core/dht/id.hpp"
+#include "core/runtime/endpoint.hpp"
+#include "core/runtime/time.hpp"
+
+namespace apiary::dht {
+
+struct Contact {
+  DhtId id;
+  Endpoint endpoint;
+  bool operator==(const Contact&) const = default;
+};
+
+struct RoutingStats {
+  std::size_t buckets = 0;
+  std::size_t contacts = 0;
+  std::size_t replacements = 0;
+  std::size_t full_buckets = 0;
+};
+
+class RoutingTable {
+ public:
+  enum class Added { kAdded, kUpdated, kFull, kSelf };
+  struct AddResult {
+    Added kind;
+    std::optional<Contact> ping_first;  // kFull: the least-recently-seen contact to check
+  };
+
+  RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5);
+
+  // A contact was seen (it sent us a request or answered one).
+  AddResult add(const Contact& c, TimePoint now);
+  // A contact failed; it leaves, and the freshest replacement takes its place.
+  bool remove(const DhtId& id);
+  bool contains(const DhtId& id) const;
+  std::optional<Contact> find(const DhtId& id) const;
+  // The n known contacts nearest to target, nearest first (excluding `exclude` if given).
+  std::vector<Contact> nearest(const DhtId& target, std::size_t n,
+                               const std::optional<DhtId>& exclude = std::nullopt) const;
+  // Buckets not refreshed (no lookup into their range) since `before`: a random id in each.
+  std::vector<DhtId> stale_bucket_targets(TimePoint before, Rng& rng) const;
+  void touch_bucket(const DhtId& target, TimePoint now);
+
+  std::size_t size() const;
+  RoutingStats stats() const;
+  const DhtId& self() const { return self_; }
+  std::size_t k() const { return k_; }
+  // Per bucket: (depth, contacts) in id order; for tests and health metrics.
+  std::vector<std::pair<int, std::size_t>> bucket_shape() const;
+
+ private:
+  struct Entry {
+    Contact contact;
+    TimePoint last_seen;
+  };
+  struct Bucket {
+    DhtId prefix;
+    int depth = 0;
+    std::vector<Entry> nodes;         // least recently seen first
+    std::vector<Entry> replacements;  // most recent last
+    TimePoint last_lookup{};
+    bool covers(const DhtId& id) const { return prefix.common_prefix(id) >= depth; }
+  };
+  std::size_t bucket_of(const DhtId& id) const;
+  bool can_split(const Bucket& b) const;
+  void split(std::size_t index);
+
+  DhtId self_;
+  std::size_t k_;
+  int depth_modulo_;
+  std::vector<Bucket> buckets_;  // ordered by prefix; together they cover the whole space
+};
+
+}  // namespace apiary::dht

@@ -1,0 +1,172 @@
+#include "core/dht/validate.hpp"
+
+#include <sodium.h>
+
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+namespace apiary::dht {
+namespace {
+
+struct SodiumInit {
+  SodiumInit() {
+    if (sodium_init() < 0) throw std::runtime_error("libsodium failed to initialise");
+  }
+};
+void ensure_sodium() { static SodiumInit once; }
+
+std::string to_hex(const std::uint8_t* p, std::size_t n) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) {
+    s += d[p[i] >> 4];
+    s += d[p[i] & 15];
+  }
+  return s;
+}
+
+bool from_hex(std::string_view h, std::uint8_t* out, std::size_t n) {
+  if (h.size() != 2 * n) return false;
+  auto v = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    const int hi = v(h[2 * i]), lo = v(h[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<std::uint8_t>(hi * 16 + lo);
+  }
+  return true;
+}
+
+// The owner named in `text`, if any: nullopt if none; an error string if malformed.
+struct Owner {
+  bool named = false;
+  bool valid = false;
+  std::array<std::uint8_t, 32> key{};
+};
+Owner owner_in(std::string_view text) {
+  Owner o;
+  const auto at = text.find("[owner:");
+  if (at == std::string_view::npos) return o;
+  o.named = true;
+  const auto end = text.find(']', at);
+  if (end == std::string_view::npos) return o;
+  o.valid = from_hex(text.substr(at + 7, end - at - 7), o.key.data(), 32);
+  return o;
+}
+
+}  // namespace
+
+Identity Identity::from_seed_bytes(const std::array<std::uint8_t, 32>& seed) {
+  ensure_sodium();
+  Identity id;
+  id.seed_ = seed;
+  crypto_sign_seed_keypair(id.public_key.data(), id.secret_key.data(), seed.data());
+  return id;
+}
+
+Identity Identity::from_seed(std::uint64_t seed) {
+  std::array<std::uint8_t, 32> s{};
+  Rng rng(seed ^ 0x6964656e74697479ULL);
+  for (std::size_t i = 0; i < 32; i += 8) {
+    const auto v = rng.next();
+    std::memcpy(s.data() + i, &v, 8);
+  }
+  return from_seed_bytes(s);
+}
+
+Identity Identity::generate() {
+  ensure_sodium();
+  std::array<std::uint8_t, 32> s{};
+  randombytes_buf(s.data(), s.size());
+  return from_seed_bytes(s);
+}
+
+Identity Identity::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot read identity file");
+  std::string hex;
+  in >> hex;
+  std::array<std::uint8_t, 32> s{};
+  if (!from_hex(hex, s.data(), 32))
+    throw std::runtime_error(path + ": identity file must hold 64 hex digits (an Ed25519 seed)");
+  return from_seed_bytes(s);
+}
+
+void Identity::save(const std::string& path) const {
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) throw std::runtime_error(path + ": cannot write identity file");
+  out << to_hex(seed_.data(), seed_.size()) << "\n";
+}
+
+std::string Identity::owner_tag() const { return "[owner:" + to_hex(public_key.data(), 32) + "]"; }
+
+void Identity::sign(Record& r) const {
+  ensure_sodium();
+  r.signature.assign(64, 0);
+  const Bytes msg = r.signed_bytes();
+  crypto_sign_detached(r.signature.data(), nullptr, msg.data(), msg.size(), secret_key.data());
+}
+
+std::optional<std::string> SignatureValidator::check(const Record& r) const {
+  const Owner by_key = owner_in(r.key);
+  const Owner by_sub = r.subkey ? owner_in(*r.subkey) : Owner{};
+  if (!by_key.named && !by_sub.named) return std::nullopt;
+  for (const Owner* o : {&by_key, &by_sub}) {
+    if (!o->named) continue;
+    if (!o->valid) return "malformed [owner:...] tag";
+    if (r.signature.size() != 64) return "record names an owner but carries no signature";
+    ensure_sodium();
+    const Bytes msg = r.signed_bytes();
+    if (crypto_sign_verify_detached(r.signature.data(), msg.data(), msg.size(), o->key.data()) != 0)
+      return "signature does not match the owner named in the record";
+  }
+  return std::nullopt;
+}
+
+void SchemaValidator::require(std::string prefix, Type type, std::size_t max_size) {
+  rules_.push_back(Rule{std::move(prefix), type, max_size});
+}
+
+std::optional<std::string> SchemaValidator::check(const Record& r) const {
+  for (const auto& rule : rules_) {
+    if (r.key.rfind(rule.prefix, 0) != 0) continue;
+    if (r.value.size() > rule.max_size) return "value larger than the schema allows for '" + rule.prefix + "'";
+    switch (rule.type) {
+      case Type::kInt64:
+      case Type::kFloat64:
+        if (r.value.size() != 8) return "value under '" + rule.prefix + "' must be 8 bytes";
+        break;
+      case Type::kUtf8: {
+        // Validate UTF-8 structurally.
+        std::size_t i = 0;
+        const auto& v = r.value;
+        while (i < v.size()) {
+          const std::uint8_t c = v[i];
+          const std::size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+          if (n == 0 || i + n > v.size()) return "value under '" + rule.prefix + "' is not UTF-8";
+          for (std::size_t j = 1; j < n; ++j)
+            if ((v[i + j] >> 6) != 2) return "value under '" + rule.prefix + "' is not UTF-8";
+          i += n;
+        }
+        break;
+      }
+      case Type::kBytes:
+        break;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> validate(const std::vector<std::shared_ptr<Validator>>& validators,
+                                    const Record& r) {
+  for (const auto& v : validators)
+    if (auto why = v->check(r)) return why;
+  return std::nullopt;
+}
+
+}  // namespace apiary::dht

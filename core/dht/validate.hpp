@@ -1,0 +1,67 @@
+#pragma once
+// Record validation. A key or subkey that names an owner — it contains "[owner:<64 hex digits of
+// an Ed25519 public key>]" — must carry that owner's signature over the record; anything else is
+// refused, so nobody can write or overwrite another owner's record or subkey. A schema validator
+// types the values under key prefixes. Validators run on every store a node accepts and on every
+// value a lookup returns.
+#include <array>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/dht/record.hpp"
+
+namespace apiary::dht {
+
+// An Ed25519 key pair (libsodium). A peer's DHT id is the hash of its public key.
+struct Identity {
+  std::array<std::uint8_t, 32> public_key{};
+  std::array<std::uint8_t, 64> secret_key{};
+
+  static Identity from_seed(std::uint64_t seed);  // deterministic, for simulations
+  static Identity generate();                     // from the OS's CSPRNG via libsodium
+  // Key file: 64 hex digits of the 32-byte seed. Throws std::runtime_error on a bad file.
+  static Identity load(const std::string& path);
+  void save(const std::string& path) const;
+  DhtId id() const { return DhtId::hash(public_key); }
+  std::string owner_tag() const;  // "[owner:<hex>]"
+  void sign(Record& r) const;
+
+ private:
+  std::array<std::uint8_t, 32> seed_{};
+  static Identity from_seed_bytes(const std::array<std::uint8_t, 32>& seed);
+};
+
+class Validator {
+ public:
+  virtual ~Validator() = default;
+  // nullopt if acceptable, else why not.
+  virtual std::optional<std::string> check(const Record& r) const = 0;
+};
+
+class SignatureValidator final : public Validator {
+ public:
+  std::optional<std::string> check(const Record& r) const override;
+};
+
+class SchemaValidator final : public Validator {
+ public:
+  enum class Type { kInt64, kFloat64, kUtf8, kBytes };
+  // Values under keys starting with `prefix` must be of `type` and at most `max_size` bytes.
+  void require(std::string prefix, Type type, std::size_t max_size = SIZE_MAX);
+  std::optional<std::string> check(const Record& r) const override;
+
+ private:
+  struct Rule {
+    std::string prefix;
+    Type type;
+    std::size_t max_size;
+  };
+  std::vector<Rule> rules_;
+};
+
+std::optional<std::string> validate(const std::vector<std::shared_ptr<Validator>>& validators,
+                                    const Record& r);
+
+}  // namespace apiary::dht

@@ -1,0 +1,369 @@
+// The Kademlia DHT in core, on the recording fake transport: exact expectations.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "core/dht/node.hpp"
+#include "tests/support/fake_runtime.hpp"
+
+namespace apiary::dht {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::vector<DhtId> brute_nearest(std::vector<DhtId> ids, const DhtId& target, std::size_t n) {
+  std::sort(ids.begin(), ids.end(), [&](const DhtId& a, const DhtId& b) { return (a ^ target) < (b ^ target); });
+  ids.resize(std::min(n, ids.size()));
+  return ids;
+}
+
+TEST(DhtId, XorMetricAndPrefixes) {
+  Rng rng(1);
+  const DhtId a = DhtId::random(rng), b = DhtId::random(rng);
+  EXPECT_EQ((a ^ a), DhtId{});
+  EXPECT_EQ((a ^ b), (b ^ a));
+  EXPECT_EQ(a.common_prefix(a), 160);
+  for (int depth : {0, 1, 7, 8, 13, 100, 160}) {
+    const DhtId c = DhtId::random_with_prefix(rng, a, depth);
+    EXPECT_GE(c.common_prefix(a), depth);
+  }
+  EXPECT_EQ(DhtId::of_key("x"), DhtId::of_key("x"));
+  EXPECT_NE(DhtId::of_key("x"), DhtId::of_key("y"));
+  EXPECT_EQ(DhtId::of_key("").hex().size(), 40u);
+}
+
+TEST(RoutingTable, MatchesBruteForceOnTenThousandIds) {
+  Rng rng(7);
+  const DhtId self = DhtId::random(rng);
+  RoutingTable table(self, 20, 5);
+  std::vector<DhtId> all;
+  for (int i = 0; i < 10000; ++i) {
+    all.push_back(DhtId::random(rng));
+    table.add(Contact{all.back(), Endpoint{static_cast<std::uint32_t>(i + 1), 1}}, TimePoint{});
+  }
+  // The k nearest of all 10,000 ids to ourselves are always kept: our own bucket always splits.
+  auto mine = table.nearest(self, 20);
+  auto expect = brute_nearest(all, self, 20);
+  ASSERT_EQ(mine.size(), 20u);
+  for (std::size_t i = 0; i < 20; ++i) EXPECT_EQ(mine[i].id, expect[i]) << i;
+  // Buckets: never more than k, every contact inside its bucket's range, counts add up.
+  std::size_t total = 0;
+  for (auto [depth, n] : table.bucket_shape()) {
+    EXPECT_LE(n, 20u);
+    total += n;
+  }
+  EXPECT_EQ(total, table.size());
+  const auto stats = table.stats();
+  EXPECT_EQ(stats.contacts, table.size());
+  // With b = 5 (relaxed splitting) a table holds several hundred contacts for 10,000 ids.
+  EXPECT_GT(table.size(), 200u);
+  // nearest() for any target equals brute force over what the table holds.
+  std::vector<DhtId> held;
+  for (const auto& c : table.nearest(self, 100000)) held.push_back(c.id);
+  EXPECT_EQ(held.size(), table.size());
+  for (int t = 0; t < 50; ++t) {
+    const DhtId target = DhtId::random(rng);
+    auto got = table.nearest(target, 20);
+    auto want = brute_nearest(held, target, 20);
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].id, want[i]);
+  }
+}
+
+TEST(RoutingTable, FullBucketNamesLeastRecentlySeenAndRemovePromotesReplacement) {
+  Rng rng(3);
+  DhtId self{};
+  self.b[0] = 0x00;
+  RoutingTable table(self, 2, 1);  // depth_modulo 1: only the bucket with self splits
+  // Three ids far from self (first bit 1) land in one bucket that cannot split.
+  std::vector<DhtId> far;
+  for (int i = 0; i < 3; ++i) {
+    DhtId id = DhtId::random(rng);
+    id.b[0] |= 0x80;
+    far.push_back(id);
+  }
+  EXPECT_EQ(table.add({far[0], {1, 1}}, TimePoint(1s)).kind, RoutingTable::Added::kAdded);
+  EXPECT_EQ(table.add({far[1], {2, 1}}, TimePoint(2s)).kind, RoutingTable::Added::kAdded);
+  auto r = table.add({far[2], {3, 1}}, TimePoint(3s));
+  EXPECT_EQ(r.kind, RoutingTable::Added::kFull);
+  ASSERT_TRUE(r.ping_first);
+  EXPECT_EQ(r.ping_first->id, far[0]);  // least recently seen
+  EXPECT_FALSE(table.contains(far[2]));
+  EXPECT_TRUE(table.remove(far[0]));  // it failed its ping
+  EXPECT_TRUE(table.contains(far[2]));
+  EXPECT_EQ(table.add({far[1], {2, 1}}, TimePoint(4s)).kind, RoutingTable::Added::kUpdated);
+  EXPECT_EQ(table.add({self, {9, 9}}, TimePoint(4s)).kind, RoutingTable::Added::kSelf);
+}
+
+Record rec(std::string key, std::string value, TimePoint exp, std::optional<std::string> sub = std::nullopt) {
+  return Record{std::move(key), std::move(sub), Bytes(value.begin(), value.end()), exp, {}};
+}
+
+TEST(Storage, LatestExpirationWinsAndExpiredIsGone) {
+  Storage s;
+  const TimePoint now(100s);
+  EXPECT_EQ(s.store(rec("k", "v1", TimePoint(200s)), now), Storage::Outcome::kStored);
+  EXPECT_EQ(s.store(rec("k", "old", TimePoint(150s)), now), Storage::Outcome::kStale);
+  EXPECT_EQ(s.store(rec("k", "same", TimePoint(200s)), now), Storage::Outcome::kStale);
+  EXPECT_EQ(s.store(rec("k", "v2", TimePoint(300s)), now), Storage::Outcome::kStored);
+  EXPECT_EQ(s.store(rec("k", "dead", TimePoint(50s)), now), Storage::Outcome::kExpired);
+  auto got = s.get(DhtId::of_key("k"), now);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].value, Bytes({'v', '2'}));
+  EXPECT_TRUE(s.get(DhtId::of_key("k"), TimePoint(300s)).empty());  // expired at its time
+  EXPECT_EQ(s.size(), 0u);
+}
+
+TEST(Storage, SubkeysMergeWithTheirOwnExpirations) {
+  Storage s;
+  const TimePoint now(0s);
+  s.store(rec("d", "a", TimePoint(10s), "x"), now);
+  s.store(rec("d", "b", TimePoint(20s), "y"), now);
+  EXPECT_EQ(s.store(rec("d", "a-old", TimePoint(5s), "x"), now), Storage::Outcome::kStale);
+  auto got = s.get(DhtId::of_key("d"), TimePoint(1s));
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(*got[0].subkey, "x");
+  EXPECT_EQ(*got[1].subkey, "y");
+  got = s.get(DhtId::of_key("d"), TimePoint(15s));  // x expired, y lives on
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(*got[0].subkey, "y");
+  // A plain value that expires later replaces the dictionary; one that expires earlier does not.
+  EXPECT_EQ(s.store(rec("d", "plain", TimePoint(18s)), TimePoint(15s)), Storage::Outcome::kStale);
+  EXPECT_EQ(s.store(rec("d", "plain", TimePoint(30s)), TimePoint(15s)), Storage::Outcome::kStored);
+  // And a subkey is refused while that plain value holds the key with a later expiration.
+  EXPECT_EQ(s.store(rec("d", "z", TimePoint(25s), "z"), TimePoint(15s)), Storage::Outcome::kStale);
+  EXPECT_EQ(s.get(DhtId::of_key("d"), TimePoint(15s)).size(), 1u);
+}
+
+TEST(Storage, FullStoreEvictsEarliestExpiring) {
+  Storage s(3);
+  const TimePoint now(0s);
+  s.store(rec("a", "1", TimePoint(40s)), now);
+  s.store(rec("b", "1", TimePoint(10s)), now);
+  s.store(rec("c", "1", TimePoint(30s)), now);
+  s.store(rec("d", "1", TimePoint(20s)), now);
+  EXPECT_EQ(s.size(), 3u);
+  EXPECT_EQ(s.evicted(), 1u);
+  EXPECT_TRUE(s.get(DhtId::of_key("b"), now).empty());
+  EXPECT_FALSE(s.get(DhtId::of_key("d"), now).empty());
+}
+
+TEST(Validation, SignaturesProtectOwnersRecords) {
+  const Identity alice = Identity::from_seed(1), mallory = Identity::from_seed(2);
+  SignatureValidator v;
+  Record r = rec("profile" + alice.owner_tag(), "hello", TimePoint(10s));
+  EXPECT_TRUE(v.check(r).has_value());  // unsigned
+  alice.sign(r);
+  EXPECT_FALSE(v.check(r).has_value());
+  Record forged = r;
+  forged.value = Bytes{'e', 'v', 'i', 'l'};
+  EXPECT_TRUE(v.check(forged).has_value());  // signature no longer matches
+  Record by_mallory = rec("profile" + alice.owner_tag(), "mine now", TimePoint(20s));
+  mallory.sign(by_mallory);
+  EXPECT_TRUE(v.check(by_mallory).has_value());
+  // Subkey ownership: anyone may add their own subkey under a shared key, nobody another's.
+  Record sub = rec("peers", "alice's", TimePoint(10s), alice.owner_tag());
+  alice.sign(sub);
+  EXPECT_FALSE(v.check(sub).has_value());
+  Record steal = rec("peers", "not alice", TimePoint(30s), alice.owner_tag());
+  mallory.sign(steal);
+  EXPECT_TRUE(v.check(steal).has_value());
+  Record plain = rec("anything", "goes", TimePoint(10s));
+  EXPECT_FALSE(v.check(plain).has_value());
+  Record bad_tag = rec("x[owner:zz]", "v", TimePoint(10s));
+  EXPECT_EQ(*v.check(bad_tag), "malformed [owner:...] tag");
+}
+
+TEST(Validation, SchemaTypesValues) {
+  SchemaValidator v;
+  v.require("step.", SchemaValidator::Type::kInt64);
+  v.require("name.", SchemaValidator::Type::kUtf8, 16);
+  EXPECT_FALSE(v.check(rec("step.1", "12345678", TimePoint(1s))));
+  EXPECT_TRUE(v.check(rec("step.1", "123", TimePoint(1s))));
+  EXPECT_FALSE(v.check(rec("name.a", "héllo", TimePoint(1s))));
+  EXPECT_TRUE(v.check(rec("name.a", std::string("\xff\xfe"), TimePoint(1s))));
+  EXPECT_TRUE(v.check(rec("name.a", std::string(17, 'a'), TimePoint(1s))));
+  EXPECT_FALSE(v.check(rec("other", std::string("\xff"), TimePoint(1s))));
+}
+
+// A swarm of DHT nodes on the fake transport.
+struct DhtSwarm {
+  DhtSwarm(std::size_t n, DhtConfig cfg, std::vector<std::shared_ptr<Validator>> validators = {})
+      : fake(n, 10ms) {
+    for (std::size_t i = 0; i < n; ++i) {
+      rpcs.push_back(std::make_unique<Rpc>(fake[i].runtime()));
+      nodes.push_back(std::make_unique<DhtNode>(fake[i].runtime(), *rpcs.back(),
+                                                Identity::from_seed(i + 100).id(), cfg, validators));
+    }
+  }
+  ~DhtSwarm() {
+    nodes.clear();
+    rpcs.clear();
+  }
+  template <class T>
+  T run(Task<T> t) {
+    t.start();
+    fake.net.run(1h, [&] { return t.done(); });
+    EXPECT_TRUE(t.done());
+    return t.result();
+  }
+  void join_all() {
+    // Each node bootstraps from node 0; node 0 from node 1.
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      std::vector<Endpoint> seeds{fake[i == 0 ? 1 : 0].local()};
+      run(nodes[i]->bootstrap(seeds));
+    }
+    // A second pass fills tables now that everybody exists.
+    for (auto& n : nodes) {
+      std::vector<DhtId> self{n->id()};
+      run(n->lookup(self, false));
+    }
+  }
+  std::vector<DhtId> ids() const {
+    std::vector<DhtId> v;
+    for (auto& n : nodes) v.push_back(n->id());
+    return v;
+  }
+  test::FakeSwarm fake;
+  std::vector<std::unique_ptr<Rpc>> rpcs;
+  std::vector<std::unique_ptr<DhtNode>> nodes;
+};
+
+DhtConfig small_k() {
+  DhtConfig c;
+  c.k = 5;
+  c.alpha = 3;
+  return c;
+}
+
+TEST(DhtSwarm, LookupsFindTheExactNearestPeers) {
+  DhtSwarm s(20, small_k());
+  s.join_all();
+  Rng rng(5);
+  for (int t = 0; t < 20; ++t) {
+    const DhtId target = DhtId::random(rng);
+    auto& from = *s.nodes[static_cast<std::size_t>(t) % 20];
+    std::vector<DhtId> targets{target};
+    auto res = s.run(from.lookup(targets, false));
+    std::vector<DhtId> others;
+    for (auto& id : s.ids())
+      if (id != from.id()) others.push_back(id);
+    auto want = brute_nearest(others, target, 5);
+    auto& got = res[target].nearest;
+    ASSERT_EQ(got.size(), 5u);
+    for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(got[i].id, want[i]) << "target " << t << " rank " << i;
+  }
+}
+
+TEST(DhtSwarm, ManyKeysInOneTraversal) {
+  DhtSwarm s(20, small_k());
+  s.join_all();
+  Rng rng(6);
+  std::vector<DhtId> targets;
+  for (int i = 0; i < 10; ++i) targets.push_back(DhtId::random(rng));
+  auto res = s.run(s.nodes[3]->lookup(targets, false));
+  std::vector<DhtId> others;
+  for (auto& id : s.ids())
+    if (id != s.nodes[3]->id()) others.push_back(id);
+  for (const auto& t : targets) {
+    auto want = brute_nearest(others, t, 5);
+    ASSERT_EQ(res[t].nearest.size(), 5u);
+    for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(res[t].nearest[i].id, want[i]);
+  }
+  // One traversal asks each peer at most once for all the keys it is a candidate for.
+  EXPECT_LE(res[targets[0]].queried, 19);
+}
+
+TEST(DhtSwarm, StoreReplicatesToTheKNearestAndGetFindsIt) {
+  DhtSwarm s(20, small_k());
+  s.join_all();
+  const TimePoint exp = s.fake.net.now() + 10min;
+  auto stored = s.run(s.nodes[2]->store(rec("the-key", "the-value", exp)));
+  const DhtId key = DhtId::of_key("the-key");
+  // Holders are exactly the 5 nearest of the other peers, plus the storer if it is nearer
+  // than the fifth of those.
+  std::vector<DhtId> others;
+  for (auto& id : s.ids())
+    if (id != s.nodes[2]->id()) others.push_back(id);
+  auto nearest = brute_nearest(others, key, 5);
+  std::set<DhtId> expect(nearest.begin(), nearest.end());
+  if ((s.nodes[2]->id() ^ key) < (nearest.back() ^ key)) expect.insert(s.nodes[2]->id());
+  std::set<DhtId> holders;
+  for (auto& n : s.nodes)
+    if (!n->storage().get(key, s.fake.net.now()).empty()) holders.insert(n->id());
+  EXPECT_EQ(holders, expect);
+  EXPECT_EQ(stored.replicas, expect.size());
+
+  for (std::size_t i : {0u, 7u, 19u}) {
+    auto got = s.run(s.nodes[i]->get("the-key"));
+    ASSERT_TRUE(got.found) << i;
+    EXPECT_EQ(got.records[0].value, Bytes({'t', 'h', 'e', '-', 'v', 'a', 'l', 'u', 'e'}));
+  }
+  auto missing = s.run(s.nodes[5]->get("no-such-key"));
+  EXPECT_FALSE(missing.found);
+  // After expiration the value is gone everywhere.
+  s.fake.net.run(11min);
+  EXPECT_FALSE(s.run(s.nodes[7]->get("the-key")).found);
+}
+
+TEST(DhtSwarm, ForgedAndUnsignedOwnerRecordsAreRejectedEverywhere) {
+  std::vector<std::shared_ptr<Validator>> v{std::make_shared<SignatureValidator>()};
+  DhtSwarm s(12, small_k(), v);
+  s.join_all();
+  const Identity alice = Identity::from_seed(1), mallory = Identity::from_seed(2);
+  const TimePoint exp = s.fake.net.now() + 10min;
+  Record good = rec("model" + alice.owner_tag(), "v1", exp);
+  alice.sign(good);
+  EXPECT_GE(s.run(s.nodes[1]->store(good)).replicas, 5u);
+  Record forged = rec("model" + alice.owner_tag(), "v2", exp + 1min);
+  mallory.sign(forged);
+  EXPECT_EQ(s.run(s.nodes[4]->store(forged)).replicas, 0u);
+  Record unsigned_rec = rec("model" + alice.owner_tag(), "v3", exp + 2min);
+  EXPECT_EQ(s.run(s.nodes[4]->store(unsigned_rec)).replicas, 0u);
+  EXPECT_GT(s.fake.metrics.counter("dht.store_rejected"), 0);
+  auto got = s.run(s.nodes[9]->get("model" + alice.owner_tag()));
+  ASSERT_TRUE(got.found);
+  EXPECT_EQ(got.records[0].value, Bytes({'v', '1'}));
+}
+
+TEST(DhtSwarm, EdgeCaseKeys) {
+  DhtSwarm s(10, small_k());
+  s.join_all();
+  const TimePoint exp = s.fake.net.now() + 10min;
+  for (std::string key : {std::string(""), std::string(1, '\0'), std::string(256, 'k')}) {
+    EXPECT_GT(s.run(s.nodes[1]->store(rec(key, "v", exp))).replicas, 0u) << key.size();
+    EXPECT_TRUE(s.run(s.nodes[8]->get(key)).found) << key.size();
+  }
+  // Over the key limit: refused by every peer.
+  EXPECT_EQ(s.run(s.nodes[1]->store(rec(std::string(257, 'k'), "v", exp))).replicas, 0u);
+}
+
+TEST(DhtSwarm, DetachedNodeFindsOnlyItself) {
+  DhtSwarm s(1, small_k());
+  std::vector<Endpoint> none;
+  EXPECT_EQ(s.run(s.nodes[0]->bootstrap(none)), 0u);
+  std::vector<DhtId> t{DhtId::of_key("x")};
+  auto res = s.run(s.nodes[0]->lookup(t, false));
+  EXPECT_TRUE(res[t[0]].nearest.empty());
+  auto st = s.run(s.nodes[0]->store(rec("x", "v", s.fake.net.now() + 1min)));
+  EXPECT_EQ(st.replicas, 1u);  // only itself
+  EXPECT_TRUE(s.run(s.nodes[0]->get("x")).found);
+}
+
+TEST(DhtSwarm, DeadPeersAreBlacklistedAndLeaveTheTable) {
+  DhtSwarm s(15, small_k());
+  s.join_all();
+  for (std::size_t i = 10; i < 15; ++i) s.fake[i].up = false;
+  Rng rng(9);
+  for (int t = 0; t < 5; ++t) {
+    std::vector<DhtId> target{DhtId::random(rng)};
+    auto res = s.run(s.nodes[0]->lookup(target, false));
+    for (const auto& c : res[target[0]].nearest)
+      for (std::size_t i = 10; i < 15; ++i) EXPECT_NE(c.id, s.nodes[i]->id());
+  }
+  EXPECT_GT(s.fake.metrics.counter("dht.peer_failures"), 0);
+  for (std::size_t i = 10; i < 15; ++i) EXPECT_FALSE(s.nodes[0]->table().contains(s.nodes[i]->id()));
+}
+
+}  // namespace
+}  // namespace apiary::dht
