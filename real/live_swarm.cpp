@@ -39,7 +39,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     directory.push_back(p.rt->local());
   }
   for (auto& p : peers) {
-    p.stack = std::make_unique<PeerStack>(*p.runtime, spec, directory);
+    p.stack = std::make_unique<PeerStack>(*p.runtime, spec, directory, static_cast<std::uint32_t>(&p - peers.data()));
     p.stack->start();
   }
 

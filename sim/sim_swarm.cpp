@@ -7,6 +7,7 @@
 
 #include <ns3/simulator.h>
 
+#include "core/workloads/dht_workload.hpp"
 #include "sim/sim_network.hpp"
 
 namespace apiary::sim {
@@ -55,9 +56,28 @@ class Swarm {
     }
     const std::uint64_t rss1 = rss_bytes();
 
-    for (std::uint32_t i = 0; i < spec_.peers; ++i) join(i);
+    const bool dht = spec_.workload == "dht";
+    Rng join_rng(spec_.seed ^ 0x6a6f696eULL);
+    for (std::uint32_t i = 0; i < spec_.peers; ++i) {
+      const bool seed_peer = dht && i < spec_.dht.bootstrap_peers;
+      if (!dht || seed_peer) {
+        join(i);
+      } else {
+        const auto at = NanoSeconds(static_cast<std::int64_t>(join_rng.uniform(0, static_cast<double>(spec_.dht.join_window.count()))));
+        Simulator::Schedule(at, [this, i] { join(i); });
+      }
+    }
     if (spec_.churn.kind != ChurnSpec::Kind::kNone)
-      for (std::uint32_t i = 0; i < spec_.peers; ++i) schedule_leave(i);
+      for (std::uint32_t i = dht ? spec_.dht.bootstrap_peers : 0; i < spec_.peers; ++i)
+        Simulator::Schedule(dht ? NanoSeconds(spec_.dht.join_window.count()) : Seconds(0),
+                            [this, i] { schedule_leave(i); });
+    if (dht) {
+      driver_ = std::make_unique<DhtWorkloadDriver>(spec_, metrics_, spec_.seed ^ 0x64726976ULL);
+      Simulator::Schedule(NanoSeconds(spec_.dht.start.count()), [this] {
+        schedule_store();
+        schedule_get();
+      });
+    }
 
     const Time end = NanoSeconds(spec_.duration.count());
     if (progress) {
@@ -88,6 +108,14 @@ class Swarm {
     info.figures["channel_packets"] = static_cast<double>(net_.channel().stats().packets);
     info.figures["channel_dropped_down"] = static_cast<double>(net_.channel().stats().dropped_down);
     info.figures["sidecar_swept"] = static_cast<double>(net_.sidecar().swept());
+    const double peer_minutes = spec_.peers * to_seconds(spec_.duration) / 60.0;
+    info.figures["messages_per_peer_minute"] = static_cast<double>(messages) / peer_minutes;
+    info.figures["bytes_per_peer_minute"] =
+        static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
+    if (dht) {
+      record_table_health();
+      metrics_.count("dht.ops_abandoned", driver_->abandoned());
+    }
 
     for (std::uint32_t i = 0; i < spec_.peers; ++i) leave(i);  // tear down before ns-3 goes
     info.wall_seconds =
@@ -99,7 +127,7 @@ class Swarm {
   void join(std::uint32_t i) {
     auto& p = peers_[i];
     net_.set_up(i, true);
-    p.stack = std::make_unique<PeerStack>(*p.runtime, spec_, directory_);
+    p.stack = std::make_unique<PeerStack>(*p.runtime, spec_, directory_, i);
     p.up = true;
     p.observer->trace("peer.join", i, 0);
     p.stack->start();
@@ -135,8 +163,57 @@ class Swarm {
     });
   }
 
+  std::optional<std::uint32_t> pick_joined_peer(Rng& rng) {
+    for (int tries = 0; tries < 64; ++tries) {
+      const auto i = static_cast<std::uint32_t>(rng.below(spec_.peers));
+      if (peers_[i].up && peers_[i].stack->joined()) return i;
+    }
+    return std::nullopt;
+  }
+  void schedule_store() {
+    Simulator::Schedule(NanoSeconds(driver_->next_store_gap().count()), [this] {
+      if (auto i = pick_joined_peer(driver_->rng()))
+        driver_->issue_store(*peers_[*i].stack->dht(), *i, peers_[*i].runtime->now());
+      schedule_store();
+    });
+  }
+  void schedule_get() {
+    Simulator::Schedule(NanoSeconds(driver_->next_get_gap().count()), [this] {
+      if (auto i = pick_joined_peer(driver_->rng()))
+        driver_->issue_get(*peers_[*i].stack->dht(), *i, peers_[*i].runtime->now());
+      schedule_get();
+    });
+  }
+  // Routing-table health at the end: table sizes of live peers, and for a sample of them the
+  // share of their k true nearest live peers that their table holds.
+  void record_table_health() {
+    std::vector<std::pair<dht::DhtId, std::uint32_t>> alive;
+    for (std::uint32_t i = 0; i < spec_.peers; ++i)
+      if (peers_[i].up && peers_[i].stack->joined()) alive.emplace_back(peers_[i].stack->dht()->id(), i);
+    metrics_.count("dht.alive_at_end", static_cast<std::int64_t>(alive.size()));
+    Rng rng(spec_.seed ^ 0x6865616c7468ULL);
+    const std::size_t k = spec_.dht.config.k;
+    for (std::size_t s = 0; s < std::min<std::size_t>(100, alive.size()); ++s) {
+      const auto& [self, idx] = alive[rng.below(alive.size())];
+      auto& node = *peers_[idx].stack->dht();
+      const auto st = node.table().stats();
+      metrics_.sample("dht.table.contacts", static_cast<double>(st.contacts));
+      metrics_.sample("dht.table.buckets", static_cast<double>(st.buckets));
+      std::vector<dht::DhtId> others;
+      for (const auto& [id, j] : alive)
+        if (j != idx) others.push_back(id);
+      const std::size_t n = std::min(k, others.size());
+      std::partial_sort(others.begin(), others.begin() + static_cast<std::ptrdiff_t>(n), others.end(),
+                        [&](const dht::DhtId& a, const dht::DhtId& b) { return (a ^ self) < (b ^ self); });
+      std::size_t held = 0;
+      for (std::size_t j = 0; j < n; ++j) held += node.table().contains(others[j]);
+      if (n) metrics_.sample("dht.table.neighbour_recall", static_cast<double>(held) / static_cast<double>(n));
+    }
+  }
+
   const SwarmSpec& spec_;
   Metrics& metrics_;
+  std::unique_ptr<DhtWorkloadDriver> driver_;
   SimNetwork net_;
   std::vector<SimPeer> peers_;
   std::vector<Endpoint> directory_;

@@ -366,6 +366,13 @@ void DhtNode::spawn_get(std::string key, std::function<void(const GetResult&)> d
   }(this, std::move(key), std::move(done)));
 }
 
+void DhtNode::spawn_join(std::vector<Endpoint> seeds, std::function<void(std::size_t)> done) {
+  scope_.spawn([](DhtNode* self, std::vector<Endpoint> s, std::function<void(std::size_t)> d) -> Task<void> {
+    auto n = co_await self->bootstrap(std::move(s));
+    d(n);
+  }(this, std::move(seeds), std::move(done)));
+}
+
 void DhtNode::spawn_store(Record record, std::function<void(const StoreResult&)> done) {
   scope_.spawn([](DhtNode* self, Record rec, std::function<void(const StoreResult&)> d) -> Task<void> {
     auto r = co_await self->store(std::move(rec));

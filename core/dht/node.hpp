@@ -76,6 +76,7 @@ class DhtNode {
   // Fire-and-forget forms for drivers: the operation runs in this node's own scope (so it dies
   // with the node under churn) and `done` is called only if it completes.
   void spawn_get(std::string key, std::function<void(const GetResult&)> done);
+  void spawn_join(std::vector<Endpoint> seeds, std::function<void(std::size_t)> done);
   void spawn_store(Record record, std::function<void(const StoreResult&)> done);
 
  private:

@@ -30,7 +30,28 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
     s.fail("churn.mean_session", "must be positive");
 
-  spec.workload = s.get_string("workload.kind", spec.workload, {"ping"});
+  spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht"});
+  if (spec.workload == "dht") {
+    auto& d = spec.dht;
+    auto& c = d.config;
+    c.k = static_cast<std::size_t>(s.get_int("dht.k", static_cast<std::int64_t>(c.k), 1, 64));
+    c.alpha = static_cast<std::size_t>(s.get_int("dht.alpha", static_cast<std::int64_t>(c.alpha), 1, 32));
+    c.depth_modulo = static_cast<int>(s.get_int("dht.depth_modulo", c.depth_modulo, 1, 16));
+    c.rpc_timeout = s.get_duration("dht.rpc_timeout", c.rpc_timeout);
+    c.refresh_period = s.get_duration("dht.refresh", c.refresh_period);
+    c.replicate_period = s.get_duration("dht.replicate", c.replicate_period);
+    c.max_records = static_cast<std::size_t>(s.get_int("dht.max_records", static_cast<std::int64_t>(c.max_records), 1, 100'000'000));
+    c.cache_on_lookup = s.get_bool("dht.cache", c.cache_on_lookup);
+    d.bootstrap_peers = static_cast<std::uint32_t>(s.get_int("dht.bootstrap_peers", d.bootstrap_peers, 1, spec.peers));
+    d.join_window = s.get_duration("dht.join_window", d.join_window);
+    d.start = s.get_duration("workload.start", d.start);
+    d.store_rate = s.get_rate("workload.store_rate", d.store_rate);
+    d.get_rate = s.get_rate("workload.get_rate", d.get_rate);
+    d.ttl = s.get_duration("workload.ttl", d.ttl);
+    if (d.ttl <= Duration::zero()) s.fail("workload.ttl", "must be positive");
+    d.value_size = s.get_bytes("workload.value_size", d.value_size);
+    if (d.value_size > c.limits.max_value) s.fail("workload.value_size", "larger than the DHT's value limit (64KiB)");
+  }
   const double rate = s.get_rate("workload.rate", 1.0);
   if (rate <= 0) s.fail("workload.rate", "must be positive");
   spec.ping.mean_interval = Duration(static_cast<std::int64_t>(std::llround(1e9 / rate)));
@@ -56,12 +77,41 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
 
 namespace apiary {
 
-PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory)
-    : rpc_(std::make_unique<Rpc>(rt)),
-      ping_(std::make_unique<PingApp>(rt, *rpc_, directory, spec.ping)) {}
+dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index) {
+  return dht::Identity::from_seed(spec.seed * 1000003ULL + index);
+}
+
+PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory,
+                     std::uint32_t index)
+    : rt_(rt), spec_(spec), directory_(directory), index_(index), rpc_(std::make_unique<Rpc>(rt)) {
+  if (spec.workload == "ping") {
+    ping_ = std::make_unique<PingApp>(rt, *rpc_, directory, spec.ping);
+  } else {
+    std::vector<std::shared_ptr<dht::Validator>> validators{std::make_shared<dht::SignatureValidator>()};
+    dht_ = std::make_unique<dht::DhtNode>(rt, *rpc_, swarm_identity(spec, index).id(),
+                                          spec.dht.config, std::move(validators));
+  }
+}
+
+void PeerStack::start() {
+  if (ping_) {
+    ping_->start();
+    return;
+  }
+  std::vector<Endpoint> seeds;
+  for (std::uint32_t i = 0; i < spec_.dht.bootstrap_peers && i < directory_.size(); ++i)
+    if (i != index_) seeds.push_back(directory_[i]);
+  dht_->spawn_join(std::move(seeds), [this](std::size_t contacts) {
+    joined_ = true;
+    rt_.observer.count("dht.joins");
+    rt_.observer.sample("dht.join.contacts", static_cast<double>(contacts));
+    dht_->start_maintenance();
+  });
+}
 
 PeerStack::~PeerStack() {
   rpc_->shutdown();  // no handler runs after this
+  dht_.reset();
   ping_.reset();
   rpc_.reset();
 }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dht/node.hpp"
 #include "core/scenario/scenario.hpp"
 #include "core/workloads/ping.hpp"
 
@@ -15,6 +16,19 @@ struct ChurnSpec {
   Duration mean_session = std::chrono::minutes(30);  // time up
   Duration mean_downtime = std::chrono::minutes(5);  // time down before rejoining
   double weibull_shape = 0.5;
+};
+
+// The DHT workload: peers join through bootstrap peers; stores and gets of random keys at
+// swarm-wide Poisson rates, gets only of keys stored earlier and not yet expired.
+struct DhtWorkloadSpec {
+  dht::DhtConfig config;
+  std::uint32_t bootstrap_peers = 3;        // peers 0..B-1: always up, the seeds
+  Duration join_window = std::chrono::seconds(60);  // the others join uniformly over this
+  Duration start = std::chrono::seconds(90);        // workload starts after joins settle
+  double store_rate = 1.0;                  // per second, whole swarm
+  double get_rate = 10.0;                   // per second, whole swarm
+  Duration ttl = std::chrono::minutes(30);
+  std::uint64_t value_size = 64;
 };
 
 struct SwarmSpec {
@@ -30,6 +44,7 @@ struct SwarmSpec {
   ChurnSpec churn;
   std::string workload = "ping";
   PingConfig ping;
+  DhtWorkloadSpec dht;
   std::string live_host = "127.0.0.1";
   std::uint16_t live_base_port = 0;  // 0: ephemeral ports
   std::string scenario_text;
@@ -63,14 +78,27 @@ using ProgressFn = std::function<void(double fraction)>;
 // workload app. Both backends build peers through this, so the protocol code is the same.
 class PeerStack {
  public:
-  PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory);
+  PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory,
+            std::uint32_t index);
   ~PeerStack();
-  void start() { ping_->start(); }
+  // ping: starts pinging. dht: bootstraps from the seeds, then runs maintenance.
+  void start();
   Rpc& rpc() { return *rpc_; }
+  dht::DhtNode* dht() { return dht_.get(); }
+  bool joined() const { return joined_; }
 
  private:
+  Runtime& rt_;
+  const SwarmSpec& spec_;
+  const std::vector<Endpoint>& directory_;
+  std::uint32_t index_;
   std::unique_ptr<Rpc> rpc_;
   std::unique_ptr<PingApp> ping_;
+  std::unique_ptr<dht::DhtNode> dht_;
+  bool joined_ = false;
 };
+
+// A peer's DHT identity in a swarm: derived from the seed, so runs are reproducible.
+dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index);
 
 }  // namespace apiary
