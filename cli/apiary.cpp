@@ -14,6 +14,7 @@
 #include "apiary/version.hpp"
 #include "core/runtime/metrics.hpp"
 #include "core/scenario/swarm_spec.hpp"
+#include "real/live_dht.hpp"
 #include "real/live_swarm.hpp"
 #ifdef APIARY_WITH_NS3
 #include "sim/sim_swarm.hpp"
@@ -139,14 +140,71 @@ int main(int argc, char** argv) {
   bool json = false, quiet = false;
   run_cmd->add_option("scenario", scenario, "Scenario file (TOML); see scenarios/README.md");
   run_cmd->add_option("--seed", seed, "Override the scenario's seed");
-  run_cmd->add_option("--set", sets, "Override a key: --set peers=1000 --set network.latency=50ms");
+  run_cmd->add_option("--set", sets, "Override a key: --set peers=1000 --set network.latency=50ms")->allow_extra_args(false);
   run_cmd->add_option("--out", out, "HDF5 results file (default out/<name>-seed<N>.h5)");
   run_cmd->add_flag("--json", json, "Print a JSON summary as the last line of stdout");
   run_cmd->add_flag("--quiet", quiet, "No progress bar or human summary");
 
+  // apiary peer: a live DHT node.
+  auto* peer_cmd = app.add_subcommand("peer", "Run a live DHT peer until interrupted");
+  apiary::real::LivePeerOptions peer;
+  peer_cmd->add_option("--listen", peer.listen, "IPV4:PORT to listen on (port 0: any free port)");
+  peer_cmd->add_option("--join", peer.join, "IPV4:PORT of a peer already in the swarm (repeatable)")->allow_extra_args(false);
+  peer_cmd->add_option("--identity", peer.identity_file, "Ed25519 identity file (created if missing)");
+  peer_cmd->add_option("--k", peer.config.k, "bucket size / replication factor")->check(CLI::Range(1, 64));
+  peer_cmd->add_option("--ready-file", peer.ready_file, "write '<id> <endpoint>' here once listening");
+  peer_cmd->add_flag("--verbose", peer.verbose, "log protocol events to stderr");
+
+  // apiary dht store|get: talk to a running swarm.
+  auto* dht_cmd = app.add_subcommand("dht", "Store or get a value in a running live swarm");
+  dht_cmd->require_subcommand(1);
+  apiary::real::DhtClientOptions client;
+  std::string key, value, subkey, identity;
+  long long ttl = 3600;
+  bool dht_json = false;
+  auto* store_cmd = dht_cmd->add_subcommand("store", "Store KEY VALUE");
+  store_cmd->add_option("--via", client.via, "IPV4:PORT of a swarm peer")->required()->allow_extra_args(false);
+  store_cmd->add_option("key", key)->required();
+  store_cmd->add_option("value", value)->required();
+  store_cmd->add_option("--subkey", subkey, "store as a dictionary entry under KEY");
+  store_cmd->add_option("--ttl", ttl, "seconds until the record expires")->check(CLI::Range(1LL, 365LL * 86400));
+  store_cmd->add_option("--identity", client.identity_file, "sign the record as this identity's owner");
+  store_cmd->add_flag("--json", dht_json);
+  auto* get_cmd = dht_cmd->add_subcommand("get", "Get KEY");
+  get_cmd->add_option("--via", client.via, "IPV4:PORT of a swarm peer")->required()->allow_extra_args(false);
+  get_cmd->add_option("key", key)->required();
+  get_cmd->add_flag("--json", dht_json);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*run_cmd) return run(scenario, seed, sets, out, json, quiet || json);
+    if (*peer_cmd) return apiary::real::run_live_peer(peer);
+    if (*dht_cmd) {
+      apiary::real::DhtClientResult r;
+      if (*store_cmd)
+        r = apiary::real::dht_client_store(client, key, value,
+                                           subkey.empty() ? std::nullopt : std::optional<std::string>(subkey),
+                                           std::chrono::seconds(ttl));
+      else
+        r = apiary::real::dht_client_get(client, key);
+      if (dht_json) {
+        nlohmann::json j{{"ok", r.ok}, {"replicas", r.replicas}, {"latency_ms", r.latency_ms},
+                         {"hops", r.hops}, {"error", r.error}};
+        for (const auto& rec : r.records)
+          j["values"].push_back({{"subkey", rec.subkey ? *rec.subkey : ""},
+                                 {"value", std::string(rec.value.begin(), rec.value.end())}});
+        std::cout << j.dump() << std::endl;
+      } else if (r.ok && *store_cmd) {
+        std::printf("stored on %zu peers in %.1f ms\n", r.replicas, r.latency_ms);
+      } else if (r.ok) {
+        for (const auto& rec : r.records)
+          std::printf("%s%s\n", rec.subkey ? (*rec.subkey + ": ").c_str() : "",
+                      std::string(rec.value.begin(), rec.value.end()).c_str());
+      } else {
+        std::fprintf(stderr, "apiary dht: %s\n", r.error.c_str());
+      }
+      return r.ok ? 0 : 1;
+    }
   } catch (const apiary::ScenarioError& e) {
     std::fprintf(stderr, "apiary: scenario error: %s\n", e.what());
     return 2;

@@ -63,32 +63,34 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
   std::map<Connection*, std::shared_ptr<Connection>> all;
   // Timers: one asio timer per peer, armed for the earliest entry of an ordered queue, so
   // timers due at the same instant fire in the order they were scheduled.
-  std::map<std::pair<TimePoint, TimerId>, std::function<void()>> queue;
-  std::map<TimerId, TimePoint> due_of;
+  using Steady = std::chrono::steady_clock;
+  std::map<std::pair<Steady::time_point, TimerId>, std::function<void()>> queue;
+  std::map<TimerId, Steady::time_point> due_of;
   TimerId next_timer = 1;
   std::unique_ptr<asio::steady_timer> wake;
-  TimePoint armed_for = TimePoint::max();
+  Steady::time_point armed_for = Steady::time_point::max();
 
-  TimePoint clock_now() const {
-    return TimePoint(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - opts.epoch));
+  static TimePoint clock_now() {
+    return TimePoint(std::chrono::duration_cast<Duration>(
+        std::chrono::system_clock::now().time_since_epoch()));
   }
   void arm() {
     if (queue.empty()) return;
-    const TimePoint first = queue.begin()->first.first;
+    const auto first = queue.begin()->first.first;
     if (first >= armed_for) return;  // already armed early enough
     armed_for = first;
     if (!wake) wake = std::make_unique<asio::steady_timer>(io);
-    wake->expires_at(opts.epoch + first.time_since_epoch());
+    wake->expires_at(first);
     wake->async_wait([self = weak_from_this()](boost::system::error_code ec) {
       if (ec) return;
       auto me = self.lock();
       if (!me) return;
-      me->armed_for = TimePoint::max();
+      me->armed_for = Steady::time_point::max();
       me->fire_due();
     });
   }
   void fire_due() {
-    const TimePoint t = clock_now();
+    const auto t = Steady::now();
     // Take due entries one at a time: a callback may schedule or cancel others.
     while (!queue.empty() && queue.begin()->first.first <= t) {
       auto node = queue.extract(queue.begin());
@@ -306,7 +308,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     queue.clear();
     due_of.clear();
     if (wake) wake->cancel();
-    armed_for = TimePoint::max();
+    armed_for = Steady::time_point::max();
   }
 };
 
@@ -338,7 +340,7 @@ TimePoint LiveRuntime::now() const { return impl_->clock_now(); }
 
 TimerId LiveRuntime::schedule(Duration delay, std::function<void()> fn) {
   const TimerId id = impl_->next_timer++;
-  const TimePoint due = now() + (delay < Duration::zero() ? Duration::zero() : delay);
+  const auto due = Impl::Steady::now() + (delay < Duration::zero() ? Duration::zero() : delay);
   impl_->queue.emplace(std::make_pair(due, id), std::move(fn));
   impl_->due_of.emplace(id, due);
   impl_->arm();

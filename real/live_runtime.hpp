@@ -1,6 +1,8 @@
 #pragma once
 // The runtime contract on real sockets: a steady clock, Boost.Asio timers, and a TCP transport
-// with one reused connection per peer pair. A connection opens with a HELLO frame naming the
+// with one reused connection per peer pair. now() is wall-clock time (nanoseconds since the Unix
+// epoch), so expiration times agree across processes and machines (to NTP accuracy); timers run
+// on the steady clock, immune to wall-clock jumps. A connection opens with a HELLO frame naming the
 // sender's listening endpoint, so the other side can answer on it. Messages are framed as in
 // core/wire/frame.hpp; payloads over one part (256 KiB) are streamed part by part, interleaved
 // round-robin with other streams, and small messages go first, so a 64 MiB transfer does not
@@ -23,7 +25,6 @@ struct LiveOptions {
   Endpoint listen{Endpoint::ipv4(127, 0, 0, 1), 0};  // port 0: pick a free one
   TransportLimits limits;
   std::size_t max_connections = 4096;
-  std::chrono::steady_clock::time_point epoch = std::chrono::steady_clock::now();
 };
 
 class LiveRuntime final : public Clock, public Timers, public Transport {

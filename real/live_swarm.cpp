@@ -25,7 +25,6 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
   std::vector<LivePeer> peers(spec.peers);
   std::vector<Endpoint> directory;
   LiveOptions base;
-  base.epoch = std::chrono::steady_clock::now();
   for (std::uint32_t i = 0; i < spec.peers; ++i) {
     auto& p = peers[i];
     LiveOptions o = base;

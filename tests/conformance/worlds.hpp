@@ -100,7 +100,6 @@ class LiveWorld final : public World {
     const std::size_t i = peers_.size();
     auto p = std::make_unique<Peer>();
     real::LiveOptions o;
-    o.epoch = epoch_;
     p->rt = std::make_unique<real::LiveRuntime>(io_, o);
     p->rt->open();
     p->observer = std::make_unique<PeerObserver>(metrics, *p->rt, i);
@@ -143,7 +142,6 @@ class LiveWorld final : public World {
     std::unique_ptr<Runtime> runtime;
   };
   boost::asio::io_context io_;
-  std::chrono::steady_clock::time_point epoch_ = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<Peer>> peers_;
   std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> garbage_;
 };

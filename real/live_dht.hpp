@@ -1,0 +1,46 @@
+#pragma once
+// Live DHT processes: `apiary peer` (a long-running DHT node on a real socket) and
+// `apiary dht store|get` (a short-lived client-mode node that talks to a running swarm).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/dht/node.hpp"
+
+namespace apiary::real {
+
+struct LivePeerOptions {
+  std::string listen = "127.0.0.1:0";
+  std::vector<std::string> join;
+  std::string identity_file;  // created if missing, so the peer id survives restarts
+  dht::DhtConfig config;
+  std::string ready_file;     // if set, "<id> <endpoint>\n" is written here once listening
+  bool verbose = false;
+};
+
+// Runs until SIGINT/SIGTERM. Returns the process exit code; throws on bad options.
+int run_live_peer(const LivePeerOptions& options);
+
+struct DhtClientOptions {
+  std::vector<std::string> via;  // peers to enter the swarm through
+  dht::DhtConfig config;
+  std::string identity_file;     // sign as this owner (for [owner:...] keys)
+  std::chrono::milliseconds deadline{10000};
+};
+
+struct DhtClientResult {
+  bool ok = false;
+  std::size_t replicas = 0;
+  std::vector<dht::Record> records;
+  double latency_ms = 0;
+  int hops = 0;
+  std::string error;
+};
+
+DhtClientResult dht_client_store(const DhtClientOptions& o, const std::string& key,
+                                 const std::string& value, std::optional<std::string> subkey,
+                                 std::chrono::seconds ttl);
+DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key);
+
+}  // namespace apiary::real
