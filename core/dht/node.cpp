@@ -49,6 +49,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
         continue;
       }
       const auto o = storage_.store(r, now);
+      if (o != Storage::Outcome::kExpired) refreshed_[{r.key, r.subkey}] = now;
       reply.outcomes.push_back(static_cast<std::uint8_t>(
           o == Storage::Outcome::kStored ? StoreOutcome::kStored
           : o == Storage::Outcome::kStale ? StoreOutcome::kStale
@@ -98,10 +99,32 @@ void DhtNode::learn(const Contact& c) {
   if (c.id == self_ || !c.endpoint.valid()) return;
   blacklist_.erase(c.endpoint);
   auto r = table_.add(c, rt_.now());
+  if (r.kind == RoutingTable::Added::kAdded && !cfg_.client_mode) hand_over(c);
   if (r.kind == RoutingTable::Added::kFull && r.ping_first && !checking_.count(r.ping_first->id)) {
     checking_.insert(r.ping_first->id);
     scope_.spawn(check_lru(*r.ping_first));
   }
+}
+
+void DhtNode::hand_over(const Contact& c) {
+  // A newcomer that is among the k nearest known peers of a record we hold gets a copy now,
+  // not at the next replication round: under churn this is what keeps records findable.
+  std::vector<Record> give;
+  if (storage_.size() == 0) return;
+  for (auto& r : storage_.all(rt_.now())) {
+    const DhtId id = DhtId::of_key(r.key);
+    if (!((c.id ^ id) < (self_ ^ id))) continue;  // only newcomers nearer than we are
+    const auto near = table_.nearest(id, cfg_.k);
+    if (near.size() < cfg_.k || !((near.back().id ^ id) < (c.id ^ id)))
+      if (give.size() < cfg_.limits.max_keys_per_request) give.push_back(std::move(r));
+  }
+  if (give.empty()) return;
+  rt_.observer.count("dht.handovers");
+  StoreRequest req{me(), std::move(give)};
+  Bytes body;
+  wire::Writer w(body);
+  req.encode(w);
+  rpc_.notify(c.endpoint, StoreRequest::kMethod, std::move(body));
 }
 
 Task<void> DhtNode::check_lru(Contact lru) {
@@ -421,7 +444,13 @@ Task<void> DhtNode::replicate_loop() {
     }
     // Replicate what it holds to the k nearest peers it knows (no lookup: cheap, local view).
     std::map<DhtId, std::pair<Contact, std::vector<Record>>> plan;
+    const TimePoint recent = rt_.now() - cfg_.replicate_period * 7 / 10;
+    std::map<std::pair<std::string, std::optional<std::string>>, TimePoint> still_held;
     for (auto& r : storage_.all(rt_.now())) {
+      auto it = refreshed_.find({r.key, r.subkey});
+      const bool pushed_to_us = it != refreshed_.end() && it->second > recent;
+      still_held[{r.key, r.subkey}] = pushed_to_us ? it->second : rt_.now();
+      if (pushed_to_us) continue;  // a peer replicated it to us lately; it reached the others too
       const DhtId id = DhtId::of_key(r.key);
       for (const auto& c : table_.nearest(id, cfg_.k)) {
         auto& p = plan[c.id];
@@ -429,6 +458,7 @@ Task<void> DhtNode::replicate_loop() {
         if (p.second.size() < cfg_.limits.max_keys_per_request) p.second.push_back(r);
       }
     }
+    refreshed_ = std::move(still_held);  // we pushed the rest now; forget what we no longer hold
     rt_.observer.count("dht.replications");
     for (auto& [id, p] : plan) {
       StoreRequest req{me(), std::move(p.second)};

@@ -90,6 +90,7 @@ class DhtNode {
   Task<Result<PingReply>> ping(Endpoint to);
   Task<void> lookup_worker(Traversal& t);
   void learn(const Contact& c);
+  void hand_over(const Contact& c);
   Task<void> check_lru(Contact lru);
   bool blacklisted(const Endpoint& e) const;
   void punish(const Contact& c);
@@ -113,6 +114,9 @@ class DhtNode {
   std::map<Endpoint, Backoff> blacklist_;
   std::set<DhtId> checking_;  // LRU contacts being pinged
   std::map<std::pair<std::string, std::optional<std::string>>, Record> published_;
+  // When each held record last arrived in a store: a record another peer pushed to us recently
+  // need not be pushed again by us (Kademlia's replication optimisation).
+  std::map<std::pair<std::string, std::optional<std::string>>, TimePoint> refreshed_;
   TaskScope scope_;
 };
 

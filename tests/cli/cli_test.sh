@@ -48,4 +48,32 @@ c = j["metrics"]["counters"]
 assert c["ping.ok"] > 50, c
 assert c.get("ping.corrupt", 0) == 0, c
 PY
+# 5. A live DHT of separate processes: peers join, a client stores and others get.
+pids=()
+cleanup_peers() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap 'cleanup_peers; rm -rf "$work"' EXIT
+wait_for() { for _ in $(seq 200); do [ -s "$1" ] && return 0; sleep 0.05; done; fail "peer did not start: $1"; }
+"$APIARY" peer --listen 127.0.0.1:0 --identity id0 --ready-file ready0 > peer0.log 2>&1 & pids+=($!)
+wait_for ready0
+seed=$(cut -d' ' -f2 ready0)
+for i in 1 2 3 4 5 6 7; do
+  "$APIARY" peer --listen 127.0.0.1:0 --join "$seed" --identity id$i --ready-file ready$i > peer$i.log 2>&1 & pids+=($!)
+done
+for i in 1 2 3 4 5 6 7; do wait_for ready$i; done
+via=$(cut -d' ' -f2 ready3)
+"$APIARY" dht store --via "$via" greeting "hello swarm" --ttl 120 --json > store.json || fail "dht store: $(cat store.json)"
+python3 -c 'import json; j=json.load(open("store.json")); assert j["ok"] and j["replicas"] >= 5, j' || fail "too few replicas"
+via=$(cut -d' ' -f2 ready6)
+got=$("$APIARY" dht get --via "$via" greeting) || fail "dht get failed"
+[ "$got" = "hello swarm" ] || fail "dht get returned '$got'"
+set +e; "$APIARY" dht get --via "$via" no-such-key > /dev/null 2>&1; rc=$?; set -e
+[ $rc -eq 1 ] || fail "missing key should exit 1, got $rc"
+# A restarted peer keeps its id (identity file).
+id_before=$(cut -d' ' -f1 ready2)
+kill "${pids[2]}"; rm -f ready2
+"$APIARY" peer --listen 127.0.0.1:0 --join "$seed" --identity id2 --ready-file ready2 > peer2b.log 2>&1 & pids+=($!)
+wait_for ready2
+[ "$(cut -d' ' -f1 ready2)" = "$id_before" ] || fail "identity did not survive a restart"
+cleanup_peers
+
 echo "cli_end_to_end: all checks passed"

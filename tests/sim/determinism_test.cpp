@@ -76,5 +76,39 @@ TEST(Determinism, SameSeedSameTraceAndMetrics) {
   for (auto* r : {a.get(), b.get(), c.get()}) std::filesystem::remove(r->h5);
 }
 
+TEST(Determinism, DhtScenarioIsReproducible) {
+  auto make = [](std::uint64_t seed) {
+    auto sc = Scenario::from_string(R"(
+peers = 120
+duration = "8min"
+[churn]
+model = "weibull"
+mean_session = "4min"
+mean_downtime = "1min"
+[dht]
+k = 8
+join_window = "30s"
+replicate = "2min"
+refresh = "3min"
+[workload]
+kind = "dht"
+start = "1min"
+store_rate = "2/s"
+get_rate = "4/s"
+)", "dht.toml", {"seed=" + std::to_string(seed)});
+    return parse_swarm_spec(sc);
+  };
+  auto spec_a = make(5), spec_c = make(6);
+  Metrics a, b, c;
+  sim::run_sim_swarm(spec_a, a);
+  sim::run_sim_swarm(spec_a, b);
+  sim::run_sim_swarm(spec_c, c);
+  EXPECT_GT(a.counter("dht.get.ok"), 500);
+  EXPECT_EQ(a.trace_hash(), b.trace_hash());
+  EXPECT_EQ(a.counters(), b.counters());
+  EXPECT_EQ(a.series(), b.series());
+  EXPECT_NE(a.trace_hash(), c.trace_hash());
+}
+
 }  // namespace
 }  // namespace apiary

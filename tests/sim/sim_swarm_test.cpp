@@ -54,3 +54,41 @@ TEST(SimSwarm, ChurnedPeersTimeOutAndComeBack) {
 
 }  // namespace
 }  // namespace apiary
+
+namespace apiary {
+namespace {
+
+TEST(SimDht, JoinsStoresAndGetsUnderChurn) {
+  auto spec = spec_of(R"(
+peers = 300
+duration = "20min"
+[churn]
+model = "exponential"
+mean_session = "10min"
+mean_downtime = "5min"
+[dht]
+k = 10
+join_window = "1min"
+replicate = "3min"
+[workload]
+kind = "dht"
+start = "2min"
+store_rate = "1/s"
+get_rate = "4/s"
+ttl = "10min"
+)");
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  EXPECT_GT(m.counter("churn.leaves"), 300);
+  EXPECT_GE(m.counter("dht.joins"), 300);
+  const auto ok = m.counter("dht.get.ok"), failed = m.counter("dht.get.failed");
+  ASSERT_GT(ok, 3000);
+  EXPECT_GE(static_cast<double>(ok) / static_cast<double>(ok + failed), 0.99);
+  EXPECT_GE(m.mean("dht.store.replicas"), 9.0);  // k = 10 (plus the storer at times)
+  EXPECT_GE(m.mean("dht.table.neighbour_recall"), 0.8);
+  EXPECT_GT(m.mean("dht.get.hops"), 0.0);
+  EXPECT_LT(m.mean("dht.get.hops"), 5.0);
+}
+
+}  // namespace
+}  // namespace apiary
