@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <fcntl.h>
 
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
@@ -163,6 +164,160 @@ DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key
     out.latency_ms = static_cast<double>(res->latency.count()) / 1e6;
     if (!out.ok) out.error = "not found";
   });
+}
+
+}  // namespace apiary::real
+
+// ---- the multi-process live swarm ------------------------------------------------------------
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace apiary::real {
+
+namespace {
+
+struct Children {
+  std::vector<pid_t> pids;
+  ~Children() {
+    for (pid_t p : pids) kill(p, SIGTERM);
+    for (pid_t p : pids) waitpid(p, nullptr, 0);
+  }
+};
+
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  const pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::string wait_ready(const std::string& path, std::chrono::steady_clock::time_point deadline, asio::io_context& io) {
+  // Polls with a short io timer: the child writes the file atomically once it listens.
+  asio::steady_timer t(io);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream f(path);
+    std::string id, ep;
+    if (f >> id >> ep) return ep;
+    t.expires_after(std::chrono::milliseconds(10));
+    t.wait();
+  }
+  throw std::runtime_error("live peer did not start: " + path);
+}
+
+}  // namespace
+
+RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
+  const auto wall0 = std::chrono::steady_clock::now();
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("apiary-live-dht-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  Children children;
+  asio::io_context wait_io;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  auto peer_args = [&](std::uint32_t i) {
+    std::vector<std::string> a{"apiary", "peer", "--listen", spec.live_host + ":0", "--identity",
+                               (dir / ("id" + std::to_string(i))).string(), "--ready-file",
+                               (dir / ("ready" + std::to_string(i))).string(), "--k",
+                               std::to_string(spec.dht.config.k)};
+    return a;
+  };
+  children.pids.push_back(spawn(peer_args(0), (dir / "peer0.log").string()));
+  const std::string seed = wait_ready((dir / "ready0").string(), deadline, wait_io);
+  for (std::uint32_t i = 1; i < spec.peers; ++i) {
+    auto a = peer_args(i);
+    a.push_back("--join");
+    a.push_back(seed);
+    children.pids.push_back(spawn(a, (dir / ("peer" + std::to_string(i) + ".log")).string()));
+  }
+  std::vector<std::string> endpoints{seed};
+  for (std::uint32_t i = 1; i < spec.peers; ++i)
+    endpoints.push_back(wait_ready((dir / ("ready" + std::to_string(i))).string(), deadline, wait_io));
+
+  // The client: a client-mode node that enters through a few peers.
+  dht::DhtConfig cfg = spec.dht.config;
+  cfg.client_mode = true;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  LiveNode client(Endpoint{Endpoint::parse(spec.live_host + ":1")->ip, 0}, dht::Identity::from_seed(spec.seed), cfg, false);
+  // Let the swarm settle (joins, first lookups) for the join window.
+  {
+    asio::steady_timer t(client.io);
+    t.expires_after(spec.dht.join_window);
+    t.wait();
+  }
+  std::vector<Endpoint> via;
+  for (std::size_t i = 0; i < std::min<std::size_t>(3, endpoints.size()); ++i) via.push_back(*Endpoint::parse(endpoints[i]));
+  if (!client.run(client.node->bootstrap(via), std::chrono::seconds(10)))
+    throw std::runtime_error("live DHT: the client could not join");
+
+  const std::uint32_t n = spec.dht.keys;
+  auto key_of = [&](std::uint32_t i) { return "live-" + std::to_string(spec.seed) + "-" + std::to_string(i); };
+  auto value_of = [&](std::uint32_t i) {
+    Bytes v(spec.dht.value_size);
+    for (std::size_t j = 0; j < v.size(); ++j) v[j] = static_cast<std::uint8_t>(i * 131 + j);
+    return v;
+  };
+  double store_seconds = 0, get_seconds = 0;
+  for (int phase = 0; phase < 2; ++phase) {
+    std::uint32_t next = 0, done = 0;
+    auto worker = [&]() -> Task<int> {
+      while (next < n) {
+        const std::uint32_t i = next++;
+        if (phase == 0) {
+          dht::Record r;
+          r.key = key_of(i);
+          r.value = value_of(i);
+          r.expiration = client.rt->now() + spec.dht.ttl;
+          auto res = co_await client.node->store(std::move(r));
+          metrics.count(res.replicas > 0 ? "dht.store.ok" : "dht.store.failed", 1);
+          metrics.sample("dht.store.latency_ns", static_cast<double>(res.latency.count()));
+          metrics.sample("dht.store.replicas", static_cast<double>(res.replicas));
+        } else {
+          auto res = co_await client.node->get(key_of(i));
+          const bool ok = res.found && res.records[0].value == value_of(i);
+          metrics.count(ok ? "dht.get.ok" : "dht.get.failed", 1);
+          metrics.sample("dht.get.latency_ns", static_cast<double>(res.latency.count()));
+          metrics.sample("dht.get.hops", static_cast<double>(res.hops));
+        }
+        ++done;
+        if (progress) progress(0.5 * phase + 0.5 * done / n);
+      }
+      co_return 0;
+    };
+    auto all = [&]() -> Task<int> {
+      std::vector<Task<int>> ws;
+      for (std::uint32_t w = 0; w < spec.dht.concurrency; ++w) ws.push_back(worker());
+      co_await when_all(std::move(ws));
+      co_return 0;
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!client.run(all(), std::chrono::duration_cast<std::chrono::milliseconds>(spec.duration)))
+      throw std::runtime_error("live DHT workload did not finish within the scenario's duration");
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    (phase == 0 ? store_seconds : get_seconds) = secs;
+  }
+  RunInfo info;
+  info.backend = "live";
+  info.figures["store_ops_per_second"] = n / store_seconds;
+  info.figures["get_ops_per_second"] = n / get_seconds;
+  info.figures["processes"] = spec.peers;
+  info.run_seconds = store_seconds + get_seconds;
+  client.node.reset();
+  std::filesystem::remove_all(dir);
+  info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  return info;
 }
 
 }  // namespace apiary::real

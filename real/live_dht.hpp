@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "core/dht/node.hpp"
+#include "core/runtime/metrics.hpp"
+#include "core/scenario/swarm_spec.hpp"
 
 namespace apiary::real {
 
@@ -42,5 +44,10 @@ DhtClientResult dht_client_store(const DhtClientOptions& o, const std::string& k
                                  const std::string& value, std::optional<std::string> subkey,
                                  std::chrono::seconds ttl);
 DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key);
+
+// A live DHT swarm of separate processes on this machine: N `apiary peer` processes join through
+// the first, then an in-process client stores `workload.keys` keys and gets them all back,
+// `workload.concurrency` at a time, measuring success, latency and throughput.
+RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress);
 
 }  // namespace apiary::real

@@ -3,6 +3,7 @@
 
 #include <boost/asio.hpp>
 
+#include "real/live_dht.hpp"
 #include "real/live_runtime.hpp"
 
 namespace apiary::real {
@@ -10,6 +11,7 @@ namespace apiary::real {
 namespace asio = boost::asio;
 
 RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
+  if (spec.workload == "dht") return run_live_dht_swarm(spec, metrics, progress);
   const auto wall0 = std::chrono::steady_clock::now();
   asio::io_context io;
   const auto host = Endpoint::parse(spec.live_host + ":1");

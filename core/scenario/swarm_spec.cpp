@@ -50,6 +50,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     d.ttl = s.get_duration("workload.ttl", d.ttl);
     if (d.ttl <= Duration::zero()) s.fail("workload.ttl", "must be positive");
     d.value_size = s.get_bytes("workload.value_size", d.value_size);
+    d.keys = static_cast<std::uint32_t>(s.get_int("workload.keys", d.keys, 1, 10'000'000));
+    d.concurrency = static_cast<std::uint32_t>(s.get_int("workload.concurrency", d.concurrency, 1, 4096));
     if (d.value_size > c.limits.max_value) s.fail("workload.value_size", "larger than the DHT's value limit (64KiB)");
   }
   const double rate = s.get_rate("workload.rate", 1.0);

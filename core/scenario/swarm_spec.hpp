@@ -29,6 +29,10 @@ struct DhtWorkloadSpec {
   double get_rate = 10.0;                   // per second, whole swarm
   Duration ttl = std::chrono::minutes(30);
   std::uint64_t value_size = 64;
+  // Live (separate processes): a client stores `keys` keys, then gets them all, `concurrency`
+  // operations at a time; store_rate/get_rate are not used there.
+  std::uint32_t keys = 1000;
+  std::uint32_t concurrency = 16;
 };
 
 struct SwarmSpec {

@@ -76,4 +76,13 @@ wait_for ready2
 [ "$(cut -d' ' -f1 ready2)" = "$id_before" ] || fail "identity did not survive a restart"
 cleanup_peers
 
+# 6. The live DHT scenario: separate peer processes, every store and get succeeds.
+"$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set peers=10 --set workload.keys=60 \
+  --set dht.join_window=1s --json --out dhtlive.h5 | tail -n 1 > dhtlive.json
+python3 - <<'PY' || fail "live DHT scenario"
+import json
+c = json.load(open("dhtlive.json"))["metrics"]["counters"]
+assert c.get("dht.store.ok") == 60 and c.get("dht.get.ok") == 60, c
+PY
+
 echo "cli_end_to_end: all checks passed"
