@@ -67,7 +67,18 @@ class Swarm {
         Simulator::Schedule(at, [this, i] { join(i); });
       }
     }
-    if (spec_.churn.kind != ChurnSpec::Kind::kNone)
+    if (spec_.churn.kind == ChurnSpec::Kind::kTrace) {
+      for (const auto& ev : spec_.churn.trace)
+        Simulator::Schedule(NanoSeconds(ev.at.count()), [this, ev] {
+          if (ev.up && !peers_[ev.peer].up) {
+            join(ev.peer);
+            metrics_.count("churn.joins", 1);
+          } else if (!ev.up && peers_[ev.peer].up) {
+            leave(ev.peer);
+            metrics_.count("churn.leaves", 1);
+          }
+        });
+    } else if (spec_.churn.kind != ChurnSpec::Kind::kNone)
       for (std::uint32_t i = dht ? spec_.dht.bootstrap_peers : 0; i < spec_.peers; ++i)
         Simulator::Schedule(dht ? NanoSeconds(spec_.dht.join_window.count()) : Seconds(0),
                             [this, i] { schedule_leave(i); });

@@ -29,15 +29,16 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
       cfg_(config),
       validators_(std::move(validators)),
       table_(self, config.k, config.depth_modulo),
-      storage_(config.max_records) {
+      storage_(config.max_records),
+      created_(rt.now()) {
   if (cfg_.client_mode) return;  // a client serves nothing
   rpc_.serve<PingRequest, PingReply>([this](const Endpoint& from, PingRequest req) -> Task<Result<PingReply>> {
-    if (!req.from.client) learn(Contact{req.from.id, from});
+    if (!req.from.client) learn(Contact{req.from.id, from}, req.from.newcomer);
     rt_.observer.count("dht.served.ping");
     co_return PingReply{self_};
   });
   rpc_.serve<StoreRequest, StoreReply>([this](const Endpoint& from, StoreRequest req) -> Task<Result<StoreReply>> {
-    if (!req.from.client) learn(Contact{req.from.id, from});
+    if (!req.from.client) learn(Contact{req.from.id, from}, req.from.newcomer);
     rt_.observer.count("dht.served.store");
     StoreReply reply{self_, {}};
     const TimePoint now = rt_.now();
@@ -58,7 +59,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
     co_return reply;
   });
   rpc_.serve<FindRequest, FindReply>([this](const Endpoint& from, FindRequest req) -> Task<Result<FindReply>> {
-    if (!req.from.client) learn(Contact{req.from.id, from});
+    if (!req.from.client) learn(Contact{req.from.id, from}, req.from.newcomer);
     rt_.observer.count("dht.served.find");
     FindReply reply{self_, {}};
     const TimePoint now = rt_.now();
@@ -95,11 +96,19 @@ void DhtNode::punish(const Contact& c) {
   rt_.observer.count("dht.peer_failures");
 }
 
-void DhtNode::learn(const Contact& c) {
+void DhtNode::learn(const Contact& c, bool newcomer) {
   if (c.id == self_ || !c.endpoint.valid()) return;
   blacklist_.erase(c.endpoint);
   auto r = table_.add(c, rt_.now());
-  if (r.kind == RoutingTable::Added::kAdded && !cfg_.client_mode) hand_over(c);
+  // A peer new to us, or one that says it (re)joined lately (a restarted peer we still knew),
+  // gets the records it should hold — at most once per replication period.
+  if ((r.kind == RoutingTable::Added::kAdded || newcomer) && !cfg_.client_mode) {
+    auto it = handed_.find(c.id);
+    if (it == handed_.end() || rt_.now() - it->second > cfg_.replicate_period) {
+      handed_[c.id] = rt_.now();
+      hand_over(c);
+    }
+  }
   if (r.kind == RoutingTable::Added::kFull && r.ping_first && !checking_.count(r.ping_first->id)) {
     checking_.insert(r.ping_first->id);
     scope_.spawn(check_lru(*r.ping_first));
@@ -111,13 +120,12 @@ void DhtNode::hand_over(const Contact& c) {
   // not at the next replication round: under churn this is what keeps records findable.
   std::vector<Record> give;
   if (storage_.size() == 0) return;
-  for (auto& r : storage_.all(rt_.now())) {
-    const DhtId id = DhtId::of_key(r.key);
-    if (!((c.id ^ id) < (self_ ^ id))) continue;  // only newcomers nearer than we are
+  storage_.for_each(rt_.now(), [&](const DhtId& id, const Record& r) {
+    if (give.size() >= cfg_.limits.max_keys_per_request) return;
+    if (!((c.id ^ id) < (self_ ^ id))) return;  // only peers nearer to the key than we are
     const auto near = table_.nearest(id, cfg_.k);
-    if (near.size() < cfg_.k || !((near.back().id ^ id) < (c.id ^ id)))
-      if (give.size() < cfg_.limits.max_keys_per_request) give.push_back(std::move(r));
-  }
+    if (near.size() < cfg_.k || !((near.back().id ^ id) < (c.id ^ id))) give.push_back(r);
+  });
   if (give.empty()) return;
   rt_.observer.count("dht.handovers");
   StoreRequest req{me(), std::move(give)};
@@ -458,6 +466,7 @@ Task<void> DhtNode::replicate_loop() {
         if (p.second.size() < cfg_.limits.max_keys_per_request) p.second.push_back(r);
       }
     }
+    std::erase_if(handed_, [&](const auto& h) { return rt_.now() - h.second > cfg_.replicate_period; });
     refreshed_ = std::move(still_held);  // we pushed the rest now; forget what we no longer hold
     rt_.observer.count("dht.replications");
     for (auto& [id, p] : plan) {

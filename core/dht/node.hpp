@@ -89,12 +89,14 @@ class DhtNode {
 
   Task<Result<PingReply>> ping(Endpoint to);
   Task<void> lookup_worker(Traversal& t);
-  void learn(const Contact& c);
+  void learn(const Contact& c, bool newcomer = false);
   void hand_over(const Contact& c);
   Task<void> check_lru(Contact lru);
   bool blacklisted(const Endpoint& e) const;
   void punish(const Contact& c);
-  Sender me() const { return Sender{self_, cfg_.client_mode}; }
+  Sender me() const {
+    return Sender{self_, cfg_.client_mode, rt_.now() - created_ < kNewcomerWindow};
+  }
   Task<std::vector<std::size_t>> store_many(std::vector<Record> records);
   Task<void> refresh_loop();
   Task<void> replicate_loop();
@@ -117,6 +119,10 @@ class DhtNode {
   // When each held record last arrived in a store: a record another peer pushed to us recently
   // need not be pushed again by us (Kademlia's replication optimisation).
   std::map<std::pair<std::string, std::optional<std::string>>, TimePoint> refreshed_;
+  std::map<DhtId, TimePoint> handed_;  // when we last handed records to a peer
+  TimePoint created_;
+  // How long after (re)joining a node asks the peers it meets for the records it should hold.
+  static constexpr Duration kNewcomerWindow = std::chrono::minutes(2);
   TaskScope scope_;
 };
 

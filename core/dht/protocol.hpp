@@ -14,17 +14,19 @@ inline const Limits kDefaultLimits{};
 
 struct Sender {
   DhtId id;
-  bool client = false;
+  bool client = false;    // accepts no requests: stay out of routing tables
+  bool newcomer = false;  // (re)joined lately with an empty store: hand it the records it should hold
   void encode(wire::Writer& w) const {
     w.raw(id.b);
-    w.u8(client ? 1 : 0);
+    w.u8(static_cast<std::uint8_t>((client ? 1 : 0) | (newcomer ? 2 : 0)));
   }
   static Sender decode(wire::Reader& r) {
     Sender s;
     s.id = DhtId::from_bytes(r.raw(DhtId::kBytes));
-    const auto c = r.u8();
-    if (c > 1) throw wire::DecodeError("client flag must be 0 or 1");
-    s.client = c == 1;
+    const auto f = r.u8();
+    if (f > 3) throw wire::DecodeError("unknown sender flags");
+    s.client = f & 1;
+    s.newcomer = f & 2;
     return s;
   }
 };

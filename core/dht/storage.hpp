@@ -27,6 +27,15 @@ class Storage {
   // Live records, for replication (id order).
   std::vector<Record> all(TimePoint now);
   void purge(TimePoint now);
+  // Visits live records without copying them (id order).
+  template <class F>
+  void for_each(TimePoint now, F f) {
+    purge(now);
+    for (const auto& [id, s] : slots_) {
+      if (s.plain) f(id, *s.plain);
+      for (const auto& [k, r] : s.dict) f(id, r);
+    }
+  }
 
  private:
   struct Slot {

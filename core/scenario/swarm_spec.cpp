@@ -1,8 +1,39 @@
 #include "core/scenario/swarm_spec.hpp"
 
+#include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <fstream>
+#include <sstream>
 
 namespace apiary {
+
+std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t peers) {
+  std::ifstream in(path);
+  if (!in) throw ScenarioError(path + ": cannot open churn trace");
+  std::vector<ChurnEvent> out;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream fields(line);
+    std::string time, peer, event, extra;
+    if (!(fields >> time)) continue;  // blank or comment
+    auto bad = [&](const std::string& why) { throw ScenarioError(path + ":" + std::to_string(n) + ": " + why); };
+    if (!(fields >> peer >> event)) bad("expected 'TIME PEER up|down'");
+    if (fields >> extra) bad("unexpected '" + extra + "' after the event");
+    std::string why;
+    auto at = parse_duration(time, &why);
+    if (!at) bad(why);
+    std::uint32_t p = 0;
+    auto [end, ec] = std::from_chars(peer.data(), peer.data() + peer.size(), p);
+    if (ec != std::errc{} || end != peer.data() + peer.size()) bad("peer '" + peer + "' is not an index");
+    if (p >= peers) bad("peer " + peer + " does not exist (the scenario has " + std::to_string(peers) + ")");
+    if (event != "up" && event != "down") bad("event must be 'up' or 'down', not '" + event + "'");
+    out.push_back(ChurnEvent{*at, p, event == "up"});
+  }
+  std::stable_sort(out.begin(), out.end(), [](const ChurnEvent& a, const ChurnEvent& b) { return a.at < b.at; });
+  return out;
+}
 
 SwarmSpec parse_swarm_spec(Scenario& s) {
   SwarmSpec spec;
@@ -20,10 +51,21 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (spec.bandwidth.kind == Distribution::Kind::kFixed && spec.bandwidth.a <= 0)
     s.fail("network.bandwidth", "must be positive");
 
-  const auto churn = s.get_string("churn.model", "none", {"none", "exponential", "weibull"});
+  const auto churn = s.get_string("churn.model", "none", {"none", "exponential", "weibull", "trace"});
   spec.churn.kind = churn == "none"          ? ChurnSpec::Kind::kNone
                     : churn == "exponential" ? ChurnSpec::Kind::kExponential
-                                             : ChurnSpec::Kind::kWeibull;
+                    : churn == "weibull"     ? ChurnSpec::Kind::kWeibull
+                                             : ChurnSpec::Kind::kTrace;
+  if (spec.churn.kind == ChurnSpec::Kind::kTrace) {
+    std::string path = s.get_string("churn.trace", "");
+    if (path.empty()) s.fail("churn.trace", "the trace model needs a trace file");
+    // Relative paths are relative to the scenario file.
+    if (path[0] != '/') {
+      const auto slash = s.source_name().rfind('/');
+      if (slash != std::string::npos) path = s.source_name().substr(0, slash + 1) + path;
+    }
+    spec.churn.trace = read_churn_trace(path, spec.peers);
+  }
   spec.churn.mean_session = s.get_duration("churn.mean_session", spec.churn.mean_session);
   spec.churn.mean_downtime = s.get_duration("churn.mean_downtime", spec.churn.mean_downtime);
   spec.churn.weibull_shape = s.get_double("churn.weibull_shape", spec.churn.weibull_shape, 0.05, 20);

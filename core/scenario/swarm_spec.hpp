@@ -10,8 +10,20 @@
 
 namespace apiary {
 
+// One line of a churn trace: at `at`, peer `peer` goes down or comes back up.
+struct ChurnEvent {
+  Duration at{};
+  std::uint32_t peer = 0;
+  bool up = false;
+};
+
+// Reads a churn trace: one event per line, "TIME PEER up|down" (TIME with a unit, e.g. 90s),
+// '#' starts a comment. Throws ScenarioError naming the file and line of a bad entry.
+std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t peers);
+
 struct ChurnSpec {
-  enum class Kind { kNone, kExponential, kWeibull };
+  enum class Kind { kNone, kExponential, kWeibull, kTrace };
+  std::vector<ChurnEvent> trace;  // kTrace: sorted by time
   Kind kind = Kind::kNone;
   Duration mean_session = std::chrono::minutes(30);  // time up
   Duration mean_downtime = std::chrono::minutes(5);  // time down before rejoining

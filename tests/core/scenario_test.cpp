@@ -93,6 +93,22 @@ TEST(Scenario, BadOverridesNameTheOverride) {
   EXPECT_EQ(error_of("peers = 10\n", {"novalue"}), "--set novalue: expected key=value");
 }
 
+TEST(Scenario, ChurnTraceErrorsNameFileAndLine) {
+  const std::string path = std::string(APIARY_SOURCE_DIR) + "/scenarios/traces/small-churn.trace";
+  auto events = read_churn_trace(path, 10);
+  ASSERT_EQ(events.size(), 7u);
+  EXPECT_EQ(events[0].at, Duration(30s));
+  EXPECT_EQ(events[0].peer, 4u);
+  EXPECT_FALSE(events[0].up);
+  EXPECT_EQ(events[4].at, Duration(2min));
+  try {
+    read_churn_trace(path, 5);  // peer 7 and 9 do not exist in a 5-peer swarm
+    FAIL();
+  } catch (const ScenarioError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ":3: peer 7 does not exist (the scenario has 5)");
+  }
+}
+
 TEST(Scenario, MissingFileIsAClearError) {
   try {
     Scenario::from_file("/nonexistent/x.toml");
@@ -103,7 +119,7 @@ TEST(Scenario, MissingFileIsAClearError) {
 }
 
 TEST(Scenario, EveryShippedScenarioParses) {
-  for (const char* name : {"quickstart", "ping-storm", "ping-churn", "ping-live"}) {
+  for (const char* name : {"quickstart", "ping-storm", "ping-churn", "ping-live", "ping-trace", "dht-1k", "dht-10k", "dht-100k", "dht-live-64"}) {
     const std::string path = std::string(APIARY_SOURCE_DIR) + "/scenarios/" + name + ".toml";
     auto s = Scenario::from_file(path);
     EXPECT_NO_THROW(parse_swarm_spec(s)) << path;
