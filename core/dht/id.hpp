@@ -4,6 +4,7 @@
 #include <array>
 #include <compare>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -17,7 +18,23 @@ struct DhtId {
   static constexpr int kBits = 160;
   std::array<std::uint8_t, kBytes> b{};
 
-  auto operator<=>(const DhtId&) const = default;
+  // Ordered as a 160-bit big-endian integer. Written out (three byte-swapped loads) because the
+  // defaulted comparison of std::array calls memcmp, which dominated lookups and stores.
+  std::strong_ordering operator<=>(const DhtId& o) const {
+    const auto a = words(), c = o.words();
+    for (int i = 0; i < 3; ++i)
+      if (a[i] != c[i]) return a[i] < c[i] ? std::strong_ordering::less : std::strong_ordering::greater;
+    return std::strong_ordering::equal;
+  }
+  bool operator==(const DhtId& o) const { return b == o.b; }
+  std::array<std::uint64_t, 3> words() const {
+    std::uint64_t w0, w1;
+    std::uint32_t w2;
+    std::memcpy(&w0, b.data(), 8);
+    std::memcpy(&w1, b.data() + 8, 8);
+    std::memcpy(&w2, b.data() + 16, 4);
+    return {__builtin_bswap64(w0), __builtin_bswap64(w1), __builtin_bswap32(w2)};
+  }
   DhtId operator^(const DhtId& o) const {
     DhtId r;
     for (std::size_t i = 0; i < kBytes; ++i) r.b[i] = b[i] ^ o.b[i];

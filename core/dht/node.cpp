@@ -122,7 +122,10 @@ void DhtNode::hand_over(const Contact& c) {
   if (storage_.size() == 0) return;
   storage_.for_each(rt_.now(), [&](const DhtId& id, const Record& r) {
     if (give.size() >= cfg_.limits.max_keys_per_request) return;
-    if (!((c.id ^ id) < (self_ ^ id))) return;  // only peers nearer to the key than we are
+    // Only the holder nearest to the key (as far as it knows) hands over, so a newcomer gets one
+    // copy rather than one from each of the k holders; and only if the newcomer is among the k
+    // nearest peers of the key.
+    if (table_.any_nearer(id, self_, c.id)) return;
     const auto near = table_.nearest(id, cfg_.k);
     if (near.size() < cfg_.k || !((near.back().id ^ id) < (c.id ^ id))) give.push_back(r);
   });

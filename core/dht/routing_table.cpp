@@ -118,16 +118,9 @@ struct Dist {
     return hi != o.hi ? hi < o.hi : mid != o.mid ? mid < o.mid : lo < o.lo;
   }
 };
-inline std::uint64_t be64(const std::uint8_t* p) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-  return v;
-}
 inline Dist distance(const DhtId& a, const DhtId& b) {
-  const DhtId x = a ^ b;
-  return Dist{be64(x.b.data()), be64(x.b.data() + 8),
-              (std::uint32_t{x.b[16]} << 24) | (std::uint32_t{x.b[17]} << 16) |
-                  (std::uint32_t{x.b[18]} << 8) | x.b[19]};
+  const auto w = (a ^ b).words();
+  return Dist{w[0], w[1], static_cast<std::uint32_t>(w[2])};
 }
 }  // namespace
 
@@ -146,6 +139,14 @@ std::vector<Contact> RoutingTable::nearest(const DhtId& target, std::size_t n,
   out.reserve(m);
   for (std::size_t i = 0; i < m; ++i) out.push_back(*all[i].second);
   return out;
+}
+
+bool RoutingTable::any_nearer(const DhtId& target, const DhtId& than, const DhtId& exclude) const {
+  const DhtId bound = than ^ target;
+  for (const auto& b : buckets_)
+    for (const auto& e : b.nodes)
+      if (e.contact.id != exclude && (e.contact.id ^ target) < bound) return true;
+  return false;
 }
 
 std::vector<DhtId> RoutingTable::stale_bucket_targets(TimePoint before, Rng& rng) const {

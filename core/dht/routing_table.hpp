@@ -42,6 +42,9 @@ class RoutingTable {
   // A contact failed; it leaves, and the freshest replacement takes its place.
   bool remove(const DhtId& id);
   bool contains(const DhtId& id) const;
+  // True if some contact other than `exclude` is nearer to target than `than` is (a linear scan
+  // with an early exit; no sorting).
+  bool any_nearer(const DhtId& target, const DhtId& than, const DhtId& exclude) const;
   std::optional<Contact> find(const DhtId& id) const;
   // The n known contacts nearest to target, nearest first (excluding `exclude` if given).
   std::vector<Contact> nearest(const DhtId& target, std::size_t n,
