@@ -166,6 +166,10 @@ Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
   if (table_.size() > 0) {
     std::vector<DhtId> self_target{self_};
     co_await lookup(std::move(self_target), false);
+    // As in Kademlia's join, refresh buckets far from us (a random id in each of the largest),
+    // in one traversal, so the newcomer knows peers across the id space and they learn of it.
+    auto targets = table_.far_bucket_targets(cfg_.join_refresh_buckets, rt_.rng);
+    if (!targets.empty()) co_await lookup(std::move(targets), false);
   }
   rt_.observer.trace("dht.bootstrapped", table_.size());
   co_return table_.size();

@@ -25,6 +25,7 @@ struct DhtConfig {
   std::size_t max_records = 100000;
   Duration refresh_period = std::chrono::minutes(30);    // 0: no bucket refresh
   Duration replicate_period = std::chrono::minutes(10);  // 0: no replication/republish
+  std::size_t join_refresh_buckets = 0;  // far buckets looked up after joining (dht.join_refresh)
   bool client_mode = false;  // send requests, serve none, stay out of others' tables
   bool cache_on_lookup = true;
   Duration blacklist_base = std::chrono::seconds(5);

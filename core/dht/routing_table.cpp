@@ -156,6 +156,16 @@ std::vector<DhtId> RoutingTable::stale_bucket_targets(TimePoint before, Rng& rng
   return out;
 }
 
+std::vector<DhtId> RoutingTable::far_bucket_targets(std::size_t n, Rng& rng) const {
+  std::vector<const Bucket*> order;
+  for (const auto& b : buckets_) order.push_back(&b);
+  std::stable_sort(order.begin(), order.end(), [](const Bucket* a, const Bucket* b) { return a->depth < b->depth; });
+  std::vector<DhtId> out;
+  for (std::size_t i = 0; i < order.size() && out.size() < n; ++i)
+    if (!order[i]->covers(self_)) out.push_back(DhtId::random_with_prefix(rng, order[i]->prefix, order[i]->depth));
+  return out;
+}
+
 void RoutingTable::touch_bucket(const DhtId& target, TimePoint now) {
   buckets_[bucket_of(target)].last_lookup = now;
 }

@@ -52,6 +52,8 @@ class RoutingTable {
   // Buckets not refreshed (no lookup into their range) since `before`: a random id in each.
   std::vector<DhtId> stale_bucket_targets(TimePoint before, Rng& rng) const;
   void touch_bucket(const DhtId& target, TimePoint now);
+  // A random id in each of the n largest buckets (those farthest from us).
+  std::vector<DhtId> far_bucket_targets(std::size_t n, Rng& rng) const;
 
   std::size_t size() const;
   RoutingStats stats() const;
