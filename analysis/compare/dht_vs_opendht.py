@@ -34,16 +34,43 @@ def run_apiary(apiary, scenario, peers, keys):
     }
 
 
+PER_PROCESS = 48  # OpenDHT polls with select(): keep each process well under FD_SETSIZE
+
+
+def opendht_worker(count, port):
+    """Hosts `count` OpenDHT nodes that join through 127.0.0.1:port until stdin closes."""
+    import opendht as dht
+    nodes = []
+    for _ in range(count):
+        r = dht.DhtRunner()
+        r.run(port=0)
+        r.bootstrap("127.0.0.1", str(port))
+        nodes.append(r)
+    print("ready", flush=True)
+    sys.stdin.read()
+    for r in nodes:
+        r.join()
+
+
 def run_opendht(peers, keys, concurrency=16, settle=3.0):
     import opendht as dht
     nodes = []
-    for _ in range(peers):
+    for _ in range(min(peers, PER_PROCESS)):
         r = dht.DhtRunner()
         r.run(port=0)
         nodes.append(r)
     port = str(nodes[0].getBound().getPort())
     for r in nodes[1:]:
         r.bootstrap("127.0.0.1", port)
+    workers = []
+    left = peers - len(nodes)
+    while left > 0:
+        n = min(left, PER_PROCESS)
+        w = subprocess.Popen([sys.executable, __file__, "--worker", str(n), port],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert w.stdout.readline().strip() == "ready"
+        workers.append(w)
+        left -= n
     client = dht.DhtRunner()
     client.run(port=0)
     client.bootstrap("127.0.0.1", port)
@@ -74,6 +101,9 @@ def run_opendht(peers, keys, concurrency=16, settle=3.0):
     lat = sorted(d for _, d in got)
     for r in nodes + [client]:
         r.join()
+    for w in workers:
+        w.stdin.close()
+        w.wait()
     return {
         "store_ok": sum(map(bool, stored)) / keys,
         "get_ok": sum(ok for ok, _ in got) / keys,
@@ -85,6 +115,9 @@ def run_opendht(peers, keys, concurrency=16, settle=3.0):
 
 
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        opendht_worker(int(sys.argv[2]), int(sys.argv[3]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--apiary", default="build/apiary")
     ap.add_argument("--scenario", default="scenarios/dht-live-64.toml")
