@@ -131,11 +131,7 @@ void DhtNode::hand_over(const Contact& c) {
   });
   if (give.empty()) return;
   rt_.observer.count("dht.handovers");
-  StoreRequest req{me(), std::move(give)};
-  Bytes body;
-  wire::Writer w(body);
-  req.encode(w);
-  rpc_.notify(c.endpoint, StoreRequest::kMethod, std::move(body));
+  rpc_.notify(c.endpoint, StoreRequest{me(), std::move(give)});
 }
 
 Task<void> DhtNode::check_lru(Contact lru) {
@@ -219,12 +215,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
         StoreRequest req{me(), res.records};
         if (req.records.size() > cfg_.limits.max_keys_per_request) req.records.resize(cfg_.limits.max_keys_per_request);
         rt_.observer.count("dht.cache_stores");
-        rpc_.notify(c.endpoint, StoreRequest::kMethod, [&] {
-          Bytes b;
-          wire::Writer w(b);
-          req.encode(w);
-          return b;
-        }());
+        rpc_.notify(c.endpoint, req);
         break;
       }
     }
@@ -477,11 +468,7 @@ Task<void> DhtNode::replicate_loop() {
     refreshed_ = std::move(still_held);  // we pushed the rest now; forget what we no longer hold
     rt_.observer.count("dht.replications");
     for (auto& [id, p] : plan) {
-      StoreRequest req{me(), std::move(p.second)};
-      Bytes body;
-      wire::Writer w(body);
-      req.encode(w);
-      rpc_.notify(p.first.endpoint, StoreRequest::kMethod, std::move(body));
+      rpc_.notify(p.first.endpoint, StoreRequest{me(), std::move(p.second)});
     }
   }
 }

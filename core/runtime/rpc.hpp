@@ -40,6 +40,23 @@ struct RpcOptions {
   std::size_t max_error_text = 1024;
 };
 
+namespace detail {
+template <class T>
+void encode_message(const T& m, Bytes& body, Payload& payload) {
+  wire::Writer w(body);
+  m.encode(w);
+  if constexpr (requires { m.payload; }) payload = m.payload;
+}
+template <class T>
+T decode_message(std::span<const std::uint8_t> body, const Payload& payload) {
+  wire::Reader r(body);
+  T m = T::decode(r);
+  r.expect_end();
+  if constexpr (requires { m.payload; }) m.payload = payload;
+  return m;
+}
+}  // namespace detail
+
 class Rpc final : public TransportHandler {
  public:
   using Handler = std::function<Task<Result<Reply>>(Request)>;
@@ -60,6 +77,13 @@ class Rpc final : public TransportHandler {
 
   template <class Resp, class Req>
   Task<Result<Resp>> call(Endpoint to, Req req, Duration timeout);  // by value: tasks are lazy
+  template <class Req>
+  void notify(const Endpoint& to, const Req& req) {
+    Bytes body;
+    Payload payload;
+    detail::encode_message(req, body, payload);
+    notify(to, Req::kMethod, std::move(body), std::move(payload));
+  }
   template <class Req, class Resp, class F>
   void serve(F handler);
 
@@ -95,22 +119,6 @@ class Rpc final : public TransportHandler {
   TaskScope handlers_;
 };
 
-namespace detail {
-template <class T>
-void encode_message(const T& m, Bytes& body, Payload& payload) {
-  wire::Writer w(body);
-  m.encode(w);
-  if constexpr (requires { m.payload; }) payload = m.payload;
-}
-template <class T>
-T decode_message(std::span<const std::uint8_t> body, const Payload& payload) {
-  wire::Reader r(body);
-  T m = T::decode(r);
-  r.expect_end();
-  if constexpr (requires { m.payload; }) m.payload = payload;
-  return m;
-}
-}  // namespace detail
 
 template <class Resp, class Req>
 Task<Result<Resp>> Rpc::call(Endpoint to, Req req, Duration timeout) {
