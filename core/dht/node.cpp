@@ -14,6 +14,7 @@ struct DhtNode::Traversal {
     bool done = false;
   };
   bool want_values = false;
+  bool fill_buckets = false;
   std::vector<Key> keys;
   std::map<DhtId, Candidate> contacts;
   std::size_t in_flight = 0;
@@ -162,18 +163,21 @@ Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
   if (table_.size() > 0) {
     std::vector<DhtId> self_target{self_};
     co_await lookup(std::move(self_target), false);
-    // As in Kademlia's join, refresh buckets far from us (a random id in each of the largest),
-    // in one traversal, so the newcomer knows peers across the id space and they learn of it.
+    // As in Kademlia's join, refresh the buckets far from us (a random id in each), in one
+    // traversal that stops per bucket once it holds k/2 contacts: without contacts in every
+    // subtree, lookups can stall in local minima (seen at 10,000+ peers).
     auto targets = table_.far_bucket_targets(cfg_.join_refresh_buckets, rt_.rng);
-    if (!targets.empty()) co_await lookup(std::move(targets), false);
+    if (!targets.empty()) co_await lookup(std::move(targets), false, true);
   }
   rt_.observer.trace("dht.bootstrapped", table_.size());
   co_return table_.size();
 }
 
-Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, bool want_values) {
+Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, bool want_values,
+                                                    bool fill_buckets) {
   Traversal t;
   t.want_values = want_values;
+  t.fill_buckets = fill_buckets;
   const TimePoint now = rt_.now();
   for (const auto& target : targets) {
     Traversal::Key key;
@@ -305,7 +309,10 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
           if (n.id == self_ || !n.endpoint.valid() || blacklisted(n.endpoint)) continue;
           t.contacts.try_emplace(n.id, Candidate{n, hop + 1});
           key.cands.insert({n.id ^ key.target, n.id});
+          if (t.fill_buckets) learn(n);  // refresh: fill our bucket from what we hear
         }
+        if (t.fill_buckets && table_.bucket_size(key.target) >= std::max<std::size_t>(1, cfg_.k / 2))
+          key.done = true;
       }
     }
     t.changed.notify_all();

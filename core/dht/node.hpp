@@ -25,7 +25,7 @@ struct DhtConfig {
   std::size_t max_records = 100000;
   Duration refresh_period = std::chrono::minutes(30);    // 0: no bucket refresh
   Duration replicate_period = std::chrono::minutes(10);  // 0: no replication/republish
-  std::size_t join_refresh_buckets = 0;  // far buckets looked up after joining (dht.join_refresh)
+  std::size_t join_refresh_buckets = 160;  // buckets filled after joining (dht.join_refresh)
   bool client_mode = false;  // send requests, serve none, stay out of others' tables
   bool cache_on_lookup = true;
   Duration blacklist_base = std::chrono::seconds(5);
@@ -68,7 +68,10 @@ class DhtNode {
   // Pings the seeds, then looks up its own id to fill its table. Returns contacts known.
   Task<std::size_t> bootstrap(std::vector<Endpoint> seeds);
   // Iterative lookup of many targets in one traversal.
-  Task<std::map<DhtId, LookupResult>> lookup(std::vector<DhtId> targets, bool want_values);
+  // With fill_buckets, a target's traversal ends as soon as the bucket covering it holds k/2
+  // contacts: what a bucket refresh needs, at a fraction of a full lookup's cost.
+  Task<std::map<DhtId, LookupResult>> lookup(std::vector<DhtId> targets, bool want_values,
+                                             bool fill_buckets = false);
   Task<StoreResult> store(Record record);
   Task<GetResult> get(std::string key);
   // Starts bucket refresh, replication and republish loops.

@@ -42,6 +42,8 @@ class RoutingTable {
   // A contact failed; it leaves, and the freshest replacement takes its place.
   bool remove(const DhtId& id);
   bool contains(const DhtId& id) const;
+  // Contacts in the bucket that covers id.
+  std::size_t bucket_size(const DhtId& id) const { return buckets_[bucket_of(id)].nodes.size(); }
   // True if some contact other than `exclude` is nearer to target than `than` is (a linear scan
   // with an early exit; no sorting).
   bool any_nearer(const DhtId& target, const DhtId& than, const DhtId& exclude) const;
