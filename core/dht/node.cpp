@@ -190,13 +190,22 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
     }
     t.keys.push_back(std::move(key));
   }
-  std::vector<Task<int>> workers;
-  for (std::size_t i = 0; i < std::max<std::size_t>(1, cfg_.alpha); ++i)
-    workers.push_back([](DhtNode* self, Traversal* tr) -> Task<int> {
-      co_await self->lookup_worker(*tr);
-      co_return 0;
-    }(this, &t));
-  co_await when_all(std::move(workers));
+  {
+    // The workers run until every key is done; then the lookup returns at once and the workers
+    // still waiting on slow or dead peers are destroyed, which cancels their calls. (Waiting for
+    // them would make every get pay an RPC timeout whenever a dead peer was in flight.)
+    std::vector<Task<void>> workers;
+    for (std::size_t i = 0; i < std::max<std::size_t>(1, cfg_.alpha); ++i)
+      workers.push_back(lookup_worker(t));
+    for (auto& w : workers) w.start();
+    auto finished = [&] {
+      return std::all_of(t.keys.begin(), t.keys.end(), [](const auto& k) { return k.done; }) ||
+             std::all_of(workers.begin(), workers.end(), [](const auto& w) { return w.done(); });
+    };
+    while (!finished()) co_await t.changed.wait();
+    // We were woken from inside a worker: let it reach its next suspension before destroying it.
+    co_await sleep_on(rt_.timers, Duration::zero());
+  }
 
   std::map<DhtId, LookupResult> out;
   for (auto& key : t.keys) {
