@@ -70,6 +70,44 @@ TEST(RoutingTable, MatchesBruteForceOnTenThousandIds) {
   }
 }
 
+TEST(RoutingTable, BucketCountsEqualBruteForceWithStrictSplitting) {
+  // With b = 1 only the bucket holding our own id splits, so the bucket at depth d holds the
+  // first k ids that share exactly d leading bits with us: countable by brute force.
+  Rng rng(11);
+  const DhtId self = DhtId::random(rng);
+  RoutingTable table(self, 20, 1);
+  std::vector<int> sharing(DhtId::kBits + 1, 0);
+  for (int i = 0; i < 10000; ++i) {
+    const DhtId id = DhtId::random(rng);
+    table.add(Contact{id, Endpoint{static_cast<std::uint32_t>(i + 1), 1}}, TimePoint{});
+    ++sharing[static_cast<std::size_t>(id.common_prefix(self))];
+  }
+  const auto shape = table.bucket_shape();
+  ASSERT_GE(shape.size(), 2u);
+  int deepest = 0;
+  for (auto [depth, n] : shape) deepest = std::max(deepest, depth);
+  for (auto [depth, n] : shape) {
+    if (depth == deepest) {
+      // The two deepest buckets: ours and its sibling; together they hold every id sharing at
+      // least deepest-1 bits, at most k each.
+      EXPECT_LE(n, 20u);
+      continue;
+    }
+    // A bucket at depth d+1 that does not cover us holds ids sharing exactly d bits.
+    EXPECT_EQ(n, static_cast<std::size_t>(std::min(20, sharing[static_cast<std::size_t>(depth - 1)])))
+        << "bucket at depth " << depth;
+  }
+  // Ours holds every id sharing at least `deepest` bits (it would have split otherwise); its
+  // sibling the first k sharing exactly deepest-1.
+  std::size_t ours = 0;
+  for (int d = deepest; d <= DhtId::kBits; ++d) ours += static_cast<std::size_t>(sharing[static_cast<std::size_t>(d)]);
+  EXPECT_LE(ours, 20u);
+  std::size_t deep_held = 0;
+  for (auto [depth, n] : shape)
+    if (depth == deepest) deep_held += n;
+  EXPECT_EQ(deep_held, ours + std::min<std::size_t>(20, static_cast<std::size_t>(sharing[static_cast<std::size_t>(deepest - 1)])));
+}
+
 TEST(RoutingTable, FullBucketNamesLeastRecentlySeenAndRemovePromotesReplacement) {
   Rng rng(3);
   DhtId self{};
