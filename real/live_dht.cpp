@@ -4,8 +4,12 @@
 #include <boost/asio.hpp>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
 
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
@@ -169,9 +173,6 @@ DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key
 }  // namespace apiary::real
 
 // ---- the multi-process live swarm ------------------------------------------------------------
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace apiary::real {
 
