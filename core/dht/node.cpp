@@ -17,7 +17,6 @@ struct DhtNode::Traversal {
   bool fill_buckets = false;
   std::vector<Key> keys;
   std::map<DhtId, Candidate> contacts;
-  std::size_t in_flight = 0;
   int queried = 0;
   Notifier changed;
 };
@@ -270,7 +269,6 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
     }
     Candidate& cand = t.contacts.at(*pick);
     cand.state = Candidate::kInFlight;
-    ++t.in_flight;
     ++t.queried;
     const Contact contact = cand.contact;
     const int hop = cand.hop;
@@ -283,7 +281,6 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
       asked.push_back(i);
     }
     auto r = co_await rpc_.call<FindReply>(contact.endpoint, std::move(req), cfg_.rpc_timeout);
-    --t.in_flight;
     Candidate& c = t.contacts.at(contact.id);
     if (!r.ok() || r->id != contact.id || r->entries.size() != asked.size()) {
       c.state = Candidate::kFailed;
