@@ -1,0 +1,183 @@
+#include "core/compression/codecs.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace apiary::compression {
+
+const char* to_string(Codec c) {
+  switch (c) {
+    case Codec::kFloat32: return "float32";
+    case Codec::kFloat16: return "float16";
+    case Codec::kScaledFloat16: return "scaled-float16";
+    case Codec::kUniform8: return "uniform8";
+    case Codec::kQuantile8: return "quantile8";
+    case Codec::kBlockwise8: return "blockwise8";
+  }
+  return "?";
+}
+
+std::uint16_t float_to_half(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  const std::uint32_t exp = (x >> 23) & 0xffu;
+  std::uint32_t mant = x & 0x7fffffu;
+  if (exp == 0xff) return static_cast<std::uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0));  // inf/nan
+  const int e = static_cast<int>(exp) - 127 + 15;
+  if (e >= 31) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (e <= 0) {                                                     // subnormal or zero
+    if (e < -10) return static_cast<std::uint16_t>(sign);
+    mant |= 0x800000u;
+    const int shift = 14 - e;
+    std::uint32_t h = mant >> shift;
+    const std::uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) ++h;
+    return static_cast<std::uint16_t>(sign | h);
+  }
+  std::uint32_t h = (static_cast<std::uint32_t>(e) << 10) | (mant >> 13);
+  const std::uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;  // may carry into the exponent: correct
+  return static_cast<std::uint16_t>(sign | h);
+}
+
+float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = (h & 0x8000u) << 16;
+  const std::uint32_t exp = (h >> 10) & 0x1fu;
+  std::uint32_t mant = h & 0x3ffu;
+  std::uint32_t x;
+  if (exp == 0) {
+    if (mant == 0) {
+      x = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while (!(mant & 0x400u));
+      x = sign | (static_cast<std::uint32_t>(127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    x = sign | 0x7f800000u | (mant << 13);
+  } else {
+    x = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+namespace {
+constexpr std::size_t kBlock = 4096;
+}
+
+Bytes encode(std::span<const float> v, Codec codec) {
+  wire::Writer w;
+  w.u8(static_cast<std::uint8_t>(codec));
+  w.varint(v.size());
+  switch (codec) {
+    case Codec::kFloat32:
+      for (float x : v) w.f32(x);
+      break;
+    case Codec::kFloat16:
+      for (float x : v) w.u16(float_to_half(x));
+      break;
+    case Codec::kScaledFloat16: {
+      double mean = 0, var = 0;
+      for (float x : v) mean += x;
+      mean = v.empty() ? 0 : mean / static_cast<double>(v.size());
+      for (float x : v) var += (x - mean) * (x - mean);
+      const double sd = v.empty() ? 1 : std::max(1e-30, std::sqrt(var / static_cast<double>(v.size())));
+      w.f32(static_cast<float>(mean));
+      w.f32(static_cast<float>(sd));
+      for (float x : v) w.u16(float_to_half(static_cast<float>((x - mean) / sd)));
+      break;
+    }
+    case Codec::kUniform8: {
+      const float lo = v.empty() ? 0 : *std::min_element(v.begin(), v.end());
+      const float hi = v.empty() ? 0 : *std::max_element(v.begin(), v.end());
+      w.f32(lo);
+      w.f32(hi);
+      const double step = hi > lo ? (static_cast<double>(hi) - lo) / 255.0 : 1.0;
+      for (float x : v) w.u8(static_cast<std::uint8_t>(std::clamp(std::lround((x - lo) / step), 0L, 255L)));
+      break;
+    }
+    case Codec::kQuantile8: {
+      std::vector<float> sorted(v.begin(), v.end());
+      std::sort(sorted.begin(), sorted.end());
+      std::vector<float> levels(256, 0.0f);
+      for (std::size_t i = 0; i < 256 && !sorted.empty(); ++i)
+        levels[i] = sorted[std::min(sorted.size() - 1, (2 * i + 1) * sorted.size() / 512)];
+      for (float l : levels) w.f32(l);
+      for (float x : v) {
+        auto it = std::lower_bound(levels.begin(), levels.end(), x);
+        std::size_t i = static_cast<std::size_t>(it - levels.begin());
+        if (i == 256 || (i > 0 && x - levels[i - 1] <= levels[i] - x)) --i;
+        w.u8(static_cast<std::uint8_t>(i));
+      }
+      break;
+    }
+    case Codec::kBlockwise8:
+      for (std::size_t b = 0; b < v.size(); b += kBlock) {
+        const std::size_t n = std::min(kBlock, v.size() - b);
+        float absmax = 0;
+        for (std::size_t i = 0; i < n; ++i) absmax = std::max(absmax, std::fabs(v[b + i]));
+        w.f32(absmax);
+        const float scale = absmax > 0 ? 127.0f / absmax : 0.0f;
+        for (std::size_t i = 0; i < n; ++i)
+          w.u8(static_cast<std::uint8_t>(static_cast<std::int8_t>(std::clamp(std::lround(v[b + i] * scale), -127L, 127L))));
+      }
+      break;
+  }
+  return w.take();
+}
+
+std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_elements) {
+  wire::Reader r(bytes);
+  const auto c = r.u8();
+  if (c > static_cast<std::uint8_t>(Codec::kBlockwise8)) throw wire::DecodeError("unknown tensor codec " + std::to_string(c));
+  const auto n = static_cast<std::size_t>(r.varint_max(max_elements, "tensor elements"));
+  // The element count must fit the bytes present before anything is allocated.
+  const std::size_t per = c == 0 ? 4 : (c <= 2 ? 2 : 1);
+  if (r.remaining() / per < n) throw wire::DecodeError("tensor of " + std::to_string(n) + " elements truncated");
+  std::vector<float> out(n);
+  switch (static_cast<Codec>(c)) {
+    case Codec::kFloat32:
+      for (auto& x : out) x = r.f32();
+      break;
+    case Codec::kFloat16:
+      for (auto& x : out) x = half_to_float(r.u16());
+      break;
+    case Codec::kScaledFloat16: {
+      const float mean = r.f32(), sd = r.f32();
+      for (auto& x : out) x = mean + sd * half_to_float(r.u16());
+      break;
+    }
+    case Codec::kUniform8: {
+      const float lo = r.f32(), hi = r.f32();
+      const double step = hi > lo ? (static_cast<double>(hi) - lo) / 255.0 : 1.0;
+      for (auto& x : out) x = static_cast<float>(lo + step * r.u8());
+      if (hi <= lo)
+        for (auto& x : out) x = lo;
+      break;
+    }
+    case Codec::kQuantile8: {
+      float levels[256];
+      for (auto& l : levels) l = r.f32();
+      for (auto& x : out) x = levels[r.u8()];
+      break;
+    }
+    case Codec::kBlockwise8:
+      for (std::size_t b = 0; b < n; b += kBlock) {
+        const float absmax = r.f32();
+        const std::size_t m = std::min(kBlock, n - b);
+        for (std::size_t i = 0; i < m; ++i) out[b + i] = static_cast<float>(static_cast<std::int8_t>(r.u8())) * absmax / 127.0f;
+      }
+      break;
+  }
+  r.expect_end();
+  return out;
+}
+
+}  // namespace apiary::compression

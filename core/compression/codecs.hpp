@@ -1,0 +1,40 @@
+#pragma once
+// Tensor codecs for the wire (groundwork for averaging and DMoE): float32 values in, bytes out.
+// Every codec states a bound on its reconstruction error, which the tests hold it to.
+//   kFloat32        exact
+//   kFloat16        IEEE half, round to nearest even: |err| <= |x| * 2^-11 (normal range)
+//   kScaledFloat16  (x - mean) / std in half precision: |err| <= std * 2^-11 * max|z|
+//   kUniform8       256 uniform levels over [min, max]: |err| <= (max - min) / 510
+//   kQuantile8      256 levels at the data's quantiles, nearest level; error depends on the
+//                   data (Gaussian: mean squared error < 1e-3 of the variance)
+//   kBlockwise8     blocks of 4096 values, each int8 with its own absmax scale:
+//                   |err| <= absmax(block) / 254
+// Decoding checks sizes and headers: a truncated or oversized buffer is a DecodeError.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "core/runtime/payload.hpp"
+#include "core/wire/codec.hpp"
+
+namespace apiary::compression {
+
+enum class Codec : std::uint8_t {
+  kFloat32 = 0,
+  kFloat16 = 1,
+  kScaledFloat16 = 2,
+  kUniform8 = 3,
+  kQuantile8 = 4,
+  kBlockwise8 = 5,
+};
+
+const char* to_string(Codec c);
+
+// Self-describing: the codec and element count are in the encoded bytes.
+Bytes encode(std::span<const float> values, Codec codec);
+std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_elements = 1u << 30);
+
+std::uint16_t float_to_half(float f);
+float half_to_float(std::uint16_t h);
+
+}  // namespace apiary::compression
