@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/compression/codecs.hpp"
 #include "core/dht/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 #include "core/wire/frame.hpp"
@@ -44,6 +45,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   each([](wire::Reader& r) { return dht::StoreReply::decode(r); });
   each([](wire::Reader& r) { return dht::FindRequest::decode(r); });
   each([](wire::Reader& r) { return dht::FindReply::decode(r); });
+  try {
+    (void)compression::decode(in, 1 << 20);
+  } catch (const wire::DecodeError&) {
+  }
   // The RPC envelope, through a real Rpc on a fake peer: must count, never crash.
   static test::FakeSwarm* swarm = new test::FakeSwarm(2);
   static Rpc* rpc = new Rpc((*swarm)[0].runtime());
