@@ -36,7 +36,6 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     Impl& owner;
     tcp::socket sock;
     Endpoint peer;  // the remote's listening endpoint; unknown (port 0) until its HELLO
-    bool outbound = false;
     bool open = true;
     wire::FrameDecoder decoder;
     std::array<std::uint8_t, 64 * 1024> rbuf{};
@@ -197,7 +196,6 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     } else {
       c = std::make_shared<Connection>(*this, tcp::socket(io));
       c->peer = to;
-      c->outbound = true;
       c->hello = wire::encode_hello(local);
       by_peer[to] = c;
       all.emplace(c.get(), c);

@@ -19,9 +19,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
 
   struct LivePeer {
     std::unique_ptr<LiveRuntime> rt;
-    std::unique_ptr<PeerObserver> observer;
-    Rng rng;
-    std::unique_ptr<Runtime> runtime;
+    std::unique_ptr<PeerEnv> env;
     std::unique_ptr<PeerStack> stack;
   };
   std::vector<LivePeer> peers(spec.peers);
@@ -33,14 +31,12 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     o.listen = Endpoint{host->ip, static_cast<std::uint16_t>(spec.live_base_port ? spec.live_base_port + i : 0)};
     p.rt = std::make_unique<LiveRuntime>(io, o);
     p.rt->open();
-    p.observer = std::make_unique<PeerObserver>(metrics, *p.rt, i);
-    p.rt->set_observer(*p.observer);
-    p.rng = Rng(spec.seed).fork(i + 1);
-    p.runtime = std::make_unique<Runtime>(Runtime{*p.rt, *p.rt, *p.rt, p.rng, *p.observer});
+    p.env = std::make_unique<PeerEnv>(*p.rt, metrics, i, Rng(spec.seed).fork(i + 1));
+    p.rt->set_observer(p.env->observer);
     directory.push_back(p.rt->local());
   }
   for (auto& p : peers) {
-    p.stack = std::make_unique<PeerStack>(*p.runtime, spec, directory, static_cast<std::uint32_t>(&p - peers.data()));
+    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec, directory, static_cast<std::uint32_t>(&p - peers.data()));
     p.stack->start();
   }
 

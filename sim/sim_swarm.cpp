@@ -24,9 +24,7 @@ std::uint64_t rss_bytes() {
 }
 
 struct SimPeer {
-  std::unique_ptr<PeerObserver> observer;
-  Rng rng;
-  std::unique_ptr<Runtime> runtime;
+  std::unique_ptr<PeerEnv> env;
   std::unique_ptr<PeerStack> stack;
   bool up = false;
 };
@@ -47,12 +45,9 @@ class Swarm {
       link.latency = NanoSeconds(static_cast<std::int64_t>(spec_.latency.sample(net_rng)));
       link.up_bps = link.down_bps = std::max(1e3, spec_.bandwidth.sample(net_rng));
       auto& p = peers_[i];
-      p.rng = Rng(spec_.seed).fork(i + 1);
       net_.add_peer(link);
-      p.observer = std::make_unique<PeerObserver>(metrics_, net_.runtime(i), i);
-      net_.runtime(i).set_observer(*p.observer);
-      p.runtime = std::make_unique<Runtime>(Runtime{net_.runtime(i), net_.runtime(i),
-                                                    net_.runtime(i), p.rng, *p.observer});
+      p.env = std::make_unique<PeerEnv>(net_.runtime(i), metrics_, i, Rng(spec_.seed).fork(i + 1));
+      net_.runtime(i).set_observer(p.env->observer);
     }
     const std::uint64_t rss1 = rss_bytes();
 
@@ -138,15 +133,15 @@ class Swarm {
   void join(std::uint32_t i) {
     auto& p = peers_[i];
     net_.set_up(i, true);
-    p.stack = std::make_unique<PeerStack>(*p.runtime, spec_, directory_, i);
+    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec_, directory_, i);
     p.up = true;
-    p.observer->trace("peer.join", i, 0);
+    p.env->observer.trace("peer.join", i, 0);
     p.stack->start();
   }
   void leave(std::uint32_t i) {
     auto& p = peers_[i];
     if (!p.up) return;
-    p.observer->trace("peer.leave", i, 0);
+    p.env->observer.trace("peer.leave", i, 0);
     p.stack.reset();
     net_.set_up(i, false);
     p.up = false;
@@ -184,14 +179,14 @@ class Swarm {
   void schedule_store() {
     Simulator::Schedule(NanoSeconds(driver_->next_store_gap().count()), [this] {
       if (auto i = pick_joined_peer(driver_->rng()))
-        driver_->issue_store(*peers_[*i].stack->dht(), *i, peers_[*i].runtime->now());
+        driver_->issue_store(*peers_[*i].stack->dht(), *i, peers_[*i].env->runtime.now());
       schedule_store();
     });
   }
   void schedule_get() {
     Simulator::Schedule(NanoSeconds(driver_->next_get_gap().count()), [this] {
       if (auto i = pick_joined_peer(driver_->rng()))
-        driver_->issue_get(*peers_[*i].stack->dht(), *i, peers_[*i].runtime->now());
+        driver_->issue_get(*peers_[*i].stack->dht(), *i, peers_[*i].env->runtime.now());
       schedule_get();
     });
   }

@@ -1,9 +1,7 @@
 #include "core/runtime/endpoint.hpp"
 
 #include <charconv>
-#include <cstdio>
 
-#include "core/runtime/time.hpp"
 
 namespace apiary {
 
@@ -38,21 +36,6 @@ std::optional<Endpoint> Endpoint::parse(std::string_view text) {
   if (pec != std::errc{} || pend != port.data() + port.size() || port_value > 65535)
     return std::nullopt;
   return Endpoint{ip, static_cast<std::uint16_t>(port_value)};
-}
-
-std::string format_duration(Duration d) {
-  const auto ns = d.count();
-  const auto abs = ns < 0 ? -ns : ns;
-  char buf[64];
-  if (abs >= 1'000'000'000)
-    std::snprintf(buf, sizeof buf, "%.3gs", static_cast<double>(ns) * 1e-9);
-  else if (abs >= 1'000'000)
-    std::snprintf(buf, sizeof buf, "%.3gms", static_cast<double>(ns) * 1e-6);
-  else if (abs >= 1'000)
-    std::snprintf(buf, sizeof buf, "%.3gus", static_cast<double>(ns) * 1e-3);
-  else
-    std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(ns));
-  return buf;
 }
 
 }  // namespace apiary

@@ -90,4 +90,20 @@ class PeerObserver final : public Observer {
   LogLevel min_level_ = LogLevel::kWarn;
 };
 
+// One peer's runtime over a backend object that is its Clock, Timers and Transport at once (the
+// sim and live runtimes): the observer feeding the swarm's Metrics, the peer's own Rng, and the
+// Runtime view protocols take. Not movable (the Runtime refers to its siblings): hold by pointer.
+struct PeerEnv {
+  template <class Backend>
+  PeerEnv(Backend& backend, Metrics& metrics, std::uint32_t index, Rng peer_rng)
+      : observer(metrics, backend, index),
+        rng(peer_rng),
+        runtime{backend, backend, backend, rng, observer} {}
+  PeerEnv(const PeerEnv&) = delete;
+  PeerEnv& operator=(const PeerEnv&) = delete;
+  PeerObserver observer;
+  Rng rng;
+  Runtime runtime;
+};
+
 }  // namespace apiary

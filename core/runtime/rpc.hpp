@@ -93,7 +93,6 @@ class Rpc final : public TransportHandler {
 
   std::size_t pending_calls() const { return pending_.size(); }
   std::size_t running_handlers() const { return handlers_.size(); }
-  Runtime& runtime() { return rt_; }
 
   // TransportHandler
   void on_message(const Endpoint& from, Message message) override;

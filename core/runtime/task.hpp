@@ -270,7 +270,6 @@ class Notifier {
     waiters_.clear();
     for (auto h : waiters) h.resume();
   }
-  std::size_t waiting() const { return waiters_.size(); }
 
  private:
   std::vector<std::coroutine_handle<>> waiters_;

@@ -11,10 +11,6 @@
 
 namespace apiary {
 
-struct ParseOutcome {
-  std::string error;  // empty on success
-};
-
 std::optional<Duration> parse_duration(std::string_view text, std::string* why = nullptr);
 std::optional<std::uint64_t> parse_bytes(std::string_view text, std::string* why = nullptr);
 std::optional<double> parse_bitrate(std::string_view text, std::string* why = nullptr);  // bit/s

@@ -40,17 +40,12 @@ class SimWorld final : public World {
   }
   std::size_t add_peer() override {
     const std::size_t i = net_->add_peer(sim::LinkParams{ns3::MilliSeconds(5), 100e6, 100e6});
-    auto p = std::make_unique<Peer>();
-    p->observer = std::make_unique<PeerObserver>(metrics, net_->runtime(i), i);
-    net_->runtime(i).set_observer(*p->observer);
-    p->rng = Rng(i + 1);
-    auto& rt = net_->runtime(i);
-    p->runtime = std::make_unique<Runtime>(Runtime{rt, rt, rt, p->rng, *p->observer});
-    peers_.push_back(std::move(p));
+    peers_.push_back(std::make_unique<PeerEnv>(net_->runtime(i), metrics, i, Rng(i + 1)));
+    net_->runtime(i).set_observer(peers_.back()->observer);
     net_->set_up(i, true);
     return i;
   }
-  Runtime& runtime(std::size_t i) override { return *peers_[i]->runtime; }
+  Runtime& runtime(std::size_t i) override { return peers_[i]->runtime; }
   void kill(std::size_t i) override { net_->set_up(i, false); }
   void revive(std::size_t i) override { net_->set_up(i, true); }
   std::size_t pending_timers(std::size_t i) override { return net_->runtime(i).pending_timers(); }
@@ -80,13 +75,8 @@ class SimWorld final : public World {
   }
 
  private:
-  struct Peer {
-    std::unique_ptr<PeerObserver> observer;
-    Rng rng;
-    std::unique_ptr<Runtime> runtime;
-  };
   std::unique_ptr<sim::SimNetwork> net_ = std::make_unique<sim::SimNetwork>();
-  std::vector<std::unique_ptr<Peer>> peers_;
+  std::vector<std::unique_ptr<PeerEnv>> peers_;
   ns3::Ptr<ns3::Socket> raw_;
 };
 
@@ -102,14 +92,12 @@ class LiveWorld final : public World {
     real::LiveOptions o;
     p->rt = std::make_unique<real::LiveRuntime>(io_, o);
     p->rt->open();
-    p->observer = std::make_unique<PeerObserver>(metrics, *p->rt, i);
-    p->rt->set_observer(*p->observer);
-    p->rng = Rng(i + 1);
-    p->runtime = std::make_unique<Runtime>(Runtime{*p->rt, *p->rt, *p->rt, p->rng, *p->observer});
+    p->env = std::make_unique<PeerEnv>(*p->rt, metrics, i, Rng(i + 1));
+    p->rt->set_observer(p->env->observer);
     peers_.push_back(std::move(p));
     return i;
   }
-  Runtime& runtime(std::size_t i) override { return *peers_[i]->runtime; }
+  Runtime& runtime(std::size_t i) override { return peers_[i]->env->runtime; }
   void kill(std::size_t i) override { peers_[i]->rt->close(); }
   void revive(std::size_t i) override {
     // Reopen on the same port, as a restarted process would.
@@ -137,9 +125,7 @@ class LiveWorld final : public World {
  private:
   struct Peer {
     std::unique_ptr<real::LiveRuntime> rt;
-    std::unique_ptr<PeerObserver> observer;
-    Rng rng;
-    std::unique_ptr<Runtime> runtime;
+    std::unique_ptr<PeerEnv> env;
   };
   boost::asio::io_context io_;
   std::vector<std::unique_ptr<Peer>> peers_;
