@@ -19,6 +19,7 @@ enum class ErrorCode : std::uint8_t {
   kShutdown = 7,       // the local peer is stopping
   kTooLarge = 8,       // over a size limit
   kInvalidArgument = 9,
+  kRejected = 10,      // the peer refused this caller (left out of a round, not accepting)
 };
 
 const char* to_string(ErrorCode code);

@@ -13,6 +13,7 @@ const char* to_string(ErrorCode code) {
     case ErrorCode::kShutdown: return "shutdown";
     case ErrorCode::kTooLarge: return "too large";
     case ErrorCode::kInvalidArgument: return "invalid argument";
+    case ErrorCode::kRejected: return "rejected";
   }
   return "unknown error";
 }
@@ -163,7 +164,7 @@ void Rpc::on_message(const Endpoint& from, Message message) {
         break;
       case kError: {
         const auto code = r.u8();
-        if (code < 1 || code > static_cast<std::uint8_t>(ErrorCode::kInvalidArgument))
+        if (code < 1 || code > static_cast<std::uint8_t>(ErrorCode::kRejected))
           throw wire::DecodeError("unknown error code " + std::to_string(code));
         remote_error.code = static_cast<ErrorCode>(code);
         remote_error.message = r.str(options_.max_error_text);

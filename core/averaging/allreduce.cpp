@@ -1,0 +1,488 @@
+#include "core/averaging/allreduce.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace apiary::averaging {
+
+namespace {
+
+// Waits on `n` until `pred()` holds or `deadline` passes; returns pred(). The timer is cancelled
+// if the waiting task is destroyed.
+struct DeadlineGuard {
+  Timers& timers;
+  TimerId id = 0;
+  ~DeadlineGuard() {
+    if (id) timers.cancel(id);
+  }
+};
+
+Task<bool> wait_until(Runtime& rt, Notifier& n, TimePoint deadline, std::function<bool()> pred) {
+  while (!pred()) {
+    const TimePoint now = rt.now();
+    if (now >= deadline) co_return false;
+    DeadlineGuard g{rt.timers};
+    g.id = rt.timers.schedule(deadline - now, [&n, &g] {
+      g.id = 0;
+      n.notify_all();
+    });
+    co_await n.wait();
+  }
+  co_return true;
+}
+
+void add_unique(std::vector<Endpoint>& v, const Endpoint& e) {
+  if (std::find(v.begin(), v.end(), e) == v.end()) v.push_back(e);
+}
+
+}  // namespace
+
+struct Averager::Round {
+  Group group;
+  std::size_t me = 0;
+  std::vector<std::uint64_t> part_begin, part_size;
+  std::vector<std::vector<Piece>> pieces;  // per reducer
+  TimePoint started;
+  double weight = 0;  // my weight as a sender
+
+  // Reducer side: my part.
+  struct PieceState {
+    std::vector<bool> got;  // per member
+    double weight = 0;
+    std::uint32_t contributors = 0;
+    bool done = false;
+    bool stalled = false;                 // fault injection: never answered
+    std::shared_ptr<const Bytes> result;  // the mean in the piece's codec; null: no weight
+  };
+  std::vector<double> sum;  // weighted sums over my part
+  std::vector<PieceState> mine;
+  std::size_t finalized = 0;
+  std::vector<bool> banned;  // senders left out of the rest of my part
+  std::vector<bool> gone;    // members that cancelled
+  TimerId progress_timer = 0;
+  std::size_t waiting_handlers = 0;
+  Notifier changed;  // a piece finished, a member left, the round closed
+
+  // Sender side.
+  std::vector<float> output;
+  std::vector<bool> part_failed;  // per reducer: keep my own values for the rest
+  std::size_t lanes = 0, lanes_done = 0;
+  std::int64_t sent_to_limit = 0;
+  bool limit_reported = false;
+  bool reduce_limit_reported = false;
+  Notifier main_wake;
+
+  AllReduceReport report;
+  bool main_done = false;
+  bool cancelled = false;
+  bool closed = false;
+};
+
+Averager::Averager(Runtime& rt, Rpc& rpc, AllReduceConfig config) : rt_(rt), rpc_(rpc), cfg_(std::move(config)) {
+  rpc_.serve<PieceRequest, PieceReply>(
+      [this](const Endpoint& from, PieceRequest req) { return handle_piece(from, std::move(req)); });
+  rpc_.on(CancelNotice::kMethod, [this](Request in) -> Task<Result<Reply>> {
+    const auto n = detail::decode_message<CancelNotice>(in.body, in.payload);
+    handle_cancel(in.from, n.group);
+    co_return Reply{};
+  });
+}
+
+Averager::~Averager() {
+  scope_.destroy_all();
+  for (auto& [id, r] : rounds_) {
+    r->closed = true;
+    if (r->progress_timer) rt_.timers.cancel(r->progress_timer);
+    r->progress_timer = 0;
+  }
+}
+
+Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<float> local, double weight) {
+  const auto me = group.index_of(rt_.transport.local());
+  if (!me) co_return Error{ErrorCode::kInvalidArgument, "this peer (" + rt_.transport.local().to_string() + ") is not a member of group " + std::to_string(group.id)};
+  const Member self = group.members[*me];
+  const std::uint64_t total = group.schema.total();
+  if (sends(self.kind) && local.size() != total)
+    co_return Error{ErrorCode::kInvalidArgument, "local tensors have " + std::to_string(local.size()) + " values; the group's schema " + group.schema.describe() + " has " + std::to_string(total)};
+  if (!sends(self.kind) && !local.empty())
+    co_return Error{ErrorCode::kInvalidArgument, "an auxiliary member contributes no tensors"};
+  if (!std::isfinite(weight) || weight < 0)
+    co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
+  if (rounds_.count(group.id)) co_return Error{ErrorCode::kInvalidArgument, "group " + std::to_string(group.id) + " is already running here"};
+  std::vector<double> bw;
+  std::vector<MemberKind> kinds;
+  for (const auto& m : group.members) {
+    bw.push_back(m.bandwidth);
+    kinds.push_back(m.kind);
+  }
+  auto sizes = balance_parts(total, bw, kinds, cfg_.min_part);
+  if (!sizes.ok()) co_return sizes.error();
+
+  auto r = std::make_shared<Round>();
+  const std::size_t n = group.members.size();
+  r->group = std::move(group);
+  r->me = *me;
+  r->started = rt_.now();
+  r->weight = weight;
+  r->part_size = std::move(*sizes);
+  std::uint64_t at = 0;
+  const auto tensor_sizes = r->group.schema.sizes();
+  for (std::size_t j = 0; j < n; ++j) {
+    r->part_begin.push_back(at);
+    r->pieces.push_back(make_pieces(tensor_sizes, at, at + r->part_size[j], cfg_.piece_elements));
+    at += r->part_size[j];
+  }
+  r->banned.assign(n, false);
+  r->gone.assign(n, false);
+  r->part_failed.assign(n, false);
+  r->output = std::move(local);
+  if (auto it = early_cancels_.find(r->group.id); it != early_cancels_.end()) {
+    for (const auto& e : it->second)
+      if (auto i = r->group.index_of(e)) r->gone[*i] = true;
+    early_cancels_.erase(it);
+  }
+  const auto& my_pieces = r->pieces[r->me];
+  r->mine.resize(my_pieces.size());
+  for (auto& ps : r->mine) ps.got.assign(n, false);
+  r->sum.assign(r->part_size[r->me], 0.0);
+  rounds_[r->group.id] = r;
+  rt_.observer.trace("avg.round.begin", r->group.id, r->me);
+
+  if (sends(self.kind))
+    for (std::size_t p = 0; p < my_pieces.size(); ++p)
+      accumulate(*r, r->me, p,
+                 std::span<const float>(r->output).subspan(my_pieces[p].begin, my_pieces[p].size()), weight);
+  for (std::size_t p = 0; p < my_pieces.size(); ++p) check_piece(*r, p);
+  if (r->finalized < r->mine.size()) arm_progress_timer(r);
+  registered_.notify_all();  // pieces that arrived before this round began
+
+  // Sender lanes: `window` per reducer, each taking every window-th piece.
+  if (sends(self.kind)) {
+    for (std::size_t j = 0; j < n; ++j) {
+      if (r->pieces[j].empty()) continue;
+      const std::size_t lanes = std::min<std::size_t>(std::max<std::uint32_t>(cfg_.window, 1), r->pieces[j].size());
+      for (std::size_t l = 0; l < lanes; ++l) {
+        ++r->lanes;
+        scope_.spawn(send_lane(r, j, l));
+      }
+    }
+  }
+  Round& round = *r;
+  const bool is_sender = sends(self.kind);
+  while (!round.cancelled && !round.closed &&
+         !((round.lanes_done == round.lanes) && (is_sender || round.finalized == round.mine.size())))
+    co_await round.main_wake.wait();
+
+  round.main_done = true;
+  const bool cancelled = round.cancelled;
+  AllReduceReport rep = std::move(round.report);
+  rep.averaged = std::move(round.output);
+  for (std::size_t j = 0; j < n; ++j)
+    if (round.banned[j] || (round.gone[j] && sends(round.group.members[j].kind)))
+      add_unique(rep.excluded_senders, round.group.members[j].endpoint);
+  rep.elapsed = rt_.now() - round.started;
+  rt_.observer.trace("avg.round.end", round.group.id, rep.pieces_kept);
+  if (!round.closed) scope_.spawn(linger(r));
+  if (cancelled) co_return Error{ErrorCode::kCancelled, "left group " + std::to_string(round.group.id)};
+  co_return rep;
+}
+
+void Averager::accumulate(Round& r, std::size_t sender, std::size_t piece, std::span<const float> values,
+                          double weight) {
+  const Piece& pc = r.pieces[r.me][piece];
+  double* s = r.sum.data() + (pc.begin - r.part_begin[r.me]);
+  for (std::size_t i = 0; i < values.size(); ++i) s[i] += weight * static_cast<double>(values[i]);
+  auto& ps = r.mine[piece];
+  ps.got[sender] = true;
+  ps.weight += weight;
+  ++ps.contributors;
+}
+
+void Averager::check_piece(Round& r, std::size_t piece) {
+  auto& ps = r.mine[piece];
+  if (ps.done) return;
+  for (std::size_t s = 0; s < r.group.members.size(); ++s)
+    if (sends(r.group.members[s].kind) && !ps.got[s] && !r.banned[s] && !r.gone[s]) return;
+  finalize(r, piece);
+}
+
+void Averager::finalize(Round& r, std::size_t piece) {
+  auto& ps = r.mine[piece];
+  const Piece& pc = r.pieces[r.me][piece];
+  ps.done = true;
+  if (ps.weight > 0) {
+    std::vector<float> mean(pc.size());
+    const double* s = r.sum.data() + (pc.begin - r.part_begin[r.me]);
+    for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = static_cast<float>(s[i] / ps.weight);
+    const auto codec = cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor));
+    ps.result = std::make_shared<const Bytes>(compression::encode(mean, codec));
+  }
+  ++r.finalized;
+  if (cfg_.faults.reduce_limit >= 0 && static_cast<std::int64_t>(piece) >= cfg_.faults.reduce_limit) {
+    ps.stalled = true;
+    if (!r.reduce_limit_reported) {
+      r.reduce_limit_reported = true;
+      if (cfg_.faults.on_reduce_limit) cfg_.faults.on_reduce_limit();
+    }
+  }
+  r.changed.notify_all();
+}
+
+void Averager::arm_progress_timer(const std::shared_ptr<Round>& r) {
+  if (r->progress_timer) rt_.timers.cancel(r->progress_timer);
+  std::weak_ptr<Round> weak = r;
+  r->progress_timer = rt_.timers.schedule(cfg_.sender_timeout, [this, weak] {
+    if (auto s = weak.lock()) {
+      s->progress_timer = 0;
+      on_no_progress(s);
+    }
+  });
+}
+
+// No piece of my part finished for sender_timeout: leave out whoever has not delivered the oldest
+// unfinished piece.
+void Averager::on_no_progress(const std::shared_ptr<Round>& r) {
+  if (r->closed) return;
+  std::size_t oldest = r->mine.size();
+  for (std::size_t p = 0; p < r->mine.size(); ++p)
+    if (!r->mine[p].done) {
+      oldest = p;
+      break;
+    }
+  if (oldest == r->mine.size()) return;
+  for (std::size_t s = 0; s < r->group.members.size(); ++s)
+    if (sends(r->group.members[s].kind) && !r->mine[oldest].got[s] && !r->banned[s] && !r->gone[s]) {
+      r->banned[s] = true;
+      rt_.observer.count("avg.senders_left_out");
+      rt_.observer.trace("avg.left_out", r->group.id, s);
+    }
+  const std::size_t before = r->finalized;
+  for (std::size_t p = 0; p < r->mine.size(); ++p) check_piece(*r, p);
+  if (r->finalized < r->mine.size()) arm_progress_timer(r);
+  if (r->finalized != before) wake_main(r);
+}
+
+void Averager::wake_main(const std::shared_ptr<Round>& r) {
+  // Deferred: the main task may finish and drop the round, which must not happen inside a lane
+  // or handler that is still running.
+  std::weak_ptr<Round> weak = r;
+  rt_.timers.schedule(Duration::zero(), [weak] {
+    if (auto s = weak.lock()) s->main_wake.notify_all();
+  });
+}
+
+Task<std::shared_ptr<Averager::Round>> Averager::find_round(std::uint64_t group) {
+  if (auto it = rounds_.find(group); it != rounds_.end()) co_return it->second;
+  if (closed_.count(group)) co_return nullptr;
+  // A sender may start before this member has heard that the group is assembled.
+  const TimePoint deadline = rt_.now() + cfg_.sender_timeout;
+  std::function<bool()> known = [this, group] { return rounds_.count(group) || closed_.count(group); };
+  co_await wait_until(rt_, registered_, deadline, std::move(known));
+  auto it = rounds_.find(group);
+  co_return it == rounds_.end() ? nullptr : it->second;
+}
+
+Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req) {
+  std::shared_ptr<Round> r = co_await find_round(req.group);
+  if (!r) co_return Error{ErrorCode::kInvalidArgument, "unknown or finished group " + std::to_string(req.group)};
+  const auto s = r->group.index_of(from);
+  if (!s || !sends(r->group.members[*s].kind))
+    co_return Error{ErrorCode::kInvalidArgument, from.to_string() + " is not a sending member of group " + std::to_string(req.group)};
+  if (req.piece >= r->mine.size())
+    co_return Error{ErrorCode::kInvalidArgument, "piece " + std::to_string(req.piece) + " out of range (my part has " + std::to_string(r->mine.size()) + ")"};
+  if (r->closed || r->cancelled) co_return Error{ErrorCode::kCancelled, "round is over"};
+  if (r->banned[*s] || r->gone[*s])
+    co_return Error{ErrorCode::kRejected, "left out of the rest of this part after missing a deadline"};
+  auto& ps = r->mine[req.piece];
+  if (ps.got[*s]) co_return Error{ErrorCode::kInvalidArgument, "duplicate piece " + std::to_string(req.piece)};
+  if (!std::isfinite(req.weight) || req.weight < 0) co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
+  const Piece& pc = r->pieces[r->me][req.piece];
+  std::vector<float> values;
+  std::string why;
+  try {
+    values = compression::decode(req.payload.data(), pc.size());
+  } catch (const wire::DecodeError& e) {
+    why = e.what();
+  }
+  if (!why.empty() || values.size() != pc.size()) {
+    rt_.observer.count("avg.bad_pieces");
+    co_return Error{ErrorCode::kBadMessage, "piece " + std::to_string(req.piece) + ": " + (why.empty() ? "has " + std::to_string(values.size()) + " values, expected " + std::to_string(pc.size()) : why)};
+  }
+  r->report.bytes_received += req.payload.size();
+  accumulate(*r, *s, req.piece, values, req.weight);
+  const std::size_t before = r->finalized;
+  check_piece(*r, req.piece);
+  if (r->finalized != before) {
+    if (r->finalized < r->mine.size()) arm_progress_timer(r);
+    else if (r->progress_timer) {
+      rt_.timers.cancel(r->progress_timer);
+      r->progress_timer = 0;
+    }
+    wake_main(r);
+  }
+  ++r->waiting_handlers;
+  Round& round = *r;
+  const std::size_t p = req.piece;
+  while (!(round.mine[p].done && !round.mine[p].stalled) && !round.closed && !round.cancelled)
+    co_await round.changed.wait();
+  --round.waiting_handlers;
+  if (round.waiting_handlers == 0 && round.finalized == round.mine.size()) round.changed.notify_all();  // linger
+  if (!round.mine[p].done || round.mine[p].stalled || round.cancelled || round.closed)
+    co_return Error{ErrorCode::kCancelled, "round ended before piece " + std::to_string(p) + " was reduced"};
+  if (!round.mine[p].result) co_return Error{ErrorCode::kInvalidArgument, "every contribution to this piece had weight 0"};
+  round.report.bytes_sent += round.mine[p].result->size();
+  co_return PieceReply{Payload::shared(round.mine[p].result)};
+}
+
+Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::size_t first) {
+  Round& round = *r;
+  const auto& pieces = round.pieces[j];
+  const std::size_t stride = std::min<std::size_t>(std::max<std::uint32_t>(cfg_.window, 1), pieces.size());
+  const Endpoint to = round.group.members[j].endpoint;
+  for (std::size_t p = first; p < pieces.size(); p += stride) {
+    if (round.main_done) break;
+    const Piece pc = pieces[p];
+    if (round.part_failed[j] || round.gone[j] || round.cancelled) {
+      round.report.pieces_kept += 1;
+      continue;
+    }
+    if (cfg_.faults.send_limit >= 0 && static_cast<std::int64_t>(p) >= cfg_.faults.send_limit) {
+      if (!round.limit_reported) {
+        round.limit_reported = true;
+        if (cfg_.faults.on_send_limit) cfg_.faults.on_send_limit();
+      }
+      // Stall: wait for the round to end without sending.
+      while (!round.closed && !round.cancelled && !round.main_done) co_await round.changed.wait();
+      break;
+    }
+    const auto values = std::span<const float>(round.output).subspan(pc.begin, pc.size());
+    std::shared_ptr<const Bytes> result;
+    std::optional<Error> failure;
+    if (j == round.me) {
+      // My own part: already accumulated locally; wait for the piece to be reduced.
+      const TimePoint deadline = rt_.now() + cfg_.reducer_timeout;
+      std::function<bool()> reduced = [&round, p] {
+        return (round.mine[p].done && !round.mine[p].stalled) || round.closed || round.cancelled;
+      };
+      const bool ok = co_await wait_until(rt_, round.changed, deadline, std::move(reduced));
+      if (!ok || !round.mine[p].done || round.mine[p].stalled)
+        failure = Error{ErrorCode::kTimeout, "own part stalled"};
+      else if (!round.mine[p].result)
+        failure = Error{ErrorCode::kInvalidArgument, "no weight"};
+      else
+        result = round.mine[p].result;
+    } else {
+      const auto codec = cfg_.codec.for_tensor(round.group.schema.numel(pc.tensor));
+      Bytes encoded = compression::encode(values, codec);
+      const std::uint64_t n = encoded.size();
+      PieceRequest req{round.group.id, p, round.weight, Payload::bytes(std::move(encoded))};
+      round.report.bytes_sent += n;
+      Result<PieceReply> reply = co_await rpc_.call<PieceReply>(to, std::move(req), cfg_.reducer_timeout);
+      if (round.main_done) break;
+      if (!reply.ok()) {
+        failure = reply.error();
+      } else {
+        round.report.bytes_received += reply->payload.size();
+        result = reply->payload.buffer();
+        if (!result) failure = Error{ErrorCode::kBadMessage, "reply without data"};
+      }
+    }
+    std::vector<float> mean;
+    if (!failure) {
+      std::string why;
+      try {
+        mean = compression::decode(*result, pc.size());
+      } catch (const wire::DecodeError& e) {
+        why = e.what();
+      }
+      if (!why.empty() || mean.size() != pc.size())
+        failure = Error{ErrorCode::kBadMessage, "bad reduced piece from " + to.to_string() + (why.empty() ? "" : ": " + why)};
+    }
+    if (failure) {
+      round.report.pieces_kept += 1;
+      if (!round.part_failed[j]) {
+        round.part_failed[j] = true;
+        rt_.observer.count("avg.part_failures");
+        if (failure->code == ErrorCode::kRejected)
+          add_unique(round.report.excluded_me, to);
+        else
+          add_unique(round.report.failed_reducers, to);
+      }
+      continue;
+    }
+    std::copy(mean.begin(), mean.end(), round.output.begin() + static_cast<std::ptrdiff_t>(pc.begin));
+    round.report.pieces_averaged += 1;
+  }
+  ++round.lanes_done;
+  wake_main(r);
+}
+
+void Averager::handle_cancel(const Endpoint& from, std::uint64_t group) {
+  auto it = rounds_.find(group);
+  if (it == rounds_.end()) {
+    if (closed_.count(group)) return;
+    if (early_cancels_.size() < 256) early_cancels_[group].insert(from);
+    return;
+  }
+  auto r = it->second;
+  const auto s = r->group.index_of(from);
+  if (!s || r->gone[*s]) return;
+  r->gone[*s] = true;
+  rt_.observer.trace("avg.member_left", group, *s);
+  if (r->pieces[*s].size() && *s != r->me) {
+    r->part_failed[*s] = true;
+    add_unique(r->report.failed_reducers, from);
+  }
+  const std::size_t before = r->finalized;
+  for (std::size_t p = 0; p < r->mine.size(); ++p) check_piece(*r, p);
+  if (r->finalized != before && r->finalized < r->mine.size()) arm_progress_timer(r);
+  r->changed.notify_all();
+  wake_main(r);
+}
+
+void Averager::cancel(std::uint64_t group_id) {
+  auto it = rounds_.find(group_id);
+  if (it == rounds_.end()) return;
+  auto r = it->second;
+  if (r->cancelled) return;
+  r->cancelled = true;
+  rt_.observer.trace("avg.cancel", group_id, r->me);
+  for (std::size_t j = 0; j < r->group.members.size(); ++j)
+    if (j != r->me) rpc_.notify(r->group.members[j].endpoint, CancelNotice{group_id});
+  close(*r);
+  wake_main(r);
+}
+
+// After my result is in, keep answering late senders until every piece is reduced and answered,
+// or reducer_timeout passes.
+Task<void> Averager::linger(std::shared_ptr<Round> r) {
+  Round& round = *r;
+  const TimePoint deadline = rt_.now() + cfg_.reducer_timeout;
+  std::function<bool()> answered = [&round] {
+    return round.closed || (round.finalized == round.mine.size() && round.waiting_handlers == 0);
+  };
+  co_await wait_until(rt_, round.changed, deadline, std::move(answered));
+  close(round);
+}
+
+void Averager::close(Round& r) {
+  if (r.progress_timer) rt_.timers.cancel(r.progress_timer);
+  r.progress_timer = 0;
+  if (!r.closed) {
+    r.closed = true;
+    r.changed.notify_all();
+  }
+  const std::uint64_t id = r.group.id;
+  auto it = rounds_.find(id);
+  if (it != rounds_.end() && it->second.get() == &r) {
+    rounds_.erase(it);
+    closed_.insert(id);
+    closed_order_.push_back(id);
+    if (closed_order_.size() > 1024) {
+      closed_.erase(closed_order_.front());
+      closed_order_.erase(closed_order_.begin());
+    }
+  }
+}
+
+}  // namespace apiary::averaging

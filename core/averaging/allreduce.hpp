@@ -1,0 +1,106 @@
+#pragma once
+// Butterfly all-reduce on the runtime contract (the same code in ns-3 and live).
+//
+// Each member's flattened tensors are cut into one part per reducer (partition.hpp). Every sender
+// streams its pieces of part j to member j, at most `window` pieces in flight per reducer; the
+// reducer accumulates the weighted sum of each piece and answers every sender's request for that
+// piece with the weighted mean once all senders have delivered it. A member's own part never
+// touches the transport.
+//
+// Fault tolerance, per round:
+//  * A reducer that sees no piece of its part finish for `sender_timeout` leaves out every sender
+//    that has not delivered the oldest unfinished piece, for that piece and all later ones; the
+//    pieces it already delivered still count. A left-out sender gets an error for the rest and
+//    keeps its own values there.
+//  * A sender whose request to a reducer fails (unreachable, `reducer_timeout`, a bad reply, the
+//    reducer cancelled) keeps its own values for the rest of that part and reports the reducer.
+//  * A member that cancels tells the others; they stop waiting for it at once.
+// So a round always ends, within about pieces x sender_timeout + reducer_timeout in the worst
+// case, with a result and a report of who failed.
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "core/averaging/protocol.hpp"
+#include "core/runtime/rpc.hpp"
+
+namespace apiary::averaging {
+
+// Misbehaviour on purpose, for fault-injection tests and failure scenarios.
+struct AllReduceFaults {
+  std::int64_t send_limit = -1;         // send only this many pieces to each reducer, then stall
+  std::function<void()> on_send_limit;  // called once when that happens (a test may kill the peer)
+  std::int64_t reduce_limit = -1;       // answer only pieces of my part below this index, then stall
+  std::function<void()> on_reduce_limit;  // called once when the first piece is held back
+};
+
+struct AllReduceConfig {
+  std::uint64_t piece_elements = 1u << 16;  // 256 KiB of float32
+  std::uint32_t window = 4;                 // pieces in flight per reducer
+  std::uint64_t min_part = 1024;            // a reducer gets at least this many values, or none
+  Duration sender_timeout = std::chrono::seconds(10);
+  Duration reducer_timeout = std::chrono::seconds(30);
+  CodecPolicy codec;
+  AllReduceFaults faults;
+};
+
+struct AllReduceReport {
+  std::vector<float> averaged;                 // the result; empty for an auxiliary member
+  std::vector<Endpoint> failed_reducers;       // parts (or their tails) that kept my own values
+  std::vector<Endpoint> excluded_senders;      // senders my part left out of some pieces
+  std::vector<Endpoint> excluded_me;           // reducers that left me out of some pieces
+  std::uint64_t pieces_averaged = 0;           // pieces of mine that got the group's mean
+  std::uint64_t pieces_kept = 0;               // pieces of mine that kept my own values
+  std::uint64_t bytes_sent = 0;                // payload bytes this member sent
+  std::uint64_t bytes_received = 0;            // payload bytes it received
+  Duration elapsed{};
+};
+
+class Averager {
+ public:
+  Averager(Runtime& rt, Rpc& rpc, AllReduceConfig config = {});
+  ~Averager();
+  Averager(const Averager&) = delete;
+  Averager& operator=(const Averager&) = delete;
+
+  // Runs one all-reduce in `group`, as the member whose endpoint is this peer's. `local` is the
+  // flattened tensors (empty for an auxiliary member), `weight` its weight (e.g. samples).
+  // Errors: not a member, wrong length for the schema, bad weight, a round with this id already
+  // running, no reducer; kCancelled if cancel() is called meanwhile.
+  Task<Result<AllReduceReport>> all_reduce(Group group, std::vector<float> local, double weight);
+  // Leaves a running round: the others are told and stop waiting for this member.
+  void cancel(std::uint64_t group_id);
+
+  AllReduceConfig& config() { return cfg_; }
+  std::size_t rounds() const { return rounds_.size(); }
+
+ private:
+  struct Round;
+  Task<Result<PieceReply>> handle_piece(Endpoint from, PieceRequest req);
+  void handle_cancel(const Endpoint& from, std::uint64_t group);
+  Task<std::shared_ptr<Round>> find_round(std::uint64_t group);
+  void accumulate(Round& r, std::size_t sender, std::size_t piece, std::span<const float> values,
+                  double weight);
+  void check_piece(Round& r, std::size_t piece);
+  void finalize(Round& r, std::size_t piece);
+  void arm_progress_timer(const std::shared_ptr<Round>& r);
+  void on_no_progress(const std::shared_ptr<Round>& r);
+  void wake_main(const std::shared_ptr<Round>& r);
+  Task<void> send_lane(std::shared_ptr<Round> r, std::size_t reducer, std::size_t first);
+  Task<void> linger(std::shared_ptr<Round> r);
+  void close(Round& r);
+
+  Runtime& rt_;
+  Rpc& rpc_;
+  AllReduceConfig cfg_;
+  std::map<std::uint64_t, std::shared_ptr<Round>> rounds_;
+  std::set<std::uint64_t> closed_;  // recently finished rounds: late pieces get an error at once
+  std::vector<std::uint64_t> closed_order_;
+  std::map<std::uint64_t, std::set<Endpoint>> early_cancels_;  // cancels for rounds not yet begun
+  Notifier registered_;
+  TaskScope scope_;
+};
+
+}  // namespace apiary::averaging

@@ -1,0 +1,131 @@
+#pragma once
+// Averaging messages (methods 200-209). Decoders bound every count: a hostile peer cannot make a
+// member allocate more than its message's bytes.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/averaging/partition.hpp"
+#include "core/runtime/endpoint.hpp"
+#include "core/runtime/payload.hpp"
+#include "core/wire/codec.hpp"
+
+namespace apiary::averaging {
+
+inline constexpr std::size_t kMaxMembers = 4096;
+inline constexpr std::size_t kMaxTensors = 1u << 16;
+inline constexpr std::size_t kMaxDims = 16;
+
+struct Member {
+  Endpoint endpoint;
+  MemberKind kind = MemberKind::kFull;
+  double bandwidth = 1.0;  // relative; only ratios matter
+  void encode(wire::Writer& w) const;
+  static Member decode(wire::Reader& r);
+  bool operator==(const Member&) const = default;
+};
+
+void encode_schema(wire::Writer& w, const TensorSchema& s);
+TensorSchema decode_schema(wire::Reader& r);
+
+// A group about to run one all-reduce: who is in it (in order: a member's index is its rank) and
+// what is averaged.
+struct Group {
+  std::uint64_t id = 0;
+  std::vector<Member> members;
+  TensorSchema schema;
+  std::optional<std::size_t> index_of(const Endpoint& e) const;
+  void encode(wire::Writer& w) const;
+  static Group decode(wire::Reader& r);
+};
+
+// A sender's piece of a reducer's part; the payload is the piece's values in the tensor's codec.
+// The reply comes once the piece is reduced and carries the weighted mean in the same codec.
+struct PieceRequest {
+  static constexpr std::uint32_t kMethod = 200;
+  std::uint64_t group = 0;
+  std::uint64_t piece = 0;  // index among the reducer's pieces
+  double weight = 1.0;
+  Payload payload;
+  void encode(wire::Writer& w) const {
+    w.u64(group);
+    w.varint(piece);
+    w.f64(weight);
+  }
+  static PieceRequest decode(wire::Reader& r) {
+    PieceRequest p;
+    p.group = r.u64();
+    p.piece = r.varint();
+    p.weight = r.f64();
+    return p;
+  }
+};
+struct PieceReply {
+  Payload payload;
+  void encode(wire::Writer&) const {}
+  static PieceReply decode(wire::Reader&) { return {}; }
+};
+
+// One-way: the sender leaves the round (sends nothing more, reduces nothing).
+struct CancelNotice {
+  static constexpr std::uint32_t kMethod = 201;
+  std::uint64_t group = 0;
+  void encode(wire::Writer& w) const { w.u64(group); }
+  static CancelNotice decode(wire::Reader& r) { return CancelNotice{r.u64()}; }
+};
+
+// Matchmaking: a follower asks a leader to take it into the group it is assembling. The reply
+// comes when the group is assembled (or the leader gives up) and carries the group.
+struct JoinRequest {
+  static constexpr std::uint32_t kMethod = 202;
+  std::string key;
+  std::uint64_t schema_hash = 0;
+  Member member;
+  void encode(wire::Writer& w) const {
+    w.str(key);
+    w.u64(schema_hash);
+    member.encode(w);
+  }
+  static JoinRequest decode(wire::Reader& r) {
+    JoinRequest j;
+    j.key = r.str(256);
+    j.schema_hash = r.u64();
+    j.member = Member::decode(r);
+    return j;
+  }
+};
+struct JoinReply {
+  Group group;
+  void encode(wire::Writer& w) const { group.encode(w); }
+  static JoinReply decode(wire::Reader& r) { return JoinReply{Group::decode(r)}; }
+};
+
+// State download: a newcomer asks a peer for its current parameters and optimizer state.
+struct StateRequest {
+  static constexpr std::uint32_t kMethod = 203;
+  std::string prefix;
+  void encode(wire::Writer& w) const { w.str(prefix); }
+  static StateRequest decode(wire::Reader& r) { return StateRequest{r.str(256)}; }
+};
+struct StateReply {
+  std::uint64_t epoch = 0;
+  TensorSchema schema;
+  Bytes extra;      // opaque state beside the tensors (optimizer state, counters)
+  Payload payload;  // the flattened float32 tensors, little-endian
+  void encode(wire::Writer& w) const {
+    w.varint(epoch);
+    encode_schema(w, schema);
+    w.bytes(extra);
+  }
+  static StateReply decode(wire::Reader& r) {
+    StateReply s;
+    s.epoch = r.varint();
+    s.schema = decode_schema(r);
+    auto e = r.bytes(1u << 20);
+    s.extra.assign(e.begin(), e.end());
+    return s;
+  }
+};
+
+}  // namespace apiary::averaging

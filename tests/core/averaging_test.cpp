@@ -1,0 +1,424 @@
+// Butterfly all-reduce on the recording fake network: exact weighted means for every mix of
+// member kinds, fault injection with bounded completion, partitioning and load balancing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <set>
+
+#include "core/averaging/allreduce.hpp"
+#include "tests/support/fake_runtime.hpp"
+
+using namespace apiary;
+using namespace apiary::averaging;
+using namespace std::chrono_literals;
+
+namespace {
+
+TensorSchema test_schema() {
+  // A matrix, a scalar, an empty tensor, a vector, a 3-d block: 15 + 1 + 0 + 7 + 24 = 47 values.
+  return TensorSchema{{{3, 5}, {}, {0}, {7}, {2, 3, 4}}};
+}
+
+std::vector<float> random_values(Rng& rng, std::size_t n) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(rng.normal(0, 1));
+  return v;
+}
+
+struct Swarm {
+  explicit Swarm(std::size_t n, AllReduceConfig cfg) : fake(n, 5ms) {
+    for (std::size_t i = 0; i < n; ++i) {
+      rpcs.push_back(std::make_unique<Rpc>(fake[i].runtime()));
+      avgs.push_back(std::make_unique<Averager>(fake[i].runtime(), *rpcs.back(), cfg));
+    }
+  }
+  ~Swarm() {
+    for (auto& r : rpcs) r->shutdown();
+    avgs.clear();
+    rpcs.clear();
+  }
+  test::FakeSwarm fake;
+  std::vector<std::unique_ptr<Rpc>> rpcs;
+  std::vector<std::unique_ptr<Averager>> avgs;
+};
+
+Group make_group(Swarm& s, const std::vector<MemberKind>& kinds, TensorSchema schema, std::uint64_t id = 42) {
+  Group g;
+  g.id = id;
+  g.schema = std::move(schema);
+  for (std::size_t i = 0; i < kinds.size(); ++i)
+    g.members.push_back(Member{s.fake[i].local(), kinds[i], 1.0 + static_cast<double>(i)});
+  return g;
+}
+
+// Runs the round on the listed peers; returns each one's result (nullopt if it did not finish).
+std::vector<std::optional<Result<AllReduceReport>>> run_round(Swarm& s, const Group& g,
+                                                               const std::vector<std::vector<float>>& data,
+                                                               const std::vector<double>& weights,
+                                                               Duration limit = 10min,
+                                                               std::size_t wait_for = SIZE_MAX) {
+  std::vector<Task<Result<AllReduceReport>>> tasks;
+  for (std::size_t i = 0; i < g.members.size(); ++i) {
+    tasks.push_back(s.avgs[i]->all_reduce(g, data[i], weights[i]));
+    tasks.back().start();
+  }
+  s.fake.net.run(limit, [&] {
+    for (std::size_t i = 0; i < std::min(wait_for, tasks.size()); ++i)
+      if (s.fake[i].up && !tasks[i].done()) return false;
+    return true;
+  });
+  std::vector<std::optional<Result<AllReduceReport>>> out;
+  for (auto& t : tasks) {
+    if (t.done())
+      out.emplace_back(t.result());
+    else
+      out.emplace_back(std::nullopt);
+  }
+  return out;
+}
+
+std::vector<float> weighted_mean(const std::vector<std::vector<float>>& data, const std::vector<double>& w,
+                                 const std::set<std::size_t>& who, std::size_t begin, std::size_t end) {
+  std::vector<float> out;
+  for (std::size_t k = begin; k < end; ++k) {
+    double s = 0, ws = 0;
+    for (auto i : who) {
+      s += w[i] * data[i][k];
+      ws += w[i];
+    }
+    out.push_back(static_cast<float>(s / ws));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Partition, RoundTripsEveryShapeIncludingEmptyAndScalar) {
+  const std::vector<TensorSchema> schemas = {
+      TensorSchema{}, TensorSchema{{{}}}, TensorSchema{{{0}}}, TensorSchema{{{3, 0, 2}, {}}},
+      TensorSchema{{{1}, {2, 3}, {5, 1, 4}, {}, {0, 7}}}, test_schema()};
+  Rng rng(1);
+  for (const auto& schema : schemas) {
+    std::vector<Tensor> tensors;
+    for (std::size_t i = 0; i < schema.shapes.size(); ++i)
+      tensors.push_back(Tensor{schema.shapes[i], random_values(rng, schema.numel(i))});
+    auto flat = flatten(schema, tensors);
+    ASSERT_TRUE(flat.ok()) << flat.error().describe();
+    EXPECT_EQ(flat->size(), schema.total());
+    auto back = unflatten(schema, *flat);
+    ASSERT_TRUE(back.ok());
+    ASSERT_EQ(back->size(), tensors.size());
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      EXPECT_EQ((*back)[i].shape, tensors[i].shape);
+      EXPECT_EQ((*back)[i].data, tensors[i].data);
+    }
+    // Parts and pieces cover the vector exactly, in order, never crossing a tensor.
+    for (std::uint64_t piece : {1u, 2u, 5u, 1000u}) {
+      std::vector<double> bw{1, 2, 3};
+      std::vector<MemberKind> kinds(3, MemberKind::kFull);
+      auto sizes = balance_parts(schema.total(), bw, kinds, 0);
+      ASSERT_TRUE(sizes.ok());
+      std::uint64_t at = 0;
+      const auto ts = schema.sizes();
+      for (auto sz : *sizes) {
+        for (const auto& p : make_pieces(ts, at, at + sz, piece)) {
+          EXPECT_EQ(p.begin, at);
+          EXPECT_GT(p.size(), 0u);
+          EXPECT_LE(p.size(), piece);
+          std::uint64_t t0 = 0;
+          for (std::uint32_t t = 0; t < p.tensor; ++t) t0 += ts[t];
+          EXPECT_GE(p.begin, t0);
+          EXPECT_LE(p.end, t0 + ts[p.tensor]);
+          at = p.end;
+        }
+      }
+      EXPECT_EQ(at, schema.total());
+    }
+  }
+}
+
+TEST(Partition, WrongShapesAreClearErrors) {
+  auto schema = test_schema();
+  std::vector<Tensor> tensors;
+  for (std::size_t i = 0; i < schema.shapes.size(); ++i)
+    tensors.push_back(Tensor{schema.shapes[i], std::vector<float>(schema.numel(i), 1.f)});
+  tensors[0].shape = {5, 3};
+  auto r = flatten(schema, tensors);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("tensor 0 has shape [5x3]"), std::string::npos) << r.error().message;
+  tensors.pop_back();
+  EXPECT_FALSE(flatten(schema, tensors).ok());
+  std::vector<float> short_flat(10);
+  EXPECT_FALSE(unflatten(schema, short_flat).ok());
+}
+
+TEST(LoadBalancing, ProportionalToBandwidthWithMinimumPart) {
+  std::vector<double> bw{100, 300, 600, 50};
+  std::vector<MemberKind> kinds{MemberKind::kFull, MemberKind::kFull, MemberKind::kAux, MemberKind::kClient};
+  auto s = balance_parts(1000, bw, kinds, 0);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(*s, (std::vector<std::uint64_t>{100, 300, 600, 0}));
+  // The slowest reducer's share (1/10 of 1000) is below min_part=150: it gets none.
+  s = balance_parts(1000, bw, kinds, 150);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)[0], 0u);
+  EXPECT_EQ((*s)[1] + (*s)[2], 1000u);
+  EXPECT_EQ((*s)[1], 333u);
+  // Tiny tensors go to one reducer.
+  s = balance_parts(5, bw, kinds, 1000);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(*s, (std::vector<std::uint64_t>{0, 0, 5, 0}));
+  // Sizes always add up, with odd remainders.
+  std::vector<double> odd{1, 1, 1};
+  std::vector<MemberKind> full(3, MemberKind::kFull);
+  s = balance_parts(10, odd, full, 0);
+  EXPECT_EQ((*s)[0] + (*s)[1] + (*s)[2], 10u);
+  std::vector<MemberKind> clients(3, MemberKind::kClient);
+  EXPECT_FALSE(balance_parts(10, odd, clients, 0).ok());
+}
+
+// Every mix of full, client and auxiliary members among 4 peers (with at least one sender and one
+// reducer), weighted and unweighted: every sender gets the exact weighted mean.
+TEST(AllReduce, EveryMixOfMemberKindsGetsTheExactWeightedMean) {
+  const auto schema = test_schema();
+  int mixes = 0;
+  for (int code = 0; code < 81; ++code) {
+    std::vector<MemberKind> kinds;
+    for (int i = 0, c = code; i < 4; ++i, c /= 3) kinds.push_back(static_cast<MemberKind>(c % 3));
+    const bool any_sender = std::any_of(kinds.begin(), kinds.end(), [](auto k) { return sends(k); });
+    const bool any_reducer = std::any_of(kinds.begin(), kinds.end(), [](auto k) { return reduces(k); });
+    if (!any_sender || !any_reducer) continue;
+    for (bool weighted : {false, true}) {
+      ++mixes;
+      AllReduceConfig cfg;
+      cfg.piece_elements = 4;
+      cfg.window = 2;
+      cfg.min_part = 1;
+      Swarm s(4, cfg);
+      Rng rng(static_cast<std::uint64_t>(code * 2 + weighted));
+      std::vector<std::vector<float>> data(4);
+      std::vector<double> w(4, 1.0);
+      std::set<std::size_t> senders;
+      for (std::size_t i = 0; i < 4; ++i) {
+        if (sends(kinds[i])) {
+          data[i] = random_values(rng, schema.total());
+          senders.insert(i);
+        }
+        if (weighted) w[i] = 1.0 + static_cast<double>(rng.below(100));
+      }
+      auto g = make_group(s, kinds, schema);
+      auto res = run_round(s, g, data, w);
+      const auto want = weighted_mean(data, w, senders, 0, schema.total());
+      for (std::size_t i = 0; i < 4; ++i) {
+        ASSERT_TRUE(res[i].has_value()) << "mix " << code << " peer " << i;
+        ASSERT_TRUE(res[i]->ok()) << res[i]->error().describe();
+        auto& rep = res[i]->value();
+        EXPECT_TRUE(rep.failed_reducers.empty());
+        EXPECT_TRUE(rep.excluded_senders.empty());
+        if (!sends(kinds[i])) {
+          EXPECT_TRUE(rep.averaged.empty());
+          continue;
+        }
+        ASSERT_EQ(rep.averaged.size(), want.size());
+        for (std::size_t k = 0; k < want.size(); ++k)
+          ASSERT_NEAR(rep.averaged[k], want[k], 1e-6) << "mix " << code << " peer " << i << " value " << k;
+        EXPECT_EQ(rep.pieces_kept, 0u);
+      }
+      for (auto& a : s.avgs) EXPECT_EQ(a->rounds(), 0u) << "round state lingers";
+    }
+  }
+  EXPECT_EQ(mixes, 2 * (81 - 2));  // all-client has no reducer, all-aux no sender
+}
+
+TEST(AllReduce, BadInputIsRefusedWithClearErrors) {
+  AllReduceConfig cfg;
+  Swarm s(2, cfg);
+  auto g = make_group(s, {MemberKind::kFull, MemberKind::kFull}, test_schema());
+  auto t = s.avgs[0]->all_reduce(g, std::vector<float>(3), 1.0);
+  t.start();
+  ASSERT_TRUE(t.done());
+  auto r = t.result();
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("schema"), std::string::npos);
+  auto t2 = s.avgs[0]->all_reduce(g, std::vector<float>(47), std::nan(""));
+  t2.start();
+  ASSERT_FALSE(t2.result().ok());
+  Group other = g;
+  other.members.pop_back();
+  other.members[0].endpoint = s.fake[1].local();
+  auto t3 = s.avgs[0]->all_reduce(other, std::vector<float>(47), 1.0);
+  t3.start();
+  ASSERT_FALSE(t3.result().ok());
+}
+
+namespace {
+
+// Fault injection with 5 peers; peer 4 misbehaves. For each healthy peer and each reducer's part,
+// every piece must hold the weighted mean of the senders `expected(reducer, piece)` says
+// delivered it; where the reducer failed, a piece may instead keep the peer's own values.
+struct FaultCase {
+  const char* name;
+  MemberKind kind4 = MemberKind::kFull;
+  std::function<void(Swarm&, AllReduceConfig&)> setup;
+  std::function<std::set<std::size_t>(std::size_t reducer, std::size_t piece)> expected;
+  bool reducer4_fails = false;
+};
+
+void run_fault_case(const FaultCase& fc) {
+  SCOPED_TRACE(fc.name);
+  const auto schema = TensorSchema{{{40}, {3}, {}, {37}}};  // 81 values
+  AllReduceConfig cfg;
+  cfg.piece_elements = 4;
+  cfg.window = 2;
+  cfg.min_part = 1;
+  cfg.sender_timeout = 2s;
+  cfg.reducer_timeout = 6s;
+  Swarm* sp = nullptr;
+  AllReduceConfig faulty = cfg;
+  // The swarm is built with the healthy config; peer 4 gets the faulty one.
+  Swarm s(5, cfg);
+  sp = &s;
+  fc.setup(s, faulty);
+  s.rpcs[4]->shutdown();
+  s.avgs[4].reset();
+  s.rpcs[4] = std::make_unique<Rpc>(s.fake[4].runtime());
+  s.avgs[4] = std::make_unique<Averager>(s.fake[4].runtime(), *s.rpcs[4], faulty);
+  (void)sp;
+  std::vector<MemberKind> kinds(5, MemberKind::kFull);
+  kinds[4] = fc.kind4;
+  auto g = make_group(s, kinds, schema);
+  for (auto& m : g.members) m.bandwidth = 1;  // equal parts: 81 / 5 -> 17,16,16,16,16
+  Rng rng(9);
+  std::vector<std::vector<float>> data(5);
+  std::vector<double> w{1, 2, 3, 4, 5};
+  for (std::size_t i = 0; i < 5; ++i)
+    if (sends(kinds[i])) data[i] = random_values(rng, schema.total());
+  const TimePoint t0 = s.fake.net.now();
+  auto res = run_round(s, g, data, w, 5min, 4);  // the healthy peers
+  const Duration took = s.fake.net.now() - t0;
+  EXPECT_LT(took, 30s) << "healthy peers must finish in bounded time";
+
+  std::vector<double> bw(5, 1);
+  auto sizes = balance_parts(schema.total(), bw, kinds, 1).value();
+  for (std::size_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(res[i].has_value()) << "peer " << i << " did not finish";
+    ASSERT_TRUE(res[i]->ok()) << res[i]->error().describe();
+    const auto& rep = res[i]->value();
+    std::uint64_t at = 0;
+    for (std::size_t j = 0; j < 5; ++j) {
+      auto pieces = make_pieces(schema.sizes(), at, at + sizes[j], cfg.piece_elements);
+      for (std::size_t p = 0; p < pieces.size(); ++p) {
+        const auto who = fc.expected(j, p);
+        const auto want = weighted_mean(data, w, who, pieces[p].begin, pieces[p].end);
+        bool mean_ok = true, own_ok = true;
+        for (std::size_t k = 0; k < want.size(); ++k) {
+          mean_ok &= std::abs(rep.averaged[pieces[p].begin + k] - want[k]) <= 1e-6;
+          own_ok &= rep.averaged[pieces[p].begin + k] == data[i][pieces[p].begin + k];
+        }
+        if (j == 4 && fc.reducer4_fails)
+          EXPECT_TRUE(mean_ok || own_ok) << "peer " << i << " part " << j << " piece " << p;
+        else
+          EXPECT_TRUE(mean_ok) << "peer " << i << " part " << j << " piece " << p;
+      }
+      at += sizes[j];
+    }
+    if (fc.reducer4_fails) {
+      EXPECT_EQ(rep.failed_reducers, std::vector<Endpoint>{s.fake[4].local()}) << "peer " << i;
+    } else {
+      EXPECT_TRUE(rep.failed_reducers.empty()) << "peer " << i;
+    }
+  }
+  // The healthy peers that reduce agree on their parts exactly (the same bytes went to everyone).
+  for (std::size_t i = 1; i < 4; ++i)
+    for (std::size_t k = 0; k < sizes[0] + sizes[1] + sizes[2] + sizes[3]; ++k)
+      ASSERT_EQ(res[i]->value().averaged[k], res[0]->value().averaged[k]);
+}
+
+std::set<std::size_t> all5() { return {0, 1, 2, 3, 4}; }
+std::set<std::size_t> first4() { return {0, 1, 2, 3}; }
+
+}  // namespace
+
+TEST(AllReduceFaults, PeerDeadBeforeTheRound) {
+  run_fault_case({"dead before", MemberKind::kFull,
+                  [](Swarm& s, AllReduceConfig&) { s.fake[4].up = false; },
+                  [](std::size_t, std::size_t) { return first4(); }, true});
+}
+
+TEST(AllReduceFaults, SenderStallsMidStream) {
+  run_fault_case({"stalls sending", MemberKind::kClient,
+                  [](Swarm&, AllReduceConfig& c) { c.faults.send_limit = 2; },
+                  [](std::size_t, std::size_t p) { return p < 2 ? all5() : first4(); }, false});
+}
+
+TEST(AllReduceFaults, SenderFailsMidStream) {
+  run_fault_case({"fails sending", MemberKind::kClient,
+                  [](Swarm& s, AllReduceConfig& c) {
+                    c.faults.send_limit = 2;
+                    c.faults.on_send_limit = [&s] { s.fake[4].up = false; };
+                  },
+                  [](std::size_t, std::size_t p) { return p < 2 ? all5() : first4(); }, false});
+}
+
+TEST(AllReduceFaults, ReducerStallsMidPart) {
+  run_fault_case({"stalls reducing", MemberKind::kAux,
+                  [](Swarm&, AllReduceConfig& c) { c.faults.reduce_limit = 1; },
+                  [](std::size_t, std::size_t) { return first4(); }, true});
+}
+
+TEST(AllReduceFaults, ReducerFailsMidPart) {
+  run_fault_case({"fails reducing", MemberKind::kAux,
+                  [](Swarm& s, AllReduceConfig& c) {
+                    c.faults.reduce_limit = 1;
+                    c.faults.on_reduce_limit = [&s] { s.fake[4].up = false; };
+                  },
+                  [](std::size_t, std::size_t) { return first4(); }, true});
+}
+
+TEST(AllReduceFaults, FullPeerStallsBothWays) {
+  run_fault_case({"stalls sending and reducing", MemberKind::kFull,
+                  [](Swarm&, AllReduceConfig& c) {
+                    c.faults.send_limit = 1;
+                    c.faults.reduce_limit = 2;
+                  },
+                  [](std::size_t j, std::size_t p) { return j == 4 || p < 1 ? all5() : first4(); }, true});
+}
+
+TEST(AllReduceFaults, MemberCancels) {
+  // Peer 4 leaves 7.5 ms in: its first window of pieces (0 and 1 of every part) was delivered.
+  run_fault_case({"cancels", MemberKind::kFull,
+                  [](Swarm& s, AllReduceConfig&) {
+                    s.fake[4].schedule(7500us, [&s] { s.avgs[4]->cancel(42); });
+                  },
+                  [](std::size_t, std::size_t p) { return p < 2 ? all5() : first4(); }, true});
+}
+
+TEST(AllReduce, CompressedRoundsStayWithinTheCodecBoundAndAgreeExactly) {
+  const auto schema = TensorSchema{{{5000}, {10}}};
+  AllReduceConfig cfg;
+  cfg.piece_elements = 1024;
+  cfg.min_part = 1;
+  cfg.codec = CodecPolicy{compression::Codec::kFloat16, 100};  // the 10-value tensor stays float32
+  Swarm s(4, cfg);
+  Rng rng(3);
+  std::vector<std::vector<float>> data(4);
+  std::vector<double> w(4, 1.0);
+  for (auto& d : data) d = random_values(rng, schema.total());
+  auto g = make_group(s, std::vector<MemberKind>(4, MemberKind::kFull), schema);
+  auto res = run_round(s, g, data, w);
+  const auto want = weighted_mean(data, w, {0, 1, 2, 3}, 0, schema.total());
+  std::uint64_t sent = 0;
+  for (std::size_t i = 0; i < 4; ++i) {
+    const auto& rep = res[i]->value();
+    for (std::size_t k = 0; k < want.size(); ++k) {
+      // Inputs and the mean are each rounded to half: |err| <= 2 * 2^-11 * max|x| (max|x| < 6).
+      const double bound = k < 5000 ? 2 * std::ldexp(6.0, -11) : 1e-6;
+      ASSERT_NEAR(rep.averaged[k], want[k], bound);
+      ASSERT_EQ(rep.averaged[k], res[0]->value().averaged[k]);
+    }
+    sent += rep.bytes_sent;
+  }
+  // Half precision: about 2 bytes per value each way instead of 4.
+  EXPECT_LT(static_cast<double>(sent), 0.6 * 4.0 * 2 * 3.0 / 4.0 * 5010 * 4);
+}
