@@ -7,30 +7,6 @@ namespace apiary::averaging {
 
 namespace {
 
-// Waits on `n` until `pred()` holds or `deadline` passes; returns pred(). The timer is cancelled
-// if the waiting task is destroyed.
-struct DeadlineGuard {
-  Timers& timers;
-  TimerId id = 0;
-  ~DeadlineGuard() {
-    if (id) timers.cancel(id);
-  }
-};
-
-Task<bool> wait_until(Runtime& rt, Notifier& n, TimePoint deadline, std::function<bool()> pred) {
-  while (!pred()) {
-    const TimePoint now = rt.now();
-    if (now >= deadline) co_return false;
-    DeadlineGuard g{rt.timers};
-    g.id = rt.timers.schedule(deadline - now, [&n, &g] {
-      g.id = 0;
-      n.notify_all();
-    });
-    co_await n.wait();
-  }
-  co_return true;
-}
-
 void add_unique(std::vector<Endpoint>& v, const Endpoint& e) {
   if (std::find(v.begin(), v.end(), e) == v.end()) v.push_back(e);
 }

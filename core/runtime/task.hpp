@@ -275,6 +275,30 @@ class Notifier {
   std::vector<std::coroutine_handle<>> waiters_;
 };
 
+// Waits on `n` until `pred()` holds or `deadline` passes on the runtime's clock; returns pred().
+// Whoever changes what `pred` reads calls n.notify_all(). The deadline timer is cancelled if the
+// waiting task is destroyed.
+inline Task<bool> wait_until(Runtime& rt, Notifier& n, TimePoint deadline, std::function<bool()> pred) {
+  struct Guard {
+    Timers& timers;
+    TimerId id = 0;
+    ~Guard() {
+      if (id) timers.cancel(id);
+    }
+  };
+  while (!pred()) {
+    const TimePoint now = rt.now();
+    if (now >= deadline) co_return false;
+    Guard g{rt.timers};
+    g.id = rt.timers.schedule(deadline - now, [&n, &g] {
+      g.id = 0;
+      n.notify_all();
+    });
+    co_await n.wait();
+  }
+  co_return true;
+}
+
 // Runs tasks concurrently and resumes when all are done; results in input order. An exception
 // from any task is rethrown after all have finished.
 namespace detail {

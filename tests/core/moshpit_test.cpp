@@ -1,0 +1,179 @@
+// Matchmaking through the DHT and Moshpit rounds, the whole stack on the fake network: DHT
+// declarations, leader/follower group assembly, butterfly all-reduce, grid key rotation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/averaging/allreduce.hpp"
+#include "core/averaging/matchmaking.hpp"
+#include "core/dht/validate.hpp"
+#include "tests/support/fake_runtime.hpp"
+
+using namespace apiary;
+using namespace apiary::averaging;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct AvgPeer {
+  std::unique_ptr<Rpc> rpc;
+  std::unique_ptr<dht::DhtNode> dht;
+  std::unique_ptr<Matchmaker> mm;
+  std::unique_ptr<Averager> avg;
+};
+
+struct Stack {
+  Stack(std::size_t n, MatchmakingConfig mcfg) : fake(n, 10ms) {
+    dht::DhtConfig dcfg;
+    dcfg.k = 8;
+    dcfg.refresh_period = Duration::zero();
+    dcfg.replicate_period = Duration::zero();
+    AllReduceConfig acfg;
+    acfg.min_part = 1;
+    for (std::size_t i = 0; i < n; ++i) {
+      AvgPeer p;
+      p.rpc = std::make_unique<Rpc>(fake[i].runtime());
+      p.dht = std::make_unique<dht::DhtNode>(fake[i].runtime(), *p.rpc, dht::Identity::from_seed(i + 7).id(), dcfg);
+      p.mm = std::make_unique<Matchmaker>(fake[i].runtime(), *p.rpc, *p.dht, mcfg);
+      p.avg = std::make_unique<Averager>(fake[i].runtime(), *p.rpc, acfg);
+      peers.push_back(std::move(p));
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      std::vector<Endpoint> seeds{fake[i == 0 ? 1 : 0].local()};
+      auto t = peers[i].dht->bootstrap(seeds);
+      t.start();
+      fake.net.run(1min, [&] { return t.done(); });
+    }
+  }
+  ~Stack() {
+    for (auto& p : peers) p.rpc->shutdown();
+    peers.clear();
+  }
+  test::FakeSwarm fake;
+  std::vector<AvgPeer> peers;
+};
+
+Task<void> moshpit_peer(Stack& s, std::size_t i, GridPosition pos, std::vector<float>* value,
+                        std::vector<std::vector<float>>* history, std::size_t rounds, int* done) {
+  const TensorSchema schema{{{3}}};
+  for (std::size_t t = 0; t < rounds; ++t) {
+    Member self{s.fake[i].local(), MemberKind::kFull, 1.0};
+    Result<Group> g = co_await s.peers[i].mm->find_group(pos.key(t), schema, self);
+    EXPECT_TRUE(g.ok()) << "peer " << i << " round " << t << ": " << (g.ok() ? "" : g.error().describe());
+    if (!g.ok()) break;
+    EXPECT_EQ(g->members.size(), 2u);
+    const std::vector<float> local = *value;
+    Result<AllReduceReport> r = co_await s.peers[i].avg->all_reduce(*g, local, 1.0);
+    EXPECT_TRUE(r.ok());
+    if (!r.ok()) break;
+    *value = r->averaged;
+    (*history)[t][i] = (*value)[0];
+    pos.update(t, *g->index_of(s.fake[i].local()));
+  }
+  ++*done;
+}
+
+}  // namespace
+
+TEST(Moshpit, GridKeysLeaveOutOneDimensionInTurn) {
+  auto p = GridPosition::of_index(5, 2, 3);  // 5 = 101b
+  EXPECT_EQ(p.coords, (std::vector<std::uint32_t>{1, 0, 1}));
+  EXPECT_EQ(p.key(0), "t0.d0.*.0.1");
+  EXPECT_EQ(p.key(1), "t1.d1.1.*.1");
+  EXPECT_EQ(p.key(4), "t4.d1.1.*.1");
+  p.update(0, 0);
+  EXPECT_EQ(p.coords, (std::vector<std::uint32_t>{0, 0, 1}));
+}
+
+// 8 peers in groups of 2 on a 2x2x2 grid: the mean is preserved every round and the spread is
+// exactly zero after 3 rounds.
+TEST(Moshpit, TwoByTwoByTwoGridIsExactAfterThreeRounds) {
+  MatchmakingConfig mcfg;
+  mcfg.target_group_size = 2;
+  mcfg.min_group_size = 2;
+  mcfg.budget = 5s;
+  Stack s(8, mcfg);
+  Rng rng(11);
+  std::vector<std::vector<float>> values(8);
+  double mean0 = 0;
+  for (auto& v : values) {
+    v = {static_cast<float>(rng.normal(0, 1)), 1.f, -2.f};
+    mean0 += v[0] / 8.0;
+  }
+  std::vector<std::vector<float>> history(3, std::vector<float>(8));
+  int done = 0;
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < 8; ++i) {
+    tasks.push_back(moshpit_peer(s, i, GridPosition::of_index(i, 2, 3), &values[i], &history, 3, &done));
+    tasks.back().start();
+  }
+  s.fake.net.run(10min, [&] { return done == 8; });
+  ASSERT_EQ(done, 8);
+  for (std::size_t t = 0; t < 3; ++t) {
+    double mean = 0;
+    for (auto x : history[t]) mean += x / 8.0;
+    EXPECT_NEAR(mean, mean0, 1e-6) << "round " << t;
+    double spread = 0;
+    for (auto x : history[t]) spread = std::max(spread, static_cast<double>(std::abs(x - history[t][0])));
+    if (t < 2) EXPECT_GT(spread, 0.0) << "round " << t << " should not be exact yet";
+    else EXPECT_EQ(spread, 0.0) << "every peer holds the same value after d rounds";
+  }
+}
+
+TEST(Matchmaking, GroupsFormUpToTheTargetSizeAndAgree) {
+  MatchmakingConfig mcfg;
+  mcfg.target_group_size = 3;
+  mcfg.min_group_size = 2;
+  mcfg.budget = 4s;
+  Stack s(6, mcfg);
+  const TensorSchema schema{{{4}}};
+  std::vector<std::optional<Result<Group>>> got(6);
+  std::vector<Task<Result<Group>>> tasks;
+  for (std::size_t i = 0; i < 6; ++i) {
+    tasks.push_back(s.peers[i].mm->find_group("k", schema, Member{s.fake[i].local(), MemberKind::kFull, 1.0}));
+    tasks.back().start();
+  }
+  s.fake.net.run(1min, [&] { return std::all_of(tasks.begin(), tasks.end(), [](auto& t) { return t.done(); }); });
+  std::map<std::uint64_t, std::vector<std::size_t>> groups, lists;
+  for (std::size_t i = 0; i < 6; ++i) {
+    ASSERT_TRUE(tasks[i].done());
+    auto r = tasks[i].result();
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+    EXPECT_TRUE(r->index_of(s.fake[i].local()).has_value());
+    EXPECT_LE(r->members.size(), 3u);
+    EXPECT_GE(r->members.size(), 2u);
+    groups[r->id].push_back(i);
+    std::vector<std::size_t> listed;
+    for (const auto& m : r->members)
+      for (std::size_t j = 0; j < 6; ++j)
+        if (s.fake[j].local() == m.endpoint) listed.push_back(j);
+    std::sort(listed.begin(), listed.end());
+    lists[r->id] = listed;
+  }
+  for (auto& [id, who] : groups) EXPECT_EQ(who, lists[id]) << "members of group " << id;
+  // Every member of a group got the same group: the members it lists are the peers holding its id.
+  std::size_t covered = 0;
+  for (auto& [id, who] : groups) covered += who.size();
+  EXPECT_EQ(covered, 6u);
+  EXPECT_LE(groups.size(), 3u);
+}
+
+TEST(Matchmaking, MismatchedSchemaIsRefusedWithAClearError) {
+  MatchmakingConfig mcfg;
+  mcfg.target_group_size = 2;
+  mcfg.budget = 3s;
+  Stack s(4, mcfg);
+  auto a = s.peers[0].mm->find_group("k", TensorSchema{{{4}}}, Member{s.fake[0].local(), MemberKind::kFull, 1.0});
+  a.start();
+  s.fake.net.run(200ms);  // peer 0 declares first: it leads
+  auto b = s.peers[1].mm->find_group("k", TensorSchema{{{5}}}, Member{s.fake[1].local(), MemberKind::kFull, 1.0});
+  b.start();
+  s.fake.net.run(1min, [&] { return a.done() && b.done(); });
+  auto rb = b.result();
+  ASSERT_FALSE(rb.ok());
+  EXPECT_EQ(rb.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(rb.error().message.find("schema mismatch"), std::string::npos) << rb.error().message;
+  auto ra = a.result();
+  ASSERT_FALSE(ra.ok());  // alone below the minimum group size
+  EXPECT_EQ(ra.error().code, ErrorCode::kTimeout);
+}
