@@ -6,6 +6,7 @@
 
 #include "core/averaging/allreduce.hpp"
 #include "core/averaging/matchmaking.hpp"
+#include "core/averaging/state.hpp"
 #include "core/dht/validate.hpp"
 #include "tests/support/fake_runtime.hpp"
 
@@ -176,4 +177,53 @@ TEST(Matchmaking, MismatchedSchemaIsRefusedWithAClearError) {
   auto ra = a.result();
   ASSERT_FALSE(ra.ok());  // alone below the minimum group size
   EXPECT_EQ(ra.error().code, ErrorCode::kTimeout);
+}
+
+TEST(StateDownload, NewcomerGetsTheFreshestStateThroughTheDht) {
+  MatchmakingConfig mcfg;
+  Stack s(5, mcfg);
+  const TensorSchema schema{{{2, 3}, {}}};
+  std::vector<std::unique_ptr<StateSharer>> sharers;
+  for (std::size_t i = 0; i < 5; ++i) {
+    StateSharer::Provider provider;
+    if (i == 1 || i == 2)
+      provider = [i, schema] {
+        ModelState st;
+        st.epoch = i == 2 ? 9 : 4;
+        st.schema = schema;
+        st.tensors = std::vector<float>(7, static_cast<float>(i));
+        st.extra = {1, 2, static_cast<std::uint8_t>(i)};
+        return std::optional<ModelState>(st);
+      };
+    sharers.push_back(std::make_unique<StateSharer>(s.fake[i].runtime(), *s.peers[i].rpc, s.peers[i].dht.get(), "run", provider));
+  }
+  for (std::size_t i : {1u, 2u}) {
+    auto t = sharers[i]->declare(i == 2 ? 9 : 4, 10min);
+    t.start();
+    s.fake.net.run(1min, [&] { return t.done(); });
+  }
+  auto d = sharers[4]->download(schema, 5s);
+  d.start();
+  s.fake.net.run(1min, [&] { return d.done(); });
+  auto st = d.result();
+  ASSERT_TRUE(st.ok()) << st.error().describe();
+  EXPECT_EQ(st->epoch, 9u);
+  EXPECT_EQ(st->tensors, std::vector<float>(7, 2.f));
+  EXPECT_EQ(st->extra, (Bytes{1, 2, 2}));
+  // The freshest provider dies: the newcomer falls back to the next one.
+  s.fake[2].up = false;
+  auto d2 = sharers[3]->download(schema, 2s);
+  d2.start();
+  s.fake.net.run(1min, [&] { return d2.done(); });
+  auto st2 = d2.result();
+  ASSERT_TRUE(st2.ok()) << st2.error().describe();
+  EXPECT_EQ(st2->epoch, 4u);
+  // A wrong schema is refused with a clear error.
+  s.fake[2].up = true;
+  auto d3 = sharers[0]->download_from(s.fake[1].local(), TensorSchema{{{7}}}, 2s);
+  d3.start();
+  s.fake.net.run(1min, [&] { return d3.done(); });
+  auto st3 = d3.result();
+  ASSERT_FALSE(st3.ok());
+  EXPECT_NE(st3.error().message.find("expected [7]"), std::string::npos) << st3.error().message;
 }

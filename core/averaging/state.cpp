@@ -1,0 +1,88 @@
+#include "core/averaging/state.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace apiary::averaging {
+
+StateSharer::StateSharer(Runtime& rt, Rpc& rpc, dht::DhtNode* dht, std::string prefix, Provider provider)
+    : rt_(rt), rpc_(rpc), dht_(dht), prefix_(std::move(prefix)), provider_(std::move(provider)) {
+  rpc_.serve<StateRequest, StateReply>([this](const Endpoint&, StateRequest req) -> Task<Result<StateReply>> {
+    if (req.prefix != prefix_) co_return Error{ErrorCode::kInvalidArgument, "no state under '" + req.prefix + "'"};
+    std::optional<ModelState> st = provider_ ? provider_() : std::nullopt;
+    if (!st) co_return Error{ErrorCode::kRejected, "this peer has no state to share yet"};
+    StateReply rep;
+    rep.epoch = st->epoch;
+    rep.schema = st->schema;
+    rep.extra = std::move(st->extra);
+    Bytes raw(st->tensors.size() * sizeof(float));
+    if (!raw.empty()) std::memcpy(raw.data(), st->tensors.data(), raw.size());  // little-endian hosts
+    rep.payload = Payload::bytes(std::move(raw));
+    rt_.observer.count("avg.state_served");
+    co_return rep;
+  });
+}
+
+Task<void> StateSharer::declare(std::uint64_t epoch, Duration ttl) {
+  if (!dht_) co_return;
+  dht::Record rec;
+  rec.key = prefix_ + ":state";
+  rec.subkey = rt_.transport.local().to_string();
+  wire::Writer(rec.value).varint(epoch);
+  rec.expiration = rt_.now() + ttl;
+  co_await dht_->store(std::move(rec));
+}
+
+Task<Result<ModelState>> StateSharer::download_from(Endpoint peer, std::optional<TensorSchema> expect,
+                                                    Duration timeout) {
+  StateRequest req{prefix_};
+  Result<StateReply> r = co_await rpc_.call<StateReply>(peer, std::move(req), timeout);
+  if (!r.ok()) co_return r.error();
+  if (expect && !(*expect == r->schema))
+    co_return Error{ErrorCode::kInvalidArgument, "state from " + peer.to_string() + " has schema " +
+                                                     r->schema.describe() + ", expected " + expect->describe()};
+  const std::uint64_t want = r->schema.total() * sizeof(float);
+  if (r->payload.size() != want || !r->payload.has_data())
+    co_return Error{ErrorCode::kBadMessage, "state from " + peer.to_string() + " carries " +
+                                                std::to_string(r->payload.size()) + " bytes of tensors, schema needs " +
+                                                std::to_string(want)};
+  ModelState st;
+  st.epoch = r->epoch;
+  st.schema = r->schema;
+  st.extra = std::move(r->extra);
+  st.tensors.resize(r->schema.total());
+  if (want) std::memcpy(st.tensors.data(), r->payload.data().data(), want);
+  rt_.observer.count("avg.state_downloads");
+  co_return st;
+}
+
+Task<Result<ModelState>> StateSharer::download(std::optional<TensorSchema> expect, Duration timeout) {
+  if (!dht_) co_return Error{ErrorCode::kInvalidArgument, "no DHT to find state providers in"};
+  dht::GetResult got = co_await dht_->get(prefix_ + ":state");
+  std::vector<std::pair<std::uint64_t, Endpoint>> providers;
+  for (const auto& rec : got.records) {
+    if (!rec.subkey) continue;
+    auto ep = Endpoint::parse(*rec.subkey);
+    if (!ep || *ep == rt_.transport.local()) continue;
+    std::uint64_t epoch = 0;
+    try {
+      wire::Reader r(rec.value);
+      epoch = r.varint();
+    } catch (const wire::DecodeError&) {
+      continue;
+    }
+    providers.emplace_back(epoch, *ep);
+  }
+  std::sort(providers.begin(), providers.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  std::string why = "no peer declares state under '" + prefix_ + "'";
+  for (const auto& [epoch, ep] : providers) {
+    Result<ModelState> r = co_await download_from(ep, expect, timeout);
+    if (r.ok()) co_return std::move(r.value());
+    why = r.error().describe();
+  }
+  co_return Error{ErrorCode::kUnreachable, "state download failed: " + why};
+}
+
+}  // namespace apiary::averaging

@@ -1,0 +1,41 @@
+#pragma once
+// State download: a newcomer fetches the current parameters, optimizer state and epoch from a
+// peer that has them. Peers holding state declare themselves in the DHT under prefix + ":state"
+// (subkey: endpoint, value: epoch); a newcomer asks the one with the highest epoch first and falls
+// back to the next. The tensors travel as one bulk payload (streamed in parts by the transport).
+#include <functional>
+#include <optional>
+
+#include "core/averaging/protocol.hpp"
+#include "core/dht/node.hpp"
+
+namespace apiary::averaging {
+
+struct ModelState {
+  std::uint64_t epoch = 0;
+  TensorSchema schema;
+  std::vector<float> tensors;  // flattened, schema order
+  Bytes extra;                 // optimizer state and other opaque bytes (at most 1 MiB)
+};
+
+class StateSharer {
+ public:
+  // `provider` returns this peer's current state, or nullopt if it has none to share.
+  using Provider = std::function<std::optional<ModelState>()>;
+  StateSharer(Runtime& rt, Rpc& rpc, dht::DhtNode* dht, std::string prefix, Provider provider);
+  // Declares this peer as a state provider for `ttl` (call again before it expires).
+  Task<void> declare(std::uint64_t epoch, Duration ttl);
+  // Downloads from the declared peer with the highest epoch, trying the next on failure.
+  // `expect` (if set) must match the downloaded schema.
+  Task<Result<ModelState>> download(std::optional<TensorSchema> expect, Duration timeout);
+  Task<Result<ModelState>> download_from(Endpoint peer, std::optional<TensorSchema> expect, Duration timeout);
+
+ private:
+  Runtime& rt_;
+  Rpc& rpc_;
+  dht::DhtNode* dht_;
+  std::string prefix_;
+  Provider provider_;
+};
+
+}  // namespace apiary::averaging
