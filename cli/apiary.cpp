@@ -56,6 +56,8 @@ nlohmann::json summarize(const SwarmSpec& spec, const Metrics& m, const RunInfo&
                             {"p95", m.quantile(k, 0.95)},
                             {"p99", m.quantile(k, 0.99)}};
   }
+  if (auto it = m.series().find("avg.round.variance"); it != m.series().end())
+    metrics["variance_by_round"] = it->second;  // index t: after t rounds
   char hash[32];
   std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(m.trace_hash()));
   metrics["trace_hash"] = hash;
@@ -79,8 +81,24 @@ void print_human(const nlohmann::json& j) {
   std::printf("%s (%s, %d peers, %.0f s, seed %llu)\n", j["scenario"].get<std::string>().c_str(),
               j["backend"].get<std::string>().c_str(), j["peers"].get<int>(),
               j["run_seconds"].get<double>(), j["seed"].get<unsigned long long>());
-  std::printf("  pings: %lld sent, %lld ok, %lld timed out, %lld unreachable\n", get("ping.sent"),
-              get("ping.ok"), get("ping.failed.timeout"), get("ping.failed.unreachable"));
+  const auto& series = j["metrics"].contains("series") ? j["metrics"]["series"] : nlohmann::json::object();
+  auto p50 = [&](const char* k) { return series.contains(k) ? series[k]["p50"].get<double>() : 0.0; };
+  if (c.contains("ping.sent"))
+    std::printf("  pings: %lld sent, %lld ok, %lld timed out, %lld unreachable\n", get("ping.sent"),
+                get("ping.ok"), get("ping.failed.timeout"), get("ping.failed.unreachable"));
+  if (c.contains("dht.get.issued") || c.contains("dht.store.issued"))
+    std::printf("  dht: %lld/%lld gets ok, %lld/%lld stores ok, get p50 %.1f ms, %.2f hops\n", get("dht.get.ok"),
+                get("dht.get.issued"), get("dht.store.ok"), get("dht.store.issued"), p50("dht.get.latency_ns") / 1e6,
+                series.contains("dht.get.hops") ? series["dht.get.hops"]["mean"].get<double>() : 0.0);
+  if (j["metrics"].contains("variance_by_round")) {
+    std::printf("  averaging: %lld peer-rounds ok, %lld matchmaking failures, %lld failed reducers, %lld void rounds\n",
+                get("avg.rounds_ok"), get("avg.matchmaking_failures"), get("avg.failed_reducers"), get("avg.rounds_void"));
+    std::printf("  round time p50 %.3f s, bytes sent per peer-round p50 %.0f, group size p50 %.0f\n",
+                p50("avg.round.seconds"), p50("avg.round.bytes_sent"), p50("avg.group_size"));
+    std::printf("  variance by round:");
+    for (const auto& v : j["metrics"]["variance_by_round"]) std::printf(" %.3g", v.get<double>());
+    std::printf("\n");
+  }
   if (j["metrics"].contains("series") && j["metrics"]["series"].contains("ping.rtt_ns")) {
     const auto& s = j["metrics"]["series"]["ping.rtt_ns"];
     std::printf("  rtt: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms\n", s["p50"].get<double>() / 1e6,

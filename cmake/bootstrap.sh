@@ -13,7 +13,7 @@ PACKAGES=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev libsodium-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
-  python3 python3-h5py python3-numpy python3-pytest
+  python3 python3-h5py python3-numpy python3-pandas python3-matplotlib python3-pytest  # analysis/
 )
 
 missing=()

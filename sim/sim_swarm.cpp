@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 
@@ -23,10 +24,34 @@ std::uint64_t rss_bytes() {
   return resident * 4096;
 }
 
+// APIARY_LOG=debug|info|warn|error prints the peers' logs at that level and above to stderr,
+// stamped with simulated time and peer index.
+void sim_log(void*, std::uint32_t peer, LogLevel level, std::string_view component, std::string_view msg) {
+  static const char* names[] = {"debug", "info", "warn", "error"};
+  std::fprintf(stderr, "%12.6f peer %u [%s] %.*s: %.*s\n", Simulator::Now().GetSeconds(), peer,
+               names[static_cast<int>(level)], static_cast<int>(component.size()), component.data(),
+               static_cast<int>(msg.size()), msg.data());
+}
+
+std::optional<LogLevel> log_level_from_env() {
+  const char* v = std::getenv("APIARY_LOG");
+  if (!v) return std::nullopt;
+  const std::string s(v);
+  if (s == "debug") return LogLevel::kDebug;
+  if (s == "info") return LogLevel::kInfo;
+  if (s == "warn") return LogLevel::kWarn;
+  if (s == "error") return LogLevel::kError;
+  return std::nullopt;
+}
+
 struct SimPeer {
   std::unique_ptr<PeerEnv> env;
   std::unique_ptr<PeerStack> stack;
   bool up = false;
+  double bandwidth = 0;
+  // Averaging: what a peer holds while it is down (it keeps its values across a leave).
+  std::optional<std::vector<float>> saved_values;
+  std::optional<averaging::GridPosition> saved_position;
 };
 
 class Swarm {
@@ -38,6 +63,7 @@ class Swarm {
     const std::uint64_t rss0 = rss_bytes();
     Rng net_rng(spec_.seed ^ 0x6e6574776f726bULL);  // "network"
     peers_.resize(spec_.peers);
+    const auto log_level = log_level_from_env();
     directory_.reserve(spec_.peers);
     for (std::uint32_t i = 0; i < spec_.peers; ++i) directory_.push_back(net_.endpoint(i));
     for (std::uint32_t i = 0; i < spec_.peers; ++i) {
@@ -45,13 +71,17 @@ class Swarm {
       link.latency = NanoSeconds(static_cast<std::int64_t>(spec_.latency.sample(net_rng)));
       link.up_bps = link.down_bps = std::max(1e3, spec_.bandwidth.sample(net_rng));
       auto& p = peers_[i];
+      p.bandwidth = link.up_bps;
       net_.add_peer(link);
       p.env = std::make_unique<PeerEnv>(net_.runtime(i), metrics_, i, Rng(spec_.seed).fork(i + 1));
       net_.runtime(i).set_observer(p.env->observer);
+      if (log_level) p.env->observer.set_log_sink(&sim_log, nullptr, *log_level);
     }
     const std::uint64_t rss1 = rss_bytes();
 
-    const bool dht = spec_.workload == "dht";
+    const bool averaging = spec_.workload == "averaging";
+    const bool dht = spec_.workload == "dht" || averaging;
+    if (averaging) avg_driver_ = std::make_unique<AveragingDriver>(spec_, metrics_);
     Rng join_rng(spec_.seed ^ 0x6a6f696eULL);
     for (std::uint32_t i = 0; i < spec_.peers; ++i) {
       const bool seed_peer = dht && i < spec_.dht.bootstrap_peers;
@@ -77,7 +107,13 @@ class Swarm {
       for (std::uint32_t i = dht ? spec_.dht.bootstrap_peers : 0; i < spec_.peers; ++i)
         Simulator::Schedule(dht ? NanoSeconds(spec_.dht.join_window.count()) : Seconds(0),
                             [this, i] { schedule_leave(i); });
-    if (dht) {
+    if (averaging) {
+      for (std::uint32_t t = 0; t < spec_.averaging.rounds; ++t)
+        Simulator::Schedule(NanoSeconds((spec_.averaging.start + spec_.averaging.period * t).count()),
+                            [this, t] { avg_driver_->begin_round(t, apps(), directory_); });
+      Simulator::Schedule(NanoSeconds((spec_.averaging.start + spec_.averaging.period * spec_.averaging.rounds).count()),
+                          [this] { avg_driver_->finish(apps()); });
+    } else if (dht) {
       driver_ = std::make_unique<DhtWorkloadDriver>(spec_, metrics_, spec_.seed ^ 0x64726976ULL);
       Simulator::Schedule(NanoSeconds(spec_.dht.start.count()), [this] {
         schedule_store();
@@ -118,7 +154,12 @@ class Swarm {
     info.figures["messages_per_peer_minute"] = static_cast<double>(messages) / peer_minutes;
     info.figures["bytes_per_peer_minute"] =
         static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
-    if (dht) {
+    if (averaging) {
+      info.figures["rounds_to_target"] = avg_driver_->rounds_to_target();
+      info.figures["final_variance"] = metrics_.series().count("avg.round.variance")
+                                           ? metrics_.series().find("avg.round.variance")->second.back()
+                                           : 0;
+    } else if (dht) {
       record_table_health();
       metrics_.count("dht.ops_abandoned", driver_->abandoned());
     }
@@ -133,7 +174,12 @@ class Swarm {
   void join(std::uint32_t i) {
     auto& p = peers_[i];
     net_.set_up(i, true);
-    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec_, directory_, i);
+    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec_, directory_, i, avg_driver_.get());
+    if (auto* a = p.stack->averaging()) {
+      a->set_bandwidth(p.bandwidth);
+      if (p.saved_values) a->values() = std::move(*p.saved_values);
+      if (p.saved_position) a->position() = *p.saved_position;
+    }
     p.up = true;
     p.env->observer.trace("peer.join", i, 0);
     p.stack->start();
@@ -142,6 +188,10 @@ class Swarm {
     auto& p = peers_[i];
     if (!p.up) return;
     p.env->observer.trace("peer.leave", i, 0);
+    if (auto* a = p.stack->averaging()) {
+      p.saved_values = a->values();
+      p.saved_position = a->position();
+    }
     p.stack.reset();
     net_.set_up(i, false);
     p.up = false;
@@ -217,9 +267,17 @@ class Swarm {
     }
   }
 
+  std::vector<AveragingApp*> apps() {
+    std::vector<AveragingApp*> out(spec_.peers, nullptr);
+    for (std::uint32_t i = 0; i < spec_.peers; ++i)
+      if (peers_[i].up && peers_[i].stack->joined()) out[i] = peers_[i].stack->averaging();
+    return out;
+  }
+
   const SwarmSpec& spec_;
   Metrics& metrics_;
   std::unique_ptr<DhtWorkloadDriver> driver_;
+  std::unique_ptr<AveragingDriver> avg_driver_;
   SimNetwork net_;
   std::vector<SimPeer> peers_;
   std::vector<Endpoint> directory_;

@@ -54,6 +54,7 @@ struct Matchmaker::Search {
   bool following = false;
   bool assembled = false;
   bool failed = false;
+  std::uint64_t epoch = 0;  // bumped when a leader disbands its followers to join a better leader
   Group group;
   Notifier changed;
 };
@@ -114,8 +115,9 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
   std::set<Endpoint> tried;
   std::optional<Error> fatal;
   while (!s.assembled && !s.failed && rt_.now() < s.deadline) {
-    if (s.followers.empty()) {
-      dht::GetResult got = co_await dht_.get(dht_key);
+    {
+      dht::GetResult got = co_await dht_.get(dht_key, cfg_.read_holders);
+      if (s.assembled || s.failed) break;
       std::vector<Declaration> ahead_of_me;
       for (const auto& r : got.records) {
         std::optional<Declaration> d;
@@ -129,7 +131,15 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
         ahead_of_me.push_back(*d);
       }
       std::sort(ahead_of_me.begin(), ahead_of_me.end(), ahead);
-      if (!ahead_of_me.empty() && s.followers.empty() && !s.failed) {
+      if (!ahead_of_me.empty() && s.followers.size() + 1 < cfg_.target_group_size) {
+        // A better-placed leader exists: follow it. Followers gathered meanwhile are sent back to
+        // look again; they will find the same leader.
+        if (!s.followers.empty()) {
+          rt_.observer.count("avg.groups_disbanded");
+          s.followers.clear();
+          ++s.epoch;
+          s.changed.notify_all();
+        }
         const Declaration leader = ahead_of_me.front();
         tried.insert(leader.member.endpoint);
         s.following = true;
@@ -195,7 +205,9 @@ Task<Result<JoinReply>> Matchmaker::handle_join(Endpoint from, JoinRequest req) 
     *it = m;
   }
   s.changed.notify_all();
-  while (!s.assembled && !s.failed) co_await s.changed.wait();
+  const std::uint64_t epoch = s.epoch;
+  while (!s.assembled && !s.failed && s.epoch == epoch) co_await s.changed.wait();
+  if (s.epoch != epoch) co_return Error{ErrorCode::kRejected, "the leader disbanded to join a better-placed leader"};
   if (!s.assembled) co_return Error{ErrorCode::kRejected, "the leader could not form a group"};
   co_return JoinReply{s.group};
 }

@@ -24,6 +24,7 @@ struct MatchmakingConfig {
   Duration budget = std::chrono::seconds(15);  // how long to look for a group
   Duration poll = std::chrono::milliseconds(500);  // how often to re-read the key
   std::string prefix = "avg";                  // DHT key = prefix + ":" + group key
+  std::size_t read_holders = 3;  // DHT holders each poll merges declarations from
 };
 
 class Matchmaker {

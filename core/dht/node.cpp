@@ -15,6 +15,7 @@ struct DhtNode::Traversal {
   };
   bool want_values = false;
   bool fill_buckets = false;
+  std::size_t min_holders = 1;
   std::vector<Key> keys;
   std::map<DhtId, Candidate> contacts;
   int queried = 0;
@@ -173,9 +174,10 @@ Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
 }
 
 Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, bool want_values,
-                                                    bool fill_buckets) {
+                                                    bool fill_buckets, std::size_t min_holders) {
   Traversal t;
   t.want_values = want_values;
+  t.min_holders = std::max<std::size_t>(1, min_holders);
   t.fill_buckets = fill_buckets;
   const TimePoint now = rt_.now();
   for (const auto& target : targets) {
@@ -309,7 +311,7 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
         if (got) {
           key.holders.insert(contact.id);
           if (key.value_hop == 0) key.value_hop = hop;
-          if (t.want_values) key.done = true;
+          if (t.want_values && key.holders.size() >= t.min_holders) key.done = true;
         }
         for (const auto& n : entry.nearest) {
           if (n.id == self_ || !n.endpoint.valid() || blacklisted(n.endpoint)) continue;
@@ -379,21 +381,29 @@ Task<StoreResult> DhtNode::store(Record record) {
   co_return StoreResult{reps[0], rt_.now() - t0};
 }
 
-Task<GetResult> DhtNode::get(std::string key) {
+Task<GetResult> DhtNode::get(std::string key, std::size_t min_holders) {
   const TimePoint t0 = rt_.now();
   const DhtId id = DhtId::of_key(key);
   GetResult out;
   std::vector<Record> local;
   for (auto& r : storage_.get(id, t0))
     if (!check_record(r)) local.push_back(std::move(r));
-  if (!local.empty()) {
+  if (!local.empty() && min_holders <= 1) {
     out.found = true;
     out.records = std::move(local);
     co_return out;
   }
   std::vector<DhtId> targets{id};
-  auto res = co_await lookup(std::move(targets), true);
+  const std::size_t remote = local.empty() ? min_holders : min_holders - 1;
+  auto res = co_await lookup(std::move(targets), true, false, remote);
   auto& lr = res[id];
+  for (auto& rec : local) {  // merge our own copy: latest expiration per subkey
+    auto same = std::find_if(lr.records.begin(), lr.records.end(), [&](const Record& x) { return x.subkey == rec.subkey; });
+    if (same == lr.records.end())
+      lr.records.push_back(std::move(rec));
+    else if (same->expiration < rec.expiration)
+      *same = std::move(rec);
+  }
   out.found = !lr.records.empty();
   out.records = std::move(lr.records);
   out.hops = lr.hops;

@@ -70,10 +70,15 @@ class DhtNode {
   // Iterative lookup of many targets in one traversal.
   // With fill_buckets, a target's traversal ends as soon as the bucket covering it holds k/2
   // contacts: what a bucket refresh needs, at a fraction of a full lookup's cost.
+  // With want_values, a key's traversal ends once `min_holders` peers returned values for it
+  // (their records merged, latest per subkey) or the k nearest have all answered.
   Task<std::map<DhtId, LookupResult>> lookup(std::vector<DhtId> targets, bool want_values,
-                                             bool fill_buckets = false);
+                                             bool fill_buckets = false, std::size_t min_holders = 1);
   Task<StoreResult> store(Record record);
-  Task<GetResult> get(std::string key);
+  // Gets a key's records. min_holders = 1: the first copy found (a local one first). A dictionary
+  // that many peers write to (matchmaking declarations) is better read from several holders,
+  // merged: each holder may have heard of only some subkeys.
+  Task<GetResult> get(std::string key, std::size_t min_holders = 1);
   // Starts bucket refresh, replication and republish loops.
   void start_maintenance();
 

@@ -35,6 +35,52 @@ std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t 
   return out;
 }
 
+namespace {
+
+void parse_averaging(Scenario& s, SwarmSpec& spec) {
+  auto& a = spec.averaging;
+  a.grouping = s.get_string("averaging.grouping", a.grouping, {"moshpit", "random", "gossip", "allreduce"});
+  a.grid_side = static_cast<std::uint32_t>(s.get_int("averaging.grid_side", a.grid_side, 1, 1 << 20));
+  a.grid_dims = static_cast<std::uint32_t>(s.get_int("averaging.grid_dims", a.grid_dims, 1, 16));
+  a.placement = s.get_string("averaging.placement", a.placement, {"auto", "fill", "random"});
+  a.group_size = static_cast<std::uint32_t>(s.get_int("averaging.group_size", a.group_size, 2, 4096));
+  a.elements = static_cast<std::uint64_t>(s.get_int("averaging.elements", static_cast<std::int64_t>(a.elements), 1, std::int64_t{1} << 32));
+  a.rounds = static_cast<std::uint32_t>(s.get_int("averaging.rounds", a.rounds, 1, 100000));
+  a.start = s.get_duration("averaging.start", a.start);
+  a.period = s.get_duration("averaging.period", a.period);
+  if (a.period <= Duration::zero()) s.fail("averaging.period", "must be positive");
+  a.fail_probability = s.get_double("averaging.fail_probability", a.fail_probability, 0, 1);
+  a.target_variance = s.get_double("averaging.target_variance", a.target_variance, 0, 1e30);
+  a.client_fraction = s.get_double("averaging.client_fraction", a.client_fraction, 0, 1);
+  a.aux_fraction = s.get_double("averaging.aux_fraction", a.aux_fraction, 0, 1);
+  if (a.client_fraction + a.aux_fraction >= 1) s.fail("averaging.aux_fraction", "client_fraction + aux_fraction must be below 1");
+  auto& m = a.matchmaking;
+  const std::int64_t natural = a.grouping == "moshpit" ? a.grid_side : a.grouping == "random" ? a.group_size : 2;
+  m.target_group_size = static_cast<std::size_t>(s.get_int("averaging.target_group_size", natural, 1, 4096));
+  m.min_group_size = static_cast<std::size_t>(s.get_int("averaging.min_group_size", 2, 1, 4096));
+  if (m.min_group_size > m.target_group_size) s.fail("averaging.min_group_size", "must not exceed target_group_size");
+  m.budget = s.get_duration("averaging.matchmaking_budget", std::chrono::seconds(3));
+  m.poll = s.get_duration("averaging.poll", std::chrono::milliseconds(500));
+  if (m.budget <= Duration::zero() || m.poll <= Duration::zero()) s.fail("averaging.poll", "budget and poll must be positive");
+  auto& r = a.allreduce;
+  r.piece_elements = static_cast<std::uint64_t>(s.get_int("averaging.piece_elements", static_cast<std::int64_t>(r.piece_elements), 1, 1 << 26));
+  r.window = static_cast<std::uint32_t>(s.get_int("averaging.window", r.window, 1, 1024));
+  r.min_part = static_cast<std::uint64_t>(s.get_int("averaging.min_part", static_cast<std::int64_t>(r.min_part), 0, std::int64_t{1} << 32));
+  r.sender_timeout = s.get_duration("averaging.sender_timeout", r.sender_timeout);
+  r.reducer_timeout = s.get_duration("averaging.reducer_timeout", r.reducer_timeout);
+  if (r.reducer_timeout <= r.sender_timeout) s.fail("averaging.reducer_timeout", "must be longer than sender_timeout");
+  const auto codec = s.get_string("averaging.codec", "float32",
+                                  {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
+  for (int c = 0; c <= 5; ++c)
+    if (codec == compression::to_string(static_cast<compression::Codec>(c))) r.codec.codec = static_cast<compression::Codec>(c);
+  r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("averaging.codec_min_elements", 0, 0, std::int64_t{1} << 40));
+  if (a.start + a.period * a.rounds > spec.duration)
+    s.fail("averaging.rounds", "the rounds end after the run does: start + rounds * period = " +
+                                   format_duration(a.start + a.period * a.rounds) + " > duration " + format_duration(spec.duration));
+}
+
+}  // namespace
+
 SwarmSpec parse_swarm_spec(Scenario& s) {
   SwarmSpec spec;
   spec.name = s.get_string("name", spec.name);
@@ -72,8 +118,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
     s.fail("churn.mean_session", "must be positive");
 
-  spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht"});
-  if (spec.workload == "dht") {
+  spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht", "averaging"});
+  if (spec.workload == "dht" || spec.workload == "averaging") {
     auto& d = spec.dht;
     auto& c = d.config;
     c.k = static_cast<std::size_t>(s.get_int("dht.k", static_cast<std::int64_t>(c.k), 1, 64));
@@ -98,6 +144,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     d.concurrency = static_cast<std::uint32_t>(s.get_int("workload.concurrency", d.concurrency, 1, 4096));
     if (d.value_size > c.limits.max_value) s.fail("workload.value_size", "larger than the DHT's value limit (64KiB)");
   }
+  if (spec.workload == "averaging") parse_averaging(s, spec);
   const double rate = s.get_rate("workload.rate", 1.0);
   if (rate <= 0) s.fail("workload.rate", "must be positive");
   spec.ping.mean_interval = Duration(static_cast<std::int64_t>(std::llround(1e9 / rate)));
@@ -128,7 +175,7 @@ dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index) {
 }
 
 PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory,
-                     std::uint32_t index)
+                     std::uint32_t index, const AveragingDriver* avg_driver)
     : rt_(rt), spec_(spec), directory_(directory), index_(index), rpc_(std::make_unique<Rpc>(rt)) {
   if (spec.workload == "ping") {
     ping_ = std::make_unique<PingApp>(rt, *rpc_, directory, spec.ping);
@@ -136,6 +183,12 @@ PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpo
     std::vector<std::shared_ptr<dht::Validator>> validators{std::make_shared<dht::SignatureValidator>()};
     dht_ = std::make_unique<dht::DhtNode>(rt, *rpc_, swarm_identity(spec, index).id(),
                                           spec.dht.config, std::move(validators));
+  }
+  if (spec.workload == "averaging") {
+    if (!avg_driver) throw std::logic_error("the averaging workload needs its driver");
+    avg_ = std::make_unique<AveragingApp>(rt, *rpc_, dht_.get(), spec.averaging, avg_driver->kind_of(index),
+                                          avg_driver->initial_position(index));
+    avg_->values() = avg_driver->initial_values(index);
   }
 }
 
@@ -157,6 +210,7 @@ void PeerStack::start() {
 
 PeerStack::~PeerStack() {
   rpc_->shutdown();  // no handler runs after this
+  avg_.reset();
   dht_.reset();
   ping_.reset();
   rpc_.reset();

@@ -6,6 +6,7 @@
 
 #include "core/dht/node.hpp"
 #include "core/scenario/scenario.hpp"
+#include "core/workloads/averaging_workload.hpp"
 #include "core/workloads/ping.hpp"
 
 namespace apiary {
@@ -61,6 +62,7 @@ struct SwarmSpec {
   std::string workload = "ping";
   PingConfig ping;
   DhtWorkloadSpec dht;
+  AveragingWorkloadSpec averaging;
   std::string live_host = "127.0.0.1";
   std::uint16_t live_base_port = 0;  // 0: ephemeral ports
   std::string scenario_text;
@@ -94,13 +96,16 @@ using ProgressFn = std::function<void(double fraction)>;
 // workload app. Both backends build peers through this, so the protocol code is the same.
 class PeerStack {
  public:
+  // `avg_driver` is needed for the averaging workload (initial values, kind and grid position).
   PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory,
-            std::uint32_t index);
+            std::uint32_t index, const AveragingDriver* avg_driver = nullptr);
   ~PeerStack();
-  // ping: starts pinging. dht: bootstraps from the seeds, then runs maintenance.
+  // ping: starts pinging. dht, averaging: bootstraps from the seeds, then runs maintenance
+  // (averaging rounds are started by the driver).
   void start();
   Rpc& rpc() { return *rpc_; }
   dht::DhtNode* dht() { return dht_.get(); }
+  AveragingApp* averaging() { return avg_.get(); }
   bool joined() const { return joined_; }
 
  private:
@@ -111,6 +116,7 @@ class PeerStack {
   std::unique_ptr<Rpc> rpc_;
   std::unique_ptr<PingApp> ping_;
   std::unique_ptr<dht::DhtNode> dht_;
+  std::unique_ptr<AveragingApp> avg_;
   bool joined_ = false;
 };
 
