@@ -108,11 +108,7 @@ class Swarm {
         Simulator::Schedule(dht ? NanoSeconds(spec_.dht.join_window.count()) : Seconds(0),
                             [this, i] { schedule_leave(i); });
     if (averaging) {
-      for (std::uint32_t t = 0; t < spec_.averaging.rounds; ++t)
-        Simulator::Schedule(NanoSeconds((spec_.averaging.start + spec_.averaging.period * t).count()),
-                            [this, t] { avg_driver_->begin_round(t, apps(), directory_); });
-      Simulator::Schedule(NanoSeconds((spec_.averaging.start + spec_.averaging.period * spec_.averaging.rounds).count()),
-                          [this] { avg_driver_->finish(apps()); });
+      Simulator::Schedule(NanoSeconds(spec_.averaging.start.count()), [this] { averaging_round(0); });
     } else if (dht) {
       driver_ = std::make_unique<DhtWorkloadDriver>(spec_, metrics_, spec_.seed ^ 0x64726976ULL);
       Simulator::Schedule(NanoSeconds(spec_.dht.start.count()), [this] {
@@ -136,7 +132,7 @@ class Swarm {
 
     RunInfo info;
     info.backend = "sim";
-    info.run_seconds = to_seconds(spec_.duration);
+    info.run_seconds = Simulator::Now().GetSeconds();  // earlier than duration if a workload stopped the run
     const double sim_wall = std::chrono::duration<double>(wall_sim1 - wall_sim0).count();
     const auto messages = metrics_.counter("transport.messages_sent");
     info.figures["sim_wall_seconds"] = sim_wall;
@@ -150,7 +146,7 @@ class Swarm {
     info.figures["channel_packets"] = static_cast<double>(net_.channel().stats().packets);
     info.figures["channel_dropped_down"] = static_cast<double>(net_.channel().stats().dropped_down);
     info.figures["sidecar_swept"] = static_cast<double>(net_.sidecar().swept());
-    const double peer_minutes = spec_.peers * to_seconds(spec_.duration) / 60.0;
+    const double peer_minutes = spec_.peers * info.run_seconds / 60.0;
     info.figures["messages_per_peer_minute"] = static_cast<double>(messages) / peer_minutes;
     info.figures["bytes_per_peer_minute"] =
         static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
@@ -265,6 +261,21 @@ class Swarm {
       for (std::size_t j = 0; j < n; ++j) held += node.table().contains(others[j]);
       if (n) metrics_.sample("dht.table.neighbour_recall", static_cast<double>(held) / static_cast<double>(n));
     }
+  }
+
+  // Rounds run one period apart; the run ends after the last one, or once the target variance
+  // is reached if the scenario says so.
+  void averaging_round(std::uint32_t t) {
+    if (t == spec_.averaging.rounds) {
+      avg_driver_->finish(apps());
+      Simulator::Stop();
+      return;
+    }
+    if (!avg_driver_->begin_round(t, apps(), directory_)) {
+      Simulator::Stop();
+      return;
+    }
+    Simulator::Schedule(NanoSeconds(spec_.averaging.period.count()), [this, t] { averaging_round(t + 1); });
   }
 
   std::vector<AveragingApp*> apps() {

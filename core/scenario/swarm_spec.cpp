@@ -51,6 +51,7 @@ void parse_averaging(Scenario& s, SwarmSpec& spec) {
   if (a.period <= Duration::zero()) s.fail("averaging.period", "must be positive");
   a.fail_probability = s.get_double("averaging.fail_probability", a.fail_probability, 0, 1);
   a.target_variance = s.get_double("averaging.target_variance", a.target_variance, 0, 1e30);
+  a.stop_at_target = s.get_bool("averaging.stop_at_target", a.stop_at_target);
   a.client_fraction = s.get_double("averaging.client_fraction", a.client_fraction, 0, 1);
   a.aux_fraction = s.get_double("averaging.aux_fraction", a.aux_fraction, 0, 1);
   if (a.client_fraction + a.aux_fraction >= 1) s.fail("averaging.aux_fraction", "client_fraction + aux_fraction must be below 1");
@@ -195,6 +196,10 @@ PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpo
 void PeerStack::start() {
   if (ping_) {
     ping_->start();
+    return;
+  }
+  if (avg_ && spec_.averaging.grouping != "moshpit") {  // static groups: no DHT needed
+    joined_ = true;
     return;
   }
   std::vector<Endpoint> seeds;

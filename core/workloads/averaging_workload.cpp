@@ -138,9 +138,10 @@ void AveragingDriver::record_variance(std::uint64_t completed, const std::vector
   }
 }
 
-void AveragingDriver::begin_round(std::uint64_t t, const std::vector<AveragingApp*>& apps,
+bool AveragingDriver::begin_round(std::uint64_t t, const std::vector<AveragingApp*>& apps,
                                   const std::vector<Endpoint>& directory) {
   record_variance(t, apps);
+  if (reached_ && avg_.stop_at_target) return false;
   const std::uint32_t n = spec_.peers;
   std::vector<bool> fails(n);
   bool any_failed = false;
@@ -152,37 +153,50 @@ void AveragingDriver::begin_round(std::uint64_t t, const std::vector<AveragingAp
   for (bool f : fails) failed += f;
   metrics_.count("avg.peer_round_failures", failed);
   metrics_.sample("avg.round.failed_peers", static_cast<double>(failed));
+  const TensorSchema schema{{{static_cast<std::int64_t>(avg_.elements)}}};
+  // Static groups (the baselines): membership handed out by the driver, as a coordinator would.
+  auto run_static = [&](const std::vector<std::uint32_t>& who) {
+    if (who.size() < 2) return;
+    Group g;
+    g.id = (0x5354415449430000ULL ^ (t << 24)) + who.front();
+    g.schema = schema;
+    for (auto i : who) g.members.push_back(Member{directory[i], apps[i]->kind(), 1.0});
+    for (auto i : who) apps[i]->start_static_round(t, g);
+  };
   if (avg_.grouping == "allreduce") {
     if (any_failed) {
       metrics_.count("avg.rounds_void", 1);
-      return;
+      return true;
     }
-    Group g;
-    g.id = 0x616c6c00ULL + t;
-    g.schema = TensorSchema{{{static_cast<std::int64_t>(avg_.elements)}}};
-    for (std::uint32_t i = 0; i < n; ++i) g.members.push_back(Member{directory[i], apps[i]->kind(), 1.0});
-    for (std::uint32_t i = 0; i < n; ++i) apps[i]->start_static_round(t, g);
-    return;
+    std::vector<std::uint32_t> all(n);
+    std::iota(all.begin(), all.end(), 0u);
+    run_static(all);
+    return true;
   }
-  std::vector<std::uint32_t> perm;
   if (avg_.grouping == "random") {
-    perm.resize(n);
-    std::iota(perm.begin(), perm.end(), 0u);
-    for (std::uint32_t i = n; i > 1; --i) std::swap(perm[i - 1], perm[rng_.below(i)]);
-  }
-  for (std::uint32_t i = 0; i < n; ++i) {
-    if (fails[i]) continue;
-    std::string key;
-    if (avg_.grouping == "moshpit") {
-      key = apps[i]->position().key(t);
-    } else if (avg_.grouping == "random") {
-      key = "t" + std::to_string(t) + ".g" + std::to_string(perm[i] / avg_.group_size);
-    } else {  // gossip: pairs on a ring, alternating neighbours
-      const std::uint32_t pair = t % 2 == 0 ? i / 2 : ((i + n - 1) % n) / 2;
-      key = "t" + std::to_string(t) + ".p" + std::to_string(pair);
+    std::vector<std::uint32_t> up;
+    for (std::uint32_t i = 0; i < n; ++i)
+      if (!fails[i]) up.push_back(i);
+    for (std::size_t i = up.size(); i > 1; --i) std::swap(up[i - 1], up[rng_.below(i)]);
+    for (std::size_t at = 0; at < up.size(); at += avg_.group_size) {
+      std::vector<std::uint32_t> g(up.begin() + static_cast<std::ptrdiff_t>(at),
+                                   up.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(up.size(), at + avg_.group_size)));
+      std::sort(g.begin(), g.end());
+      run_static(g);
     }
-    apps[i]->start_round(t, std::move(key));
+    return true;
   }
+  if (avg_.grouping == "gossip") {  // pairs on a ring, alternating neighbours
+    for (std::uint32_t i = t % 2; i < n; i += 2) {
+      const std::uint32_t j = (i + 1) % n;
+      if (j == i || (t % 2 == 1 && i == n - 1 && n % 2 == 1)) continue;
+      if (!fails[i] && !fails[j]) run_static({i, j});
+    }
+    return true;
+  }
+  for (std::uint32_t i = 0; i < n; ++i)  // moshpit: matchmaking through the DHT
+    if (!fails[i]) apps[i]->start_round(t, apps[i]->position().key(t));
+  return true;
 }
 
 void AveragingDriver::finish(const std::vector<AveragingApp*>& apps) {

@@ -4,9 +4,10 @@
 // fails with probability p (it keeps its values and skips the round); the others form groups and
 // run a butterfly all-reduce. Group formation:
 //   moshpit    DHT matchmaking under Moshpit grid keys (one dimension left out, rotating)
-//   random     DHT matchmaking under random group keys (a fresh random partition each round)
-//   gossip     DHT matchmaking in pairs on a ring, alternating neighbours
-//   allreduce  one static group of every peer; the round is void if any peer fails
+// and, as baselines with static groups handed out by the driver (as a coordinator would):
+//   random     a fresh random partition of the peers that are up into groups of group_size
+//   gossip     pairs on a ring, alternating neighbours (a pair with a failed peer skips)
+//   allreduce  one group of every peer; the round is void if any peer fails
 // Per round the driver records the variance across peers (mean squared distance from the true
 // initial mean), the bytes each peer sent, each peer's round time and the failures.
 #include <cstdint>
@@ -32,6 +33,7 @@ struct AveragingWorkloadSpec {
   Duration period = std::chrono::seconds(5);  // between round starts
   double fail_probability = 0;
   double target_variance = 1e-9;
+  bool stop_at_target = false;  // end the run once the variance is below the target
   double client_fraction = 0;  // peers that send but do not reduce
   double aux_fraction = 0;     // peers that reduce but hold no values
   averaging::MatchmakingConfig matchmaking;
@@ -78,8 +80,11 @@ class AveragingDriver {
   averaging::MemberKind kind_of(std::uint32_t peer) const;
   std::vector<float> initial_values(std::uint32_t peer) const;
   averaging::GridPosition initial_position(std::uint32_t peer) const;
-  // `apps[i]` is peer i's app, or null if it is down.
-  void begin_round(std::uint64_t t, const std::vector<AveragingApp*>& apps, const std::vector<Endpoint>& directory);
+  // `apps[i]` is peer i's app, or null if it is down. Records the variance after t rounds, then
+  // starts round t; returns false (and starts nothing) when the run should stop here.
+  bool begin_round(std::uint64_t t, const std::vector<AveragingApp*>& apps, const std::vector<Endpoint>& directory);
+  // Static groupings need no DHT: their peers count as joined at once.
+  bool uses_dht() const { return avg_.grouping == "moshpit"; }
   void finish(const std::vector<AveragingApp*>& apps);
   // Rounds until the variance first fell below the target (spec.rounds + 1 if it never did).
   double rounds_to_target() const { return reached_ ? static_cast<double>(reached_round_) : -1; }
