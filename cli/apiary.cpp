@@ -14,6 +14,7 @@
 #include "apiary/version.hpp"
 #include "core/runtime/metrics.hpp"
 #include "core/scenario/swarm_spec.hpp"
+#include "real/live_allreduce.hpp"
 #include "real/live_dht.hpp"
 #include "real/live_swarm.hpp"
 #ifdef APIARY_WITH_NS3
@@ -193,10 +194,26 @@ int main(int argc, char** argv) {
   get_cmd->add_option("key", key)->required();
   get_cmd->add_flag("--json", dht_json);
 
+  // apiary allreduce-bench: live butterfly all-reduce among N processes on this machine.
+  auto* ar_cmd = app.add_subcommand("allreduce-bench", "Time a live all-reduce among N local processes");
+  apiary::real::AllReduceBenchOptions ar;
+  ar_cmd->add_option("--peers", ar.peers, "processes")->check(CLI::Range(2, 256));
+  ar_cmd->add_option("--elements", ar.elements, "float32 values per peer")->check(CLI::Range(1ULL, 1ULL << 31));
+  ar_cmd->add_option("--rounds", ar.rounds, "timed rounds")->check(CLI::Range(1, 1000));
+  ar_cmd->add_option("--warmup", ar.warmup, "untimed rounds first")->check(CLI::Range(0, 1000));
+  ar_cmd->add_option("--codec", ar.codec, "wire codec: float32, float16, scaled-float16, uniform8, quantile8, blockwise8");
+  ar_cmd->add_option("--piece-elements", ar.piece_elements, "values per streamed piece")->check(CLI::Range(1ULL, 1ULL << 26));
+  ar_cmd->add_option("--window", ar.window, "pieces in flight per reducer")->check(CLI::Range(1, 64));
+  ar_cmd->add_option("--host", ar.host, "IPv4 address to listen on");
+  ar_cmd->add_flag("--json", ar.json, "print one JSON object");
+  ar_cmd->add_option("--rank", ar.rank)->group("");  // internal: a peer process
+  ar_cmd->add_option("--dir", ar.dir)->group("");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*run_cmd) return run(scenario, seed, sets, out, json, quiet || json);
     if (*peer_cmd) return apiary::real::run_live_peer(peer);
+    if (*ar_cmd) return apiary::real::run_allreduce_bench(ar);
     if (*dht_cmd) {
       apiary::real::DhtClientResult r;
       if (*store_cmd)

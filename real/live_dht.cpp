@@ -10,9 +10,11 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
+#include "real/processes.hpp"
 
 namespace apiary::real {
 
@@ -90,12 +92,8 @@ int run_live_peer(const LivePeerOptions& o) {
   for (const auto& j : o.join) seeds.push_back(parse_or_throw(j, "--join"));
   std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());
   std::fflush(stdout);
-  if (!o.ready_file.empty()) {
-    std::ofstream f(o.ready_file + ".tmp");
-    f << identity.id().hex() << " " << n.rt->local().to_string() << "\n";
-    f.close();
-    std::filesystem::rename(o.ready_file + ".tmp", o.ready_file);
-  }
+  if (!o.ready_file.empty())
+    write_file_atomically(o.ready_file, identity.id().hex() + " " + n.rt->local().to_string() + "\n");
   bool joined = seeds.empty();
   if (!seeds.empty())
     n.node->spawn_join(seeds, [&](std::size_t contacts) {
@@ -178,45 +176,6 @@ namespace apiary::real {
 
 namespace {
 
-struct Children {
-  std::vector<pid_t> pids;
-  ~Children() {
-    for (pid_t p : pids) kill(p, SIGTERM);
-    for (pid_t p : pids) waitpid(p, nullptr, 0);
-  }
-};
-
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  const pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv("/proc/self/exe", argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-std::string wait_ready(const std::string& path, std::chrono::steady_clock::time_point deadline, asio::io_context& io) {
-  // Polls with a short io timer: the child writes the file atomically once it listens.
-  asio::steady_timer t(io);
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream f(path);
-    std::string id, ep;
-    if (f >> id >> ep) return ep;
-    t.expires_after(std::chrono::milliseconds(10));
-    t.wait();
-  }
-  throw std::runtime_error("live peer did not start: " + path);
-}
-
 }  // namespace
 
 RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
@@ -224,8 +183,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   const auto dir = std::filesystem::temp_directory_path() /
                    ("apiary-live-dht-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
-  Children children;
-  asio::io_context wait_io;
+  ChildProcesses children;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   auto peer_args = [&](std::uint32_t i) {
     std::vector<std::string> a{"apiary", "peer", "--listen", spec.live_host + ":0", "--identity",
@@ -234,17 +192,23 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
                                std::to_string(spec.dht.config.k)};
     return a;
   };
-  children.pids.push_back(spawn(peer_args(0), (dir / "peer0.log").string()));
-  const std::string seed = wait_ready((dir / "ready0").string(), deadline, wait_io);
+  auto ready_endpoint = [&](std::uint32_t i) {
+    std::istringstream f(wait_for_file((dir / ("ready" + std::to_string(i))).string(), deadline, "live peer " + std::to_string(i)));
+    std::string id, ep;
+    f >> id >> ep;
+    return ep;
+  };
+  children.spawn_self(peer_args(0), (dir / "peer0.log").string());
+  const std::string seed = ready_endpoint(0);
   for (std::uint32_t i = 1; i < spec.peers; ++i) {
     auto a = peer_args(i);
     a.push_back("--join");
     a.push_back(seed);
-    children.pids.push_back(spawn(a, (dir / ("peer" + std::to_string(i) + ".log")).string()));
+    children.spawn_self(a, (dir / ("peer" + std::to_string(i) + ".log")).string());
   }
   std::vector<std::string> endpoints{seed};
   for (std::uint32_t i = 1; i < spec.peers; ++i)
-    endpoints.push_back(wait_ready((dir / ("ready" + std::to_string(i))).string(), deadline, wait_io));
+    endpoints.push_back(ready_endpoint(i));
 
   // The client: a client-mode node that enters through a few peers.
   dht::DhtConfig cfg = spec.dht.config;

@@ -30,7 +30,8 @@ struct Averager::Round {
     bool stalled = false;                 // fault injection: never answered
     std::shared_ptr<const Bytes> result;  // the mean in the piece's codec; null: no weight
   };
-  std::vector<double> sum;  // weighted sums over my part
+  std::unique_ptr<double[]> sum;  // weighted sums over my part (reused across rounds)
+  std::size_t sum_size = 0;
   std::vector<PieceState> mine;
   std::size_t finalized = 0;
   std::vector<bool> banned;  // senders left out of the rest of my part
@@ -120,7 +121,13 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   const auto& my_pieces = r->pieces[r->me];
   r->mine.resize(my_pieces.size());
   for (auto& ps : r->mine) ps.got.assign(n, false);
-  r->sum.assign(r->part_size[r->me], 0.0);
+  r->sum_size = r->part_size[r->me];
+  if (spare_sum_ && spare_size_ >= r->sum_size) {
+    r->sum = std::move(spare_sum_);
+    r->sum_size = spare_size_;
+  } else if (r->sum_size) {
+    r->sum.reset(new double[r->sum_size]);
+  }
   rounds_[r->group.id] = r;
   rt_.observer.trace("avg.round.begin", r->group.id, r->me);
 
@@ -166,9 +173,12 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
 void Averager::accumulate(Round& r, std::size_t sender, std::size_t piece, std::span<const float> values,
                           double weight) {
   const Piece& pc = r.pieces[r.me][piece];
-  double* s = r.sum.data() + (pc.begin - r.part_begin[r.me]);
-  for (std::size_t i = 0; i < values.size(); ++i) s[i] += weight * static_cast<double>(values[i]);
+  double* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
   auto& ps = r.mine[piece];
+  if (ps.contributors == 0)  // the buffer is uninitialised: the first contribution assigns
+    for (std::size_t i = 0; i < values.size(); ++i) s[i] = weight * static_cast<double>(values[i]);
+  else
+    for (std::size_t i = 0; i < values.size(); ++i) s[i] += weight * static_cast<double>(values[i]);
   ps.got[sender] = true;
   ps.weight += weight;
   ++ps.contributors;
@@ -187,11 +197,12 @@ void Averager::finalize(Round& r, std::size_t piece) {
   const Piece& pc = r.pieces[r.me][piece];
   ps.done = true;
   if (ps.weight > 0) {
-    std::vector<float> mean(pc.size());
-    const double* s = r.sum.data() + (pc.begin - r.part_begin[r.me]);
-    for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = static_cast<float>(s[i] / ps.weight);
+    scratch_.resize(pc.size());
+    const double* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
+    const double inv = 1.0 / ps.weight;
+    for (std::size_t i = 0; i < scratch_.size(); ++i) scratch_[i] = static_cast<float>(s[i] * inv);
     const auto codec = cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor));
-    ps.result = std::make_shared<const Bytes>(compression::encode(mean, codec));
+    ps.result = std::make_shared<const Bytes>(compression::encode(scratch_, codec));
   }
   ++r.finalized;
   if (cfg_.faults.reduce_limit >= 0 && static_cast<std::int64_t>(piece) >= cfg_.faults.reduce_limit) {
@@ -273,19 +284,19 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   if (ps.got[*s]) co_return Error{ErrorCode::kInvalidArgument, "duplicate piece " + std::to_string(req.piece)};
   if (!std::isfinite(req.weight) || req.weight < 0) co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
   const Piece& pc = r->pieces[r->me][req.piece];
-  std::vector<float> values;
+  scratch_.resize(pc.size());
   std::string why;
   try {
-    values = compression::decode(req.payload.data(), pc.size());
+    compression::decode_into(req.payload.data(), scratch_);
   } catch (const wire::DecodeError& e) {
     why = e.what();
   }
-  if (!why.empty() || values.size() != pc.size()) {
+  if (!why.empty()) {
     rt_.observer.count("avg.bad_pieces");
-    co_return Error{ErrorCode::kBadMessage, "piece " + std::to_string(req.piece) + ": " + (why.empty() ? "has " + std::to_string(values.size()) + " values, expected " + std::to_string(pc.size()) : why)};
+    co_return Error{ErrorCode::kBadMessage, "piece " + std::to_string(req.piece) + ": " + why};
   }
   r->report.bytes_received += req.payload.size();
-  accumulate(*r, *s, req.piece, values, req.weight);
+  accumulate(*r, *s, req.piece, scratch_, req.weight);
   const std::size_t before = r->finalized;
   check_piece(*r, req.piece);
   if (r->finalized != before) {
@@ -363,16 +374,14 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
         if (!result) failure = Error{ErrorCode::kBadMessage, "reply without data"};
       }
     }
-    std::vector<float> mean;
-    if (!failure) {
+    if (!failure) {  // the mean goes straight into my output; a bad buffer leaves it untouched
       std::string why;
       try {
-        mean = compression::decode(*result, pc.size());
+        compression::decode_into(*result, std::span<float>(round.output).subspan(pc.begin, pc.size()));
       } catch (const wire::DecodeError& e) {
         why = e.what();
       }
-      if (!why.empty() || mean.size() != pc.size())
-        failure = Error{ErrorCode::kBadMessage, "bad reduced piece from " + to.to_string() + (why.empty() ? "" : ": " + why)};
+      if (!why.empty()) failure = Error{ErrorCode::kBadMessage, "bad reduced piece from " + to.to_string() + ": " + why};
     }
     if (failure) {
       round.report.pieces_kept += 1;
@@ -386,7 +395,6 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
       }
       continue;
     }
-    std::copy(mean.begin(), mean.end(), round.output.begin() + static_cast<std::ptrdiff_t>(pc.begin));
     round.report.pieces_averaged += 1;
   }
   ++round.lanes_done;
@@ -451,6 +459,10 @@ void Averager::close(Round& r) {
   const std::uint64_t id = r.group.id;
   auto it = rounds_.find(id);
   if (it != rounds_.end() && it->second.get() == &r) {
+    if (r.sum && r.sum_size > spare_size_) {
+      spare_sum_ = std::move(r.sum);
+      spare_size_ = r.sum_size;
+    }
     rounds_.erase(it);
     closed_.insert(id);
     closed_order_.push_back(id);

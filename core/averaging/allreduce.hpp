@@ -100,6 +100,9 @@ class Averager {
   std::vector<std::uint64_t> closed_order_;
   std::map<std::uint64_t, std::set<Endpoint>> early_cancels_;  // cancels for rounds not yet begun
   Notifier registered_;
+  std::vector<float> scratch_;           // decoding and finalising one piece (never across an await)
+  std::unique_ptr<double[]> spare_sum_;  // the last round's accumulator, reused
+  std::size_t spare_size_ = 0;
   TaskScope scope_;
 };
 

@@ -1,6 +1,7 @@
 #include "core/compression/codecs.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -72,35 +73,94 @@ namespace {
 constexpr std::size_t kBlock = 4096;
 }
 
+namespace {
+
+// Appends n bytes to `out` and returns where they start.
+std::uint8_t* grow(Bytes& out, std::size_t n) {
+  const std::size_t at = out.size();
+  out.resize(at + n);
+  return out.data() + at;
+}
+
+void put_f32(Bytes& out, float x) { wire::Writer(out).f32(x); }
+
+void put_floats(std::uint8_t* p, std::span<const float> v) {
+  if constexpr (std::endian::native == std::endian::little) {
+    if (!v.empty()) std::memcpy(p, v.data(), v.size() * 4);
+  } else {
+    for (float x : v) {
+      std::uint32_t u;
+      std::memcpy(&u, &x, 4);
+      for (int i = 0; i < 4; ++i) *p++ = static_cast<std::uint8_t>(u >> (8 * i));
+    }
+  }
+}
+
+void get_floats(const std::uint8_t* p, std::span<float> out) {
+  if constexpr (std::endian::native == std::endian::little) {
+    if (!out.empty()) std::memcpy(out.data(), p, out.size() * 4);
+  } else {
+    for (auto& x : out) {
+      std::uint32_t u = 0;
+      for (int i = 0; i < 4; ++i) u |= std::uint32_t{*p++} << (8 * i);
+      std::memcpy(&x, &u, 4);
+    }
+  }
+}
+
+std::uint16_t get_u16(const std::uint8_t* p) { return static_cast<std::uint16_t>(p[0] | (p[1] << 8)); }
+
+}  // namespace
+
+// Each codec writes its small header through the wire Writer and its bulk values straight into
+// the output buffer (one pass, no per-byte growth).
 Bytes encode(std::span<const float> v, Codec codec) {
-  wire::Writer w;
-  w.u8(static_cast<std::uint8_t>(codec));
-  w.varint(v.size());
+  Bytes out;
+  out.reserve(16 + v.size() * 4);
+  {
+    wire::Writer w(out);
+    w.u8(static_cast<std::uint8_t>(codec));
+    w.varint(v.size());
+  }
+  const std::size_t n = v.size();
   switch (codec) {
     case Codec::kFloat32:
-      for (float x : v) w.f32(x);
+      put_floats(grow(out, 4 * n), v);
       break;
-    case Codec::kFloat16:
-      for (float x : v) w.u16(float_to_half(x));
+    case Codec::kFloat16: {
+      std::uint8_t* p = grow(out, 2 * n);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t h = float_to_half(v[i]);
+        p[2 * i] = static_cast<std::uint8_t>(h);
+        p[2 * i + 1] = static_cast<std::uint8_t>(h >> 8);
+      }
       break;
+    }
     case Codec::kScaledFloat16: {
       double mean = 0, var = 0;
       for (float x : v) mean += x;
-      mean = v.empty() ? 0 : mean / static_cast<double>(v.size());
+      mean = v.empty() ? 0 : mean / static_cast<double>(n);
       for (float x : v) var += (x - mean) * (x - mean);
-      const double sd = v.empty() ? 1 : std::max(1e-30, std::sqrt(var / static_cast<double>(v.size())));
-      w.f32(static_cast<float>(mean));
-      w.f32(static_cast<float>(sd));
-      for (float x : v) w.u16(float_to_half(static_cast<float>((x - mean) / sd)));
+      const double sd = v.empty() ? 1 : std::max(1e-30, std::sqrt(var / static_cast<double>(n)));
+      put_f32(out, static_cast<float>(mean));
+      put_f32(out, static_cast<float>(sd));
+      std::uint8_t* p = grow(out, 2 * n);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t h = float_to_half(static_cast<float>((v[i] - mean) / sd));
+        p[2 * i] = static_cast<std::uint8_t>(h);
+        p[2 * i + 1] = static_cast<std::uint8_t>(h >> 8);
+      }
       break;
     }
     case Codec::kUniform8: {
       const float lo = v.empty() ? 0 : *std::min_element(v.begin(), v.end());
       const float hi = v.empty() ? 0 : *std::max_element(v.begin(), v.end());
-      w.f32(lo);
-      w.f32(hi);
+      put_f32(out, lo);
+      put_f32(out, hi);
       const double step = hi > lo ? (static_cast<double>(hi) - lo) / 255.0 : 1.0;
-      for (float x : v) w.u8(static_cast<std::uint8_t>(std::clamp(std::lround((x - lo) / step), 0L, 255L)));
+      std::uint8_t* p = grow(out, n);
+      for (std::size_t i = 0; i < n; ++i)
+        p[i] = static_cast<std::uint8_t>(std::clamp(std::lround((v[i] - lo) / step), 0L, 255L));
       break;
     }
     case Codec::kQuantile8: {
@@ -109,28 +169,92 @@ Bytes encode(std::span<const float> v, Codec codec) {
       std::vector<float> levels(256, 0.0f);
       for (std::size_t i = 0; i < 256 && !sorted.empty(); ++i)
         levels[i] = sorted[std::min(sorted.size() - 1, (2 * i + 1) * sorted.size() / 512)];
-      for (float l : levels) w.f32(l);
-      for (float x : v) {
+      for (float l : levels) put_f32(out, l);
+      std::uint8_t* p = grow(out, n);
+      for (std::size_t k = 0; k < n; ++k) {
+        const float x = v[k];
         auto it = std::lower_bound(levels.begin(), levels.end(), x);
         std::size_t i = static_cast<std::size_t>(it - levels.begin());
         if (i == 256 || (i > 0 && x - levels[i - 1] <= levels[i] - x)) --i;
-        w.u8(static_cast<std::uint8_t>(i));
+        p[k] = static_cast<std::uint8_t>(i);
       }
       break;
     }
     case Codec::kBlockwise8:
-      for (std::size_t b = 0; b < v.size(); b += kBlock) {
-        const std::size_t n = std::min(kBlock, v.size() - b);
+      for (std::size_t b = 0; b < n; b += kBlock) {
+        const std::size_t m = std::min(kBlock, n - b);
         float absmax = 0;
-        for (std::size_t i = 0; i < n; ++i) absmax = std::max(absmax, std::fabs(v[b + i]));
-        w.f32(absmax);
+        for (std::size_t i = 0; i < m; ++i) absmax = std::max(absmax, std::fabs(v[b + i]));
+        put_f32(out, absmax);
         const float scale = absmax > 0 ? 127.0f / absmax : 0.0f;
-        for (std::size_t i = 0; i < n; ++i)
-          w.u8(static_cast<std::uint8_t>(static_cast<std::int8_t>(std::clamp(std::lround(v[b + i] * scale), -127L, 127L))));
+        std::uint8_t* p = grow(out, m);
+        for (std::size_t i = 0; i < m; ++i)
+          p[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(std::clamp(std::lround(v[b + i] * scale), -127L, 127L)));
       }
       break;
   }
-  return w.take();
+  return out;
+}
+
+void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out) {
+  wire::Reader r(bytes);
+  const auto c = r.u8();
+  if (c > static_cast<std::uint8_t>(Codec::kBlockwise8)) throw wire::DecodeError("unknown tensor codec " + std::to_string(c));
+  const auto n = static_cast<std::size_t>(r.varint());
+  if (n != out.size())
+    throw wire::DecodeError("tensor has " + std::to_string(n) + " elements, expected " + std::to_string(out.size()));
+  // The exact size is checked before anything is written, so a bad buffer leaves `out` untouched.
+  std::uint64_t want = 0;
+  switch (static_cast<Codec>(c)) {
+    case Codec::kFloat32: want = 4ull * n; break;
+    case Codec::kFloat16: want = 2ull * n; break;
+    case Codec::kScaledFloat16: want = 8 + 2ull * n; break;
+    case Codec::kUniform8: want = 8 + n; break;
+    case Codec::kQuantile8: want = 4 * 256 + n; break;
+    case Codec::kBlockwise8: want = n + 4 * ((n + kBlock - 1) / kBlock); break;
+  }
+  if (r.remaining() != want)
+    throw wire::DecodeError("tensor of " + std::to_string(n) + " elements in " + to_string(static_cast<Codec>(c)) +
+                            " needs " + std::to_string(want) + " bytes, got " + std::to_string(r.remaining()));
+  switch (static_cast<Codec>(c)) {
+    case Codec::kFloat32:
+      get_floats(r.raw(4 * n).data(), out);
+      break;
+    case Codec::kFloat16: {
+      const std::uint8_t* p = r.raw(2 * n).data();
+      for (std::size_t i = 0; i < n; ++i) out[i] = half_to_float(get_u16(p + 2 * i));
+      break;
+    }
+    case Codec::kScaledFloat16: {
+      const float mean = r.f32(), sd = r.f32();
+      const std::uint8_t* p = r.raw(2 * n).data();
+      for (std::size_t i = 0; i < n; ++i) out[i] = mean + sd * half_to_float(get_u16(p + 2 * i));
+      break;
+    }
+    case Codec::kUniform8: {
+      const float lo = r.f32(), hi = r.f32();
+      const double step = hi > lo ? (static_cast<double>(hi) - lo) / 255.0 : 1.0;
+      const std::uint8_t* p = r.raw(n).data();
+      for (std::size_t i = 0; i < n; ++i) out[i] = hi > lo ? static_cast<float>(lo + step * p[i]) : lo;
+      break;
+    }
+    case Codec::kQuantile8: {
+      float levels[256];
+      for (auto& l : levels) l = r.f32();
+      const std::uint8_t* p = r.raw(n).data();
+      for (std::size_t i = 0; i < n; ++i) out[i] = levels[p[i]];
+      break;
+    }
+    case Codec::kBlockwise8:
+      for (std::size_t b = 0; b < n; b += kBlock) {
+        const float absmax = r.f32();
+        const std::size_t m = std::min(kBlock, n - b);
+        const std::uint8_t* p = r.raw(m).data();
+        for (std::size_t i = 0; i < m; ++i) out[b + i] = static_cast<float>(static_cast<std::int8_t>(p[i])) * absmax / 127.0f;
+      }
+      break;
+  }
+  r.expect_end();
 }
 
 std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_elements) {
@@ -142,41 +266,7 @@ std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_e
   const std::size_t per = c == 0 ? 4 : (c <= 2 ? 2 : 1);
   if (r.remaining() / per < n) throw wire::DecodeError("tensor of " + std::to_string(n) + " elements truncated");
   std::vector<float> out(n);
-  switch (static_cast<Codec>(c)) {
-    case Codec::kFloat32:
-      for (auto& x : out) x = r.f32();
-      break;
-    case Codec::kFloat16:
-      for (auto& x : out) x = half_to_float(r.u16());
-      break;
-    case Codec::kScaledFloat16: {
-      const float mean = r.f32(), sd = r.f32();
-      for (auto& x : out) x = mean + sd * half_to_float(r.u16());
-      break;
-    }
-    case Codec::kUniform8: {
-      const float lo = r.f32(), hi = r.f32();
-      const double step = hi > lo ? (static_cast<double>(hi) - lo) / 255.0 : 1.0;
-      for (auto& x : out) x = static_cast<float>(lo + step * r.u8());
-      if (hi <= lo)
-        for (auto& x : out) x = lo;
-      break;
-    }
-    case Codec::kQuantile8: {
-      float levels[256];
-      for (auto& l : levels) l = r.f32();
-      for (auto& x : out) x = levels[r.u8()];
-      break;
-    }
-    case Codec::kBlockwise8:
-      for (std::size_t b = 0; b < n; b += kBlock) {
-        const float absmax = r.f32();
-        const std::size_t m = std::min(kBlock, n - b);
-        for (std::size_t i = 0; i < m; ++i) out[b + i] = static_cast<float>(static_cast<std::int8_t>(r.u8())) * absmax / 127.0f;
-      }
-      break;
-  }
-  r.expect_end();
+  decode_into(bytes, out);
   return out;
 }
 

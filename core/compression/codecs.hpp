@@ -33,6 +33,8 @@ const char* to_string(Codec c);
 // Self-describing: the codec and element count are in the encoded bytes.
 Bytes encode(std::span<const float> values, Codec codec);
 std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_elements = 1u << 30);
+// Decodes into `out`, which must have exactly the encoded element count (else DecodeError).
+void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out);
 
 std::uint16_t float_to_half(float f);
 float half_to_float(std::uint16_t h);

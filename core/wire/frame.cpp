@@ -81,15 +81,37 @@ void FrameDecoder::feed(std::span<const std::uint8_t> data, std::vector<Event>& 
         throw DecodeError("frame of " + std::to_string(cur_.length) + " bytes exceeds limit " +
                           std::to_string(max_body));
       body_.clear();
-      body_.reserve(cur_.length);
       body_need_ = cur_.length;
+      direct_ = nullptr;
+      if (cur_.type == FrameType::kPart) {
+        // Bulk parts go straight into their stream's payload: one copy from the socket buffer.
+        auto it = streams_.find(cur_.stream);
+        if (it == streams_.end())
+          throw DecodeError("part for unknown stream " + std::to_string(cur_.stream));
+        auto& in = it->second;
+        if (cur_.extra != in.payload.size())
+          throw DecodeError("payload part at offset " + std::to_string(cur_.extra) + ", expected " +
+                            std::to_string(in.payload.size()));
+        if (in.payload.size() + cur_.length > in.total) throw DecodeError("payload part beyond declared size");
+        const std::uint64_t need = in.payload.size() + cur_.length;
+        if (in.payload.capacity() < need)  // grow 4x at a time (what arrived vouches for what is reserved)
+          in.payload.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(in.total, std::max(need, 4 * in.payload.size()))));
+        direct_ = &in;
+      } else {
+        body_.reserve(cur_.length);
+      }
     }
     const auto n = std::min(body_need_, data.size());
-    body_.insert(body_.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
+    Bytes& sink = direct_ ? direct_->payload : body_;
+    sink.insert(sink.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
     body_need_ -= n;
     data = data.subspan(n);
     if (body_need_ == 0) {
-      on_frame(out);
+      if (direct_)
+        complete_if_done(cur_.stream, out);
+      else
+        on_frame(out);
+      direct_ = nullptr;
       head_fill_ = 0;
     }
   }
@@ -132,20 +154,8 @@ void FrameDecoder::on_frame(std::vector<Event>& out) {
       complete_if_done(cur_.stream, out);
       return;
     }
-    case FrameType::kPart: {
-      auto it = streams_.find(cur_.stream);
-      if (it == streams_.end())
-        throw DecodeError("part for unknown stream " + std::to_string(cur_.stream));
-      auto& in = it->second;
-      if (cur_.extra != in.payload.size())
-        throw DecodeError("payload part at offset " + std::to_string(cur_.extra) + ", expected " +
-                          std::to_string(in.payload.size()));
-      if (in.payload.size() + body_.size() > in.total)
-        throw DecodeError("payload part beyond declared size");
-      in.payload.insert(in.payload.end(), body_.begin(), body_.end());
-      complete_if_done(cur_.stream, out);
-      return;
-    }
+    case FrameType::kPart:
+      throw DecodeError("internal: parts are decoded in place");
   }
 }
 

@@ -79,6 +79,7 @@ class FrameDecoder {
   FrameHeader cur_{};
   Bytes body_;
   std::size_t body_need_ = 0;
+  Incoming* direct_ = nullptr;  // the stream a PART body is being copied into
   std::map<std::uint32_t, Incoming> streams_;
 };
 

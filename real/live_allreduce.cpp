@@ -1,0 +1,183 @@
+#include <utility>  // before asio: boost/asio/awaitable.hpp needs std::exchange
+#include "real/live_allreduce.hpp"
+
+#include <algorithm>
+#include <boost/asio.hpp>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/averaging/allreduce.hpp"
+#include "core/runtime/metrics.hpp"
+#include "real/live_runtime.hpp"
+#include "real/processes.hpp"
+
+namespace apiary::real {
+
+namespace asio = boost::asio;
+using namespace averaging;
+
+namespace {
+
+compression::Codec codec_named(const std::string& name) {
+  for (int c = 0; c <= 5; ++c)
+    if (name == compression::to_string(static_cast<compression::Codec>(c))) return static_cast<compression::Codec>(c);
+  throw std::invalid_argument("unknown codec '" + name + "' (float32, float16, scaled-float16, uniform8, quantile8, blockwise8)");
+}
+
+std::string path_in(const std::string& dir, const std::string& name, std::int64_t rank) {
+  return (std::filesystem::path(dir) / (name + std::to_string(rank))).string();
+}
+
+struct PeerOutcome {
+  std::vector<double> seconds;
+  std::uint64_t bytes_sent = 0;
+  double max_abs_error = 0;
+  std::string error;
+};
+
+Task<void> peer_rounds(Averager& avg, Group group, std::vector<float> values, const AllReduceBenchOptions& o,
+                       PeerOutcome& out, bool& done) {
+  for (std::uint32_t r = 0; r < o.warmup + o.rounds; ++r) {
+    group.id = r + 1;
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<AllReduceReport> rep = co_await avg.all_reduce(group, std::move(values), 1.0);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!rep.ok()) {
+      out.error = "round " + std::to_string(r) + ": " + rep.error().describe();
+      break;
+    }
+    if (!rep->failed_reducers.empty() || !rep->excluded_senders.empty() || !rep->excluded_me.empty()) {
+      out.error = "round " + std::to_string(r) + ": a member failed";
+      break;
+    }
+    values = std::move(rep->averaged);
+    if (r >= o.warmup) {
+      out.seconds.push_back(secs);
+      out.bytes_sent += rep->bytes_sent;
+    }
+  }
+  const double want = (o.peers + 1) / 2.0;
+  for (float v : values) out.max_abs_error = std::max(out.max_abs_error, std::abs(static_cast<double>(v) - want));
+  done = true;
+}
+
+int run_peer(const AllReduceBenchOptions& o) {
+  asio::io_context io;
+  LiveOptions lo;
+  lo.listen = Endpoint{Endpoint::parse(o.host + ":1")->ip, 0};
+  LiveRuntime rt(io, lo);
+  rt.open();
+  Metrics metrics;
+  PeerEnv env(rt, metrics, static_cast<std::uint32_t>(o.rank), Rng(static_cast<std::uint64_t>(o.rank) + 1));
+  rt.set_observer(env.observer);
+  write_file_atomically(path_in(o.dir, "ready", o.rank), rt.local().to_string());
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  Group group;
+  group.schema = TensorSchema{{{static_cast<std::int64_t>(o.elements)}}};
+  for (std::uint32_t i = 0; i < o.peers; ++i) {
+    auto ep = Endpoint::parse(wait_for_file(path_in(o.dir, "ready", i), deadline, "peer " + std::to_string(i)));
+    if (!ep) throw std::runtime_error("bad endpoint from peer " + std::to_string(i));
+    group.members.push_back(Member{*ep, MemberKind::kFull, 1.0});
+  }
+  AllReduceConfig cfg;
+  cfg.piece_elements = o.piece_elements;
+  cfg.window = o.window;
+  cfg.codec.codec = codec_named(o.codec);
+  cfg.sender_timeout = std::chrono::seconds(60);
+  cfg.reducer_timeout = std::chrono::seconds(120);
+  Rpc rpc(env.runtime);
+  Averager avg(env.runtime, rpc, cfg);
+
+  PeerOutcome out;
+  bool done = false;
+  std::vector<float> values(o.elements, static_cast<float>(o.rank + 1));
+  auto task = peer_rounds(avg, group, std::move(values), o, out, done);
+  task.start();
+  while (!done && std::chrono::steady_clock::now() < deadline) io.run_one_for(std::chrono::milliseconds(50));
+  if (!done) out.error = "timed out";
+  // Barrier: keep serving until every peer has its result (late pieces of my part still get answered).
+  write_file_atomically(path_in(o.dir, "done", o.rank), "1");
+  for (std::uint32_t i = 0; i < o.peers; ++i)
+    while (!std::filesystem::exists(path_in(o.dir, "done", i)) && std::chrono::steady_clock::now() < deadline)
+      io.run_one_for(std::chrono::milliseconds(10));
+  rpc.shutdown();
+  std::ostringstream res;
+  for (double s : out.seconds) res << s << ' ';
+  res << '\n' << out.bytes_sent << '\n' << out.max_abs_error << '\n' << (out.error.empty() ? "ok" : out.error) << '\n';
+  write_file_atomically(path_in(o.dir, "result", o.rank), res.str());
+  rt.close();
+  return out.error.empty() ? 0 : 1;
+}
+
+int run_parent(const AllReduceBenchOptions& o) {
+  if (o.peers < 2) throw std::invalid_argument("--peers must be at least 2");
+  if (o.rounds < 1) throw std::invalid_argument("--rounds must be at least 1");
+  codec_named(o.codec);
+  const auto dir = std::filesystem::temp_directory_path() / ("apiary-allreduce-" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  ChildProcesses children;
+  for (std::uint32_t i = 0; i < o.peers; ++i)
+    children.spawn_self({"apiary", "allreduce-bench", "--peers", std::to_string(o.peers), "--elements",
+                         std::to_string(o.elements), "--rounds", std::to_string(o.rounds), "--warmup",
+                         std::to_string(o.warmup), "--codec", o.codec, "--piece-elements",
+                         std::to_string(o.piece_elements), "--window", std::to_string(o.window), "--host", o.host,
+                         "--rank", std::to_string(i), "--dir", dir.string()},
+                        path_in(dir.string(), "log", i));
+  std::vector<std::string> failures;
+  const bool finished = children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(11), failures);
+  std::vector<double> round_max(o.rounds, 0.0);
+  std::uint64_t bytes = 0;
+  double err = 0;
+  for (std::uint32_t i = 0; i < o.peers; ++i) {
+    std::ifstream f(path_in(dir.string(), "result", i));
+    std::string times_line, status;
+    std::uint64_t b = 0;
+    double e = 0;
+    if (!f || !std::getline(f, times_line) || !(f >> b >> e) || !(f >> std::ws && std::getline(f, status))) {
+      failures.push_back("peer " + std::to_string(i) + " wrote no result (log: " + path_in(dir.string(), "log", i) + ")");
+      continue;
+    }
+    if (status != "ok") failures.push_back("peer " + std::to_string(i) + ": " + status);
+    std::istringstream ts(times_line);
+    double t;
+    for (std::uint32_t r = 0; r < o.rounds && ts >> t; ++r) round_max[r] = std::max(round_max[r], t);
+    bytes = std::max(bytes, b / o.rounds);
+    err = std::max(err, e);
+  }
+  if (!finished) failures.push_back("peers did not finish within 11 minutes");
+  if (!failures.empty()) {
+    for (const auto& f : failures) std::fprintf(stderr, "allreduce-bench: %s\n", f.c_str());
+    return 1;
+  }
+  std::filesystem::remove_all(dir);
+  auto sorted = round_max;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+  if (o.json) {
+    nlohmann::json j{{"peers", o.peers},           {"elements", o.elements},  {"rounds", o.rounds},
+                     {"round_seconds", round_max}, {"median_seconds", median}, {"bytes_sent_per_peer", bytes},
+                     {"max_abs_error", err},       {"codec", o.codec}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    const double gb = static_cast<double>(o.elements) * 4 / 1e9;
+    std::printf("all-reduce of %llu float32 among %u processes (%s): median %.3f s per round over %u rounds, "
+                "%.2f GB/s of tensor, %.2f GB/s bus, %.1f MB sent per peer, max error %.2g\n",
+                static_cast<unsigned long long>(o.elements), o.peers, o.codec.c_str(), median, o.rounds, gb / median,
+                2.0 * (o.peers - 1) / o.peers * gb / median, static_cast<double>(bytes) / 1e6, err);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_allreduce_bench(const AllReduceBenchOptions& o) { return o.rank >= 0 ? run_peer(o) : run_parent(o); }
+
+}  // namespace apiary::real

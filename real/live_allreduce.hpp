@@ -1,0 +1,31 @@
+#pragma once
+// A live all-reduce benchmark: N processes on this machine, each a LiveRuntime peer, run the
+// butterfly all-reduce (core/averaging) of one float32 tensor in a static group, round after
+// round. The parent spawns them, collects each round's time (the slowest peer's) and checks the
+// result (peer r holds r+1 everywhere; every value must end at (N+1)/2).
+//
+//   apiary allreduce-bench --peers 4 --elements 16777216 --rounds 5 --warmup 1 [--json]
+#include <cstdint>
+#include <string>
+
+namespace apiary::real {
+
+struct AllReduceBenchOptions {
+  std::uint32_t peers = 2;
+  std::uint64_t elements = std::uint64_t{1} << 24;
+  std::uint32_t rounds = 5;
+  std::uint32_t warmup = 1;
+  std::string codec = "float32";
+  std::uint64_t piece_elements = std::uint64_t{1} << 16;
+  std::uint32_t window = 4;
+  std::string host = "127.0.0.1";
+  bool json = false;
+  // Child side (set by the parent when it spawns a peer).
+  std::int64_t rank = -1;
+  std::string dir;
+};
+
+// The parent (rank < 0) or one peer process (rank >= 0). Returns the process exit code.
+int run_allreduce_bench(const AllReduceBenchOptions& o);
+
+}  // namespace apiary::real

@@ -1,0 +1,84 @@
+#include "real/processes.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace apiary::real {
+
+ChildProcesses::~ChildProcesses() {
+  for (pid_t p : pids_) kill(p, SIGTERM);
+  for (pid_t p : pids_) waitpid(p, nullptr, 0);
+}
+
+pid_t ChildProcesses::spawn_self(const std::vector<std::string>& args, const std::string& log) {
+  const pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  pids_.push_back(pid);
+  return pid;
+}
+
+bool ChildProcesses::wait_all(std::chrono::steady_clock::time_point deadline, std::vector<std::string>& failures) {
+  std::vector<pid_t> left = pids_;
+  while (!left.empty()) {
+    for (auto it = left.begin(); it != left.end();) {
+      int status = 0;
+      const pid_t r = waitpid(*it, &status, WNOHANG);
+      if (r == *it) {
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+          failures.push_back("pid " + std::to_string(*it) + " exited with status " + std::to_string(status));
+        std::erase(pids_, *it);
+        it = left.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (left.empty()) break;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+std::string wait_for_file(const std::string& path, std::chrono::steady_clock::time_point deadline,
+                          const std::string& what) {
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream f(path);
+    if (f) {
+      std::stringstream ss;
+      ss << f.rdbuf();
+      return ss.str();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  throw std::runtime_error(what + " did not appear in time: " + path);
+}
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  {
+    std::ofstream f(path + ".tmp");
+    f << text;
+  }
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+}  // namespace apiary::real

@@ -1,0 +1,37 @@
+#pragma once
+// Live swarms as separate processes on this machine: spawn this binary again with other
+// arguments, and wait for the files the children write when they are ready.
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace apiary::real {
+
+// Children that are terminated (SIGTERM) and reaped when this object goes away.
+class ChildProcesses {
+ public:
+  ChildProcesses() = default;
+  ChildProcesses(const ChildProcesses&) = delete;
+  ChildProcesses& operator=(const ChildProcesses&) = delete;
+  ~ChildProcesses();
+  // Runs /proc/self/exe with `args` (args[0] is the program name), stdout and stderr to `log`.
+  pid_t spawn_self(const std::vector<std::string>& args, const std::string& log);
+  // Waits for every child to exit, up to `deadline`; returns false on timeout. A child that
+  // exited non-zero is reported in `failures` ("pid N exited with status S").
+  bool wait_all(std::chrono::steady_clock::time_point deadline, std::vector<std::string>& failures);
+  const std::vector<pid_t>& pids() const { return pids_; }
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+// Polls (every 10 ms) until `path` exists, then returns its contents. Writers create the file
+// atomically (write path.tmp, rename). Throws std::runtime_error naming `what` on timeout.
+std::string wait_for_file(const std::string& path, std::chrono::steady_clock::time_point deadline,
+                          const std::string& what);
+// Writes `text` to `path` atomically.
+void write_file_atomically(const std::string& path, const std::string& text);
+
+}  // namespace apiary::real
