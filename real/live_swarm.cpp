@@ -35,10 +35,37 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     p.rt->set_observer(p.env->observer);
     directory.push_back(p.rt->local());
   }
+  std::unique_ptr<AveragingDriver> avg_driver;
+  if (spec.workload == "averaging") avg_driver = std::make_unique<AveragingDriver>(spec, metrics);
   for (auto& p : peers) {
-    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec, directory, static_cast<std::uint32_t>(&p - peers.data()));
+    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec, directory, static_cast<std::uint32_t>(&p - peers.data()),
+                                          avg_driver.get());
     p.stack->start();
   }
+
+  // Averaging rounds at fixed times, as in simulation; the run ends after the last one.
+  asio::steady_timer round_timer(io);
+  bool rounds_over = false;
+  std::function<void(std::uint32_t)> schedule_round = [&](std::uint32_t t) {
+    round_timer.expires_at(std::chrono::steady_clock::now() + (t == 0 ? spec.averaging.start : spec.averaging.period));
+    round_timer.async_wait([&, t](boost::system::error_code ec) {
+      if (ec) return;
+      std::vector<AveragingApp*> apps(spec.peers, nullptr);
+      for (std::uint32_t i = 0; i < spec.peers; ++i)
+        if (peers[i].stack->joined()) apps[i] = peers[i].stack->averaging();
+      if (t == spec.averaging.rounds) {
+        avg_driver->finish(apps);
+        rounds_over = true;
+        return;
+      }
+      if (!avg_driver->begin_round(t, apps, directory)) {
+        rounds_over = true;
+        return;
+      }
+      schedule_round(t + 1);
+    });
+  };
+  if (avg_driver) schedule_round(0);
 
   const auto start = std::chrono::steady_clock::now();
   const auto end = start + spec.duration;
@@ -51,7 +78,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
       if (progress)
         progress(std::min(1.0, std::chrono::duration<double>(now - start) /
                                    std::chrono::duration<double>(spec.duration)));
-      if (now >= end) {
+      if (now >= end || rounds_over) {
         io.stop();
         return;
       }
@@ -65,9 +92,10 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
 
   RunInfo info;
   info.backend = "live";
-  info.run_seconds = to_seconds(spec.duration);
+  info.run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   info.figures["messages"] = static_cast<double>(metrics.counter("transport.messages_sent"));
+  if (avg_driver) info.figures["rounds_to_target"] = avg_driver->rounds_to_target();
   return info;
 }
 

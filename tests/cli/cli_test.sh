@@ -85,4 +85,27 @@ c = json.load(open("dhtlive.json"))["metrics"]["counters"]
 assert c.get("dht.store.ok") == 60 and c.get("dht.get.ok") == 60, c
 PY
 
+# 7. Averaging live: in-process peers on loopback, Moshpit on a 2x2 grid is exact after 2 rounds.
+"$APIARY" run "$SRC/scenarios/avg-live-16.toml" --set peers=4 --set averaging.grid_side=2 \
+  --set averaging.elements=20000 --set averaging.start=1s --set averaging.period=1500ms \
+  --set averaging.rounds=2 --json --out avglive.h5 | tail -n 1 > avglive.json
+python3 - <<'PY' || fail "live averaging scenario"
+import json
+m = json.load(open("avglive.json"))["metrics"]
+v = m["variance_by_round"]
+assert len(v) == 3 and v[0] > 0.1 and v[2] < 1e-12, v
+assert m["counters"]["avg.rounds_ok"] == 8, m["counters"]
+PY
+
+# 8. The live all-reduce benchmark: 3 processes, the exact mean everywhere.
+"$APIARY" allreduce-bench --peers 3 --elements 300000 --rounds 2 --warmup 0 --json > ar.json
+python3 - <<'PY' || fail "allreduce-bench"
+import json
+r = json.load(open("ar.json"))
+assert r["peers"] == 3 and len(r["round_seconds"]) == 2 and r["max_abs_error"] == 0, r
+assert r["bytes_sent_per_peer"] >= 2 * 300000 * 4 * 2 // 3, r
+PY
+"$APIARY" allreduce-bench --peers 2 --elements 10 --codec bogus 2> arbad.err && fail "bad codec accepted"
+grep -q "unknown codec 'bogus'" arbad.err || fail "bad codec error: $(cat arbad.err)"
+
 echo "cli_end_to_end: all checks passed"

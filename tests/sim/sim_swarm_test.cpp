@@ -92,3 +92,85 @@ ttl = "10min"
 
 }  // namespace
 }  // namespace apiary
+
+namespace apiary {
+namespace {
+
+const char* kAveraging = R"(
+peers = 16
+duration = "3min"
+[network]
+latency = { dist = "uniform", min = "5ms", max = "40ms" }
+bandwidth = { dist = "uniform", min = "20Mbps", max = "200Mbps" }
+[dht]
+k = 8
+join_window = "10s"
+[workload]
+kind = "averaging"
+[averaging]
+grouping = "moshpit"
+grid_side = 4
+grid_dims = 2
+elements = 5000
+rounds = 4
+start = "20s"
+period = "10s"
+matchmaking_budget = "3s"
+sender_timeout = "3s"
+reducer_timeout = "6s"
+)";
+
+// The averaging protocol in ns-3: a full 4x4 grid, DHT matchmaking, butterfly all-reduce of
+// 5,000 values over links of different bandwidth: the exact mean after 2 rounds.
+TEST(SimAveraging, FullMoshpitGridIsExactAfterTwoRounds) {
+  auto spec = spec_of(kAveraging);
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  const auto& var = m.series().at("avg.round.variance");
+  ASSERT_EQ(var.size(), 5u);  // before round 0, after rounds 1..4
+  EXPECT_GT(var[0], 0.5);
+  EXPECT_GT(var[1], 1e-3);
+  EXPECT_LT(var[2], 1e-12);  // float32 rounding of the mean only
+  EXPECT_EQ(m.counter("avg.rounds_ok"), 4 * 16);
+  EXPECT_EQ(m.counter("avg.matchmaking_failures"), 0);
+  EXPECT_EQ(m.quantile("avg.group_size", 0.0), 4);
+  // Bytes: in a group of 4, a member sends the others' parts of its 20 KB and the mean of its own
+  // part to the 3 others: (1 - s) + 3 s of 20 KB for part share s, 1.5 x 20 KB on average.
+  EXPECT_NEAR(m.mean("avg.round.bytes_sent"), 1.5 * 5000 * 4, 0.02 * 1.5 * 5000 * 4);
+}
+
+// Failing peers skip rounds and keep their values: the mean stays put, the variance still falls,
+// and a compressed codec works end to end.
+TEST(SimAveraging, FailuresAndCompressionStillConverge) {
+  auto spec = spec_of(kAveraging, {"averaging.fail_probability=0.2", "averaging.rounds=6",
+                                   "averaging.codec=float16", "duration=4min"});
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  const auto& var = m.series().at("avg.round.variance");
+  ASSERT_EQ(var.size(), 7u);
+  EXPECT_GT(m.counter("avg.peer_round_failures"), 5);
+  EXPECT_LT(var.back(), var.front() / 50);
+  EXPECT_LT(m.mean("avg.round.bytes_sent"), 1.5 * 5000 * 2 * 1.05);  // half precision: 2 bytes a value
+}
+
+TEST(SimAveraging, BaselinesBehaveAsDefined) {
+  Metrics ar, go;
+  sim::run_sim_swarm(spec_of(kAveraging, {"averaging.grouping=allreduce", "averaging.rounds=2"}), ar);
+  EXPECT_LT(ar.series().at("avg.round.variance")[1], 1e-12);  // one group of all: exact at once
+  sim::run_sim_swarm(spec_of(kAveraging, {"averaging.grouping=gossip", "averaging.rounds=2"}), go);
+  EXPECT_EQ(go.quantile("avg.group_size", 1.0), 2);
+  EXPECT_GT(go.series().at("avg.round.variance")[2], 1e-3);  // pairs mix slowly
+}
+
+TEST(SimAveraging, SameSeedSameTrace) {
+  Metrics a, b, c;
+  sim::run_sim_swarm(spec_of(kAveraging, {"averaging.fail_probability=0.1"}), a);
+  sim::run_sim_swarm(spec_of(kAveraging, {"averaging.fail_probability=0.1"}), b);
+  sim::run_sim_swarm(spec_of(kAveraging, {"averaging.fail_probability=0.1", "seed=2"}), c);
+  EXPECT_EQ(a.trace_hash(), b.trace_hash());
+  EXPECT_EQ(a.series(), b.series());
+  EXPECT_NE(a.trace_hash(), c.trace_hash());
+}
+
+}  // namespace
+}  // namespace apiary
