@@ -16,8 +16,8 @@ struct AllReduceBenchOptions {
   std::uint32_t rounds = 5;
   std::uint32_t warmup = 1;
   std::string codec = "float32";
-  std::uint64_t piece_elements = std::uint64_t{1} << 16;
-  std::uint32_t window = 4;
+  std::uint64_t piece_elements = std::uint64_t{1} << 17;  // 512 KiB pieces, 8 in flight: best
+  std::uint32_t window = 8;                               // of a small scan on this machine
   std::string host = "127.0.0.1";
   bool json = false;
   // Child side (set by the parent when it spawns a peer).

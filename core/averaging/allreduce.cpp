@@ -30,7 +30,7 @@ struct Averager::Round {
     bool stalled = false;                 // fault injection: never answered
     std::shared_ptr<const Bytes> result;  // the mean in the piece's codec; null: no weight
   };
-  std::unique_ptr<double[]> sum;  // weighted sums over my part (reused across rounds)
+  std::unique_ptr<float[]> sum;  // weighted sums over my part, then the means (reused across rounds)
   std::size_t sum_size = 0;
   std::vector<PieceState> mine;
   std::size_t finalized = 0;
@@ -126,7 +126,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
     r->sum = std::move(spare_sum_);
     r->sum_size = spare_size_;
   } else if (r->sum_size) {
-    r->sum.reset(new double[r->sum_size]);
+    r->sum.reset(new float[r->sum_size]);
   }
   rounds_[r->group.id] = r;
   rt_.observer.trace("avg.round.begin", r->group.id, r->me);
@@ -173,12 +173,18 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
 void Averager::accumulate(Round& r, std::size_t sender, std::size_t piece, std::span<const float> values,
                           double weight) {
   const Piece& pc = r.pieces[r.me][piece];
-  double* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
+  float* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
   auto& ps = r.mine[piece];
+  const float w = static_cast<float>(weight);
   if (ps.contributors == 0)  // the buffer is uninitialised: the first contribution assigns
-    for (std::size_t i = 0; i < values.size(); ++i) s[i] = weight * static_cast<double>(values[i]);
+    for (std::size_t i = 0; i < values.size(); ++i) s[i] = w * values[i];
   else
-    for (std::size_t i = 0; i < values.size(); ++i) s[i] += weight * static_cast<double>(values[i]);
+    for (std::size_t i = 0; i < values.size(); ++i) s[i] += w * values[i];
+  contributed(r, sender, piece, weight);
+}
+
+void Averager::contributed(Round& r, std::size_t sender, std::size_t piece, double weight) {
+  auto& ps = r.mine[piece];
   ps.got[sender] = true;
   ps.weight += weight;
   ++ps.contributors;
@@ -197,12 +203,10 @@ void Averager::finalize(Round& r, std::size_t piece) {
   const Piece& pc = r.pieces[r.me][piece];
   ps.done = true;
   if (ps.weight > 0) {
-    scratch_.resize(pc.size());
-    const double* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
-    const double inv = 1.0 / ps.weight;
-    for (std::size_t i = 0; i < scratch_.size(); ++i) scratch_[i] = static_cast<float>(s[i] * inv);
+    float* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
+    const float inv = static_cast<float>(1.0 / ps.weight);
     const auto codec = cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor));
-    ps.result = std::make_shared<const Bytes>(compression::encode(scratch_, codec));
+    ps.result = std::make_shared<const Bytes>(compression::encode_scaled(std::span<float>(s, pc.size()), inv, codec));
   }
   ++r.finalized;
   if (cfg_.faults.reduce_limit >= 0 && static_cast<std::int64_t>(piece) >= cfg_.faults.reduce_limit) {
@@ -284,10 +288,11 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   if (ps.got[*s]) co_return Error{ErrorCode::kInvalidArgument, "duplicate piece " + std::to_string(req.piece)};
   if (!std::isfinite(req.weight) || req.weight < 0) co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
   const Piece& pc = r->pieces[r->me][req.piece];
-  scratch_.resize(pc.size());
   std::string why;
-  try {
-    compression::decode_into(req.payload.data(), scratch_);
+  try {  // decoded straight into the sums; a bad piece is refused before it touches them
+    compression::accumulate(req.payload.data(),
+                            std::span<float>(r->sum.get() + (pc.begin - r->part_begin[r->me]), pc.size()),
+                            static_cast<float>(req.weight), ps.contributors == 0);
   } catch (const wire::DecodeError& e) {
     why = e.what();
   }
@@ -296,7 +301,7 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
     co_return Error{ErrorCode::kBadMessage, "piece " + std::to_string(req.piece) + ": " + why};
   }
   r->report.bytes_received += req.payload.size();
-  accumulate(*r, *s, req.piece, scratch_, req.weight);
+  contributed(*r, *s, req.piece, req.weight);
   const std::size_t before = r->finalized;
   check_piece(*r, req.piece);
   if (r->finalized != before) {

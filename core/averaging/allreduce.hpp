@@ -83,6 +83,7 @@ class Averager {
   Task<std::shared_ptr<Round>> find_round(std::uint64_t group);
   void accumulate(Round& r, std::size_t sender, std::size_t piece, std::span<const float> values,
                   double weight);
+  void contributed(Round& r, std::size_t sender, std::size_t piece, double weight);
   void check_piece(Round& r, std::size_t piece);
   void finalize(Round& r, std::size_t piece);
   void arm_progress_timer(const std::shared_ptr<Round>& r);
@@ -100,8 +101,7 @@ class Averager {
   std::vector<std::uint64_t> closed_order_;
   std::map<std::uint64_t, std::set<Endpoint>> early_cancels_;  // cancels for rounds not yet begun
   Notifier registered_;
-  std::vector<float> scratch_;           // decoding and finalising one piece (never across an await)
-  std::unique_ptr<double[]> spare_sum_;  // the last round's accumulator, reused
+  std::unique_ptr<float[]> spare_sum_;  // the last round's accumulator, reused
   std::size_t spare_size_ = 0;
   TaskScope scope_;
 };

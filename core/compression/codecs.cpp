@@ -125,7 +125,12 @@ Bytes encode(std::span<const float> v, Codec codec) {
   const std::size_t n = v.size();
   switch (codec) {
     case Codec::kFloat32:
-      put_floats(grow(out, 4 * n), v);
+      if constexpr (std::endian::native == std::endian::little) {  // no zero-fill before the copy
+        const auto* b = reinterpret_cast<const std::uint8_t*>(v.data());
+        out.insert(out.end(), b, b + 4 * n);
+      } else {
+        put_floats(grow(out, 4 * n), v);
+      }
       break;
     case Codec::kFloat16: {
       std::uint8_t* p = grow(out, 2 * n);
@@ -255,6 +260,65 @@ void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out) {
       break;
   }
   r.expect_end();
+}
+
+Bytes encode_scaled(std::span<float> v, float scale, Codec codec) {
+  if (codec != Codec::kFloat32 || std::endian::native != std::endian::little) {
+    for (auto& x : v) x *= scale;
+    return encode(v, codec);
+  }
+  Bytes out;
+  {
+    wire::Writer w(out);
+    w.u8(static_cast<std::uint8_t>(codec));
+    w.varint(v.size());
+  }
+  const std::size_t at = out.size();
+  out.reserve(at + 4 * v.size());
+  out.resize(at + 4 * v.size());  // (zero-fill; cheaper than a second pass over v)
+  std::uint8_t* p = out.data() + at;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const float x = v[i] * scale;
+    std::memcpy(p + 4 * i, &x, 4);
+  }
+  return out;
+}
+
+void accumulate(std::span<const std::uint8_t> bytes, std::span<float> sum, float weight, bool assign) {
+  const bool float32 = !bytes.empty() && bytes[0] == static_cast<std::uint8_t>(Codec::kFloat32);
+  if (!float32 || std::endian::native != std::endian::little) {
+    std::vector<float> tmp(sum.size());
+    decode_into(bytes, tmp);
+    if (assign)
+      for (std::size_t i = 0; i < sum.size(); ++i) sum[i] = weight * tmp[i];
+    else
+      for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += weight * tmp[i];
+    return;
+  }
+  // float32: check the header and size as decode_into does, then one fused pass over the bytes.
+  wire::Reader r(bytes);
+  r.u8();
+  const auto n = static_cast<std::size_t>(r.varint());
+  if (n != sum.size())
+    throw wire::DecodeError("tensor has " + std::to_string(n) + " elements, expected " + std::to_string(sum.size()));
+  if (r.remaining() != 4ull * n)
+    throw wire::DecodeError("tensor of " + std::to_string(n) + " elements in float32 needs " + std::to_string(4ull * n) +
+                            " bytes, got " + std::to_string(r.remaining()));
+  const std::uint8_t* p = r.raw(4 * n).data();
+  float* out = sum.data();
+  if (assign) {
+    for (std::size_t i = 0; i < n; ++i) {
+      float x;
+      std::memcpy(&x, p + 4 * i, 4);
+      out[i] = weight * x;
+    }
+  } else {
+    for (std::size_t i = 0; i < n; ++i) {
+      float x;
+      std::memcpy(&x, p + 4 * i, 4);
+      out[i] += weight * x;
+    }
+  }
 }
 
 std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_elements) {

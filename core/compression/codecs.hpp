@@ -33,8 +33,13 @@ const char* to_string(Codec c);
 // Self-describing: the codec and element count are in the encoded bytes.
 Bytes encode(std::span<const float> values, Codec codec);
 std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_elements = 1u << 30);
+// encode(v * scale): one pass for float32; other codecs scale `v` in place first.
+Bytes encode_scaled(std::span<float> v, float scale, Codec codec);
 // Decodes into `out`, which must have exactly the encoded element count (else DecodeError).
 void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out);
+// sum (+)= weight * decode(bytes), in one pass for float32; `assign` overwrites instead of adding.
+// Validates like decode_into before touching `sum`.
+void accumulate(std::span<const std::uint8_t> bytes, std::span<float> sum, float weight, bool assign);
 
 std::uint16_t float_to_half(float f);
 float half_to_float(std::uint16_t h);
