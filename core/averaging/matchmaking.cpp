@@ -66,6 +66,7 @@ Matchmaker::Matchmaker(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, MatchmakingConf
 }
 
 Matchmaker::~Matchmaker() {
+  scope_.destroy_all();
   if (current_) {
     current_->failed = true;
     current_->changed.notify_all();
@@ -109,7 +110,9 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
   rec.subkey = self.endpoint.to_string();
   rec.value = Declaration{self, s.hash, s.deadline}.encode();
   rec.expiration = s.deadline;
-  co_await dht_.store(std::move(rec));
+  // Declare in the background: under churn a store can wait out RPC timeouts on departed peers,
+  // and looking for a leader need not wait for our own declaration to land.
+  scope_.spawn([](dht::DhtNode& dht, dht::Record r) -> Task<void> { co_await dht.store(std::move(r)); }(dht_, std::move(rec)));
 
   const Declaration mine{s.self, s.hash, s.deadline};
   std::set<Endpoint> tried;
@@ -131,6 +134,10 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
         ahead_of_me.push_back(*d);
       }
       std::sort(ahead_of_me.begin(), ahead_of_me.end(), ahead);
+      rt_.observer.log(LogLevel::kDebug, "avg.mm",
+                       "'" + s.key + "': " + std::to_string(got.records.size()) + " declared, " +
+                           std::to_string(ahead_of_me.size()) + " ahead untried, " +
+                           std::to_string(s.followers.size()) + " following me");
       if (!ahead_of_me.empty() && s.followers.size() + 1 < cfg_.target_group_size) {
         // A better-placed leader exists: follow it. Followers gathered meanwhile are sent back to
         // look again; they will find the same leader.
@@ -147,6 +154,9 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
         const Duration wait = (leader.deadline - rt_.now()) + cfg_.poll + std::chrono::seconds(2);
         Result<JoinReply> r = co_await rpc_.call<JoinReply>(leader.member.endpoint, std::move(req), wait);
         s.following = false;
+        if (!r.ok())
+          rt_.observer.log(LogLevel::kDebug, "avg.mm",
+                           "'" + s.key + "': " + leader.member.endpoint.to_string() + " refused: " + r.error().describe());
         if (r.ok()) {
           if (!r->group.index_of(s.self.endpoint) || !(r->group.schema == s.schema)) {
             rt_.observer.count("avg.bad_groups");

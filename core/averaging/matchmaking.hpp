@@ -51,6 +51,7 @@ class Matchmaker {
   dht::DhtNode& dht_;
   MatchmakingConfig cfg_;
   std::shared_ptr<Search> current_;
+  TaskScope scope_;  // background declarations
 };
 
 // Moshpit grid keys. A peer sits at coordinates in a d-dimensional grid of side M. In round t the

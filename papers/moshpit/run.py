@@ -80,13 +80,26 @@ def main():
     ap.add_argument("--peers", type=int, nargs="+", default=[512, 768, 900, 1024])
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--cache", default=os.path.join(ROOT, "out", "moshpit-cache.json"),
+                    help="finished runs are kept here, so an interrupted reproduction resumes")
     args = ap.parse_args()
     if not os.path.exists(args.apiary):
         sys.exit(f"{args.apiary} not found: build first (cmake/bootstrap.sh)")
 
-    jobs = [(m, n, p, seed) for n in args.peers for m in args.methods for p in PS
-            for seed in range(1, args.restarts + 1)]
+    all_jobs = [(m, n, p, seed) for n in args.peers for m in args.methods for p in PS
+                for seed in range(1, args.restarts + 1)]
+    cache = {}
+    if os.path.exists(args.cache):
+        with open(args.cache) as f:
+            cache = json.load(f)
+    key = lambda m, n, p, seed: f"{m},{n},{p},{seed}"
     results = {}
+    for j in all_jobs:
+        if key(*j) in cache:
+            results.setdefault(j[:3], []).append(cache[key(*j)])
+    jobs = [j for j in all_jobs if key(*j) not in cache]
+    print(f"{len(all_jobs) - len(jobs)} runs cached in {args.cache}, {len(jobs)} to run", flush=True)
+    os.makedirs(os.path.dirname(args.cache), exist_ok=True)
     t0 = time.time()
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futs = {pool.submit(run_one, args.apiary, *j): j for j in jobs}
@@ -94,6 +107,10 @@ def main():
             m, n, p, seed = futs[f]
             rounds, secs = f.result()
             results.setdefault((m, n, p), []).append(rounds)
+            cache[key(m, n, p, seed)] = rounds
+            with open(args.cache + ".tmp", "w") as cf_out:
+                json.dump(cache, cf_out)
+            os.replace(args.cache + ".tmp", args.cache)
             left = (time.time() - t0) / k * (len(jobs) - k)
             print(f"[{k}/{len(jobs)}] {m} N={n} p={p} seed={seed}: {rounds} rounds ({secs:.1f} s; ~{left/60:.0f} min left)",
                   flush=True)

@@ -153,6 +153,20 @@ TEST(SimAveraging, FailuresAndCompressionStillConverge) {
   EXPECT_LT(m.mean("avg.round.bytes_sent"), 1.5 * 5000 * 2 * 1.05);  // half precision: 2 bytes a value
 }
 
+// Peers leave mid-round and come back with the values they held: rounds still complete (members
+// that vanished are reported as failed reducers or left-out senders) and the variance falls.
+TEST(SimAveraging, ChurnDoesNotStopAveraging) {
+  auto spec = spec_of(kAveraging, {"churn.model=exponential", "churn.mean_session=2min", "churn.mean_downtime=20s",
+                                   "dht.rpc_timeout=500ms", "averaging.rounds=8", "duration=3min", "peers=36",
+                                   "averaging.grid_side=6"});
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  EXPECT_GT(m.counter("churn.leaves"), 5);
+  EXPECT_GT(m.counter("avg.rounds_ok"), 8 * 36 / 2);
+  const auto& var = m.series().at("avg.round.variance");
+  EXPECT_LT(var.back(), var.front() / 10);
+}
+
 TEST(SimAveraging, BaselinesBehaveAsDefined) {
   Metrics ar, go;
   sim::run_sim_swarm(spec_of(kAveraging, {"averaging.grouping=allreduce", "averaging.rounds=2"}), ar);
