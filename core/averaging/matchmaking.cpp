@@ -52,6 +52,7 @@ struct Matchmaker::Search {
   TimePoint deadline{};
   std::vector<Member> followers;
   bool following = false;
+  bool declared = false;  // our declaration is stored
   bool assembled = false;
   bool failed = false;
   std::uint64_t epoch = 0;  // bumped when a leader disbands its followers to join a better leader
@@ -110,9 +111,18 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
   rec.subkey = self.endpoint.to_string();
   rec.value = Declaration{self, s.hash, s.deadline}.encode();
   rec.expiration = s.deadline;
-  // Declare in the background: under churn a store can wait out RPC timeouts on departed peers,
-  // and looking for a leader need not wait for our own declaration to land.
-  scope_.spawn([](dht::DhtNode& dht, dht::Record r) -> Task<void> { co_await dht.store(std::move(r)); }(dht_, std::move(rec)));
+  // Declare, and give the declaration (ours and, as everyone starts together, the others') up to
+  // a third of the budget to land before the first read; under churn a store can wait out RPC
+  // timeouts on departed peers, so it finishes in the background.
+  scope_.spawn([](dht::DhtNode& dht, dht::Record r, std::shared_ptr<Search> search) -> Task<void> {
+    co_await dht.store(std::move(r));
+    search->declared = true;
+    search->changed.notify_all();
+  }(dht_, std::move(rec), sp));
+  {
+    std::function<bool()> landed = [&s] { return s.declared || s.assembled || s.failed; };
+    co_await wait_until(rt_, s.changed, rt_.now() + cfg_.budget / 3, std::move(landed));
+  }
 
   const Declaration mine{s.self, s.hash, s.deadline};
   std::set<Endpoint> tried;
