@@ -14,6 +14,7 @@
 #include "apiary/version.hpp"
 #include "core/runtime/metrics.hpp"
 #include "core/scenario/swarm_spec.hpp"
+#include "cli/sweep.hpp"
 #include "real/live_allreduce.hpp"
 #include "real/live_dht.hpp"
 #include "real/live_swarm.hpp"
@@ -209,11 +210,21 @@ int main(int argc, char** argv) {
   ar_cmd->add_option("--rank", ar.rank)->group("");  // internal: a peer process
   ar_cmd->add_option("--dir", ar.dir)->group("");
 
+  // apiary sweep: every point of a scenario's [sweep], in parallel processes, resumable.
+  auto* sweep_cmd = app.add_subcommand("sweep", "Run every point of a scenario's [sweep] (resumable)");
+  apiary::cli::SweepOptions sweep;
+  sweep_cmd->add_option("scenario", sweep.scenario, "Scenario file with a [sweep] table")->required();
+  sweep_cmd->add_option("--jobs", sweep.jobs, "runs at a time")->check(CLI::Range(1, 256));
+  sweep_cmd->add_option("--out", sweep.out, "directory for the runs and index.json (default out/sweep-<name>)");
+  sweep_cmd->add_option("--set", sweep.sets, "override a key for every run")->allow_extra_args(false);
+  sweep_cmd->add_flag("--quiet", sweep.quiet, "no progress lines");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*run_cmd) return run(scenario, seed, sets, out, json, quiet || json);
     if (*peer_cmd) return apiary::real::run_live_peer(peer);
     if (*ar_cmd) return apiary::real::run_allreduce_bench(ar);
+    if (*sweep_cmd) return apiary::cli::run_sweep(sweep);
     if (*dht_cmd) {
       apiary::real::DhtClientResult r;
       if (*store_cmd)

@@ -59,6 +59,21 @@ bool ChildProcesses::wait_all(std::chrono::steady_clock::time_point deadline, st
   return true;
 }
 
+std::optional<std::pair<pid_t, int>> ChildProcesses::reap_one() {
+  for (pid_t p : pids_) {
+    int status = 0;
+    if (waitpid(p, &status, WNOHANG) == p) {
+      std::erase(pids_, p);
+      return std::make_pair(p, status);
+    }
+  }
+  return std::nullopt;
+}
+
+void ChildProcesses::signal_all(int sig) {
+  for (pid_t p : pids_) kill(p, sig);
+}
+
 std::string wait_for_file(const std::string& path, std::chrono::steady_clock::time_point deadline,
                           const std::string& what) {
   while (std::chrono::steady_clock::now() < deadline) {

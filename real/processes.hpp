@@ -2,6 +2,8 @@
 // Live swarms as separate processes on this machine: spawn this binary again with other
 // arguments, and wait for the files the children write when they are ready.
 #include <chrono>
+#include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,10 @@ class ChildProcesses {
   // Waits for every child to exit, up to `deadline`; returns false on timeout. A child that
   // exited non-zero is reported in `failures` ("pid N exited with status S").
   bool wait_all(std::chrono::steady_clock::time_point deadline, std::vector<std::string>& failures);
+  // A child that has exited, if any (non-blocking): its pid and raw wait status.
+  std::optional<std::pair<pid_t, int>> reap_one();
+  // Sends `sig` to every running child.
+  void signal_all(int sig);
   const std::vector<pid_t>& pids() const { return pids_; }
 
  private:

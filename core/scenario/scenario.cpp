@@ -273,6 +273,63 @@ Distribution Scenario::get_distribution(const std::string& key, Distribution def
   return out;
 }
 
+SweepSpec Scenario::get_sweep() {
+  SweepSpec out;
+  toml::node* sweep = impl_->find("sweep");
+  if (!sweep) return out;
+  if (!sweep->is_table()) fail("sweep", "must be a table with grid, zip and/or seeds");
+  impl_->used.insert("sweep");
+  auto scalar = [&](const std::string& key, const toml::node& v) -> std::string {
+    if (auto x = v.as_string()) return x->get();
+    if (auto x = v.as_integer()) return std::to_string(x->get());
+    if (auto x = v.as_floating_point()) {
+      std::ostringstream os;
+      os.precision(17);
+      os << x->get();
+      return os.str();
+    }
+    if (auto x = v.as_boolean()) return x->get() ? "true" : "false";
+    throw ScenarioError(impl_->where(key, &v) + ": key '" + key + "': sweep values must be strings, numbers or booleans, not " + type_name(v));
+  };
+  auto axes = [&](const char* name, std::vector<SweepAxis>& into) {
+    const std::string where_key = std::string("sweep.") + name;
+    toml::node* n = impl_->find(where_key);
+    if (!n) return;
+    if (!n->is_table()) throw ScenarioError(impl_->where(where_key, n) + ": key '" + where_key + "': must be a table of key = [values]");
+    for (const auto& [k, v] : *n->as_table()) {
+      const std::string key = where_key + "." + std::string(k.str());
+      // Dotted scenario keys are written quoted: grid = { "network.latency" = ["10ms", "50ms"] }.
+      const auto* arr = v.as_array();
+      if (!arr || arr->empty())
+        throw ScenarioError(impl_->where(key, &v) + ": key '" + key + "': must be a non-empty array of values");
+      SweepAxis axis{std::string(k.str()), {}};
+      for (const auto& e : *arr) axis.values.push_back(scalar(key, e));
+      into.push_back(std::move(axis));
+    }
+  };
+  for (const auto& [k, v] : *sweep->as_table()) {
+    const std::string key = "sweep." + std::string(k.str());
+    if (k.str() != "grid" && k.str() != "zip" && k.str() != "seeds")
+      throw ScenarioError(impl_->where(key, &v) + ": unknown key '" + key + "' (sweep has grid, zip and seeds)");
+  }
+  axes("grid", out.grid);
+  axes("zip", out.zip);
+  for (std::size_t i = 1; i < out.zip.size(); ++i)
+    if (out.zip[i].values.size() != out.zip[0].values.size())
+      fail("sweep.zip", "'" + out.zip[i].key + "' has " + std::to_string(out.zip[i].values.size()) + " values but '" +
+                            out.zip[0].key + "' has " + std::to_string(out.zip[0].values.size()) + "; zipped axes advance together");
+  if (toml::node* seeds = impl_->find("sweep.seeds")) {
+    const auto* arr = seeds->as_array();
+    if (!arr || arr->empty()) fail("sweep.seeds", "must be a non-empty array of integers");
+    for (const auto& e : *arr) {
+      const auto* i = e.as_integer();
+      if (!i || i->get() < 0) fail("sweep.seeds", "seeds must be integers >= 0");
+      out.seeds.push_back(static_cast<std::uint64_t>(i->get()));
+    }
+  }
+  return out;
+}
+
 void Scenario::check_unused() const {
   std::vector<std::string> unknown;
   std::function<void(const toml::table&, const std::string&)> walk =

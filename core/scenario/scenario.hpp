@@ -20,6 +20,20 @@ class ScenarioError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A sweep declared in a scenario's [sweep] table: `grid` axes combine as a cartesian product,
+// `zip` axes advance together (equal lengths), every point runs once per seed. Values are kept
+// as `--set` strings.
+struct SweepAxis {
+  std::string key;
+  std::vector<std::string> values;
+};
+struct SweepSpec {
+  std::vector<SweepAxis> grid;
+  std::vector<SweepAxis> zip;
+  std::vector<std::uint64_t> seeds;  // empty: the scenario's seed
+  bool present() const { return !grid.empty() || !zip.empty() || !seeds.empty(); }
+};
+
 class Scenario {
  public:
   // Throws ScenarioError (also for a file that cannot be read or parsed).
@@ -42,6 +56,9 @@ class Scenario {
   // A fixed quantity ("20ms") or a table {dist = "uniform", min = "10ms", max = "50ms"}.
   // `unit` is "duration" (value in ns) or "bitrate" (value in bit/s).
   Distribution get_distribution(const std::string& key, Distribution def, const std::string& unit);
+
+  // Reads and validates [sweep] (grid, zip, seeds) and marks it used.
+  SweepSpec get_sweep();
 
   // Throws ScenarioError naming every key present in the file but never read.
   void check_unused() const;

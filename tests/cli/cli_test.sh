@@ -108,4 +108,35 @@ PY
 "$APIARY" allreduce-bench --peers 2 --elements 10 --codec bogus 2> arbad.err && fail "bad codec accepted"
 grep -q "unknown codec 'bogus'" arbad.err || fail "bad codec error: $(cat arbad.err)"
 
+# 9. A sweep of 12 points x 3 seeds with 2 jobs, interrupted and resumed without rerunning
+#    finished runs; then the analysis report on its directory.
+SWEEP=("$APIARY" sweep "$SRC/scenarios/sweep-dht-churn.toml" --jobs 2 --out sweep --set peers=24
+       --set duration=100s --set workload.start=40s --set dht.join_window=10s)
+"${SWEEP[@]}" --quiet 2> sweep1.err & sweep_pid=$!
+done_runs() { python3 -c 'import json; print(sum(r["status"] == "done" for r in json.load(open("sweep/index.json"))["runs"]))' 2>/dev/null || echo 0; }
+for _ in $(seq 600); do [ "$(done_runs)" -ge 6 ] && break; sleep 0.05; done
+kill -INT "$sweep_pid"
+rc=0; wait "$sweep_pid" || rc=$?
+[ "$rc" = 130 ] || fail "interrupted sweep exited $rc: $(cat sweep1.err)"
+first=$(done_runs)
+[ "$first" -ge 6 ] && [ "$first" -lt 36 ] || fail "interrupted sweep had $first of 36 runs done"
+python3 - > before.txt <<'PY'
+import json, os
+for r in json.load(open("sweep/index.json"))["runs"]:
+    if r["status"] == "done":
+        print(r["run"], os.stat("sweep/" + r["file"]).st_mtime_ns)
+PY
+"${SWEEP[@]}" 2> sweep2.err || fail "resumed sweep: $(cat sweep2.err)"
+grep -q "$first already done" sweep2.err || fail "resume did not keep finished runs: $(head -1 sweep2.err)"
+[ "$(done_runs)" = 36 ] || fail "resumed sweep finished $(done_runs) of 36"
+while read -r run mtime; do
+  [ "$(python3 -c "import os; print(os.stat('sweep/$run.h5').st_mtime_ns)")" = "$mtime" ] || fail "$run was run again"
+done < before.txt
+PYTHONPATH="$SRC" /usr/bin/python3 -m analysis report sweep --out sweep-report > report.out 2>&1 || fail "analysis report: $(cat report.out)"
+[ -s sweep-report/summary.md ] && ls sweep-report/success-vs-churn.mean_session.png > /dev/null || fail "report figures missing"
+# A bad sweep value names the point's --set.
+printf 'peers = 10\n[sweep]\ngrid = { "peers" = [10, "many"] }\n' > badsweep.toml
+"$APIARY" sweep badsweep.toml --out badsweep 2> badsweep.err && fail "bad sweep accepted"
+grep -q "peers=many" badsweep.err || fail "bad sweep error: $(cat badsweep.err)"
+
 echo "cli_end_to_end: all checks passed"

@@ -1,0 +1,213 @@
+#include "cli/sweep.hpp"
+
+#include <csignal>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/scenario/swarm_spec.hpp"
+#include "real/processes.hpp"
+
+namespace apiary::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_signal(int) { g_interrupted = 1; }
+
+struct Point {
+  std::string name;
+  std::uint64_t seed = 0;
+  std::vector<std::pair<std::string, std::string>> params;  // key, value (--set form)
+  std::string status = "pending";
+  double wall_seconds = 0;
+};
+
+std::vector<Point> expand(const SweepSpec& sw, std::uint64_t base_seed) {
+  std::vector<std::vector<std::pair<std::string, std::string>>> combos{{}};
+  for (const auto& axis : sw.grid) {
+    std::vector<std::vector<std::pair<std::string, std::string>>> next;
+    for (const auto& c : combos)
+      for (const auto& v : axis.values) {
+        auto d = c;
+        d.emplace_back(axis.key, v);
+        next.push_back(std::move(d));
+      }
+    combos = std::move(next);
+  }
+  if (!sw.zip.empty()) {
+    std::vector<std::vector<std::pair<std::string, std::string>>> next;
+    for (const auto& c : combos)
+      for (std::size_t row = 0; row < sw.zip[0].values.size(); ++row) {
+        auto d = c;
+        for (const auto& axis : sw.zip) d.emplace_back(axis.key, axis.values[row]);
+        next.push_back(std::move(d));
+      }
+    combos = std::move(next);
+  }
+  const std::vector<std::uint64_t> seeds = sw.seeds.empty() ? std::vector<std::uint64_t>{base_seed} : sw.seeds;
+  std::vector<Point> out;
+  for (const auto& c : combos)
+    for (auto seed : seeds) {
+      Point p;
+      char name[32];
+      std::snprintf(name, sizeof name, "run-%04zu", out.size());
+      p.name = name;
+      p.seed = seed;
+      p.params = c;
+      out.push_back(std::move(p));
+    }
+  return out;
+}
+
+nlohmann::json index_json(const std::string& scenario, const std::string& name, const std::vector<Point>& points) {
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& p : points) {
+    nlohmann::json params = nlohmann::json::object();
+    for (const auto& [k, v] : p.params) params[k] = v;
+    runs.push_back({{"run", p.name},
+                    {"file", p.name + ".h5"},
+                    {"seed", p.seed},
+                    {"params", params},
+                    {"status", p.status},
+                    {"wall_seconds", p.wall_seconds}});
+  }
+  return {{"scenario", scenario}, {"name", name}, {"runs", runs}};
+}
+
+void write_index(const fs::path& dir, const nlohmann::json& j) {
+  real::write_file_atomically((dir / "index.json").string(), j.dump(1) + "\n");
+}
+
+std::string clock_text(double seconds) {
+  const long s = static_cast<long>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
+  return buf;
+}
+
+}  // namespace
+
+int run_sweep(const SweepOptions& o) {
+  // Validate the base scenario and the sweep, then every point, before running anything.
+  Scenario base = Scenario::from_file(o.scenario, o.sets);
+  SwarmSpec spec = parse_swarm_spec(base);  // also validates [sweep]
+  Scenario again = Scenario::from_file(o.scenario, o.sets);
+  const SweepSpec sw = again.get_sweep();
+  if (!sw.present()) throw ScenarioError(o.scenario + ": no [sweep] table (grid, zip and/or seeds) to run");
+  std::vector<Point> points = expand(sw, spec.seed);
+  for (const auto& p : points) {
+    auto sets = o.sets;
+    for (const auto& [k, v] : p.params) sets.push_back(k + "=" + v);
+    sets.push_back("seed=" + std::to_string(p.seed));
+    Scenario sc = Scenario::from_file(o.scenario, sets);
+    parse_swarm_spec(sc);  // a bad value is reported now, naming the --set
+  }
+  const fs::path dir = o.out.empty() ? fs::path("out") / ("sweep-" + spec.name) : fs::path(o.out);
+  fs::create_directories(dir);
+
+  // Resume: runs recorded as done with their file present are kept.
+  std::size_t cached = 0;
+  if (fs::exists(dir / "index.json")) {
+    std::ifstream in(dir / "index.json");
+    nlohmann::json old = nlohmann::json::parse(in, nullptr, false);
+    std::map<std::string, nlohmann::json> by_name;
+    if (old.is_object() && old.contains("runs"))
+      for (const auto& r : old["runs"]) by_name[r.value("run", "")] = r;
+    for (auto& p : points) {
+      auto it = by_name.find(p.name);
+      if (it == by_name.end()) continue;
+      nlohmann::json params = nlohmann::json::object();
+      for (const auto& [k, v] : p.params) params[k] = v;
+      const bool same = it->second.value("seed", std::uint64_t{0}) == p.seed && it->second["params"] == params;
+      if (same && it->second.value("status", "") == "done" && fs::exists(dir / (p.name + ".h5"))) {
+        p.status = "done";
+        p.wall_seconds = it->second.value("wall_seconds", 0.0);
+        ++cached;
+      }
+    }
+  }
+  write_index(dir, index_json(o.scenario, spec.name, points));
+  const std::size_t total = points.size();
+  std::fprintf(stderr, "sweep %s: %zu runs (%zu points x %zu seeds) into %s; %zu already done\n", spec.name.c_str(),
+               total, total / std::max<std::size_t>(1, sw.seeds.empty() ? 1 : sw.seeds.size()),
+               sw.seeds.empty() ? std::size_t{1} : sw.seeds.size(), dir.c_str(), cached);
+
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  real::ChildProcesses children;
+  std::map<pid_t, std::pair<std::size_t, std::chrono::steady_clock::time_point>> running;
+  std::size_t next = 0, done = cached, failed = 0;
+  double work_seconds = 0;  // wall time of runs finished in this invocation, summed
+  std::size_t finished_here = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  const unsigned jobs = std::max(1u, o.jobs);
+  while (true) {
+    while (!g_interrupted && running.size() < jobs && next < total) {
+      Point& p = points[next];
+      const std::size_t i = next++;
+      if (p.status == "done") continue;
+      std::vector<std::string> args{"apiary", "run", o.scenario, "--quiet", "--json", "--out", (dir / (p.name + ".h5")).string()};
+      for (const auto& s : o.sets) args.insert(args.end(), {"--set", s});
+      for (const auto& [k, v] : p.params) args.insert(args.end(), {"--set", k + "=" + v});
+      args.insert(args.end(), {"--seed", std::to_string(p.seed)});
+      const pid_t pid = children.spawn_self(args, (dir / (p.name + ".log")).string());
+      p.status = "running";
+      running[pid] = {i, std::chrono::steady_clock::now()};
+    }
+    if (running.empty()) break;
+    if (g_interrupted) {
+      children.signal_all(SIGTERM);
+    }
+    if (auto r = children.reap_one()) {
+      auto it = running.find(r->first);
+      if (it == running.end()) continue;
+      Point& p = points[it->second.first];
+      p.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - it->second.second).count();
+      running.erase(it);
+      const bool ok = WIFEXITED(r->second) && WEXITSTATUS(r->second) == 0;
+      if (g_interrupted && !ok) {
+        p.status = "pending";  // killed by us: runs again on resume
+      } else {
+        p.status = ok ? "done" : "failed";
+        ok ? ++done : ++failed;
+        ++finished_here;
+        work_seconds += p.wall_seconds;
+        if (!ok) std::fprintf(stderr, "sweep: %s failed (see %s)\n", p.name.c_str(), (dir / (p.name + ".log")).c_str());
+      }
+      write_index(dir, index_json(o.scenario, spec.name, points));
+      if (!o.quiet && !g_interrupted) {
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const std::size_t left = total - done - failed;
+        const double eta = finished_here ? work_seconds / static_cast<double>(finished_here) * static_cast<double>(left) / jobs : 0;
+        std::fprintf(stderr, "[%zu/%zu] %s %s in %.1f s; elapsed %s, about %s left\n", done + failed, total, p.name.c_str(),
+                     p.status.c_str(), p.wall_seconds, clock_text(elapsed).c_str(), clock_text(eta).c_str());
+      }
+      continue;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  write_index(dir, index_json(o.scenario, spec.name, points));
+  if (g_interrupted) {
+    std::fprintf(stderr, "sweep interrupted: %zu of %zu runs done; run the same command again to resume\n", done, total);
+    return 130;
+  }
+  std::fprintf(stderr, "sweep %s: %zu done, %zu failed; index: %s\n", spec.name.c_str(), done, failed,
+               (dir / "index.json").c_str());
+  return failed ? 1 : 0;
+}
+
+}  // namespace apiary::cli
