@@ -77,6 +77,13 @@ class Swarm {
       net_.runtime(i).set_observer(p.env->observer);
       if (log_level) p.env->observer.set_log_sink(&sim_log, nullptr, *log_level);
     }
+    if (spec_.latency_matrix) {
+      const auto& m = *spec_.latency_matrix;
+      const std::uint32_t base = net_.endpoint(0).ip;
+      net_.channel().SetLatencyFunction([&m, base](std::uint32_t from, std::uint32_t to) {
+        return NanoSeconds(static_cast<std::int64_t>(m.between(from - base, to - base) * 1e6));
+      });
+    }
     const std::uint64_t rss1 = rss_bytes();
 
     const bool averaging = spec_.workload == "averaging";

@@ -35,7 +35,47 @@ std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t 
   return out;
 }
 
+LatencyMatrix read_latency_matrix(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ScenarioError(path + ": cannot open latency matrix");
+  LatencyMatrix m;
+  m.path = path;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream fields(line);
+    std::vector<double> row;
+    std::string f;
+    while (fields >> f) {
+      double v = 0;
+      auto [end, ec] = std::from_chars(f.data(), f.data() + f.size(), v);
+      if (ec != std::errc{} || end != f.data() + f.size() || !std::isfinite(v) || v < 0)
+        throw ScenarioError(path + ":" + std::to_string(n) + ": '" + f + "' is not a latency in milliseconds (a number >= 0)");
+      row.push_back(v);
+    }
+    if (row.empty()) continue;
+    if (!m.ms.empty() && row.size() != m.ms[0].size())
+      throw ScenarioError(path + ":" + std::to_string(n) + ": row has " + std::to_string(row.size()) + " entries, the first row " +
+                          std::to_string(m.ms[0].size()));
+    m.ms.push_back(std::move(row));
+  }
+  if (m.ms.empty()) throw ScenarioError(path + ": the latency matrix is empty");
+  if (m.ms.size() != m.ms[0].size())
+    throw ScenarioError(path + ": the latency matrix must be square; it has " + std::to_string(m.ms.size()) + " rows of " +
+                        std::to_string(m.ms[0].size()));
+  return m;
+}
+
 namespace {
+
+// A path in a scenario is relative to the scenario file.
+std::string beside(const Scenario& s, std::string path) {
+  if (!path.empty() && path[0] != '/') {
+    const auto slash = s.source_name().rfind('/');
+    if (slash != std::string::npos) path = s.source_name().substr(0, slash + 1) + path;
+  }
+  return path;
+}
 
 void parse_averaging(Scenario& s, SwarmSpec& spec) {
   auto& a = spec.averaging;
@@ -97,6 +137,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.bandwidth = s.get_distribution("network.bandwidth", spec.bandwidth, "bitrate");
   if (spec.bandwidth.kind == Distribution::Kind::kFixed && spec.bandwidth.a <= 0)
     s.fail("network.bandwidth", "must be positive");
+  if (const std::string matrix = s.get_string("network.latency_matrix", ""); !matrix.empty())
+    spec.latency_matrix = read_latency_matrix(beside(s, matrix));
 
   const auto churn = s.get_string("churn.model", "none", {"none", "exponential", "weibull", "trace"});
   spec.churn.kind = churn == "none"          ? ChurnSpec::Kind::kNone
@@ -106,12 +148,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (spec.churn.kind == ChurnSpec::Kind::kTrace) {
     std::string path = s.get_string("churn.trace", "");
     if (path.empty()) s.fail("churn.trace", "the trace model needs a trace file");
-    // Relative paths are relative to the scenario file.
-    if (path[0] != '/') {
-      const auto slash = s.source_name().rfind('/');
-      if (slash != std::string::npos) path = s.source_name().substr(0, slash + 1) + path;
-    }
-    spec.churn.trace = read_churn_trace(path, spec.peers);
+    spec.churn.trace = read_churn_trace(beside(s, path), spec.peers);
   }
   spec.churn.mean_session = s.get_duration("churn.mean_session", spec.churn.mean_session);
   spec.churn.mean_downtime = s.get_duration("churn.mean_downtime", spec.churn.mean_downtime);

@@ -2,6 +2,7 @@
 // What a swarm run needs, read and validated from a Scenario. Both backends (sim/ and real/)
 // consume this one struct, so a scenario means the same thing in ns-3 and live.
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "core/dht/node.hpp"
@@ -21,6 +22,17 @@ struct ChurnEvent {
 // Reads a churn trace: one event per line, "TIME PEER up|down" (TIME with a unit, e.g. 90s),
 // '#' starts a comment. Throws ScenarioError naming the file and line of a bad entry.
 std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t peers);
+
+// A latency matrix: one-way latencies between sites, in milliseconds. Plain text, one row per
+// line, whitespace-separated numbers, '#' starts a comment; square, entries >= 0. Peer i sits at
+// site i mod M. Throws ScenarioError naming the file and line of a bad entry.
+struct LatencyMatrix {
+  std::vector<std::vector<double>> ms;  // ms[from][to]
+  std::string path;
+  std::size_t sites() const { return ms.size(); }
+  double between(std::uint32_t a, std::uint32_t b) const { return ms[a % ms.size()][b % ms.size()]; }
+};
+LatencyMatrix read_latency_matrix(const std::string& path);
 
 struct ChurnSpec {
   enum class Kind { kNone, kExponential, kWeibull, kTrace };
@@ -58,6 +70,7 @@ struct SwarmSpec {
   // A to B takes serialisation at A's uplink and B's downlink plus latency(A) + latency(B).
   Distribution latency = Distribution::fixed(10e6);      // ns
   Distribution bandwidth = Distribution::fixed(100e6);   // bit/s
+  std::optional<LatencyMatrix> latency_matrix;  // sim: replaces latency(A) + latency(B)
   ChurnSpec churn;
   std::string workload = "ping";
   PingConfig ping;

@@ -109,6 +109,58 @@ TEST(Scenario, ChurnTraceErrorsNameFileAndLine) {
   }
 }
 
+TEST(Scenario, LatencyMatrixAndItsErrors) {
+  const std::string path = std::string(APIARY_SOURCE_DIR) + "/scenarios/topologies/five-sites.matrix";
+  auto m = read_latency_matrix(path);
+  ASSERT_EQ(m.sites(), 5u);
+  EXPECT_EQ(m.between(0, 4), 115);
+  EXPECT_EQ(m.between(7, 3), 35);  // peer 7 is at site 2, peer 3 at site 3
+  const std::string bad = testing::TempDir() + "/bad.matrix";
+  auto expect_error = [&](const std::string& text, const std::string& want) {
+    std::ofstream(bad) << text;
+    try {
+      read_latency_matrix(bad);
+      FAIL() << "accepted: " << text;
+    } catch (const ScenarioError& e) {
+      EXPECT_EQ(std::string(e.what()), bad + want);
+    }
+  };
+  expect_error("# sites\n1 2\n3 x\n", ":3: 'x' is not a latency in milliseconds (a number >= 0)");
+  expect_error("1 2\n3\n", ":2: row has 1 entries, the first row 2");
+  expect_error("1 2\n3 -4\n", ":2: '-4' is not a latency in milliseconds (a number >= 0)");
+  expect_error("1 2 3\n3 4 5\n", ": the latency matrix must be square; it has 2 rows of 3");
+  expect_error("# nothing\n", ": the latency matrix is empty");
+}
+
+TEST(Scenario, SweepTablesAndTheirErrors) {
+  auto s = Scenario::from_string(R"(peers = 10
+[sweep]
+grid = { "peers" = [10, 20], "network.latency" = ["10ms", "50ms"] }
+zip = { "dht.k" = [5, 10], "dht.alpha" = [2, 3] }
+seeds = [1, 2, 3]
+)", "sw.toml");
+  auto sw = s.get_sweep();
+  ASSERT_EQ(sw.grid.size(), 2u);
+  // Axes come in key order (TOML tables are unordered).
+  EXPECT_EQ(sw.grid[0].key, "network.latency");
+  EXPECT_EQ(sw.grid[1].values, (std::vector<std::string>{"10", "20"}));
+  EXPECT_EQ(sw.zip[0].key, "dht.alpha");
+  EXPECT_EQ(sw.zip[1].values, (std::vector<std::string>{"5", "10"}));
+  EXPECT_EQ(sw.seeds, (std::vector<std::uint64_t>{1, 2, 3}));
+  auto err = [](const std::string& text) {
+    try {
+      Scenario::from_string(text, "sw.toml").get_sweep();
+    } catch (const ScenarioError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(err("[sweep]\nzip = { a = [1, 2], b = [1] }\n"),
+            "sw.toml:2: key 'sweep.zip': 'b' has 1 values but 'a' has 2; zipped axes advance together");
+  EXPECT_EQ(err("[sweep]\ngrid = { a = [] }\n"), "sw.toml:2: key 'sweep.grid.a': must be a non-empty array of values");
+  EXPECT_EQ(err("[sweep]\nseedz = [1]\n"), "sw.toml:2: unknown key 'sweep.seedz' (sweep has grid, zip and seeds)");
+}
+
 TEST(Scenario, MissingFileIsAClearError) {
   try {
     Scenario::from_file("/nonexistent/x.toml");
@@ -119,8 +171,12 @@ TEST(Scenario, MissingFileIsAClearError) {
 }
 
 TEST(Scenario, EveryShippedScenarioParses) {
-  for (const char* name : {"quickstart", "ping-storm", "ping-churn", "ping-live", "ping-trace", "dht-1k", "dht-10k", "dht-100k", "dht-live-64"}) {
-    const std::string path = std::string(APIARY_SOURCE_DIR) + "/scenarios/" + name + ".toml";
+  for (const char* name : {"scenarios/quickstart", "scenarios/ping-storm", "scenarios/ping-churn", "scenarios/ping-live",
+                           "scenarios/ping-trace", "scenarios/ping-sites", "scenarios/dht-1k", "scenarios/dht-10k",
+                           "scenarios/dht-100k", "scenarios/dht-live-64", "scenarios/avg-moshpit-64",
+                           "scenarios/avg-live-16", "scenarios/sweep-dht-churn", "papers/moshpit/averaging",
+                           "papers/kademlia/lookup"}) {
+    const std::string path = std::string(APIARY_SOURCE_DIR) + "/" + name + ".toml";
     auto s = Scenario::from_file(path);
     EXPECT_NO_THROW(parse_swarm_spec(s)) << path;
   }

@@ -23,6 +23,23 @@ TEST(SimSwarm, RoundTripIsTwiceTheSumOfAccessLatencies) {
   EXPECT_LT(m.quantile("ping.rtt_ns", 1.0), 40.1e6);
 }
 
+TEST(SimSwarm, LatencyMatrixSetsEveryRoundTrip) {
+  // Five sites; a round trip between peers at sites a and b takes 2 x matrix[a][b] (plus
+  // serialisation at 10 Gbit/s).
+  auto spec = spec_of("peers = 25\nduration = \"20s\"\n[network]\nlatency_matrix = \"" + std::string(APIARY_SOURCE_DIR) +
+                      "/scenarios/topologies/five-sites.matrix\"\nbandwidth = \"10Gbps\"\n[workload]\nrate = \"2/s\"\n");
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  ASSERT_GT(m.counter("ping.ok"), 500);
+  const std::vector<double> entries{0.5, 8, 45, 80, 115, 38, 70, 110, 35, 50};
+  for (double rtt : m.series().at("ping.rtt_ns")) {
+    const double ms = rtt / 1e6;
+    const bool matches = std::any_of(entries.begin(), entries.end(), [&](double e) { return ms >= 2 * e && ms < 2 * e + 0.1; });
+    ASSERT_TRUE(matches) << "round trip of " << ms << " ms matches no matrix entry";
+  }
+  EXPECT_NEAR(m.quantile("ping.rtt_ns", 1.0) / 1e6, 230, 0.1);
+}
+
 TEST(SimSwarm, BandwidthShapesBulkTransfers) {
   // 1 MB echoed over 8 Mbit/s links: 1 s to send, 1 s to receive at each end, plus latency.
   // Serialisation at uplink and downlink of each direction (store and forward): ~4 s total.
