@@ -105,7 +105,9 @@ void DhtNode::learn(const Contact& c, bool newcomer) {
   // gets the records it should hold — at most once per replication period.
   if ((r.kind == RoutingTable::Added::kAdded || newcomer) && !cfg_.client_mode) {
     auto it = handed_.find(c.id);
-    if (it == handed_.end() || rt_.now() - it->second > cfg_.replicate_period) {
+    // (With replication off, still at most once per newcomer window, not on every message.)
+    const Duration every = cfg_.replicate_period > Duration::zero() ? cfg_.replicate_period : kNewcomerWindow;
+    if (it == handed_.end() || rt_.now() - it->second > every) {
       handed_[c.id] = rt_.now();
       hand_over(c);
     }
@@ -373,6 +375,11 @@ Task<std::vector<std::size_t>> DhtNode::store_many(std::vector<Record> records) 
   co_return replicas;
 }
 
+Task<std::vector<std::size_t>> DhtNode::store_all(std::vector<Record> records) {
+  for (const auto& r : records) published_[{r.key, r.subkey}] = r;
+  co_return co_await store_many(std::move(records));
+}
+
 Task<StoreResult> DhtNode::store(Record record) {
   const TimePoint t0 = rt_.now();
   published_[{record.key, record.subkey}] = record;
@@ -382,32 +389,53 @@ Task<StoreResult> DhtNode::store(Record record) {
 }
 
 Task<GetResult> DhtNode::get(std::string key, std::size_t min_holders) {
+  std::vector<std::string> keys{key};
+  auto all = co_await get_many(std::move(keys), min_holders);
+  co_return std::move(all.begin()->second);
+}
+
+Task<std::map<std::string, GetResult>> DhtNode::get_many(std::vector<std::string> keys, std::size_t min_holders) {
   const TimePoint t0 = rt_.now();
-  const DhtId id = DhtId::of_key(key);
-  GetResult out;
-  std::vector<Record> local;
-  for (auto& r : storage_.get(id, t0))
-    if (!check_record(r)) local.push_back(std::move(r));
-  if (!local.empty() && min_holders <= 1) {
-    out.found = true;
-    out.records = std::move(local);
-    co_return out;
+  std::map<std::string, GetResult> out;
+  std::map<std::string, std::vector<Record>> local;
+  std::vector<DhtId> targets;
+  for (const auto& key : keys) {
+    if (out.count(key)) continue;
+    auto& o = out[key];
+    auto& mine = local[key];
+    for (auto& r : storage_.get(DhtId::of_key(key), t0))
+      if (!check_record(r)) mine.push_back(std::move(r));
+    if (!mine.empty() && min_holders <= 1) {
+      o.found = true;
+      o.records = std::move(mine);
+      continue;
+    }
+    targets.push_back(DhtId::of_key(key));
   }
-  std::vector<DhtId> targets{id};
-  const std::size_t remote = local.empty() ? min_holders : min_holders - 1;
+  if (targets.empty()) co_return out;
+  // One traversal for every key still wanted; a key we hold counts as one holder already.
+  bool all_local = true;
+  for (const auto& id : targets)
+    for (const auto& [key, recs] : local)
+      if (DhtId::of_key(key) == id && recs.empty()) all_local = false;
+  const std::size_t remote = std::max<std::size_t>(1, all_local ? min_holders - 1 : min_holders);
   auto res = co_await lookup(std::move(targets), true, false, remote);
-  auto& lr = res[id];
-  for (auto& rec : local) {  // merge our own copy: latest expiration per subkey
-    auto same = std::find_if(lr.records.begin(), lr.records.end(), [&](const Record& x) { return x.subkey == rec.subkey; });
-    if (same == lr.records.end())
-      lr.records.push_back(std::move(rec));
-    else if (same->expiration < rec.expiration)
-      *same = std::move(rec);
+  for (auto& [key, o] : out) {
+    auto it = res.find(DhtId::of_key(key));
+    if (it == res.end()) continue;
+    auto& lr = it->second;
+    for (auto& rec : local[key]) {  // merge our own copy: latest expiration per subkey
+      auto same = std::find_if(lr.records.begin(), lr.records.end(), [&](const Record& x) { return x.subkey == rec.subkey; });
+      if (same == lr.records.end())
+        lr.records.push_back(std::move(rec));
+      else if (same->expiration < rec.expiration)
+        *same = std::move(rec);
+    }
+    o.found = !lr.records.empty();
+    o.records = std::move(lr.records);
+    o.hops = lr.hops;
+    o.latency = rt_.now() - t0;
   }
-  out.found = !lr.records.empty();
-  out.records = std::move(lr.records);
-  out.hops = lr.hops;
-  out.latency = rt_.now() - t0;
   co_return out;
 }
 

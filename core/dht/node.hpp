@@ -79,6 +79,10 @@ class DhtNode {
   // that many peers write to (matchmaking declarations) is better read from several holders,
   // merged: each holder may have heard of only some subkeys.
   Task<GetResult> get(std::string key, std::size_t min_holders = 1);
+  // Many keys in one traversal (each as get() would return it).
+  Task<std::map<std::string, GetResult>> get_many(std::vector<std::string> keys, std::size_t min_holders = 1);
+  // Stores many records in one traversal; replicas per record. Republished like store().
+  Task<std::vector<std::size_t>> store_all(std::vector<Record> records);
   // Starts bucket refresh, replication and republish loops.
   void start_maintenance();
 

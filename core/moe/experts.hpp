@@ -1,0 +1,76 @@
+#pragma once
+// Decentralized Mixture-of-Experts: expert uids on a grid, their declarations in the DHT, and the
+// search for the best alive experts.
+//
+// An expert uid is a prefix and grid coordinates, "ffn.3.17" (prefix "ffn", grid 2-d). A server
+// declares each expert it hosts and every prefix on the way ("ffn." holds subkey "3", "ffn.3."
+// holds subkey "17" with the server's endpoint), with an expiration, and declares again before it
+// runs out; a dead server's experts simply expire.
+//
+// The gating function gives a score per coordinate in each dimension; an expert's score is the sum
+// over its coordinates. find_best() returns the k best *alive* experts, exactly as exhaustive
+// top-k over the declared experts would, while reading only the prefixes that can still matter: a
+// best-first search whose priority is a prefix's score so far plus the best possible score of the
+// dimensions left (an upper bound), expanding up to `beam` prefixes per DHT traversal. Prefixes
+// found empty are cached as such for a while (negative caching).
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/dht/node.hpp"
+
+namespace apiary::moe {
+
+struct ExpertUid {
+  std::string prefix;
+  std::vector<std::uint32_t> coords;
+  std::string str() const;  // "ffn.3.17"
+  // "ffn." for depth 0, "ffn.3." for depth 1, ...
+  std::string prefix_at(std::size_t depth) const;
+  // Parses "ffn.3.17"; nullopt (with `why`) for an empty prefix, a non-numeric or missing coordinate,
+  // or coordinates outside `grid` when given.
+  static std::optional<ExpertUid> parse(const std::string& text, const std::vector<std::uint32_t>& grid = {},
+                                        std::string* why = nullptr);
+  bool operator==(const ExpertUid&) const = default;
+};
+
+// Declares `uids` as served at `server` until `expiration`. Returns how many records were stored
+// on at least one peer.
+Task<std::size_t> declare_experts(dht::DhtNode& dht, std::vector<ExpertUid> uids, Endpoint server,
+                                  TimePoint expiration);
+
+struct FoundExpert {
+  std::string uid;
+  Endpoint server;
+  double score = 0;
+};
+
+struct FinderConfig {
+  std::size_t beam = 8;             // prefixes expanded per DHT traversal
+  std::size_t read_holders = 3;     // DHT holders each read merges (many servers write one dictionary)
+  Duration negative_ttl = std::chrono::seconds(30);
+};
+
+class ExpertFinder {
+ public:
+  ExpertFinder(Runtime& rt, dht::DhtNode& dht, std::string prefix, std::vector<std::uint32_t> grid,
+               FinderConfig config = {});
+  // scores[d][i]: the gate's score of coordinate i in dimension d (one row per grid dimension,
+  // each as long as that dimension). Best first; fewer than k if fewer are alive. Ties break by
+  // uid. Throws std::invalid_argument on a shape mismatch.
+  Task<std::vector<FoundExpert>> find_best(std::vector<std::vector<float>> scores, std::size_t k);
+  std::size_t traversals() const { return traversals_; }  // DHT lookups made so far
+  std::size_t negative_cache_size() const { return empty_until_.size(); }
+
+ private:
+  Runtime& rt_;
+  dht::DhtNode& dht_;
+  std::string prefix_;
+  std::vector<std::uint32_t> grid_;
+  FinderConfig cfg_;
+  std::map<std::string, TimePoint> empty_until_;
+  std::size_t traversals_ = 0;
+};
+
+}  // namespace apiary::moe

@@ -1,0 +1,141 @@
+// DMoE expert declarations and the search for the best alive experts, on a fake-network DHT.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+#include "core/dht/validate.hpp"
+#include "core/moe/experts.hpp"
+#include "tests/support/fake_runtime.hpp"
+
+using namespace apiary;
+using namespace apiary::moe;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Dht {
+  explicit Dht(std::size_t n) : fake(n, 10ms) {
+    dht::DhtConfig cfg;
+    cfg.k = 8;
+    cfg.refresh_period = Duration::zero();
+    cfg.replicate_period = Duration::zero();
+    for (std::size_t i = 0; i < n; ++i) {
+      rpcs.push_back(std::make_unique<Rpc>(fake[i].runtime()));
+      nodes.push_back(std::make_unique<dht::DhtNode>(fake[i].runtime(), *rpcs.back(), dht::Identity::from_seed(i + 50).id(), cfg));
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      std::vector<Endpoint> seeds{fake[i == 0 ? 1 : 0].local()};
+      run(nodes[i]->bootstrap(seeds));
+    }
+  }
+  ~Dht() {
+    for (auto& r : rpcs) r->shutdown();
+    nodes.clear();
+  }
+  template <class T>
+  T run(Task<T> t) {
+    t.start();
+    fake.net.run(1h, [&] { return t.done(); });
+    EXPECT_TRUE(t.done());
+    return t.result();
+  }
+  test::FakeSwarm fake;
+  std::vector<std::unique_ptr<Rpc>> rpcs;
+  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
+};
+
+std::vector<FoundExpert> brute_force(const std::map<std::string, std::pair<ExpertUid, Endpoint>>& alive,
+                                     const std::vector<std::vector<float>>& scores, std::size_t k) {
+  std::vector<FoundExpert> all;
+  for (const auto& [s, ue] : alive) {
+    double score = 0;
+    for (std::size_t d = 0; d < ue.first.coords.size(); ++d) score += scores[d][ue.first.coords[d]];
+    all.push_back(FoundExpert{s, ue.second, score});
+  }
+  std::sort(all.begin(), all.end(), [](const FoundExpert& a, const FoundExpert& b) {
+    return a.score != b.score ? a.score > b.score : a.uid < b.uid;
+  });
+  if (all.size() > k) all.resize(k);
+  return all;
+}
+
+}  // namespace
+
+TEST(ExpertUid, ParsesFormatsAndRejects) {
+  auto u = ExpertUid::parse("ffn.3.17", {4, 32});
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->prefix, "ffn");
+  EXPECT_EQ(u->coords, (std::vector<std::uint32_t>{3, 17}));
+  EXPECT_EQ(u->str(), "ffn.3.17");
+  EXPECT_EQ(u->prefix_at(0), "ffn.");
+  EXPECT_EQ(u->prefix_at(1), "ffn.3.");
+  std::string why;
+  EXPECT_FALSE(ExpertUid::parse("ffn.4.1", {4, 32}, &why));
+  EXPECT_EQ(why, "expert uid 'ffn.4.1': coordinate 4 outside dimension 0 of size 4");
+  EXPECT_FALSE(ExpertUid::parse("ffn.x", {}, &why));
+  EXPECT_FALSE(ExpertUid::parse("ffn.3.", {}, &why));
+  EXPECT_FALSE(ExpertUid::parse(".3", {}, &why));
+  EXPECT_FALSE(ExpertUid::parse("ffn", {}, &why));
+  EXPECT_FALSE(ExpertUid::parse("ffn.1", {4, 4}, &why));
+}
+
+TEST(ExpertFinder, KnownScoresGiveAKnownRanking) {
+  Dht d(6);
+  std::vector<ExpertUid> uids{{"ffn", {0, 0}}, {"ffn", {1, 2}}, {"ffn", {2, 1}}};
+  EXPECT_EQ(d.run(declare_experts(*d.nodes[1], uids, d.fake[1].local(), d.fake.net.now() + 1h)), 3u + 3u + 3u - 0u);
+  ExpertFinder f(d.fake[4].runtime(), *d.nodes[4], "ffn", {3, 3});
+  std::vector<std::vector<float>> scores{{0.1f, 0.5f, 0.9f}, {0.3f, 0.2f, 0.7f}};
+  auto best = d.run(f.find_best(scores, 3));
+  ASSERT_EQ(best.size(), 3u);
+  EXPECT_EQ(best[0].uid, "ffn.1.2");  // 0.5 + 0.7
+  EXPECT_EQ(best[1].uid, "ffn.2.1");  // 0.9 + 0.2
+  EXPECT_EQ(best[2].uid, "ffn.0.0");  // 0.1 + 0.3
+  EXPECT_EQ(best[0].server, d.fake[1].local());
+  EXPECT_NEAR(best[0].score, 1.2, 1e-6);
+  EXPECT_THROW(d.run(f.find_best({{1, 2, 3}}, 1)), std::invalid_argument);
+}
+
+// 1,000 experts on a 16x16x16 grid, declared by five servers, some of them expired: the search
+// returns exactly the exhaustive top-k over the alive ones, reading far fewer prefixes.
+TEST(ExpertFinder, BeamSearchEqualsExhaustiveTopKOverAliveExperts) {
+  Dht d(20);
+  Rng rng(17);
+  const std::vector<std::uint32_t> grid{16, 16, 16};
+  std::set<std::vector<std::uint32_t>> cells;
+  while (cells.size() < 1200)
+    cells.insert({static_cast<std::uint32_t>(rng.below(16)), static_cast<std::uint32_t>(rng.below(16)),
+                  static_cast<std::uint32_t>(rng.below(16))});
+  std::map<std::string, std::pair<ExpertUid, Endpoint>> alive;
+  std::vector<std::vector<ExpertUid>> per_server(6);
+  std::size_t i = 0;
+  for (const auto& c : cells) {
+    ExpertUid u{"ffn", c};
+    const std::size_t server = i < 1000 ? i % 5 : 5;  // server 5's 200 experts will expire
+    per_server[server].push_back(u);
+    if (server < 5) alive[u.str()] = {u, d.fake[server].local()};
+    ++i;
+  }
+  for (std::size_t s = 0; s < 6; ++s)
+    d.run(declare_experts(*d.nodes[s], per_server[s], d.fake[s].local(),
+                          d.fake.net.now() + (s < 5 ? 1h : 30s)));
+  d.fake.net.run(1min);  // server 5's declarations expire
+  ExpertFinder f(d.fake[12].runtime(), *d.nodes[12], "ffn", grid);
+  for (int trial = 0; trial < 6; ++trial) {
+    std::vector<std::vector<float>> scores(3, std::vector<float>(16));
+    for (auto& row : scores)
+      for (auto& x : row) x = static_cast<float>(rng.normal(0, 1));
+    for (std::size_t k : {1u, 4u, 16u}) {
+      const auto before = f.traversals();
+      auto got = d.run(f.find_best(scores, k));
+      auto want = brute_force(alive, scores, k);
+      ASSERT_EQ(got.size(), want.size());
+      for (std::size_t j = 0; j < want.size(); ++j) {
+        EXPECT_EQ(got[j].uid, want[j].uid) << "trial " << trial << " k " << k << " rank " << j;
+        EXPECT_EQ(got[j].server, want[j].server);
+        EXPECT_NEAR(got[j].score, want[j].score, 1e-5);
+      }
+      EXPECT_LT(f.traversals() - before, 40u) << "an exhaustive scan reads 1 + 16 + 256 prefixes";
+    }
+  }
+}
