@@ -10,7 +10,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp          # LibTorch (CPU) with a fast BLAS
   libboost-dev libeigen3-dev
   libhdf5-dev hdf5-tools
-  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev libsodium-dev
+  zlib1g-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev libsodium-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   python3 python3-h5py python3-numpy python3-pandas python3-matplotlib python3-pytest  # analysis/
