@@ -174,6 +174,8 @@ int main(int argc, char** argv) {
   peer_cmd->add_option("--k", peer.config.k, "bucket size / replication factor")->check(CLI::Range(1, 64));
   peer_cmd->add_option("--ready-file", peer.ready_file, "write '<id> <endpoint>' here once listening");
   peer_cmd->add_flag("--verbose", peer.verbose, "log protocol events to stderr");
+  peer_cmd->add_option("--delay-ms", peer.delay_ms, "emulated one-way latency added to every received message")
+      ->check(CLI::Range(0.0, 60000.0));
 
   // apiary dht store|get: talk to a running swarm.
   auto* dht_cmd = app.add_subcommand("dht", "Store or get a value in a running live swarm");

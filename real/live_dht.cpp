@@ -53,9 +53,10 @@ struct LiveNode {
   std::unique_ptr<Rpc> rpc;
   std::unique_ptr<dht::DhtNode> node;
 
-  LiveNode(Endpoint listen, const dht::Identity& identity, dht::DhtConfig cfg, bool verbose) {
+  LiveNode(Endpoint listen, const dht::Identity& identity, dht::DhtConfig cfg, bool verbose, Duration delay = {}) {
     LiveOptions o;
     o.listen = listen;
+    o.emulated_delay = delay;
     rt = std::make_unique<LiveRuntime>(io, o);
     rt->open();
     observer = std::make_unique<PeerObserver>(metrics, *rt, 0);
@@ -87,7 +88,8 @@ struct LiveNode {
 
 int run_live_peer(const LivePeerOptions& o) {
   const auto identity = identity_from(o.identity_file);
-  LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose);
+  LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
+             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)));
   std::vector<Endpoint> seeds;
   for (const auto& j : o.join) seeds.push_back(parse_or_throw(j, "--join"));
   std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());
@@ -190,6 +192,8 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
                                (dir / ("id" + std::to_string(i))).string(), "--ready-file",
                                (dir / ("ready" + std::to_string(i))).string(), "--k",
                                std::to_string(spec.dht.config.k)};
+    if (spec.live_emulated_latency > Duration::zero())
+      a.insert(a.end(), {"--delay-ms", std::to_string(to_seconds(spec.live_emulated_latency) * 1e3)});
     return a;
   };
   auto ready_endpoint = [&](std::uint32_t i) {
@@ -215,7 +219,8 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   cfg.client_mode = true;
   cfg.refresh_period = Duration::zero();
   cfg.replicate_period = Duration::zero();
-  LiveNode client(Endpoint{Endpoint::parse(spec.live_host + ":1")->ip, 0}, dht::Identity::from_seed(spec.seed), cfg, false);
+  LiveNode client(Endpoint{Endpoint::parse(spec.live_host + ":1")->ip, 0}, dht::Identity::from_seed(spec.seed), cfg, false,
+                  spec.live_emulated_latency);
   // Let the swarm settle (joins, first lookups) for the join window.
   {
     asio::steady_timer t(client.io);

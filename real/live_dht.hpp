@@ -19,6 +19,7 @@ struct LivePeerOptions {
   dht::DhtConfig config;
   std::string ready_file;     // if set, "<id> <endpoint>\n" is written here once listening
   bool verbose = false;
+  double delay_ms = 0;        // emulated one-way latency on every message received
 };
 
 // Runs until SIGINT/SIGTERM. Returns the process exit code; throws on bad options.

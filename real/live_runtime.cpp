@@ -88,6 +88,20 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
       me->fire_due();
     });
   }
+  void deliver(const Endpoint& from, Message m) {
+    if (opts.emulated_delay <= Duration::zero()) {
+      if (handler) handler->on_message(from, std::move(m));
+      return;
+    }
+    const TimerId id = next_timer++;
+    const auto due = Steady::now() + opts.emulated_delay;
+    auto msg = std::make_shared<Message>(std::move(m));
+    queue.emplace(std::make_pair(due, id), [this, from, msg] {
+      if (handler) handler->on_message(from, std::move(*msg));
+    });
+    due_of.emplace(id, due);
+    arm();
+  }
   void fire_due() {
     const auto t = Steady::now();
     // Take due entries one at a time: a callback may schedule or cancel others.
@@ -159,7 +173,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
           return;
         }
         me->observer->count("transport.messages_received");
-        if (me->handler) me->handler->on_message(c->peer, std::move(ev.message));
+        me->deliver(c->peer, std::move(ev.message));
       }
       if (c->open) me->read_loop(c);
     });

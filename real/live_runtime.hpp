@@ -25,6 +25,9 @@ struct LiveOptions {
   Endpoint listen{Endpoint::ipv4(127, 0, 0, 1), 0};  // port 0: pick a free one
   TransportLimits limits;
   std::size_t max_connections = 4096;
+  // Emulated one-way latency: every received message is handed to the protocol this much later
+  // (order kept). For experiments on a kernel without tc netem; 0 delivers at once.
+  Duration emulated_delay{};
 };
 
 class LiveRuntime final : public Clock, public Timers, public Transport {

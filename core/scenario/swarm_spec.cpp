@@ -197,6 +197,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
 
   spec.live_host = s.get_string("live.host", spec.live_host);
   spec.live_base_port = static_cast<std::uint16_t>(s.get_int("live.base_port", 0, 0, 65535));
+  spec.live_emulated_latency = s.get_duration("live.emulated_latency", Duration::zero());
 
   s.get_sweep();  // validated here too; `apiary sweep` runs it
   s.check_unused();

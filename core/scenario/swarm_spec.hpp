@@ -78,6 +78,7 @@ struct SwarmSpec {
   AveragingWorkloadSpec averaging;
   std::string live_host = "127.0.0.1";
   std::uint16_t live_base_port = 0;  // 0: ephemeral ports
+  Duration live_emulated_latency{};  // live: one-way delay added to every received message
   std::string scenario_text;
   std::string scenario_source;
 };

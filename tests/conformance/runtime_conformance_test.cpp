@@ -227,5 +227,35 @@ TEST(LiveTransport, ReusesOneConnectionPerPeerPair) {
   EXPECT_EQ(world.connections(1), 1u);
 }
 
+// Emulated latency (for kernels without tc netem): every received message is held back by the
+// delay, in order. A round trip therefore takes at least twice the delay (a lower bound only:
+// upper bounds on wall time are not tested on a shared machine).
+TEST(LiveTransport, EmulatedDelayHoldsEveryMessageInOrder) {
+  LiveWorld world;
+  world.emulated_delay = 30ms;
+  world.add_peer();
+  world.add_peer();
+  Rpc a(world.runtime(0)), b(world.runtime(1));
+  std::vector<std::string> seen;
+  b.serve<Echo, Echo>([&](const Endpoint&, Echo e) -> Task<Result<Echo>> {
+    seen.push_back(e.text);
+    co_return e;
+  });
+  auto calls = [&]() -> Task<Duration> {
+    const TimePoint t0 = world.runtime(0).now();
+    for (int i = 0; i < 3; ++i) {
+      Echo e{"m" + std::to_string(i), {}};
+      auto r = co_await a.call<Echo>(world.endpoint(1), std::move(e), 2s);
+      EXPECT_TRUE(r.ok());
+    }
+    co_return world.runtime(0).now() - t0;
+  };
+  auto t = calls();
+  t.start();
+  ASSERT_TRUE(world.run_until([&] { return t.done(); }, 10s));
+  EXPECT_GE(t.result(), 3 * 60ms);
+  EXPECT_EQ(seen, (std::vector<std::string>{"m0", "m1", "m2"}));
+}
+
 }  // namespace
 }  // namespace apiary::test

@@ -86,10 +86,12 @@ class LiveWorld final : public World {
     for (auto& p : peers_) p->rt->close();
     peers_.clear();
   }
+  Duration emulated_delay{};  // for peers added after it is set
   std::size_t add_peer() override {
     const std::size_t i = peers_.size();
     auto p = std::make_unique<Peer>();
     real::LiveOptions o;
+    o.emulated_delay = emulated_delay;
     p->rt = std::make_unique<real::LiveRuntime>(io_, o);
     p->rt->open();
     p->env = std::make_unique<PeerEnv>(*p->rt, metrics, i, Rng(i + 1));
