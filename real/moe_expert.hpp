@@ -1,0 +1,82 @@
+#pragma once
+// DMoE experts in LibTorch (issue 5, first part): experts as torch::nn modules served over the
+// RPC layer, and a client-side module whose forward and backward run on the server.
+//
+//   ExpertServer server(rt, rpc);                    // on the server peer
+//   server.add("ffn.0.3", make_ffn_expert(64, 256, /*lr=*/0.01));
+//   RemoteExpert e(rpc, server_endpoint, "ffn.0.3", drive);   // on a client peer
+//   torch::Tensor y = e.forward(x);                  // runs on the server
+//   y.sum().backward();                              // input gradients from the server, which
+//                                                    // also applies its own optimizer step
+//
+// Experts train asynchronously: a backward request recomputes the forward with gradients,
+// back-propagates the client's output gradients, returns the input gradients and steps the
+// expert's optimizer. A wrong input shape gets an error reply; the server keeps serving.
+// Only real/ includes this header (it pulls in LibTorch).
+#include <torch/torch.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/runtime/rpc.hpp"
+
+namespace apiary::real {
+
+// Feed-forward block with a residual connection and layer norm: y = LN(x + W2 relu(W1 x)).
+struct FfnExpertImpl : torch::nn::Module {
+  FfnExpertImpl(std::int64_t dim, std::int64_t hidden);
+  torch::Tensor forward(torch::Tensor x);
+  torch::nn::Linear w1{nullptr}, w2{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+};
+TORCH_MODULE(FfnExpert);
+
+struct HostedExpert {
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::int64_t input_dim = 0, output_dim = 0;
+  std::uint64_t updates = 0;
+};
+
+// An FFN expert of width `dim` with an SGD optimizer of learning rate `lr`.
+HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr);
+
+class ExpertServer {
+ public:
+  ExpertServer(Runtime& rt, Rpc& rpc);
+  void add(std::string uid, HostedExpert expert);
+  HostedExpert* find(const std::string& uid);
+  // Checkpoints: every expert's parameters to DIR/<uid>.pt, and back.
+  void save(const std::string& dir);
+  void load(const std::string& dir);
+
+ private:
+  Runtime& rt_;
+  std::map<std::string, HostedExpert> experts_;
+};
+
+class RemoteExpert : public torch::nn::Module {
+ public:
+  // `drive(done)` runs the caller's event loop until done() holds (live: io_context::run_one).
+  using Drive = std::function<void(const std::function<bool()>&)>;
+  RemoteExpert(Rpc& rpc, Endpoint server, std::string uid, Drive drive,
+               Duration timeout = std::chrono::seconds(30));
+  // Differentiable: backward() asks the server for the input gradients.
+  torch::Tensor forward(torch::Tensor x);
+  // The raw calls (throw std::runtime_error on an error reply, timeout or bad reply).
+  torch::Tensor call_forward(const torch::Tensor& x);
+  torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output);
+  const std::string& uid() const { return uid_; }
+
+ private:
+  Rpc& rpc_;
+  Endpoint server_;
+  std::string uid_;
+  Drive drive_;
+  Duration timeout_;
+};
+
+}  // namespace apiary::real
