@@ -25,19 +25,23 @@ struct Shape {
 
 Shape shape_of(const torch::Tensor& t) { return Shape{t.sizes().vec()}; }
 
+// keep != 0: the server keeps this forward's activations for the backward with the same id.
 struct ForwardRequest {
   static constexpr std::uint32_t kMethod = 300;
   std::string uid;
   Shape shape;
+  std::uint64_t keep = 0;
   Payload payload;
   void encode(wire::Writer& w) const {
     w.str(uid);
     shape.encode(w);
+    w.u64(keep);
   }
   static ForwardRequest decode(wire::Reader& r) {
     ForwardRequest q;
     q.uid = r.str(256);
     q.shape = Shape::decode(r);
+    q.keep = r.u64();
     return q;
   }
 };
@@ -47,17 +51,20 @@ struct BackwardRequest {
   static constexpr std::uint32_t kMethod = 301;
   std::string uid;
   Shape input, grad;
+  std::uint64_t keep = 0;  // the forward whose activations the server may still hold
   Payload payload;
   void encode(wire::Writer& w) const {
     w.str(uid);
     input.encode(w);
     grad.encode(w);
+    w.u64(keep);
   }
   static BackwardRequest decode(wire::Reader& r) {
     BackwardRequest q;
     q.uid = r.str(256);
     q.input = Shape::decode(r);
     q.grad = Shape::decode(r);
+    q.keep = r.u64();
     return q;
   }
 };
@@ -96,16 +103,24 @@ HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr) {
 }
 
 ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
-  rpc.serve<ForwardRequest, TensorReply>([this](const Endpoint&, ForwardRequest q) -> Task<Result<TensorReply>> {
+  rpc.serve<ForwardRequest, TensorReply>([this](const Endpoint& from, ForwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
     if (q.shape.dims.size() != 2 || q.shape.dims[1] != e->input_dim) co_return bad_input(q.uid, *e, q.shape.dims);
     std::optional<TensorReply> out;
     std::string why;
     try {
-      torch::NoGradGuard no_grad;
-      const torch::Tensor y = e->forward(payload_to_tensor(q.payload, q.shape.dims));
-      out = TensorReply{shape_of(y), tensor_to_payload(y)};
+      if (q.keep) {  // keep the graph: the backward need not compute the forward again
+        torch::AutoGradMode grad_on(true);
+        torch::Tensor x = payload_to_tensor(q.payload, q.shape.dims).requires_grad_(true);
+        torch::Tensor y = e->forward(x);
+        out = TensorReply{shape_of(y), tensor_to_payload(y)};
+        keep(from, q.uid, q.keep, x, y);
+      } else {
+        torch::NoGradGuard no_grad;
+        const torch::Tensor y = e->forward(payload_to_tensor(q.payload, q.shape.dims));
+        out = TensorReply{shape_of(y), tensor_to_payload(y)};
+      }
     } catch (const std::exception& ex) {
       why = ex.what();
     }
@@ -113,7 +128,7 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
     rt_.observer.count("moe.forwards");
     co_return std::move(*out);
   });
-  rpc.serve<BackwardRequest, TensorReply>([this](const Endpoint&, BackwardRequest q) -> Task<Result<TensorReply>> {
+  rpc.serve<BackwardRequest, TensorReply>([this](const Endpoint& from, BackwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
     if (q.input.dims.size() != 2 || q.input.dims[1] != e->input_dim) co_return bad_input(q.uid, *e, q.input.dims);
@@ -130,11 +145,25 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
       Payload xs = Payload::bytes(Bytes(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(in_bytes)));
       Payload gs = Payload::bytes(Bytes(bytes.begin() + static_cast<std::ptrdiff_t>(in_bytes), bytes.end()));
       torch::AutoGradMode grad_on(true);  // (the handler may run inside a client's backward, in-process)
-      torch::Tensor x = payload_to_tensor(xs, q.input.dims).requires_grad_(true);
       const torch::Tensor g = payload_to_tensor(gs, q.grad.dims);
       e->optimizer->zero_grad();
-      torch::Tensor y = e->forward(x);
-      y.backward(g);
+      torch::Tensor x;
+      bool done = false;
+      if (auto kept = take(from, q.uid, q.keep)) {
+        try {
+          x = kept->first;
+          kept->second.backward(g);
+          done = true;
+          rt_.observer.count("moe.backwards_from_kept");
+        } catch (const c10::Error&) {
+          // The parameters moved since that forward (another client's update): recompute.
+          e->optimizer->zero_grad();
+        }
+      }
+      if (!done) {
+        x = payload_to_tensor(xs, q.input.dims).requires_grad_(true);
+        e->forward(x).backward(g);
+      }
       out = TensorReply{shape_of(x.grad()), tensor_to_payload(x.grad())};
       e->optimizer->step();  // the expert learns from every client, asynchronously
       ++e->updates;
@@ -145,6 +174,24 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
     rt_.observer.count("moe.backwards");
     co_return std::move(*out);
   });
+}
+
+void ExpertServer::keep(const Endpoint& from, const std::string& uid, std::uint64_t id, torch::Tensor x, torch::Tensor y) {
+  const TimePoint now = rt_.now();
+  for (auto it = kept_.begin(); it != kept_.end();)  // drop what its client never came back for
+    it = (now - it->second.at > kKeepFor) ? kept_.erase(it) : std::next(it);
+  if (kept_.size() >= kMaxKept) kept_.erase(kept_.begin());
+  kept_[{from, uid, id}] = Kept{std::move(x), std::move(y), now};
+}
+
+std::optional<std::pair<torch::Tensor, torch::Tensor>> ExpertServer::take(const Endpoint& from, const std::string& uid,
+                                                                         std::uint64_t id) {
+  if (!id) return std::nullopt;
+  auto it = kept_.find({from, uid, id});
+  if (it == kept_.end()) return std::nullopt;
+  auto out = std::make_pair(std::move(it->second.x), std::move(it->second.y));
+  kept_.erase(it);
+  return out;
 }
 
 void ExpertServer::add(std::string uid, HostedExpert expert) { experts_[std::move(uid)] = std::move(expert); }
@@ -192,27 +239,30 @@ struct RemoteExpertFunction : torch::autograd::Function<RemoteExpertFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, std::int64_t self) {
     ctx->save_for_backward({x});
     ctx->saved_data["self"] = self;
-    return reinterpret_cast<RemoteExpert*>(self)->call_forward(x);
+    auto* expert = reinterpret_cast<RemoteExpert*>(self);
+    const std::int64_t keep = static_cast<std::int64_t>(expert->next_keep());
+    ctx->saved_data["keep"] = keep;
+    return expert->call_forward(x, static_cast<std::uint64_t>(keep));
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
     auto* self = reinterpret_cast<RemoteExpert*>(ctx->saved_data["self"].toInt());
     const torch::Tensor x = ctx->get_saved_variables()[0];
-    return {self->call_backward(x, grads[0]), torch::Tensor()};
+    return {self->call_backward(x, grads[0], static_cast<std::uint64_t>(ctx->saved_data["keep"].toInt())), torch::Tensor()};
   }
 };
 
 }  // namespace
 
-torch::Tensor RemoteExpert::call_forward(const torch::Tensor& x) {
-  ForwardRequest q{uid_, shape_of(x), tensor_to_payload(x)};
+torch::Tensor RemoteExpert::call_forward(const torch::Tensor& x, std::uint64_t keep) {
+  ForwardRequest q{uid_, shape_of(x), keep, tensor_to_payload(x)};
   return call(rpc_, server_, std::move(q), timeout_, drive_, uid_);
 }
 
-torch::Tensor RemoteExpert::call_backward(const torch::Tensor& x, const torch::Tensor& grad_output) {
+torch::Tensor RemoteExpert::call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep) {
   Payload xs = tensor_to_payload(x), gs = tensor_to_payload(grad_output);
   Bytes both(xs.data().begin(), xs.data().end());
   both.insert(both.end(), gs.data().begin(), gs.data().end());
-  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), Payload::bytes(std::move(both))};
+  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both))};
   return call(rpc_, server_, std::move(q), timeout_, drive_, uid_);
 }
 

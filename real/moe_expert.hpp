@@ -16,6 +16,8 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <optional>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <string>
@@ -52,10 +54,24 @@ class ExpertServer {
   // Checkpoints: every expert's parameters to DIR/<uid>.pt, and back.
   void save(const std::string& dir);
   void load(const std::string& dir);
+  std::size_t kept() const { return kept_.size(); }
 
  private:
+  // Activations of forwards a client will back-propagate through (from RemoteExpert::forward):
+  // the backward then skips recomputing the forward. Bounded in time and count; if the expert's
+  // parameters changed meanwhile, the backward recomputes.
+  struct Kept {
+    torch::Tensor x, y;
+    TimePoint at;
+  };
+  static constexpr Duration kKeepFor = std::chrono::seconds(60);
+  static constexpr std::size_t kMaxKept = 256;
+  void keep(const Endpoint& from, const std::string& uid, std::uint64_t id, torch::Tensor x, torch::Tensor y);
+  std::optional<std::pair<torch::Tensor, torch::Tensor>> take(const Endpoint& from, const std::string& uid, std::uint64_t id);
+
   Runtime& rt_;
   std::map<std::string, HostedExpert> experts_;
+  std::map<std::tuple<Endpoint, std::string, std::uint64_t>, Kept> kept_;
 };
 
 class RemoteExpert : public torch::nn::Module {
@@ -67,9 +83,11 @@ class RemoteExpert : public torch::nn::Module {
   // Differentiable: backward() asks the server for the input gradients.
   torch::Tensor forward(torch::Tensor x);
   // The raw calls (throw std::runtime_error on an error reply, timeout or bad reply).
-  torch::Tensor call_forward(const torch::Tensor& x);
-  torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output);
+  // keep != 0 asks the server to hold the activations for the backward with the same id.
+  torch::Tensor call_forward(const torch::Tensor& x, std::uint64_t keep = 0);
+  torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep = 0);
   const std::string& uid() const { return uid_; }
+  std::uint64_t next_keep() { return next_keep_++; }
 
  private:
   Rpc& rpc_;
@@ -77,6 +95,7 @@ class RemoteExpert : public torch::nn::Module {
   std::string uid_;
   Drive drive_;
   Duration timeout_;
+  std::uint64_t next_keep_ = 1;
 };
 
 }  // namespace apiary::real

@@ -70,6 +70,8 @@ TEST(RemoteExpert, ForwardIsBitForBitAndBackwardMatchesLocalAutograd) {
   ASSERT_TRUE(xr.grad().defined());
   EXPECT_TRUE(torch::allclose(xr.grad(), xl.grad(), 0, 1e-6)) << (xr.grad() - xl.grad()).abs().max().item<float>();
   EXPECT_EQ(hosted->updates, 1u);
+  EXPECT_EQ(p.metrics.counter("moe.backwards_from_kept"), 1) << "the backward should reuse the forward's activations";
+  EXPECT_EQ(p.server->kept(), 1u);  // the first forward (not back-propagated) is still held
   double moved = 0;
   auto params = hosted->module->parameters();
   for (std::size_t i = 0; i < params.size(); ++i) moved += (params[i] - before[i]).abs().sum().item<double>();
