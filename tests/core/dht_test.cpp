@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/dht/node.hpp"
+#include "tests/support/fake_dht.hpp"
 #include "tests/support/fake_runtime.hpp"
 
 namespace apiary::dht {
@@ -224,48 +225,7 @@ TEST(Validation, SchemaTypesValues) {
   EXPECT_FALSE(v.check(rec("other", std::string("\xff"), TimePoint(1s))));
 }
 
-// A swarm of DHT nodes on the fake transport.
-struct DhtSwarm {
-  DhtSwarm(std::size_t n, DhtConfig cfg, std::vector<std::shared_ptr<Validator>> validators = {})
-      : fake(n, 10ms) {
-    for (std::size_t i = 0; i < n; ++i) {
-      rpcs.push_back(std::make_unique<Rpc>(fake[i].runtime()));
-      nodes.push_back(std::make_unique<DhtNode>(fake[i].runtime(), *rpcs.back(),
-                                                Identity::from_seed(i + 100).id(), cfg, validators));
-    }
-  }
-  ~DhtSwarm() {
-    nodes.clear();
-    rpcs.clear();
-  }
-  template <class T>
-  T run(Task<T> t) {
-    t.start();
-    fake.net.run(1h, [&] { return t.done(); });
-    EXPECT_TRUE(t.done());
-    return t.result();
-  }
-  void join_all() {
-    // Each node bootstraps from node 0; node 0 from node 1.
-    for (std::size_t i = 0; i < nodes.size(); ++i) {
-      std::vector<Endpoint> seeds{fake[i == 0 ? 1 : 0].local()};
-      run(nodes[i]->bootstrap(seeds));
-    }
-    // A second pass fills tables now that everybody exists.
-    for (auto& n : nodes) {
-      std::vector<DhtId> self{n->id()};
-      run(n->lookup(self, false));
-    }
-  }
-  std::vector<DhtId> ids() const {
-    std::vector<DhtId> v;
-    for (auto& n : nodes) v.push_back(n->id());
-    return v;
-  }
-  test::FakeSwarm fake;
-  std::vector<std::unique_ptr<Rpc>> rpcs;
-  std::vector<std::unique_ptr<DhtNode>> nodes;
-};
+using DhtSwarm = test::FakeDhtSwarm;
 
 DhtConfig small_k() {
   DhtConfig c;

@@ -6,7 +6,7 @@
 
 #include "core/dht/validate.hpp"
 #include "core/moe/experts.hpp"
-#include "tests/support/fake_runtime.hpp"
+#include "tests/support/fake_dht.hpp"
 
 using namespace apiary;
 using namespace apiary::moe;
@@ -14,35 +14,16 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct Dht {
-  explicit Dht(std::size_t n) : fake(n, 10ms) {
+// 8-contact buckets, no maintenance: enough for routing tests.
+struct Dht : test::FakeDhtSwarm {
+  explicit Dht(std::size_t n) : FakeDhtSwarm(n, config(), {}, 50) { join_all(false); }
+  static dht::DhtConfig config() {
     dht::DhtConfig cfg;
     cfg.k = 8;
     cfg.refresh_period = Duration::zero();
     cfg.replicate_period = Duration::zero();
-    for (std::size_t i = 0; i < n; ++i) {
-      rpcs.push_back(std::make_unique<Rpc>(fake[i].runtime()));
-      nodes.push_back(std::make_unique<dht::DhtNode>(fake[i].runtime(), *rpcs.back(), dht::Identity::from_seed(i + 50).id(), cfg));
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      std::vector<Endpoint> seeds{fake[i == 0 ? 1 : 0].local()};
-      run(nodes[i]->bootstrap(seeds));
-    }
+    return cfg;
   }
-  ~Dht() {
-    for (auto& r : rpcs) r->shutdown();
-    nodes.clear();
-  }
-  template <class T>
-  T run(Task<T> t) {
-    t.start();
-    fake.net.run(1h, [&] { return t.done(); });
-    EXPECT_TRUE(t.done());
-    return t.result();
-  }
-  test::FakeSwarm fake;
-  std::vector<std::unique_ptr<Rpc>> rpcs;
-  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
 };
 
 std::vector<FoundExpert> brute_force(const std::map<std::string, std::pair<ExpertUid, Endpoint>>& alive,
