@@ -1,13 +1,14 @@
 #include "real/moe_expert.hpp"
 
 #include <filesystem>
+#include <set>
 #include <stdexcept>
 
 #include "real/torch_tensor.hpp"
 
 namespace apiary::real {
 
-namespace {
+namespace moe_wire {
 
 struct Shape {
   std::vector<std::int64_t> dims;
@@ -24,6 +25,21 @@ struct Shape {
 };
 
 Shape shape_of(const torch::Tensor& t) { return Shape{t.sizes().vec()}; }
+
+struct TensorReply {
+  Shape shape;
+  Payload payload;
+  void encode(wire::Writer& w) const { shape.encode(w); }
+  static TensorReply decode(wire::Reader& r) { return TensorReply{Shape::decode(r), {}}; }
+};
+
+}  // namespace moe_wire
+
+using moe_wire::Shape;
+using moe_wire::shape_of;
+using moe_wire::TensorReply;
+
+namespace {
 
 // keep != 0: the server keeps this forward's activations for the backward with the same id.
 struct ForwardRequest {
@@ -67,13 +83,6 @@ struct BackwardRequest {
     q.keep = r.u64();
     return q;
   }
-};
-
-struct TensorReply {
-  Shape shape;
-  Payload payload;
-  void encode(wire::Writer& w) const { shape.encode(w); }
-  static TensorReply decode(wire::Reader& r) { return TensorReply{Shape::decode(r), {}}; }
 };
 
 Error bad_input(const std::string& uid, const HostedExpert& e, const std::vector<std::int64_t>& dims) {
@@ -264,6 +273,144 @@ torch::Tensor RemoteExpert::call_backward(const torch::Tensor& x, const torch::T
   both.insert(both.end(), gs.data().begin(), gs.data().end());
   BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both))};
   return call(rpc_, server_, std::move(q), timeout_, drive_, uid_);
+}
+
+// An expert's output computed already (in the layer's parallel round of calls), as a node of the
+// autograd graph whose backward asks that expert for the input gradients.
+struct PrecomputedRemoteFunction : torch::autograd::Function<PrecomputedRemoteFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor out,
+                               std::int64_t self, std::int64_t keep) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["self"] = self;
+    ctx->saved_data["keep"] = keep;
+    return out;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
+    auto* expert = reinterpret_cast<RemoteExpert*>(ctx->saved_data["self"].toInt());
+    const torch::Tensor x = ctx->get_saved_variables()[0];
+    torch::Tensor gx;
+    try {
+      gx = expert->call_backward(x, grads[0], static_cast<std::uint64_t>(ctx->saved_data["keep"].toInt()));
+    } catch (const std::runtime_error&) {
+      gx = torch::zeros_like(x);  // the expert failed after answering: it contributes no gradient
+    }
+    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+Task<Result<TensorReply>> RemoteExpert::start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout) {
+  ForwardRequest q{uid_, shape_of(x), keep, tensor_to_payload(x)};
+  Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
+  co_return r;
+}
+
+RemoteMixtureOfExpertsImpl::RemoteMixtureOfExpertsImpl(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, MoeOptions options,
+                                                       RemoteExpert::Drive drive)
+    : rt_(rt), rpc_(rpc), opt_(std::move(options)), drive_(std::move(drive)), finder_(rt, dht, opt_.prefix, opt_.grid) {
+  std::int64_t scores = 0;
+  for (auto g : opt_.grid) scores += g;
+  gate = register_module("gate", torch::nn::Linear(opt_.dim, scores));
+}
+
+torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
+  if (x.dim() != 2 || x.size(1) != opt_.dim)
+    throw std::invalid_argument("the mixture takes [batch, " + std::to_string(opt_.dim) + "] inputs");
+  const torch::Tensor logits = gate(x);  // [batch, sum(grid)]
+  std::vector<torch::Tensor> per_dim;
+  std::int64_t at = 0;
+  for (auto g : opt_.grid) {
+    per_dim.push_back(logits.narrow(1, at, g));
+    at += g;
+  }
+  std::set<std::string> failed;
+  for (std::size_t attempt = 0; attempt < std::max<std::size_t>(1, opt_.searches); ++attempt) {
+    // Route the batch: the k best alive experts by the batch-mean gate scores (skipping failures).
+    std::vector<std::vector<float>> mean;
+    for (const auto& d : per_dim) {
+      const torch::Tensor m = d.detach().mean(0).contiguous();
+      mean.emplace_back(m.data_ptr<float>(), m.data_ptr<float>() + m.numel());
+    }
+    auto search = finder_.find_best(mean, opt_.k_best + failed.size());
+    search.start();
+    drive_([&] { return search.done(); });
+    if (!search.done()) throw std::runtime_error("expert search did not finish");
+    std::vector<moe::FoundExpert> chosen;
+    for (auto& f : search.result())
+      if (!failed.count(f.uid) && chosen.size() < opt_.k_best) chosen.push_back(f);
+
+    // Call them all at once; stop waiting once k_min answered and the grace period passed.
+    experts_.clear();
+    std::vector<std::optional<Result<TensorReply>>> replies(chosen.size());
+    std::vector<Task<void>> calls;
+    std::vector<std::uint64_t> keeps;
+    for (std::size_t j = 0; j < chosen.size(); ++j) {
+      experts_.push_back(std::make_unique<RemoteExpert>(rpc_, chosen[j].server, chosen[j].uid, drive_, opt_.backward_timeout));
+      keeps.push_back(experts_.back()->next_keep());
+      calls.push_back([](Task<Result<TensorReply>> call, std::optional<Result<TensorReply>>* out) -> Task<void> {
+        *out = co_await std::move(call);
+      }(experts_.back()->start_forward(x.detach(), keeps.back(), opt_.forward_timeout), &replies[j]));
+      calls.back().start();
+    }
+    const TimePoint start = rt_.now();
+    std::optional<TimePoint> kmin_at;
+    drive_([&] {
+      std::size_t finished = 0, answered = 0;
+      for (const auto& r : replies) {
+        finished += r.has_value();
+        answered += r.has_value() && r->ok();
+      }
+      const TimePoint now = rt_.now();
+      if (!kmin_at && answered >= std::min(opt_.k_min, replies.size())) kmin_at = now;
+      return finished == replies.size() || now - start >= opt_.forward_timeout ||
+             (kmin_at && now - *kmin_at >= opt_.timeout_after_k_min);
+    });
+    std::vector<std::size_t> ok;
+    std::vector<torch::Tensor> outs;
+    for (std::size_t j = 0; j < chosen.size(); ++j) {
+      std::optional<torch::Tensor> y;
+      if (replies[j] && replies[j]->ok()) {
+        try {
+          y = payload_to_tensor((*replies[j])->payload, (*replies[j])->shape.dims);
+        } catch (const std::invalid_argument&) {
+        }
+      }
+      if (!y || y->sizes() != x.sizes()) {
+        failed.insert(chosen[j].uid);
+        rt_.observer.count("moe.expert_failures");
+        continue;
+      }
+      ok.push_back(j);
+      outs.push_back(*y);
+    }
+    calls.clear();  // abandons the calls still in flight
+    if (ok.size() < std::min(opt_.k_min, chosen.size()) || ok.empty()) {
+      rt_.observer.count("moe.researches");
+      continue;
+    }
+    // Mix by the softmax of each sample's gate scores over the experts that answered.
+    std::vector<torch::Tensor> gate_scores;
+    for (auto j : ok) {
+      torch::Tensor s = torch::zeros({x.size(0)}, x.options());
+      for (std::size_t d = 0; d < opt_.grid.size(); ++d) {
+        const auto u = moe::ExpertUid::parse(chosen[j].uid, opt_.grid);
+        s = s + per_dim[d].select(1, u->coords[d]);
+      }
+      gate_scores.push_back(s);
+    }
+    const torch::Tensor weights = torch::softmax(torch::stack(gate_scores, 1), 1);  // [batch, answered]
+    torch::Tensor y = torch::zeros_like(x);
+    last_responders_.clear();
+    for (std::size_t n = 0; n < ok.size(); ++n) {
+      const auto j = ok[n];
+      torch::Tensor out = PrecomputedRemoteFunction::apply(x, outs[n], reinterpret_cast<std::int64_t>(experts_[j].get()),
+                                                           static_cast<std::int64_t>(keeps[j]));
+      y = y + weights.select(1, static_cast<std::int64_t>(n)).unsqueeze(1) * out;
+      last_responders_.push_back(chosen[j].uid);
+    }
+    return y;
+  }
+  throw std::runtime_error("fewer than " + std::to_string(opt_.k_min) + " experts answered after " +
+                           std::to_string(opt_.searches) + " searches");
 }
 
 torch::Tensor RemoteExpert::forward(torch::Tensor x) {

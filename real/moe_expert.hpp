@@ -22,9 +22,14 @@
 #include <memory>
 #include <string>
 
+#include "core/moe/experts.hpp"
 #include "core/runtime/rpc.hpp"
 
 namespace apiary::real {
+
+namespace moe_wire {
+struct TensorReply;  // an expert's reply: a shape and the tensor's bytes
+}
 
 // Feed-forward block with a residual connection and layer norm: y = LN(x + W2 relu(W1 x)).
 struct FfnExpertImpl : torch::nn::Module {
@@ -88,6 +93,8 @@ class RemoteExpert : public torch::nn::Module {
   torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep = 0);
   const std::string& uid() const { return uid_; }
   std::uint64_t next_keep() { return next_keep_++; }
+  // The forward call as a task, for callers that run many at once.
+  Task<Result<moe_wire::TensorReply>> start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout);
 
  private:
   Rpc& rpc_;
@@ -97,5 +104,45 @@ class RemoteExpert : public torch::nn::Module {
   Duration timeout_;
   std::uint64_t next_keep_ = 1;
 };
+
+// A mixture-of-experts layer whose experts live on other peers (Learning@home's DMoE layer).
+// The gate scores every grid coordinate per sample; the layer finds the k best alive experts for
+// the batch (the batch-mean gate scores, through the DHT beam search), calls them all in parallel,
+// waits for at least k_min answers (then at most timeout_after_k_min for the rest, never past
+// forward_timeout), and mixes the answers by the softmax of each sample's gate scores over the
+// experts that answered. With fewer than k_min answers it searches again without the experts
+// that failed. Backward asks each answering expert for input gradients (within
+// backward_timeout; an expert that fails then contributes none, like dropout).
+struct MoeOptions {
+  std::string prefix = "ffn";
+  std::vector<std::uint32_t> grid;
+  std::int64_t dim = 0;
+  std::size_t k_best = 4;
+  std::size_t k_min = 1;
+  Duration forward_timeout = std::chrono::seconds(10);
+  Duration backward_timeout = std::chrono::seconds(10);
+  Duration timeout_after_k_min = std::chrono::seconds(1);
+  std::size_t searches = 2;  // attempts to find k_min responders
+};
+
+class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
+ public:
+  RemoteMixtureOfExpertsImpl(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, MoeOptions options, RemoteExpert::Drive drive);
+  // x: [batch, dim] -> [batch, dim]. Throws std::runtime_error when no k_min experts answer.
+  torch::Tensor forward(torch::Tensor x);
+  torch::nn::Linear gate{nullptr};
+  // Which experts answered the last forward (for tests and logs).
+  const std::vector<std::string>& last_responders() const { return last_responders_; }
+
+ private:
+  Runtime& rt_;
+  Rpc& rpc_;
+  MoeOptions opt_;
+  RemoteExpert::Drive drive_;
+  moe::ExpertFinder finder_;
+  std::vector<std::unique_ptr<RemoteExpert>> experts_;  // the remote ends of the last calls
+  std::vector<std::string> last_responders_;
+};
+TORCH_MODULE(RemoteMixtureOfExperts);
 
 }  // namespace apiary::real

@@ -7,6 +7,7 @@
 
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
+#include "core/dht/validate.hpp"
 #include "real/moe_expert.hpp"
 
 namespace apiary::real {
@@ -109,6 +110,123 @@ TEST(RemoteExpert, CheckpointRestoreGivesTheSameOutputs) {
   p.server->load(dir);
   EXPECT_TRUE(torch::equal(remote.call_forward(x), y0));
   std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace apiary::real
+
+namespace apiary::real {
+namespace {
+
+// A live swarm in one process: six expert servers (one expert each on a 3x3 grid) and a client,
+// all DHT peers on one io_context.
+struct MoeSwarm {
+  static constexpr int kServers = 6;
+  MoeSwarm() {
+    dht::DhtConfig cfg;
+    cfg.k = 8;
+    cfg.rpc_timeout = std::chrono::milliseconds(500);
+    for (int i = 0; i <= kServers; ++i) {
+      rts.push_back(std::make_unique<LiveRuntime>(io, LiveOptions{}));
+      rts.back()->open();
+      envs.push_back(std::make_unique<PeerEnv>(*rts.back(), metrics, i, Rng(i + 1)));
+      rts.back()->set_observer(envs.back()->observer);
+      rpcs.push_back(std::make_unique<Rpc>(envs.back()->runtime));
+      nodes.push_back(std::make_unique<dht::DhtNode>(envs.back()->runtime, *rpcs.back(), dht::Identity::from_seed(i + 300).id(), cfg));
+    }
+    for (int i = 0; i <= kServers; ++i) {
+      std::vector<Endpoint> seeds{rts[i == 0 ? 1 : 0]->local()};
+      run(nodes[i]->bootstrap(seeds));
+    }
+    const std::vector<std::vector<std::uint32_t>> cells{{0, 0}, {0, 2}, {1, 1}, {2, 0}, {2, 2}, {1, 2}};
+    for (int i = 0; i < kServers; ++i) {
+      servers.push_back(std::make_unique<ExpertServer>(envs[i]->runtime, *rpcs[i]));
+      const moe::ExpertUid uid{"ffn", cells[i]};
+      servers.back()->add(uid.str(), make_ffn_expert(8, 16, 0.05));
+      std::vector<moe::ExpertUid> mine{uid};
+      run(moe::declare_experts(*nodes[i], mine, rts[i]->local(), envs[i]->runtime.now() + std::chrono::hours(1)));
+      server_of[uid.str()] = i;
+    }
+  }
+  ~MoeSwarm() {
+    for (auto& r : rpcs) r->shutdown();
+    nodes.clear();
+    for (auto& r : rts) r->close();
+  }
+  RemoteExpert::Drive drive() {
+    return [this](const std::function<bool()>& done) {
+      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!done() && std::chrono::steady_clock::now() < end) io.run_one_for(std::chrono::milliseconds(5));
+    };
+  }
+  template <class T>
+  T run(Task<T> t) {
+    t.start();
+    drive()([&] { return t.done(); });
+    EXPECT_TRUE(t.done());
+    return t.result();
+  }
+  void kill(const std::string& uid) { rts[server_of.at(uid)]->close(); }
+  RemoteMixtureOfExperts layer(std::size_t k_best, std::size_t k_min) {
+    MoeOptions o;
+    o.grid = {3, 3};
+    o.dim = 8;
+    o.k_best = k_best;
+    o.k_min = k_min;
+    o.forward_timeout = std::chrono::seconds(3);
+    o.timeout_after_k_min = std::chrono::milliseconds(300);
+    return RemoteMixtureOfExperts(envs[kServers]->runtime, *rpcs[kServers], *nodes[kServers], o, drive());
+  }
+  boost::asio::io_context io;
+  Metrics metrics;
+  std::vector<std::unique_ptr<LiveRuntime>> rts;
+  std::vector<std::unique_ptr<PeerEnv>> envs;
+  std::vector<std::unique_ptr<Rpc>> rpcs;
+  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
+  std::vector<std::unique_ptr<ExpertServer>> servers;
+  std::map<std::string, int> server_of;
+};
+
+TEST(RemoteMixture, ForwardAndBackwardThroughRemoteExperts) {
+  torch::manual_seed(3);
+  MoeSwarm s;
+  auto moe = s.layer(4, 2);
+  torch::Tensor x = torch::randn({5, 8}).requires_grad_(true);
+  torch::Tensor y = moe->forward(x);
+  ASSERT_EQ(y.sizes(), (std::vector<std::int64_t>{5, 8}));
+  EXPECT_EQ(moe->last_responders().size(), 4u);
+  y.pow(2).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_GT(x.grad().abs().sum().item<float>(), 0);
+  EXPECT_GT(moe->gate->weight.grad().abs().sum().item<float>(), 0) << "the gate learns from the mixture weights";
+  std::size_t updates = 0;
+  for (const auto& [uid, i] : s.server_of) updates += s.servers[i]->find(uid)->updates;
+  EXPECT_EQ(updates, 4u) << "each answering expert took one optimizer step";
+}
+
+TEST(RemoteMixture, ADeadExpertIsSkippedAndAllDeadSearchesAgain) {
+  torch::manual_seed(4);
+  MoeSwarm s;
+  auto moe = s.layer(4, 1);
+  const torch::Tensor x = torch::randn({3, 8});
+  moe->forward(x);
+  const auto first = moe->last_responders();
+  ASSERT_EQ(first.size(), 4u);
+  // One of the four chosen experts dies: the layer answers with the other three, gradients flow.
+  s.kill(first[0]);
+  torch::Tensor xi = x.clone().requires_grad_(true);
+  torch::Tensor y = moe->forward(xi);
+  EXPECT_EQ(moe->last_responders().size(), 3u);
+  y.sum().backward();
+  EXPECT_TRUE(xi.grad().defined());
+  // All four chosen die: the first round gets no answer, the layer searches again without them.
+  for (std::size_t j = 1; j < first.size(); ++j) s.kill(first[j]);
+  torch::Tensor y2 = moe->forward(x);
+  ASSERT_FALSE(moe->last_responders().empty());
+  for (const auto& uid : moe->last_responders())
+    EXPECT_EQ(std::find(first.begin(), first.end(), uid), first.end()) << uid << " is dead";
+  EXPECT_GE(s.metrics.counter("moe.researches"), 1);
+  EXPECT_EQ(y2.sizes(), x.sizes());
 }
 
 }  // namespace
