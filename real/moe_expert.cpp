@@ -85,12 +85,25 @@ struct BackwardRequest {
   }
 };
 
+// Inputs are [batch, ..., input_dim]: a batch dimension, any others (a sequence), the features.
+bool fits(const HostedExpert& e, const std::vector<std::int64_t>& dims) {
+  return dims.size() >= 2 && dims.back() == e.input_dim;
+}
+
 Error bad_input(const std::string& uid, const HostedExpert& e, const std::vector<std::int64_t>& dims) {
   std::string got = "[";
   for (std::size_t i = 0; i < dims.size(); ++i) got += (i ? ", " : "") + std::to_string(dims[i]);
   return Error{ErrorCode::kInvalidArgument,
-               "expert " + uid + " takes [batch, " + std::to_string(e.input_dim) + "] inputs, got " + got + "]"};
+               "expert " + uid + " takes [batch, " + (e.sequence ? "seq, " : "") + std::to_string(e.input_dim) +
+                   "] inputs, got " + got + "]"};
 }
+
+struct InfoRequest {
+  static constexpr std::uint32_t kMethod = 302;
+  std::string uid;
+  void encode(wire::Writer& w) const { w.str(uid); }
+  static InfoRequest decode(wire::Reader& r) { return InfoRequest{r.str(256)}; }
+};
 
 }  // namespace
 
@@ -100,6 +113,40 @@ FfnExpertImpl::FfnExpertImpl(std::int64_t dim, std::int64_t hidden)
       norm(register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})))) {}
 
 torch::Tensor FfnExpertImpl::forward(torch::Tensor x) { return norm(x + w2(torch::relu(w1(x)))); }
+
+TransformerExpertImpl::TransformerExpertImpl(std::int64_t dim, std::int64_t heads, std::int64_t hidden)
+    : attention(register_module("attention", torch::nn::MultiheadAttention(torch::nn::MultiheadAttentionOptions(dim, heads)))),
+      norm1(register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})))),
+      ffn(register_module("ffn", FfnExpert(dim, hidden))) {}
+
+torch::Tensor TransformerExpertImpl::forward(torch::Tensor x) {
+  const torch::Tensor s = x.transpose(0, 1);  // [seq, batch, dim] for the attention
+  const torch::Tensor a = std::get<0>(attention(s, s, s)).transpose(0, 1);
+  return ffn(norm1(x + a));
+}
+
+HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr) {
+  TransformerExpert m(dim, heads, hidden);
+  HostedExpert e;
+  e.module = m.ptr();
+  e.forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+  e.optimizer = std::make_unique<torch::optim::SGD>(m->parameters(), torch::optim::SGDOptions(lr));
+  e.input_dim = e.output_dim = dim;
+  e.sequence = true;
+  e.kind = "transformer";
+  return e;
+}
+
+ExpertInfo RemoteExpert::info() {
+  InfoRequest q{uid_};
+  auto task = rpc_.call<ExpertInfo>(server_, std::move(q), timeout_);
+  task.start();
+  drive_([&] { return task.done(); });
+  if (!task.done()) throw std::runtime_error("expert " + uid_ + ": the event loop stopped before the reply");
+  Result<ExpertInfo> r = task.result();
+  if (!r.ok()) throw std::runtime_error("expert " + uid_ + ": " + r.error().describe());
+  return *r;
+}
 
 HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr) {
   FfnExpert m(dim, hidden);
@@ -115,7 +162,7 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
   rpc.serve<ForwardRequest, TensorReply>([this](const Endpoint& from, ForwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
-    if (q.shape.dims.size() != 2 || q.shape.dims[1] != e->input_dim) co_return bad_input(q.uid, *e, q.shape.dims);
+    if (!fits(*e, q.shape.dims) || (e->sequence != (q.shape.dims.size() == 3))) co_return bad_input(q.uid, *e, q.shape.dims);
     std::optional<TensorReply> out;
     std::string why;
     try {
@@ -140,11 +187,15 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
   rpc.serve<BackwardRequest, TensorReply>([this](const Endpoint& from, BackwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
-    if (q.input.dims.size() != 2 || q.input.dims[1] != e->input_dim) co_return bad_input(q.uid, *e, q.input.dims);
-    if (q.grad.dims.size() != 2 || q.grad.dims[0] != q.input.dims[0] || q.grad.dims[1] != e->output_dim)
-      co_return Error{ErrorCode::kInvalidArgument, "expert " + q.uid + ": output gradients must be [batch, " +
-                                                       std::to_string(e->output_dim) + "]"};
-    const std::uint64_t in_bytes = static_cast<std::uint64_t>(q.input.dims[0] * q.input.dims[1]) * 4;
+    if (!fits(*e, q.input.dims) || (e->sequence != (q.input.dims.size() == 3))) co_return bad_input(q.uid, *e, q.input.dims);
+    {
+      std::vector<std::int64_t> want = q.input.dims;
+      want.back() = e->output_dim;
+      if (q.grad.dims != want)
+        co_return Error{ErrorCode::kInvalidArgument, "expert " + q.uid + ": output gradients must have the output's shape"};
+    }
+    std::uint64_t in_bytes = 4;
+    for (auto d : q.input.dims) in_bytes *= static_cast<std::uint64_t>(d);
     if (q.payload.size() < in_bytes || !q.payload.has_data())
       co_return Error{ErrorCode::kBadMessage, "backward payload too short"};
     std::optional<TensorReply> out;
@@ -183,6 +234,15 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
     rt_.observer.count("moe.backwards");
     co_return std::move(*out);
   });
+  rpc.serve<InfoRequest, ExpertInfo>([this](const Endpoint&, InfoRequest q) -> Task<Result<ExpertInfo>> {
+    HostedExpert* e = find(q.uid);
+    if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
+    co_return info_of(*e);
+  });
+}
+
+ExpertInfo ExpertServer::info_of(const HostedExpert& e) {
+  return ExpertInfo{e.input_dim, e.output_dim, e.sequence, e.kind};
 }
 
 void ExpertServer::keep(const Endpoint& from, const std::string& uid, std::uint64_t id, torch::Tensor x, torch::Tensor y) {

@@ -40,16 +40,52 @@ struct FfnExpertImpl : torch::nn::Module {
 };
 TORCH_MODULE(FfnExpert);
 
+// A transformer block: self-attention and the FFN block, each with residual and layer norm.
+// Inputs [batch, seq, dim].
+struct TransformerExpertImpl : torch::nn::Module {
+  TransformerExpertImpl(std::int64_t dim, std::int64_t heads, std::int64_t hidden);
+  torch::Tensor forward(torch::Tensor x);
+  torch::nn::MultiheadAttention attention{nullptr};
+  torch::nn::LayerNorm norm1{nullptr};
+  FfnExpert ffn{nullptr};
+};
+TORCH_MODULE(TransformerExpert);
+
 struct HostedExpert {
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor(const torch::Tensor&)> forward;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::int64_t input_dim = 0, output_dim = 0;
+  bool sequence = false;  // inputs [batch, seq, dim] instead of [batch, dim]
+  std::string kind = "ffn";
   std::uint64_t updates = 0;
+};
+
+// What an info request answers: the expert's input/output schema.
+struct ExpertInfo {
+  std::int64_t input_dim = 0, output_dim = 0;
+  bool sequence = false;
+  std::string kind;
+  void encode(wire::Writer& w) const {
+    w.varint(static_cast<std::uint64_t>(input_dim));
+    w.varint(static_cast<std::uint64_t>(output_dim));
+    w.u8(sequence ? 1 : 0);
+    w.str(kind);
+  }
+  static ExpertInfo decode(wire::Reader& r) {
+    ExpertInfo i;
+    i.input_dim = static_cast<std::int64_t>(r.varint_max(std::uint64_t{1} << 31, "input dim"));
+    i.output_dim = static_cast<std::int64_t>(r.varint_max(std::uint64_t{1} << 31, "output dim"));
+    i.sequence = r.u8() != 0;
+    i.kind = r.str(64);
+    return i;
+  }
 };
 
 // An FFN expert of width `dim` with an SGD optimizer of learning rate `lr`.
 HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr);
+// A transformer-block expert (inputs [batch, seq, dim]).
+HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr);
 
 class ExpertServer {
  public:
@@ -60,6 +96,7 @@ class ExpertServer {
   void save(const std::string& dir);
   void load(const std::string& dir);
   std::size_t kept() const { return kept_.size(); }
+  static ExpertInfo info_of(const HostedExpert& e);
 
  private:
   // Activations of forwards a client will back-propagate through (from RemoteExpert::forward):
@@ -93,6 +130,8 @@ class RemoteExpert : public torch::nn::Module {
   torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep = 0);
   const std::string& uid() const { return uid_; }
   std::uint64_t next_keep() { return next_keep_++; }
+  // The expert's input/output schema (throws std::runtime_error on failure).
+  ExpertInfo info();
   // The forward call as a task, for callers that run many at once.
   Task<Result<moe_wire::TensorReply>> start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout);
 

@@ -231,3 +231,42 @@ TEST(RemoteMixture, ADeadExpertIsSkippedAndAllDeadSearchesAgain) {
 
 }  // namespace
 }  // namespace apiary::real
+
+namespace apiary::real {
+namespace {
+
+TEST(RemoteExpert, TransformerBlockAndInfo) {
+  torch::manual_seed(5);
+  Pair p;
+  p.server->add("attn.0", make_transformer_expert(16, 4, 32, 0.1));
+  HostedExpert* hosted = p.server->find("attn.0");
+  RemoteExpert remote(*p.rpcs[1], p.rts[0]->local(), "attn.0", p.drive());
+  const ExpertInfo info = remote.info();
+  EXPECT_EQ(info.input_dim, 16);
+  EXPECT_EQ(info.output_dim, 16);
+  EXPECT_TRUE(info.sequence);
+  EXPECT_EQ(info.kind, "transformer");
+  const torch::Tensor x = torch::randn({2, 5, 16});
+  torch::Tensor local;
+  {
+    torch::NoGradGuard g;
+    local = hosted->forward(x);
+  }
+  EXPECT_TRUE(torch::equal(remote.call_forward(x), local));
+  torch::Tensor xl = x.clone().requires_grad_(true);
+  hosted->forward(xl).sum().backward();
+  hosted->module->zero_grad();
+  torch::Tensor xr = x.clone().requires_grad_(true);
+  remote.forward(xr).sum().backward();
+  EXPECT_TRUE(torch::allclose(xr.grad(), xl.grad(), 0, 1e-5));
+  // A [batch, dim] input is refused by a sequence expert, clearly.
+  try {
+    remote.call_forward(torch::randn({2, 16}));
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("takes [batch, seq, 16] inputs, got [2, 16]"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace apiary::real
