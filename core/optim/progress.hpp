@@ -1,0 +1,71 @@
+#pragma once
+// Collaborative training, step 1: progress tracking through the DHT (issue 7).
+//
+// Every peer publishes, under its own signed subkey of one DHT key, the global step (epoch) it is
+// on, how many samples it has accumulated toward that step and its recent throughput. Any peer
+// reads all of them and aggregates: the swarm's epoch is the highest epoch reported; the samples
+// toward it are the sum over the peers on that epoch; from the summed throughput it estimates
+// when the target batch size will be reached, and so when to begin matchmaking for the
+// averaging round (just in time, not early). A peer whose epoch is behind knows it must catch up
+// (download state) before contributing.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/dht/node.hpp"
+#include "core/dht/validate.hpp"
+
+namespace apiary::optim {
+
+struct PeerProgress {
+  std::uint64_t epoch = 0;
+  std::uint64_t samples = 0;      // accumulated toward `epoch`'s step
+  double samples_per_second = 0;  // recent throughput
+  TimePoint reported{};
+  bool client = false;  // cannot accept connections (matters for averaging roles)
+  Bytes encode() const;
+  static std::optional<PeerProgress> decode(std::span<const std::uint8_t> bytes);
+};
+
+struct SwarmProgress {
+  std::uint64_t epoch = 0;          // the swarm's global step: the highest reported
+  std::uint64_t samples = 0;        // accumulated toward it by the peers on it
+  double samples_per_second = 0;    // their summed throughput
+  std::size_t peers = 0;            // peers on the epoch (fresh reports)
+  std::size_t behind = 0;           // fresh reports on an older epoch
+  bool ready = false;               // samples >= target batch size
+  TimePoint eta{};                  // estimated time the target is reached (now if ready)
+};
+
+// Pure aggregation: reports older than `stale` before `now` are ignored.
+SwarmProgress aggregate(const std::vector<PeerProgress>& reports, std::uint64_t target_batch, TimePoint now,
+                        Duration stale);
+
+struct ProgressConfig {
+  std::string prefix = "run";                   // DHT key: prefix + ":progress"
+  std::uint64_t target_batch = 4096;            // samples per global step
+  Duration ttl = std::chrono::seconds(60);      // a report's lifetime in the DHT
+  Duration stale = std::chrono::seconds(30);    // reports older than this are ignored
+  Duration matchmaking_lead = std::chrono::seconds(5);  // begin matchmaking this long before the ETA
+  std::size_t read_holders = 3;
+};
+
+class ProgressTracker {
+ public:
+  ProgressTracker(Runtime& rt, dht::DhtNode& dht, dht::Identity identity, ProgressConfig config = {});
+  // Publishes this peer's progress under its signed subkey.
+  Task<bool> publish(PeerProgress mine);
+  // Reads and aggregates everybody's progress.
+  Task<SwarmProgress> fetch();
+  // When to begin matchmaking for the step: matchmaking_lead before the ETA (now if ready).
+  TimePoint matchmaking_time(const SwarmProgress& p) const;
+  std::string key() const { return cfg_.prefix + ":progress"; }
+
+ private:
+  Runtime& rt_;
+  dht::DhtNode& dht_;
+  dht::Identity identity_;
+  ProgressConfig cfg_;
+};
+
+}  // namespace apiary::optim
