@@ -70,3 +70,104 @@ TEST(Progress, PeersPublishUnderSignedSubkeysAndEveryoneSeesTheSum) {
   EXPECT_EQ(stored.replicas, 0u);
   EXPECT_EQ(s.run(trackers[8]->fetch()).samples, 1500u);
 }
+
+#include "core/optim/collaborative.hpp"
+
+namespace {
+
+struct Batch {
+  std::vector<std::vector<float>> x;
+  std::vector<float> y;
+};
+
+// Least squares y ~ w.x + b: the gradient summed over a batch, for parameters [w..., b].
+std::vector<float> grad_sum(const std::vector<float>& p, const Batch& b) {
+  std::vector<float> g(p.size(), 0.0f);
+  for (std::size_t s = 0; s < b.y.size(); ++s) {
+    float pred = p.back();
+    for (std::size_t k = 0; k + 1 < p.size(); ++k) pred += p[k] * b.x[s][k];
+    const float e = pred - b.y[s];
+    for (std::size_t k = 0; k + 1 < p.size(); ++k) g[k] += e * b.x[s][k];
+    g.back() += e;
+  }
+  return g;
+}
+
+Task<void> train(optim::CollaborativeOptimizer& opt, const std::vector<Batch>* batches, int* done,
+                 std::vector<std::size_t>* groups) {
+  for (const auto& b : *batches) {
+    const auto g = grad_sum(opt.parameters(), b);
+    opt.accumulate(g, b.y.size());
+    Result<optim::StepReport> r = co_await opt.step();
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().describe());
+    if (!r.ok()) break;
+    groups->push_back(r->group);
+  }
+  ++*done;
+}
+
+}  // namespace
+
+// 4 peers with different batch sizes, no failures, exact averaging, plain SGD: the same
+// parameters as one process doing SGD on the concatenated global batches, step for step (the
+// all-reduce weights each peer's mean gradient by its sample count).
+TEST(Collaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
+  dht::DhtConfig cfg;
+  cfg.k = 6;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  test::FakeDhtSwarm s(4, cfg, {std::make_shared<dht::SignatureValidator>()}, 700);
+  s.join_all();
+  optim::CollaborativeConfig cc;
+  cc.progress.target_batch = 40;  // peers hold 4, 8, 12 and 16 samples per step
+  cc.matchmaking.target_group_size = 4;
+  cc.matchmaking.min_group_size = 4;
+  cc.matchmaking.budget = 5s;
+  cc.allreduce.min_part = 1;
+  cc.learning_rate = 0.05;
+  const averaging::TensorSchema schema{{{5}, {}}};
+  Rng rng(21);
+  const std::vector<float> w_true{1.f, -2.f, 0.5f, 3.f, 0.f}, init(6, 0.0f);
+  const int steps = 3;
+  std::vector<std::vector<Batch>> data(4, std::vector<Batch>(steps));
+  for (std::size_t peer = 0; peer < 4; ++peer)
+    for (auto& b : data[peer])
+      for (std::size_t i = 0; i < 4 * (peer + 1); ++i) {
+        std::vector<float> x(5);
+        float y = 0.7f;
+        for (int k = 0; k < 5; ++k) {
+          x[k] = static_cast<float>(rng.normal(0, 1));
+          y += w_true[k] * x[k];
+        }
+        b.x.push_back(x);
+        b.y.push_back(y + static_cast<float>(rng.normal(0, 0.1)));
+      }
+  std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
+  for (std::size_t i = 0; i < 4; ++i)
+    opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
+                                                                   dht::Identity::from_seed(800 + i), schema, init, cc));
+  int done = 0;
+  std::vector<std::vector<std::size_t>> groups(4);
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < 4; ++i) {
+    tasks.push_back(train(*opts[i], &data[i], &done, &groups[i]));
+    tasks.back().start();
+  }
+  s.fake.net.run(10min, [&] { return done == 4; });
+  ASSERT_EQ(done, 4);
+  // The reference: one process, the global batch of each step is the four peers' batches.
+  std::vector<float> p = init;
+  for (int t = 0; t < steps; ++t) {
+    std::vector<float> g(6, 0.0f);
+    for (int i = 0; i < 4; ++i) {
+      const auto gi = grad_sum(p, data[i][t]);
+      for (int k = 0; k < 6; ++k) g[k] += gi[k];
+    }
+    for (int k = 0; k < 6; ++k) p[k] -= 0.05f * g[k] / 40.0f;  // the mean over the global batch
+  }
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(groups[i], (std::vector<std::size_t>{4, 4, 4}));
+    EXPECT_EQ(opts[i]->epoch(), 3u);
+    for (int k = 0; k < 6; ++k) EXPECT_NEAR(opts[i]->parameters()[k], p[k], 1e-5) << "peer " << i << " parameter " << k;
+  }
+}

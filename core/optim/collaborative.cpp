@@ -1,0 +1,69 @@
+#include "core/optim/collaborative.hpp"
+
+namespace apiary::optim {
+
+using namespace averaging;
+
+CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity,
+                                               TensorSchema schema, std::vector<float> initial, CollaborativeConfig config)
+    : rt_(rt),
+      cfg_(std::move(config)),
+      schema_(std::move(schema)),
+      params_(std::move(initial)),
+      grad_sum_(params_.size(), 0.0f),
+      progress_(rt, dht, std::move(identity), cfg_.progress),
+      matchmaker_(rt, rpc, dht, cfg_.matchmaking),
+      averager_(rt, rpc, cfg_.allreduce) {
+  if (params_.size() != schema_.total())
+    throw std::invalid_argument("initial parameters have " + std::to_string(params_.size()) + " values; the schema " +
+                                schema_.describe() + " has " + std::to_string(schema_.total()));
+}
+
+void CollaborativeOptimizer::accumulate(std::span<const float> grad_sum, std::uint64_t samples) {
+  if (grad_sum.size() != grad_sum_.size())
+    throw std::invalid_argument("gradient has " + std::to_string(grad_sum.size()) + " values, the parameters " +
+                                std::to_string(grad_sum_.size()));
+  for (std::size_t i = 0; i < grad_sum.size(); ++i) grad_sum_[i] += grad_sum[i];
+  samples_ += samples;
+}
+
+Task<Result<StepReport>> CollaborativeOptimizer::step() {
+  // 1. Tell the swarm how far we are, then wait for the global batch.
+  PeerProgress mine{epoch_, samples_, 0.0, {}, false};
+  co_await progress_.publish(mine);
+  const TimePoint give_up = rt_.now() + cfg_.max_wait;
+  SwarmProgress swarm;
+  while (true) {
+    swarm = co_await progress_.fetch();
+    if (swarm.ready && swarm.epoch == epoch_) break;
+    if (swarm.epoch > epoch_)
+      co_return Error{ErrorCode::kInvalidArgument, "the swarm is at epoch " + std::to_string(swarm.epoch) +
+                                                       ", this peer at " + std::to_string(epoch_) + ": download the state first"};
+    if (rt_.now() >= give_up)
+      co_return Error{ErrorCode::kTimeout, "the swarm gathered " + std::to_string(swarm.samples) + " of " +
+                                               std::to_string(cfg_.progress.target_batch) + " samples in " +
+                                               format_duration(cfg_.max_wait)};
+    co_await sleep_on(rt_.timers, cfg_.poll);
+  }
+  // 2. The step's group, and the mean gradient over the global batch.
+  Member self{rt_.transport.local(), MemberKind::kFull, 1.0};
+  Result<Group> group = co_await matchmaker_.find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema_, self);
+  if (!group.ok()) co_return group.error();
+  std::vector<float> mean(grad_sum_.size(), 0.0f);
+  if (samples_ > 0)
+    for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = grad_sum_[i] / static_cast<float>(samples_);
+  const std::size_t members = group->members.size();
+  Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(mean), static_cast<double>(samples_));
+  if (!avg.ok()) co_return avg.error();
+  // 3. The optimizer step, the same on every peer of the group.
+  const float lr = static_cast<float>(cfg_.learning_rate);
+  for (std::size_t i = 0; i < params_.size(); ++i) params_[i] -= lr * avg->averaged[i];
+  StepReport rep{epoch_, members, swarm.samples, std::move(*avg)};
+  std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
+  samples_ = 0;
+  ++epoch_;
+  rt_.observer.count("optim.steps");
+  co_return rep;
+}
+
+}  // namespace apiary::optim
