@@ -171,3 +171,126 @@ TEST(Collaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
     for (int k = 0; k < 6; ++k) EXPECT_NEAR(opts[i]->parameters()[k], p[k], 1e-5) << "peer " << i << " parameter " << k;
   }
 }
+
+#include "core/optim/diloco.hpp"
+
+namespace {
+
+Task<void> diloco_peer(optim::DilocoOptimizer& opt, const std::vector<Batch>* batches, float lr, int* done) {
+  for (const auto& b : *batches) {
+    const auto g = grad_sum(opt.parameters(), b);
+    for (std::size_t k = 0; k < g.size(); ++k) opt.parameters()[k] -= lr * g[k] / static_cast<float>(b.y.size());
+    if (opt.inner_step_done(b.y.size())) {
+      Result<optim::OuterReport> r = co_await opt.outer_step();
+      EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().describe());
+      if (!r.ok()) break;
+    }
+  }
+  ++*done;
+}
+
+Task<void> averaging_peer(averaging::Averager& avg, Runtime& rt, std::vector<float>* params, const std::vector<Batch>* batches,
+                          float lr, std::vector<Endpoint> members, int* done) {
+  std::uint64_t round = 0;
+  for (const auto& b : *batches) {
+    const auto g = grad_sum(*params, b);
+    for (std::size_t k = 0; k < g.size(); ++k) (*params)[k] -= lr * g[k] / static_cast<float>(b.y.size());
+    averaging::Group group;
+    group.id = 5000 + round++;
+    group.schema = averaging::TensorSchema{{{5}, {}}};
+    for (const auto& e : members) group.members.push_back(averaging::Member{e, averaging::MemberKind::kFull, 1.0});
+    Result<averaging::AllReduceReport> r = co_await avg.all_reduce(std::move(group), *params, static_cast<double>(b.y.size()));
+    EXPECT_TRUE(r.ok());
+    if (!r.ok()) break;
+    *params = r->averaged;
+  }
+  (void)rt;
+  ++*done;
+}
+
+}  // namespace
+
+// DiLoCo with H = 1 and an outer SGD step of learning rate 1 (no momentum) equals per-step
+// parameter averaging (weighted by samples), and with H = 3 it communicates 3x less.
+TEST(Diloco, WithOneInnerStepEqualsPerStepParameterAveraging) {
+  dht::DhtConfig cfg;
+  cfg.k = 6;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  Rng rng(33);
+  std::vector<std::vector<Batch>> data(4, std::vector<Batch>(3));
+  for (std::size_t peer = 0; peer < 4; ++peer)
+    for (auto& b : data[peer])
+      for (std::size_t i = 0; i < 3 + peer; ++i) {
+        std::vector<float> x(5);
+        float y = 0;
+        for (auto& v : x) {
+          v = static_cast<float>(rng.normal(0, 1));
+          y += v;
+        }
+        b.x.push_back(x);
+        b.y.push_back(y);
+      }
+  const averaging::TensorSchema schema{{{5}, {}}};
+  const std::vector<float> init{0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f};
+  const float lr = 0.1f;
+  auto run_diloco = [&](std::size_t h, std::vector<std::vector<float>>& out, std::uint64_t& bytes) {
+    test::FakeDhtSwarm s(4, cfg, {}, 1000 + h);
+    s.join_all();
+    optim::DilocoConfig dc;
+    dc.inner_steps = h;
+    dc.outer_lr = 1.0;
+    dc.outer_momentum = 0.0;
+    dc.nesterov = false;
+    dc.matchmaking.target_group_size = dc.matchmaking.min_group_size = 4;
+    dc.matchmaking.budget = 5s;
+    dc.allreduce.min_part = 1;
+    std::vector<std::unique_ptr<optim::DilocoOptimizer>> opts;
+    for (std::size_t i = 0; i < 4; ++i)
+      opts.push_back(std::make_unique<optim::DilocoOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i], schema, init, dc));
+    int done = 0;
+    std::vector<Task<void>> tasks;
+    for (std::size_t i = 0; i < 4; ++i) {
+      tasks.push_back(diloco_peer(*opts[i], &data[i], lr, &done));
+      tasks.back().start();
+    }
+    s.fake.net.run(10min, [&] { return done == 4; });
+    ASSERT_EQ(done, 4);
+    bytes = 0;
+    for (auto& o : opts) out.push_back(o->parameters());
+    for (std::size_t i = 0; i < 4; ++i)  // every byte the peers sent (all-reduce and matchmaking)
+      for (const auto& [to, m] : s.fake[i].sent) bytes += m.wire_size();
+  };
+  std::vector<std::vector<float>> diloco1, diloco3;
+  std::uint64_t bytes1 = 0, bytes3 = 0;
+  run_diloco(1, diloco1, bytes1);
+  run_diloco(3, diloco3, bytes3);
+
+  // The reference: each peer one local SGD step, then a sample-weighted average of the parameters.
+  test::FakeSwarm f(4);
+  std::vector<std::unique_ptr<Rpc>> rpcs;
+  std::vector<std::unique_ptr<averaging::Averager>> avgs;
+  averaging::AllReduceConfig ac;
+  ac.min_part = 1;
+  std::vector<Endpoint> members;
+  for (std::size_t i = 0; i < 4; ++i) {
+    rpcs.push_back(std::make_unique<Rpc>(f[i].runtime()));
+    avgs.push_back(std::make_unique<averaging::Averager>(f[i].runtime(), *rpcs.back(), ac));
+    members.push_back(f[i].local());
+  }
+  std::vector<std::vector<float>> ref(4, init);
+  int done = 0;
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < 4; ++i) {
+    tasks.push_back(averaging_peer(*avgs[i], f[i].runtime(), &ref[i], &data[i], lr, members, &done));
+    tasks.back().start();
+  }
+  f.net.run(10min, [&] { return done == 4; });
+  ASSERT_EQ(done, 4);
+  for (auto& r : rpcs) r->shutdown();
+  for (std::size_t i = 0; i < 4; ++i)
+    for (std::size_t k = 0; k < 6; ++k) EXPECT_NEAR(diloco1[i][k], ref[i][k], 1e-5) << "peer " << i << " parameter " << k;
+  // Three inner steps per outer step: one all-reduce instead of three (plus matchmaking traffic).
+  EXPECT_LT(static_cast<double>(bytes3), 0.6 * static_cast<double>(bytes1));
+  for (std::size_t i = 1; i < 4; ++i) EXPECT_EQ(diloco3[i], diloco3[0]) << "every peer holds the same global parameters";
+}
