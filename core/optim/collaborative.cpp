@@ -13,7 +13,10 @@ CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNo
       grad_sum_(params_.size(), 0.0f),
       progress_(rt, dht, std::move(identity), cfg_.progress),
       matchmaker_(rt, rpc, dht, cfg_.matchmaking),
-      averager_(rt, rpc, cfg_.allreduce) {
+      averager_(rt, rpc, cfg_.allreduce),
+      state_(rt, rpc, &dht, cfg_.progress.prefix, [this] {
+        return std::optional<ModelState>(ModelState{epoch_, schema_, params_, {}});
+      }) {
   if (params_.size() != schema_.total())
     throw std::invalid_argument("initial parameters have " + std::to_string(params_.size()) + " values; the schema " +
                                 schema_.describe() + " has " + std::to_string(schema_.total()));
@@ -36,9 +39,12 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   while (true) {
     swarm = co_await progress_.fetch();
     if (swarm.ready && swarm.epoch == epoch_) break;
-    if (swarm.epoch > epoch_)
-      co_return Error{ErrorCode::kInvalidArgument, "the swarm is at epoch " + std::to_string(swarm.epoch) +
-                                                       ", this peer at " + std::to_string(epoch_) + ": download the state first"};
+    if (swarm.epoch > epoch_) {  // behind: catch up, then contribute from the next step on
+      Result<std::uint64_t> caught = co_await join();
+      if (!caught.ok()) co_return caught.error();
+      co_return Error{ErrorCode::kCancelled, "caught up from epoch behind to " + std::to_string(epoch_) +
+                                                 "; accumulate on the new parameters and step again"};
+    }
     if (rt_.now() >= give_up)
       co_return Error{ErrorCode::kTimeout, "the swarm gathered " + std::to_string(swarm.samples) + " of " +
                                                std::to_string(cfg_.progress.target_batch) + " samples in " +
@@ -63,7 +69,19 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   samples_ = 0;
   ++epoch_;
   rt_.observer.count("optim.steps");
+  co_await state_.declare(epoch_, cfg_.progress.ttl);  // newcomers can fetch the state from us
   co_return rep;
+}
+
+Task<Result<std::uint64_t>> CollaborativeOptimizer::join() {
+  Result<ModelState> st = co_await state_.download(schema_, cfg_.state_timeout);
+  if (!st.ok()) co_return st.error();
+  params_ = std::move(st->tensors);
+  epoch_ = st->epoch;
+  std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
+  samples_ = 0;
+  rt_.observer.count("optim.state_downloads");
+  co_return epoch_;
 }
 
 }  // namespace apiary::optim

@@ -10,6 +10,7 @@
 // With exact averaging this equals one process doing SGD on the concatenated global batches.
 #include "core/averaging/allreduce.hpp"
 #include "core/averaging/matchmaking.hpp"
+#include "core/averaging/state.hpp"
 #include "core/optim/progress.hpp"
 
 namespace apiary::optim {
@@ -21,6 +22,7 @@ struct CollaborativeConfig {
   double learning_rate = 0.1;
   Duration poll = std::chrono::milliseconds(200);      // progress polling while waiting
   Duration max_wait = std::chrono::seconds(60);        // for the swarm to reach the target
+  Duration state_timeout = std::chrono::seconds(30);   // a state download
 };
 
 struct StepReport {
@@ -39,8 +41,12 @@ class CollaborativeOptimizer {
   std::uint64_t local_samples() const { return samples_; }
   // Adds a gradient summed over `samples` samples.
   void accumulate(std::span<const float> grad_sum, std::uint64_t samples);
-  // One global step (see above). Errors: the swarm did not reach the target in max_wait, no group.
+  // One global step (see above). A peer that finds the swarm at a later epoch downloads the
+  // state first (its pending gradients, computed on old parameters, are dropped). Errors: the
+  // swarm did not reach the target in max_wait, no group.
   Task<Result<StepReport>> step();
+  // A newcomer: download the parameters and epoch from the freshest peer before contributing.
+  Task<Result<std::uint64_t>> join();
 
  private:
   Runtime& rt_;
@@ -51,6 +57,7 @@ class CollaborativeOptimizer {
   ProgressTracker progress_;
   averaging::Matchmaker matchmaker_;
   averaging::Averager averager_;
+  averaging::StateSharer state_;
 };
 
 }  // namespace apiary::optim

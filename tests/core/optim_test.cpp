@@ -294,3 +294,50 @@ TEST(Diloco, WithOneInnerStepEqualsPerStepParameterAveraging) {
   EXPECT_LT(static_cast<double>(bytes3), 0.6 * static_cast<double>(bytes1));
   for (std::size_t i = 1; i < 4; ++i) EXPECT_EQ(diloco3[i], diloco3[0]) << "every peer holds the same global parameters";
 }
+
+// A peer that joins after step k holds the swarm's parameters and epoch before it contributes.
+TEST(Collaborative, ANewcomerHoldsTheSwarmsParametersAndEpochFirst) {
+  dht::DhtConfig cfg;
+  cfg.k = 6;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  test::FakeDhtSwarm s(4, cfg, {std::make_shared<dht::SignatureValidator>()}, 1200);
+  s.join_all();
+  optim::CollaborativeConfig cc;
+  cc.progress.target_batch = 24;
+  cc.matchmaking.target_group_size = cc.matchmaking.min_group_size = 3;
+  cc.matchmaking.budget = 5s;
+  cc.allreduce.min_part = 1;
+  const averaging::TensorSchema schema{{{5}, {}}};
+  Rng rng(44);
+  std::vector<std::vector<Batch>> data(3, std::vector<Batch>(2));
+  for (auto& peer : data)
+    for (auto& b : peer)
+      for (int i = 0; i < 8; ++i) {
+        std::vector<float> x(5);
+        for (auto& v : x) v = static_cast<float>(rng.normal(0, 1));
+        b.x.push_back(x);
+        b.y.push_back(x[0] - x[1]);
+      }
+  std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
+  for (std::size_t i = 0; i < 4; ++i)
+    opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
+                                                                   dht::Identity::from_seed(1300 + i), schema,
+                                                                   std::vector<float>(6, i == 3 ? 9.0f : 0.0f), cc));
+  int done = 0;
+  std::vector<std::vector<std::size_t>> groups(3);
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < 3; ++i) {
+    tasks.push_back(train(*opts[i], &data[i], &done, &groups[i]));
+    tasks.back().start();
+  }
+  s.fake.net.run(10min, [&] { return done == 3; });
+  ASSERT_EQ(done, 3);
+  ASSERT_EQ(opts[0]->epoch(), 2u);
+  auto joined = s.run(opts[3]->join());
+  ASSERT_TRUE(joined.ok()) << joined.error().describe();
+  EXPECT_EQ(*joined, 2u);
+  EXPECT_EQ(opts[3]->epoch(), 2u);
+  EXPECT_EQ(opts[3]->parameters(), opts[0]->parameters());
+  EXPECT_NE(opts[3]->parameters(), std::vector<float>(6, 9.0f));
+}
