@@ -1,6 +1,8 @@
 // Collaborative training: progress tracking through the DHT.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/optim/progress.hpp"
 #include "tests/support/fake_dht.hpp"
 
@@ -340,4 +342,65 @@ TEST(Collaborative, ANewcomerHoldsTheSwarmsParametersAndEpochFirst) {
   EXPECT_EQ(opts[3]->epoch(), 2u);
   EXPECT_EQ(opts[3]->parameters(), opts[0]->parameters());
   EXPECT_NE(opts[3]->parameters(), std::vector<float>(6, 9.0f));
+}
+
+// A peer killed during the averaging of step 0: the others finish that step with the gradients
+// that were delivered, and the next step without it, in bounded time.
+TEST(Collaborative, APeerKilledDuringAveragingCostsOnlyItsContribution) {
+  dht::DhtConfig cfg;
+  cfg.k = 6;
+  cfg.rpc_timeout = 500ms;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  test::FakeDhtSwarm s(4, cfg, {std::make_shared<dht::SignatureValidator>()}, 1400);
+  s.join_all();
+  optim::CollaborativeConfig cc;
+  cc.progress.target_batch = 24;
+  cc.progress.stale = 5s;
+  cc.matchmaking.target_group_size = 4;
+  cc.matchmaking.min_group_size = 3;
+  cc.matchmaking.budget = 3s;
+  cc.allreduce.min_part = 1;
+  cc.allreduce.sender_timeout = 1s;
+  cc.allreduce.reducer_timeout = 2s;
+  const averaging::TensorSchema schema{{{5}, {}}};
+  Rng rng(55);
+  std::vector<std::vector<Batch>> data(4, std::vector<Batch>(2));
+  for (auto& peer : data)
+    for (auto& b : peer)
+      for (int i = 0; i < 8; ++i) {
+        std::vector<float> x(5);
+        for (auto& v : x) v = static_cast<float>(rng.normal(0, 1));
+        b.x.push_back(x);
+        b.y.push_back(2 * x[2]);
+      }
+  std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
+  for (std::size_t i = 0; i < 4; ++i) {
+    auto c = cc;
+    if (i == 3) {  // dies as it starts sending its gradients
+      c.allreduce.faults.send_limit = 0;
+      c.allreduce.faults.on_send_limit = [&s] { s.fake[3].up = false; };
+    }
+    opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
+                                                                   dht::Identity::from_seed(1500 + i), schema,
+                                                                   std::vector<float>(6, 0.0f), c));
+  }
+  int done = 0;
+  std::vector<std::vector<std::size_t>> groups(4);
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < 4; ++i) {
+    tasks.push_back(train(*opts[i], &data[i], &done, &groups[i]));
+    tasks.back().start();
+  }
+  const TimePoint t0 = s.fake.net.now();
+  s.fake.net.run(10min, [&] { return done >= 3 && opts[0]->epoch() == 2 && opts[1]->epoch() == 2 && opts[2]->epoch() == 2; });
+  EXPECT_LT(s.fake.net.now() - t0, 2min);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(opts[i]->epoch(), 2u) << "peer " << i;
+    ASSERT_EQ(groups[i].size(), 2u) << "peer " << i;
+    EXPECT_EQ(groups[i][0], 4u);  // step 0 began with the peer that died
+    EXPECT_EQ(groups[i][1], 3u);  // step 1 without it
+    for (float v : opts[i]->parameters()) EXPECT_TRUE(std::isfinite(v));
+  }
+  EXPECT_EQ(opts[3]->epoch(), 0u);
 }
