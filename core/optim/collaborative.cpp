@@ -61,10 +61,13 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   const std::size_t members = group->members.size();
   Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(mean), static_cast<double>(samples_));
   if (!avg.ok()) co_return avg.error();
-  // 3. The optimizer step, the same on every peer of the group.
-  const float lr = static_cast<float>(cfg_.learning_rate);
-  for (std::size_t i = 0; i < params_.size(); ++i) params_[i] -= lr * avg->averaged[i];
-  StepReport rep{epoch_, members, swarm.samples, std::move(*avg)};
+  // 3. The optimizer step, the same on every peer of the group (or the caller's optimizer's).
+  if (cfg_.apply_sgd) {
+    const float lr = static_cast<float>(cfg_.learning_rate);
+    for (std::size_t i = 0; i < params_.size(); ++i) params_[i] -= lr * avg->averaged[i];
+  }
+  std::vector<float> mean_gradient = avg->averaged;
+  StepReport rep{epoch_, members, swarm.samples, std::move(mean_gradient), std::move(*avg)};
   std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
   samples_ = 0;
   ++epoch_;

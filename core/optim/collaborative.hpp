@@ -20,6 +20,7 @@ struct CollaborativeConfig {
   averaging::MatchmakingConfig matchmaking;
   averaging::AllReduceConfig allreduce;
   double learning_rate = 0.1;
+  bool apply_sgd = true;  // false: leave the step to the caller's optimizer (StepReport::mean_gradient)
   Duration poll = std::chrono::milliseconds(200);      // progress polling while waiting
   Duration max_wait = std::chrono::seconds(60);        // for the swarm to reach the target
   Duration state_timeout = std::chrono::seconds(30);   // a state download
@@ -29,6 +30,7 @@ struct StepReport {
   std::uint64_t epoch = 0;          // the step just taken
   std::size_t group = 0;            // peers averaged with (this one included)
   std::uint64_t swarm_samples = 0;  // the global batch as progress reported it
+  std::vector<float> mean_gradient; // over the global batch (what SGD stepped along)
   averaging::AllReduceReport allreduce;
 };
 
