@@ -1,5 +1,7 @@
 #include "core/optim/collaborative.hpp"
 
+#include <utility>
+
 namespace apiary::optim {
 
 using namespace averaging;
@@ -31,8 +33,13 @@ void CollaborativeOptimizer::accumulate(std::span<const float> grad_sum, std::ui
 }
 
 Task<Result<StepReport>> CollaborativeOptimizer::step() {
+  // What this peer gathered until now goes into this step; what the training loop accumulates
+  // while the step runs counts toward the next one (delayed parameter updates: computing the
+  // next batches overlaps the averaging of this one).
+  std::vector<float> sum = std::exchange(grad_sum_, std::vector<float>(grad_sum_.size(), 0.0f));
+  const std::uint64_t samples = std::exchange(samples_, 0);
   // 1. Tell the swarm how far we are, then wait for the global batch.
-  PeerProgress mine{epoch_, samples_, 0.0, {}, false};
+  PeerProgress mine{epoch_, samples, 0.0, {}, false};
   co_await progress_.publish(mine);
   const TimePoint give_up = rt_.now() + cfg_.max_wait;
   SwarmProgress swarm;
@@ -55,11 +62,11 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   Member self{rt_.transport.local(), MemberKind::kFull, 1.0};
   Result<Group> group = co_await matchmaker_.find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema_, self);
   if (!group.ok()) co_return group.error();
-  std::vector<float> mean(grad_sum_.size(), 0.0f);
-  if (samples_ > 0)
-    for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = grad_sum_[i] / static_cast<float>(samples_);
+  std::vector<float> mean(sum.size(), 0.0f);
+  if (samples > 0)
+    for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = sum[i] / static_cast<float>(samples);
   const std::size_t members = group->members.size();
-  Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(mean), static_cast<double>(samples_));
+  Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(mean), static_cast<double>(samples));
   if (!avg.ok()) co_return avg.error();
   // 3. The optimizer step, the same on every peer of the group (or the caller's optimizer's).
   if (cfg_.apply_sgd) {
@@ -68,8 +75,6 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   }
   std::vector<float> mean_gradient = avg->averaged;
   StepReport rep{epoch_, members, swarm.samples, std::move(mean_gradient), std::move(*avg)};
-  std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
-  samples_ = 0;
   ++epoch_;
   rt_.observer.count("optim.steps");
   co_await state_.declare(epoch_, cfg_.progress.ttl);  // newcomers can fetch the state from us

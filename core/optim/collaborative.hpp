@@ -41,7 +41,9 @@ class CollaborativeOptimizer {
   std::vector<float>& parameters() { return params_; }
   std::uint64_t epoch() const { return epoch_; }
   std::uint64_t local_samples() const { return samples_; }
-  // Adds a gradient summed over `samples` samples.
+  // Adds a gradient summed over `samples` samples. step() takes what was accumulated when it was
+  // called; accumulating while it runs is allowed and counts toward the next step (delayed
+  // parameter updates).
   void accumulate(std::span<const float> grad_sum, std::uint64_t samples);
   // One global step (see above). A peer that finds the swarm at a later epoch downloads the
   // state first (its pending gradients, computed on old parameters, are dropped). Errors: the

@@ -404,3 +404,43 @@ TEST(Collaborative, APeerKilledDuringAveragingCostsOnlyItsContribution) {
   }
   EXPECT_EQ(opts[3]->epoch(), 0u);
 }
+
+// Delayed parameter updates: the training loop keeps accumulating while a step's averaging runs;
+// those samples are not lost, they count toward the next step.
+TEST(Collaborative, AccumulatingDuringAStepCountsTowardTheNext) {
+  dht::DhtConfig cfg;
+  cfg.k = 4;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  test::FakeDhtSwarm s(2, cfg, {std::make_shared<dht::SignatureValidator>()}, 1600);
+  s.join_all();
+  optim::CollaborativeConfig cc;
+  cc.progress.target_batch = 8;
+  cc.matchmaking.target_group_size = cc.matchmaking.min_group_size = 2;
+  cc.allreduce.min_part = 1;
+  const averaging::TensorSchema schema{{{2}}};
+  std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
+  for (std::size_t i = 0; i < 2; ++i)
+    opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
+                                                                   dht::Identity::from_seed(1700 + i), schema,
+                                                                   std::vector<float>{1.f, 1.f}, cc));
+  const std::vector<float> g{4.f, 8.f};
+  std::vector<Task<Result<optim::StepReport>>> steps;
+  for (auto& o : opts) {
+    o->accumulate(g, 4);
+    steps.push_back(o->step());
+    steps.back().start();
+  }
+  // While the step is in flight (matchmaking takes simulated time), the loop computes on.
+  s.fake.net.run(50ms);
+  ASSERT_FALSE(steps[0].done());
+  opts[0]->accumulate(g, 3);
+  s.fake.net.run(1min, [&] { return steps[0].done() && steps[1].done(); });
+  ASSERT_TRUE(steps[0].result().ok());
+  EXPECT_EQ(opts[0]->epoch(), 1u);
+  EXPECT_EQ(opts[0]->local_samples(), 3u) << "samples accumulated during the step belong to the next one";
+  EXPECT_EQ(opts[1]->local_samples(), 0u);
+  // The step itself used only what was there before it began: mean gradient (1, 2), lr 0.1.
+  EXPECT_NEAR(opts[0]->parameters()[0], 1.f - 0.1f * 1.f, 1e-6);
+  EXPECT_NEAR(opts[0]->parameters()[1], 1.f - 0.1f * 2.f, 1e-6);
+}
