@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 #include "core/optim/progress.hpp"
 #include "tests/support/fake_dht.hpp"
@@ -9,6 +10,21 @@
 using namespace apiary;
 using namespace apiary::optim;
 using namespace std::chrono_literals;
+
+namespace {
+
+// The DHT these tests stand on: no maintenance traffic.
+dht::DhtConfig quiet_dht(std::size_t k) {
+  dht::DhtConfig cfg;
+  cfg.k = k;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  return cfg;
+}
+
+std::vector<std::shared_ptr<dht::Validator>> signed_records() { return {std::make_shared<dht::SignatureValidator>()}; }
+
+}  // namespace
 
 TEST(Progress, AggregatesTheSwarmsEpochSamplesAndEta) {
   const TimePoint now = TimePoint(100s);
@@ -35,11 +51,8 @@ TEST(Progress, AggregatesTheSwarmsEpochSamplesAndEta) {
 }
 
 TEST(Progress, PeersPublishUnderSignedSubkeysAndEveryoneSeesTheSum) {
-  dht::DhtConfig cfg;
-  cfg.k = 6;
-  cfg.refresh_period = Duration::zero();
-  cfg.replicate_period = Duration::zero();
-  test::FakeDhtSwarm s(10, cfg, {std::make_shared<dht::SignatureValidator>()}, 400);
+  const dht::DhtConfig cfg = quiet_dht(6);
+  test::FakeDhtSwarm s(10, cfg, signed_records(), 400);
   s.join_all();
   ProgressConfig pc;
   pc.target_batch = 1000;
@@ -95,6 +108,21 @@ std::vector<float> grad_sum(const std::vector<float>& p, const Batch& b) {
   return g;
 }
 
+// Per peer, `steps` batches of n(peer) samples with x ~ N(0, 1)^5 and y = f(x).
+std::vector<std::vector<Batch>> make_data(std::size_t peers, std::size_t steps, const std::function<std::size_t(std::size_t)>& n,
+                                          const std::function<float(const std::vector<float>&)>& f, Rng& rng) {
+  std::vector<std::vector<Batch>> data(peers, std::vector<Batch>(steps));
+  for (std::size_t peer = 0; peer < peers; ++peer)
+    for (auto& b : data[peer])
+      for (std::size_t i = 0; i < n(peer); ++i) {
+        std::vector<float> x(5);
+        for (auto& v : x) v = static_cast<float>(rng.normal(0, 1));
+        b.y.push_back(f(x));
+        b.x.push_back(std::move(x));
+      }
+  return data;
+}
+
 Task<void> train(optim::CollaborativeOptimizer& opt, const std::vector<Batch>* batches, int* done,
                  std::vector<std::size_t>* groups) {
   for (const auto& b : *batches) {
@@ -114,11 +142,8 @@ Task<void> train(optim::CollaborativeOptimizer& opt, const std::vector<Batch>* b
 // parameters as one process doing SGD on the concatenated global batches, step for step (the
 // all-reduce weights each peer's mean gradient by its sample count).
 TEST(Collaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
-  dht::DhtConfig cfg;
-  cfg.k = 6;
-  cfg.refresh_period = Duration::zero();
-  cfg.replicate_period = Duration::zero();
-  test::FakeDhtSwarm s(4, cfg, {std::make_shared<dht::SignatureValidator>()}, 700);
+  const dht::DhtConfig cfg = quiet_dht(6);
+  test::FakeDhtSwarm s(4, cfg, signed_records(), 700);
   s.join_all();
   optim::CollaborativeConfig cc;
   cc.progress.target_batch = 40;  // peers hold 4, 8, 12 and 16 samples per step
@@ -131,19 +156,11 @@ TEST(Collaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
   Rng rng(21);
   const std::vector<float> w_true{1.f, -2.f, 0.5f, 3.f, 0.f}, init(6, 0.0f);
   const int steps = 3;
-  std::vector<std::vector<Batch>> data(4, std::vector<Batch>(steps));
-  for (std::size_t peer = 0; peer < 4; ++peer)
-    for (auto& b : data[peer])
-      for (std::size_t i = 0; i < 4 * (peer + 1); ++i) {
-        std::vector<float> x(5);
-        float y = 0.7f;
-        for (int k = 0; k < 5; ++k) {
-          x[k] = static_cast<float>(rng.normal(0, 1));
-          y += w_true[k] * x[k];
-        }
-        b.x.push_back(x);
-        b.y.push_back(y + static_cast<float>(rng.normal(0, 0.1)));
-      }
+  const auto data = make_data(4, steps, [](std::size_t peer) { return 4 * (peer + 1); }, [&](const std::vector<float>& x) {
+    float y = 0.7f;
+    for (int k = 0; k < 5; ++k) y += w_true[k] * x[k];
+    return y + static_cast<float>(rng.normal(0, 0.1));
+  }, rng);
   std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
   for (std::size_t i = 0; i < 4; ++i)
     opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
@@ -215,24 +232,13 @@ Task<void> averaging_peer(averaging::Averager& avg, Runtime& rt, std::vector<flo
 // DiLoCo with H = 1 and an outer SGD step of learning rate 1 (no momentum) equals per-step
 // parameter averaging (weighted by samples), and with H = 3 it communicates 3x less.
 TEST(Diloco, WithOneInnerStepEqualsPerStepParameterAveraging) {
-  dht::DhtConfig cfg;
-  cfg.k = 6;
-  cfg.refresh_period = Duration::zero();
-  cfg.replicate_period = Duration::zero();
+  const dht::DhtConfig cfg = quiet_dht(6);
   Rng rng(33);
-  std::vector<std::vector<Batch>> data(4, std::vector<Batch>(3));
-  for (std::size_t peer = 0; peer < 4; ++peer)
-    for (auto& b : data[peer])
-      for (std::size_t i = 0; i < 3 + peer; ++i) {
-        std::vector<float> x(5);
-        float y = 0;
-        for (auto& v : x) {
-          v = static_cast<float>(rng.normal(0, 1));
-          y += v;
-        }
-        b.x.push_back(x);
-        b.y.push_back(y);
-      }
+  const auto data = make_data(4, 3, [](std::size_t peer) { return 3 + peer; }, [](const std::vector<float>& x) {
+    float y = 0;
+    for (float v : x) y += v;
+    return y;
+  }, rng);
   const averaging::TensorSchema schema{{{5}, {}}};
   const std::vector<float> init{0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f};
   const float lr = 0.1f;
@@ -299,11 +305,8 @@ TEST(Diloco, WithOneInnerStepEqualsPerStepParameterAveraging) {
 
 // A peer that joins after step k holds the swarm's parameters and epoch before it contributes.
 TEST(Collaborative, ANewcomerHoldsTheSwarmsParametersAndEpochFirst) {
-  dht::DhtConfig cfg;
-  cfg.k = 6;
-  cfg.refresh_period = Duration::zero();
-  cfg.replicate_period = Duration::zero();
-  test::FakeDhtSwarm s(4, cfg, {std::make_shared<dht::SignatureValidator>()}, 1200);
+  const dht::DhtConfig cfg = quiet_dht(6);
+  test::FakeDhtSwarm s(4, cfg, signed_records(), 1200);
   s.join_all();
   optim::CollaborativeConfig cc;
   cc.progress.target_batch = 24;
@@ -312,15 +315,7 @@ TEST(Collaborative, ANewcomerHoldsTheSwarmsParametersAndEpochFirst) {
   cc.allreduce.min_part = 1;
   const averaging::TensorSchema schema{{{5}, {}}};
   Rng rng(44);
-  std::vector<std::vector<Batch>> data(3, std::vector<Batch>(2));
-  for (auto& peer : data)
-    for (auto& b : peer)
-      for (int i = 0; i < 8; ++i) {
-        std::vector<float> x(5);
-        for (auto& v : x) v = static_cast<float>(rng.normal(0, 1));
-        b.x.push_back(x);
-        b.y.push_back(x[0] - x[1]);
-      }
+  const auto data = make_data(3, 2, [](std::size_t) { return 8; }, [](const std::vector<float>& x) { return x[0] - x[1]; }, rng);
   std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
   for (std::size_t i = 0; i < 4; ++i)
     opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
@@ -347,12 +342,9 @@ TEST(Collaborative, ANewcomerHoldsTheSwarmsParametersAndEpochFirst) {
 // A peer killed during the averaging of step 0: the others finish that step with the gradients
 // that were delivered, and the next step without it, in bounded time.
 TEST(Collaborative, APeerKilledDuringAveragingCostsOnlyItsContribution) {
-  dht::DhtConfig cfg;
-  cfg.k = 6;
+  dht::DhtConfig cfg = quiet_dht(6);
   cfg.rpc_timeout = 500ms;
-  cfg.refresh_period = Duration::zero();
-  cfg.replicate_period = Duration::zero();
-  test::FakeDhtSwarm s(4, cfg, {std::make_shared<dht::SignatureValidator>()}, 1400);
+  test::FakeDhtSwarm s(4, cfg, signed_records(), 1400);
   s.join_all();
   optim::CollaborativeConfig cc;
   cc.progress.target_batch = 24;
@@ -365,15 +357,7 @@ TEST(Collaborative, APeerKilledDuringAveragingCostsOnlyItsContribution) {
   cc.allreduce.reducer_timeout = 2s;
   const averaging::TensorSchema schema{{{5}, {}}};
   Rng rng(55);
-  std::vector<std::vector<Batch>> data(4, std::vector<Batch>(2));
-  for (auto& peer : data)
-    for (auto& b : peer)
-      for (int i = 0; i < 8; ++i) {
-        std::vector<float> x(5);
-        for (auto& v : x) v = static_cast<float>(rng.normal(0, 1));
-        b.x.push_back(x);
-        b.y.push_back(2 * x[2]);
-      }
+  const auto data = make_data(4, 2, [](std::size_t) { return 8; }, [](const std::vector<float>& x) { return 2 * x[2]; }, rng);
   std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
   for (std::size_t i = 0; i < 4; ++i) {
     auto c = cc;
@@ -408,11 +392,8 @@ TEST(Collaborative, APeerKilledDuringAveragingCostsOnlyItsContribution) {
 // Delayed parameter updates: the training loop keeps accumulating while a step's averaging runs;
 // those samples are not lost, they count toward the next step.
 TEST(Collaborative, AccumulatingDuringAStepCountsTowardTheNext) {
-  dht::DhtConfig cfg;
-  cfg.k = 4;
-  cfg.refresh_period = Duration::zero();
-  cfg.replicate_period = Duration::zero();
-  test::FakeDhtSwarm s(2, cfg, {std::make_shared<dht::SignatureValidator>()}, 1600);
+  const dht::DhtConfig cfg = quiet_dht(4);
+  test::FakeDhtSwarm s(2, cfg, signed_records(), 1600);
   s.join_all();
   optim::CollaborativeConfig cc;
   cc.progress.target_batch = 8;
