@@ -11,36 +11,14 @@
 #include "core/data/idx.hpp"
 #include "core/dht/validate.hpp"
 #include "real/moe_expert.hpp"
+#include "tests/support/live_peers.hpp"
 
 namespace apiary::real {
 namespace {
 
-struct Pair {
-  Pair() {
-    for (int i = 0; i < 2; ++i) {
-      rts.push_back(std::make_unique<LiveRuntime>(io, LiveOptions{}));
-      rts.back()->open();
-      envs.push_back(std::make_unique<PeerEnv>(*rts.back(), metrics, i, Rng(i + 1)));
-      rts.back()->set_observer(envs.back()->observer);
-      rpcs.push_back(std::make_unique<Rpc>(envs.back()->runtime));
-    }
-    server = std::make_unique<ExpertServer>(envs[0]->runtime, *rpcs[0]);
-  }
-  ~Pair() {
-    for (auto& r : rpcs) r->shutdown();
-    for (auto& r : rts) r->close();
-  }
-  RemoteExpert::Drive drive() {
-    return [this](const std::function<bool()>& done) {
-      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-      while (!done() && std::chrono::steady_clock::now() < end) io.run_one_for(std::chrono::milliseconds(20));
-    };
-  }
-  boost::asio::io_context io;
-  Metrics metrics;
-  std::vector<std::unique_ptr<LiveRuntime>> rts;
-  std::vector<std::unique_ptr<PeerEnv>> envs;
-  std::vector<std::unique_ptr<Rpc>> rpcs;
+// A client and a server, live on loopback.
+struct Pair : test::LivePeers {
+  Pair() : LivePeers(2) { server = std::make_unique<ExpertServer>(runtime(0), *rpcs[0]); }
   std::unique_ptr<ExpertServer> server;
 };
 
@@ -122,51 +100,33 @@ namespace {
 
 // A live swarm in one process: six expert servers (one expert each on a 3x3 grid) and a client,
 // all DHT peers on one io_context.
-struct MoeSwarm {
+// A live swarm in one process: six expert servers (one expert each on a 3x3 grid) and a client,
+// all DHT peers on one io_context.
+struct MoeSwarm : test::LivePeers {
   static constexpr int kServers = 6;
-  explicit MoeSwarm(std::int64_t dim = 8, std::int64_t hidden = 16, double lr = 0.05) : dim_(dim) {
+  explicit MoeSwarm(std::int64_t dim = 8, std::int64_t hidden = 16, double lr = 0.05) : LivePeers(kServers + 1), dim_(dim) {
     dht::DhtConfig cfg;
     cfg.k = 8;
     cfg.rpc_timeout = std::chrono::milliseconds(500);
+    for (int i = 0; i <= kServers; ++i)
+      nodes.push_back(std::make_unique<dht::DhtNode>(runtime(i), *rpcs[i], dht::Identity::from_seed(i + 300).id(), cfg));
     for (int i = 0; i <= kServers; ++i) {
-      rts.push_back(std::make_unique<LiveRuntime>(io, LiveOptions{}));
-      rts.back()->open();
-      envs.push_back(std::make_unique<PeerEnv>(*rts.back(), metrics, i, Rng(i + 1)));
-      rts.back()->set_observer(envs.back()->observer);
-      rpcs.push_back(std::make_unique<Rpc>(envs.back()->runtime));
-      nodes.push_back(std::make_unique<dht::DhtNode>(envs.back()->runtime, *rpcs.back(), dht::Identity::from_seed(i + 300).id(), cfg));
-    }
-    for (int i = 0; i <= kServers; ++i) {
-      std::vector<Endpoint> seeds{rts[i == 0 ? 1 : 0]->local()};
+      std::vector<Endpoint> seeds{endpoint(i == 0 ? 1 : 0)};
       run(nodes[i]->bootstrap(seeds));
     }
     const std::vector<std::vector<std::uint32_t>> cells{{0, 0}, {0, 2}, {1, 1}, {2, 0}, {2, 2}, {1, 2}};
     for (int i = 0; i < kServers; ++i) {
-      servers.push_back(std::make_unique<ExpertServer>(envs[i]->runtime, *rpcs[i]));
+      servers.push_back(std::make_unique<ExpertServer>(runtime(i), *rpcs[i]));
       const moe::ExpertUid uid{"ffn", cells[i]};
       servers.back()->add(uid.str(), make_ffn_expert(dim, hidden, lr));
       std::vector<moe::ExpertUid> mine{uid};
-      run(moe::declare_experts(*nodes[i], mine, rts[i]->local(), envs[i]->runtime.now() + std::chrono::hours(1)));
+      run(moe::declare_experts(*nodes[i], mine, endpoint(i), runtime(i).now() + std::chrono::hours(1)));
       server_of[uid.str()] = i;
     }
   }
   ~MoeSwarm() {
     for (auto& r : rpcs) r->shutdown();
     nodes.clear();
-    for (auto& r : rts) r->close();
-  }
-  RemoteExpert::Drive drive() {
-    return [this](const std::function<bool()>& done) {
-      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-      while (!done() && std::chrono::steady_clock::now() < end) io.run_one_for(std::chrono::milliseconds(5));
-    };
-  }
-  template <class T>
-  T run(Task<T> t) {
-    t.start();
-    drive()([&] { return t.done(); });
-    EXPECT_TRUE(t.done());
-    return t.result();
   }
   void kill(const std::string& uid) { rts[server_of.at(uid)]->close(); }
   RemoteMixtureOfExperts layer(std::size_t k_best, std::size_t k_min) {
@@ -177,35 +137,13 @@ struct MoeSwarm {
     o.k_min = k_min;
     o.forward_timeout = std::chrono::seconds(3);
     o.timeout_after_k_min = std::chrono::milliseconds(300);
-    return RemoteMixtureOfExperts(envs[kServers]->runtime, *rpcs[kServers], *nodes[kServers], o, drive());
+    return RemoteMixtureOfExperts(runtime(kServers), *rpcs[kServers], *nodes[kServers], o, drive());
   }
   std::int64_t dim_;
-  boost::asio::io_context io;
-  Metrics metrics;
-  std::vector<std::unique_ptr<LiveRuntime>> rts;
-  std::vector<std::unique_ptr<PeerEnv>> envs;
-  std::vector<std::unique_ptr<Rpc>> rpcs;
   std::vector<std::unique_ptr<dht::DhtNode>> nodes;
   std::vector<std::unique_ptr<ExpertServer>> servers;
   std::map<std::string, int> server_of;
 };
-
-TEST(RemoteMixture, ForwardAndBackwardThroughRemoteExperts) {
-  torch::manual_seed(3);
-  MoeSwarm s;
-  auto moe = s.layer(4, 2);
-  torch::Tensor x = torch::randn({5, 8}).requires_grad_(true);
-  torch::Tensor y = moe->forward(x);
-  ASSERT_EQ(y.sizes(), (std::vector<std::int64_t>{5, 8}));
-  EXPECT_EQ(moe->last_responders().size(), 4u);
-  y.pow(2).sum().backward();
-  ASSERT_TRUE(x.grad().defined());
-  EXPECT_GT(x.grad().abs().sum().item<float>(), 0);
-  EXPECT_GT(moe->gate->weight.grad().abs().sum().item<float>(), 0) << "the gate learns from the mixture weights";
-  std::size_t updates = 0;
-  for (const auto& [uid, i] : s.server_of) updates += s.servers[i]->find(uid)->updates;
-  EXPECT_EQ(updates, 4u) << "each answering expert took one optimizer step";
-}
 
 // The whole path learns: a Fashion-MNIST classifier whose middle layer is the remote mixture
 // (experts on six servers, trained by their own optimizers from the gradients the client sends)

@@ -9,37 +9,23 @@
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/torch_collaborative.hpp"
+#include "tests/support/live_peers.hpp"
 
 namespace apiary::real {
 namespace {
 
 TEST(TorchCollaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
-  boost::asio::io_context io;
-  Metrics metrics;
-  std::vector<std::unique_ptr<LiveRuntime>> rts;
-  std::vector<std::unique_ptr<PeerEnv>> envs;
-  std::vector<std::unique_ptr<Rpc>> rpcs;
+  test::LivePeers peers(3);
   std::vector<std::unique_ptr<dht::DhtNode>> nodes;
   dht::DhtConfig dcfg;
   dcfg.k = 4;
-  for (int i = 0; i < 3; ++i) {
-    rts.push_back(std::make_unique<LiveRuntime>(io, LiveOptions{}));
-    rts.back()->open();
-    envs.push_back(std::make_unique<PeerEnv>(*rts.back(), metrics, i, Rng(i + 1)));
-    rts.back()->set_observer(envs.back()->observer);
-    rpcs.push_back(std::make_unique<Rpc>(envs.back()->runtime));
-    nodes.push_back(std::make_unique<dht::DhtNode>(envs.back()->runtime, *rpcs.back(), dht::Identity::from_seed(2000 + i).id(),
+  for (int i = 0; i < 3; ++i)
+    nodes.push_back(std::make_unique<dht::DhtNode>(peers.runtime(i), *peers.rpcs[i], dht::Identity::from_seed(2000 + i).id(),
                                                    dcfg, std::vector<std::shared_ptr<dht::Validator>>{std::make_shared<dht::SignatureValidator>()}));
-  }
-  auto drive = [&](const std::function<bool()>& done) {
-    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (!done() && std::chrono::steady_clock::now() < end) io.run_one_for(std::chrono::milliseconds(5));
-  };
+  auto drive = peers.drive();
   for (int i = 0; i < 3; ++i) {
-    std::vector<Endpoint> seeds{rts[i == 0 ? 1 : 0]->local()};
-    auto t = nodes[i]->bootstrap(seeds);
-    t.start();
-    drive([&] { return t.done(); });
+    std::vector<Endpoint> seeds{peers.endpoint(i == 0 ? 1 : 0)};
+    peers.run(nodes[i]->bootstrap(seeds));
   }
   // Identical initial models; different data per peer.
   std::vector<torch::nn::Linear> models;
@@ -68,7 +54,7 @@ TEST(TorchCollaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
   cc.allreduce.min_part = 1;
   std::vector<std::unique_ptr<TorchCollaborative>> collabs;
   for (int i = 0; i < 3; ++i)
-    collabs.push_back(std::make_unique<TorchCollaborative>(*models[i], *opts[i], envs[i]->runtime, *rpcs[i], *nodes[i],
+    collabs.push_back(std::make_unique<TorchCollaborative>(*models[i], *opts[i], peers.runtime(i), *peers.rpcs[i], *nodes[i],
                                                            dht::Identity::from_seed(2100 + i), cc));
   for (int step = 0; step < 2; ++step) {
     std::vector<torch::Tensor> xs, ys;
@@ -100,10 +86,9 @@ TEST(TorchCollaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
       EXPECT_TRUE(torch::allclose(models[i]->bias, reference->bias, 0, 1e-5)) << "peer " << i << " step " << step;
     }
   }
-  for (auto& r : rpcs) r->shutdown();
+  for (auto& r : peers.rpcs) r->shutdown();
   collabs.clear();
   nodes.clear();
-  for (auto& r : rts) r->close();
 }
 
 }  // namespace
