@@ -145,6 +145,23 @@ struct MoeSwarm : test::LivePeers {
   std::map<std::string, int> server_of;
 };
 
+TEST(RemoteMixture, ForwardAndBackwardThroughRemoteExperts) {
+  torch::manual_seed(3);
+  MoeSwarm s;
+  auto moe = s.layer(4, 2);
+  torch::Tensor x = torch::randn({5, 8}).requires_grad_(true);
+  torch::Tensor y = moe->forward(x);
+  ASSERT_EQ(y.sizes(), (std::vector<std::int64_t>{5, 8}));
+  EXPECT_EQ(moe->last_responders().size(), 4u);
+  y.pow(2).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_GT(x.grad().abs().sum().item<float>(), 0);
+  EXPECT_GT(moe->gate->weight.grad().abs().sum().item<float>(), 0) << "the gate learns from the mixture weights";
+  std::size_t updates = 0;
+  for (const auto& [uid, i] : s.server_of) updates += s.servers[i]->find(uid)->updates;
+  EXPECT_EQ(updates, 4u) << "each answering expert took one optimizer step";
+}
+
 // The whole path learns: a Fashion-MNIST classifier whose middle layer is the remote mixture
 // (experts on six servers, trained by their own optimizers from the gradients the client sends)
 // reaches well above chance after 150 steps of 64 images.
