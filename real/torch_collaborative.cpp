@@ -19,6 +19,16 @@ std::vector<float> flat(const std::vector<torch::Tensor>& ts) {
   return out;
 }
 
+// Copies consecutive slices of `flat` into the tensors of `dst`, in order.
+void unflatten_into(std::vector<float>& flat, const std::vector<torch::Tensor>& dst) {
+  torch::NoGradGuard no_grad;
+  std::size_t at = 0;
+  for (auto t : dst) {
+    t.copy_(torch::from_blob(flat.data() + at, t.sizes(), torch::kFloat));
+    at += static_cast<std::size_t>(t.numel());
+  }
+}
+
 }  // namespace
 
 TorchCollaborative::TorchCollaborative(torch::nn::Module& model, torch::optim::Optimizer& optimizer, Runtime& rt,
@@ -42,17 +52,12 @@ Task<Result<optim::StepReport>> TorchCollaborative::step() {
   Result<optim::StepReport> r = co_await collab_->step();
   if (!r.ok()) co_return r;
   // The averaged gradient into .grad(), then the optimizer's own step.
-  std::size_t at = 0;
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& p : params_) {
-      const auto n = static_cast<std::size_t>(p.numel());
-      torch::Tensor g = torch::from_blob(r->mean_gradient.data() + at, p.sizes(), torch::kFloat).clone();
-      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-      p.mutable_grad().copy_(g);
-      at += n;
-    }
+  std::vector<torch::Tensor> grads;
+  for (auto& p : params_) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    grads.push_back(p.mutable_grad());
   }
+  unflatten_into(r->mean_gradient, grads);
   optimizer_.step();
   optimizer_.zero_grad();
   collab_->parameters() = flat(params_);  // what newcomers download
@@ -62,12 +67,7 @@ Task<Result<optim::StepReport>> TorchCollaborative::step() {
 Task<Result<std::uint64_t>> TorchCollaborative::join() {
   Result<std::uint64_t> r = co_await collab_->join();
   if (!r.ok()) co_return r;
-  std::size_t at = 0;
-  torch::NoGradGuard no_grad;
-  for (auto& p : params_) {
-    p.copy_(torch::from_blob(collab_->parameters().data() + at, p.sizes(), torch::kFloat));
-    at += static_cast<std::size_t>(p.numel());
-  }
+  unflatten_into(collab_->parameters(), params_);
   co_return r;
 }
 

@@ -22,6 +22,16 @@ dht::DhtConfig quiet_dht(std::size_t k) {
   return cfg;
 }
 
+// Makes and starts one task per peer (the peers then run as the fake network advances).
+std::vector<Task<void>> start_all(std::size_t n, const std::function<Task<void>(std::size_t)>& make) {
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < n; ++i) {
+    tasks.push_back(make(i));
+    tasks.back().start();
+  }
+  return tasks;
+}
+
 std::vector<std::shared_ptr<dht::Validator>> signed_records() { return {std::make_shared<dht::SignatureValidator>()}; }
 
 }  // namespace
@@ -167,11 +177,7 @@ TEST(Collaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
                                                                    dht::Identity::from_seed(800 + i), schema, init, cc));
   int done = 0;
   std::vector<std::vector<std::size_t>> groups(4);
-  std::vector<Task<void>> tasks;
-  for (std::size_t i = 0; i < 4; ++i) {
-    tasks.push_back(train(*opts[i], &data[i], &done, &groups[i]));
-    tasks.back().start();
-  }
+  auto tasks = start_all(4, [&](std::size_t i) { return train(*opts[i], &data[i], &done, &groups[i]); });
   s.fake.net.run(10min, [&] { return done == 4; });
   ASSERT_EQ(done, 4);
   // The reference: one process, the global batch of each step is the four peers' batches.
@@ -257,11 +263,7 @@ TEST(Diloco, WithOneInnerStepEqualsPerStepParameterAveraging) {
     for (std::size_t i = 0; i < 4; ++i)
       opts.push_back(std::make_unique<optim::DilocoOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i], schema, init, dc));
     int done = 0;
-    std::vector<Task<void>> tasks;
-    for (std::size_t i = 0; i < 4; ++i) {
-      tasks.push_back(diloco_peer(*opts[i], &data[i], lr, &done));
-      tasks.back().start();
-    }
+    auto tasks = start_all(4, [&](std::size_t i) { return diloco_peer(*opts[i], &data[i], lr, &done); });
     s.fake.net.run(10min, [&] { return done == 4; });
     ASSERT_EQ(done, 4);
     bytes = 0;
@@ -288,11 +290,7 @@ TEST(Diloco, WithOneInnerStepEqualsPerStepParameterAveraging) {
   }
   std::vector<std::vector<float>> ref(4, init);
   int done = 0;
-  std::vector<Task<void>> tasks;
-  for (std::size_t i = 0; i < 4; ++i) {
-    tasks.push_back(averaging_peer(*avgs[i], f[i].runtime(), &ref[i], &data[i], lr, members, &done));
-    tasks.back().start();
-  }
+  auto tasks = start_all(4, [&](std::size_t i) { return averaging_peer(*avgs[i], f[i].runtime(), &ref[i], &data[i], lr, members, &done); });
   f.net.run(10min, [&] { return done == 4; });
   ASSERT_EQ(done, 4);
   for (auto& r : rpcs) r->shutdown();
@@ -323,11 +321,7 @@ TEST(Collaborative, ANewcomerHoldsTheSwarmsParametersAndEpochFirst) {
                                                                    std::vector<float>(6, i == 3 ? 9.0f : 0.0f), cc));
   int done = 0;
   std::vector<std::vector<std::size_t>> groups(3);
-  std::vector<Task<void>> tasks;
-  for (std::size_t i = 0; i < 3; ++i) {
-    tasks.push_back(train(*opts[i], &data[i], &done, &groups[i]));
-    tasks.back().start();
-  }
+  auto tasks = start_all(3, [&](std::size_t i) { return train(*opts[i], &data[i], &done, &groups[i]); });
   s.fake.net.run(10min, [&] { return done == 3; });
   ASSERT_EQ(done, 3);
   ASSERT_EQ(opts[0]->epoch(), 2u);
@@ -371,11 +365,7 @@ TEST(Collaborative, APeerKilledDuringAveragingCostsOnlyItsContribution) {
   }
   int done = 0;
   std::vector<std::vector<std::size_t>> groups(4);
-  std::vector<Task<void>> tasks;
-  for (std::size_t i = 0; i < 4; ++i) {
-    tasks.push_back(train(*opts[i], &data[i], &done, &groups[i]));
-    tasks.back().start();
-  }
+  auto tasks = start_all(4, [&](std::size_t i) { return train(*opts[i], &data[i], &done, &groups[i]); });
   const TimePoint t0 = s.fake.net.now();
   s.fake.net.run(10min, [&] { return done >= 3 && opts[0]->epoch() == 2 && opts[1]->epoch() == 2 && opts[2]->epoch() == 2; });
   EXPECT_LT(s.fake.net.now() - t0, 2min);
