@@ -140,7 +140,10 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
           rt_.observer.count("avg.bad_declarations");
         }
         if (!d || d->member.endpoint == s.self.endpoint || tried.count(d->member.endpoint)) continue;
-        if (d->deadline <= rt_.now() || !ahead(*d, mine)) continue;
+        if (d->deadline <= rt_.now()) continue;
+        // A client member cannot accept connections, so it never leads; it follows any leader.
+        if (d->member.kind == MemberKind::kClient) continue;
+        if (s.self.kind != MemberKind::kClient && !ahead(*d, mine)) continue;
         ahead_of_me.push_back(*d);
       }
       std::sort(ahead_of_me.begin(), ahead_of_me.end(), ahead);
@@ -183,7 +186,7 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
         continue;  // refused or gone: try the next peer ahead
       }
     }
-    if (s.followers.size() + 1 >= cfg_.target_group_size) {
+    if (s.self.kind != MemberKind::kClient && s.followers.size() + 1 >= cfg_.target_group_size) {
       assemble(s);
       break;
     }
@@ -192,7 +195,9 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
     std::function<bool()> full = [&s, target] { return s.failed || s.followers.size() + 1 >= target; };
     co_await wait_until(rt_, s.changed, until, std::move(full));
   }
-  if (!s.assembled && !fatal && !s.failed && s.followers.size() + 1 >= cfg_.min_group_size) assemble(s);
+  if (!s.assembled && !fatal && !s.failed && s.self.kind != MemberKind::kClient &&
+      s.followers.size() + 1 >= cfg_.min_group_size)
+    assemble(s);
   if (!s.assembled) {
     s.failed = true;
     s.changed.notify_all();  // followers hear that there is no group
@@ -210,7 +215,8 @@ Task<Result<JoinReply>> Matchmaker::handle_join(Endpoint from, JoinRequest req) 
   std::shared_ptr<Search> sp = current_;
   if (!sp || sp->key != req.key) co_return Error{ErrorCode::kRejected, "not looking for a group under '" + req.key + "'"};
   Search& s = *sp;
-  if (s.following || s.assembled || s.failed) co_return Error{ErrorCode::kRejected, "not leading a group"};
+  if (s.following || s.assembled || s.failed || s.self.kind == MemberKind::kClient)
+    co_return Error{ErrorCode::kRejected, "not leading a group"};
   if (req.schema_hash != s.hash)
     co_return Error{ErrorCode::kInvalidArgument, "tensor schema mismatch: the group averages " + s.schema.describe() +
                                                      " (schema hash " + hex(s.hash) + "), the joining peer's schema hash is " +

@@ -9,7 +9,8 @@
 // answered when the group is assembled); if refused or the leader is gone, it tries the next. A
 // peer that nobody ahead of it takes in leads: it accepts followers until the group reaches the
 // target size, or, at its deadline, begins with at least the minimum size or gives up. A leader
-// refuses a follower whose tensor schema differs, with an error that names both hashes.
+// refuses a follower whose tensor schema differs, with an error that names both hashes. A client
+// member (it cannot accept connections) never leads: it follows any leader it finds.
 #include <memory>
 #include <string>
 

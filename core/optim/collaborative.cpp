@@ -6,6 +6,17 @@ namespace apiary::optim {
 
 using namespace averaging;
 
+namespace {
+
+// Clears a flag when a coroutine ends, however it ends.
+struct FlagGuard {
+  bool& flag;
+  explicit FlagGuard(bool& f) : flag(f) { flag = true; }
+  ~FlagGuard() { flag = false; }
+};
+
+}  // namespace
+
 CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity,
                                                TensorSchema schema, std::vector<float> initial, CollaborativeConfig config)
     : rt_(rt),
@@ -16,40 +27,95 @@ CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNo
       progress_(rt, dht, std::move(identity), cfg_.progress),
       matchmaker_(rt, rpc, dht, cfg_.matchmaking),
       averager_(rt, rpc, cfg_.allreduce),
-      state_(rt, rpc, &dht, cfg_.progress.prefix, [this] {
-        return std::optional<ModelState>(ModelState{epoch_, schema_, params_, {}});
+      state_(rt, rpc, &dht, cfg_.progress.prefix, [this]() -> std::optional<ModelState> {
+        if (cfg_.role != MemberKind::kFull) return std::nullopt;  // nothing to share, or cannot be reached
+        std::vector<float> all = params_;
+        if (get_opt_) {
+          std::vector<float> opt = get_opt_();
+          all.insert(all.end(), opt.begin(), opt.end());
+        }
+        return ModelState{epoch_, state_schema(), std::move(all), {}};
       }) {
   if (params_.size() != schema_.total())
     throw std::invalid_argument("initial parameters have " + std::to_string(params_.size()) + " values; the schema " +
                                 schema_.describe() + " has " + std::to_string(schema_.total()));
+  if (cfg_.momentum < 0 || cfg_.momentum >= 1) throw std::invalid_argument("momentum must be in [0, 1)");
+  if (cfg_.momentum > 0) {
+    momentum_.assign(params_.size(), 0.0f);
+    set_optimizer_state(schema_, [this] { return momentum_; }, [this](std::vector<float> m) { momentum_ = std::move(m); });
+  }
 }
+
+void CollaborativeOptimizer::set_optimizer_state(TensorSchema schema, std::function<std::vector<float>()> get,
+                                                 std::function<void(std::vector<float>)> set) {
+  opt_schema_ = std::move(schema);
+  get_opt_ = std::move(get);
+  set_opt_ = std::move(set);
+}
+
+TensorSchema CollaborativeOptimizer::state_schema() const {
+  TensorSchema s = schema_;
+  s.shapes.insert(s.shapes.end(), opt_schema_.shapes.begin(), opt_schema_.shapes.end());
+  return s;
+}
+
+Member CollaborativeOptimizer::self() const { return Member{rt_.transport.local(), cfg_.role, 1.0}; }
 
 void CollaborativeOptimizer::accumulate(std::span<const float> grad_sum, std::uint64_t samples) {
-  if (grad_sum.size() != grad_sum_.size())
-    throw std::invalid_argument("gradient has " + std::to_string(grad_sum.size()) + " values, the parameters " +
-                                std::to_string(grad_sum_.size()));
-  for (std::size_t i = 0; i < grad_sum.size(); ++i) grad_sum_[i] += grad_sum[i];
+  if (cfg_.role == MemberKind::kAux) throw std::logic_error("an auxiliary peer trains nothing");
+  if (!cfg_.local_updates || !grad_sum.empty()) {
+    if (grad_sum.size() != grad_sum_.size())
+      throw std::invalid_argument("gradient has " + std::to_string(grad_sum.size()) + " values, the parameters " +
+                                  std::to_string(grad_sum_.size()));
+    if (!cfg_.local_updates)
+      for (std::size_t i = 0; i < grad_sum.size(); ++i) grad_sum_[i] += grad_sum[i];
+  }
   samples_ += samples;
+  // Throughput: an exponential moving average of samples per second between calls.
+  const TimePoint now = rt_.now();
+  if (last_accumulate_ && now > *last_accumulate_) {
+    const double inst = static_cast<double>(samples) / std::chrono::duration<double>(now - *last_accumulate_).count();
+    rate_ = rate_ == 0 ? inst : 0.8 * rate_ + 0.2 * inst;
+  }
+  last_accumulate_ = now;
 }
 
-Task<Result<StepReport>> CollaborativeOptimizer::step() {
-  // What this peer gathered until now goes into this step; what the training loop accumulates
-  // while the step runs counts toward the next one (delayed parameter updates: computing the
-  // next batches overlaps the averaging of this one).
-  std::vector<float> sum = std::exchange(grad_sum_, std::vector<float>(grad_sum_.size(), 0.0f));
-  const std::uint64_t samples = std::exchange(samples_, 0);
-  // 1. Tell the swarm how far we are, then wait for the global batch.
-  PeerProgress mine{epoch_, samples, 0.0, {}, false};
-  co_await progress_.publish(mine);
+Task<SwarmProgress> CollaborativeOptimizer::report_progress() {
+  if (!in_step_) {
+    PeerProgress mine{epoch_, samples_, rate_, {}, cfg_.role == MemberKind::kClient};
+    co_await progress_.publish(mine);
+  }
+  SwarmProgress swarm = co_await progress_.fetch();
+  co_return swarm;
+}
+
+bool CollaborativeOptimizer::step_due(const SwarmProgress& swarm) const {
+  if (swarm.epoch > epoch_) return true;  // behind: step() catches up
+  return swarm.epoch == epoch_ && progress_.matchmaking_time(swarm) <= rt_.now();
+}
+
+Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_t) {
   const TimePoint give_up = rt_.now() + cfg_.max_wait;
-  SwarmProgress swarm;
+  std::optional<std::uint64_t> published;
   while (true) {
-    swarm = co_await progress_.fetch();
-    if (swarm.ready && swarm.epoch == epoch_) break;
+    // Re-publish only when there is news (the training loop may accumulate while we wait).
+    if (published != samples_ || !published) {
+      PeerProgress mine{epoch_, samples_, rate_, {}, cfg_.role == MemberKind::kClient};
+      co_await progress_.publish(mine);
+      published = mine.samples;
+    }
+    SwarmProgress swarm = co_await progress_.fetch();
+    if (swarm.ready && swarm.epoch == epoch_) co_return swarm;
     if (swarm.epoch > epoch_) {  // behind: catch up, then contribute from the next step on
+      const std::uint64_t was = epoch_;
+      if (cfg_.role == MemberKind::kAux) {
+        epoch_ = swarm.epoch;  // nothing to download: follow the swarm
+        continue;
+      }
       Result<std::uint64_t> caught = co_await join();
       if (!caught.ok()) co_return caught.error();
-      co_return Error{ErrorCode::kCancelled, "caught up from epoch behind to " + std::to_string(epoch_) +
+      rt_.observer.count("optim.catch_ups");
+      co_return Error{ErrorCode::kCancelled, "caught up from epoch " + std::to_string(was) + " to " + std::to_string(epoch_) +
                                                  "; accumulate on the new parameters and step again"};
     }
     if (rt_.now() >= give_up)
@@ -58,36 +124,150 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
                                                format_duration(cfg_.max_wait)};
     co_await sleep_on(rt_.timers, cfg_.poll);
   }
-  // 2. The step's group, and the mean gradient over the global batch.
-  Member self{rt_.transport.local(), MemberKind::kFull, 1.0};
-  Result<Group> group = co_await matchmaker_.find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema_, self);
+}
+
+Task<Result<Group>> CollaborativeOptimizer::find_group(std::string key, const TensorSchema& schema, std::size_t peers) {
+  auto& mm = matchmaker_.config();
+  if (cfg_.size_groups_by_progress)
+    mm.target_group_size = std::clamp<std::size_t>(peers, cfg_.matchmaking.min_group_size, cfg_.matchmaking.target_group_size);
+  Result<Group> g = co_await matchmaker_.find_group(std::move(key), schema, self());
+  co_return g;
+}
+
+Task<Result<AllReduceReport>> CollaborativeOptimizer::average_state(std::size_t peers) {
+  const TensorSchema schema = state_schema();
+  Result<Group> group = co_await find_group(cfg_.progress.prefix + ".state" + std::to_string(epoch_), schema, peers);
   if (!group.ok()) co_return group.error();
-  std::vector<float> mean(sum.size(), 0.0f);
-  if (samples > 0)
-    for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = sum[i] / static_cast<float>(samples);
-  const std::size_t members = group->members.size();
-  Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(mean), static_cast<double>(samples));
-  if (!avg.ok()) co_return avg.error();
-  // 3. The optimizer step, the same on every peer of the group (or the caller's optimizer's).
-  if (cfg_.apply_sgd) {
-    const float lr = static_cast<float>(cfg_.learning_rate);
-    for (std::size_t i = 0; i < params_.size(); ++i) params_[i] -= lr * avg->averaged[i];
+  std::vector<float> local;
+  if (cfg_.role != MemberKind::kAux) {
+    local = params_;
+    if (get_opt_) {
+      std::vector<float> opt = get_opt_();
+      local.insert(local.end(), opt.begin(), opt.end());
+    }
   }
-  std::vector<float> mean_gradient = avg->averaged;
-  StepReport rep{epoch_, members, swarm.samples, std::move(mean_gradient), std::move(*avg)};
+  const double weight = cfg_.role == MemberKind::kAux ? 0.0 : static_cast<double>(std::max<std::uint64_t>(1, samples_since_state_));
+  Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(local), weight);
+  if (!avg.ok()) co_return avg.error();
+  samples_since_state_ = 0;
+  if (cfg_.role != MemberKind::kAux) {
+    std::copy(avg->averaged.begin(), avg->averaged.begin() + static_cast<std::ptrdiff_t>(params_.size()), params_.begin());
+    if (set_opt_) set_opt_(std::vector<float>(avg->averaged.begin() + static_cast<std::ptrdiff_t>(params_.size()), avg->averaged.end()));
+  }
+  rt_.observer.count("optim.state_averagings");
+  co_return avg;
+}
+
+Task<Result<StepReport>> CollaborativeOptimizer::step() {
+  if (in_step_) co_return Error{ErrorCode::kInvalidArgument, "a step is already running"};
+  if (cfg_.role == MemberKind::kAux) co_return Error{ErrorCode::kInvalidArgument, "an auxiliary peer assists, it does not step"};
+  FlagGuard guard(in_step_);
+  const TimePoint t0 = rt_.now();
+  // 1. Wait for the global batch (catching up if the swarm moved on without us).
+  Result<SwarmProgress> swarm = co_await wait_for_target(samples_);
+  if (!swarm.ok()) co_return swarm.error();
+  // What this peer gathered until the swarm was ready goes into this step; what the training
+  // loop accumulates from now on counts toward the next one (delayed parameter updates).
+  std::vector<float> sum = std::exchange(grad_sum_, std::vector<float>(grad_sum_.size(), 0.0f));
+  const std::uint64_t samples = std::exchange(samples_, 0);
+  samples_since_state_ += samples;
+  FlagGuard averaging(averaging_);
+  StepReport rep;
+  rep.epoch = epoch_;
+  rep.swarm_samples = swarm->samples;
+  rep.samples = samples;
+  const TimePoint t1 = rt_.now();
+  rep.waited = t1 - t0;
+  // 2. The step's group, and the mean gradient over the global batch.
+  if (!cfg_.local_updates) {
+    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema_, swarm->peers);
+    if (!group.ok()) co_return group.error();
+    std::vector<float> mean(sum.size(), 0.0f);
+    if (samples > 0)
+      for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = sum[i] / static_cast<float>(samples);
+    rep.group = group->members.size();
+    Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(mean), static_cast<double>(samples));
+    if (!avg.ok()) co_return avg.error();
+    // 3. The optimizer step, the same on every peer of the group (or the caller's optimizer's).
+    if (cfg_.apply_sgd) {
+      const float lr = static_cast<float>(cfg_.learning_rate);
+      if (!momentum_.empty()) {
+        const float mu = static_cast<float>(cfg_.momentum);
+        for (std::size_t i = 0; i < params_.size(); ++i) {
+          momentum_[i] = mu * momentum_[i] + avg->averaged[i];
+          params_[i] -= lr * momentum_[i];
+        }
+      } else {
+        for (std::size_t i = 0; i < params_.size(); ++i) params_[i] -= lr * avg->averaged[i];
+      }
+    }
+    rep.mean_gradient = avg->averaged;
+    rep.bytes_sent += avg->bytes_sent;
+    rep.allreduce = std::move(*avg);
+  }
   ++epoch_;
   rt_.observer.count("optim.steps");
-  co_await state_.declare(epoch_, cfg_.progress.ttl);  // newcomers can fetch the state from us
+  // 4. Every N epochs, parameters and optimizer state are averaged too (a failure here costs
+  // only the drift it would have removed).
+  if (cfg_.average_state_every > 0 && epoch_ % cfg_.average_state_every == 0) {
+    Result<AllReduceReport> st = co_await average_state(swarm->peers);
+    if (st.ok()) {
+      rep.state_averaged = true;
+      rep.bytes_sent += st->bytes_sent;
+    } else {
+      rt_.observer.log(LogLevel::kInfo, "optim", "state averaging after epoch " + std::to_string(epoch_) +
+                                                     " failed: " + st.error().describe());
+    }
+  }
+  rep.averaging = rt_.now() - t1;
+  if (cfg_.role == MemberKind::kFull) co_await state_.declare(epoch_, cfg_.progress.ttl);  // newcomers fetch from us
+  co_return rep;
+}
+
+Task<Result<StepReport>> CollaborativeOptimizer::assist() {
+  if (cfg_.role != MemberKind::kAux) co_return Error{ErrorCode::kInvalidArgument, "only an auxiliary peer assists"};
+  if (in_step_) co_return Error{ErrorCode::kInvalidArgument, "a step is already running"};
+  FlagGuard guard(in_step_);
+  const TimePoint t0 = rt_.now();
+  Result<SwarmProgress> swarm = co_await wait_for_target(0);
+  if (!swarm.ok()) co_return swarm.error();
+  StepReport rep;
+  rep.epoch = epoch_;
+  rep.swarm_samples = swarm->samples;
+  const TimePoint t1 = rt_.now();
+  rep.waited = t1 - t0;
+  if (!cfg_.local_updates) {
+    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema_, swarm->peers);
+    if (!group.ok()) co_return group.error();
+    rep.group = group->members.size();
+    Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), {}, 0.0);
+    if (!avg.ok()) co_return avg.error();
+    rep.bytes_sent += avg->bytes_sent;
+    rep.allreduce = std::move(*avg);
+  }
+  ++epoch_;
+  if (cfg_.average_state_every > 0 && epoch_ % cfg_.average_state_every == 0) {
+    Result<AllReduceReport> st = co_await average_state(swarm->peers);
+    if (st.ok()) {
+      rep.state_averaged = true;
+      rep.bytes_sent += st->bytes_sent;
+    }
+  }
+  rep.averaging = rt_.now() - t1;
+  rt_.observer.count("optim.assists");
   co_return rep;
 }
 
 Task<Result<std::uint64_t>> CollaborativeOptimizer::join() {
-  Result<ModelState> st = co_await state_.download(schema_, cfg_.state_timeout);
+  Result<ModelState> st = co_await state_.download(state_schema(), cfg_.state_timeout);
   if (!st.ok()) co_return st.error();
-  params_ = std::move(st->tensors);
+  const auto n = static_cast<std::ptrdiff_t>(params_.size());
+  params_.assign(st->tensors.begin(), st->tensors.begin() + n);
+  if (set_opt_) set_opt_(std::vector<float>(st->tensors.begin() + n, st->tensors.end()));
   epoch_ = st->epoch;
   std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
   samples_ = 0;
+  samples_since_state_ = 0;
   rt_.observer.count("optim.state_downloads");
   co_return epoch_;
 }

@@ -3,11 +3,23 @@
 // own data at its own pace, and take a global optimizer step together whenever the swarm has
 // processed the target batch size.
 //
-// A peer accumulates gradients (summed over its samples). step(): publish progress; wait until
-// the swarm's accumulated samples reach the target batch (progress through the DHT); find the
-// step's group (matchmaking under "<run>.step<epoch>"); all-reduce the mean gradients weighted by
-// sample counts — which gives the mean gradient over the global batch; apply SGD; next epoch.
-// With exact averaging this equals one process doing SGD on the concatenated global batches.
+// A peer accumulates gradients (summed over its samples) and reports its progress (samples
+// toward the current epoch, throughput) through the DHT. step(): wait until the swarm's
+// accumulated samples reach the target batch; find the step's group (matchmaking under
+// "<run>.step<epoch>", sized by the peers that reported on the epoch); all-reduce the mean
+// gradients weighted by sample counts — which gives the mean gradient over the global batch;
+// apply the optimizer step; next epoch. With exact averaging this equals one process doing SGD
+// on the concatenated global batches.
+//
+// Options:
+//  * delayed parameter updates: accumulating while a step runs counts toward the next step, so
+//    a training loop computes on while the averaging of the last step goes on;
+//  * local updates: the caller applies its own optimizer after every local batch; global steps
+//    then only advance the epoch, and parameters and optimizer state are averaged every
+//    `average_state_every` epochs (that averaging may also be used with gradient averaging);
+//  * roles: a client member sends its gradients but never reduces nor leads a group; an
+//    auxiliary peer trains nothing and lends its bandwidth to the all-reduce (assist());
+//  * newcomers (and peers that fell behind) download parameters, optimizer state and the epoch.
 #include "core/averaging/allreduce.hpp"
 #include "core/averaging/matchmaking.hpp"
 #include "core/averaging/state.hpp"
@@ -19,8 +31,13 @@ struct CollaborativeConfig {
   ProgressConfig progress;
   averaging::MatchmakingConfig matchmaking;
   averaging::AllReduceConfig allreduce;
-  double learning_rate = 0.1;
+  averaging::MemberKind role = averaging::MemberKind::kFull;
+  double learning_rate = 0.1;  // the built-in SGD
+  double momentum = 0.0;       // the built-in SGD's momentum (its buffer is optimizer state)
   bool apply_sgd = true;  // false: leave the step to the caller's optimizer (StepReport::mean_gradient)
+  bool local_updates = false;  // the caller steps its optimizer on every local batch; gradients are not averaged
+  std::uint32_t average_state_every = 0;  // average parameters and optimizer state every N epochs (0: never)
+  bool size_groups_by_progress = true;  // aim for a group of every peer that reported on the epoch
   Duration poll = std::chrono::milliseconds(200);      // progress polling while waiting
   Duration max_wait = std::chrono::seconds(60);        // for the swarm to reach the target
   Duration state_timeout = std::chrono::seconds(30);   // a state download
@@ -28,10 +45,15 @@ struct CollaborativeConfig {
 
 struct StepReport {
   std::uint64_t epoch = 0;          // the step just taken
-  std::size_t group = 0;            // peers averaged with (this one included)
+  std::size_t group = 0;            // peers averaged with (this one included); 0 if none
   std::uint64_t swarm_samples = 0;  // the global batch as progress reported it
-  std::vector<float> mean_gradient; // over the global batch (what SGD stepped along)
-  averaging::AllReduceReport allreduce;
+  std::uint64_t samples = 0;        // this peer's contribution
+  std::vector<float> mean_gradient; // over the global batch (what SGD stepped along); empty with local updates
+  averaging::AllReduceReport allreduce;  // the gradient round (empty with local updates)
+  bool state_averaged = false;      // parameters and optimizer state were averaged after the step
+  std::uint64_t bytes_sent = 0;     // all-reduce payload bytes this peer sent in the step (both rounds)
+  Duration waited{};                // waiting for the swarm to reach the target batch
+  Duration averaging{};             // matchmaking and all-reduce
 };
 
 class CollaborativeOptimizer {
@@ -41,23 +63,57 @@ class CollaborativeOptimizer {
   std::vector<float>& parameters() { return params_; }
   std::uint64_t epoch() const { return epoch_; }
   std::uint64_t local_samples() const { return samples_; }
-  // Adds a gradient summed over `samples` samples. step() takes what was accumulated when it was
-  // called; accumulating while it runs is allowed and counts toward the next step (delayed
-  // parameter updates).
+  double samples_per_second() const { return rate_; }
+  bool stepping() const { return in_step_; }
+  // Within a step: past the wait for the global batch (what is accumulated now is the next step's).
+  bool averaging() const { return averaging_; }
+  const CollaborativeConfig& config() const { return cfg_; }
+
+  // Optimizer state beyond the parameters, for state downloads and state averaging: its schema,
+  // how to read it and how to replace it. Without hooks, the built-in SGD's momentum buffer is
+  // the state (none when momentum is 0).
+  void set_optimizer_state(averaging::TensorSchema schema, std::function<std::vector<float>()> get,
+                           std::function<void(std::vector<float>)> set);
+
+  // Adds a gradient summed over `samples` samples (with local updates only the count matters:
+  // pass an empty span). step() takes what was accumulated when the swarm became ready;
+  // accumulating while it averages counts toward the next step (delayed parameter updates).
   void accumulate(std::span<const float> grad_sum, std::uint64_t samples);
+  // Publishes this peer's progress (epoch, samples, throughput) and reads the swarm's. While a
+  // step runs nothing is published (the samples belong to the next epoch).
+  Task<SwarmProgress> report_progress();
+  // When a training loop should call step(): the swarm reached the target batch, or is due to
+  // within the matchmaking lead.
+  bool step_due(const SwarmProgress& swarm) const;
   // One global step (see above). A peer that finds the swarm at a later epoch downloads the
-  // state first (its pending gradients, computed on old parameters, are dropped). Errors: the
-  // swarm did not reach the target in max_wait, no group.
+  // state first (its pending gradients, computed on old parameters, are dropped) and returns
+  // kCancelled. Errors: the swarm did not reach the target in max_wait, no group.
   Task<Result<StepReport>> step();
-  // A newcomer: download the parameters and epoch from the freshest peer before contributing.
+  // An auxiliary peer's share of one global step: wait for the swarm's target, reduce a part of
+  // the step's all-reduce (and of the state averaging when due), move to the next epoch.
+  Task<Result<StepReport>> assist();
+  // A newcomer: download the parameters, optimizer state and epoch from the freshest peer before
+  // contributing.
   Task<Result<std::uint64_t>> join();
 
  private:
+  Task<Result<SwarmProgress>> wait_for_target(std::uint64_t samples);
+  Task<Result<averaging::Group>> find_group(std::string key, const averaging::TensorSchema& schema, std::size_t peers);
+  Task<Result<averaging::AllReduceReport>> average_state(std::size_t peers);
+  averaging::TensorSchema state_schema() const;
+  averaging::Member self() const;
+
   Runtime& rt_;
   CollaborativeConfig cfg_;
   averaging::TensorSchema schema_;
-  std::vector<float> params_, grad_sum_;
-  std::uint64_t samples_ = 0, epoch_ = 0;
+  std::vector<float> params_, grad_sum_, momentum_;
+  std::uint64_t samples_ = 0, epoch_ = 0, samples_since_state_ = 0;
+  double rate_ = 0;
+  std::optional<TimePoint> last_accumulate_;
+  bool in_step_ = false, averaging_ = false;
+  averaging::TensorSchema opt_schema_;
+  std::function<std::vector<float>()> get_opt_;
+  std::function<void(std::vector<float>)> set_opt_;
   ProgressTracker progress_;
   averaging::Matchmaker matchmaker_;
   averaging::Averager averager_;

@@ -179,6 +179,39 @@ TEST(Matchmaking, MismatchedSchemaIsRefusedWithAClearError) {
   EXPECT_EQ(ra.error().code, ErrorCode::kTimeout);
 }
 
+// A client member cannot accept connections: it never leads. Declared first (so it would be the
+// natural leader), it still ends up following the full peer; two clients alone form no group.
+TEST(Matchmaking, AClientNeverLeads) {
+  MatchmakingConfig mcfg;
+  mcfg.target_group_size = 2;
+  mcfg.min_group_size = 2;
+  mcfg.budget = 3s;
+  Stack s(4, mcfg);
+  const TensorSchema schema{{{4}}};
+  auto c = s.peers[0].mm->find_group("k", schema, Member{s.fake[0].local(), MemberKind::kClient, 1.0});
+  c.start();
+  s.fake.net.run(300ms);  // the client declares first: its deadline is the earliest
+  auto f = s.peers[1].mm->find_group("k", schema, Member{s.fake[1].local(), MemberKind::kFull, 1.0});
+  f.start();
+  s.fake.net.run(1min, [&] { return c.done() && f.done(); });
+  auto rc = c.result(), rf = f.result();
+  ASSERT_TRUE(rc.ok()) << rc.error().describe();
+  ASSERT_TRUE(rf.ok()) << rf.error().describe();
+  EXPECT_EQ(rc->id, rf->id);
+  ASSERT_EQ(rf->members.size(), 2u);
+  EXPECT_EQ(rf->members[0].endpoint, s.fake[1].local()) << "the full peer leads";
+  EXPECT_EQ(rf->members[1].kind, MemberKind::kClient);
+
+  auto c2 = s.peers[2].mm->find_group("k2", schema, Member{s.fake[2].local(), MemberKind::kClient, 1.0});
+  auto c3 = s.peers[3].mm->find_group("k2", schema, Member{s.fake[3].local(), MemberKind::kClient, 1.0});
+  c2.start();
+  c3.start();
+  s.fake.net.run(1min, [&] { return c2.done() && c3.done(); });
+  auto r2 = c2.result(), r3 = c3.result();
+  EXPECT_FALSE(r2.ok());
+  EXPECT_FALSE(r3.ok());
+}
+
 TEST(StateDownload, NewcomerGetsTheFreshestStateThroughTheDht) {
   MatchmakingConfig mcfg;
   Stack s(5, mcfg);

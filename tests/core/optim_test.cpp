@@ -402,8 +402,10 @@ TEST(Collaborative, AccumulatingDuringAStepCountsTowardTheNext) {
     steps.push_back(o->step());
     steps.back().start();
   }
-  // While the step is in flight (matchmaking takes simulated time), the loop computes on.
-  s.fake.net.run(50ms);
+  // Once the swarm reached the target, the step averages (matchmaking takes simulated time)
+  // while the loop computes on.
+  s.fake.net.run(1min, [&] { return opts[0]->averaging(); });
+  ASSERT_TRUE(opts[0]->averaging());
   ASSERT_FALSE(steps[0].done());
   opts[0]->accumulate(g, 3);
   s.fake.net.run(1min, [&] { return steps[0].done() && steps[1].done(); });
@@ -414,4 +416,165 @@ TEST(Collaborative, AccumulatingDuringAStepCountsTowardTheNext) {
   // The step itself used only what was there before it began: mean gradient (1, 2), lr 0.1.
   EXPECT_NEAR(opts[0]->parameters()[0], 1.f - 0.1f * 1.f, 1e-6);
   EXPECT_NEAR(opts[0]->parameters()[1], 1.f - 0.1f * 2.f, 1e-6);
+}
+
+namespace {
+
+Task<void> assist_steps(optim::CollaborativeOptimizer& opt, int steps, int* done, std::vector<std::size_t>* groups) {
+  for (int t = 0; t < steps; ++t) {
+    Result<optim::StepReport> r = co_await opt.assist();
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().describe());
+    if (!r.ok()) break;
+    groups->push_back(r->group);
+  }
+  ++*done;
+}
+
+}  // namespace
+
+// Roles: two full peers, a client (sends its gradients, never reduces nor leads) and an
+// auxiliary peer (trains nothing, reduces a part). Every step's group holds all four, and the
+// trainers still match SGD on the concatenated global batches of the three that train.
+TEST(Collaborative, ClientAndAuxiliaryPeersTakePart) {
+  const dht::DhtConfig cfg = quiet_dht(6);
+  test::FakeDhtSwarm s(4, cfg, signed_records(), 1800);
+  s.join_all();
+  optim::CollaborativeConfig cc;
+  cc.progress.target_batch = 24;  // 4 + 8 + 12
+  cc.matchmaking.target_group_size = 8;  // sized down to the peers that report progress
+  cc.matchmaking.min_group_size = 4;
+  cc.matchmaking.budget = 5s;
+  cc.allreduce.min_part = 1;
+  cc.learning_rate = 0.05;
+  const averaging::TensorSchema schema{{{5}, {}}};
+  Rng rng(66);
+  const int steps = 3;
+  const auto data = make_data(3, steps, [](std::size_t peer) { return 4 * (peer + 1); },
+                              [](const std::vector<float>& x) { return 2 * x[0] - x[3] + 1; }, rng);
+  const std::vector<float> init(6, 0.0f);
+  std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
+  const averaging::MemberKind roles[] = {averaging::MemberKind::kFull, averaging::MemberKind::kFull,
+                                         averaging::MemberKind::kClient, averaging::MemberKind::kAux};
+  for (std::size_t i = 0; i < 4; ++i) {
+    auto c = cc;
+    c.role = roles[i];
+    opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
+                                                                   dht::Identity::from_seed(1900 + i), schema, init, c));
+  }
+  int done = 0;
+  std::vector<std::vector<std::size_t>> groups(4);
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < 3; ++i) tasks.push_back(train(*opts[i], &data[i], &done, &groups[i]));
+  tasks.push_back(assist_steps(*opts[3], steps, &done, &groups[3]));
+  for (auto& t : tasks) t.start();
+  s.fake.net.run(10min, [&] { return done == 4; });
+  ASSERT_EQ(done, 4);
+  EXPECT_THROW(opts[3]->accumulate(std::vector<float>(6, 0.0f), 1), std::logic_error);
+  std::vector<float> p = init;
+  for (int t = 0; t < steps; ++t) {
+    std::vector<float> g(6, 0.0f);
+    for (int i = 0; i < 3; ++i) {
+      const auto gi = grad_sum(p, data[i][t]);
+      for (int k = 0; k < 6; ++k) g[k] += gi[k];
+    }
+    for (int k = 0; k < 6; ++k) p[k] -= 0.05f * g[k] / 24.0f;
+  }
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(groups[i], (std::vector<std::size_t>{4, 4, 4})) << "peer " << i;
+    EXPECT_EQ(opts[i]->epoch(), 3u) << "peer " << i;
+  }
+  for (std::size_t i = 0; i < 3; ++i)
+    for (int k = 0; k < 6; ++k) EXPECT_NEAR(opts[i]->parameters()[k], p[k], 1e-5) << "peer " << i << " parameter " << k;
+}
+
+namespace {
+
+// A caller-side optimizer: SGD with momentum applied after every local batch (local updates).
+struct LocalSgd {
+  std::vector<float> momentum;
+  void apply(std::vector<float>& p, const std::vector<float>& grad_sum, std::size_t n) {
+    momentum.resize(p.size(), 0.0f);
+    for (std::size_t k = 0; k < p.size(); ++k) {
+      momentum[k] = 0.9f * momentum[k] + grad_sum[k] / static_cast<float>(n);
+      p[k] -= 0.05f * momentum[k];
+    }
+  }
+};
+
+Task<void> train_local(optim::CollaborativeOptimizer& opt, LocalSgd* sgd, const std::vector<Batch>* batches,
+                       std::vector<std::pair<std::vector<float>, std::vector<float>>>* before, int* done) {
+  for (const auto& b : *batches) {
+    sgd->apply(opt.parameters(), grad_sum(opt.parameters(), b), b.y.size());
+    opt.accumulate({}, b.y.size());
+    before->emplace_back(opt.parameters(), sgd->momentum);
+    Result<optim::StepReport> r = co_await opt.step();
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().describe());
+    if (!r.ok()) break;
+    EXPECT_TRUE(r->mean_gradient.empty());
+    EXPECT_EQ(r->state_averaged, opt.epoch() % 2 == 0);
+  }
+  ++*done;
+}
+
+}  // namespace
+
+// Local updates, with parameters and optimizer state averaged every 2 epochs: after an averaging
+// epoch every peer holds the sample-weighted mean of the peers' parameters and momentum buffers
+// (weights: samples since the last averaging); in between they drift apart. A newcomer downloads
+// the optimizer state along with the parameters.
+TEST(Collaborative, AveragesParametersAndOptimizerStateEveryNEpochs) {
+  const dht::DhtConfig cfg = quiet_dht(6);
+  test::FakeDhtSwarm s(4, cfg, signed_records(), 2000);
+  s.join_all();
+  optim::CollaborativeConfig cc;
+  cc.progress.target_batch = 15;  // 3 + 5 + 7
+  cc.matchmaking.target_group_size = cc.matchmaking.min_group_size = 3;
+  cc.matchmaking.budget = 5s;
+  cc.allreduce.min_part = 1;
+  cc.local_updates = true;
+  cc.average_state_every = 2;
+  const averaging::TensorSchema schema{{{5}, {}}};
+  Rng rng(77);
+  const int steps = 4;
+  const auto data = make_data(3, steps, [](std::size_t peer) { return 3 + 2 * peer; },
+                              [](const std::vector<float>& x) { return x[1] + 0.5f; }, rng);
+  std::vector<std::unique_ptr<optim::CollaborativeOptimizer>> opts;
+  std::vector<LocalSgd> sgds(4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    opts.push_back(std::make_unique<optim::CollaborativeOptimizer>(s.fake[i].runtime(), *s.rpcs[i], *s.nodes[i],
+                                                                   dht::Identity::from_seed(2100 + i), schema,
+                                                                   std::vector<float>(6, 0.0f), cc));
+    LocalSgd* sgd = &sgds[i];
+    sgd->momentum.assign(6, i == 3 ? 7.0f : 0.0f);
+    opts[i]->set_optimizer_state(schema, [sgd] { return sgd->momentum; },
+                                 [sgd](std::vector<float> m) { sgd->momentum = std::move(m); });
+  }
+  int done = 0;
+  std::vector<std::vector<std::pair<std::vector<float>, std::vector<float>>>> before(3);
+  std::vector<Task<void>> tasks;
+  for (std::size_t i = 0; i < 3; ++i) tasks.push_back(train_local(*opts[i], &sgds[i], &data[i], &before[i], &done));
+  for (auto& t : tasks) t.start();
+  s.fake.net.run(10min, [&] { return done == 3; });
+  ASSERT_EQ(done, 3);
+  // After epoch 4 (the second averaging): the weighted mean of the values before it, weights =
+  // each peer's samples over epochs 3 and 4.
+  for (int k = 0; k < 6; ++k) {
+    double p = 0, m = 0, w = 0;
+    for (std::size_t i = 0; i < 3; ++i) {
+      const double wi = 2.0 * (3 + 2 * i);
+      p += wi * before[i][3].first[k];
+      m += wi * before[i][3].second[k];
+      w += wi;
+    }
+    for (std::size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(opts[i]->parameters()[k], p / w, 1e-5) << "peer " << i;
+      EXPECT_NEAR(sgds[i].momentum[k], m / w, 1e-5) << "peer " << i;
+    }
+  }
+  EXPECT_NE(before[0][2].first, before[1][2].first) << "local updates drift apart between averagings";
+  auto joined = s.run(opts[3]->join());
+  ASSERT_TRUE(joined.ok()) << joined.error().describe();
+  EXPECT_EQ(*joined, 4u);
+  EXPECT_EQ(opts[3]->parameters(), opts[0]->parameters());
+  EXPECT_EQ(sgds[3].momentum, sgds[0].momentum);
 }
