@@ -87,8 +87,10 @@ class Swarm {
     const std::uint64_t rss1 = rss_bytes();
 
     const bool averaging = spec_.workload == "averaging";
-    const bool dht = spec_.workload == "dht" || averaging;
+    const bool training = spec_.workload == "training";
+    const bool dht = spec_.workload == "dht" || averaging || training;
     if (averaging) avg_driver_ = std::make_unique<AveragingDriver>(spec_, metrics_);
+    if (training) train_driver_ = std::make_unique<TrainingDriver>(spec_, metrics_);
     Rng join_rng(spec_.seed ^ 0x6a6f696eULL);
     for (std::uint32_t i = 0; i < spec_.peers; ++i) {
       const bool seed_peer = dht && i < spec_.dht.bootstrap_peers;
@@ -116,6 +118,13 @@ class Swarm {
                             [this, i] { schedule_leave(i); });
     if (averaging) {
       Simulator::Schedule(NanoSeconds(spec_.averaging.start.count()), [this] { averaging_round(0); });
+    } else if (training) {
+      Simulator::Schedule(NanoSeconds(spec_.training.start.count()), [this] {
+        training_started_ = true;
+        for (auto& p : peers_)
+          if (p.up) p.stack->begin_training(false);
+        training_eval();
+      });
     } else if (dht) {
       driver_ = std::make_unique<DhtWorkloadDriver>(spec_, metrics_, spec_.seed ^ 0x64726976ULL);
       Simulator::Schedule(NanoSeconds(spec_.dht.start.count()), [this] {
@@ -157,12 +166,16 @@ class Swarm {
     info.figures["messages_per_peer_minute"] = static_cast<double>(messages) / peer_minutes;
     info.figures["bytes_per_peer_minute"] =
         static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
+    if (training) {
+      const double elapsed = std::max(0.0, info.run_seconds - to_seconds(spec_.training.start));
+      train_driver_->finish(elapsed, train_apps(), info.figures);
+    }
     if (averaging) {
       info.figures["rounds_to_target"] = avg_driver_->rounds_to_target();
       info.figures["final_variance"] = metrics_.series().count("avg.round.variance")
                                            ? metrics_.series().find("avg.round.variance")->second.back()
                                            : 0;
-    } else if (dht) {
+    } else if (dht && !training) {
       record_table_health();
       metrics_.count("dht.ops_abandoned", driver_->abandoned());
     }
@@ -177,7 +190,7 @@ class Swarm {
   void join(std::uint32_t i) {
     auto& p = peers_[i];
     net_.set_up(i, true);
-    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec_, directory_, i, avg_driver_.get());
+    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec_, directory_, i, avg_driver_.get(), train_driver_.get());
     if (auto* a = p.stack->averaging()) {
       a->set_bandwidth(p.bandwidth);
       if (p.saved_values) a->values() = std::move(*p.saved_values);
@@ -186,6 +199,7 @@ class Swarm {
     p.up = true;
     p.env->observer.trace("peer.join", i, 0);
     p.stack->start();
+    if (training_started_) p.stack->begin_training(true);
   }
   void leave(std::uint32_t i) {
     auto& p = peers_[i];
@@ -285,6 +299,23 @@ class Swarm {
     Simulator::Schedule(NanoSeconds(spec_.averaging.period.count()), [this, t] { averaging_round(t + 1); });
   }
 
+  // Evaluates the trainers every eval_period; the run ends when every trainer is done (or the
+  // target loss is reached, if the scenario says so).
+  void training_eval() {
+    const double elapsed = (Simulator::Now() - NanoSeconds(spec_.training.start.count())).GetSeconds();
+    if (elapsed > 0 && train_driver_->evaluate(elapsed, train_apps())) {
+      Simulator::Stop();
+      return;
+    }
+    Simulator::Schedule(NanoSeconds(spec_.training.eval_period.count()), [this] { training_eval(); });
+  }
+  std::vector<TrainingApp*> train_apps() {
+    std::vector<TrainingApp*> out(spec_.peers, nullptr);
+    for (std::uint32_t i = 0; i < spec_.peers; ++i)
+      if (peers_[i].up && peers_[i].stack) out[i] = peers_[i].stack->training();
+    return out;
+  }
+
   std::vector<AveragingApp*> apps() {
     std::vector<AveragingApp*> out(spec_.peers, nullptr);
     for (std::uint32_t i = 0; i < spec_.peers; ++i)
@@ -296,6 +327,8 @@ class Swarm {
   Metrics& metrics_;
   std::unique_ptr<DhtWorkloadDriver> driver_;
   std::unique_ptr<AveragingDriver> avg_driver_;
+  std::unique_ptr<TrainingDriver> train_driver_;
+  bool training_started_ = false;
   SimNetwork net_;
   std::vector<SimPeer> peers_;
   std::vector<Endpoint> directory_;

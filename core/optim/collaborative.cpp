@@ -89,9 +89,10 @@ Task<SwarmProgress> CollaborativeOptimizer::report_progress() {
   co_return swarm;
 }
 
-bool CollaborativeOptimizer::step_due(const SwarmProgress& swarm) const {
+bool CollaborativeOptimizer::step_due(const SwarmProgress& swarm, bool early) const {
   if (swarm.epoch > epoch_) return true;  // behind: step() catches up
-  return swarm.epoch == epoch_ && progress_.matchmaking_time(swarm) <= rt_.now();
+  if (swarm.epoch != epoch_) return false;
+  return early ? progress_.matchmaking_time(swarm) <= rt_.now() : swarm.ready;
 }
 
 Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_t) {

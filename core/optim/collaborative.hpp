@@ -82,9 +82,10 @@ class CollaborativeOptimizer {
   // Publishes this peer's progress (epoch, samples, throughput) and reads the swarm's. While a
   // step runs nothing is published (the samples belong to the next epoch).
   Task<SwarmProgress> report_progress();
-  // When a training loop should call step(): the swarm reached the target batch, or is due to
-  // within the matchmaking lead.
-  bool step_due(const SwarmProgress& swarm) const;
+  // When a training loop should call step(): the swarm reached the target batch, or (with
+  // `early`, for a loop that keeps computing while step() runs) is due to within the
+  // matchmaking lead.
+  bool step_due(const SwarmProgress& swarm, bool early) const;
   // One global step (see above). A peer that finds the swarm at a later epoch downloads the
   // state first (its pending gradients, computed on old parameters, are dropped) and returns
   // kCancelled. Errors: the swarm did not reach the target in max_wait, no group.

@@ -55,8 +55,14 @@ class [[nodiscard]] Result {
     if (!ok()) throw ErrorException(error());
     return std::get<0>(std::move(v_));
   }
+  const T& value() const& {
+    if (!ok()) throw ErrorException(error());
+    return std::get<0>(v_);
+  }
   T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
   T& operator*() { return value(); }
+  const T& operator*() const { return value(); }
   const Error& error() const { return std::get<1>(v_); }
 
  private:

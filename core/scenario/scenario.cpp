@@ -230,6 +230,8 @@ Distribution Scenario::get_distribution(const std::string& key, Distribution def
           unit_value(*this, k, node, [](std::string_view t, std::string* w) {
             return parse_duration(t, w);
           }).count());
+    if (unit == "rate")
+      return unit_value(*this, k, node, [](std::string_view t, std::string* w) { return parse_rate(t, w); });
     return unit_value(*this, k, node,
                       [](std::string_view t, std::string* w) { return parse_bitrate(t, w); });
   };

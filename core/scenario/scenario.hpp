@@ -54,7 +54,7 @@ class Scenario {
   std::uint64_t get_bytes(const std::string& key, std::uint64_t def);
   double get_rate(const std::string& key, double def);  // per second
   // A fixed quantity ("20ms") or a table {dist = "uniform", min = "10ms", max = "50ms"}.
-  // `unit` is "duration" (value in ns) or "bitrate" (value in bit/s).
+  // `unit` is "duration" (value in ns), "bitrate" (value in bit/s) or "rate" (per second).
   Distribution get_distribution(const std::string& key, Distribution def, const std::string& unit);
 
   // Reads and validates [sweep] (grid, zip, seeds) and marks it used.

@@ -120,6 +120,62 @@ void parse_averaging(Scenario& s, SwarmSpec& spec) {
                                    format_duration(a.start + a.period * a.rounds) + " > duration " + format_duration(spec.duration));
 }
 
+void parse_training(Scenario& s, SwarmSpec& spec) {
+  auto& t = spec.training;
+  t.mode = s.get_string("training.mode", t.mode, {"collaborative", "diloco"});
+  t.dataset_dir = beside(s, s.get_string("training.dataset_dir", t.dataset_dir));
+  t.train_samples = static_cast<std::uint64_t>(s.get_int("training.train_samples", 0, 0, 60000));
+  t.eval_samples = static_cast<std::uint64_t>(s.get_int("training.eval_samples", static_cast<std::int64_t>(t.eval_samples), 1, 10000));
+  t.batch_size = static_cast<std::uint32_t>(s.get_int("training.batch_size", t.batch_size, 1, 1 << 16));
+  t.target_batch = static_cast<std::uint64_t>(s.get_int("training.target_batch", static_cast<std::int64_t>(t.target_batch), 1, std::int64_t{1} << 40));
+  t.steps = static_cast<std::uint32_t>(s.get_int("training.steps", t.steps, 1, 10'000'000));
+  t.learning_rate = s.get_double("training.learning_rate", t.learning_rate, 0, 1e6);
+  t.momentum = s.get_double("training.momentum", t.momentum, 0, 0.999);
+  t.delayed_updates = s.get_bool("training.delayed_updates", t.delayed_updates);
+  t.local_updates = s.get_bool("training.local_updates", t.local_updates);
+  t.average_state_every = static_cast<std::uint32_t>(s.get_int("training.average_state_every", t.average_state_every, 0, 1'000'000));
+  if (t.local_updates && t.average_state_every == 0)
+    s.fail("training.average_state_every", "local updates need parameter averaging every N epochs (N >= 1)");
+  t.inner_steps = static_cast<std::uint32_t>(s.get_int("training.inner_steps", t.inner_steps, 1, 10'000'000));
+  t.outer_lr = s.get_double("training.outer_lr", t.outer_lr, 0, 1e6);
+  t.outer_momentum = s.get_double("training.outer_momentum", t.outer_momentum, 0, 0.999);
+  t.samples_per_second = s.get_distribution("training.samples_per_second", t.samples_per_second, "rate");
+  if (t.samples_per_second.mean() <= 0) s.fail("training.samples_per_second", "must be positive");
+  t.start = s.get_duration("training.start", t.start);
+  t.eval_period = s.get_duration("training.eval_period", t.eval_period);
+  t.progress_period = s.get_duration("training.progress_period", t.progress_period);
+  if (t.eval_period <= Duration::zero()) s.fail("training.eval_period", "must be positive");
+  if (t.progress_period <= Duration::zero()) s.fail("training.progress_period", "must be positive");
+  t.target_loss = s.get_double("training.target_loss", t.target_loss, 0, 1e6);
+  t.stop_at_target = s.get_bool("training.stop_at_target", t.stop_at_target);
+  t.client_fraction = s.get_double("training.client_fraction", t.client_fraction, 0, 1);
+  t.aux_fraction = s.get_double("training.aux_fraction", t.aux_fraction, 0, 1);
+  if (t.client_fraction + t.aux_fraction >= 1) s.fail("training.aux_fraction", "client_fraction + aux_fraction must be below 1");
+  if (t.mode == "diloco" && (t.aux_fraction > 0 || t.client_fraction > 0))
+    s.fail("training.mode", "client and auxiliary peers take part in the collaborative mode only");
+  if (spec.dht.bootstrap_peers + std::lround(t.aux_fraction * spec.peers) + std::lround(t.client_fraction * spec.peers) > spec.peers)
+    s.fail("training.aux_fraction", "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");
+  t.max_wait = s.get_duration("training.max_wait", t.max_wait);
+  auto& m = t.matchmaking;
+  m.prefix = "mm";
+  m.target_group_size = static_cast<std::size_t>(s.get_int("training.target_group_size", spec.peers, 1, 4096));
+  m.min_group_size = static_cast<std::size_t>(s.get_int("training.min_group_size", 2, 1, 4096));
+  if (m.min_group_size > m.target_group_size) s.fail("training.min_group_size", "must not exceed target_group_size");
+  m.budget = s.get_duration("training.matchmaking_budget", std::chrono::seconds(5));
+  m.poll = s.get_duration("training.matchmaking_poll", std::chrono::milliseconds(250));
+  if (m.budget <= Duration::zero() || m.poll <= Duration::zero()) s.fail("training.matchmaking_poll", "budget and poll must be positive");
+  auto& r = t.allreduce;
+  r.min_part = static_cast<std::uint64_t>(s.get_int("training.min_part", 256, 0, std::int64_t{1} << 32));
+  r.sender_timeout = s.get_duration("training.sender_timeout", std::chrono::seconds(5));
+  r.reducer_timeout = s.get_duration("training.reducer_timeout", std::chrono::seconds(15));
+  if (r.reducer_timeout <= r.sender_timeout) s.fail("training.reducer_timeout", "must be longer than sender_timeout");
+  const auto codec = s.get_string("training.codec", "float32",
+                                  {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
+  for (int c = 0; c <= 5; ++c)
+    if (codec == compression::to_string(static_cast<compression::Codec>(c))) r.codec.codec = static_cast<compression::Codec>(c);
+  r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
+}
+
 }  // namespace
 
 SwarmSpec parse_swarm_spec(Scenario& s) {
@@ -156,8 +212,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
     s.fail("churn.mean_session", "must be positive");
 
-  spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht", "averaging"});
-  if (spec.workload == "dht" || spec.workload == "averaging") {
+  spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht", "averaging", "training"});
+  if (spec.workload == "dht" || spec.workload == "averaging" || spec.workload == "training") {
     auto& d = spec.dht;
     auto& c = d.config;
     c.k = static_cast<std::size_t>(s.get_int("dht.k", static_cast<std::int64_t>(c.k), 1, 64));
@@ -183,6 +239,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     if (d.value_size > c.limits.max_value) s.fail("workload.value_size", "larger than the DHT's value limit (64KiB)");
   }
   if (spec.workload == "averaging") parse_averaging(s, spec);
+  if (spec.workload == "training") parse_training(s, spec);
   const double rate = s.get_rate("workload.rate", 1.0);
   if (rate <= 0) s.fail("workload.rate", "must be positive");
   spec.ping.mean_interval = Duration(static_cast<std::int64_t>(std::llround(1e9 / rate)));
@@ -215,7 +272,7 @@ dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index) {
 }
 
 PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory,
-                     std::uint32_t index, const AveragingDriver* avg_driver)
+                     std::uint32_t index, const AveragingDriver* avg_driver, const TrainingDriver* train_driver)
     : rt_(rt), spec_(spec), directory_(directory), index_(index), rpc_(std::make_unique<Rpc>(rt)) {
   if (spec.workload == "ping") {
     ping_ = std::make_unique<PingApp>(rt, *rpc_, directory, spec.ping);
@@ -230,6 +287,18 @@ PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpo
                                           avg_driver->initial_position(index));
     avg_->values() = avg_driver->initial_values(index);
   }
+  if (spec.workload == "training") {
+    if (!train_driver) throw std::logic_error("the training workload needs its driver");
+    train_ = std::make_unique<TrainingApp>(rt, *rpc_, *dht_, swarm_identity(spec, index), *train_driver, index);
+  }
+}
+
+void PeerStack::begin_training(bool newcomer) {
+  if (!train_) return;
+  if (joined_)
+    train_->start(newcomer);
+  else
+    pending_training_ = newcomer;
 }
 
 void PeerStack::start() {
@@ -249,12 +318,17 @@ void PeerStack::start() {
     rt_.observer.count("dht.joins");
     rt_.observer.sample("dht.join.contacts", static_cast<double>(contacts));
     dht_->start_maintenance();
+    if (train_ && pending_training_) {
+      train_->start(*pending_training_);
+      pending_training_.reset();
+    }
   });
 }
 
 PeerStack::~PeerStack() {
   rpc_->shutdown();  // no handler runs after this
   avg_.reset();
+  train_.reset();
   dht_.reset();
   ping_.reset();
   rpc_.reset();

@@ -8,6 +8,7 @@
 #include "core/dht/node.hpp"
 #include "core/scenario/scenario.hpp"
 #include "core/workloads/averaging_workload.hpp"
+#include "core/workloads/training_workload.hpp"
 #include "core/workloads/ping.hpp"
 
 namespace apiary {
@@ -76,6 +77,7 @@ struct SwarmSpec {
   PingConfig ping;
   DhtWorkloadSpec dht;
   AveragingWorkloadSpec averaging;
+  TrainingWorkloadSpec training;
   std::string live_host = "127.0.0.1";
   std::uint16_t live_base_port = 0;  // 0: ephemeral ports
   Duration live_emulated_latency{};  // live: one-way delay added to every received message
@@ -110,9 +112,11 @@ using ProgressFn = std::function<void(double fraction)>;
 // workload app. Both backends build peers through this, so the protocol code is the same.
 class PeerStack {
  public:
-  // `avg_driver` is needed for the averaging workload (initial values, kind and grid position).
+  // `avg_driver` is needed for the averaging workload (initial values, kind and grid position),
+  // `train_driver` for the training workload (data, compute model, roles).
   PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory,
-            std::uint32_t index, const AveragingDriver* avg_driver = nullptr);
+            std::uint32_t index, const AveragingDriver* avg_driver = nullptr,
+            const TrainingDriver* train_driver = nullptr);
   ~PeerStack();
   // ping: starts pinging. dht, averaging: bootstraps from the seeds, then runs maintenance
   // (averaging rounds are started by the driver).
@@ -120,6 +124,10 @@ class PeerStack {
   Rpc& rpc() { return *rpc_; }
   dht::DhtNode* dht() { return dht_.get(); }
   AveragingApp* averaging() { return avg_.get(); }
+  TrainingApp* training() { return train_.get(); }
+  // Training: starts the trainer now if the peer has joined the DHT, else once it has. A
+  // newcomer downloads the swarm's state first.
+  void begin_training(bool newcomer);
   bool joined() const { return joined_; }
 
  private:
@@ -131,6 +139,8 @@ class PeerStack {
   std::unique_ptr<PingApp> ping_;
   std::unique_ptr<dht::DhtNode> dht_;
   std::unique_ptr<AveragingApp> avg_;
+  std::unique_ptr<TrainingApp> train_;
+  std::optional<bool> pending_training_;  // begin_training before the DHT join: the newcomer flag
   bool joined_ = false;
 };
 

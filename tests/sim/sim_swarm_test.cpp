@@ -205,3 +205,99 @@ TEST(SimAveraging, SameSeedSameTrace) {
 
 }  // namespace
 }  // namespace apiary
+
+namespace apiary {
+namespace {
+
+const char* kTraining = R"(
+peers = 6
+duration = "20min"
+[network]
+latency = { dist = "uniform", min = "5ms", max = "30ms" }
+bandwidth = { dist = "uniform", min = "20Mbps", max = "100Mbps" }
+[dht]
+bootstrap_peers = 2
+join_window = "5s"
+[workload]
+kind = "training"
+[training]
+start = "10s"
+train_samples = 6000
+eval_samples = 500
+batch_size = 32
+target_batch = 8192
+steps = 4
+learning_rate = 0.05
+samples_per_second = { dist = "uniform", min = "100/s", max = "200/s" }
+eval_period = "10s"
+)";
+
+// The collaborative protocol in ns-3 with a compute model: a real model learns, every step's
+// group holds every trainer, and with a step's compute about 10x its averaging time, delayed
+// parameter updates keep every trainer computing at least 90% of the time — more than waiting
+// for each step's averaging does.
+TEST(SimTraining, DelayedUpdatesHideTheAveragingTime) {
+  Metrics md, mw;
+  const RunInfo delayed = sim::run_sim_swarm(spec_of(kTraining), md);
+  const RunInfo waiting = sim::run_sim_swarm(spec_of(kTraining, {"training.delayed_updates=false"}), mw);
+  for (const Metrics* m : {&md, &mw}) {
+    EXPECT_EQ(m->counter("train.steps_ok"), 6 * 4);
+    EXPECT_EQ(m->quantile("train.step.group", 0.0), 6);
+    const auto& loss = m->series().at("train.eval.loss");
+    ASSERT_GE(loss.size(), 2u);
+    EXPECT_LT(loss.back(), 0.8 * loss.front());
+  }
+  EXPECT_EQ(delayed.figures.at("steps"), 4);
+  EXPECT_GT(delayed.figures.at("compute_to_averaging"), 5);
+  EXPECT_GE(delayed.figures.at("utilisation_min"), 0.9);
+  EXPECT_LT(waiting.figures.at("utilisation_mean"), delayed.figures.at("utilisation_mean"));
+  EXPECT_GT(delayed.figures.at("final_accuracy"), 0.6);
+}
+
+// Client and auxiliary peers take part; a trainer that leaves costs only its share, and one
+// that comes back downloads the swarm's state before contributing again.
+TEST(SimTraining, RolesAndAPeerLeavingAndComingBack) {
+  auto spec = spec_of(kTraining, {"peers=8", "training.client_fraction=0.125", "training.aux_fraction=0.125",
+                                  "training.target_batch=2048", "training.steps=12", "churn.model=trace",
+                                  "churn.trace=" + std::string(APIARY_SOURCE_DIR) + "/scenarios/traces/train-leave-join.trace",
+                                  "dht.rpc_timeout=1s", "training.sender_timeout=2s", "training.reducer_timeout=4s"});
+  Metrics m;
+  const RunInfo info = sim::run_sim_swarm(spec, m);
+  EXPECT_EQ(info.figures.at("steps"), 12);
+  EXPECT_GE(m.counter("optim.state_downloads"), 1) << "the peer that came back fetched the state";
+  EXPECT_GE(m.counter("train.assists_ok"), 10) << "the auxiliary peer helped average";
+  EXPECT_EQ(m.quantile("train.step.group", 1.0), 8);
+  EXPECT_LE(m.quantile("train.step.group", 0.0), 7);  // steps while peers were away
+  const auto& loss = m.series().at("train.eval.loss");
+  EXPECT_LT(loss.back(), 0.8 * loss.front());
+}
+
+// DiLoCo: with H inner steps per outer step, the all-reduce moves H times fewer bytes per
+// sample than with one (counted bytes, the same swarm and samples).
+TEST(SimTraining, DilocoCommunicatesHTimesFewerBytesPerSample) {
+  const std::vector<std::string> base{"training.mode=diloco", "training.samples_per_second=200/s", "peers=4",
+                                      "training.matchmaking_budget=10s", "training.outer_momentum=0"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.end(), base.begin(), base.end());
+    return more;
+  };
+  Metrics m1, m20;
+  const RunInfo h1 = sim::run_sim_swarm(spec_of(kTraining, with({"training.inner_steps=1", "training.steps=40", "training.outer_lr=1"})), m1);
+  const RunInfo h20 = sim::run_sim_swarm(spec_of(kTraining, with({"training.inner_steps=20", "training.steps=2"})), m20);
+  EXPECT_EQ(m1.counter("train.samples"), m20.counter("train.samples"));
+  EXPECT_EQ(m1.counter("train.steps_ok"), 4 * 40);
+  EXPECT_EQ(m20.counter("train.steps_ok"), 4 * 2);
+  const double ratio = h1.figures.at("allreduce_bytes_per_sample") / h20.figures.at("allreduce_bytes_per_sample");
+  EXPECT_NEAR(ratio, 20.0, 0.5);
+}
+
+TEST(SimTraining, SameSeedSameTrace) {
+  Metrics a, b;
+  sim::run_sim_swarm(spec_of(kTraining, {"training.steps=2"}), a);
+  sim::run_sim_swarm(spec_of(kTraining, {"training.steps=2"}), b);
+  EXPECT_EQ(a.trace_hash(), b.trace_hash());
+  EXPECT_EQ(a.series(), b.series());
+}
+
+}  // namespace
+}  // namespace apiary

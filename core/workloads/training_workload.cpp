@@ -1,0 +1,302 @@
+#include "core/workloads/training_workload.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/data/idx.hpp"
+#include "core/scenario/swarm_spec.hpp"
+
+namespace apiary {
+
+using namespace averaging;
+
+namespace {
+
+optim::Examples to_examples(const data::ImageSet& set, std::uint64_t limit) {
+  optim::Examples e;
+  const std::size_t n = limit ? std::min<std::size_t>(limit, set.size()) : set.size();
+  e.inputs = std::size_t{set.rows} * set.cols;
+  e.x.resize(n * e.inputs);
+  // Standardised with Fashion-MNIST's pixel mean and deviation (0.286, 0.353): centred inputs keep
+  // plain SGD well conditioned.
+  for (std::size_t i = 0; i < n * e.inputs; ++i) e.x[i] = (static_cast<float>(set.pixels[i]) / 255.0f - 0.286f) / 0.353f;
+  e.y.assign(set.labels.begin(), set.labels.begin() + static_cast<std::ptrdiff_t>(n));
+  return e;
+}
+
+}  // namespace
+
+// ---- one peer ----------------------------------------------------------------------------
+
+TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity, const TrainingDriver& driver,
+                         std::uint32_t index)
+    : rt_(rt),
+      driver_(driver),
+      spec_(driver.spec()),
+      index_(index),
+      kind_(driver.kind_of(index)),
+      speed_(driver.speed_of(index)),
+      data_rng_(Rng(driver.swarm().seed ^ 0x64617461ULL).fork(index + 1)) {
+  const auto schema = driver.model().schema();
+  if (spec_.mode == "diloco") {
+    optim::DilocoConfig dc;
+    dc.prefix = "train";
+    dc.inner_steps = spec_.inner_steps;
+    dc.outer_lr = spec_.outer_lr;
+    dc.outer_momentum = spec_.outer_momentum;
+    dc.nesterov = true;
+    dc.matchmaking = spec_.matchmaking;
+    dc.allreduce = spec_.allreduce;
+    diloco_ = std::make_unique<optim::DilocoOptimizer>(rt, rpc, dht, schema, driver.initial(), dc);
+    local_momentum_.assign(driver.initial().size(), 0.0f);
+    return;
+  }
+  optim::CollaborativeConfig cc;
+  cc.progress.prefix = "train";
+  cc.progress.target_batch = spec_.target_batch;
+  cc.progress.ttl = std::max<Duration>(std::chrono::seconds(60), spec_.progress_period * 10);
+  cc.progress.stale = std::max<Duration>(std::chrono::seconds(30), spec_.progress_period * 5);
+  cc.progress.matchmaking_lead = spec_.progress_period;
+  cc.matchmaking = spec_.matchmaking;
+  cc.allreduce = spec_.allreduce;
+  cc.role = kind_;
+  cc.learning_rate = spec_.learning_rate;
+  cc.momentum = spec_.momentum;
+  cc.local_updates = spec_.local_updates;
+  cc.average_state_every = spec_.average_state_every;
+  cc.poll = std::min<Duration>(spec_.progress_period, std::chrono::milliseconds(500));
+  cc.max_wait = spec_.max_wait;
+  collab_ = std::make_unique<optim::CollaborativeOptimizer>(rt, rpc, dht, std::move(identity), schema, driver.initial(), cc);
+  if (spec_.local_updates) local_momentum_.assign(driver.initial().size(), 0.0f);
+}
+
+TrainingApp::~TrainingApp() { scope_.destroy_all(); }
+
+void TrainingApp::start(bool newcomer) {
+  if (started_flag_) return;
+  started_flag_ = true;
+  started_ = rt_.now();
+  if (kind_ == MemberKind::kAux)
+    scope_.spawn(assist_loop());
+  else if (diloco_)
+    scope_.spawn(diloco_loop());
+  else
+    scope_.spawn(collaborative_loop(newcomer));
+}
+
+std::span<const float> TrainingApp::parameters() const {
+  return collab_ ? std::span<const float>(collab_->parameters()) : std::span<const float>(diloco_->parameters());
+}
+
+std::uint64_t TrainingApp::epoch() const { return collab_ ? collab_->epoch() : diloco_->round(); }
+
+double TrainingApp::up_seconds() const { return to_seconds((finished_ ? finished_at_ : rt_.now()) - started_); }
+
+Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
+  // The compute model: this batch keeps the device busy for B / speed seconds...
+  const double seconds = spec_.batch_size / speed_;
+  co_await sleep_on(rt_.timers, Duration(static_cast<std::int64_t>(seconds * 1e9)));
+  busy_ += seconds;
+  // ...and its gradient is real, on the parameters as they are now.
+  std::vector<std::size_t> rows(spec_.batch_size);
+  for (auto& r : rows) r = static_cast<std::size_t>(data_rng_.below(driver_.train().size()));
+  grad.assign(driver_.model().parameters(), 0.0f);
+  auto params = collab_ ? std::span<const float>(collab_->parameters()) : std::span<const float>(diloco_->parameters());
+  const double loss = driver_.model().grad_sum(params, driver_.train(), rows, grad);
+  samples_ += spec_.batch_size;
+  rt_.observer.count("train.samples", spec_.batch_size);
+  rt_.observer.sample("train.batch_loss", loss / spec_.batch_size);
+}
+
+void TrainingApp::record_step(const Result<optim::StepReport>& r) {
+  if (!r.ok()) {
+    rt_.observer.count(r.error().code == ErrorCode::kCancelled ? "train.catch_ups" : "train.step_failures");
+    rt_.observer.log(LogLevel::kInfo, "train", "peer " + std::to_string(index_) + " step: " + r.error().describe());
+    return;
+  }
+  rt_.observer.count("train.steps_ok");
+  rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(r->bytes_sent));
+  rt_.observer.sample("train.step.averaging_s", to_seconds(r->averaging));
+  rt_.observer.sample("train.step.waited_s", to_seconds(r->waited));
+  if (r->group) rt_.observer.sample("train.step.group", static_cast<double>(r->group));
+}
+
+Task<void> TrainingApp::run_step() {
+  Result<optim::StepReport> r = co_await collab_->step();
+  record_step(r);
+}
+
+Task<void> TrainingApp::refresh_progress() {
+  refreshing_ = true;
+  last_refresh_ = rt_.now();
+  swarm_ = co_await collab_->report_progress();
+  refreshing_ = false;
+}
+
+Task<void> TrainingApp::collaborative_loop(bool newcomer) {
+  if (newcomer) {
+    Result<std::uint64_t> j = co_await collab_->join();
+    if (!j.ok()) rt_.observer.log(LogLevel::kInfo, "train", "peer " + std::to_string(index_) + " state download: " + j.error().describe());
+  }
+  std::vector<float> grad;
+  while (collab_->epoch() < spec_.steps) {
+    co_await compute_batch(grad);
+    if (spec_.local_updates) {  // the peer's own optimizer, every batch: SGD with momentum
+      auto& p = collab_->parameters();
+      const float lr = static_cast<float>(spec_.learning_rate), mu = static_cast<float>(spec_.momentum);
+      for (std::size_t k = 0; k < p.size(); ++k) {
+        local_momentum_[k] = mu * local_momentum_[k] + grad[k] / static_cast<float>(spec_.batch_size);
+        p[k] -= lr * local_momentum_[k];
+      }
+      collab_->accumulate({}, spec_.batch_size);
+    } else {
+      collab_->accumulate(grad, spec_.batch_size);
+    }
+    if (collab_->stepping()) continue;
+    if (!refreshing_ && rt_.now() - last_refresh_ >= spec_.progress_period) scope_.spawn(refresh_progress());
+    if (collab_->step_due(swarm_, spec_.delayed_updates)) {
+      swarm_ = {};
+      if (spec_.delayed_updates) {
+        scope_.spawn(run_step());  // compute on while it averages
+      } else {
+        const TimePoint idle0 = rt_.now();
+        co_await run_step();
+        rt_.observer.sample("train.step.idle_s", to_seconds(rt_.now() - idle0));
+      }
+    }
+  }
+  finished_ = true;
+  finished_at_ = rt_.now();
+}
+
+Task<void> TrainingApp::assist_loop() {
+  while (collab_->epoch() < spec_.steps) {
+    Result<optim::StepReport> r = co_await collab_->assist();
+    if (!r.ok()) {
+      rt_.observer.count("train.assist_failures");
+      co_await sleep_on(rt_.timers, spec_.progress_period);
+      continue;
+    }
+    rt_.observer.count("train.assists_ok");
+    rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(r->bytes_sent));
+  }
+  finished_ = true;
+  finished_at_ = rt_.now();
+}
+
+Task<void> TrainingApp::diloco_loop() {
+  std::vector<float> grad;
+  const float lr = static_cast<float>(spec_.learning_rate), mu = static_cast<float>(spec_.momentum);
+  while (diloco_->round() < spec_.steps) {
+    co_await compute_batch(grad);
+    auto& p = diloco_->parameters();
+    for (std::size_t k = 0; k < p.size(); ++k) {
+      local_momentum_[k] = mu * local_momentum_[k] + grad[k] / static_cast<float>(spec_.batch_size);
+      p[k] -= lr * local_momentum_[k];
+    }
+    if (!diloco_->inner_step_done(spec_.batch_size)) continue;
+    const TimePoint idle0 = rt_.now();
+    Result<optim::OuterReport> r = co_await diloco_->outer_step();
+    rt_.observer.sample("train.step.idle_s", to_seconds(rt_.now() - idle0));
+    if (!r.ok()) {
+      rt_.observer.count("train.step_failures");
+      rt_.observer.log(LogLevel::kInfo, "train", "peer " + std::to_string(index_) + " outer step: " + r.error().describe());
+      continue;
+    }
+    rt_.observer.count("train.steps_ok");
+    rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(r->bytes_sent));
+    rt_.observer.sample("train.step.group", static_cast<double>(r->group));
+  }
+  finished_ = true;
+  finished_at_ = rt_.now();
+}
+
+// ---- the swarm ---------------------------------------------------------------------------
+
+TrainingDriver::TrainingDriver(const SwarmSpec& spec, Metrics& metrics)
+    : spec_(spec), tr_(spec.training), metrics_(metrics), model_(784, 10) {
+  train_ = to_examples(data::load_fashion_mnist("train", tr_.dataset_dir), tr_.train_samples);
+  test_ = to_examples(data::load_fashion_mnist("t10k", tr_.dataset_dir), tr_.eval_samples);
+  initial_.assign(model_.parameters(), 0.0f);
+  Rng rng(spec.seed ^ 0x7370656564ULL);  // "speed"
+  for (std::uint32_t i = 0; i < spec.peers; ++i) speeds_.push_back(std::max(1.0, tr_.samples_per_second.sample(rng)));
+  // The last peers are auxiliary, the ones before them clients; the rest (the DHT's seeds among
+  // them) train as full peers.
+  const auto aux = static_cast<std::uint32_t>(std::lround(tr_.aux_fraction * spec.peers));
+  const auto clients = static_cast<std::uint32_t>(std::lround(tr_.client_fraction * spec.peers));
+  kinds_.assign(spec.peers, MemberKind::kFull);
+  for (std::uint32_t i = 0; i < spec.peers; ++i) {
+    if (i >= spec.peers - aux) kinds_[i] = MemberKind::kAux;
+    else if (i >= spec.peers - aux - clients) kinds_[i] = MemberKind::kClient;
+  }
+}
+
+MemberKind TrainingDriver::kind_of(std::uint32_t peer) const { return kinds_[peer]; }
+
+bool TrainingDriver::evaluate(double elapsed, const std::vector<TrainingApp*>& apps) {
+  double loss = 0, acc = 0;
+  std::size_t n = 0, trainers = 0, finished = 0;
+  std::uint64_t epoch = 0;
+  for (auto* a : apps) {
+    if (!a || !a->started() || a->kind() == MemberKind::kAux) continue;
+    ++trainers;
+    finished += a->finished();
+    epoch = std::max(epoch, a->epoch());
+    if (n < 4) {  // the first few trainers that are up: they hold (nearly) the same parameters
+      const auto e = model_.evaluate(a->parameters(), test_, test_.size());
+      loss += e.loss;
+      acc += e.accuracy;
+      ++n;
+    }
+  }
+  if (n == 0) return false;
+  loss /= static_cast<double>(n);
+  acc /= static_cast<double>(n);
+  metrics_.sample("train.eval.time_s", elapsed);
+  metrics_.sample("train.eval.loss", loss);
+  metrics_.sample("train.eval.accuracy", acc);
+  metrics_.sample("train.eval.epoch", static_cast<double>(epoch));
+  if (tr_.target_loss > 0 && time_to_target_ < 0 && loss <= tr_.target_loss) time_to_target_ = elapsed;
+  return (tr_.stop_at_target && time_to_target_ >= 0) || (trainers > 0 && finished == trainers);
+}
+
+void TrainingDriver::finish(double elapsed, const std::vector<TrainingApp*>& apps, std::map<std::string, double>& figures) {
+  evaluate(elapsed, apps);
+  double umin = 1, usum = 0;
+  std::size_t n = 0;
+  std::uint64_t epoch = 0;
+  for (auto* a : apps) {
+    if (!a || !a->started() || a->kind() == MemberKind::kAux || a->up_seconds() <= 0) continue;
+    const double u = a->busy_seconds() / a->up_seconds();
+    metrics_.sample("train.utilisation", u);
+    umin = std::min(umin, u);
+    usum += u;
+    ++n;
+    epoch = std::max(epoch, a->epoch());
+  }
+  const auto& s = metrics_.series();
+  const double samples = static_cast<double>(metrics_.counter("train.samples"));
+  figures["train_seconds"] = elapsed;
+  figures["steps"] = static_cast<double>(epoch);
+  figures["final_loss"] = s.count("train.eval.loss") ? s.find("train.eval.loss")->second.back() : 0;
+  figures["final_accuracy"] = s.count("train.eval.accuracy") ? s.find("train.eval.accuracy")->second.back() : 0;
+  figures["time_to_target_s"] = time_to_target_;
+  figures["utilisation_min"] = n ? umin : 0;
+  figures["utilisation_mean"] = n ? usum / static_cast<double>(n) : 0;
+  figures["samples"] = samples;
+  figures["allreduce_bytes_per_sample"] = samples > 0 ? static_cast<double>(metrics_.counter("train.allreduce_bytes")) / samples : 0;
+  figures["transport_bytes_per_sample"] = samples > 0 ? static_cast<double>(metrics_.counter("transport.bytes_sent")) / samples : 0;
+  figures["averaging_seconds_mean"] = metrics_.mean("train.step.averaging_s");
+  // The compute model's time for one global batch at the trainers' summed speed, against the
+  // measured averaging time: the ratio the utilisation target is stated for.
+  double speed = 0;
+  for (std::uint32_t i = 0; i < speeds_.size(); ++i)
+    if (kinds_[i] != MemberKind::kAux) speed += speeds_[i];
+  if (tr_.mode == "collaborative" && speed > 0) {
+    figures["step_compute_s"] = static_cast<double>(tr_.target_batch) / speed;
+    const double avg = figures["averaging_seconds_mean"];
+    figures["compute_to_averaging"] = avg > 0 ? figures["step_compute_s"] / avg : 0;
+  }
+}
+
+}  // namespace apiary
