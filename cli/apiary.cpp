@@ -109,6 +109,19 @@ void print_human(const nlohmann::json& j) {
   std::printf("  messages: %lld, bad frames: %lld\n", get("transport.messages_sent"),
               get("transport.bad_frames"));
   const auto& cost = j["cost"];
+  auto fig = [&](const char* k) { return cost.contains(k) ? cost[k].get<double>() : 0.0; };
+  if (c.contains("train.samples") && cost.contains("final_loss")) {
+    std::printf("  training: %.0f steps, %lld samples in %.0f s; test loss %.3f, accuracy %.1f%%\n", fig("steps"),
+                get("train.samples"), fig("train_seconds"), fig("final_loss"), 100 * fig("final_accuracy"));
+    if (fig("time_to_target_s") >= 0 && cost.contains("time_to_target_s"))
+      std::printf("  time to the target loss: %.0f s\n", fig("time_to_target_s"));
+    std::printf("  utilisation per trainer: min %.1f%%, mean %.1f%%; averaging %.2f s per step", 100 * fig("utilisation_min"),
+                100 * fig("utilisation_mean"), fig("averaging_seconds_mean"));
+    if (cost.contains("compute_to_averaging"))
+      std::printf(" (a step computes %.2f s, %.1fx that)", fig("step_compute_s"), fig("compute_to_averaging"));
+    std::printf("\n  all-reduce bytes per sample: %.1f; %lld steps ok, %lld failed, %lld catch-ups\n",
+                fig("allreduce_bytes_per_sample"), get("train.steps_ok"), get("train.step_failures"), get("train.catch_ups"));
+  }
   if (cost.contains("us_per_message"))
     std::printf("  ns-3 cost: %.2f us per message, %.0f bytes per peer, %.1fx real time\n",
                 cost["us_per_message"].get<double>(), cost["peak_bytes_per_peer"].get<double>(),
