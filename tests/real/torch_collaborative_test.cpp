@@ -93,3 +93,83 @@ TEST(TorchCollaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
 
 }  // namespace
 }  // namespace apiary::real
+
+namespace apiary::real {
+namespace {
+
+// Optimizer state travels as flat floats: copied into a fresh optimizer (over a copy of the
+// model) it makes the next step identical, for SGD with momentum and for Adam.
+template <class Opt, class Options>
+void state_round_trip(Options options) {
+  torch::manual_seed(3);
+  torch::nn::Linear a(5, 3);
+  Opt opt_a(a->parameters(), options);
+  const auto x = torch::randn({8, 5});
+  for (int i = 0; i < 3; ++i) {
+    opt_a.zero_grad();
+    a->forward(x).pow(2).sum().backward();
+    opt_a.step();
+  }
+  torch::nn::Linear b(5, 3);
+  {
+    torch::NoGradGuard g;
+    b->weight.copy_(a->weight);
+    b->bias.copy_(a->bias);
+  }
+  Opt opt_b(b->parameters(), options);
+  const auto state = get_optimizer_state(opt_a);
+  ASSERT_EQ(state.size(), optimizer_state_schema(opt_a).total());
+  set_optimizer_state(opt_b, state);
+  EXPECT_EQ(get_optimizer_state(opt_b), state);
+  for (auto* o : {&opt_a, &opt_b}) o->zero_grad();
+  a->forward(x).pow(2).sum().backward();
+  b->forward(x).pow(2).sum().backward();
+  opt_a.step();
+  opt_b.step();
+  EXPECT_TRUE(torch::equal(a->weight, b->weight));
+  EXPECT_TRUE(torch::equal(a->bias, b->bias));
+  EXPECT_THROW(set_optimizer_state(opt_b, std::vector<float>(3)), std::invalid_argument);
+}
+
+TEST(TorchOptimizerState, SgdMomentumRoundTrips) {
+  state_round_trip<torch::optim::SGD>(torch::optim::SGDOptions(0.1).momentum(0.9));
+  torch::nn::Linear l(2, 2);
+  torch::optim::SGD plain(l->parameters(), torch::optim::SGDOptions(0.1));
+  EXPECT_EQ(optimizer_state_schema(plain).total(), 0u);  // plain SGD has no state
+}
+
+TEST(TorchOptimizerState, AdamMomentsAndStepsRoundTrip) {
+  state_round_trip<torch::optim::Adam>(torch::optim::AdamOptions(0.01));
+  state_round_trip<torch::optim::AdamW>(torch::optim::AdamWOptions(0.01));
+}
+
+// Dynamic loss scaling: scaled backward then unscale gives the unscaled gradients; an overflow
+// is reported (the batch is skipped) and halves the scale; clean batches grow it again.
+TEST(GradScaler, UnscalesSkipsOverflowsAndAdaptsTheScale) {
+  torch::manual_seed(4);
+  torch::nn::Linear m(6, 2);
+  const auto x = torch::randn({4, 6});
+  m->zero_grad();
+  m->forward(x).sum().backward();
+  const auto reference = m->weight.grad().clone();
+  GradScaler::Options o;
+  o.init_scale = 1024;
+  o.growth_interval = 2;
+  GradScaler scaler(o);
+  m->zero_grad();
+  scaler.scale(m->forward(x).sum()).backward();
+  EXPECT_TRUE(scaler.unscale(m->parameters()));
+  EXPECT_TRUE(torch::allclose(m->weight.grad(), reference, 1e-6, 1e-6));
+  scaler.update(false);
+  m->zero_grad();
+  (m->forward(x).sum() * std::numeric_limits<float>::infinity()).backward();
+  EXPECT_FALSE(scaler.unscale(m->parameters()));
+  scaler.update(true);
+  EXPECT_EQ(scaler.current_scale(), 512);
+  scaler.update(false);
+  scaler.update(false);
+  EXPECT_EQ(scaler.current_scale(), 1024);
+}
+
+}  // namespace
+}  // namespace apiary::real
