@@ -19,6 +19,10 @@ ChildProcesses::~ChildProcesses() {
 }
 
 pid_t ChildProcesses::spawn_self(const std::vector<std::string>& args, const std::string& log) {
+  return spawn("/proc/self/exe", args, log);
+}
+
+pid_t ChildProcesses::spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log) {
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
@@ -30,7 +34,7 @@ pid_t ChildProcesses::spawn_self(const std::vector<std::string>& args, const std
     std::vector<char*> argv;
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    execv("/proc/self/exe", argv.data());
+    execv(exe.c_str(), argv.data());
     _exit(127);
   }
   pids_.push_back(pid);

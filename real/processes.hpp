@@ -20,6 +20,8 @@ class ChildProcesses {
   ~ChildProcesses();
   // Runs /proc/self/exe with `args` (args[0] is the program name), stdout and stderr to `log`.
   pid_t spawn_self(const std::vector<std::string>& args, const std::string& log);
+  // Runs the program at `exe` the same way.
+  pid_t spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log);
   // Waits for every child to exit, up to `deadline`; returns false on timeout. A child that
   // exited non-zero is reported in `failures` ("pid N exited with status S").
   bool wait_all(std::chrono::steady_clock::time_point deadline, std::vector<std::string>& failures);

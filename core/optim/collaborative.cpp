@@ -83,16 +83,25 @@ void CollaborativeOptimizer::accumulate(std::span<const float> grad_sum, std::ui
 Task<SwarmProgress> CollaborativeOptimizer::report_progress() {
   if (!in_step_) {
     PeerProgress mine{epoch_, samples_, rate_, {}, cfg_.role == MemberKind::kClient};
+    published_ = samples_;
     co_await progress_.publish(mine);
   }
   SwarmProgress swarm = co_await progress_.fetch();
   co_return swarm;
 }
 
+double CollaborativeOptimizer::estimated_samples(const SwarmProgress& swarm) const {
+  if (swarm.epoch != epoch_ || swarm.fetched == TimePoint{}) return static_cast<double>(swarm.samples);
+  const double mine = static_cast<double>(samples_ - std::min(published_, samples_));
+  const double others = std::max(0.0, swarm.samples_per_second - rate_) * to_seconds(rt_.now() - swarm.fetched);
+  return static_cast<double>(swarm.samples) + mine + others;
+}
+
 bool CollaborativeOptimizer::step_due(const SwarmProgress& swarm, bool early) const {
   if (swarm.epoch > epoch_) return true;  // behind: step() catches up
-  if (swarm.epoch != epoch_) return false;
-  return early ? progress_.matchmaking_time(swarm) <= rt_.now() : swarm.ready;
+  if (swarm.epoch != epoch_ || swarm.fetched == TimePoint{}) return false;
+  if (early) return progress_.matchmaking_time(swarm) <= rt_.now();
+  return swarm.ready || estimated_samples(swarm) >= static_cast<double>(cfg_.progress.target_batch);
 }
 
 Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_t) {
@@ -102,6 +111,7 @@ Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_
     // Re-publish only when there is news (the training loop may accumulate while we wait).
     if (published != samples_ || !published) {
       PeerProgress mine{epoch_, samples_, rate_, {}, cfg_.role == MemberKind::kClient};
+      published_ = samples_;
       co_await progress_.publish(mine);
       published = mine.samples;
     }
@@ -119,10 +129,12 @@ Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_
       co_return Error{ErrorCode::kCancelled, "caught up from epoch " + std::to_string(was) + " to " + std::to_string(epoch_) +
                                                  "; accumulate on the new parameters and step again"};
     }
-    if (rt_.now() >= give_up)
+    if (rt_.now() >= give_up) {
+      ++wait_timeouts_;
       co_return Error{ErrorCode::kTimeout, "the swarm gathered " + std::to_string(swarm.samples) + " of " +
                                                std::to_string(cfg_.progress.target_batch) + " samples in " +
                                                format_duration(cfg_.max_wait)};
+    }
     co_await sleep_on(rt_.timers, cfg_.poll);
   }
 }
@@ -171,6 +183,7 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   // loop accumulates from now on counts toward the next one (delayed parameter updates).
   std::vector<float> sum = std::exchange(grad_sum_, std::vector<float>(grad_sum_.size(), 0.0f));
   const std::uint64_t samples = std::exchange(samples_, 0);
+  published_ = 0;
   samples_since_state_ += samples;
   FlagGuard averaging(averaging_);
   StepReport rep;
@@ -268,6 +281,7 @@ Task<Result<std::uint64_t>> CollaborativeOptimizer::join() {
   epoch_ = st->epoch;
   std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
   samples_ = 0;
+  published_ = 0;
   samples_since_state_ = 0;
   rt_.observer.count("optim.state_downloads");
   co_return epoch_;

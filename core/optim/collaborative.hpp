@@ -65,6 +65,8 @@ class CollaborativeOptimizer {
   std::uint64_t local_samples() const { return samples_; }
   double samples_per_second() const { return rate_; }
   bool stepping() const { return in_step_; }
+  // Steps that gave up waiting for the swarm's target batch (what they held stays accumulated).
+  std::uint64_t wait_timeouts() const { return wait_timeouts_; }
   // Within a step: past the wait for the global batch (what is accumulated now is the next step's).
   bool averaging() const { return averaging_; }
   const CollaborativeConfig& config() const { return cfg_; }
@@ -82,9 +84,13 @@ class CollaborativeOptimizer {
   // Publishes this peer's progress (epoch, samples, throughput) and reads the swarm's. While a
   // step runs nothing is published (the samples belong to the next epoch).
   Task<SwarmProgress> report_progress();
-  // When a training loop should call step(): the swarm reached the target batch, or (with
-  // `early`, for a loop that keeps computing while step() runs) is due to within the
-  // matchmaking lead.
+  // The swarm's samples toward this epoch now: the last reports, plus what this peer computed
+  // since it published, plus what the others computed since at their reported throughput.
+  double estimated_samples(const SwarmProgress& swarm) const;
+  // When a training loop should call step(): the swarm has (by the estimate) reached the target
+  // batch, or (with `early`, for a loop that keeps computing while step() runs) is due to within
+  // the matchmaking lead. A step called on an estimate that proves optimistic waits up to
+  // max_wait for the reports and then fails with kTimeout, keeping what was accumulated.
   bool step_due(const SwarmProgress& swarm, bool early) const;
   // One global step (see above). A peer that finds the swarm at a later epoch downloads the
   // state first (its pending gradients, computed on old parameters, are dropped) and returns
@@ -108,8 +114,9 @@ class CollaborativeOptimizer {
   CollaborativeConfig cfg_;
   averaging::TensorSchema schema_;
   std::vector<float> params_, grad_sum_, momentum_;
-  std::uint64_t samples_ = 0, epoch_ = 0, samples_since_state_ = 0;
+  std::uint64_t samples_ = 0, epoch_ = 0, samples_since_state_ = 0, published_ = 0;
   double rate_ = 0;
+  std::uint64_t wait_timeouts_ = 0;
   std::optional<TimePoint> last_accumulate_;
   bool in_step_ = false, averaging_ = false;
   averaging::TensorSchema opt_schema_;

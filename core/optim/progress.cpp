@@ -80,7 +80,9 @@ Task<SwarmProgress> ProgressTracker::fetch() {
   std::vector<PeerProgress> reports;
   for (const auto& rec : got.records)
     if (auto p = PeerProgress::decode(rec.value)) reports.push_back(*p);
-  co_return aggregate(reports, cfg_.target_batch, rt_.now(), cfg_.stale);
+  SwarmProgress swarm = aggregate(reports, cfg_.target_batch, rt_.now(), cfg_.stale);
+  swarm.fetched = rt_.now();
+  co_return swarm;
 }
 
 TimePoint ProgressTracker::matchmaking_time(const SwarmProgress& p) const {

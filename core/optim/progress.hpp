@@ -35,6 +35,7 @@ struct SwarmProgress {
   std::size_t behind = 0;           // fresh reports on an older epoch
   bool ready = false;               // samples >= target batch size
   TimePoint eta{};                  // estimated time the target is reached (now if ready)
+  TimePoint fetched{};              // when the reports were read
 };
 
 // Pure aggregation: reports older than `stale` before `now` are ignored.

@@ -156,6 +156,9 @@ void parse_training(Scenario& s, SwarmSpec& spec) {
   if (spec.dht.bootstrap_peers + std::lround(t.aux_fraction * spec.peers) + std::lround(t.client_fraction * spec.peers) > spec.peers)
     s.fail("training.aux_fraction", "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");
   t.max_wait = s.get_duration("training.max_wait", t.max_wait);
+  t.hidden = static_cast<std::uint32_t>(s.get_int("training.hidden", t.hidden, 1, 1 << 16));
+  t.eval_every = static_cast<std::uint32_t>(s.get_int("training.eval_every", t.eval_every, 0, 1 << 30));
+  t.baseline = s.get_bool("training.baseline", t.baseline);
   auto& m = t.matchmaking;
   m.prefix = "mm";
   m.target_group_size = static_cast<std::size_t>(s.get_int("training.target_group_size", spec.peers, 1, 4096));

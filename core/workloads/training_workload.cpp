@@ -65,7 +65,8 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
   cc.local_updates = spec_.local_updates;
   cc.average_state_every = spec_.average_state_every;
   cc.poll = std::min<Duration>(spec_.progress_period, std::chrono::milliseconds(500));
-  cc.max_wait = spec_.max_wait;
+  // A step on an optimistic estimate should give up soon and compute on.
+  cc.max_wait = spec_.max_wait > Duration::zero() ? spec_.max_wait : spec_.progress_period * 3 + std::chrono::seconds(1);
   collab_ = std::make_unique<optim::CollaborativeOptimizer>(rt, rpc, dht, std::move(identity), schema, driver.initial(), cc);
   if (spec_.local_updates) local_momentum_.assign(driver.initial().size(), 0.0f);
 }
@@ -122,7 +123,12 @@ void TrainingApp::record_step(const Result<optim::StepReport>& r) {
 }
 
 Task<void> TrainingApp::run_step() {
+  const std::uint64_t timeouts = collab_->wait_timeouts();
   Result<optim::StepReport> r = co_await collab_->step();
+  if (!r.ok() && collab_->wait_timeouts() > timeouts) {  // stepped on an optimistic estimate: compute on
+    rt_.observer.count("train.step_retries");
+    co_return;
+  }
   record_step(r);
 }
 
@@ -213,13 +219,19 @@ Task<void> TrainingApp::diloco_loop() {
 
 // ---- the swarm ---------------------------------------------------------------------------
 
+std::vector<double> device_speeds(const SwarmSpec& spec) {
+  Rng rng(spec.seed ^ 0x7370656564ULL);  // "speed"
+  std::vector<double> out;
+  for (std::uint32_t i = 0; i < spec.peers; ++i) out.push_back(std::max(1.0, spec.training.samples_per_second.sample(rng)));
+  return out;
+}
+
 TrainingDriver::TrainingDriver(const SwarmSpec& spec, Metrics& metrics)
     : spec_(spec), tr_(spec.training), metrics_(metrics), model_(784, 10) {
   train_ = to_examples(data::load_fashion_mnist("train", tr_.dataset_dir), tr_.train_samples);
   test_ = to_examples(data::load_fashion_mnist("t10k", tr_.dataset_dir), tr_.eval_samples);
   initial_.assign(model_.parameters(), 0.0f);
-  Rng rng(spec.seed ^ 0x7370656564ULL);  // "speed"
-  for (std::uint32_t i = 0; i < spec.peers; ++i) speeds_.push_back(std::max(1.0, tr_.samples_per_second.sample(rng)));
+  speeds_ = device_speeds(spec);
   // The last peers are auxiliary, the ones before them clients; the rest (the DHT's seeds among
   // them) train as full peers.
   const auto aux = static_cast<std::uint32_t>(std::lround(tr_.aux_fraction * spec.peers));

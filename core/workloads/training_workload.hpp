@@ -58,10 +58,20 @@ struct TrainingWorkloadSpec {
   double aux_fraction = 0;
   averaging::MatchmakingConfig matchmaking;
   averaging::AllReduceConfig allreduce;
-  Duration max_wait = std::chrono::minutes(5);
+  Duration max_wait{};  // how long a step waits for the target batch (0: 3 progress periods + 1 s)
+  // Live runs (LibTorch trainer processes): an MLP of this hidden width, evaluated every
+  // `eval_every` global steps, and a single-process baseline of the same model, global batch
+  // and number of steps.
+  std::uint32_t hidden = 128;
+  std::uint32_t eval_every = 20;
+  bool baseline = true;
 };
 
 struct SwarmSpec;
+
+// Each peer's device speed in samples per second, drawn from the scenario's distribution with
+// the run's seed: the same in ns-3 and in live runs (where trainers are throttled to it).
+std::vector<double> device_speeds(const SwarmSpec& spec);
 
 // Data shared by every peer of a run (loaded once), and the swarm-level bookkeeping.
 class TrainingDriver;

@@ -1,0 +1,255 @@
+#include "real/live_training.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "real/processes.hpp"
+
+namespace apiary::real {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string trainer_program() {
+  const fs::path self = fs::read_symlink("/proc/self/exe");
+  const fs::path exe = self.parent_path() / "apiary-train";
+  if (!fs::exists(exe))
+    throw std::runtime_error("live training needs " + exe.string() +
+                             " (built with LibTorch, APIARY_WITH_TORCH=ON, next to apiary)");
+  return exe.string();
+}
+
+std::string fmt(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+// One trainer process: the trainer index it plays and where its record goes.
+struct Incarnation {
+  std::uint32_t index = 0;
+  bool newcomer = false;
+  pid_t pid = 0;
+  bool running = false;
+  bool killed = false;
+  int status = 0;
+  std::string out;
+};
+
+std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.empty()) continue;
+    try {
+      out.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception&) {
+      // a trainer killed mid-write leaves a partial last line: skip it
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
+  const auto& t = spec.training;
+  if (t.mode != "collaborative") throw std::runtime_error("live training runs the collaborative mode only");
+  if (t.client_fraction > 0 || t.aux_fraction > 0)
+    throw std::runtime_error("live training runs full trainers only (client and auxiliary peers are simulated)");
+  const std::string program = trainer_program();
+  const auto wall0 = std::chrono::steady_clock::now();
+  char tmpl[] = "/tmp/apiary-train-XXXXXX";
+  if (!mkdtemp(tmpl)) throw std::runtime_error("cannot create a temporary directory");
+  const std::string dir = tmpl;
+
+  ChildProcesses children;
+  // The seed DHT peer every trainer enters through.
+  children.spawn_self({"apiary", "peer", "--listen", spec.live_host + ":0", "--ready-file", dir + "/seed.ready"}, dir + "/seed.log");
+  const std::string ready = wait_for_file(dir + "/seed.ready", std::chrono::steady_clock::now() + std::chrono::seconds(20), "the seed DHT peer");
+  const std::string seed_ep = ready.substr(ready.find(' ') + 1, ready.find('\n') - ready.find(' ') - 1);
+
+  auto common = [&](std::vector<std::string> args) {
+    for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
+             {"--seed", std::to_string(spec.seed)},
+             {"--steps", std::to_string(t.steps)},
+             {"--target-batch", std::to_string(t.target_batch)},
+             {"--batch-size", std::to_string(t.batch_size)},
+             {"--hidden", std::to_string(t.hidden)},
+             {"--lr", fmt(t.learning_rate)},
+             {"--momentum", fmt(t.momentum)},
+             {"--train-samples", std::to_string(t.train_samples)},
+             {"--eval-samples", std::to_string(t.eval_samples)},
+             {"--eval-every", std::to_string(t.eval_every)},
+             {"--dataset-dir", t.dataset_dir}}) {
+      args.push_back(k);
+      args.push_back(v);
+    }
+    return args;
+  };
+  const std::vector<double> speeds = device_speeds(spec);
+  std::vector<Incarnation> incs;
+  std::map<std::uint32_t, std::size_t> current;  // trainer index -> its running incarnation
+  auto start_trainer = [&](std::uint32_t i, bool newcomer) {
+    Incarnation inc;
+    inc.index = i;
+    inc.newcomer = newcomer;
+    const std::string name = "trainer-" + std::to_string(i) + "-" + std::to_string(incs.size());
+    inc.out = dir + "/" + name + ".jsonl";
+    auto args = common({"apiary-train", "trainer", "--join", seed_ep, "--index", std::to_string(i), "--out", inc.out,
+                        "--delay-ms", fmt(to_seconds(spec.live_emulated_latency) * 1e3),
+                        "--max-seconds", fmt(to_seconds(spec.duration)), "--samples-per-second", fmt(speeds[i])});
+    if (newcomer) args.push_back("--newcomer");
+    inc.pid = children.spawn(program, args, dir + "/" + name + ".log");
+    inc.running = true;
+    current[i] = incs.size();
+    incs.push_back(std::move(inc));
+    metrics.count(newcomer ? "churn.joins" : "train.trainers_started", 1);
+  };
+
+  // Who starts: every trainer, except those whose first churn event is "up".
+  std::vector<ChurnEvent> events = spec.churn.kind == ChurnSpec::Kind::kTrace ? spec.churn.trace : std::vector<ChurnEvent>{};
+  if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.kind != ChurnSpec::Kind::kTrace)
+    throw std::runtime_error("live training takes churn from a trace (churn.model = \"trace\")");
+  std::vector<bool> starts_up(spec.peers, true);
+  for (std::uint32_t i = 0; i < spec.peers; ++i)
+    for (const auto& ev : events)
+      if (ev.peer == i) {
+        starts_up[i] = !ev.up;
+        break;
+      }
+  for (std::uint32_t i = 0; i < spec.peers; ++i)
+    if (starts_up[i]) start_trainer(i, false);
+
+  const auto start = std::chrono::steady_clock::now();
+  std::size_t next_event = 0;
+  bool over = false;
+  while (!over) {
+    const auto now = std::chrono::steady_clock::now();
+    const Duration elapsed = std::chrono::duration_cast<Duration>(now - start);
+    while (next_event < events.size() && events[next_event].at <= elapsed) {
+      const auto& ev = events[next_event++];
+      auto it = current.find(ev.peer);
+      const bool up = it != current.end() && incs[it->second].running;
+      if (!ev.up && up) {
+        kill(incs[it->second].pid, SIGKILL);  // dies mid-whatever: no goodbye
+        incs[it->second].killed = true;
+        metrics.count("churn.leaves", 1);
+      } else if (ev.up && !up) {
+        start_trainer(ev.peer, true);
+      }
+    }
+    while (auto r = children.reap_one()) {
+      for (auto& inc : incs)
+        if (inc.pid == r->first) {
+          inc.running = false;
+          inc.status = r->second;
+        }
+    }
+    const bool any_running = std::any_of(incs.begin(), incs.end(), [](const Incarnation& i) { return i.running; });
+    const bool events_left = next_event < events.size();
+    if ((!any_running && !events_left) || elapsed >= spec.duration) over = true;
+    if (progress) progress(std::min(1.0, to_seconds(elapsed) / to_seconds(spec.duration)));
+    if (!over) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Stop whatever still runs (the seed peer, trainers past the deadline) before the baseline.
+  children.signal_all(SIGTERM);
+  {
+    std::vector<std::string> ignored;
+    children.wait_all(std::chrono::steady_clock::now() + std::chrono::seconds(20), ignored);
+  }
+
+  RunInfo info;
+  info.backend = "live";
+  info.run_seconds = run_seconds;
+  // Gather the trainers' records.
+  double final_sum = 0;
+  std::size_t finishers = 0;
+  std::uint64_t max_epoch = 0;
+  std::size_t eval_source = incs.size();
+  for (std::size_t k = 0; k < incs.size(); ++k) {
+    const auto& inc = incs[k];
+    bool has_eval = false;
+    for (const auto& j : read_jsonl(inc.out)) {
+      const std::string ev = j.value("event", "");
+      if (ev == "step") {
+        metrics.count("train.steps_ok", 1);
+        metrics.count("train.allreduce_bytes", j.value("bytes_sent", 0LL));
+        metrics.count("train.samples", j.value("samples", 0LL));
+        metrics.sample("train.step.seconds", j.value("seconds", 0.0));
+        metrics.sample("train.step.global_batch", j.value("global_batch", 0.0));
+        metrics.sample("train.step.group", j.value("group", 0.0));
+        max_epoch = std::max<std::uint64_t>(max_epoch, j.value("epoch", 0ULL) + 1);
+      } else if (ev == "joined") {
+        metrics.count("optim.state_downloads", 1);
+        metrics.sample("train.joined_epoch", j.value("epoch", 0.0));
+      } else if (ev == "caught_up") {
+        metrics.count("train.catch_ups", 1);
+      } else if (ev == "eval") {
+        has_eval = true;
+      } else if (ev == "final" && !inc.killed) {
+        metrics.sample("train.final_accuracy", j.value("accuracy", 0.0));
+        if (j.value("epoch", 0U) >= t.steps) {
+          final_sum += j.value("accuracy", 0.0);
+          ++finishers;
+        }
+      }
+    }
+    if (has_eval && eval_source == incs.size() && !inc.killed && !inc.newcomer) eval_source = k;
+  }
+  // Accuracy over time, as the first trainer that ran to the end saw it.
+  if (eval_source < incs.size())
+    for (const auto& j : read_jsonl(incs[eval_source].out))
+      if (j.value("event", "") == "eval") {
+        metrics.sample("train.eval.epoch", j.value("epoch", 0.0));
+        metrics.sample("train.eval.time_s", j.value("t", 0.0));
+        metrics.sample("train.eval.accuracy", j.value("accuracy", 0.0));
+        metrics.sample("train.eval.loss", j.value("loss", 0.0));
+      }
+  info.figures["steps"] = static_cast<double>(max_epoch);
+  info.figures["trainers_finished"] = static_cast<double>(finishers);
+  info.figures["final_accuracy"] = finishers ? final_sum / static_cast<double>(finishers) : 0;
+  info.figures["train_seconds"] = run_seconds;
+  info.figures["final_loss"] = 0;
+  if (auto it = metrics.series().find("train.eval.loss"); it != metrics.series().end() && !it->second.empty())
+    info.figures["final_loss"] = it->second.back();
+  info.figures["global_batch_mean"] = metrics.mean("train.step.global_batch");
+  info.figures["averaging_seconds_mean"] = metrics.mean("train.step.seconds");
+  const double samples = static_cast<double>(metrics.counter("train.samples"));
+  info.figures["samples"] = samples;
+  info.figures["allreduce_bytes_per_sample"] = samples > 0 ? static_cast<double>(metrics.counter("train.allreduce_bytes")) / samples : 0;
+
+  if (t.baseline) {
+    const std::string out = dir + "/baseline.jsonl";
+    auto args = common({"apiary-train", "baseline", "--out", out});
+    const pid_t pid = children.spawn(program, args, dir + "/baseline.log");
+    std::vector<std::string> failures;
+    if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())
+      throw std::runtime_error("the baseline (pid " + std::to_string(pid) + ") failed; see " + dir + "/baseline.log");
+    for (const auto& j : read_jsonl(out))
+      if (j.value("event", "") == "final") {
+        info.figures["baseline_accuracy"] = j.value("accuracy", 0.0);
+        info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - j.value("accuracy", 0.0));
+      }
+  }
+  if (finishers == 0)
+    throw std::runtime_error("no trainer reached " + std::to_string(t.steps) + " steps within " +
+                             format_duration(spec.duration) + "; the trainers' logs are in " + dir);
+  fs::remove_all(dir);
+  info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  return info;
+}
+
+}  // namespace apiary::real

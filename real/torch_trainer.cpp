@@ -1,0 +1,241 @@
+#include <utility>  // before asio: boost/asio/awaitable.hpp uses std::exchange
+#include "real/torch_trainer.hpp"
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/data/idx.hpp"
+#include "core/dht/validate.hpp"
+#include "core/runtime/metrics.hpp"
+#include "real/live_runtime.hpp"
+#include "real/processes.hpp"
+#include "real/torch_collaborative.hpp"
+
+namespace apiary::real {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Fashion-MNIST as tensors, standardised with the dataset's pixel mean and deviation.
+struct TensorSet {
+  torch::Tensor x, y;
+  std::int64_t size() const { return y.size(0); }
+};
+
+TensorSet load(const std::string& split, const std::string& dir, std::uint64_t limit) {
+  const auto set = data::load_fashion_mnist(split, dir);
+  const auto n = static_cast<std::int64_t>(limit ? std::min<std::uint64_t>(limit, set.size()) : set.size());
+  auto pixels = torch::from_blob(const_cast<std::uint8_t*>(set.pixels.data()), {n, 784}, torch::kUInt8).to(torch::kFloat);
+  TensorSet t;
+  t.x = (pixels / 255.0 - 0.286) / 0.353;
+  t.y = torch::from_blob(const_cast<std::uint8_t*>(set.labels.data()), {n}, torch::kUInt8).to(torch::kLong);
+  return t;
+}
+
+torch::nn::Sequential make_model(const TrainerOptions& o) {
+  torch::manual_seed(static_cast<std::uint64_t>(o.seed));  // every trainer and the baseline start alike
+  return torch::nn::Sequential(torch::nn::Linear(784, o.hidden), torch::nn::ReLU(), torch::nn::Linear(o.hidden, 10));
+}
+
+struct Eval {
+  double accuracy = 0, loss = 0;
+};
+
+Eval evaluate(torch::nn::Sequential& model, const TensorSet& test, std::int64_t limit) {
+  torch::NoGradGuard g;
+  const auto n = std::min<std::int64_t>(limit, test.size());
+  const auto logits = model->forward(test.x.slice(0, 0, n));
+  const auto y = test.y.slice(0, 0, n);
+  return {logits.argmax(1).eq(y).to(torch::kFloat).mean().item<double>(),
+          torch::nn::functional::cross_entropy(logits, y).item<double>()};
+}
+
+class Log {
+ public:
+  explicit Log(const std::string& path) : f_(path.empty() ? nullptr : std::fopen(path.c_str(), "w")) {
+    if (!path.empty() && !f_) throw std::runtime_error("cannot write " + path);
+  }
+  ~Log() {
+    if (f_) std::fclose(f_);
+  }
+  void write(const nlohmann::json& j) {
+    if (!f_) return;
+    const std::string s = j.dump() + "\n";
+    std::fwrite(s.data(), 1, s.size(), f_);
+    std::fflush(f_);
+  }
+
+ private:
+  std::FILE* f_;
+};
+
+void quiet_log(void*, std::uint32_t, LogLevel level, std::string_view component, std::string_view msg) {
+  static const char* names[] = {"debug", "info", "warn", "error"};
+  std::fprintf(stderr, "[%s] %.*s: %.*s\n", names[static_cast<int>(level)], static_cast<int>(component.size()),
+               component.data(), static_cast<int>(msg.size()), msg.data());
+}
+
+}  // namespace
+
+int run_trainer(const TrainerOptions& o) {
+  torch::set_num_threads(1);
+  const auto wall0 = std::chrono::steady_clock::now();
+  Log log(o.out);
+  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
+  const TensorSet test = load("t10k", o.dataset_dir, 0);
+
+  asio::io_context io;
+  LiveOptions lo;
+  lo.emulated_delay = Duration(static_cast<std::int64_t>(o.delay_ms * 1e6));
+  LiveRuntime live(io, lo);
+  live.open();
+  Metrics metrics;
+  PeerObserver observer(metrics, live, o.index);
+  observer.set_log_sink(&quiet_log, nullptr, LogLevel::kWarn);
+  live.set_observer(observer);
+  Rng rng(o.seed * 7919 + o.index + (o.newcomer ? 1000 : 0));
+  Runtime rt{live, live, live, rng, observer};
+  Rpc rpc(rt);
+  const auto identity = dht::Identity::generate();
+  dht::DhtConfig dcfg;
+  dcfg.k = 8;
+  dht::DhtNode node(rt, rpc, identity.id(), dcfg, {std::make_shared<dht::SignatureValidator>()});
+  if (!o.ready_file.empty()) write_file_atomically(o.ready_file, live.local().to_string() + "\n");
+
+  auto model = make_model(o);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(o.learning_rate).momentum(o.momentum));
+  optim::CollaborativeConfig cc;
+  cc.progress.prefix = "train";
+  cc.progress.target_batch = o.target_batch;
+  cc.progress.ttl = std::chrono::seconds(60);
+  cc.progress.stale = std::chrono::seconds(10);
+  cc.matchmaking.prefix = "mm";
+  cc.matchmaking.target_group_size = 64;  // sized down to the trainers that report progress
+  cc.matchmaking.min_group_size = 1;
+  cc.matchmaking.budget = std::chrono::milliseconds(o.budget_ms);
+  cc.matchmaking.poll = std::chrono::milliseconds(50);
+  cc.allreduce.min_part = 1024;
+  cc.allreduce.sender_timeout = std::chrono::seconds(3);
+  cc.allreduce.reducer_timeout = std::chrono::seconds(6);
+  cc.poll = std::chrono::milliseconds(30);
+  cc.max_wait = std::chrono::seconds(2);  // then compute on and try again
+  TorchCollaborative collab(*model, optimizer, rt, rpc, node, identity, cc);
+
+  int exit_code = 1;
+  bool done = false;
+  auto body = [&]() -> Task<void> {
+    std::vector<Endpoint> seeds{*Endpoint::parse(o.join)};
+    co_await node.bootstrap(seeds);
+    node.start_maintenance();
+    nlohmann::json start = {{"event", "start"}, {"index", o.index}, {"newcomer", o.newcomer}, {"endpoint", live.local().to_string()}};
+    log.write(start);
+    if (o.newcomer) {
+      for (int attempt = 0; attempt < 20; ++attempt) {
+        Result<std::uint64_t> j = co_await collab.join();
+        if (j.ok()) {
+          nlohmann::json joined = {{"event", "joined"}, {"epoch", *j}, {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
+          log.write(joined);
+          break;
+        }
+        co_await sleep_on(rt.timers, std::chrono::milliseconds(500));
+      }
+    }
+    Rng data_rng(o.seed ^ (0x9e3779b97f4a7c15ULL * (o.index + 1)) ^ (o.newcomer ? 0x5555 : 0));
+    optim::SwarmProgress swarm;
+    const auto deadline = wall0 + std::chrono::duration<double>(o.max_seconds);
+    while (collab.epoch() < o.steps && std::chrono::steady_clock::now() < deadline) {
+      // One local batch (at the emulated device's speed, if one is set).
+      const TimePoint batch_start = rt.now();
+      auto idx = torch::empty({static_cast<std::int64_t>(o.batch_size)}, torch::kLong);
+      auto* ip = idx.data_ptr<std::int64_t>();
+      for (std::uint32_t i = 0; i < o.batch_size; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+      model->zero_grad();
+      torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+      collab.accumulate(o.batch_size);
+      Duration rest = Duration::zero();  // let the network make progress meanwhile
+      if (o.samples_per_second > 0) {
+        const auto busy = Duration(static_cast<std::int64_t>(o.batch_size / o.samples_per_second * 1e9));
+        rest = std::max(Duration::zero(), batch_start + busy - rt.now());
+      }
+      co_await sleep_on(rt.timers, rest);
+      // Step when the swarm has (by the estimate from everyone's reported progress and
+      // throughput) gathered the global batch.
+      if (rt.now() - swarm.fetched >= std::chrono::milliseconds(100)) swarm = co_await collab.report_progress();
+      if (!collab.step_due(swarm)) continue;
+      const auto t0 = std::chrono::steady_clock::now();
+      Result<optim::StepReport> r = co_await collab.step();
+      swarm = {};  // fresh progress before the next decision
+      if (!r.ok()) {
+        if (r.error().code == ErrorCode::kCancelled) {
+          nlohmann::json caught = {{"event", "caught_up"}, {"epoch", collab.epoch()}};
+          log.write(caught);
+        }
+        continue;  // not ready yet (or caught up): compute on
+      }
+      nlohmann::json step = {{"event", "step"},
+                             {"epoch", r->epoch},
+                             {"global_batch", r->swarm_samples},
+                             {"samples", r->samples},
+                             {"group", r->group},
+                             {"bytes_sent", r->bytes_sent},
+                             {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
+                             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
+      log.write(step);
+      if (o.eval_every && collab.epoch() % o.eval_every == 0) {
+        const Eval e = evaluate(model, test, static_cast<std::int64_t>(o.eval_samples));
+        nlohmann::json ev = {{"event", "eval"}, {"epoch", collab.epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
+                             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
+        log.write(ev);
+      }
+    }
+    const Eval e = evaluate(model, test, test.size());
+    nlohmann::json fin = {{"event", "final"}, {"epoch", collab.epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
+                          {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
+    log.write(fin);
+    exit_code = collab.epoch() >= o.steps ? 0 : 2;
+    // Linger a little so that peers still averaging with us, or downloading our state, finish.
+    co_await sleep_on(rt.timers, std::chrono::seconds(2));
+    done = true;
+  };
+  Task<void> t = body();
+  t.start();
+  while (!done) io.run_one_for(std::chrono::milliseconds(50));
+  rpc.shutdown();
+  live.close();
+  return exit_code;
+}
+
+int run_baseline(const TrainerOptions& o) {
+  torch::set_num_threads(1);
+  const auto wall0 = std::chrono::steady_clock::now();
+  Log log(o.out);
+  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
+  const TensorSet test = load("t10k", o.dataset_dir, 0);
+  auto model = make_model(o);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(o.learning_rate).momentum(o.momentum));
+  Rng data_rng(o.seed ^ 0xba5e);
+  for (std::uint32_t step = 0; step < o.steps; ++step) {
+    auto idx = torch::empty({static_cast<std::int64_t>(o.target_batch)}, torch::kLong);
+    auto* ip = idx.data_ptr<std::int64_t>();
+    for (std::uint64_t i = 0; i < o.target_batch; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+    optimizer.zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+    optimizer.step();
+    if (o.eval_every && (step + 1) % o.eval_every == 0) {
+      const Eval e = evaluate(model, test, static_cast<std::int64_t>(o.eval_samples));
+      log.write({{"event", "eval"}, {"epoch", step + 1}, {"accuracy", e.accuracy}, {"loss", e.loss}});
+    }
+  }
+  const Eval e = evaluate(model, test, test.size());
+  log.write({{"event", "final"}, {"epoch", o.steps}, {"accuracy", e.accuracy}, {"loss", e.loss},
+             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+  std::printf("baseline: %u steps of %llu samples, test accuracy %.4f\n", o.steps,
+              static_cast<unsigned long long>(o.target_batch), e.accuracy);
+  return 0;
+}
+
+}  // namespace apiary::real

@@ -1,0 +1,43 @@
+#pragma once
+// A live collaborative trainer as its own process (issue 7): an MLP on Fashion-MNIST in LibTorch,
+// trained with TorchCollaborative over real sockets, joining the swarm's DHT through a seed
+// peer. It writes what happens as JSON lines (one object per line, flushed at once, so a
+// trainer that is killed leaves its record): "start", "joined" (newcomers: the epoch and
+// parameters it downloaded), "step" (epoch, samples in the global batch, group size, seconds),
+// "eval" (test accuracy and loss every few epochs) and "final".
+//
+// The baseline is the same model, the same initialisation and optimizer, trained in one process
+// for the same number of steps with the same global batch size.
+#include <cstdint>
+#include <string>
+
+namespace apiary::real {
+
+struct TrainerOptions {
+  std::string join;  // the seed DHT peer, IPV4:PORT
+  std::uint32_t index = 0;
+  bool newcomer = false;        // download the swarm's state before contributing
+  std::uint64_t seed = 1;       // model initialisation (the same for every trainer) and data order
+  std::uint32_t steps = 100;
+  std::uint64_t target_batch = 256;
+  std::uint32_t batch_size = 32;
+  std::uint32_t hidden = 128;
+  double learning_rate = 0.05;
+  double momentum = 0.9;
+  std::uint64_t train_samples = 0;  // 0: all 60,000
+  std::uint64_t eval_samples = 2000;
+  std::uint32_t eval_every = 20;    // epochs
+  double delay_ms = 0;              // emulated one-way latency on every received message
+  double samples_per_second = 0;    // the device's speed: a batch takes at least B / speed (0: as fast as it runs)
+  std::uint32_t budget_ms = 3000;   // matchmaking budget
+  std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  std::string out;                  // JSON lines
+  std::string ready_file;           // "<endpoint>\n" once listening
+  double max_seconds = 600;         // give up after this long
+};
+
+// Returns the exit code: 0 when the trainer reached `steps` epochs.
+int run_trainer(const TrainerOptions& options);
+int run_baseline(const TrainerOptions& options);
+
+}  // namespace apiary::real

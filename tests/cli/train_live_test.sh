@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Live collaborative training end to end: `apiary run` starts a seed peer and LibTorch trainer
+# processes on loopback; one trainer is killed mid-run and another joins and downloads the state;
+# the survivors finish every step together and the single-process baseline runs afterwards.
+set -euo pipefail
+APIARY=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+fail() { echo "train_live_test: FAIL: $*" >&2; exit 1; }
+
+cat > trace.txt <<'T'
+3s 3 up
+5s 1 down
+T
+cat > live.toml <<'T'
+name = "train-live-test"
+backend = "live"
+peers = 4
+duration = "4min"
+[workload]
+kind = "training"
+[churn]
+model = "trace"
+trace = "trace.txt"
+[training]
+steps = 40
+target_batch = 128
+batch_size = 32
+eval_every = 10
+eval_samples = 500
+train_samples = 20000
+samples_per_second = { dist = "uniform", min = "200/s", max = "300/s" }
+T
+"$APIARY" run live.toml --json --quiet --out live.h5 > live.json || fail "apiary run exited non-zero"
+[ -s live.h5 ] || fail "no results file"
+python3 - <<'PY' || fail "results"
+import json
+j = json.load(open("live.json"))
+c, f, s = j["metrics"]["counters"], j["cost"], j["metrics"]["series"]
+assert f["steps"] == 40, f
+assert f["trainers_finished"] >= 3, f          # trainers 0, 2 and the newcomer 3
+assert c.get("churn.leaves") == 1 and c.get("churn.joins") == 1, c
+assert c.get("optim.state_downloads", 0) >= 1, c  # the newcomer fetched the state
+assert s["train.step.group"]["p50"] >= 2, s["train.step.group"]
+assert f["final_accuracy"] > 0.6, f
+assert "baseline_accuracy" in f and f["baseline_accuracy"] > 0.6, f
+print("live training: %d steps, accuracy %.3f (baseline %.3f), global batch %.0f, groups p50 %.0f" % (
+    f["steps"], f["final_accuracy"], f["baseline_accuracy"], f["global_batch_mean"], s["train.step.group"]["p50"]))
+PY
+echo "train_live_test: all checks passed"
