@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
   trainer->add_option("--join", o.join, "a DHT peer to enter the swarm through (IPV4:PORT)")->required();
   trainer->add_option("--index", o.index, "this trainer's index (data order, logs)");
   trainer->add_flag("--newcomer", o.newcomer, "download the swarm's state before contributing");
+  trainer->add_option("--role", o.role, "full, client (never reduces or leads) or aux (trains nothing, helps average)")
+      ->check(CLI::IsMember({"full", "client", "aux"}));
   trainer->add_option("--delay-ms", o.delay_ms, "emulated one-way latency on every received message");
   trainer->add_option("--budget-ms", o.budget_ms, "matchmaking budget");
   trainer->add_option("--samples-per-second", o.samples_per_second, "emulated device speed (0: unthrottled)");

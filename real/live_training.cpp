@@ -66,8 +66,6 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   const auto& t = spec.training;
   if (t.mode != "collaborative") throw std::runtime_error("live training runs the collaborative mode only");
-  if (t.client_fraction > 0 || t.aux_fraction > 0)
-    throw std::runtime_error("live training runs full trainers only (client and auxiliary peers are simulated)");
   const std::string program = trainer_program();
   const auto wall0 = std::chrono::steady_clock::now();
   char tmpl[] = "/tmp/apiary-train-XXXXXX";
@@ -99,6 +97,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     return args;
   };
   const std::vector<double> speeds = device_speeds(spec);
+  const std::vector<averaging::MemberKind> roles = training_roles(spec);
   std::vector<Incarnation> incs;
   std::map<std::uint32_t, std::size_t> current;  // trainer index -> its running incarnation
   auto start_trainer = [&](std::uint32_t i, bool newcomer) {
@@ -111,6 +110,8 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
                         "--delay-ms", fmt(to_seconds(spec.live_emulated_latency) * 1e3),
                         "--max-seconds", fmt(to_seconds(spec.duration)), "--samples-per-second", fmt(speeds[i])});
     if (newcomer) args.push_back("--newcomer");
+    args.push_back("--role");
+    args.push_back(roles[i] == averaging::MemberKind::kAux ? "aux" : roles[i] == averaging::MemberKind::kClient ? "client" : "full");
     inc.pid = children.spawn(program, args, dir + "/" + name + ".log");
     inc.running = true;
     current[i] = incs.size();
@@ -199,7 +200,10 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         metrics.count("train.catch_ups", 1);
       } else if (ev == "eval") {
         has_eval = true;
-      } else if (ev == "final" && !inc.killed) {
+      } else if (ev == "assist") {
+        metrics.count("train.assists_ok", 1);
+        metrics.count("train.allreduce_bytes", j.value("bytes_sent", 0LL));
+      } else if (ev == "final" && !inc.killed && j.value("role", "") != "aux") {
         metrics.sample("train.final_accuracy", j.value("accuracy", 0.0));
         if (j.value("epoch", 0U) >= t.steps) {
           final_sum += j.value("accuracy", 0.0);

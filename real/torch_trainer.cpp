@@ -123,6 +123,9 @@ int run_trainer(const TrainerOptions& o) {
   cc.allreduce.reducer_timeout = std::chrono::seconds(6);
   cc.poll = std::chrono::milliseconds(30);
   cc.max_wait = std::chrono::seconds(2);  // then compute on and try again
+  if (o.role == "client") cc.role = averaging::MemberKind::kClient;
+  else if (o.role == "aux") cc.role = averaging::MemberKind::kAux;
+  else if (o.role != "full") throw std::invalid_argument("--role must be full, client or aux, not '" + o.role + "'");
   TorchCollaborative collab(*model, optimizer, rt, rpc, node, identity, cc);
 
   int exit_code = 1;
@@ -131,8 +134,24 @@ int run_trainer(const TrainerOptions& o) {
     std::vector<Endpoint> seeds{*Endpoint::parse(o.join)};
     co_await node.bootstrap(seeds);
     node.start_maintenance();
-    nlohmann::json start = {{"event", "start"}, {"index", o.index}, {"newcomer", o.newcomer}, {"endpoint", live.local().to_string()}};
+    nlohmann::json start = {{"event", "start"}, {"index", o.index}, {"newcomer", o.newcomer}, {"role", o.role},
+                            {"endpoint", live.local().to_string()}};
     log.write(start);
+    if (o.role == "aux") {  // an auxiliary peer: reduce a part of every step's all-reduce, train nothing
+      const auto until = wall0 + std::chrono::duration<double>(o.max_seconds);
+      while (collab.epoch() < o.steps && std::chrono::steady_clock::now() < until) {
+        Result<optim::StepReport> r = co_await collab.core().assist();
+        if (!r.ok()) continue;  // not ready yet: look again
+        nlohmann::json assist = {{"event", "assist"}, {"epoch", r->epoch}, {"group", r->group}, {"bytes_sent", r->bytes_sent}};
+        log.write(assist);
+      }
+      nlohmann::json fin = {{"event", "final"}, {"role", "aux"}, {"epoch", collab.epoch()}};
+      log.write(fin);
+      exit_code = collab.epoch() >= o.steps ? 0 : 2;
+      co_await sleep_on(rt.timers, std::chrono::seconds(2));
+      done = true;
+      co_return;
+    }
     if (o.newcomer) {
       for (int attempt = 0; attempt < 20; ++attempt) {
         Result<std::uint64_t> j = co_await collab.join();

@@ -17,6 +17,7 @@ struct TrainerOptions {
   std::string join;  // the seed DHT peer, IPV4:PORT
   std::uint32_t index = 0;
   bool newcomer = false;        // download the swarm's state before contributing
+  std::string role = "full";    // full, client (never reduces nor leads), aux (trains nothing, helps average)
   std::uint64_t seed = 1;       // model initialisation (the same for every trainer) and data order
   std::uint32_t steps = 100;
   std::uint64_t target_batch = 256;

@@ -219,6 +219,17 @@ Task<void> TrainingApp::diloco_loop() {
 
 // ---- the swarm ---------------------------------------------------------------------------
 
+std::vector<MemberKind> training_roles(const SwarmSpec& spec) {
+  const auto aux = static_cast<std::uint32_t>(std::lround(spec.training.aux_fraction * spec.peers));
+  const auto clients = static_cast<std::uint32_t>(std::lround(spec.training.client_fraction * spec.peers));
+  std::vector<MemberKind> kinds(spec.peers, MemberKind::kFull);
+  for (std::uint32_t i = 0; i < spec.peers; ++i) {
+    if (i >= spec.peers - aux) kinds[i] = MemberKind::kAux;
+    else if (i >= spec.peers - aux - clients) kinds[i] = MemberKind::kClient;
+  }
+  return kinds;
+}
+
 std::vector<double> device_speeds(const SwarmSpec& spec) {
   Rng rng(spec.seed ^ 0x7370656564ULL);  // "speed"
   std::vector<double> out;
@@ -232,15 +243,7 @@ TrainingDriver::TrainingDriver(const SwarmSpec& spec, Metrics& metrics)
   test_ = to_examples(data::load_fashion_mnist("t10k", tr_.dataset_dir), tr_.eval_samples);
   initial_.assign(model_.parameters(), 0.0f);
   speeds_ = device_speeds(spec);
-  // The last peers are auxiliary, the ones before them clients; the rest (the DHT's seeds among
-  // them) train as full peers.
-  const auto aux = static_cast<std::uint32_t>(std::lround(tr_.aux_fraction * spec.peers));
-  const auto clients = static_cast<std::uint32_t>(std::lround(tr_.client_fraction * spec.peers));
-  kinds_.assign(spec.peers, MemberKind::kFull);
-  for (std::uint32_t i = 0; i < spec.peers; ++i) {
-    if (i >= spec.peers - aux) kinds_[i] = MemberKind::kAux;
-    else if (i >= spec.peers - aux - clients) kinds_[i] = MemberKind::kClient;
-  }
+  kinds_ = training_roles(spec);
 }
 
 MemberKind TrainingDriver::kind_of(std::uint32_t peer) const { return kinds_[peer]; }

@@ -72,6 +72,9 @@ struct SwarmSpec;
 // Each peer's device speed in samples per second, drawn from the scenario's distribution with
 // the run's seed: the same in ns-3 and in live runs (where trainers are throttled to it).
 std::vector<double> device_speeds(const SwarmSpec& spec);
+// Each peer's role: the last aux_fraction of the peers are auxiliary, the client_fraction before
+// them clients, the rest (the DHT's seeds among them) full trainers. The same in ns-3 and live.
+std::vector<averaging::MemberKind> training_roles(const SwarmSpec& spec);
 
 // Data shared by every peer of a run (loaded once), and the swarm-level bookkeeping.
 class TrainingDriver;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Live collaborative training end to end: `apiary run` starts a seed peer and LibTorch trainer
-# processes on loopback; one trainer is killed mid-run and another joins and downloads the state;
-# the survivors finish every step together and the single-process baseline runs afterwards.
+# processes on loopback — full trainers, a client and an auxiliary peer; one trainer is killed
+# mid-run and another joins and downloads the state; the survivors finish every step together
+# and the single-process baseline runs afterwards.
 set -euo pipefail
 APIARY=$1
 work=$(mktemp -d)
@@ -16,7 +17,7 @@ T
 cat > live.toml <<'T'
 name = "train-live-test"
 backend = "live"
-peers = 4
+peers = 6
 duration = "4min"
 [workload]
 kind = "training"
@@ -30,6 +31,8 @@ batch_size = 32
 eval_every = 10
 eval_samples = 500
 train_samples = 20000
+client_fraction = 0.17
+aux_fraction = 0.17
 samples_per_second = { dist = "uniform", min = "200/s", max = "300/s" }
 T
 "$APIARY" run live.toml --json --quiet --out live.h5 > live.json || fail "apiary run exited non-zero"
@@ -39,10 +42,11 @@ import json
 j = json.load(open("live.json"))
 c, f, s = j["metrics"]["counters"], j["cost"], j["metrics"]["series"]
 assert f["steps"] == 40, f
-assert f["trainers_finished"] >= 3, f          # trainers 0, 2 and the newcomer 3
+assert f["trainers_finished"] >= 4, f          # trainers 0, 2, the newcomer 3 and the client 4
+assert c.get("train.assists_ok", 0) >= 10, c    # the auxiliary peer 5 reduced parts
 assert c.get("churn.leaves") == 1 and c.get("churn.joins") == 1, c
 assert c.get("optim.state_downloads", 0) >= 1, c  # the newcomer fetched the state
-assert s["train.step.group"]["p50"] >= 2, s["train.step.group"]
+assert s["train.step.group"]["p50"] >= 4, s["train.step.group"]
 assert f["final_accuracy"] > 0.6, f
 assert "baseline_accuracy" in f and f["baseline_accuracy"] > 0.6, f
 print("live training: %d steps, accuracy %.3f (baseline %.3f), global batch %.0f, groups p50 %.0f" % (
