@@ -158,31 +158,32 @@ HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr) {
   return e;
 }
 
-ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
+struct ExpertServer::Job {
+  Endpoint from;
+  std::uint64_t keep = 0;
+  torch::Tensor x, g;
+  TimePoint arrived{};
+  std::optional<Result<TensorReply>> reply;
+  Notifier done;
+};
+
+ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options) : rt_(rt), opt_(options) {
+  if (opt_.max_batch < 1 || opt_.min_batch < 1) throw std::invalid_argument("batch sizes must be at least 1");
   rpc.serve<ForwardRequest, TensorReply>([this](const Endpoint& from, ForwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
     if (!fits(*e, q.shape.dims) || (e->sequence != (q.shape.dims.size() == 3))) co_return bad_input(q.uid, *e, q.shape.dims);
-    std::optional<TensorReply> out;
-    std::string why;
+    auto job = std::make_shared<Job>();
+    job->from = from;
+    job->keep = q.keep;
     try {
-      if (q.keep) {  // keep the graph: the backward need not compute the forward again
-        torch::AutoGradMode grad_on(true);
-        torch::Tensor x = payload_to_tensor(q.payload, q.shape.dims).requires_grad_(true);
-        torch::Tensor y = e->forward(x);
-        out = TensorReply{shape_of(y), tensor_to_payload(y)};
-        keep(from, q.uid, q.keep, x, y);
-      } else {
-        torch::NoGradGuard no_grad;
-        const torch::Tensor y = e->forward(payload_to_tensor(q.payload, q.shape.dims));
-        out = TensorReply{shape_of(y), tensor_to_payload(y)};
-      }
+      job->x = payload_to_tensor(q.payload, q.shape.dims);
     } catch (const std::exception& ex) {
-      why = ex.what();
+      job->reply = Error{ErrorCode::kBadMessage, "expert " + q.uid + ": " + ex.what()};
     }
-    if (!out) co_return Error{ErrorCode::kInvalidArgument, "expert " + q.uid + ": " + why};
-    rt_.observer.count("moe.forwards");
-    co_return std::move(*out);
+    if (job->reply) co_return std::move(*job->reply);
+    Result<TensorReply> r = co_await enqueue(q.uid, false, job);
+    co_return r;
   });
   rpc.serve<BackwardRequest, TensorReply>([this](const Endpoint& from, BackwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
@@ -198,47 +199,166 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc) : rt_(rt) {
     for (auto d : q.input.dims) in_bytes *= static_cast<std::uint64_t>(d);
     if (q.payload.size() < in_bytes || !q.payload.has_data())
       co_return Error{ErrorCode::kBadMessage, "backward payload too short"};
-    std::optional<TensorReply> out;
-    std::string why;
+    auto job = std::make_shared<Job>();
+    job->from = from;
+    job->keep = q.keep;
     try {
       auto bytes = q.payload.data();
       Payload xs = Payload::bytes(Bytes(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(in_bytes)));
       Payload gs = Payload::bytes(Bytes(bytes.begin() + static_cast<std::ptrdiff_t>(in_bytes), bytes.end()));
-      torch::AutoGradMode grad_on(true);  // (the handler may run inside a client's backward, in-process)
-      const torch::Tensor g = payload_to_tensor(gs, q.grad.dims);
-      e->optimizer->zero_grad();
-      torch::Tensor x;
-      bool done = false;
-      if (auto kept = take(from, q.uid, q.keep)) {
-        try {
-          x = kept->first;
-          kept->second.backward(g);
-          done = true;
-          rt_.observer.count("moe.backwards_from_kept");
-        } catch (const c10::Error&) {
-          // The parameters moved since that forward (another client's update): recompute.
-          e->optimizer->zero_grad();
-        }
-      }
-      if (!done) {
-        x = payload_to_tensor(xs, q.input.dims).requires_grad_(true);
-        e->forward(x).backward(g);
-      }
-      out = TensorReply{shape_of(x.grad()), tensor_to_payload(x.grad())};
-      e->optimizer->step();  // the expert learns from every client, asynchronously
-      ++e->updates;
+      job->x = payload_to_tensor(xs, q.input.dims);
+      job->g = payload_to_tensor(gs, q.grad.dims);
     } catch (const std::exception& ex) {
-      why = ex.what();
+      job->reply = Error{ErrorCode::kBadMessage, "expert " + q.uid + ": " + ex.what()};
     }
-    if (!out) co_return Error{ErrorCode::kInvalidArgument, "expert " + q.uid + ": " + why};
-    rt_.observer.count("moe.backwards");
-    co_return std::move(*out);
+    if (job->reply) co_return std::move(*job->reply);
+    Result<TensorReply> r = co_await enqueue(q.uid, true, job);
+    co_return r;
   });
   rpc.serve<InfoRequest, ExpertInfo>([this](const Endpoint&, InfoRequest q) -> Task<Result<ExpertInfo>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
     co_return info_of(*e);
   });
+}
+
+ExpertServer::~ExpertServer() { scope_.destroy_all(); }
+
+Task<Result<TensorReply>> ExpertServer::enqueue(std::string uid, bool backward, std::shared_ptr<Job> job) {
+  job->arrived = rt_.now();
+  const Lane key{uid, backward};
+  lanes_[key].push_back(job);
+  arrivals_.notify_all();  // a lane holding out for min_batch may be full now
+  schedule(key);
+  while (!job->reply) co_await job->done.wait();
+  co_return std::move(*job->reply);
+}
+
+void ExpertServer::schedule(const Lane& key) {
+  if (scheduled_.count(key)) return;
+  auto& q = lanes_[key];
+  if (q.empty()) return;
+  scheduled_.insert(key);
+  scope_.spawn([](ExpertServer* self, Lane key) -> Task<void> {
+    co_await sleep_on(self->rt_.timers, Duration::zero());  // requests arriving meanwhile join the batch
+    // Below min_batch rows, wait for more, up to batch_wait after the oldest request.
+    auto& q = self->lanes_[key];
+    if (!q.empty()) {
+      const std::int64_t min_batch = self->opt_.min_batch;
+      std::function<bool()> enough = [&q, min_batch] {
+        std::int64_t rows = 0;
+        for (const auto& j : q) rows += j->x.size(0);
+        return rows >= min_batch;
+      };
+      co_await wait_until(self->rt_, self->arrivals_, q.front()->arrived + self->opt_.batch_wait, std::move(enough));
+    }
+    self->scheduled_.erase(key);
+    self->run_batch(key);
+    self->schedule(key);
+  }(this, key));
+}
+
+void ExpertServer::run_batch(const Lane& key) {
+  auto& q = lanes_[key];
+  if (q.empty()) return;
+  // The oldest requests first, as many as fit in max_batch rows (at least one), with the same
+  // trailing shape as the oldest.
+  std::vector<std::shared_ptr<Job>> jobs;
+  std::int64_t rows = 0;
+  const auto trailing = q.front()->x.sizes().slice(1).vec();
+  for (auto it = q.begin(); it != q.end();) {
+    const std::int64_t n = (*it)->x.size(0);
+    if (!jobs.empty() && rows + n > opt_.max_batch) break;
+    if ((*it)->x.sizes().slice(1).vec() != trailing) {
+      ++it;
+      continue;
+    }
+    rows += n;
+    jobs.push_back(*it);
+    it = q.erase(it);
+  }
+  HostedExpert* e = find(key.first);
+  auto fail_all = [&](const std::string& why) {
+    for (auto& j : jobs) j->reply = Error{ErrorCode::kInvalidArgument, "expert " + key.first + ": " + why};
+  };
+  try {
+    if (!e) throw std::runtime_error("removed");
+    if (key.second)
+      backward_batch(key.first, *e, jobs);
+    else
+      forward_batch(key.first, *e, jobs);
+  } catch (const std::exception& ex) {
+    fail_all(ex.what());
+  }
+  rt_.observer.count("moe.batches");
+  rt_.observer.sample("moe.batch_requests", static_cast<double>(jobs.size()));
+  rt_.observer.sample("moe.batch_rows", static_cast<double>(rows));
+  for (auto& j : jobs) {
+    if (!j->reply) j->reply = Error{ErrorCode::kInvalidArgument, "expert " + key.first + ": no result"};
+    j->done.notify_all();
+  }
+}
+
+void ExpertServer::forward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs) {
+  if (jobs.size() == 1 && jobs[0]->keep) {  // alone: keep the graph, the backward need not recompute
+    auto& j = *jobs[0];
+    torch::AutoGradMode grad_on(true);
+    torch::Tensor x = j.x.requires_grad_(true);
+    torch::Tensor y = e.forward(x);
+    j.reply = TensorReply{shape_of(y), tensor_to_payload(y)};
+    keep(j.from, uid, j.keep, x, y);
+  } else {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> xs;
+    for (auto& j : jobs) xs.push_back(j->x);
+    const torch::Tensor y = e.forward(jobs.size() == 1 ? xs[0] : torch::cat(xs, 0));
+    std::int64_t at = 0;
+    for (auto& j : jobs) {
+      const torch::Tensor part = y.narrow(0, at, j->x.size(0));
+      at += j->x.size(0);
+      j->reply = TensorReply{shape_of(part), tensor_to_payload(part.contiguous())};
+    }
+  }
+  rt_.observer.count("moe.forwards", static_cast<std::int64_t>(jobs.size()));
+}
+
+void ExpertServer::backward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs) {
+  torch::AutoGradMode grad_on(true);  // (this may run inside a client's backward, in-process)
+  e.optimizer->zero_grad();
+  bool done = false;
+  if (jobs.size() == 1) {
+    auto& j = *jobs[0];
+    if (auto kept = take(j.from, uid, j.keep)) {
+      try {
+        kept->second.backward(j.g);
+        j.reply = TensorReply{shape_of(kept->first.grad()), tensor_to_payload(kept->first.grad())};
+        done = true;
+        rt_.observer.count("moe.backwards_from_kept");
+      } catch (const c10::Error&) {
+        e.optimizer->zero_grad();  // the parameters moved since that forward: recompute
+      }
+    }
+  } else {
+    for (auto& j : jobs) take(j->from, uid, j->keep);  // batched: recompute once for all
+  }
+  if (!done) {
+    std::vector<torch::Tensor> xs, gs;
+    for (auto& j : jobs) {
+      xs.push_back(j->x);
+      gs.push_back(j->g);
+    }
+    torch::Tensor x = (jobs.size() == 1 ? xs[0] : torch::cat(xs, 0)).detach().requires_grad_(true);
+    e.forward(x).backward(jobs.size() == 1 ? gs[0] : torch::cat(gs, 0));
+    std::int64_t at = 0;
+    for (auto& j : jobs) {
+      const torch::Tensor part = x.grad().narrow(0, at, j->x.size(0)).contiguous();
+      at += j->x.size(0);
+      j->reply = TensorReply{shape_of(part), tensor_to_payload(part)};
+    }
+  }
+  e.optimizer->step();  // one step per batch; the expert learns from every client, asynchronously
+  ++e.updates;
+  rt_.observer.count("moe.backwards", static_cast<std::int64_t>(jobs.size()));
 }
 
 ExpertInfo ExpertServer::info_of(const HostedExpert& e) {
@@ -362,6 +482,39 @@ Task<Result<TensorReply>> RemoteExpert::start_forward(torch::Tensor x, std::uint
   ForwardRequest q{uid_, shape_of(x), keep, tensor_to_payload(x)};
   Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
   co_return r;
+}
+
+namespace {
+
+Result<torch::Tensor> to_tensor(Result<TensorReply>& r) {
+  if (!r.ok()) return r.error();
+  std::optional<torch::Tensor> t;
+  std::string why;
+  try {
+    t = payload_to_tensor(r->payload, r->shape.dims);
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  if (!t) return Error{ErrorCode::kBadMessage, "the reply is not a tensor: " + why};
+  return *t;
+}
+
+}  // namespace
+
+Task<Result<torch::Tensor>> RemoteExpert::forward_async(torch::Tensor x, std::uint64_t keep, Duration timeout) {
+  ForwardRequest q{uid_, shape_of(x), keep, tensor_to_payload(x)};
+  Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
+  co_return to_tensor(r);
+}
+
+Task<Result<torch::Tensor>> RemoteExpert::backward_async(torch::Tensor x, torch::Tensor grad_output, std::uint64_t keep,
+                                                         Duration timeout) {
+  Payload xs = tensor_to_payload(x), gs = tensor_to_payload(grad_output);
+  Bytes both(xs.data().begin(), xs.data().end());
+  both.insert(both.end(), gs.data().begin(), gs.data().end());
+  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both))};
+  Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
+  co_return to_tensor(r);
 }
 
 RemoteMixtureOfExpertsImpl::RemoteMixtureOfExpertsImpl(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, MoeOptions options,

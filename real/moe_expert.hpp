@@ -15,7 +15,9 @@
 // Only real/ includes this header (it pulls in LibTorch).
 #include <torch/torch.h>
 
+#include <deque>
 #include <functional>
+#include <set>
 #include <optional>
 #include <tuple>
 #include <map>
@@ -87,9 +89,21 @@ HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr);
 // A transformer-block expert (inputs [batch, seq, dim]).
 HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr);
 
+// Batching: requests to one expert queue up (forward and backward in separate lanes); the server
+// runs them as one batch — the oldest first, up to max_batch rows — and, while fewer than
+// min_batch rows wait, holds the oldest up to batch_wait for company. A batch of one forward
+// keeps its activations for the backward; larger batches are recomputed in the backward (one
+// forward and backward for the whole batch, then one optimizer step).
+struct ServerOptions {
+  std::int64_t max_batch = 4096;  // rows
+  std::int64_t min_batch = 1;
+  Duration batch_wait = Duration::zero();
+};
+
 class ExpertServer {
  public:
-  ExpertServer(Runtime& rt, Rpc& rpc);
+  ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options = {});
+  ~ExpertServer();
   void add(std::string uid, HostedExpert expert);
   HostedExpert* find(const std::string& uid);
   // Checkpoints: every expert's parameters to DIR/<uid>.pt, and back.
@@ -111,9 +125,22 @@ class ExpertServer {
   void keep(const Endpoint& from, const std::string& uid, std::uint64_t id, torch::Tensor x, torch::Tensor y);
   std::optional<std::pair<torch::Tensor, torch::Tensor>> take(const Endpoint& from, const std::string& uid, std::uint64_t id);
 
+  struct Job;  // one request waiting in a lane (real/moe_expert.cpp)
+  using Lane = std::pair<std::string, bool>;  // expert uid, backward
+  Task<Result<moe_wire::TensorReply>> enqueue(std::string uid, bool backward, std::shared_ptr<Job> job);
+  void schedule(const Lane& key);
+  void run_batch(const Lane& key);
+  void forward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs);
+  void backward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs);
+
   Runtime& rt_;
+  ServerOptions opt_;
+  std::map<Lane, std::deque<std::shared_ptr<Job>>> lanes_;
+  std::set<Lane> scheduled_;
+  Notifier arrivals_;
   std::map<std::string, HostedExpert> experts_;
   std::map<std::tuple<Endpoint, std::string, std::uint64_t>, Kept> kept_;
+  TaskScope scope_;
 };
 
 class RemoteExpert : public torch::nn::Module {
@@ -134,6 +161,10 @@ class RemoteExpert : public torch::nn::Module {
   ExpertInfo info();
   // The forward call as a task, for callers that run many at once.
   Task<Result<moe_wire::TensorReply>> start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout);
+  // Forward and backward as tasks returning tensors (errors as values: an error reply, a
+  // timeout, a reply that is not a tensor).
+  Task<Result<torch::Tensor>> forward_async(torch::Tensor x, std::uint64_t keep, Duration timeout);
+  Task<Result<torch::Tensor>> backward_async(torch::Tensor x, torch::Tensor grad_output, std::uint64_t keep, Duration timeout);
 
  private:
   Rpc& rpc_;

@@ -274,3 +274,91 @@ TEST(RemoteExpert, TransformerBlockAndInfo) {
 
 }  // namespace
 }  // namespace apiary::real
+
+namespace apiary::real {
+namespace {
+
+// Runs every task at once on the peers' loop and returns their results.
+template <class T>
+std::vector<Result<T>> run_all(test::LivePeers& p, std::vector<Task<Result<T>>> tasks) {
+  std::vector<std::optional<Result<T>>> out(tasks.size());
+  std::vector<Task<void>> wrappers;
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    wrappers.push_back([](Task<Result<T>> t, std::optional<Result<T>>* o) -> Task<void> { *o = co_await std::move(t); }(
+        std::move(tasks[i]), &out[i]));
+    wrappers.back().start();
+  }
+  p.drive()([&] { return std::all_of(out.begin(), out.end(), [](const auto& o) { return o.has_value(); }); });
+  std::vector<Result<T>> r;
+  for (auto& o : out) r.push_back(o ? std::move(*o) : Result<T>(Error{ErrorCode::kTimeout, "did not finish"}));
+  return r;
+}
+
+// Requests from 4 clients at once are served as one batch (min_batch holds the first until the
+// rest arrive) and each gets exactly its own rows; with max_batch 16 the 32 rows take two
+// batches. A batch of backwards gives every client the input gradients of the same parameters,
+// then the expert takes one optimizer step.
+TEST(ExpertServer, BatchesRequestsFromManyClients) {
+  torch::manual_seed(5);
+  test::LivePeers p(5);
+  ServerOptions so;
+  so.min_batch = 32;
+  so.batch_wait = std::chrono::seconds(2);
+  ExpertServer server(p.runtime(0), *p.rpcs[0], so);
+  server.add("ffn.0.0", make_ffn_expert(16, 32, 0.1));
+  HostedExpert* hosted = server.find("ffn.0.0");
+  std::vector<std::unique_ptr<RemoteExpert>> clients;
+  std::vector<torch::Tensor> xs, gs, local, local_grad;
+  for (int c = 0; c < 4; ++c) {
+    clients.push_back(std::make_unique<RemoteExpert>(*p.rpcs[1 + c], p.rts[0]->local(), "ffn.0.0", p.drive()));
+    xs.push_back(torch::randn({8, 16}));
+    gs.push_back(torch::randn({8, 16}));
+    torch::Tensor x = xs.back().clone().requires_grad_(true);
+    torch::Tensor y = hosted->forward(x);
+    y.backward(gs.back());
+    local.push_back(y.detach());
+    local_grad.push_back(x.grad());
+  }
+  hosted->module->zero_grad();
+  std::vector<Task<Result<torch::Tensor>>> fwd;
+  for (int c = 0; c < 4; ++c) fwd.push_back(clients[c]->forward_async(xs[c], 0, std::chrono::seconds(10)));
+  auto ys = run_all(p, std::move(fwd));
+  for (int c = 0; c < 4; ++c) {
+    ASSERT_TRUE(ys[c].ok()) << ys[c].error().describe();
+    EXPECT_TRUE(torch::allclose(*ys[c], local[c], 1e-5, 1e-6)) << "client " << c << " got other rows";
+  }
+  EXPECT_EQ(p.metrics.counter("moe.batches"), 1);
+  EXPECT_EQ(p.metrics.quantile("moe.batch_rows", 1.0), 32);
+
+  std::vector<Task<Result<torch::Tensor>>> bwd;
+  for (int c = 0; c < 4; ++c) bwd.push_back(clients[c]->backward_async(xs[c], gs[c], 0, std::chrono::seconds(10)));
+  auto gx = run_all(p, std::move(bwd));
+  for (int c = 0; c < 4; ++c) {
+    ASSERT_TRUE(gx[c].ok()) << gx[c].error().describe();
+    EXPECT_TRUE(torch::allclose(*gx[c], local_grad[c], 1e-4, 1e-5)) << "client " << c;
+  }
+  EXPECT_EQ(p.metrics.counter("moe.batches"), 2);
+  EXPECT_EQ(hosted->updates, 1u) << "one optimizer step for the batch";
+
+  // max_batch 16: the 32 rows go in two batches of two requests each.
+  ServerOptions small;
+  small.max_batch = 16;
+  small.min_batch = 32;
+  small.batch_wait = std::chrono::milliseconds(200);
+  test::LivePeers q(5);
+  ExpertServer s2(q.runtime(0), *q.rpcs[0], small);
+  s2.add("ffn.0.0", make_ffn_expert(16, 32, 0.1));
+  std::vector<std::unique_ptr<RemoteExpert>> c2;
+  std::vector<Task<Result<torch::Tensor>>> fwd2;
+  for (int c = 0; c < 4; ++c) {
+    c2.push_back(std::make_unique<RemoteExpert>(*q.rpcs[1 + c], q.rts[0]->local(), "ffn.0.0", q.drive()));
+    fwd2.push_back(c2.back()->forward_async(xs[c], 0, std::chrono::seconds(10)));
+  }
+  for (auto& r : run_all(q, std::move(fwd2))) EXPECT_TRUE(r.ok());
+  EXPECT_EQ(q.metrics.counter("moe.batches"), 2);
+  EXPECT_EQ(q.metrics.quantile("moe.batch_rows", 1.0), 16);
+  EXPECT_EQ(q.metrics.quantile("moe.batch_requests", 0.0), 2);
+}
+
+}  // namespace
+}  // namespace apiary::real
