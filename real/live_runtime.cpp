@@ -346,6 +346,8 @@ void LiveRuntime::open() {
 void LiveRuntime::close() { impl_->close_all(); }
 std::size_t LiveRuntime::connections() const { return impl_->all.size(); }
 std::size_t LiveRuntime::pending_timers() const { return impl_->queue.size(); }
+void LiveRuntime::set_emulated_delay(Duration d) { impl_->opts.emulated_delay = d; }
+
 void LiveRuntime::set_observer(Observer& observer) { impl_->observer = &observer; }
 
 TimePoint LiveRuntime::now() const { return impl_->clock_now(); }

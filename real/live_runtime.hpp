@@ -44,6 +44,8 @@ class LiveRuntime final : public Clock, public Timers, public Transport {
   std::size_t connections() const;
   std::size_t pending_timers() const;
   void set_observer(Observer& observer);
+  // Changes the emulated one-way latency of messages received from now on (a slow peer in tests).
+  void set_emulated_delay(Duration d);
 
   TimePoint now() const override;
   TimerId schedule(Duration delay, std::function<void()> fn) override;

@@ -193,6 +193,14 @@ struct MoeOptions {
   Duration backward_timeout = std::chrono::seconds(10);
   Duration timeout_after_k_min = std::chrono::seconds(1);
   std::size_t searches = 2;  // attempts to find k_min responders
+  // Per-sample routing: every sample goes to its own k best alive experts (beam searches share
+  // prefix reads through a cache of cache_ttl); each expert gets the rows routed to it.
+  bool per_sample = false;
+  // Switch routing (implies per-sample with k_best = 1): each sample's output is its one
+  // expert's, scaled by the gate's probability of that expert, and last_balance_loss() is the
+  // load-balancing loss to add to the training loss.
+  bool switch_mode = false;
+  Duration cache_ttl = std::chrono::seconds(5);
 };
 
 class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
@@ -203,8 +211,17 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   torch::nn::Linear gate{nullptr};
   // Which experts answered the last forward (for tests and logs).
   const std::vector<std::string>& last_responders() const { return last_responders_; }
+  // Per-sample routing: the experts each sample of the last forward was sent to, best first.
+  const std::vector<std::vector<std::string>>& last_routes() const { return last_routes_; }
+  // Switch routing: sum over grid dimensions d of g_d * sum_i f_{d,i} P_{d,i} / dims, where f is
+  // the share of samples routed to coordinate i and P the gate's mean probability of it (1 when
+  // balanced); differentiable in the gate.
+  torch::Tensor last_balance_loss() const { return balance_loss_; }
+
+  struct CallSet;  // the experts of one forward, for its backward (real/moe_expert.cpp)
 
  private:
+  torch::Tensor forward_per_sample(const torch::Tensor& x, const std::vector<torch::Tensor>& per_dim);
   Runtime& rt_;
   Rpc& rpc_;
   MoeOptions opt_;
@@ -212,6 +229,9 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   moe::ExpertFinder finder_;
   std::vector<std::unique_ptr<RemoteExpert>> experts_;  // the remote ends of the last calls
   std::vector<std::string> last_responders_;
+  std::vector<std::vector<std::string>> last_routes_;
+  torch::Tensor balance_loss_;
+  std::deque<std::shared_ptr<CallSet>> recent_;  // alive until their backward can no longer come
 };
 TORCH_MODULE(RemoteMixtureOfExperts);
 

@@ -142,6 +142,8 @@ Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<f
   const TimePoint now = rt_.now();
   for (auto it = empty_until_.begin(); it != empty_until_.end();)
     it = it->second <= now ? empty_until_.erase(it) : std::next(it);
+  for (auto it = found_.begin(); it != found_.end();)
+    it = it->second.first <= now ? found_.erase(it) : std::next(it);
 
   while (out.size() < k && !frontier.empty()) {
     if (frontier.top().uid.coords.size() == dims) {  // a complete expert at the top: next best
@@ -161,9 +163,24 @@ Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<f
     }
     if (batch.empty()) continue;
     std::vector<std::string> keys;
-    for (const auto& e : batch) keys.push_back(e.uid.prefix_at(e.uid.coords.size()));
-    ++traversals_;
-    std::map<std::string, dht::GetResult> got = co_await dht_.get_many(keys, cfg_.read_holders);
+    std::map<std::string, dht::GetResult> got;
+    for (const auto& e : batch) {
+      const std::string key = e.uid.prefix_at(e.uid.coords.size());
+      auto c = found_.find(key);
+      if (c != found_.end() && c->second.first > rt_.now())
+        got[key].records = c->second.second;
+      else
+        keys.push_back(key);
+    }
+    if (!keys.empty()) {
+      ++traversals_;
+      std::map<std::string, dht::GetResult> fetched = co_await dht_.get_many(keys, cfg_.read_holders);
+      for (auto& [key, r] : fetched) {
+        if (cfg_.positive_ttl > Duration::zero() && !r.records.empty())
+          found_[key] = {rt_.now() + cfg_.positive_ttl, r.records};
+        got[key] = std::move(r);
+      }
+    }
     for (const auto& e : batch) {
       const std::string key = e.uid.prefix_at(e.uid.coords.size());
       const auto it = got.find(key);

@@ -50,6 +50,9 @@ struct FinderConfig {
   std::size_t beam = 8;             // prefixes expanded per DHT traversal
   std::size_t read_holders = 3;     // DHT holders each read merges (many servers write one dictionary)
   Duration negative_ttl = std::chrono::seconds(30);
+  // Found prefixes are reused for this long (0: always read), so that many searches in a row —
+  // one per sample of a batch — read each prefix once.
+  Duration positive_ttl = Duration::zero();
 };
 
 class ExpertFinder {
@@ -70,6 +73,7 @@ class ExpertFinder {
   std::vector<std::uint32_t> grid_;
   FinderConfig cfg_;
   std::map<std::string, TimePoint> empty_until_;
+  std::map<std::string, std::pair<TimePoint, std::vector<dht::Record>>> found_;  // positive cache
   std::size_t traversals_ = 0;
 };
 

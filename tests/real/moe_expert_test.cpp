@@ -114,7 +114,6 @@ struct MoeSwarm : test::LivePeers {
       std::vector<Endpoint> seeds{endpoint(i == 0 ? 1 : 0)};
       run(nodes[i]->bootstrap(seeds));
     }
-    const std::vector<std::vector<std::uint32_t>> cells{{0, 0}, {0, 2}, {1, 1}, {2, 0}, {2, 2}, {1, 2}};
     for (int i = 0; i < kServers; ++i) {
       servers.push_back(std::make_unique<ExpertServer>(runtime(i), *rpcs[i]));
       const moe::ExpertUid uid{"ffn", cells[i]};
@@ -129,8 +128,12 @@ struct MoeSwarm : test::LivePeers {
     nodes.clear();
   }
   void kill(const std::string& uid) { rts[server_of.at(uid)]->close(); }
-  RemoteMixtureOfExperts layer(std::size_t k_best, std::size_t k_min) {
+  void slow_down(const std::string& uid, Duration d) { rts[server_of.at(uid)]->set_emulated_delay(d); }
+  std::vector<std::vector<std::uint32_t>> cells{{0, 0}, {0, 2}, {1, 1}, {2, 0}, {2, 2}, {1, 2}};
+  RemoteMixtureOfExperts layer(std::size_t k_best, std::size_t k_min, bool per_sample = false, bool switch_mode = false) {
     MoeOptions o;
+    o.per_sample = per_sample;
+    o.switch_mode = switch_mode;
     o.grid = {3, 3};
     o.dim = dim_;
     o.k_best = k_best;
@@ -358,6 +361,95 @@ TEST(ExpertServer, BatchesRequestsFromManyClients) {
   EXPECT_EQ(q.metrics.counter("moe.batches"), 2);
   EXPECT_EQ(q.metrics.quantile("moe.batch_rows", 1.0), 16);
   EXPECT_EQ(q.metrics.quantile("moe.batch_requests", 0.0), 2);
+}
+
+}  // namespace
+}  // namespace apiary::real
+
+namespace apiary::real {
+namespace {
+
+// 1 of the 4 chosen experts is slow (every message to its server is held 2 s): the layer answers
+// with the other three once k_min = 3 have answered and the grace period passed, well within the
+// forward timeout, and the backward still works.
+TEST(RemoteMixture, ASlowExpertIsLeftOutAfterTheGracePeriod) {
+  torch::manual_seed(7);
+  MoeSwarm s;
+  auto moe = s.layer(4, 3);
+  const torch::Tensor x = torch::randn({3, 8});
+  moe->forward(x);
+  const auto first = moe->last_responders();
+  ASSERT_EQ(first.size(), 4u);
+  s.slow_down(first[1], std::chrono::seconds(2));
+  torch::Tensor xi = x.clone().requires_grad_(true);
+  const TimePoint t0 = s.runtime(MoeSwarm::kServers).now();
+  torch::Tensor y = moe->forward(xi);
+  const Duration took = s.runtime(MoeSwarm::kServers).now() - t0;
+  EXPECT_EQ(moe->last_responders().size(), 3u);
+  EXPECT_EQ(std::find(moe->last_responders().begin(), moe->last_responders().end(), first[1]), moe->last_responders().end());
+  EXPECT_LT(took, std::chrono::milliseconds(1900)) << "waited for the slow expert";
+  y.sum().backward();
+  EXPECT_GT(xi.grad().abs().sum().item<float>(), 0);
+}
+
+// Per-sample routing: every sample goes to its own k best alive experts — exactly the exhaustive
+// top-k over the six alive experts by that sample's gate scores — and the backward reaches the
+// inputs, the gate and every expert used (one optimizer step each: its rows come as one batch).
+TEST(RemoteMixture, PerSampleRoutingIsEachSamplesExhaustiveTopK) {
+  torch::manual_seed(8);
+  MoeSwarm s;
+  auto moe = s.layer(2, 1, /*per_sample=*/true);
+  torch::Tensor x = torch::randn({6, 8}).requires_grad_(true);
+  torch::Tensor y = moe->forward(x);
+  ASSERT_EQ(y.sizes(), x.sizes());
+  const torch::Tensor logits = moe->gate(x).detach();
+  std::set<std::string> used;
+  for (std::int64_t b = 0; b < 6; ++b) {
+    std::vector<std::pair<float, std::string>> all;
+    for (const auto& c : s.cells)
+      all.emplace_back(-(logits[b][c[0]].item<float>() + logits[b][3 + c[1]].item<float>()), moe::ExpertUid{"ffn", c}.str());
+    std::sort(all.begin(), all.end());
+    const std::vector<std::string> want{all[0].second, all[1].second};
+    EXPECT_EQ(moe->last_routes()[static_cast<std::size_t>(b)], want) << "sample " << b;
+    used.insert(want.begin(), want.end());
+  }
+  EXPECT_EQ(moe->last_responders().size(), used.size());
+  y.pow(2).sum().backward();
+  EXPECT_GT(x.grad().abs().sum().item<float>(), 0);
+  EXPECT_GT(moe->gate->weight.grad().abs().sum().item<float>(), 0);
+  std::size_t updates = 0;
+  for (const auto& [uid, i] : s.server_of) updates += s.servers[i]->find(uid)->updates;
+  EXPECT_EQ(updates, used.size());
+}
+
+// Switch routing: one expert per sample, its output scaled by the gate's probability of it; the
+// load-balancing loss is about 1 when balanced, reaches the gate, and a few steps of minimising
+// it alone spread the samples over more experts.
+TEST(RemoteMixture, SwitchRoutingWithALoadBalancingLoss) {
+  torch::manual_seed(9);
+  MoeSwarm s;
+  auto moe = s.layer(4, 1, true, /*switch_mode=*/true);
+  torch::Tensor x = torch::randn({32, 8});
+  {
+    torch::NoGradGuard g;  // a gate that sends everything one way
+    moe->gate->bias.copy_(torch::tensor({3.f, 0.f, 0.f, 0.f, 0.f, 3.f}));
+  }
+  torch::Tensor y = moe->forward(x);
+  for (const auto& r : moe->last_routes()) EXPECT_EQ(r.size(), 1u);
+  const double skewed = moe->last_balance_loss().item<double>();
+  EXPECT_GT(skewed, 1.2);
+  torch::optim::SGD opt(moe->gate->parameters(), torch::optim::SGDOptions(0.5));
+  for (int step = 0; step < 30; ++step) {
+    opt.zero_grad();
+    moe->forward(x);
+    moe->last_balance_loss().backward();
+    opt.step();
+  }
+  moe->forward(x);
+  std::set<std::string> used;
+  for (const auto& r : moe->last_routes()) used.insert(r[0]);
+  EXPECT_LT(moe->last_balance_loss().item<double>(), skewed);
+  EXPECT_GE(used.size(), 3u);
 }
 
 }  // namespace
