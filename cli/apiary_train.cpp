@@ -42,8 +42,47 @@ int main(int argc, char** argv) {
   trainer->add_option("--max-seconds", o.max_seconds, "give up after this long");
   auto* baseline = app.add_subcommand("baseline", "the same model trained in one process");
   add_common(baseline);
+  apiary::real::DmoeOptions d;
+  auto add_dmoe = [&d](CLI::App* c) {
+    c->add_option("--seed", d.seed, "initialisation and data order");
+    c->add_option("--grid", d.grid, "the expert grid, e.g. 4 4")->expected(1, 8);
+    c->add_option("--dim", d.dim, "the mixture's width");
+    c->add_option("--hidden", d.hidden, "an expert's hidden width");
+    c->add_option("--lr", d.learning_rate, "SGD learning rate (the experts' too)");
+    c->add_option("--dataset-dir", d.dataset_dir, "Fashion-MNIST IDX files");
+    c->add_option("--out", d.out, "JSON lines output");
+    c->add_option("--steps", d.steps, "training steps");
+    c->add_option("--batch-size", d.batch_size, "samples per step");
+    c->add_option("--train-samples", d.train_samples, "use the first N training images (0: all)");
+  };
+  auto* server = app.add_subcommand("expert-server", "host DMoE experts (runs until SIGTERM)");
+  add_dmoe(server);
+  server->add_option("--join", d.join, "a DHT peer to enter the swarm through")->required();
+  server->add_option("--experts", d.uids, "expert uids to host, e.g. ffn.0.1")->required()->expected(1, 1 << 20);
+  server->add_option("--fail-probability", d.fail_probability, "a request fails with this probability");
+  server->add_option("--delay-ms", d.delay_ms, "emulated one-way latency on every received message");
+  server->add_option("--ready-file", d.ready_file, "written once the experts are declared");
+  auto* dtrainer = app.add_subcommand("dmoe-trainer", "train the DMoE classifier through remote experts");
+  add_dmoe(dtrainer);
+  dtrainer->add_option("--join", d.join, "a DHT peer to enter the swarm through")->required();
+  dtrainer->add_option("--k", d.k, "experts per sample or batch");
+  dtrainer->add_option("--k-min", d.k_min, "answers required");
+  dtrainer->add_option("--routing", d.routing, "batch, sample or switch")->check(CLI::IsMember({"batch", "sample", "switch"}));
+  dtrainer->add_option("--grace-ms", d.timeout_after_k_min_ms, "wait after the k_min-th answer");
+  dtrainer->add_option("--forward-timeout-ms", d.forward_timeout_ms, "");
+  dtrainer->add_option("--backward-timeout-ms", d.backward_timeout_ms, "");
+  dtrainer->add_option("--delay-ms", d.delay_ms, "emulated one-way latency on every received message");
+  dtrainer->add_option("--eval-every", d.eval_every, "evaluate every N steps");
+  dtrainer->add_option("--eval-samples", d.eval_samples, "test images per evaluation");
+  dtrainer->add_option("--max-seconds", d.max_seconds, "give up after this long");
+  auto* dbase = app.add_subcommand("dmoe-baseline", "the same classifier with its experts local, one process");
+  add_dmoe(dbase);
+  dbase->add_option("--k", d.k, "experts per batch");
   CLI11_PARSE(app, argc, argv);
   try {
+    if (server->parsed()) return apiary::real::run_expert_server(d);
+    if (dtrainer->parsed()) return apiary::real::run_dmoe_trainer(d);
+    if (dbase->parsed()) return apiary::real::run_dmoe_baseline(d);
     return trainer->parsed() ? apiary::real::run_trainer(o) : apiary::real::run_baseline(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "apiary-train: %s\n", e.what());

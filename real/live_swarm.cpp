@@ -4,6 +4,7 @@
 #include <boost/asio.hpp>
 
 #include "real/live_dht.hpp"
+#include "real/live_dmoe.hpp"
 #include "real/live_training.hpp"
 #include "real/live_runtime.hpp"
 
@@ -14,6 +15,7 @@ namespace asio = boost::asio;
 RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   if (spec.workload == "dht") return run_live_dht_swarm(spec, metrics, progress);
   if (spec.workload == "training") return run_live_training(spec, metrics, progress);
+  if (spec.workload == "dmoe") return run_live_dmoe(spec, metrics, progress);
   const auto wall0 = std::chrono::steady_clock::now();
   asio::io_context io;
   const auto host = Endpoint::parse(spec.live_host + ":1");

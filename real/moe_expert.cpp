@@ -225,6 +225,10 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options) : rt_(r
 ExpertServer::~ExpertServer() { scope_.destroy_all(); }
 
 Task<Result<TensorReply>> ExpertServer::enqueue(std::string uid, bool backward, std::shared_ptr<Job> job) {
+  if (opt_.fail_probability > 0 && rt_.rng.uniform(0, 1) < opt_.fail_probability) {
+    rt_.observer.count("moe.injected_failures");
+    co_return Error{ErrorCode::kRejected, "expert " + uid + ": injected failure"};
+  }
   job->arrived = rt_.now();
   const Lane key{uid, backward};
   lanes_[key].push_back(job);
@@ -473,6 +477,7 @@ struct PrecomputedRemoteFunction : torch::autograd::Function<PrecomputedRemoteFu
       gx = expert->call_backward(x, grads[0], static_cast<std::uint64_t>(ctx->saved_data["keep"].toInt()));
     } catch (const std::runtime_error&) {
       gx = torch::zeros_like(x);  // the expert failed after answering: it contributes no gradient
+      expert->count_backward_failure();
     }
     return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
@@ -525,7 +530,7 @@ RemoteMixtureOfExpertsImpl::RemoteMixtureOfExpertsImpl(Runtime& rt, Rpc& rpc, dh
       drive_(std::move(drive)),
       finder_(rt, dht, opt_.prefix, opt_.grid,
               moe::FinderConfig{8, 3, std::chrono::seconds(30),
-                                opt_.per_sample || opt_.switch_mode ? opt_.cache_ttl : Duration::zero()}) {
+                                opt_.cache_ttl}) {
   if (opt_.switch_mode) {
     opt_.per_sample = true;
     opt_.k_best = 1;
@@ -564,6 +569,8 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
       if (!failed.count(f.uid) && chosen.size() < opt_.k_best) chosen.push_back(f);
 
     // Call them all at once; stop waiting once k_min answered and the grace period passed.
+    for (const auto& e : experts_)  // the last forward's experts whose backward failed
+      if (e->backward_failures()) rt_.observer.count("moe.backward_failures", static_cast<std::int64_t>(e->backward_failures()));
     experts_.clear();
     std::vector<std::optional<Result<TensorReply>>> replies(chosen.size());
     std::vector<Task<void>> calls;

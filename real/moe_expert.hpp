@@ -98,6 +98,7 @@ struct ServerOptions {
   std::int64_t max_batch = 4096;  // rows
   std::int64_t min_batch = 1;
   Duration batch_wait = Duration::zero();
+  double fail_probability = 0;  // failure injection: a request fails (an error reply) with this probability
 };
 
 class ExpertServer {
@@ -156,6 +157,8 @@ class RemoteExpert : public torch::nn::Module {
   torch::Tensor call_forward(const torch::Tensor& x, std::uint64_t keep = 0);
   torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep = 0);
   const std::string& uid() const { return uid_; }
+  void count_backward_failure() { ++backward_failures_; }
+  std::uint64_t backward_failures() const { return backward_failures_; }
   std::uint64_t next_keep() { return next_keep_++; }
   // The expert's input/output schema (throws std::runtime_error on failure).
   ExpertInfo info();
@@ -173,6 +176,7 @@ class RemoteExpert : public torch::nn::Module {
   Drive drive_;
   Duration timeout_;
   std::uint64_t next_keep_ = 1;
+  std::uint64_t backward_failures_ = 0;
 };
 
 // A mixture-of-experts layer whose experts live on other peers (Learning@home's DMoE layer).
@@ -193,8 +197,8 @@ struct MoeOptions {
   Duration backward_timeout = std::chrono::seconds(10);
   Duration timeout_after_k_min = std::chrono::seconds(1);
   std::size_t searches = 2;  // attempts to find k_min responders
-  // Per-sample routing: every sample goes to its own k best alive experts (beam searches share
-  // prefix reads through a cache of cache_ttl); each expert gets the rows routed to it.
+  // Per-sample routing: every sample goes to its own k best alive experts; each expert gets the
+  // rows routed to it. Beam searches reuse prefix reads for cache_ttl (0: read every time).
   bool per_sample = false;
   // Switch routing (implies per-sample with k_best = 1): each sample's output is its one
   // expert's, scaled by the gate's probability of that expert, and last_balance_loss() is the

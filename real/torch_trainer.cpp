@@ -258,3 +258,261 @@ int run_baseline(const TrainerOptions& o) {
 }
 
 }  // namespace apiary::real
+
+#include <csignal>
+
+#include "real/moe_expert.hpp"
+
+namespace apiary::real {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+void on_term(int) { g_stop = 1; }
+
+std::vector<moe::ExpertUid> all_experts(const std::vector<std::uint32_t>& grid) {
+  std::vector<moe::ExpertUid> out{moe::ExpertUid{"ffn", {}}};
+  for (auto g : grid) {
+    std::vector<moe::ExpertUid> next;
+    for (const auto& u : out)
+      for (std::uint32_t c = 0; c < g; ++c) {
+        auto v = u;
+        v.coords.push_back(c);
+        next.push_back(v);
+      }
+    out = std::move(next);
+  }
+  return out;
+}
+
+// The baseline's mixture: the same gate, experts and routing as the remote layer, all local.
+struct LocalMixtureImpl : torch::nn::Module {
+  LocalMixtureImpl(const DmoeOptions& o) : opt(o), uids(all_experts(o.grid)) {
+    std::int64_t scores = 0;
+    for (auto g : o.grid) scores += g;
+    gate = register_module("gate", torch::nn::Linear(o.dim, scores));
+    for (std::size_t i = 0; i < uids.size(); ++i) experts.push_back(register_module("e" + std::to_string(i), FfnExpert(o.dim, o.hidden)));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    const torch::Tensor logits = gate(x);
+    std::vector<torch::Tensor> per_dim;
+    std::int64_t at = 0;
+    for (auto g : opt.grid) {
+      per_dim.push_back(logits.narrow(1, at, g));
+      at += g;
+    }
+    // Every expert's gate score per sample; the k best by the batch mean (as the remote layer).
+    std::vector<torch::Tensor> s;
+    for (const auto& u : uids) {
+      torch::Tensor v = torch::zeros({x.size(0)}, x.options());
+      for (std::size_t d = 0; d < u.coords.size(); ++d) v = v + per_dim[d].select(1, u.coords[d]);
+      s.push_back(v);
+    }
+    const torch::Tensor all = torch::stack(s, 1);  // [batch, experts]
+    const auto top = std::get<1>(all.detach().mean(0).topk(static_cast<std::int64_t>(std::min(opt.k, uids.size()))));
+    const torch::Tensor w = torch::softmax(all.index_select(1, top), 1);
+    torch::Tensor y = torch::zeros_like(x);
+    for (std::int64_t j = 0; j < top.size(0); ++j)
+      y = y + w.select(1, j).unsqueeze(1) * experts[static_cast<std::size_t>(top[j].item<std::int64_t>())]->forward(x);
+    return y;
+  }
+  DmoeOptions opt;
+  std::vector<moe::ExpertUid> uids;
+  torch::nn::Linear gate{nullptr};
+  std::vector<FfnExpert> experts;
+};
+TORCH_MODULE(LocalMixture);
+
+struct Node {
+  asio::io_context io;
+  Metrics metrics;
+  std::unique_ptr<LiveRuntime> live;
+  std::unique_ptr<PeerObserver> observer;
+  Rng rng;
+  std::unique_ptr<Runtime> rt;
+  std::unique_ptr<Rpc> rpc;
+  std::unique_ptr<dht::DhtNode> dht;
+  Node(double delay_ms, std::uint64_t seed) : rng(seed) {
+    LiveOptions lo;
+    lo.emulated_delay = Duration(static_cast<std::int64_t>(delay_ms * 1e6));
+    live = std::make_unique<LiveRuntime>(io, lo);
+    live->open();
+    observer = std::make_unique<PeerObserver>(metrics, *live, 0);
+    observer->set_log_sink(&quiet_log, nullptr, LogLevel::kWarn);
+    live->set_observer(*observer);
+    rt = std::make_unique<Runtime>(Runtime{*live, *live, *live, rng, *observer});
+    rpc = std::make_unique<Rpc>(*rt);
+    dht::DhtConfig cfg;
+    cfg.k = 8;
+    dht = std::make_unique<dht::DhtNode>(*rt, *rpc, dht::Identity::generate().id(), cfg,
+                                         std::vector<std::shared_ptr<dht::Validator>>{std::make_shared<dht::SignatureValidator>()});
+  }
+  ~Node() {
+    dht.reset();
+    rpc->shutdown();
+    live->close();
+  }
+  template <class T>
+  T run(Task<T> t) {
+    t.start();
+    while (!t.done()) io.run_one_for(std::chrono::milliseconds(20));
+    return t.result();
+  }
+  void join(const std::string& seed) {
+    std::vector<Endpoint> seeds{*Endpoint::parse(seed)};
+    run(dht->bootstrap(seeds));
+    dht->start_maintenance();
+  }
+};
+
+}  // namespace
+
+int run_expert_server(const DmoeOptions& o) {
+  torch::set_num_threads(1);
+  torch::manual_seed(o.seed);
+  std::signal(SIGTERM, on_term);
+  std::signal(SIGINT, on_term);
+  Node n(o.delay_ms, o.seed * 31 + 7);
+  n.join(o.join);
+  ServerOptions so;
+  so.fail_probability = o.fail_probability;
+  ExpertServer server(*n.rt, *n.rpc, so);
+  std::vector<moe::ExpertUid> mine;
+  for (const auto& u : o.uids) {
+    std::string why;
+    auto uid = moe::ExpertUid::parse(u, o.grid, &why);
+    if (!uid) throw std::invalid_argument("expert uid '" + u + "': " + why);
+    server.add(u, make_ffn_expert(o.dim, o.hidden, o.learning_rate));
+    mine.push_back(*uid);
+  }
+  // Declare, and declare again before the declarations expire.
+  auto declare = [&] { return moe::declare_experts(*n.dht, mine, n.live->local(), n.rt->now() + std::chrono::seconds(60)); };
+  n.run(declare());
+  if (!o.ready_file.empty()) write_file_atomically(o.ready_file, n.live->local().to_string() + "\n");
+  auto last = std::chrono::steady_clock::now();
+  while (!g_stop) {
+    n.io.run_one_for(std::chrono::milliseconds(100));
+    if (std::chrono::steady_clock::now() - last > std::chrono::seconds(20)) {
+      auto t = declare();
+      t.start();
+      while (!t.done() && !g_stop) n.io.run_one_for(std::chrono::milliseconds(20));
+      last = std::chrono::steady_clock::now();
+    }
+  }
+  std::fprintf(stderr, "expert server: %lld forwards, %lld backwards, %lld injected failures\n",
+               static_cast<long long>(n.metrics.counter("moe.forwards")), static_cast<long long>(n.metrics.counter("moe.backwards")),
+               static_cast<long long>(n.metrics.counter("moe.injected_failures")));
+  return 0;
+}
+
+int run_dmoe_trainer(const DmoeOptions& o) {
+  torch::set_num_threads(1);
+  const auto wall0 = std::chrono::steady_clock::now();
+  Log log(o.out);
+  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
+  const TensorSet test = load("t10k", o.dataset_dir, 0);
+  Node n(o.delay_ms, o.seed * 131 + 3);
+  n.join(o.join);
+  MoeOptions mo;
+  mo.grid = o.grid;
+  mo.dim = o.dim;
+  mo.k_best = o.k;
+  mo.k_min = o.k_min;
+  mo.per_sample = o.routing == "sample";
+  mo.switch_mode = o.routing == "switch";
+  mo.timeout_after_k_min = Duration(static_cast<std::int64_t>(o.timeout_after_k_min_ms * 1e6));
+  mo.forward_timeout = Duration(static_cast<std::int64_t>(o.forward_timeout_ms * 1e6));
+  mo.backward_timeout = Duration(static_cast<std::int64_t>(o.backward_timeout_ms * 1e6));
+  mo.searches = 3;
+  const auto cap = std::chrono::seconds(60);
+  RemoteExpert::Drive drive = [&n, cap](const std::function<bool()>& done) {
+    const auto end = std::chrono::steady_clock::now() + cap;
+    while (!done() && std::chrono::steady_clock::now() < end) n.io.run_one_for(std::chrono::milliseconds(5));
+  };
+  torch::manual_seed(o.seed);
+  torch::nn::Linear in(784, o.dim), out(o.dim, 10);
+  RemoteMixtureOfExperts moe(*n.rt, *n.rpc, *n.dht, mo, drive);
+  std::vector<torch::Tensor> params = in->parameters();
+  for (auto& p : out->parameters()) params.push_back(p);
+  for (auto& p : moe->parameters()) params.push_back(p);
+  torch::optim::SGD opt(params, torch::optim::SGDOptions(o.learning_rate).momentum(0.9));
+  auto model = [&](const torch::Tensor& x) { return out(moe->forward(torch::relu(in(x)))); };
+  auto evaluate_now = [&](std::int64_t limit) {
+    torch::NoGradGuard g;
+    double correct = 0;
+    const auto total = std::min<std::int64_t>(limit, test.size());
+    for (std::int64_t at = 0; at < total; at += 500) {
+      const auto m = std::min<std::int64_t>(500, total - at);
+      correct += model(test.x.slice(0, at, at + m)).argmax(1).eq(test.y.slice(0, at, at + m)).sum().item<double>();
+    }
+    return correct / static_cast<double>(total);
+  };
+  Rng data_rng(o.seed ^ 0xd0e);
+  std::uint32_t failed_steps = 0;
+  for (std::uint32_t step = 0; step < o.steps; ++step) {
+    if (std::chrono::steady_clock::now() - wall0 > std::chrono::duration<double>(o.max_seconds)) break;
+    auto idx = torch::empty({static_cast<std::int64_t>(o.batch_size)}, torch::kLong);
+    auto* ip = idx.data_ptr<std::int64_t>();
+    for (std::uint32_t i = 0; i < o.batch_size; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+    opt.zero_grad();
+    try {
+      torch::Tensor loss = torch::nn::functional::cross_entropy(model(train.x.index_select(0, idx)), train.y.index_select(0, idx));
+      if (mo.switch_mode) loss = loss + 0.01 * moe->last_balance_loss();
+      loss.backward();
+      opt.step();
+    } catch (const std::runtime_error& e) {
+      ++failed_steps;  // not even k_min experts answered: skip the batch
+      log.write({{"event", "skipped"}, {"step", step}, {"why", e.what()}});
+    }
+    if (o.eval_every && (step + 1) % o.eval_every == 0) {
+      const double acc = evaluate_now(static_cast<std::int64_t>(o.eval_samples));
+      log.write({{"event", "eval"}, {"epoch", step + 1}, {"accuracy", acc},
+                 {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+    }
+  }
+  const double acc = evaluate_now(test.size());
+  log.write({{"event", "final"}, {"epoch", o.steps}, {"accuracy", acc}, {"skipped", failed_steps},
+             {"expert_failures", n.metrics.counter("moe.expert_failures")},
+             {"researches", n.metrics.counter("moe.researches")},
+             {"backward_failures", n.metrics.counter("moe.backward_failures")},
+             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+  return 0;
+}
+
+int run_dmoe_baseline(const DmoeOptions& o) {
+  torch::set_num_threads(1);
+  const auto wall0 = std::chrono::steady_clock::now();
+  Log log(o.out);
+  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
+  const TensorSet test = load("t10k", o.dataset_dir, 0);
+  torch::manual_seed(o.seed);
+  torch::nn::Linear in(784, o.dim), out(o.dim, 10);
+  LocalMixture moe(o);
+  std::vector<torch::Tensor> params = in->parameters(), expert_params;
+  for (auto& p : out->parameters()) params.push_back(p);
+  for (auto& p : moe->gate->parameters()) params.push_back(p);
+  for (auto& e : moe->experts)
+    for (auto& p : e->parameters()) expert_params.push_back(p);
+  torch::optim::SGD opt(params, torch::optim::SGDOptions(o.learning_rate).momentum(0.9));
+  torch::optim::SGD expert_opt(expert_params, torch::optim::SGDOptions(o.learning_rate));  // as the servers' experts
+  auto model = [&](const torch::Tensor& x) { return out(moe->forward(torch::relu(in(x)))); };
+  Rng data_rng(o.seed ^ 0xd0e);
+  for (std::uint32_t step = 0; step < o.steps; ++step) {
+    auto idx = torch::empty({static_cast<std::int64_t>(o.batch_size)}, torch::kLong);
+    auto* ip = idx.data_ptr<std::int64_t>();
+    for (std::uint32_t i = 0; i < o.batch_size; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+    opt.zero_grad();
+    expert_opt.zero_grad();
+    torch::nn::functional::cross_entropy(model(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+    opt.step();
+    expert_opt.step();
+  }
+  torch::NoGradGuard g;
+  const double acc = model(test.x).argmax(1).eq(test.y).to(torch::kFloat).mean().item<double>();
+  log.write({{"event", "final"}, {"epoch", o.steps}, {"accuracy", acc},
+             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+  std::printf("dmoe baseline: %u steps of %u, test accuracy %.4f\n", o.steps, o.batch_size, acc);
+  return 0;
+}
+
+}  // namespace apiary::real

@@ -10,6 +10,7 @@
 // for the same number of steps with the same global batch size.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace apiary::real {
 
@@ -40,5 +41,38 @@ struct TrainerOptions {
 // Returns the exit code: 0 when the trainer reached `steps` epochs.
 int run_trainer(const TrainerOptions& options);
 int run_baseline(const TrainerOptions& options);
+
+}  // namespace apiary::real
+
+namespace apiary::real {
+
+// Live DMoE (issue 5): expert servers and a trainer as processes. The classifier is
+// Linear(784, dim) -> ReLU -> mixture of FFN experts (dim -> hidden -> dim, on a grid) ->
+// Linear(dim, 10). Servers host experts and declare them in the DHT; the trainer's mixture layer
+// finds them by beam search and calls them (k best, k_min, timeouts), the experts training on
+// their servers from the gradients it sends. The baseline is the same classifier with the same
+// experts, gate and routing in one process.
+struct DmoeOptions {
+  std::string join;                     // the seed DHT peer
+  std::vector<std::string> uids;        // expert-server: the experts it hosts
+  std::vector<std::uint32_t> grid{4, 4};
+  std::int64_t dim = 64, hidden = 256;
+  std::size_t k = 4, k_min = 2;
+  std::string routing = "batch";  // batch | sample | switch
+  double timeout_after_k_min_ms = 200, forward_timeout_ms = 5000, backward_timeout_ms = 5000;
+  double fail_probability = 0;    // expert-server: per request
+  double delay_ms = 0;            // emulated one-way latency on every received message
+  std::uint64_t seed = 1;
+  std::uint32_t steps = 300, batch_size = 64, eval_every = 50;
+  std::uint64_t eval_samples = 2000, train_samples = 0;
+  double learning_rate = 0.05;
+  std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  std::string out, ready_file;
+  double max_seconds = 900;
+};
+
+int run_expert_server(const DmoeOptions& o);  // until SIGTERM
+int run_dmoe_trainer(const DmoeOptions& o);
+int run_dmoe_baseline(const DmoeOptions& o);
 
 }  // namespace apiary::real

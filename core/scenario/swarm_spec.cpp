@@ -179,6 +179,31 @@ void parse_training(Scenario& s, SwarmSpec& spec) {
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
 }
 
+void parse_dmoe_live(Scenario& s, SwarmSpec& spec) {
+  auto& d = spec.dmoe_live;
+  d.servers = static_cast<std::uint32_t>(s.get_int("dmoe.servers", d.servers, 1, 256));
+  d.grid_side = static_cast<std::uint32_t>(s.get_int("dmoe.grid_side", d.grid_side, 1, 256));
+  d.grid_dims = static_cast<std::uint32_t>(s.get_int("dmoe.grid_dims", d.grid_dims, 1, 4));
+  d.dim = s.get_int("dmoe.dim", d.dim, 1, 1 << 16);
+  d.hidden = s.get_int("dmoe.hidden", d.hidden, 1, 1 << 16);
+  d.k = static_cast<std::uint32_t>(s.get_int("dmoe.k", d.k, 1, 256));
+  d.k_min = static_cast<std::uint32_t>(s.get_int("dmoe.k_min", d.k_min, 0, 256));
+  if (d.k_min > d.k) s.fail("dmoe.k_min", "must not exceed dmoe.k");
+  d.routing = s.get_string("dmoe.routing", d.routing, {"batch", "sample", "switch"});
+  d.grace = s.get_duration("dmoe.grace", d.grace);
+  d.forward_timeout = s.get_duration("dmoe.forward_timeout", d.forward_timeout);
+  d.backward_timeout = s.get_duration("dmoe.backward_timeout", d.backward_timeout);
+  d.fail_probability = s.get_double("dmoe.fail_probability", d.fail_probability, 0, 1);
+  d.steps = static_cast<std::uint32_t>(s.get_int("dmoe.steps", d.steps, 1, 10'000'000));
+  d.batch_size = static_cast<std::uint32_t>(s.get_int("dmoe.batch_size", d.batch_size, 1, 1 << 16));
+  d.eval_every = static_cast<std::uint32_t>(s.get_int("dmoe.eval_every", d.eval_every, 0, 1 << 30));
+  d.eval_samples = static_cast<std::uint64_t>(s.get_int("dmoe.eval_samples", static_cast<std::int64_t>(d.eval_samples), 1, 10000));
+  d.train_samples = static_cast<std::uint64_t>(s.get_int("dmoe.train_samples", 0, 0, 60000));
+  d.learning_rate = s.get_double("dmoe.learning_rate", d.learning_rate, 0, 1e6);
+  d.dataset_dir = beside(s, s.get_string("dmoe.dataset_dir", d.dataset_dir));
+  d.baseline = s.get_bool("dmoe.baseline", d.baseline);
+}
+
 }  // namespace
 
 SwarmSpec parse_swarm_spec(Scenario& s) {
@@ -215,7 +240,10 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
     s.fail("churn.mean_session", "must be positive");
 
-  spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht", "averaging", "training"});
+  spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht", "averaging", "training", "dmoe"});
+  if (spec.workload == "dmoe" && spec.backend == "live") parse_dmoe_live(s, spec);
+  if (spec.workload == "dmoe" && spec.backend != "live")
+    s.fail("workload.kind", "the dmoe workload runs live only in this build (its ns-3 compute model is not in yet)");
   if (spec.workload == "dht" || spec.workload == "averaging" || spec.workload == "training") {
     auto& d = spec.dht;
     auto& c = d.config;

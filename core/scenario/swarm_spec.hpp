@@ -61,6 +61,24 @@ struct DhtWorkloadSpec {
   std::uint32_t concurrency = 16;
 };
 
+// Live DMoE runs (issue 5): expert-server processes and a trainer process (real/live_dmoe).
+struct DmoeLiveSpec {
+  std::uint32_t servers = 4;
+  std::uint32_t grid_side = 4, grid_dims = 2;  // experts spread round-robin over the servers
+  std::int64_t dim = 64, hidden = 256;
+  std::uint32_t k = 4, k_min = 2;
+  std::string routing = "batch";  // batch | sample | switch
+  Duration grace = std::chrono::milliseconds(200);   // after the k_min-th answer
+  Duration forward_timeout = std::chrono::seconds(5);
+  Duration backward_timeout = std::chrono::seconds(5);
+  double fail_probability = 0;  // per expert request
+  std::uint32_t steps = 300, batch_size = 64, eval_every = 50;
+  std::uint64_t eval_samples = 2000, train_samples = 0;
+  double learning_rate = 0.05;
+  std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  bool baseline = true;
+};
+
 struct SwarmSpec {
   std::string name = "unnamed";
   std::string backend = "sim";  // "sim" or "live"
@@ -78,6 +96,7 @@ struct SwarmSpec {
   DhtWorkloadSpec dht;
   AveragingWorkloadSpec averaging;
   TrainingWorkloadSpec training;
+  DmoeLiveSpec dmoe_live;
   std::string live_host = "127.0.0.1";
   std::uint16_t live_base_port = 0;  // 0: ephemeral ports
   Duration live_emulated_latency{};  // live: one-way delay added to every received message
