@@ -30,7 +30,7 @@ train_samples = 20000
 T
 "$APIARY" run dmoe.toml --json --quiet --out dmoe.h5 > dmoe.json || fail "apiary run exited non-zero"
 [ -s dmoe.h5 ] || fail "no results file"
-python3 - <<'PY' || fail "results"
+python3 - <<'PY' || { python3 -m json.tool < *.json | head -80 >&2; fail "results"; }
 import json
 j = json.load(open("dmoe.json"))
 c, f = j["metrics"]["counters"], j["cost"]
