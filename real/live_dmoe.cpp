@@ -16,42 +16,16 @@ namespace apiary::real {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-std::string fmt(double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, "%.17g", v);
-  return b;
-}
-
-std::vector<nlohmann::json> read_jsonl(const std::string& path) {
-  std::vector<nlohmann::json> out;
-  std::ifstream f(path);
-  std::string line;
-  while (std::getline(f, line)) {
-    try {
-      if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-    } catch (const nlohmann::json::exception&) {
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
 RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   const auto& d = spec.dmoe_live;
-  const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / "apiary-train";
-  if (!fs::exists(exe)) throw std::runtime_error("live DMoE needs " + exe.string() + " (built with LibTorch)");
+  const fs::path exe = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
   const auto wall0 = std::chrono::steady_clock::now();
   char tmpl[] = "/tmp/apiary-dmoe-XXXXXX";
   if (!mkdtemp(tmpl)) throw std::runtime_error("cannot create a temporary directory");
   const std::string dir = tmpl;
   ChildProcesses children;
-  children.spawn_self({"apiary", "peer", "--listen", spec.live_host + ":0", "--ready-file", dir + "/seed.ready"}, dir + "/seed.log");
-  const std::string ready = wait_for_file(dir + "/seed.ready", std::chrono::steady_clock::now() + std::chrono::seconds(20), "the seed DHT peer");
-  const std::string seed_ep = ready.substr(ready.find(' ') + 1, ready.find('\n') - ready.find(' ') - 1);
-  const std::string delay = fmt(to_seconds(spec.live_emulated_latency) * 1e3);
+  const std::string seed_ep = start_seed_peer(children, spec.live_host, dir);
+  const std::string delay = format_number(to_seconds(spec.live_emulated_latency) * 1e3);
 
   std::vector<std::string> grid;
   for (std::uint32_t i = 0; i < d.grid_dims; ++i) grid.push_back(std::to_string(d.grid_side));
@@ -59,7 +33,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
     a.push_back("--grid");
     a.insert(a.end(), grid.begin(), grid.end());
     for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
-             {"--dim", std::to_string(d.dim)}, {"--hidden", std::to_string(d.hidden)}, {"--lr", fmt(d.learning_rate)},
+             {"--dim", std::to_string(d.dim)}, {"--hidden", std::to_string(d.hidden)}, {"--lr", format_number(d.learning_rate)},
              {"--dataset-dir", d.dataset_dir}, {"--steps", std::to_string(d.steps)},
              {"--batch-size", std::to_string(d.batch_size)}, {"--train-samples", std::to_string(d.train_samples)}}) {
       a.push_back(k);
@@ -84,7 +58,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   for (std::uint32_t i = 0; i < d.servers; ++i) {
     if (hosted[i].empty()) continue;
     auto a = model_args({"apiary-train", "expert-server", "--join", seed_ep, "--seed", std::to_string(spec.seed * 100 + i),
-                         "--fail-probability", fmt(d.fail_probability), "--delay-ms", delay,
+                         "--fail-probability", format_number(d.fail_probability), "--delay-ms", delay,
                          "--ready-file", dir + "/server-" + std::to_string(i) + ".ready"});
     a.push_back("--experts");
     a.insert(a.end(), hosted[i].begin(), hosted[i].end());
@@ -98,10 +72,10 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   const std::string out = dir + "/trainer.jsonl";
   auto ta = model_args({"apiary-train", "dmoe-trainer", "--join", seed_ep, "--seed", std::to_string(spec.seed), "--out", out,
                         "--k", std::to_string(d.k), "--k-min", std::to_string(d.k_min), "--routing", d.routing,
-                        "--grace-ms", fmt(to_seconds(d.grace) * 1e3), "--forward-timeout-ms", fmt(to_seconds(d.forward_timeout) * 1e3),
-                        "--backward-timeout-ms", fmt(to_seconds(d.backward_timeout) * 1e3), "--delay-ms", delay,
+                        "--grace-ms", format_number(to_seconds(d.grace) * 1e3), "--forward-timeout-ms", format_number(to_seconds(d.forward_timeout) * 1e3),
+                        "--backward-timeout-ms", format_number(to_seconds(d.backward_timeout) * 1e3), "--delay-ms", delay,
                         "--eval-every", std::to_string(d.eval_every), "--eval-samples", std::to_string(d.eval_samples),
-                        "--max-seconds", fmt(to_seconds(spec.duration))});
+                        "--max-seconds", format_number(to_seconds(spec.duration))});
   const pid_t trainer = children.spawn(exe.string(), ta, dir + "/trainer.log");
   const auto start = std::chrono::steady_clock::now();
   int trainer_status = -1;
@@ -126,7 +100,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   info.backend = "live";
   info.run_seconds = run_seconds;
   bool finished = false;
-  for (const auto& j : read_jsonl(out)) {
+  for (const auto& j : read_json_lines(out)) {
     const std::string ev = j.value("event", "");
     if (ev == "eval") {
       metrics.sample("train.eval.epoch", j.value("epoch", 0.0));
@@ -154,7 +128,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
     std::vector<std::string> failures;
     if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())
       throw std::runtime_error("the DMoE baseline failed; see " + dir + "/baseline.log");
-    for (const auto& j : read_jsonl(bout))
+    for (const auto& j : read_json_lines(bout))
       if (j.value("event", "") == "final") {
         info.figures["baseline_accuracy"] = j.value("accuracy", 0.0);
         info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - j.value("accuracy", 0.0));

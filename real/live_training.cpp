@@ -20,21 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string trainer_program() {
-  const fs::path self = fs::read_symlink("/proc/self/exe");
-  const fs::path exe = self.parent_path() / "apiary-train";
-  if (!fs::exists(exe))
-    throw std::runtime_error("live training needs " + exe.string() +
-                             " (built with LibTorch, APIARY_WITH_TORCH=ON, next to apiary)");
-  return exe.string();
-}
-
-std::string fmt(double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, "%.17g", v);
-  return b;
-}
-
 // One trainer process: the trainer index it plays and where its record goes.
 struct Incarnation {
   std::uint32_t index = 0;
@@ -46,27 +31,12 @@ struct Incarnation {
   std::string out;
 };
 
-std::vector<nlohmann::json> read_jsonl(const std::string& path) {
-  std::vector<nlohmann::json> out;
-  std::ifstream f(path);
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.empty()) continue;
-    try {
-      out.push_back(nlohmann::json::parse(line));
-    } catch (const nlohmann::json::exception&) {
-      // a trainer killed mid-write leaves a partial last line: skip it
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   const auto& t = spec.training;
   if (t.mode != "collaborative") throw std::runtime_error("live training runs the collaborative mode only");
-  const std::string program = trainer_program();
+  const std::string program = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
   const auto wall0 = std::chrono::steady_clock::now();
   char tmpl[] = "/tmp/apiary-train-XXXXXX";
   if (!mkdtemp(tmpl)) throw std::runtime_error("cannot create a temporary directory");
@@ -74,9 +44,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
 
   ChildProcesses children;
   // The seed DHT peer every trainer enters through.
-  children.spawn_self({"apiary", "peer", "--listen", spec.live_host + ":0", "--ready-file", dir + "/seed.ready"}, dir + "/seed.log");
-  const std::string ready = wait_for_file(dir + "/seed.ready", std::chrono::steady_clock::now() + std::chrono::seconds(20), "the seed DHT peer");
-  const std::string seed_ep = ready.substr(ready.find(' ') + 1, ready.find('\n') - ready.find(' ') - 1);
+  const std::string seed_ep = start_seed_peer(children, spec.live_host, dir);
 
   auto common = [&](std::vector<std::string> args) {
     for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
@@ -85,8 +53,8 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
              {"--target-batch", std::to_string(t.target_batch)},
              {"--batch-size", std::to_string(t.batch_size)},
              {"--hidden", std::to_string(t.hidden)},
-             {"--lr", fmt(t.learning_rate)},
-             {"--momentum", fmt(t.momentum)},
+             {"--lr", format_number(t.learning_rate)},
+             {"--momentum", format_number(t.momentum)},
              {"--train-samples", std::to_string(t.train_samples)},
              {"--eval-samples", std::to_string(t.eval_samples)},
              {"--eval-every", std::to_string(t.eval_every)},
@@ -107,8 +75,8 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     const std::string name = "trainer-" + std::to_string(i) + "-" + std::to_string(incs.size());
     inc.out = dir + "/" + name + ".jsonl";
     auto args = common({"apiary-train", "trainer", "--join", seed_ep, "--index", std::to_string(i), "--out", inc.out,
-                        "--delay-ms", fmt(to_seconds(spec.live_emulated_latency) * 1e3),
-                        "--max-seconds", fmt(to_seconds(spec.duration)), "--samples-per-second", fmt(speeds[i])});
+                        "--delay-ms", format_number(to_seconds(spec.live_emulated_latency) * 1e3),
+                        "--max-seconds", format_number(to_seconds(spec.duration)), "--samples-per-second", format_number(speeds[i])});
     if (newcomer) args.push_back("--newcomer");
     args.push_back("--role");
     args.push_back(roles[i] == averaging::MemberKind::kAux ? "aux" : roles[i] == averaging::MemberKind::kClient ? "client" : "full");
@@ -183,7 +151,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   for (std::size_t k = 0; k < incs.size(); ++k) {
     const auto& inc = incs[k];
     bool has_eval = false;
-    for (const auto& j : read_jsonl(inc.out)) {
+    for (const auto& j : read_json_lines(inc.out)) {
       const std::string ev = j.value("event", "");
       if (ev == "step") {
         metrics.count("train.steps_ok", 1);
@@ -215,7 +183,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   }
   // Accuracy over time, as the first trainer that ran to the end saw it.
   if (eval_source < incs.size())
-    for (const auto& j : read_jsonl(incs[eval_source].out))
+    for (const auto& j : read_json_lines(incs[eval_source].out))
       if (j.value("event", "") == "eval") {
         metrics.sample("train.eval.epoch", j.value("epoch", 0.0));
         metrics.sample("train.eval.time_s", j.value("t", 0.0));
@@ -242,7 +210,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     std::vector<std::string> failures;
     if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())
       throw std::runtime_error("the baseline (pid " + std::to_string(pid) + ") failed; see " + dir + "/baseline.log");
-    for (const auto& j : read_jsonl(out))
+    for (const auto& j : read_json_lines(out))
       if (j.value("event", "") == "final") {
         info.figures["baseline_accuracy"] = j.value("accuracy", 0.0);
         info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - j.value("accuracy", 0.0));

@@ -101,3 +101,42 @@ void write_file_atomically(const std::string& path, const std::string& text) {
 }
 
 }  // namespace apiary::real
+
+namespace apiary::real {
+
+std::string sibling_program(const std::string& name, const std::string& needs) {
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe").parent_path() / name;
+  if (!std::filesystem::exists(exe)) throw std::runtime_error("this needs " + exe.string() + " (" + needs + ")");
+  return exe.string();
+}
+
+std::string start_seed_peer(ChildProcesses& children, const std::string& host, const std::string& dir) {
+  children.spawn_self({"apiary", "peer", "--listen", host + ":0", "--ready-file", dir + "/seed.ready"}, dir + "/seed.log");
+  const std::string ready = wait_for_file(dir + "/seed.ready", std::chrono::steady_clock::now() + std::chrono::seconds(20),
+                                          "the seed DHT peer (see " + dir + "/seed.log)");
+  const auto space = ready.find(' '), nl = ready.find('\n');
+  return ready.substr(space + 1, nl - space - 1);  // "<id> <endpoint>\n"
+}
+
+std::string format_number(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+std::vector<nlohmann::json> read_json_lines(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.empty()) continue;
+    try {
+      out.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception&) {
+      // a writer killed mid-line
+    }
+  }
+  return out;
+}
+
+}  // namespace apiary::real

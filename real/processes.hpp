@@ -9,6 +9,8 @@
 
 #include <sys/types.h>
 
+#include <nlohmann/json.hpp>
+
 namespace apiary::real {
 
 // Children that are terminated (SIGTERM) and reaped when this object goes away.
@@ -41,5 +43,15 @@ std::string wait_for_file(const std::string& path, std::chrono::steady_clock::ti
                           const std::string& what);
 // Writes `text` to `path` atomically.
 void write_file_atomically(const std::string& path, const std::string& text);
+
+// For runners that start helper processes and read their records:
+// a program installed next to this one (throws naming what to build if it is missing);
+std::string sibling_program(const std::string& name, const std::string& needs);
+// starts `apiary peer` (this binary) as the swarm's seed DHT peer and returns its IPV4:PORT;
+std::string start_seed_peer(ChildProcesses& children, const std::string& host, const std::string& dir);
+// a number as a command-line argument, exactly;
+std::string format_number(double v);
+// the JSON objects of a JSON-lines file (a partial last line, from a killed writer, is skipped).
+std::vector<nlohmann::json> read_json_lines(const std::string& path);
 
 }  // namespace apiary::real

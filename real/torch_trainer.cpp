@@ -36,6 +36,14 @@ TensorSet load(const std::string& split, const std::string& dir, std::uint64_t l
   return t;
 }
 
+// `n` row indices drawn uniformly from [0, size).
+torch::Tensor sample_rows(Rng& rng, std::uint64_t n, std::int64_t size) {
+  auto idx = torch::empty({static_cast<std::int64_t>(n)}, torch::kLong);
+  auto* ip = idx.data_ptr<std::int64_t>();
+  for (std::uint64_t i = 0; i < n; ++i) ip[i] = static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(size)));
+  return idx;
+}
+
 torch::nn::Sequential make_model(const TrainerOptions& o) {
   torch::manual_seed(static_cast<std::uint64_t>(o.seed));  // every trainer and the baseline start alike
   return torch::nn::Sequential(torch::nn::Linear(784, o.hidden), torch::nn::ReLU(), torch::nn::Linear(o.hidden, 10));
@@ -169,9 +177,7 @@ int run_trainer(const TrainerOptions& o) {
     while (collab.epoch() < o.steps && std::chrono::steady_clock::now() < deadline) {
       // One local batch (at the emulated device's speed, if one is set).
       const TimePoint batch_start = rt.now();
-      auto idx = torch::empty({static_cast<std::int64_t>(o.batch_size)}, torch::kLong);
-      auto* ip = idx.data_ptr<std::int64_t>();
-      for (std::uint32_t i = 0; i < o.batch_size; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+      const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
       model->zero_grad();
       torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
       collab.accumulate(o.batch_size);
@@ -238,9 +244,7 @@ int run_baseline(const TrainerOptions& o) {
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(o.learning_rate).momentum(o.momentum));
   Rng data_rng(o.seed ^ 0xba5e);
   for (std::uint32_t step = 0; step < o.steps; ++step) {
-    auto idx = torch::empty({static_cast<std::int64_t>(o.target_batch)}, torch::kLong);
-    auto* ip = idx.data_ptr<std::int64_t>();
-    for (std::uint64_t i = 0; i < o.target_batch; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+    const torch::Tensor idx = sample_rows(data_rng, o.target_batch, train.size());
     optimizer.zero_grad();
     torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
     optimizer.step();
@@ -451,9 +455,7 @@ int run_dmoe_trainer(const DmoeOptions& o) {
   std::uint32_t failed_steps = 0;
   for (std::uint32_t step = 0; step < o.steps; ++step) {
     if (std::chrono::steady_clock::now() - wall0 > std::chrono::duration<double>(o.max_seconds)) break;
-    auto idx = torch::empty({static_cast<std::int64_t>(o.batch_size)}, torch::kLong);
-    auto* ip = idx.data_ptr<std::int64_t>();
-    for (std::uint32_t i = 0; i < o.batch_size; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+    const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
     opt.zero_grad();
     try {
       torch::Tensor loss = torch::nn::functional::cross_entropy(model(train.x.index_select(0, idx)), train.y.index_select(0, idx));
@@ -498,9 +500,7 @@ int run_dmoe_baseline(const DmoeOptions& o) {
   auto model = [&](const torch::Tensor& x) { return out(moe->forward(torch::relu(in(x)))); };
   Rng data_rng(o.seed ^ 0xd0e);
   for (std::uint32_t step = 0; step < o.steps; ++step) {
-    auto idx = torch::empty({static_cast<std::int64_t>(o.batch_size)}, torch::kLong);
-    auto* ip = idx.data_ptr<std::int64_t>();
-    for (std::uint32_t i = 0; i < o.batch_size; ++i) ip[i] = static_cast<std::int64_t>(data_rng.below(static_cast<std::uint64_t>(train.size())));
+    const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
     opt.zero_grad();
     expert_opt.zero_grad();
     torch::nn::functional::cross_entropy(model(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
