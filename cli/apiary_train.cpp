@@ -67,6 +67,8 @@ int main(int argc, char** argv) {
   dtrainer->add_option("--join", d.join, "a DHT peer to enter the swarm through")->required();
   dtrainer->add_option("--k", d.k, "experts per sample or batch");
   dtrainer->add_option("--k-min", d.k_min, "answers required");
+  dtrainer->add_option("--codec", d.codec, "wire codec of expert calls")
+      ->check(CLI::IsMember({"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"}));
   dtrainer->add_option("--routing", d.routing, "batch, sample or switch")->check(CLI::IsMember({"batch", "sample", "switch"}));
   dtrainer->add_option("--grace-ms", d.timeout_after_k_min_ms, "wait after the k_min-th answer");
   dtrainer->add_option("--forward-timeout-ms", d.forward_timeout_ms, "");

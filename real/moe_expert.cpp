@@ -4,6 +4,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "core/compression/codecs.hpp"
 #include "real/torch_tensor.hpp"
 
 namespace apiary::real {
@@ -26,11 +27,45 @@ struct Shape {
 
 Shape shape_of(const torch::Tensor& t) { return Shape{t.sizes().vec()}; }
 
+std::uint8_t read_codec(wire::Reader& r) {
+  const std::uint8_t c = r.u8();
+  if (c > static_cast<std::uint8_t>(compression::Codec::kBlockwise8)) throw wire::DecodeError("unknown tensor codec " + std::to_string(c));
+  return c;
+}
+
+// A tensor in a payload: float32 as its raw bytes, any other codec as compression::encode's
+// self-describing blob.
+Payload pack(const torch::Tensor& t, std::uint8_t codec) {
+  if (codec == 0) return tensor_to_payload(t);
+  const torch::Tensor c = t.detach().to(torch::kFloat).contiguous();
+  return Payload::bytes(compression::encode(std::span<const float>(c.data_ptr<float>(), static_cast<std::size_t>(c.numel())),
+                                            static_cast<compression::Codec>(codec)));
+}
+
+torch::Tensor unpack(const Payload& p, const std::vector<std::int64_t>& dims, std::uint8_t codec) {
+  if (codec == 0) return payload_to_tensor(p, dims);
+  std::int64_t n = 1;
+  for (auto d : dims) n *= d;
+  if (!p.has_data()) throw std::invalid_argument("a compressed tensor without bytes");
+  std::vector<float> v = compression::decode(p.data(), static_cast<std::size_t>(n));
+  if (static_cast<std::int64_t>(v.size()) != n)
+    throw std::invalid_argument("the payload holds " + std::to_string(v.size()) + " values, the shape " + std::to_string(n));
+  return torch::from_blob(v.data(), dims, torch::kFloat).clone();
+}
+
 struct TensorReply {
   Shape shape;
   Payload payload;
-  void encode(wire::Writer& w) const { shape.encode(w); }
-  static TensorReply decode(wire::Reader& r) { return TensorReply{Shape::decode(r), {}}; }
+  std::uint8_t codec = 0;  // compression::Codec of the payload
+  void encode(wire::Writer& w) const {
+    shape.encode(w);
+    w.u8(codec);
+  }
+  static TensorReply decode(wire::Reader& r) {
+    TensorReply t{Shape::decode(r), {}};
+    t.codec = read_codec(r);
+    return t;
+  }
 };
 
 }  // namespace moe_wire
@@ -38,6 +73,8 @@ struct TensorReply {
 using moe_wire::Shape;
 using moe_wire::shape_of;
 using moe_wire::TensorReply;
+using moe_wire::pack;
+using moe_wire::unpack;
 
 namespace {
 
@@ -48,16 +85,19 @@ struct ForwardRequest {
   Shape shape;
   std::uint64_t keep = 0;
   Payload payload;
+  std::uint8_t codec = 0;  // of the payload; the reply comes back in the same codec
   void encode(wire::Writer& w) const {
     w.str(uid);
     shape.encode(w);
     w.u64(keep);
+    w.u8(codec);
   }
   static ForwardRequest decode(wire::Reader& r) {
     ForwardRequest q;
     q.uid = r.str(256);
     q.shape = Shape::decode(r);
     q.keep = r.u64();
+    q.codec = moe_wire::read_codec(r);
     return q;
   }
 };
@@ -69,11 +109,15 @@ struct BackwardRequest {
   Shape input, grad;
   std::uint64_t keep = 0;  // the forward whose activations the server may still hold
   Payload payload;
+  std::uint8_t codec = 0;
+  std::uint64_t input_bytes = 0;  // the payload's first part: the inputs
   void encode(wire::Writer& w) const {
     w.str(uid);
     input.encode(w);
     grad.encode(w);
     w.u64(keep);
+    w.u8(codec);
+    w.varint(input_bytes);
   }
   static BackwardRequest decode(wire::Reader& r) {
     BackwardRequest q;
@@ -81,6 +125,8 @@ struct BackwardRequest {
     q.input = Shape::decode(r);
     q.grad = Shape::decode(r);
     q.keep = r.u64();
+    q.codec = moe_wire::read_codec(r);
+    q.input_bytes = r.varint();
     return q;
   }
 };
@@ -162,6 +208,7 @@ struct ExpertServer::Job {
   Endpoint from;
   std::uint64_t keep = 0;
   torch::Tensor x, g;
+  std::uint8_t codec = 0;  // the reply's, as the request's
   TimePoint arrived{};
   std::optional<Result<TensorReply>> reply;
   Notifier done;
@@ -177,7 +224,8 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options) : rt_(r
     job->from = from;
     job->keep = q.keep;
     try {
-      job->x = payload_to_tensor(q.payload, q.shape.dims);
+      job->x = unpack(q.payload, q.shape.dims, q.codec);
+      job->codec = q.codec;
     } catch (const std::exception& ex) {
       job->reply = Error{ErrorCode::kBadMessage, "expert " + q.uid + ": " + ex.what()};
     }
@@ -195,8 +243,7 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options) : rt_(r
       if (q.grad.dims != want)
         co_return Error{ErrorCode::kInvalidArgument, "expert " + q.uid + ": output gradients must have the output's shape"};
     }
-    std::uint64_t in_bytes = 4;
-    for (auto d : q.input.dims) in_bytes *= static_cast<std::uint64_t>(d);
+    const std::uint64_t in_bytes = q.input_bytes;
     if (q.payload.size() < in_bytes || !q.payload.has_data())
       co_return Error{ErrorCode::kBadMessage, "backward payload too short"};
     auto job = std::make_shared<Job>();
@@ -206,8 +253,9 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options) : rt_(r
       auto bytes = q.payload.data();
       Payload xs = Payload::bytes(Bytes(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(in_bytes)));
       Payload gs = Payload::bytes(Bytes(bytes.begin() + static_cast<std::ptrdiff_t>(in_bytes), bytes.end()));
-      job->x = payload_to_tensor(xs, q.input.dims);
-      job->g = payload_to_tensor(gs, q.grad.dims);
+      job->x = unpack(xs, q.input.dims, q.codec);
+      job->g = unpack(gs, q.grad.dims, q.codec);
+      job->codec = q.codec;
     } catch (const std::exception& ex) {
       job->reply = Error{ErrorCode::kBadMessage, "expert " + q.uid + ": " + ex.what()};
     }
@@ -309,7 +357,7 @@ void ExpertServer::forward_batch(const std::string& uid, HostedExpert& e, std::v
     torch::AutoGradMode grad_on(true);
     torch::Tensor x = j.x.requires_grad_(true);
     torch::Tensor y = e.forward(x);
-    j.reply = TensorReply{shape_of(y), tensor_to_payload(y)};
+    j.reply = TensorReply{shape_of(y), pack(y, j.codec), j.codec};
     keep(j.from, uid, j.keep, x, y);
   } else {
     torch::NoGradGuard no_grad;
@@ -320,7 +368,7 @@ void ExpertServer::forward_batch(const std::string& uid, HostedExpert& e, std::v
     for (auto& j : jobs) {
       const torch::Tensor part = y.narrow(0, at, j->x.size(0));
       at += j->x.size(0);
-      j->reply = TensorReply{shape_of(part), tensor_to_payload(part.contiguous())};
+      j->reply = TensorReply{shape_of(part), pack(part.contiguous(), j->codec), j->codec};
     }
   }
   rt_.observer.count("moe.forwards", static_cast<std::int64_t>(jobs.size()));
@@ -335,7 +383,7 @@ void ExpertServer::backward_batch(const std::string& uid, HostedExpert& e, std::
     if (auto kept = take(j.from, uid, j.keep)) {
       try {
         kept->second.backward(j.g);
-        j.reply = TensorReply{shape_of(kept->first.grad()), tensor_to_payload(kept->first.grad())};
+        j.reply = TensorReply{shape_of(kept->first.grad()), pack(kept->first.grad(), j.codec), j.codec};
         done = true;
         rt_.observer.count("moe.backwards_from_kept");
       } catch (const c10::Error&) {
@@ -357,7 +405,7 @@ void ExpertServer::backward_batch(const std::string& uid, HostedExpert& e, std::
     for (auto& j : jobs) {
       const torch::Tensor part = x.grad().narrow(0, at, j->x.size(0)).contiguous();
       at += j->x.size(0);
-      j->reply = TensorReply{shape_of(part), tensor_to_payload(part)};
+      j->reply = TensorReply{shape_of(part), pack(part, j->codec), j->codec};
     }
   }
   e.optimizer->step();  // one step per batch; the expert learns from every client, asynchronously
@@ -425,7 +473,7 @@ torch::Tensor call(Rpc& rpc, const Endpoint& to, Req req, Duration timeout, cons
   if (!task.done()) throw std::runtime_error("expert " + uid + ": the event loop stopped before the reply");
   Result<TensorReply> r = task.result();
   if (!r.ok()) throw std::runtime_error("expert " + uid + " at " + to.to_string() + ": " + r.error().describe());
-  return payload_to_tensor(r->payload, r->shape.dims);
+  return unpack(r->payload, r->shape.dims, r->codec);
 }
 
 struct RemoteExpertFunction : torch::autograd::Function<RemoteExpertFunction> {
@@ -447,15 +495,17 @@ struct RemoteExpertFunction : torch::autograd::Function<RemoteExpertFunction> {
 }  // namespace
 
 torch::Tensor RemoteExpert::call_forward(const torch::Tensor& x, std::uint64_t keep) {
-  ForwardRequest q{uid_, shape_of(x), keep, tensor_to_payload(x)};
+  const std::uint8_t c = codec_for(x);
+  ForwardRequest q{uid_, shape_of(x), keep, pack(x, c), c};
   return call(rpc_, server_, std::move(q), timeout_, drive_, uid_);
 }
 
 torch::Tensor RemoteExpert::call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep) {
-  Payload xs = tensor_to_payload(x), gs = tensor_to_payload(grad_output);
+  const std::uint8_t c = codec_for(x);
+  Payload xs = pack(x, c), gs = pack(grad_output, c);
   Bytes both(xs.data().begin(), xs.data().end());
   both.insert(both.end(), gs.data().begin(), gs.data().end());
-  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both))};
+  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both)), c, xs.size()};
   return call(rpc_, server_, std::move(q), timeout_, drive_, uid_);
 }
 
@@ -484,7 +534,8 @@ struct PrecomputedRemoteFunction : torch::autograd::Function<PrecomputedRemoteFu
 };
 
 Task<Result<TensorReply>> RemoteExpert::start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout) {
-  ForwardRequest q{uid_, shape_of(x), keep, tensor_to_payload(x)};
+  const std::uint8_t c = codec_for(x);
+  ForwardRequest q{uid_, shape_of(x), keep, pack(x, c), c};
   Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
   co_return r;
 }
@@ -496,7 +547,7 @@ Result<torch::Tensor> to_tensor(Result<TensorReply>& r) {
   std::optional<torch::Tensor> t;
   std::string why;
   try {
-    t = payload_to_tensor(r->payload, r->shape.dims);
+    t = unpack(r->payload, r->shape.dims, r->codec);
   } catch (const std::exception& e) {
     why = e.what();
   }
@@ -507,17 +558,19 @@ Result<torch::Tensor> to_tensor(Result<TensorReply>& r) {
 }  // namespace
 
 Task<Result<torch::Tensor>> RemoteExpert::forward_async(torch::Tensor x, std::uint64_t keep, Duration timeout) {
-  ForwardRequest q{uid_, shape_of(x), keep, tensor_to_payload(x)};
+  const std::uint8_t c = codec_for(x);
+  ForwardRequest q{uid_, shape_of(x), keep, pack(x, c), c};
   Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
   co_return to_tensor(r);
 }
 
 Task<Result<torch::Tensor>> RemoteExpert::backward_async(torch::Tensor x, torch::Tensor grad_output, std::uint64_t keep,
                                                          Duration timeout) {
-  Payload xs = tensor_to_payload(x), gs = tensor_to_payload(grad_output);
+  const std::uint8_t c = codec_for(x);
+  Payload xs = pack(x, c), gs = pack(grad_output, c);
   Bytes both(xs.data().begin(), xs.data().end());
   both.insert(both.end(), gs.data().begin(), gs.data().end());
-  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both))};
+  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both)), c, xs.size()};
   Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
   co_return to_tensor(r);
 }
@@ -577,6 +630,7 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
     std::vector<std::uint64_t> keeps;
     for (std::size_t j = 0; j < chosen.size(); ++j) {
       experts_.push_back(std::make_unique<RemoteExpert>(rpc_, chosen[j].server, chosen[j].uid, drive_, opt_.backward_timeout));
+      experts_.back()->set_codec(opt_.codec);
       keeps.push_back(experts_.back()->next_keep());
       calls.push_back([](Task<Result<TensorReply>> call, std::optional<Result<TensorReply>>* out) -> Task<void> {
         *out = co_await std::move(call);
@@ -602,7 +656,7 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
       std::optional<torch::Tensor> y;
       if (replies[j] && replies[j]->ok()) {
         try {
-          y = payload_to_tensor((*replies[j])->payload, (*replies[j])->shape.dims);
+          y = unpack((*replies[j])->payload, (*replies[j])->shape.dims, (*replies[j])->codec);
         } catch (const std::invalid_argument&) {
         }
       }
@@ -743,6 +797,7 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward_per_sample(const torch::Tensor
     for (auto& [uid, e] : by_expert) {
       uids.push_back(uid);
       cs->experts.push_back(std::make_unique<RemoteExpert>(rpc_, e.first, uid, drive_, opt_.backward_timeout));
+      cs->experts.back()->set_codec(opt_.codec);
       cs->rows.push_back(torch::tensor(e.second, torch::kLong));
       cs->keeps.push_back(cs->experts.back()->next_keep());
       torch::Tensor xe = x.detach().index_select(0, cs->rows.back());

@@ -24,6 +24,7 @@
 #include <memory>
 #include <string>
 
+#include "core/averaging/partition.hpp"
 #include "core/moe/experts.hpp"
 #include "core/runtime/rpc.hpp"
 
@@ -158,6 +159,11 @@ class RemoteExpert : public torch::nn::Module {
   torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep = 0);
   const std::string& uid() const { return uid_; }
   void count_backward_failure() { ++backward_failures_; }
+  // The wire codec, chosen per tensor by size as in averaging (default: float32, exact).
+  void set_codec(averaging::CodecPolicy p) { codec_ = p; }
+  std::uint8_t codec_for(const torch::Tensor& t) const {
+    return static_cast<std::uint8_t>(codec_.for_tensor(static_cast<std::uint64_t>(t.numel())));
+  }
   std::uint64_t backward_failures() const { return backward_failures_; }
   std::uint64_t next_keep() { return next_keep_++; }
   // The expert's input/output schema (throws std::runtime_error on failure).
@@ -177,6 +183,7 @@ class RemoteExpert : public torch::nn::Module {
   Duration timeout_;
   std::uint64_t next_keep_ = 1;
   std::uint64_t backward_failures_ = 0;
+  averaging::CodecPolicy codec_;
 };
 
 // A mixture-of-experts layer whose experts live on other peers (Learning@home's DMoE layer).
@@ -205,6 +212,7 @@ struct MoeOptions {
   // load-balancing loss to add to the training loss.
   bool switch_mode = false;
   Duration cache_ttl = std::chrono::seconds(5);
+  averaging::CodecPolicy codec;  // for the tensors sent to experts and their replies
 };
 
 class RemoteMixtureOfExpertsImpl : public torch::nn::Module {

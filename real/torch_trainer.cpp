@@ -265,6 +265,7 @@ int run_baseline(const TrainerOptions& o) {
 
 #include <csignal>
 
+#include "core/compression/codecs.hpp"
 #include "real/moe_expert.hpp"
 
 namespace apiary::real {
@@ -428,6 +429,8 @@ int run_dmoe_trainer(const DmoeOptions& o) {
   mo.forward_timeout = Duration(static_cast<std::int64_t>(o.forward_timeout_ms * 1e6));
   mo.backward_timeout = Duration(static_cast<std::int64_t>(o.backward_timeout_ms * 1e6));
   mo.searches = 3;
+  for (int c = 0; c <= static_cast<int>(compression::Codec::kBlockwise8); ++c)
+    if (o.codec == compression::to_string(static_cast<compression::Codec>(c))) mo.codec.codec = static_cast<compression::Codec>(c);
   const auto cap = std::chrono::seconds(60);
   RemoteExpert::Drive drive = [&n, cap](const std::function<bool()>& done) {
     const auto end = std::chrono::steady_clock::now() + cap;

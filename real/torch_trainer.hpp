@@ -61,6 +61,7 @@ struct DmoeOptions {
   std::string routing = "batch";  // batch | sample | switch
   double timeout_after_k_min_ms = 200, forward_timeout_ms = 5000, backward_timeout_ms = 5000;
   double fail_probability = 0;    // expert-server: per request
+  std::string codec = "float32";  // dmoe-trainer: the wire codec of expert calls
   double delay_ms = 0;            // emulated one-way latency on every received message
   std::uint64_t seed = 1;
   std::uint32_t steps = 300, batch_size = 64, eval_every = 50;

@@ -72,6 +72,7 @@ struct DmoeLiveSpec {
   Duration forward_timeout = std::chrono::seconds(5);
   Duration backward_timeout = std::chrono::seconds(5);
   double fail_probability = 0;  // per expert request
+  std::string codec = "float32";  // tensors to and from experts, as averaging's codecs
   std::uint32_t steps = 300, batch_size = 64, eval_every = 50;
   std::uint64_t eval_samples = 2000, train_samples = 0;
   double learning_rate = 0.05;

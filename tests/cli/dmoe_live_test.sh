@@ -23,6 +23,7 @@ grid_side = 3
 k = 3
 k_min = 1
 fail_probability = 0.2
+codec = "float16"
 steps = 80
 eval_every = 40
 eval_samples = 500
