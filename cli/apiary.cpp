@@ -122,6 +122,9 @@ void print_human(const nlohmann::json& j) {
     std::printf("\n  all-reduce bytes per sample: %.1f; %lld steps ok, %lld failed, %lld catch-ups\n",
                 fig("allreduce_bytes_per_sample"), get("train.steps_ok"), get("train.step_failures"), get("train.catch_ups"));
   }
+  if (cost.contains("throughput_samples_per_second"))
+    std::printf("  dmoe: %.1f samples/s trained (forward and backward), %.2f s per batch; %lld expert calls unanswered, %lld batches failed\n",
+                fig("throughput_samples_per_second"), fig("batch_seconds_mean"), get("dmoe.expert_failures"), get("dmoe.failed_batches"));
   if (cost.contains("us_per_message"))
     std::printf("  ns-3 cost: %.2f us per message, %.0f bytes per peer, %.1fx real time\n",
                 cost["us_per_message"].get<double>(), cost["peak_bytes_per_peer"].get<double>(),

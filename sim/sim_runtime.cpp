@@ -215,6 +215,13 @@ void SimRuntime::deliver(const Endpoint& from, std::uint32_t stream, Incoming& i
     msg.payload = Payload::size_only(total);
   }
   observer_->count("transport.messages_received");
+  if (receive_delay_) {
+    auto m = std::make_shared<Message>(std::move(msg));
+    Simulator::Schedule(NanoSeconds(std::max<std::int64_t>(0, receive_delay_().count())), [this, from, m] {
+      if (handler_) handler_->on_message(from, std::move(*m));
+    });
+    return;
+  }
   if (handler_) handler_->on_message(from, std::move(msg));
 }
 

@@ -52,6 +52,9 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   SimRuntime(ns3::Ptr<ns3::Node> node, Endpoint local, Sidecar& sidecar, TransportLimits limits = {});
   // Where transport counters and logs go (a NullObserver until set).
   void set_observer(Observer& observer) { observer_ = &observer; }
+  // A random delay drawn per received message before the protocol sees it (every network hop
+  // delayed at random, as in Learning@home's experiment); messages may overtake each other.
+  void set_receive_delay(std::function<Duration()> draw) { receive_delay_ = std::move(draw); }
   ~SimRuntime() override;
 
   // Opens the socket (peer joins). Idempotent.
@@ -93,6 +96,7 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   Observer* observer_ = &null_observer_;
   TransportLimits limits_;
   TransportHandler* handler_ = nullptr;
+  std::function<Duration()> receive_delay_;
   ns3::Ptr<ns3::Socket> socket_;
   std::map<TimerId, ns3::EventId> timers_;
   TimerId next_timer_ = 1;

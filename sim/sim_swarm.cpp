@@ -76,6 +76,11 @@ class Swarm {
       p.env = std::make_unique<PeerEnv>(net_.runtime(i), metrics_, i, Rng(spec_.seed).fork(i + 1));
       net_.runtime(i).set_observer(p.env->observer);
       if (log_level) p.env->observer.set_log_sink(&sim_log, nullptr, *log_level);
+      if (spec_.hop_delay) {
+        auto rng = std::make_shared<Rng>(Rng(spec_.seed ^ 0x686f70ULL).fork(i + 1));  // "hop"
+        const Distribution d = *spec_.hop_delay;
+        net_.runtime(i).set_receive_delay([rng, d] { return Duration(static_cast<std::int64_t>(d.sample(*rng))); });
+      }
     }
     if (spec_.latency_matrix) {
       const auto& m = *spec_.latency_matrix;
@@ -88,7 +93,8 @@ class Swarm {
 
     const bool averaging = spec_.workload == "averaging";
     const bool training = spec_.workload == "training";
-    const bool dht = spec_.workload == "dht" || averaging || training;
+    const bool dmoe = spec_.workload == "dmoe";
+    const bool dht = spec_.workload == "dht" || averaging || training || dmoe;
     if (averaging) avg_driver_ = std::make_unique<AveragingDriver>(spec_, metrics_);
     if (training) train_driver_ = std::make_unique<TrainingDriver>(spec_, metrics_);
     Rng join_rng(spec_.seed ^ 0x6a6f696eULL);
@@ -136,6 +142,8 @@ class Swarm {
           if (p.up) p.stack->begin_training(false);
         training_eval();
       });
+    } else if (dmoe) {
+      // servers declare and trainers begin on their own (PeerStack); the run's duration ends it
     } else if (dht) {
       driver_ = std::make_unique<DhtWorkloadDriver>(spec_, metrics_, spec_.seed ^ 0x64726976ULL);
       Simulator::Schedule(NanoSeconds(spec_.dht.start.count()), [this] {
@@ -177,6 +185,11 @@ class Swarm {
     info.figures["messages_per_peer_minute"] = static_cast<double>(messages) / peer_minutes;
     info.figures["bytes_per_peer_minute"] =
         static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
+    if (dmoe) {
+      const double secs = std::max(1e-9, info.run_seconds - to_seconds(spec_.dmoe_sim.start));
+      info.figures["throughput_samples_per_second"] = static_cast<double>(metrics_.counter("dmoe.samples")) / secs;
+      info.figures["batch_seconds_mean"] = metrics_.mean("dmoe.batch_seconds");
+    }
     if (training) {
       const double elapsed = std::max(0.0, info.run_seconds - to_seconds(spec_.training.start));
       train_driver_->finish(elapsed, train_apps(), info.figures);
@@ -186,7 +199,7 @@ class Swarm {
       info.figures["final_variance"] = metrics_.series().count("avg.round.variance")
                                            ? metrics_.series().find("avg.round.variance")->second.back()
                                            : 0;
-    } else if (dht && !training) {
+    } else if (dht && !training && !dmoe) {
       record_table_health();
       metrics_.count("dht.ops_abandoned", driver_->abandoned());
     }

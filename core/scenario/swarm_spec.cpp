@@ -205,6 +205,28 @@ void parse_dmoe_live(Scenario& s, SwarmSpec& spec) {
   d.baseline = s.get_bool("dmoe.baseline", d.baseline);
 }
 
+void parse_dmoe_sim(Scenario& s, SwarmSpec& spec) {
+  auto& d = spec.dmoe_sim;
+  d.mode = s.get_string("dmoe.mode", d.mode, {"dmoe", "model-parallel"});
+  d.servers = static_cast<std::uint32_t>(s.get_int("dmoe.servers", d.servers, 1, 100000));
+  if (d.servers >= spec.peers) s.fail("dmoe.servers", "leaves no peer to train: peers = " + std::to_string(spec.peers));
+  d.layers = static_cast<std::uint32_t>(s.get_int("dmoe.layers", d.layers, 1, 1024));
+  d.grid_side = static_cast<std::uint32_t>(s.get_int("dmoe.grid_side", d.grid_side, 1, 4096));
+  d.grid_dims = static_cast<std::uint32_t>(s.get_int("dmoe.grid_dims", d.grid_dims, 1, 4));
+  d.k = static_cast<std::uint32_t>(s.get_int("dmoe.k", d.k, 1, 256));
+  d.k_min = static_cast<std::uint32_t>(s.get_int("dmoe.k_min", d.k_min, 1, 256));
+  if (d.k_min > d.k) s.fail("dmoe.k_min", "must not exceed dmoe.k");
+  d.batch_size = static_cast<std::uint32_t>(s.get_int("dmoe.batch_size", d.batch_size, 1, 1 << 20));
+  d.hidden = static_cast<std::uint32_t>(s.get_int("dmoe.hidden", d.hidden, 1, 1 << 20));
+  d.concurrency = static_cast<std::uint32_t>(s.get_int("dmoe.concurrency", d.concurrency, 1, 4096));
+  d.forward_speed = s.get_distribution("dmoe.forward_speed", d.forward_speed, "rate");
+  d.backward_speed = s.get_distribution("dmoe.backward_speed", d.backward_speed, "rate");
+  d.timeout = s.get_duration("dmoe.timeout", d.timeout);
+  d.grace = s.get_duration("dmoe.grace", d.grace);
+  d.start = s.get_duration("dmoe.start", d.start);
+  d.fail_probability = s.get_double("dmoe.fail_probability", d.fail_probability, 0, 1);
+}
+
 }  // namespace
 
 SwarmSpec parse_swarm_spec(Scenario& s) {
@@ -241,11 +263,11 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
     s.fail("churn.mean_session", "must be positive");
 
+  if (s.has("network.hop_delay")) spec.hop_delay = s.get_distribution("network.hop_delay", Distribution::fixed(0), "duration");
   spec.workload = s.get_string("workload.kind", spec.workload, {"ping", "dht", "averaging", "training", "dmoe"});
   if (spec.workload == "dmoe" && spec.backend == "live") parse_dmoe_live(s, spec);
-  if (spec.workload == "dmoe" && spec.backend != "live")
-    s.fail("workload.kind", "the dmoe workload runs live only in this build (its ns-3 compute model is not in yet)");
-  if (spec.workload == "dht" || spec.workload == "averaging" || spec.workload == "training") {
+  if (spec.workload == "dmoe" && spec.backend != "live") parse_dmoe_sim(s, spec);
+  if (spec.workload == "dht" || spec.workload == "averaging" || spec.workload == "training" || spec.workload == "dmoe") {
     auto& d = spec.dht;
     auto& c = d.config;
     c.k = static_cast<std::size_t>(s.get_int("dht.k", static_cast<std::int64_t>(c.k), 1, 64));
@@ -319,6 +341,17 @@ PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpo
                                           avg_driver->initial_position(index));
     avg_->values() = avg_driver->initial_values(index);
   }
+  if (spec.workload == "dmoe" && spec.backend == "sim") {
+    const auto& d = spec.dmoe_sim;
+    if (index < d.servers) {
+      Rng speed(spec.seed ^ 0x64736e6f6465ULL);
+      Rng mine = speed.fork(index + 1);
+      const double fwd = std::max(1.0, d.forward_speed.sample(mine)), bwd = std::max(1.0, d.backward_speed.sample(mine));
+      dmoe_server_ = std::make_unique<DmoeServerApp>(rt, *rpc_, *dht_, d, index, fwd, bwd);
+    } else {
+      dmoe_trainer_ = std::make_unique<DmoeTrainerApp>(rt, *rpc_, *dht_, d, directory);
+    }
+  }
   if (spec.workload == "training") {
     if (!train_driver) throw std::logic_error("the training workload needs its driver");
     train_ = std::make_unique<TrainingApp>(rt, *rpc_, *dht_, swarm_identity(spec, index), *train_driver, index);
@@ -350,6 +383,14 @@ void PeerStack::start() {
     rt_.observer.count("dht.joins");
     rt_.observer.sample("dht.join.contacts", static_cast<double>(contacts));
     dht_->start_maintenance();
+    if (dmoe_server_) dmoe_server_->start();
+    if (dmoe_trainer_) {
+      const Duration wait = std::max(Duration::zero(), TimePoint(spec_.dmoe_sim.start) - rt_.now());
+      scope_.spawn([](Runtime& rt, DmoeTrainerApp* t, Duration wait) -> Task<void> {
+        co_await sleep_on(rt.timers, wait);
+        t->start();
+      }(rt_, dmoe_trainer_.get(), wait));
+    }
     if (train_ && pending_training_) {
       train_->start(*pending_training_);
       pending_training_.reset();
@@ -359,8 +400,11 @@ void PeerStack::start() {
 
 PeerStack::~PeerStack() {
   rpc_->shutdown();  // no handler runs after this
+  scope_.destroy_all();
   avg_.reset();
   train_.reset();
+  dmoe_trainer_.reset();
+  dmoe_server_.reset();
   dht_.reset();
   ping_.reset();
   rpc_.reset();

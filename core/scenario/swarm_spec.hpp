@@ -9,6 +9,7 @@
 #include "core/scenario/scenario.hpp"
 #include "core/workloads/averaging_workload.hpp"
 #include "core/workloads/training_workload.hpp"
+#include "core/workloads/dmoe_workload.hpp"
 #include "core/workloads/ping.hpp"
 
 namespace apiary {
@@ -98,6 +99,8 @@ struct SwarmSpec {
   AveragingWorkloadSpec averaging;
   TrainingWorkloadSpec training;
   DmoeLiveSpec dmoe_live;
+  DmoeSimSpec dmoe_sim;
+  std::optional<Distribution> hop_delay;  // sim: a random delay per received message
   std::string live_host = "127.0.0.1";
   std::uint16_t live_base_port = 0;  // 0: ephemeral ports
   Duration live_emulated_latency{};  // live: one-way delay added to every received message
@@ -145,6 +148,7 @@ class PeerStack {
   dht::DhtNode* dht() { return dht_.get(); }
   AveragingApp* averaging() { return avg_.get(); }
   TrainingApp* training() { return train_.get(); }
+  DmoeServerApp* dmoe_server() { return dmoe_server_.get(); }
   // Training: starts the trainer now if the peer has joined the DHT, else once it has. A
   // newcomer downloads the swarm's state first.
   void begin_training(bool newcomer);
@@ -160,6 +164,9 @@ class PeerStack {
   std::unique_ptr<dht::DhtNode> dht_;
   std::unique_ptr<AveragingApp> avg_;
   std::unique_ptr<TrainingApp> train_;
+  std::unique_ptr<DmoeServerApp> dmoe_server_;
+  std::unique_ptr<DmoeTrainerApp> dmoe_trainer_;
+  TaskScope scope_;
   std::optional<bool> pending_training_;  // begin_training before the DHT join: the newcomer flag
   bool joined_ = false;
 };

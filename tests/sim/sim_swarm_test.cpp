@@ -301,3 +301,66 @@ TEST(SimTraining, SameSeedSameTrace) {
 
 }  // namespace
 }  // namespace apiary
+
+namespace apiary {
+namespace {
+
+const char* kDmoe = R"(
+peers = 20
+duration = "60s"
+[network]
+latency = "1ms"
+bandwidth = "1Gbps"
+[dht]
+bootstrap_peers = 4
+join_window = "3s"
+[workload]
+kind = "dmoe"
+[dmoe]
+servers = 4
+layers = 2
+grid_side = 3
+grid_dims = 2
+k = 2
+k_min = 1
+batch_size = 32
+hidden = 256
+forward_speed = "2000/s"
+backward_speed = "1000/s"
+start = "15s"
+grace = "100ms"
+timeout = "20s"
+)";
+
+// DMoE in ns-3 with the compute model: trainers find experts through the DHT and complete
+// batches; with a random delay on every hop model-parallel training slows by the round trips
+// it waits for, DMoE with many trainers much less; failed experts are skipped; same seed, same
+// trace.
+TEST(SimDmoe, ThroughputAgainstHopDelayAndFailures) {
+  auto throughput = [](std::vector<std::string> sets) {
+    Metrics m;
+    const RunInfo info = sim::run_sim_swarm(spec_of(kDmoe, sets), m);
+    EXPECT_GT(m.counter("dmoe.samples"), 0);
+    return info.figures.at("throughput_samples_per_second");
+  };
+  const double mp0 = throughput({"dmoe.mode=model-parallel", "peers=5"});
+  const double mp = throughput({"dmoe.mode=model-parallel", "peers=5", "network.hop_delay.dist=exponential", "network.hop_delay.mean=100ms"});
+  const double dm0 = throughput({});
+  const double dm = throughput({"network.hop_delay.dist=exponential", "network.hop_delay.mean=100ms"});
+  EXPECT_LT(mp, 0.5 * mp0) << "model parallel should wait for 8 round trips per batch";
+  EXPECT_GT(dm, 0.5 * dm0) << "16 trainers keep the servers busy";
+  EXPECT_GT(dm / dm0, 1.5 * (mp / mp0)) << "DMoE should degrade much less than model parallel";
+  EXPECT_GT(dm, mp);
+  Metrics f;
+  sim::run_sim_swarm(spec_of(kDmoe, {"dmoe.fail_probability=0.2"}), f);
+  EXPECT_GT(f.counter("dmoe.injected_failures"), 10);
+  EXPECT_GT(f.counter("dmoe.samples"), 0) << "failed experts are skipped";
+  Metrics a, b;
+  sim::run_sim_swarm(spec_of(kDmoe, {"network.hop_delay.dist=exponential", "network.hop_delay.mean=20ms"}), a);
+  sim::run_sim_swarm(spec_of(kDmoe, {"network.hop_delay.dist=exponential", "network.hop_delay.mean=20ms"}), b);
+  EXPECT_EQ(a.trace_hash(), b.trace_hash());
+  EXPECT_EQ(a.counter("dmoe.samples"), b.counter("dmoe.samples"));
+}
+
+}  // namespace
+}  // namespace apiary
