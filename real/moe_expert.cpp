@@ -624,6 +624,9 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
     // Call them all at once; stop waiting once k_min answered and the grace period passed.
     for (const auto& e : experts_)  // the last forward's experts whose backward failed
       if (e->backward_failures()) rt_.observer.count("moe.backward_failures", static_cast<std::int64_t>(e->backward_failures()));
+    // Earlier forwards' graphs may still be back-propagated: their experts stay alive a while.
+    for (auto& e : experts_) retired_.push_back(std::move(e));
+    while (retired_.size() > 64) retired_.pop_front();
     experts_.clear();
     std::vector<std::optional<Result<TensorReply>>> replies(chosen.size());
     std::vector<Task<void>> calls;
@@ -865,8 +868,10 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward_per_sample(const torch::Tensor
         coords[d].push_back(torch::full({cs->rows[j].size(0)}, static_cast<std::int64_t>(u->coords[d]), torch::kLong));
       last_responders_.push_back(uids[j]);
     }
-    recent_.push_back(kept);
-    while (recent_.size() > 8) recent_.pop_front();
+    if (torch::GradMode::is_enabled()) {  // a backward may come: keep its experts a while
+      recent_.push_back(kept);
+      while (recent_.size() > 16) recent_.pop_front();
+    }
     const torch::Tensor b_idx = torch::cat(rows);
     const torch::Tensor y_all = ParallelExpertsFunction::apply(x, torch::cat(outs), reinterpret_cast<std::int64_t>(kept.get()));
     torch::Tensor w;

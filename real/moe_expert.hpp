@@ -240,6 +240,7 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   RemoteExpert::Drive drive_;
   moe::ExpertFinder finder_;
   std::vector<std::unique_ptr<RemoteExpert>> experts_;  // the remote ends of the last calls
+  std::deque<std::unique_ptr<RemoteExpert>> retired_;    // those of earlier forwards, for late backwards
   std::vector<std::string> last_responders_;
   std::vector<std::vector<std::string>> last_routes_;
   torch::Tensor balance_loss_;

@@ -161,7 +161,9 @@ int run_trainer(const TrainerOptions& o) {
       co_return;
     }
     if (o.newcomer) {
-      for (int attempt = 0; attempt < 20; ++attempt) {
+      // A swarm that has not taken its first step yet has no state to share: wait for it (up to
+      // a minute), then start from the common initialisation.
+      for (int attempt = 0; attempt < 120; ++attempt) {
         Result<std::uint64_t> j = co_await collab.join();
         if (j.ok()) {
           nlohmann::json joined = {{"event", "joined"}, {"epoch", *j}, {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
