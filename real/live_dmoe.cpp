@@ -91,11 +91,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
     if (trainer_status < 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  children.signal_all(SIGTERM);
-  {
-    std::vector<std::string> ignored;
-    children.wait_all(std::chrono::steady_clock::now() + std::chrono::seconds(20), ignored);
-  }
+  children.terminate_all();
   RunInfo info;
   info.backend = "live";
   info.run_seconds = run_seconds;

@@ -134,11 +134,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   }
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Stop whatever still runs (the seed peer, trainers past the deadline) before the baseline.
-  children.signal_all(SIGTERM);
-  {
-    std::vector<std::string> ignored;
-    children.wait_all(std::chrono::steady_clock::now() + std::chrono::seconds(20), ignored);
-  }
+  children.terminate_all();
 
   RunInfo info;
   info.backend = "live";

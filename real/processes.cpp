@@ -78,6 +78,12 @@ void ChildProcesses::signal_all(int sig) {
   for (pid_t p : pids_) kill(p, sig);
 }
 
+void ChildProcesses::terminate_all(std::chrono::seconds grace) {
+  signal_all(SIGTERM);
+  std::vector<std::string> ignored;
+  wait_all(std::chrono::steady_clock::now() + grace, ignored);
+}
+
 std::string wait_for_file(const std::string& path, std::chrono::steady_clock::time_point deadline,
                           const std::string& what) {
   while (std::chrono::steady_clock::now() < deadline) {

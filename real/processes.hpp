@@ -31,6 +31,8 @@ class ChildProcesses {
   std::optional<std::pair<pid_t, int>> reap_one();
   // Sends `sig` to every running child.
   void signal_all(int sig);
+  // SIGTERM to every child, then waits for them (up to `grace`), whatever their exit status.
+  void terminate_all(std::chrono::seconds grace = std::chrono::seconds(20));
   const std::vector<pid_t>& pids() const { return pids_; }
 
  private:
