@@ -27,10 +27,13 @@ struct Averager::Round {
     double weight = 0;
     std::uint32_t contributors = 0;
     bool done = false;
-    bool stalled = false;                 // fault injection: never answered
-    std::shared_ptr<const Bytes> result;  // the mean in the piece's codec; null: no weight
+    bool stalled = false;  // fault injection: never answered
+    compression::Codec codec = compression::Codec::kFloat32;
+    Payload result;  // the mean, the codec's body (float32: a view of `sum`); no data: no weight
   };
-  std::unique_ptr<float[]> sum;  // weighted sums over my part, then the means (reused across rounds)
+  // Weighted sums over my part, then the means; replies are views of it, so it is reused by a
+  // later round only once no reply holds it.
+  std::shared_ptr<float[]> sum;
   std::size_t sum_size = 0;
   std::vector<PieceState> mine;
   std::size_t finalized = 0;
@@ -40,8 +43,9 @@ struct Averager::Round {
   std::size_t waiting_handlers = 0;
   Notifier changed;  // a piece finished, a member left, the round closed
 
-  // Sender side.
-  std::vector<float> output;
+  // Sender side. My values, then the means as they come back; requests are views of it, so it
+  // is handed to the caller without a copy only once no request holds it.
+  std::shared_ptr<std::vector<float>> output;
   std::vector<bool> part_failed;  // per reducer: keep my own values for the rest
   std::size_t lanes = 0, lanes_done = 0;
   std::int64_t sent_to_limit = 0;
@@ -112,7 +116,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   r->banned.assign(n, false);
   r->gone.assign(n, false);
   r->part_failed.assign(n, false);
-  r->output = std::move(local);
+  r->output = std::make_shared<std::vector<float>>(std::move(local));
   if (auto it = early_cancels_.find(r->group.id); it != early_cancels_.end()) {
     for (const auto& e : it->second)
       if (auto i = r->group.index_of(e)) r->gone[*i] = true;
@@ -122,19 +126,20 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   r->mine.resize(my_pieces.size());
   for (auto& ps : r->mine) ps.got.assign(n, false);
   r->sum_size = r->part_size[r->me];
-  if (spare_sum_ && spare_size_ >= r->sum_size) {
+  if (spare_sum_ && spare_sum_.use_count() == 1 && spare_size_ >= r->sum_size) {
     r->sum = std::move(spare_sum_);
     r->sum_size = spare_size_;
   } else if (r->sum_size) {
-    r->sum.reset(new float[r->sum_size]);
+    r->sum = std::shared_ptr<float[]>(new float[r->sum_size]);  // uninitialised: written before read
   }
+  spare_sum_.reset();
   rounds_[r->group.id] = r;
   rt_.observer.trace("avg.round.begin", r->group.id, r->me);
 
   if (sends(self.kind))
     for (std::size_t p = 0; p < my_pieces.size(); ++p)
       accumulate(*r, r->me, p,
-                 std::span<const float>(r->output).subspan(my_pieces[p].begin, my_pieces[p].size()), weight);
+                 std::span<const float>(*r->output).subspan(my_pieces[p].begin, my_pieces[p].size()), weight);
   for (std::size_t p = 0; p < my_pieces.size(); ++p) check_piece(*r, p);
   if (r->finalized < r->mine.size()) arm_progress_timer(r);
   registered_.notify_all();  // pieces that arrived before this round began
@@ -159,7 +164,10 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   round.main_done = true;
   const bool cancelled = round.cancelled;
   AllReduceReport rep = std::move(round.report);
-  rep.averaged = std::move(round.output);
+  if (round.output.use_count() == 1)
+    rep.averaged = std::move(*round.output);
+  else  // a request still in flight (a reducer that timed out) reads these values: copy
+    rep.averaged = *round.output;
   for (std::size_t j = 0; j < n; ++j)
     if (round.banned[j] || (round.gone[j] && sends(round.group.members[j].kind)))
       add_unique(rep.excluded_senders, round.group.members[j].endpoint);
@@ -204,9 +212,14 @@ void Averager::finalize(Round& r, std::size_t piece) {
   ps.done = true;
   if (ps.weight > 0) {
     float* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
+    const std::size_t n = pc.size();
     const float inv = static_cast<float>(1.0 / ps.weight);
-    const auto codec = cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor));
-    ps.result = std::make_shared<const Bytes>(compression::encode_scaled(std::span<float>(s, pc.size()), inv, codec));
+    for (std::size_t i = 0; i < n; ++i) s[i] *= inv;
+    ps.codec = cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor));
+    if (ps.codec == compression::Codec::kFloat32 && compression::kFloat32IsNative)
+      ps.result = Payload::view(r.sum, {reinterpret_cast<const std::uint8_t*>(s), 4 * n});
+    else
+      ps.result = Payload::bytes(compression::encode_body(std::span<const float>(s, n), ps.codec));
   }
   ++r.finalized;
   if (cfg_.faults.reduce_limit >= 0 && static_cast<std::int64_t>(piece) >= cfg_.faults.reduce_limit) {
@@ -290,9 +303,9 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   const Piece& pc = r->pieces[r->me][req.piece];
   std::string why;
   try {  // decoded straight into the sums; a bad piece is refused before it touches them
-    compression::accumulate(req.payload.data(),
-                            std::span<float>(r->sum.get() + (pc.begin - r->part_begin[r->me]), pc.size()),
-                            static_cast<float>(req.weight), ps.contributors == 0);
+    compression::accumulate_body(req.codec, req.payload.data(),
+                                 std::span<float>(r->sum.get() + (pc.begin - r->part_begin[r->me]), pc.size()),
+                                 static_cast<float>(req.weight), ps.contributors == 0);
   } catch (const wire::DecodeError& e) {
     why = e.what();
   }
@@ -321,9 +334,9 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   if (round.waiting_handlers == 0 && round.finalized == round.mine.size()) round.changed.notify_all();  // linger
   if (!round.mine[p].done || round.mine[p].stalled || round.cancelled || round.closed)
     co_return Error{ErrorCode::kCancelled, "round ended before piece " + std::to_string(p) + " was reduced"};
-  if (!round.mine[p].result) co_return Error{ErrorCode::kInvalidArgument, "every contribution to this piece had weight 0"};
-  round.report.bytes_sent += round.mine[p].result->size();
-  co_return PieceReply{Payload::shared(round.mine[p].result)};
+  if (!round.mine[p].result.has_data()) co_return Error{ErrorCode::kInvalidArgument, "every contribution to this piece had weight 0"};
+  round.report.bytes_sent += round.mine[p].result.size();
+  co_return PieceReply{round.mine[p].codec, round.mine[p].result};
 }
 
 Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::size_t first) {
@@ -347,8 +360,8 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
       while (!round.closed && !round.cancelled && !round.main_done) co_await round.changed.wait();
       break;
     }
-    const auto values = std::span<const float>(round.output).subspan(pc.begin, pc.size());
-    std::shared_ptr<const Bytes> result;
+    Payload result;
+    compression::Codec result_codec = compression::Codec::kFloat32;
     std::optional<Error> failure;
     if (j == round.me) {
       // My own part: already accumulated locally; wait for the piece to be reduced.
@@ -359,15 +372,25 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
       const bool ok = co_await wait_until(rt_, round.changed, deadline, std::move(reduced));
       if (!ok || !round.mine[p].done || round.mine[p].stalled)
         failure = Error{ErrorCode::kTimeout, "own part stalled"};
-      else if (!round.mine[p].result)
+      else if (!round.mine[p].result.has_data())
         failure = Error{ErrorCode::kInvalidArgument, "no weight"};
-      else
+      else {
         result = round.mine[p].result;
+        result_codec = round.mine[p].codec;
+      }
     } else {
       const auto codec = cfg_.codec.for_tensor(round.group.schema.numel(pc.tensor));
-      Bytes encoded = compression::encode(values, codec);
-      const std::uint64_t n = encoded.size();
-      PieceRequest req{round.group.id, p, round.weight, Payload::bytes(std::move(encoded))};
+      Payload body;
+      if (codec == compression::Codec::kFloat32 && compression::kFloat32IsNative) {
+        // Sent as it is: the request is a view of my values, which stay put until its reply.
+        const auto* b = reinterpret_cast<const std::uint8_t*>(round.output->data() + pc.begin);
+        body = Payload::view(round.output, {b, 4 * pc.size()});
+      } else {
+        const auto values = std::span<const float>(*round.output).subspan(pc.begin, pc.size());
+        body = Payload::bytes(compression::encode_body(values, codec));
+      }
+      const std::uint64_t n = body.size();
+      PieceRequest req{round.group.id, p, round.weight, codec, std::move(body)};
       round.report.bytes_sent += n;
       Result<PieceReply> reply = co_await rpc_.call<PieceReply>(to, std::move(req), cfg_.reducer_timeout);
       if (round.main_done) break;
@@ -375,14 +398,16 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
         failure = reply.error();
       } else {
         round.report.bytes_received += reply->payload.size();
-        result = reply->payload.buffer();
-        if (!result) failure = Error{ErrorCode::kBadMessage, "reply without data"};
+        result = std::move(reply->payload);
+        result_codec = reply->codec;
+        if (!result.has_data()) failure = Error{ErrorCode::kBadMessage, "reply without data"};
       }
     }
     if (!failure) {  // the mean goes straight into my output; a bad buffer leaves it untouched
       std::string why;
       try {
-        compression::decode_into(*result, std::span<float>(round.output).subspan(pc.begin, pc.size()));
+        compression::decode_body_into(result_codec, result.data(),
+                                      std::span<float>(*round.output).subspan(pc.begin, pc.size()));
       } catch (const wire::DecodeError& e) {
         why = e.what();
       }

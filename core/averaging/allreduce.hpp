@@ -101,7 +101,7 @@ class Averager {
   std::vector<std::uint64_t> closed_order_;
   std::map<std::uint64_t, std::set<Endpoint>> early_cancels_;  // cancels for rounds not yet begun
   Notifier registered_;
-  std::unique_ptr<float[]> spare_sum_;  // the last round's accumulator, reused
+  std::shared_ptr<float[]> spare_sum_;  // the last round's accumulator, reused once no reply holds it
   std::size_t spare_size_ = 0;
   TaskScope scope_;
 };

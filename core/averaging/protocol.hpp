@@ -40,31 +40,37 @@ struct Group {
   static Group decode(wire::Reader& r);
 };
 
-// A sender's piece of a reducer's part; the payload is the piece's values in the tensor's codec.
-// The reply comes once the piece is reduced and carries the weighted mean in the same codec.
+// A sender's piece of a reducer's part; the payload is the codec's body for the piece's values
+// (compression::encode_body): every member knows the piece's length, so only the codec travels
+// beside it, and a float32 piece is the sender's memory as it is. The reply comes once the piece
+// is reduced and carries the weighted mean the same way.
 struct PieceRequest {
   static constexpr std::uint32_t kMethod = 200;
   std::uint64_t group = 0;
   std::uint64_t piece = 0;  // index among the reducer's pieces
   double weight = 1.0;
+  compression::Codec codec = compression::Codec::kFloat32;
   Payload payload;
   void encode(wire::Writer& w) const {
     w.u64(group);
     w.varint(piece);
     w.f64(weight);
+    w.u8(static_cast<std::uint8_t>(codec));
   }
   static PieceRequest decode(wire::Reader& r) {
     PieceRequest p;
     p.group = r.u64();
     p.piece = r.varint();
     p.weight = r.f64();
+    p.codec = compression::codec_from_byte(r.u8());
     return p;
   }
 };
 struct PieceReply {
+  compression::Codec codec = compression::Codec::kFloat32;
   Payload payload;
-  void encode(wire::Writer&) const {}
-  static PieceReply decode(wire::Reader&) { return {}; }
+  void encode(wire::Writer& w) const { w.u8(static_cast<std::uint8_t>(codec)); }
+  static PieceReply decode(wire::Reader& r) { return {compression::codec_from_byte(r.u8()), {}}; }
 };
 
 // One-way: the sender leaves the round (sends nothing more, reduces nothing).

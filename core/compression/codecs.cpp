@@ -112,20 +112,15 @@ std::uint16_t get_u16(const std::uint8_t* p) { return static_cast<std::uint16_t>
 
 }  // namespace
 
-// Each codec writes its small header through the wire Writer and its bulk values straight into
-// the output buffer (one pass, no per-byte growth).
-Bytes encode(std::span<const float> v, Codec codec) {
-  Bytes out;
-  out.reserve(16 + v.size() * 4);
-  {
-    wire::Writer w(out);
-    w.u8(static_cast<std::uint8_t>(codec));
-    w.varint(v.size());
-  }
+namespace {
+
+// Appends the codec's body for `v` to `out`. Each codec writes its small header through the wire
+// Writer and its bulk values straight into the output buffer (one pass, no per-byte growth).
+void append_body(Bytes& out, std::span<const float> v, Codec codec) {
   const std::size_t n = v.size();
   switch (codec) {
     case Codec::kFloat32:
-      if constexpr (std::endian::native == std::endian::little) {  // no zero-fill before the copy
+      if constexpr (kFloat32IsNative) {  // no zero-fill before the copy
         const auto* b = reinterpret_cast<const std::uint8_t*>(v.data());
         out.insert(out.end(), b, b + 4 * n);
       } else {
@@ -198,30 +193,66 @@ Bytes encode(std::span<const float> v, Codec codec) {
       }
       break;
   }
+}
+
+void put_prefix(Bytes& out, Codec codec, std::size_t n) {
+  wire::Writer w(out);
+  w.u8(static_cast<std::uint8_t>(codec));
+  w.varint(n);
+}
+
+// Reads the codec byte and element count; checks the count against `n`.
+Codec read_prefix(wire::Reader& r, std::size_t n) {
+  const Codec c = codec_from_byte(r.u8());
+  const auto got = static_cast<std::size_t>(r.varint());
+  if (got != n)
+    throw wire::DecodeError("tensor has " + std::to_string(got) + " elements, expected " + std::to_string(n));
+  return c;
+}
+
+}  // namespace
+
+Codec codec_from_byte(std::uint8_t c) {
+  if (c > static_cast<std::uint8_t>(Codec::kBlockwise8)) throw wire::DecodeError("unknown tensor codec " + std::to_string(c));
+  return static_cast<Codec>(c);
+}
+
+std::uint64_t body_size(Codec codec, std::uint64_t n) {
+  switch (codec) {
+    case Codec::kFloat32: return 4ull * n;
+    case Codec::kFloat16: return 2ull * n;
+    case Codec::kScaledFloat16: return 8 + 2ull * n;
+    case Codec::kUniform8: return 8 + n;
+    case Codec::kQuantile8: return 4 * 256 + n;
+    case Codec::kBlockwise8: return n + 4 * ((n + kBlock - 1) / kBlock);
+  }
+  return 0;
+}
+
+Bytes encode_body(std::span<const float> values, Codec codec) {
+  Bytes out;
+  out.reserve(static_cast<std::size_t>(body_size(codec, values.size())));
+  append_body(out, values, codec);
   return out;
 }
 
-void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out) {
-  wire::Reader r(bytes);
-  const auto c = r.u8();
-  if (c > static_cast<std::uint8_t>(Codec::kBlockwise8)) throw wire::DecodeError("unknown tensor codec " + std::to_string(c));
-  const auto n = static_cast<std::size_t>(r.varint());
-  if (n != out.size())
-    throw wire::DecodeError("tensor has " + std::to_string(n) + " elements, expected " + std::to_string(out.size()));
+Bytes encode(std::span<const float> v, Codec codec) {
+  Bytes out;
+  out.reserve(16 + static_cast<std::size_t>(body_size(codec, v.size())));
+  put_prefix(out, codec, v.size());
+  append_body(out, v, codec);
+  return out;
+}
+
+void decode_body_into(Codec codec, std::span<const std::uint8_t> body, std::span<float> out) {
+  const std::size_t n = out.size();
   // The exact size is checked before anything is written, so a bad buffer leaves `out` untouched.
-  std::uint64_t want = 0;
-  switch (static_cast<Codec>(c)) {
-    case Codec::kFloat32: want = 4ull * n; break;
-    case Codec::kFloat16: want = 2ull * n; break;
-    case Codec::kScaledFloat16: want = 8 + 2ull * n; break;
-    case Codec::kUniform8: want = 8 + n; break;
-    case Codec::kQuantile8: want = 4 * 256 + n; break;
-    case Codec::kBlockwise8: want = n + 4 * ((n + kBlock - 1) / kBlock); break;
-  }
-  if (r.remaining() != want)
-    throw wire::DecodeError("tensor of " + std::to_string(n) + " elements in " + to_string(static_cast<Codec>(c)) +
-                            " needs " + std::to_string(want) + " bytes, got " + std::to_string(r.remaining()));
-  switch (static_cast<Codec>(c)) {
+  const std::uint64_t want = body_size(codec, n);
+  if (body.size() != want)
+    throw wire::DecodeError("tensor of " + std::to_string(n) + " elements in " + to_string(codec) + " needs " +
+                            std::to_string(want) + " bytes, got " + std::to_string(body.size()));
+  wire::Reader r(body);
+  switch (codec) {
     case Codec::kFloat32:
       get_floats(r.raw(4 * n).data(), out);
       break;
@@ -262,17 +293,19 @@ void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out) {
   r.expect_end();
 }
 
+void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out) {
+  wire::Reader r(bytes);
+  const Codec c = read_prefix(r, out.size());
+  decode_body_into(c, r.rest(), out);
+}
+
 Bytes encode_scaled(std::span<float> v, float scale, Codec codec) {
-  if (codec != Codec::kFloat32 || std::endian::native != std::endian::little) {
+  if (codec != Codec::kFloat32 || !kFloat32IsNative) {
     for (auto& x : v) x *= scale;
     return encode(v, codec);
   }
   Bytes out;
-  {
-    wire::Writer w(out);
-    w.u8(static_cast<std::uint8_t>(codec));
-    w.varint(v.size());
-  }
+  put_prefix(out, codec, v.size());
   const std::size_t at = out.size();
   out.reserve(at + 4 * v.size());
   out.resize(at + 4 * v.size());  // (zero-fill; cheaper than a second pass over v)
@@ -284,27 +317,23 @@ Bytes encode_scaled(std::span<float> v, float scale, Codec codec) {
   return out;
 }
 
-void accumulate(std::span<const std::uint8_t> bytes, std::span<float> sum, float weight, bool assign) {
-  const bool float32 = !bytes.empty() && bytes[0] == static_cast<std::uint8_t>(Codec::kFloat32);
-  if (!float32 || std::endian::native != std::endian::little) {
+void accumulate_body(Codec codec, std::span<const std::uint8_t> body, std::span<float> sum, float weight,
+                     bool assign) {
+  if (codec != Codec::kFloat32 || !kFloat32IsNative) {
     std::vector<float> tmp(sum.size());
-    decode_into(bytes, tmp);
+    decode_body_into(codec, body, tmp);
     if (assign)
       for (std::size_t i = 0; i < sum.size(); ++i) sum[i] = weight * tmp[i];
     else
       for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += weight * tmp[i];
     return;
   }
-  // float32: check the header and size as decode_into does, then one fused pass over the bytes.
-  wire::Reader r(bytes);
-  r.u8();
-  const auto n = static_cast<std::size_t>(r.varint());
-  if (n != sum.size())
-    throw wire::DecodeError("tensor has " + std::to_string(n) + " elements, expected " + std::to_string(sum.size()));
-  if (r.remaining() != 4ull * n)
+  // float32: check the size as decode_body_into does, then one fused pass over the bytes.
+  const std::size_t n = sum.size();
+  if (body.size() != 4ull * n)
     throw wire::DecodeError("tensor of " + std::to_string(n) + " elements in float32 needs " + std::to_string(4ull * n) +
-                            " bytes, got " + std::to_string(r.remaining()));
-  const std::uint8_t* p = r.raw(4 * n).data();
+                            " bytes, got " + std::to_string(body.size()));
+  const std::uint8_t* p = body.data();
   float* out = sum.data();
   if (assign) {
     for (std::size_t i = 0; i < n; ++i) {
@@ -319,6 +348,12 @@ void accumulate(std::span<const std::uint8_t> bytes, std::span<float> sum, float
       out[i] += weight * x;
     }
   }
+}
+
+void accumulate(std::span<const std::uint8_t> bytes, std::span<float> sum, float weight, bool assign) {
+  wire::Reader r(bytes);
+  const Codec c = read_prefix(r, sum.size());
+  accumulate_body(c, r.rest(), sum, weight, assign);
 }
 
 std::vector<float> decode(std::span<const std::uint8_t> bytes, std::size_t max_elements) {

@@ -10,6 +10,7 @@
 //   kBlockwise8     blocks of 4096 values, each int8 with its own absmax scale:
 //                   |err| <= absmax(block) / 254
 // Decoding checks sizes and headers: a truncated or oversized buffer is a DecodeError.
+#include <bit>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -40,6 +41,21 @@ void decode_into(std::span<const std::uint8_t> bytes, std::span<float> out);
 // sum (+)= weight * decode(bytes), in one pass for float32; `assign` overwrites instead of adding.
 // Validates like decode_into before touching `sum`.
 void accumulate(std::span<const std::uint8_t> bytes, std::span<float> sum, float weight, bool assign);
+
+// The codec's body alone, without the codec byte and element count: for callers that know both
+// from elsewhere (averaging pieces, whose layout every member computes). For float32 the body is
+// the values' little-endian bytes, so on a little-endian machine a tensor's memory is its body.
+std::uint64_t body_size(Codec codec, std::uint64_t n);
+Bytes encode_body(std::span<const float> values, Codec codec);
+// A codec byte from the wire; DecodeError if it names no codec.
+Codec codec_from_byte(std::uint8_t c);
+// Decodes a body of exactly body_size(codec, out.size()) bytes (else DecodeError) into `out`.
+void decode_body_into(Codec codec, std::span<const std::uint8_t> body, std::span<float> out);
+// sum (+)= weight * decode(body), in one pass for float32; validates before touching `sum`.
+void accumulate_body(Codec codec, std::span<const std::uint8_t> body, std::span<float> sum, float weight,
+                     bool assign);
+// True where a float32 body is the floats' own memory (little-endian machines).
+inline constexpr bool kFloat32IsNative = std::endian::native == std::endian::little;
 
 std::uint16_t float_to_half(float f);
 float half_to_float(std::uint16_t h);

@@ -4,6 +4,11 @@
 // virtual bytes, while the data (if any) rides beside the packet in memory, so timing is modelled
 // by ns-3 and the math stays exact. Buffers are shared and immutable, so a payload can be queued,
 // retried and delivered without copies.
+//
+// Real bytes are a view of memory that the payload keeps alive through a shared owner: a byte
+// vector of its own, or memory that belongs to something else (a tensor sent as it is, without
+// an encoding copy). Whoever makes a view promises not to change that memory while any copy of
+// the payload exists (owner.use_count() tells).
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -18,16 +23,18 @@ class Payload {
  public:
   Payload() = default;
   // Real bytes.
-  static Payload bytes(Bytes data) {
-    Payload p;
-    p.size_ = data.size();
-    p.data_ = std::make_shared<const Bytes>(std::move(data));
-    return p;
-  }
+  static Payload bytes(Bytes data) { return shared(std::make_shared<const Bytes>(std::move(data))); }
   static Payload shared(std::shared_ptr<const Bytes> data) {
     Payload p;
-    p.size_ = data ? data->size() : 0;
-    p.data_ = std::move(data);
+    if (data) p.set(data->data(), data->size());
+    p.owner_ = std::move(data);
+    return p;
+  }
+  // `bytes`, kept alive by `owner` (which must not be null).
+  static Payload view(std::shared_ptr<const void> owner, std::span<const std::uint8_t> bytes) {
+    Payload p;
+    p.set(bytes.data(), bytes.size());
+    p.owner_ = std::move(owner);
     return p;
   }
   // N bytes on the wire with no content: a modelled transfer. A live transport sends zeros.
@@ -39,14 +46,20 @@ class Payload {
 
   std::uint64_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
-  bool has_data() const { return data_ != nullptr; }
+  bool has_data() const { return owner_ != nullptr; }
   std::span<const std::uint8_t> data() const {
-    return data_ ? std::span<const std::uint8_t>(*data_) : std::span<const std::uint8_t>();
+    return owner_ ? std::span<const std::uint8_t>(ptr_, static_cast<std::size_t>(size_))
+                  : std::span<const std::uint8_t>();
   }
-  const std::shared_ptr<const Bytes>& buffer() const { return data_; }
+  const std::shared_ptr<const void>& owner() const { return owner_; }
 
  private:
-  std::shared_ptr<const Bytes> data_;
+  void set(const std::uint8_t* p, std::size_t n) {
+    ptr_ = p;
+    size_ = n;
+  }
+  std::shared_ptr<const void> owner_;
+  const std::uint8_t* ptr_ = nullptr;
   std::uint64_t size_ = 0;
 };
 
