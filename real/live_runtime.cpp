@@ -39,6 +39,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     bool open = true;
     wire::FrameDecoder decoder;
     std::array<std::uint8_t, 64 * 1024> rbuf{};
+    bool after_payload = false;  // the last read ended a payload frame
     std::deque<OutMsg> small, bulk;
     Bytes hello;  // written first on an outbound connection
     bool writing = false;
@@ -133,9 +134,34 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     });
   }
 
+  // Framing bytes (and small messages) are read into rbuf and fed to the decoder; payload bytes
+  // are read straight into their message's buffer (the decoder's direct sink). Right after a
+  // payload frame, rbuf takes only the next frame header: the next frame is likely another part
+  // of a bulk stream, whose bytes should not be copied out of rbuf.
+  static constexpr std::size_t kReadAfterPayload = wire::kFrameHeaderSize;
+
   void read_loop(const std::shared_ptr<Connection>& c) {
-    c->sock.async_read_some(asio::buffer(c->rbuf), [self = weak_from_this(), c](
-                                                       boost::system::error_code ec, std::size_t n) {
+    const auto sink = c->decoder.direct_sink();
+    if (!sink.empty()) {
+      c->sock.async_read_some(asio::buffer(sink.data(), sink.size()), [self = weak_from_this(), c](
+                                                                           boost::system::error_code ec, std::size_t n) {
+        auto me = self.lock();
+        if (!me || !c->open) return;
+        if (ec) {
+          me->drop(c, "connection closed: " + ec.message());
+          return;
+        }
+        std::vector<wire::FrameDecoder::Event> events;
+        c->decoder.filled(n, events);
+        c->after_payload = true;
+        if (me->dispatch(c, events)) me->read_loop(c);
+      });
+      return;
+    }
+    const std::size_t want = c->after_payload ? kReadAfterPayload : c->rbuf.size();
+    c->after_payload = false;
+    c->sock.async_read_some(asio::buffer(c->rbuf.data(), want), [self = weak_from_this(), c](
+                                                                     boost::system::error_code ec, std::size_t n) {
       auto me = self.lock();
       if (!me || !c->open) return;
       if (ec) {
@@ -152,31 +178,35 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
         me->drop(c, std::string("protocol error: ") + e.what(), /*notify=*/false);
         return;
       }
-      for (auto& ev : events) {
-        if (!c->open) return;
-        if (ev.is_hello) {
-          if (c->peer.valid() || !ev.hello.valid()) {
-            me->observer->count("transport.bad_frames");
-            me->drop(c, "unexpected HELLO", false);
-            return;
-          }
-          c->peer = ev.hello;
-          me->by_peer.try_emplace(c->peer, c);
-          continue;
-        }
-        if (!c->peer.valid()) {
-          me->observer->count("transport.bad_frames");
-          me->observer->log(LogLevel::kWarn, "transport",
-                            "closing connection from " + me->remote_text(*c) +
-                                ": message before HELLO");
-          me->drop(c, "message before HELLO", false);
-          return;
-        }
-        me->observer->count("transport.messages_received");
-        me->deliver(c->peer, std::move(ev.message));
-      }
-      if (c->open) me->read_loop(c);
+      if (me->dispatch(c, events)) me->read_loop(c);
     });
+  }
+
+  // Hands decoded messages to the protocol; false if the connection was dropped meanwhile.
+  bool dispatch(const std::shared_ptr<Connection>& c, std::vector<wire::FrameDecoder::Event>& events) {
+    for (auto& ev : events) {
+      if (!c->open) return false;
+      if (ev.is_hello) {
+        if (c->peer.valid() || !ev.hello.valid()) {
+          observer->count("transport.bad_frames");
+          drop(c, "unexpected HELLO", false);
+          return false;
+        }
+        c->peer = ev.hello;
+        by_peer.try_emplace(c->peer, c);
+        continue;
+      }
+      if (!c->peer.valid()) {
+        observer->count("transport.bad_frames");
+        observer->log(LogLevel::kWarn, "transport",
+                      "closing connection from " + remote_text(*c) + ": message before HELLO");
+        drop(c, "message before HELLO", false);
+        return false;
+      }
+      observer->count("transport.messages_received");
+      deliver(c->peer, std::move(ev.message));
+    }
+    return c->open;
   }
 
   std::string remote_text(const Connection& c) const {

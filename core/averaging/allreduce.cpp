@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace apiary::averaging {
 
@@ -9,6 +10,45 @@ namespace {
 
 void add_unique(std::vector<Endpoint>& v, const Endpoint& e) {
   if (std::find(v.begin(), v.end(), e) == v.end()) v.push_back(e);
+}
+
+// The reducer's one pass over a float32 piece that arrived (y, raw little-endian bytes), into the
+// sums s: kOwn folds in my own values x (still only in my output) as well, kAssign starts the sums,
+// kScale turns them into the means (the last contribution), which kOut also writes over x (my
+// output). The arithmetic is that of separate passes (w*x, then + w*y, then * inv), so the
+// result does not depend on which passes were fused.
+template <bool kOwn, bool kAssign, bool kScale, bool kOut>
+void fold_piece(float* __restrict s, float* __restrict x, float wx, const std::uint8_t* __restrict y, float wy,
+                float inv, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float v;
+    std::memcpy(&v, y + 4 * i, 4);
+    float t = wy * v;
+    if constexpr (kOwn) {
+      const float own = wx * x[i];
+      t = own + t;
+    } else if constexpr (!kAssign) {
+      t = s[i] + t;
+    }
+    if constexpr (kScale) t = t * inv;
+    s[i] = t;
+    if constexpr (kOut) x[i] = t;
+  }
+}
+
+using FoldFn = void (*)(float*, float*, float, const std::uint8_t*, float, float, std::size_t);
+
+FoldFn pick_fold(bool own, bool assign, bool scale, bool out) {
+  if (own) {
+    if (!scale) return fold_piece<true, false, false, false>;
+    return out ? fold_piece<true, false, true, true> : fold_piece<true, false, true, false>;
+  }
+  if (assign) {
+    if (!scale) return fold_piece<false, true, false, false>;
+    return out ? fold_piece<false, true, true, true> : fold_piece<false, true, true, false>;
+  }
+  if (!scale) return fold_piece<false, false, false, false>;
+  return out ? fold_piece<false, false, true, true> : fold_piece<false, false, true, false>;
 }
 
 }  // namespace
@@ -28,6 +68,9 @@ struct Averager::Round {
     std::uint32_t contributors = 0;
     bool done = false;
     bool stalled = false;  // fault injection: never answered
+    bool own_pending = false;  // my contribution is counted but its values are still only in my output
+    bool means_ready = false;  // the sums are already the means (fused into the last contribution)
+    bool out_written = false;  // my output already holds the mean
     compression::Codec codec = compression::Codec::kFloat32;
     Payload result;  // the mean, the codec's body (float32: a view of `sum`); no data: no weight
   };
@@ -136,10 +179,13 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   rounds_[r->group.id] = r;
   rt_.observer.trace("avg.round.begin", r->group.id, r->me);
 
+  // My own contribution to my part is folded into the first pass over each piece (the first
+  // remote contribution, or the finalisation), not copied here.
   if (sends(self.kind))
-    for (std::size_t p = 0; p < my_pieces.size(); ++p)
-      accumulate(*r, r->me, p,
-                 std::span<const float>(*r->output).subspan(my_pieces[p].begin, my_pieces[p].size()), weight);
+    for (std::size_t p = 0; p < my_pieces.size(); ++p) {
+      contributed(*r, r->me, p, weight);
+      r->mine[p].own_pending = true;
+    }
   for (std::size_t p = 0; p < my_pieces.size(); ++p) check_piece(*r, p);
   if (r->finalized < r->mine.size()) arm_progress_timer(r);
   registered_.notify_all();  // pieces that arrived before this round began
@@ -161,6 +207,8 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
          !((round.lanes_done == round.lanes) && (is_sender || round.finalized == round.mine.size())))
     co_await round.main_wake.wait();
 
+  // Pieces of my part still open (a failed round) need my values after the caller has them.
+  for (std::size_t p = 0; p < round.mine.size(); ++p) fold_own(round, p);
   round.main_done = true;
   const bool cancelled = round.cancelled;
   AllReduceReport rep = std::move(round.report);
@@ -178,17 +226,29 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   co_return rep;
 }
 
-void Averager::accumulate(Round& r, std::size_t sender, std::size_t piece, std::span<const float> values,
-                          double weight) {
+// Moves my pending contribution to a piece into the sums (s = w * x).
+void Averager::fold_own(Round& r, std::size_t piece) {
+  auto& ps = r.mine[piece];
+  if (!ps.own_pending) return;
+  ps.own_pending = false;
+  if (r.closed || !r.sum) return;  // no sums will be read again
   const Piece& pc = r.pieces[r.me][piece];
   float* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
-  auto& ps = r.mine[piece];
-  const float w = static_cast<float>(weight);
-  if (ps.contributors == 0)  // the buffer is uninitialised: the first contribution assigns
-    for (std::size_t i = 0; i < values.size(); ++i) s[i] = w * values[i];
-  else
-    for (std::size_t i = 0; i < values.size(); ++i) s[i] += w * values[i];
-  contributed(r, sender, piece, weight);
+  const float* x = r.output->data() + pc.begin;
+  const float w = static_cast<float>(r.weight);
+  const bool assign = ps.contributors == 1;  // only mine so far
+  for (std::size_t i = 0; i < pc.size(); ++i) s[i] = assign ? w * x[i] : s[i] + w * x[i];
+}
+
+// Whether the mean of a piece of my part may go straight into my output when it is computed: I
+// send (so I have an output), the round still owns it and trusts its own part, the piece will be
+// answered, and its codec is exact (else the output must hold the decoded mean others receive).
+bool Averager::writes_own_output(const Round& r, std::size_t piece) const {
+  const Piece& pc = r.pieces[r.me][piece];
+  return sends(r.group.members[r.me].kind) && !r.main_done && !r.cancelled && !r.closed && !r.part_failed[r.me] &&
+         !(cfg_.faults.reduce_limit >= 0 && static_cast<std::int64_t>(piece) >= cfg_.faults.reduce_limit) &&
+         cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor)) == compression::Codec::kFloat32 &&
+         compression::kFloat32IsNative;
 }
 
 void Averager::contributed(Round& r, std::size_t sender, std::size_t piece, double weight) {
@@ -196,6 +256,14 @@ void Averager::contributed(Round& r, std::size_t sender, std::size_t piece, doub
   ps.got[sender] = true;
   ps.weight += weight;
   ++ps.contributors;
+}
+
+// Whether `sender`'s contribution is the last one a piece waits for.
+bool Averager::completes(const Round& r, std::size_t piece, std::size_t sender) const {
+  const auto& ps = r.mine[piece];
+  for (std::size_t s = 0; s < r.group.members.size(); ++s)
+    if (s != sender && sends(r.group.members[s].kind) && !ps.got[s] && !r.banned[s] && !r.gone[s]) return false;
+  return true;
 }
 
 void Averager::check_piece(Round& r, std::size_t piece) {
@@ -213,8 +281,18 @@ void Averager::finalize(Round& r, std::size_t piece) {
   if (ps.weight > 0) {
     float* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
     const std::size_t n = pc.size();
-    const float inv = static_cast<float>(1.0 / ps.weight);
-    for (std::size_t i = 0; i < n; ++i) s[i] *= inv;
+    if (!ps.means_ready) {
+      fold_own(r, piece);
+      const float inv = static_cast<float>(1.0 / ps.weight);
+      if (writes_own_output(r, piece)) {
+        float* out = r.output->data() + pc.begin;
+        for (std::size_t i = 0; i < n; ++i) out[i] = s[i] = s[i] * inv;
+        ps.out_written = true;
+      } else {
+        for (std::size_t i = 0; i < n; ++i) s[i] *= inv;
+      }
+      ps.means_ready = true;
+    }
     ps.codec = cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor));
     if (ps.codec == compression::Codec::kFloat32 && compression::kFloat32IsNative)
       ps.result = Payload::view(r.sum, {reinterpret_cast<const std::uint8_t*>(s), 4 * n});
@@ -301,13 +379,34 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   if (ps.got[*s]) co_return Error{ErrorCode::kInvalidArgument, "duplicate piece " + std::to_string(req.piece)};
   if (!std::isfinite(req.weight) || req.weight < 0) co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
   const Piece& pc = r->pieces[r->me][req.piece];
+  float* sum = r->sum.get() + (pc.begin - r->part_begin[r->me]);
   std::string why;
-  try {  // decoded straight into the sums; a bad piece is refused before it touches them
-    compression::accumulate_body(req.codec, req.payload.data(),
-                                 std::span<float>(r->sum.get() + (pc.begin - r->part_begin[r->me]), pc.size()),
-                                 static_cast<float>(req.weight), ps.contributors == 0);
-  } catch (const wire::DecodeError& e) {
-    why = e.what();
+  if (req.codec == compression::Codec::kFloat32 && compression::kFloat32IsNative) {
+    // One pass: my own values (if still pending), this sender's, and the means if it is the last.
+    if (req.payload.size() != 4 * pc.size()) {
+      why = "float32 piece of " + std::to_string(pc.size()) + " values needs " + std::to_string(4 * pc.size()) +
+            " bytes, got " + std::to_string(req.payload.size());
+    } else {
+      const bool own = ps.own_pending;
+      const double total = ps.weight + req.weight;
+      const bool last = total > 0 && completes(*r, req.piece, *s);
+      const bool out = last && writes_own_output(*r, req.piece);
+      float* x = (own || out) ? r->output->data() + pc.begin : nullptr;
+      pick_fold(own, ps.contributors == 0, last, out)(sum, x, static_cast<float>(r->weight), req.payload.data().data(),
+                                                      static_cast<float>(req.weight), static_cast<float>(1.0 / total),
+                                                      pc.size());
+      ps.own_pending = false;
+      ps.means_ready = last;
+      ps.out_written = out;
+    }
+  } else {
+    fold_own(*r, req.piece);
+    try {  // decoded straight into the sums; a bad piece is refused before it touches them
+      compression::accumulate_body(req.codec, req.payload.data(), std::span<float>(sum, pc.size()),
+                                   static_cast<float>(req.weight), ps.contributors == 0);
+    } catch (const wire::DecodeError& e) {
+      why = e.what();
+    }
   }
   if (!why.empty()) {
     rt_.observer.count("avg.bad_pieces");
@@ -362,9 +461,10 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
     }
     Payload result;
     compression::Codec result_codec = compression::Codec::kFloat32;
+    bool written = false;
     std::optional<Error> failure;
     if (j == round.me) {
-      // My own part: already accumulated locally; wait for the piece to be reduced.
+      // My own part: the reducer side takes my values; wait for the piece to be reduced.
       const TimePoint deadline = rt_.now() + cfg_.reducer_timeout;
       std::function<bool()> reduced = [&round, p] {
         return (round.mine[p].done && !round.mine[p].stalled) || round.closed || round.cancelled;
@@ -374,6 +474,8 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
         failure = Error{ErrorCode::kTimeout, "own part stalled"};
       else if (!round.mine[p].result.has_data())
         failure = Error{ErrorCode::kInvalidArgument, "no weight"};
+      else if (round.mine[p].out_written)
+        written = true;  // the reducer side wrote the mean into my output in the same pass
       else {
         result = round.mine[p].result;
         result_codec = round.mine[p].codec;
@@ -403,7 +505,7 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
         if (!result.has_data()) failure = Error{ErrorCode::kBadMessage, "reply without data"};
       }
     }
-    if (!failure) {  // the mean goes straight into my output; a bad buffer leaves it untouched
+    if (!failure && !written) {  // the mean goes straight into my output; a bad buffer leaves it untouched
       std::string why;
       try {
         compression::decode_body_into(result_codec, result.data(),

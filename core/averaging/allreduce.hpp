@@ -81,8 +81,9 @@ class Averager {
   Task<Result<PieceReply>> handle_piece(Endpoint from, PieceRequest req);
   void handle_cancel(const Endpoint& from, std::uint64_t group);
   Task<std::shared_ptr<Round>> find_round(std::uint64_t group);
-  void accumulate(Round& r, std::size_t sender, std::size_t piece, std::span<const float> values,
-                  double weight);
+  void fold_own(Round& r, std::size_t piece);
+  bool writes_own_output(const Round& r, std::size_t piece) const;
+  bool completes(const Round& r, std::size_t piece, std::size_t sender) const;
   void contributed(Round& r, std::size_t sender, std::size_t piece, double weight);
   void check_piece(Round& r, std::size_t piece);
   void finalize(Round& r, std::size_t piece);

@@ -69,102 +69,155 @@ FrameDecoder::FrameDecoder(TransportLimits limits) : limits_(limits) {}
 
 void FrameDecoder::feed(std::span<const std::uint8_t> data, std::vector<Event>& out) {
   while (!data.empty()) {
-    if (head_fill_ < kFrameHeaderSize) {
-      const auto n = std::min(kFrameHeaderSize - head_fill_, data.size());
-      std::copy_n(data.begin(), n, head_.begin() + head_fill_);
-      head_fill_ += n;
-      data = data.subspan(n);
-      if (head_fill_ < kFrameHeaderSize) return;
-      cur_ = decode_frame_header(head_);
-      const std::uint64_t max_body = 4 + limits_.max_header + kPartSize;
-      if (cur_.length > max_body)
-        throw DecodeError("frame of " + std::to_string(cur_.length) + " bytes exceeds limit " +
-                          std::to_string(max_body));
-      body_.clear();
-      body_need_ = cur_.length;
-      direct_ = nullptr;
-      if (cur_.type == FrameType::kPart) {
-        // Bulk parts go straight into their stream's payload: one copy from the socket buffer.
-        auto it = streams_.find(cur_.stream);
-        if (it == streams_.end())
-          throw DecodeError("part for unknown stream " + std::to_string(cur_.stream));
-        auto& in = it->second;
-        if (cur_.extra != in.payload.size())
-          throw DecodeError("payload part at offset " + std::to_string(cur_.extra) + ", expected " +
-                            std::to_string(in.payload.size()));
-        if (in.payload.size() + cur_.length > in.total) throw DecodeError("payload part beyond declared size");
-        const std::uint64_t need = in.payload.size() + cur_.length;
-        if (in.payload.capacity() < need)  // grow 4x at a time (what arrived vouches for what is reserved)
-          in.payload.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(in.total, std::max(need, 4 * in.payload.size()))));
-        direct_ = &in;
-      } else {
-        body_.reserve(cur_.length);
-      }
+    const std::size_t n = std::min<std::size_t>(need_, data.size());
+    if (stage_ == Stage::kHead) {
+      std::copy_n(data.begin(), n, head_.begin() + (kFrameHeaderSize - need_));
+    } else if (stage_ == Stage::kPayload) {
+      std::copy_n(data.begin(), n, in_->payload.get() + in_->received);
+      in_->received += n;
+    } else {
+      body_.insert(body_.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
     }
-    const auto n = std::min(body_need_, data.size());
-    Bytes& sink = direct_ ? direct_->payload : body_;
-    sink.insert(sink.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
-    body_need_ -= n;
+    need_ -= n;
     data = data.subspan(n);
-    if (body_need_ == 0) {
-      if (direct_)
-        complete_if_done(cur_.stream, out);
-      else
-        on_frame(out);
-      direct_ = nullptr;
-      head_fill_ = 0;
+    if (need_ == 0) on_stage_done(out);
+  }
+}
+
+std::span<std::uint8_t> FrameDecoder::direct_sink() {
+  if (stage_ != Stage::kPayload || need_ == 0) return {};
+  return {in_->payload.get() + in_->received, need_};
+}
+
+void FrameDecoder::filled(std::size_t n, std::vector<Event>& out) {
+  if (stage_ != Stage::kPayload || n > need_) throw DecodeError("internal: filled() beyond the direct sink");
+  in_->received += n;
+  need_ -= n;
+  if (need_ == 0) on_stage_done(out);
+}
+
+void FrameDecoder::reserve(Incoming& in, std::uint64_t need) {
+  if (in.capacity >= need) return;
+  // What arrived vouches for what is reserved: grow 4x at a time.
+  const std::uint64_t cap = std::min<std::uint64_t>(in.total, std::max({need, 4 * in.received, kInitialPayload}));
+  std::shared_ptr<std::uint8_t[]> grown(new std::uint8_t[static_cast<std::size_t>(cap)]);
+  if (in.received) std::copy_n(in.payload.get(), in.received, grown.get());
+  in.payload = std::move(grown);
+  in.capacity = cap;
+}
+
+// The 24-byte frame header is in head_: validate it and set up the first stage of its body.
+void FrameDecoder::on_head() {
+  cur_ = decode_frame_header(head_);
+  const std::uint64_t max_body = 4 + limits_.max_header + kPartSize;
+  if (cur_.length > max_body)
+    throw DecodeError("frame of " + std::to_string(cur_.length) + " bytes exceeds limit " + std::to_string(max_body));
+  body_.clear();
+  in_ = nullptr;
+  switch (cur_.type) {
+    case FrameType::kHello:
+      stage_ = Stage::kHello;
+      need_ = cur_.length;
+      body_.reserve(cur_.length);
+      return;
+    case FrameType::kBegin:
+      if (streams_.count(cur_.stream)) throw DecodeError("stream " + std::to_string(cur_.stream) + " begun twice");
+      if (streams_.size() >= limits_.max_streams_in_flight)
+        throw DecodeError("more than " + std::to_string(limits_.max_streams_in_flight) + " streams in flight");
+      if (cur_.extra > limits_.max_payload)
+        throw DecodeError("payload of " + std::to_string(cur_.extra) + " bytes exceeds limit " +
+                          std::to_string(limits_.max_payload));
+      if (cur_.length < 4) throw DecodeError("BEGIN frame of " + std::to_string(cur_.length) + " bytes is truncated");
+      stage_ = Stage::kBeginLen;
+      need_ = 4;
+      return;
+    case FrameType::kPart: {
+      // Bulk parts go straight into their stream's payload.
+      auto it = streams_.find(cur_.stream);
+      if (it == streams_.end()) throw DecodeError("part for unknown stream " + std::to_string(cur_.stream));
+      auto& in = it->second;
+      if (cur_.extra != in.received)
+        throw DecodeError("payload part at offset " + std::to_string(cur_.extra) + ", expected " +
+                          std::to_string(in.received));
+      if (in.received + cur_.length > in.total) throw DecodeError("payload part beyond declared size");
+      reserve(in, in.received + cur_.length);
+      in_ = &in;
+      stage_ = Stage::kPayload;
+      need_ = cur_.length;
+      return;
     }
   }
 }
 
-void FrameDecoder::on_frame(std::vector<Event>& out) {
-  Reader r(body_);
-  switch (cur_.type) {
-    case FrameType::kHello: {
-      Event ev;
-      ev.is_hello = true;
-      ev.hello.ip = r.u32();
-      ev.hello.port = r.u16();
-      ev.hello_flags = r.u8();
-      r.expect_end();
-      out.push_back(std::move(ev));
-      return;
+// The current stage has all its bytes (possibly none were needed): act on them and move on,
+// through any following stages that need no bytes.
+void FrameDecoder::on_stage_done(std::vector<Event>& out) {
+  while (need_ == 0) {
+    switch (stage_) {
+      case Stage::kHead:
+        on_head();
+        break;
+      case Stage::kHello: {
+        Reader r(body_);
+        Event ev;
+        ev.is_hello = true;
+        ev.hello.ip = r.u32();
+        ev.hello.port = r.u16();
+        ev.hello_flags = r.u8();
+        r.expect_end();
+        out.push_back(std::move(ev));
+        stage_ = Stage::kHead;
+        need_ = kFrameHeaderSize;
+        return;
+      }
+      case Stage::kBeginLen: {
+        Reader r(body_);
+        const std::uint64_t header_len = r.u32();
+        if (header_len > limits_.max_header)
+          throw DecodeError("message header of " + std::to_string(header_len) + " bytes exceeds limit");
+        if (4 + header_len > cur_.length) throw DecodeError("message header beyond its frame");
+        part_ = cur_.length - 4 - header_len;
+        if (part_ > cur_.extra) throw DecodeError("payload part beyond declared size");
+        body_.clear();
+        body_.reserve(static_cast<std::size_t>(header_len));
+        stage_ = Stage::kBeginHeader;
+        need_ = static_cast<std::size_t>(header_len);
+        break;
+      }
+      case Stage::kBeginHeader: {
+        Incoming in;
+        in.header = std::move(body_);
+        body_.clear();
+        in.total = cur_.extra;
+        auto [it, fresh] = streams_.emplace(cur_.stream, std::move(in));
+        (void)fresh;
+        reserve(it->second, part_);
+        in_ = &it->second;
+        stage_ = Stage::kPayload;
+        need_ = static_cast<std::size_t>(part_);
+        break;
+      }
+      case Stage::kPayload: {
+        const std::uint32_t stream = cur_.stream;
+        in_ = nullptr;
+        stage_ = Stage::kHead;
+        need_ = kFrameHeaderSize;
+        complete_if_done(stream, out);
+        return;
+      }
     }
-    case FrameType::kBegin: {
-      if (streams_.count(cur_.stream))
-        throw DecodeError("stream " + std::to_string(cur_.stream) + " begun twice");
-      if (streams_.size() >= limits_.max_streams_in_flight)
-        throw DecodeError("more than " + std::to_string(limits_.max_streams_in_flight) +
-                          " streams in flight");
-      if (cur_.extra > limits_.max_payload)
-        throw DecodeError("payload of " + std::to_string(cur_.extra) + " bytes exceeds limit " +
-                          std::to_string(limits_.max_payload));
-      const auto header_len = r.u32();
-      if (header_len > limits_.max_header)
-        throw DecodeError("message header of " + std::to_string(header_len) +
-                          " bytes exceeds limit");
-      auto header = r.raw(header_len);
-      auto part = r.rest();
-      if (part.size() > cur_.extra) throw DecodeError("payload part beyond declared size");
-      Incoming in;
-      in.header.assign(header.begin(), header.end());
-      in.total = cur_.extra;
-      in.payload.assign(part.begin(), part.end());
-      streams_.emplace(cur_.stream, std::move(in));
-      complete_if_done(cur_.stream, out);
-      return;
-    }
-    case FrameType::kPart:
-      throw DecodeError("internal: parts are decoded in place");
   }
 }
 
 void FrameDecoder::complete_if_done(std::uint32_t stream, std::vector<Event>& out) {
   auto it = streams_.find(stream);
-  if (it->second.payload.size() < it->second.total) return;
+  if (it->second.received < it->second.total) return;
   Event ev;
   ev.message.header = std::move(it->second.header);
-  if (it->second.total > 0) ev.message.payload = Payload::bytes(std::move(it->second.payload));
+  if (it->second.total > 0) {
+    const std::span<const std::uint8_t> bytes(it->second.payload.get(), static_cast<std::size_t>(it->second.total));
+    ev.message.payload = Payload::view(std::move(it->second.payload), bytes);
+  }
   streams_.erase(it);
   out.push_back(std::move(ev));
 }

@@ -13,6 +13,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -50,9 +51,15 @@ std::array<std::uint8_t, kFrameHeaderSize> encode_part_header(std::uint32_t stre
                                                               std::uint32_t part_len);
 
 // Incremental decoder for a byte stream. Bounded: frames, headers, payloads and streams in
-// flight are limited by TransportLimits; payload memory grows only as bytes arrive.
+// flight are limited by TransportLimits; payload memory grows only as bytes arrive (a stream
+// starts with at most kInitialPayload reserved, then grows 4x at a time).
+//
+// Payload bytes need not pass through feed(): while direct_sink() is not empty, the caller may
+// read the next bytes of the stream straight into it (the payload's final place) and report them
+// with filled(), saving a copy of every bulk byte.
 class FrameDecoder {
  public:
+  static constexpr std::uint64_t kInitialPayload = 1u << 20;
   struct Event {
     bool is_hello = false;
     Endpoint hello;
@@ -62,24 +69,35 @@ class FrameDecoder {
   explicit FrameDecoder(TransportLimits limits = {});
   // Throws DecodeError on any protocol violation; the caller should drop the connection.
   void feed(std::span<const std::uint8_t> data, std::vector<Event>& out);
+  // Where the next bytes belong when they are payload bytes (up to the end of the current
+  // frame); empty when framing bytes come next.
+  std::span<std::uint8_t> direct_sink();
+  // `n` bytes (at most direct_sink().size()) were written into direct_sink().
+  void filled(std::size_t n, std::vector<Event>& out);
   std::size_t streams_in_flight() const { return streams_.size(); }
 
  private:
   struct Incoming {
     Bytes header;
-    Bytes payload;
+    std::shared_ptr<std::uint8_t[]> payload;  // uninitialised beyond `received`
+    std::uint64_t capacity = 0;
+    std::uint64_t received = 0;
     std::uint64_t total = 0;
   };
-  void on_frame(std::vector<Event>& out);
+  enum class Stage { kHead, kHello, kBeginLen, kBeginHeader, kPayload };
+  void on_head();
+  void on_stage_done(std::vector<Event>& out);
+  void reserve(Incoming& in, std::uint64_t need);
   void complete_if_done(std::uint32_t stream, std::vector<Event>& out);
 
   TransportLimits limits_;
+  Stage stage_ = Stage::kHead;
   std::array<std::uint8_t, kFrameHeaderSize> head_{};
-  std::size_t head_fill_ = 0;
   FrameHeader cur_{};
-  Bytes body_;
-  std::size_t body_need_ = 0;
-  Incoming* direct_ = nullptr;  // the stream a PART body is being copied into
+  Bytes body_;             // the bytes of a kHello, kBeginLen or kBeginHeader stage
+  std::size_t need_ = kFrameHeaderSize;  // bytes still missing in the current stage
+  std::uint64_t part_ = 0;               // payload bytes of the current BEGIN frame
+  Incoming* in_ = nullptr;               // the stream the payload bytes go to
   std::map<std::uint32_t, Incoming> streams_;
 };
 

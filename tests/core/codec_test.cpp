@@ -131,6 +131,61 @@ TEST(FrameDecoder, ReassemblesAcrossArbitrarySplits) {
   }
 }
 
+// The live transport reads payload bytes straight into the decoder's direct sink and only
+// framing bytes through feed(); any mix of the two must reassemble the same messages.
+TEST(FrameDecoder, DirectSinkAndFeedMixReassemble) {
+  Rng rng(7);
+  Bytes payload(2 * kPartSize + 1000);
+  for (auto& b : payload) b = static_cast<std::uint8_t>(rng.next());
+  Bytes stream = encode_hello(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 4001});
+  for (std::uint32_t s = 1; s <= 3; ++s) {
+    Bytes m = frame_message(s, Bytes{static_cast<std::uint8_t>(s)}, s == 2 ? Bytes{} : payload);
+    stream.insert(stream.end(), m.begin(), m.end());
+  }
+  for (int trial = 0; trial < 20; ++trial) {
+    FrameDecoder d;
+    std::vector<FrameDecoder::Event> ev;
+    std::size_t pos = 0, direct = 0;
+    while (pos < stream.size()) {
+      const std::size_t want = std::min<std::size_t>(stream.size() - pos, 1 + rng.below(trial < 10 ? 64 : 300000));
+      auto sink = d.direct_sink();
+      if (!sink.empty() && rng.below(4) != 0) {
+        const std::size_t n = std::min(want, sink.size());
+        std::copy_n(stream.begin() + static_cast<std::ptrdiff_t>(pos), n, sink.begin());
+        d.filled(n, ev);
+        pos += n;
+        direct += n;
+      } else {
+        d.feed(std::span(stream).subspan(pos, want), ev);
+        pos += want;
+      }
+    }
+    EXPECT_GT(direct, 0u);
+    ASSERT_EQ(ev.size(), 4u);
+    EXPECT_TRUE(ev[0].is_hello);
+    for (std::uint32_t s = 1; s <= 3; ++s) {
+      EXPECT_EQ(ev[s].message.header, Bytes{static_cast<std::uint8_t>(s)});
+      const Bytes want = s == 2 ? Bytes{} : payload;
+      ASSERT_EQ(ev[s].message.payload.size(), want.size());
+      EXPECT_TRUE(std::equal(want.begin(), want.end(), ev[s].message.payload.data().begin()));
+    }
+    EXPECT_EQ(d.streams_in_flight(), 0u);
+    EXPECT_TRUE(d.direct_sink().empty());
+  }
+}
+
+TEST(FrameDecoder, RejectsHeaderLongerThanItsFrame) {
+  FrameDecoder d;
+  std::vector<FrameDecoder::Event> ev;
+  Bytes f = encode_begin_prefix(1, 100, 0, 0);  // claims a 100-byte header in a frame of 104
+  auto h = encode_frame_header({FrameType::kBegin, 0, 1, 8, 0});  // ...but the frame holds 8 bytes
+  Bytes bad(h.begin(), h.end());
+  bad.insert(bad.end(), f.begin() + static_cast<std::ptrdiff_t>(kFrameHeaderSize),
+             f.begin() + static_cast<std::ptrdiff_t>(kFrameHeaderSize) + 4);
+  bad.resize(bad.size() + 4);
+  EXPECT_THROW(d.feed(bad, ev), DecodeError);
+}
+
 TEST(FrameDecoder, RejectsBadMagic) {
   FrameDecoder d;
   std::vector<FrameDecoder::Event> ev;
