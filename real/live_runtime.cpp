@@ -32,7 +32,15 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
   };
 
   struct Connection : std::enable_shared_from_this<Connection> {
-    Connection(Impl& o, tcp::socket s) : owner(o), sock(std::move(s)), decoder(o.opts.limits) {}
+    Connection(Impl& o, tcp::socket s) : owner(o), sock(std::move(s)), decoder(o.opts.limits) {
+      // A payload may go straight to where its receiver wants it (an RPC reply into a tensor);
+      // only once the peer has named itself, so replies can be matched to the calls made to it.
+      decoder.set_placement([this](std::span<const std::uint8_t> header, std::uint64_t size) {
+        if (!owner.handler || !peer.valid()) return PayloadTarget{};
+        return owner.handler->place_payload(peer, header, size);
+      });
+    }
+    Connection(const Connection&) = delete;  // the placement above holds `this`
     Impl& owner;
     tcp::socket sock;
     Endpoint peer;  // the remote's listening endpoint; unknown (port 0) until its HELLO

@@ -483,10 +483,14 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
     } else {
       const auto codec = cfg_.codec.for_tensor(round.group.schema.numel(pc.tensor));
       Payload body;
+      PayloadTarget reply_into;
+      auto* const mine = reinterpret_cast<std::uint8_t*>(round.output->data() + pc.begin);
       if (codec == compression::Codec::kFloat32 && compression::kFloat32IsNative) {
-        // Sent as it is: the request is a view of my values, which stay put until its reply.
-        const auto* b = reinterpret_cast<const std::uint8_t*>(round.output->data() + pc.begin);
-        body = Payload::view(round.output, {b, 4 * pc.size()});
+        // Sent as it is: the request is a view of my values, which stay put until its reply. The
+        // reply (float32 means of the same size) may be received straight into the same place:
+        // the reducer answers only after it has all of my request.
+        body = Payload::view(round.output, {mine, 4 * pc.size()});
+        reply_into = PayloadTarget{round.output, {mine, 4 * pc.size()}};
       } else {
         const auto values = std::span<const float>(*round.output).subspan(pc.begin, pc.size());
         body = Payload::bytes(compression::encode_body(values, codec));
@@ -494,7 +498,8 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
       const std::uint64_t n = body.size();
       PieceRequest req{round.group.id, p, round.weight, codec, std::move(body)};
       round.report.bytes_sent += n;
-      Result<PieceReply> reply = co_await rpc_.call<PieceReply>(to, std::move(req), cfg_.reducer_timeout);
+      Result<PieceReply> reply =
+          co_await rpc_.call<PieceReply>(to, std::move(req), cfg_.reducer_timeout, std::move(reply_into));
       if (round.main_done) break;
       if (!reply.ok()) {
         failure = reply.error();
@@ -502,7 +507,14 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
         round.report.bytes_received += reply->payload.size();
         result = std::move(reply->payload);
         result_codec = reply->codec;
-        if (!result.has_data()) failure = Error{ErrorCode::kBadMessage, "reply without data"};
+        if (!result.has_data()) {
+          failure = Error{ErrorCode::kBadMessage, "reply without data"};
+        } else if (result.data().data() == mine) {  // received into my output already
+          written = true;
+          if (result_codec != compression::Codec::kFloat32)
+            failure = Error{ErrorCode::kBadMessage, "reduced piece from " + to.to_string() + " is " +
+                                                        compression::to_string(result_codec) + ", float32 expected"};
+        }
       }
     }
     if (!failure && !written) {  // the mean goes straight into my output; a bad buffer leaves it untouched

@@ -63,6 +63,14 @@ class Payload {
   std::uint64_t size_ = 0;
 };
 
+// Memory an incoming payload may be written into directly, instead of a buffer of the
+// transport's own (see TransportHandler::place_payload): `bytes` is kept alive by `owner`.
+struct PayloadTarget {
+  std::shared_ptr<void> owner;
+  std::span<std::uint8_t> bytes;
+  explicit operator bool() const { return owner != nullptr; }
+};
+
 struct Message {
   Bytes header;     // small, always real; the RPC envelope and body live here
   Payload payload;  // optional bulk data

@@ -1,5 +1,7 @@
 #include "core/runtime/rpc.hpp"
 
+#include <utility>
+
 namespace apiary {
 
 const char* to_string(ErrorCode code) {
@@ -26,13 +28,14 @@ struct Rpc::CallAwaiter {
   Endpoint to;
   Message msg;
   Duration timeout;
+  PayloadTarget reply_into;
   std::optional<Result<Reply>> result;
   std::coroutine_handle<> waiter;
   TimerId timer = 0;
   bool registered = false;
 
-  CallAwaiter(Rpc& r, std::uint64_t i, Endpoint t, Message m, Duration d)
-      : rpc(r), id(i), to(t), msg(std::move(m)), timeout(d) {}
+  CallAwaiter(Rpc& r, std::uint64_t i, Endpoint t, Message m, Duration d, PayloadTarget into)
+      : rpc(r), id(i), to(t), msg(std::move(m)), timeout(d), reply_into(std::move(into)) {}
   CallAwaiter(const CallAwaiter&) = delete;
   ~CallAwaiter() {
     if (registered) rpc.pending_.erase(id);
@@ -42,7 +45,7 @@ struct Rpc::CallAwaiter {
   void await_suspend(std::coroutine_handle<> h) {
     waiter = h;
     registered = true;
-    rpc.pending_.emplace(id, Pending{this, to});
+    rpc.pending_.emplace(id, Pending{this, to, std::move(reply_into)});
     timer = rpc.rt_.timers.schedule(timeout, [r = &rpc, i = id, t = timeout] {
       r->complete(i, Error{ErrorCode::kTimeout, "no reply within " + format_duration(t)});
     });
@@ -78,7 +81,7 @@ void Rpc::shutdown() {
 }
 
 Task<Result<Reply>> Rpc::call(Endpoint to, std::uint32_t method, Bytes body, Payload payload,
-                              Duration timeout) {
+                              Duration timeout, PayloadTarget reply_into) {
   if (stopped_) co_return Error{ErrorCode::kShutdown, "rpc layer is shut down"};
   const std::uint64_t id = next_id_++;
   Message msg;
@@ -90,7 +93,7 @@ Task<Result<Reply>> Rpc::call(Endpoint to, std::uint32_t method, Bytes body, Pay
   msg.payload = std::move(payload);
   rt_.observer.count("rpc.calls");
   rt_.observer.trace("rpc.call", method, id);
-  Result<Reply> r = co_await CallAwaiter(*this, id, to, std::move(msg), timeout);
+  Result<Reply> r = co_await CallAwaiter(*this, id, to, std::move(msg), timeout, std::move(reply_into));
   if (!r.ok()) {
     rt_.observer.count(std::string("rpc.errors.") + to_string(r.error().code));
     rt_.observer.trace("rpc.fail", id, static_cast<std::uint64_t>(r.error().code));
@@ -131,6 +134,26 @@ void Rpc::on_peer_error(const Endpoint& peer, const Error& error) {
     if (p.to == peer) ids.push_back(id);
   for (auto id : ids)
     complete(id, Error{error.code, peer.to_string() + ": " + error.message});
+}
+
+PayloadTarget Rpc::place_payload(const Endpoint& from, std::span<const std::uint8_t> header,
+                                 std::uint64_t size) {
+  if (stopped_) return {};
+  std::uint64_t id = 0;
+  try {
+    wire::Reader r(header);
+    if (r.u8() != kResponse) return {};
+    id = r.varint();
+  } catch (const wire::DecodeError&) {
+    return {};  // on_message reports it when the message is whole
+  }
+  auto it = pending_.find(id);
+  // Only the callee's own reply, of the size asked for, and only one.
+  if (it == pending_.end() || !(it->second.to == from) || !it->second.reply_into ||
+      it->second.reply_into.bytes.size() != size)
+    return {};
+  rt_.observer.count("rpc.replies_placed");
+  return std::exchange(it->second.reply_into, PayloadTarget{});
 }
 
 void Rpc::send_error(const Endpoint& to, std::uint64_t id, const Error& e) {

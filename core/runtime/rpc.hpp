@@ -70,13 +70,18 @@ class Rpc final : public TransportHandler {
   void on(std::uint32_t method, Handler handler);
 
   // Sends a request and waits for its reply, an error reply, the timeout, or a transport error.
+  // `reply_into`, if given, is memory the reply's payload may be received into directly when it
+  // has exactly that size (a transport that reads payloads itself does so; the reply's payload
+  // then views it). It is written as bytes arrive: the caller must not read it until the call
+  // ends, and must expect it changed (even partly, by a reply cut off or late) once it was lent.
   Task<Result<Reply>> call(Endpoint to, std::uint32_t method, Bytes body, Payload payload,
-                           Duration timeout);
+                           Duration timeout, PayloadTarget reply_into = {});
   // One-way message; no reply, no delivery guarantee.
   void notify(const Endpoint& to, std::uint32_t method, Bytes body, Payload payload = {});
 
   template <class Resp, class Req>
-  Task<Result<Resp>> call(Endpoint to, Req req, Duration timeout);  // by value: tasks are lazy
+  Task<Result<Resp>> call(Endpoint to, Req req, Duration timeout,  // by value: tasks are lazy
+                          PayloadTarget reply_into = {});
   template <class Req>
   void notify(const Endpoint& to, const Req& req) {
     Bytes body;
@@ -97,6 +102,8 @@ class Rpc final : public TransportHandler {
   // TransportHandler
   void on_message(const Endpoint& from, Message message) override;
   void on_peer_error(const Endpoint& peer, const Error& error) override;
+  PayloadTarget place_payload(const Endpoint& from, std::span<const std::uint8_t> header,
+                              std::uint64_t size) override;
 
  private:
   enum Kind : std::uint8_t { kRequest = 1, kResponse = 2, kError = 3, kNotify = 4 };
@@ -104,6 +111,7 @@ class Rpc final : public TransportHandler {
   struct Pending {
     CallAwaiter* awaiter;
     Endpoint to;
+    PayloadTarget reply_into;  // lent to at most one incoming reply
   };
   void complete(std::uint64_t id, Result<Reply> result);
   Task<void> serve_one(Endpoint from, std::uint64_t id, std::uint32_t method, Request req);
@@ -120,11 +128,12 @@ class Rpc final : public TransportHandler {
 
 
 template <class Resp, class Req>
-Task<Result<Resp>> Rpc::call(Endpoint to, Req req, Duration timeout) {
+Task<Result<Resp>> Rpc::call(Endpoint to, Req req, Duration timeout, PayloadTarget reply_into) {
   Bytes body;
   Payload payload;
   detail::encode_message(req, body, payload);
-  Result<Reply> r = co_await call(to, Req::kMethod, std::move(body), std::move(payload), timeout);
+  Result<Reply> r = co_await call(to, Req::kMethod, std::move(body), std::move(payload), timeout,
+                                  std::move(reply_into));
   if (!r.ok()) co_return r.error();
   // No co_return inside try/catch: g++ 12 mishandles the frame's temporaries there.
   std::optional<Resp> decoded;

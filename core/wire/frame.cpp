@@ -73,7 +73,7 @@ void FrameDecoder::feed(std::span<const std::uint8_t> data, std::vector<Event>& 
     if (stage_ == Stage::kHead) {
       std::copy_n(data.begin(), n, head_.begin() + (kFrameHeaderSize - need_));
     } else if (stage_ == Stage::kPayload) {
-      std::copy_n(data.begin(), n, in_->payload.get() + in_->received);
+      std::copy_n(data.begin(), n, in_->data + in_->received);
       in_->received += n;
     } else {
       body_.insert(body_.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
@@ -86,7 +86,7 @@ void FrameDecoder::feed(std::span<const std::uint8_t> data, std::vector<Event>& 
 
 std::span<std::uint8_t> FrameDecoder::direct_sink() {
   if (stage_ != Stage::kPayload || need_ == 0) return {};
-  return {in_->payload.get() + in_->received, need_};
+  return {in_->data + in_->received, need_};
 }
 
 void FrameDecoder::filled(std::size_t n, std::vector<Event>& out) {
@@ -101,8 +101,9 @@ void FrameDecoder::reserve(Incoming& in, std::uint64_t need) {
   // What arrived vouches for what is reserved: grow 4x at a time.
   const std::uint64_t cap = std::min<std::uint64_t>(in.total, std::max({need, 4 * in.received, kInitialPayload}));
   std::shared_ptr<std::uint8_t[]> grown(new std::uint8_t[static_cast<std::size_t>(cap)]);
-  if (in.received) std::copy_n(in.payload.get(), in.received, grown.get());
-  in.payload = std::move(grown);
+  if (in.received) std::copy_n(in.data, in.received, grown.get());
+  in.data = grown.get();
+  in.owner = std::move(grown);
   in.capacity = cap;
 }
 
@@ -189,6 +190,14 @@ void FrameDecoder::on_stage_done(std::vector<Event>& out) {
         in.header = std::move(body_);
         body_.clear();
         in.total = cur_.extra;
+        if (placement_ && in.total > 0) {
+          PayloadTarget t = placement_(in.header, in.total);
+          if (t && t.bytes.size() == in.total) {
+            in.owner = std::move(t.owner);
+            in.data = t.bytes.data();
+            in.capacity = in.total;
+          }
+        }
         auto [it, fresh] = streams_.emplace(cur_.stream, std::move(in));
         (void)fresh;
         reserve(it->second, part_);
@@ -215,8 +224,8 @@ void FrameDecoder::complete_if_done(std::uint32_t stream, std::vector<Event>& ou
   Event ev;
   ev.message.header = std::move(it->second.header);
   if (it->second.total > 0) {
-    const std::span<const std::uint8_t> bytes(it->second.payload.get(), static_cast<std::size_t>(it->second.total));
-    ev.message.payload = Payload::view(std::move(it->second.payload), bytes);
+    const std::span<const std::uint8_t> bytes(it->second.data, static_cast<std::size_t>(it->second.total));
+    ev.message.payload = Payload::view(std::move(it->second.owner), bytes);
   }
   streams_.erase(it);
   out.push_back(std::move(ev));

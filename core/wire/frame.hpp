@@ -12,6 +12,7 @@
 // HELLO: body = u32 ip, u16 port, u8 flags.
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -74,12 +75,18 @@ class FrameDecoder {
   std::span<std::uint8_t> direct_sink();
   // `n` bytes (at most direct_sink().size()) were written into direct_sink().
   void filled(std::size_t n, std::vector<Event>& out);
+  // Asked once per message with a payload, when its header has arrived: where its payload
+  // should go (see TransportHandler::place_payload). A target of any other size than the
+  // payload's is ignored. Without a placement (or an empty target) the decoder allocates.
+  using Placement = std::function<PayloadTarget(std::span<const std::uint8_t> header, std::uint64_t size)>;
+  void set_placement(Placement placement) { placement_ = std::move(placement); }
   std::size_t streams_in_flight() const { return streams_.size(); }
 
  private:
   struct Incoming {
     Bytes header;
-    std::shared_ptr<std::uint8_t[]> payload;  // uninitialised beyond `received`
+    std::shared_ptr<void> owner;  // keeps `data` alive
+    std::uint8_t* data = nullptr;  // uninitialised beyond `received`
     std::uint64_t capacity = 0;
     std::uint64_t received = 0;
     std::uint64_t total = 0;
@@ -99,6 +106,7 @@ class FrameDecoder {
   std::uint64_t part_ = 0;               // payload bytes of the current BEGIN frame
   Incoming* in_ = nullptr;               // the stream the payload bytes go to
   std::map<std::uint32_t, Incoming> streams_;
+  Placement placement_;
 };
 
 }  // namespace apiary::wire

@@ -151,6 +151,31 @@ TYPED_TEST(Conformance, LargePayloadArrivesIntactWhileSmallCallsProceed) {
   EXPECT_EQ(small_ok, 10);
 }
 
+// A caller may lend memory for a reply's payload: live TCP receives the reply straight into it,
+// ns-3 hands over its own buffer; either way the caller gets the bytes, and lent memory of the
+// wrong size is left alone.
+TYPED_TEST(Conformance, ReplyPayloadMayBeReceivedIntoLentMemory) {
+  Bytes data((3u << 20) + 5);
+  Rng rng(5);
+  for (auto& b : data) b = static_cast<std::uint8_t>(rng.next());
+  const Payload big = Payload::bytes(data);
+  for (const std::size_t size : {data.size(), data.size() - 1}) {
+    auto lent = std::make_shared<Bytes>(size, 0);
+    auto r = this->run(this->rpc[0]->template call<Echo>(this->world.endpoint(1), Echo{"big", big}, 30s,
+                                                         PayloadTarget{lent, {lent->data(), lent->size()}}),
+                       60s);
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+    ASSERT_EQ(r->payload.size(), data.size());
+    EXPECT_TRUE(std::equal(data.begin(), data.end(), r->payload.data().begin()));
+    const bool placed = r->payload.data().data() == lent->data();
+    const bool live = std::is_same_v<TypeParam, LiveWorld>;
+    EXPECT_EQ(placed, live && size == data.size()) << "size " << size;
+    if (!placed) {
+      EXPECT_EQ(*lent, Bytes(size, 0)) << "size " << size;
+    }
+  }
+}
+
 TYPED_TEST(Conformance, GarbageBytesAreCountedAndThePeerKeepsServing) {
   Bytes junk(300);
   Rng rng(9);

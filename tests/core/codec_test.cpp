@@ -133,6 +133,52 @@ TEST(FrameDecoder, ReassemblesAcrossArbitrarySplits) {
 
 // The live transport reads payload bytes straight into the decoder's direct sink and only
 // framing bytes through feed(); any mix of the two must reassemble the same messages.
+// A placement puts a message's payload where its receiver wants it; a target of the wrong size
+// is ignored (the decoder allocates), and messages without a payload are not asked about.
+TEST(FrameDecoder, PlacementReceivesPayloadsIntoLentMemory) {
+  Rng rng(11);
+  Bytes payload(kPartSize + 777);
+  for (auto& b : payload) b = static_cast<std::uint8_t>(rng.next());
+  Bytes stream;
+  for (std::uint32_t s = 1; s <= 3; ++s) {
+    Bytes m = frame_message(s, Bytes{static_cast<std::uint8_t>(s)}, s == 3 ? Bytes{} : payload);
+    stream.insert(stream.end(), m.begin(), m.end());
+  }
+  auto lent = std::make_shared<Bytes>(payload.size(), 0);
+  auto wrong = std::make_shared<Bytes>(payload.size() + 1, 0);
+  std::vector<std::uint8_t> asked;  // the header byte of each message asked about
+  FrameDecoder d;
+  d.set_placement([&](std::span<const std::uint8_t> header, std::uint64_t size) {
+    EXPECT_EQ(size, payload.size());
+    asked.push_back(header[0]);
+    auto& t = header[0] == 1 ? lent : wrong;
+    return PayloadTarget{t, {t->data(), t->size()}};
+  });
+  std::vector<FrameDecoder::Event> ev;
+  for (std::size_t pos = 0; pos < stream.size();) {
+    auto sink = d.direct_sink();
+    const std::size_t want = std::min<std::size_t>(stream.size() - pos, 1 + rng.below(100000));
+    if (!sink.empty()) {
+      const std::size_t n = std::min(want, sink.size());
+      std::copy_n(stream.begin() + static_cast<std::ptrdiff_t>(pos), n, sink.begin());
+      d.filled(n, ev);
+      pos += n;
+    } else {
+      d.feed(std::span(stream).subspan(pos, want), ev);
+      pos += want;
+    }
+  }
+  EXPECT_EQ(asked, (std::vector<std::uint8_t>{1, 2}));
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[0].message.payload.data().data(), lent->data());  // placed
+  EXPECT_EQ(*lent, payload);
+  EXPECT_NE(ev[1].message.payload.data().data(), wrong->data());  // wrong size: not placed
+  EXPECT_EQ(*wrong, Bytes(payload.size() + 1, 0));
+  for (int i = 0; i < 2; ++i)
+    EXPECT_TRUE(std::equal(payload.begin(), payload.end(), ev[i].message.payload.data().begin()));
+  EXPECT_EQ(ev[2].message.payload.size(), 0u);
+}
+
 TEST(FrameDecoder, DirectSinkAndFeedMixReassemble) {
   Rng rng(7);
   Bytes payload(2 * kPartSize + 1000);
