@@ -187,8 +187,11 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   std::filesystem::create_directories(dir);
   ChildProcesses children;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  // Peer i binds its namespace's address when peers have namespaces (live.netns), else live.host.
+  auto host_of = [&](std::uint32_t i) { return spec.live_netns.empty() ? spec.live_host : spec.live_netns[i].address; };
+  auto netns_of = [&](std::uint32_t i) { return spec.live_netns.empty() ? std::string() : spec.live_netns[i].netns; };
   auto peer_args = [&](std::uint32_t i) {
-    std::vector<std::string> a{"apiary", "peer", "--listen", spec.live_host + ":0", "--identity",
+    std::vector<std::string> a{"apiary", "peer", "--listen", host_of(i) + ":0", "--identity",
                                (dir / ("id" + std::to_string(i))).string(), "--ready-file",
                                (dir / ("ready" + std::to_string(i))).string(), "--k",
                                std::to_string(spec.dht.config.k)};
@@ -202,13 +205,13 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
     f >> id >> ep;
     return ep;
   };
-  children.spawn_self(peer_args(0), (dir / "peer0.log").string());
+  children.spawn_self(peer_args(0), (dir / "peer0.log").string(), netns_of(0));
   const std::string seed = ready_endpoint(0);
   for (std::uint32_t i = 1; i < spec.peers; ++i) {
     auto a = peer_args(i);
     a.push_back("--join");
     a.push_back(seed);
-    children.spawn_self(a, (dir / ("peer" + std::to_string(i) + ".log")).string());
+    children.spawn_self(a, (dir / ("peer" + std::to_string(i) + ".log")).string(), netns_of(i));
   }
   std::vector<std::string> endpoints{seed};
   for (std::uint32_t i = 1; i < spec.peers; ++i)

@@ -1,10 +1,13 @@
 #include "real/processes.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -18,25 +21,44 @@ ChildProcesses::~ChildProcesses() {
   for (pid_t p : pids_) waitpid(p, nullptr, 0);
 }
 
-pid_t ChildProcesses::spawn_self(const std::vector<std::string>& args, const std::string& log) {
-  return spawn("/proc/self/exe", args, log);
+pid_t ChildProcesses::spawn_self(const std::vector<std::string>& args, const std::string& log,
+                                 const std::string& netns) {
+  return spawn("/proc/self/exe", args, log, netns);
 }
 
-pid_t ChildProcesses::spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log) {
+pid_t ChildProcesses::spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log,
+                            const std::string& netns) {
+  // Everything the child needs is prepared before fork: it only makes system calls.
+  int ns_fd = -1;
+  if (!netns.empty()) {
+    const std::string path = "/run/netns/" + netns;
+    ns_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns_fd < 0)
+      throw std::runtime_error("network namespace '" + netns + "': cannot open " + path + ": " + std::strerror(errno));
+  }
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   const pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid < 0) {
+    if (ns_fd >= 0) ::close(ns_fd);
+    throw std::runtime_error("fork failed");
+  }
   if (pid == 0) {
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
       dup2(fd, 2);
     }
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
+    if (ns_fd >= 0 && setns(ns_fd, CLONE_NEWNET) != 0) {
+      static const char msg[] = "apiary: cannot enter the network namespace (setns failed)\n";
+      [[maybe_unused]] auto ignored = ::write(2, msg, sizeof msg - 1);
+      _exit(126);
+    }
     execv(exe.c_str(), argv.data());
     _exit(127);
   }
+  if (ns_fd >= 0) ::close(ns_fd);
   pids_.push_back(pid);
   return pid;
 }

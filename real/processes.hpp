@@ -20,10 +20,12 @@ class ChildProcesses {
   ChildProcesses(const ChildProcesses&) = delete;
   ChildProcesses& operator=(const ChildProcesses&) = delete;
   ~ChildProcesses();
-  // Runs /proc/self/exe with `args` (args[0] is the program name), stdout and stderr to `log`.
-  pid_t spawn_self(const std::vector<std::string>& args, const std::string& log);
+  // Runs /proc/self/exe with `args` (args[0] is the program name), stdout and stderr to `log`;
+  // inside the named network namespace (`ip netns add NAME`, /run/netns/NAME) if one is given.
+  pid_t spawn_self(const std::vector<std::string>& args, const std::string& log, const std::string& netns = {});
   // Runs the program at `exe` the same way.
-  pid_t spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log);
+  pid_t spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log,
+              const std::string& netns = {});
   // Waits for every child to exit, up to `deadline`; returns false on timeout. A child that
   // exited non-zero is reported in `failures` ("pid N exited with status S").
   bool wait_all(std::chrono::steady_clock::time_point deadline, std::vector<std::string>& failures);

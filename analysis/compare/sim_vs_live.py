@@ -1,24 +1,32 @@
 #!/usr/bin/env python3
 """The same DHT scenario in ns-3 and live, side by side.
 
-Live: N `apiary peer` processes on loopback and a client that stores K keys and then gets them
-all (scenarios/dht-live-64.toml). Each message a peer receives is held for the emulated one-way
-latency L before the protocol sees it (`live.emulated_latency`; `apiary peer --delay-ms`), so a
-round trip takes 2L plus loopback time.
+Live: N `apiary peer` processes and a client that stores K keys and then gets them all
+(scenarios/dht-live-64.toml), with a one-way latency of L between any two of them (see below for
+how), so a round trip takes 2L plus the machine's own time.
 
 Sim: the same peers, k and value size in ns-3 with an access latency of L/2 per peer (a message
 from A to B takes latency(A) + latency(B) = L) and fast links; the client's stores and gets are
 Poisson at the same total count.
 
-Why not tc netem: the issue asks for peers in network namespaces with `tc netem` delay. This
-script checks whether the kernel offers netem (it tries to add the qdisc in a scratch network
-namespace) and says so; on kernels without it (like the Firecracker VMs this was developed on)
-the user-space delay above is the emulation. The distributions compared are the same either way.
+Network namespaces (`--netns auto`, the default, when this user may create them): the command
+builds its own small network and removes it when it ends, also on Ctrl-C or an error. Every
+live peer and the client get a network namespace of their own, joined by a veth pair to one
+Linux bridge, with an address in 10.213.0.0/16; the live run uses them through the scenario key
+`live.netns` (a file of "NAMESPACE ADDRESS" lines that this script writes). Delay: where the
+kernel has `tc netem`, each veth pair delays L/2 in each direction (namespace side and bridge
+side), so a message between two namespaces takes L, and nothing is emulated in the transport.
+This script tries netem in a scratch namespace first; on kernels without it (like the
+Firecracker VMs this was developed on) the namespaces stay and the delay is the transport's:
+each received message is held L before the protocol sees it. `--netns off` runs the live peers
+on loopback instead. The table says which path ran.
 
     /usr/bin/python3 analysis/compare/sim_vs_live.py --peers 32 --latency-ms 50 --keys 400
 """
 import argparse
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,10 +53,81 @@ def netem_available() -> str:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def run(binary, sets, out):
+def sh(*args, stdin=None):
+    r = subprocess.run(list(args), input=stdin, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip() or 'exit ' + str(r.returncode)}")
+    return r.stdout
+
+
+class NetnsLab:
+    """One network namespace per live peer plus one for the client, on a bridge; gone on exit."""
+
+    SUBNET = "10.213"
+
+    def __init__(self, peers, one_way_ms, netem):
+        self.tag = f"apy{os.getpid()}"
+        self.bridge = f"{self.tag}br"
+        self.client = (f"{self.tag}-c", f"{self.SUBNET}.0.1")
+        self.peers = [(f"{self.tag}-{i}", f"{self.SUBNET}.{(i + 2) >> 8}.{(i + 2) & 255}") for i in range(peers)]
+        self.one_way_ms = one_way_ms
+        self.netem = netem
+        self.made = []  # namespaces created, for teardown
+
+    @staticmethod
+    def remove_leftovers():
+        """Namespaces of earlier runs whose process is gone (a run killed with SIGKILL)."""
+        for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
+            m = re.match(r"^(apy(\d+))-(c|\d+)\b", line)
+            if m and not os.path.exists(f"/proc/{m.group(2)}"):
+                subprocess.run(["ip", "netns", "del", m.group(1) + "-" + m.group(3)], capture_output=True)
+                subprocess.run(["ip", "link", "del", m.group(1) + "br"], capture_output=True)
+
+    def __enter__(self):
+        try:
+            sh("ip", "link", "add", self.bridge, "type", "bridge")
+            sh("ip", "link", "set", self.bridge, "up")
+            for i, (ns, addr) in enumerate([self.client] + self.peers):
+                sh("ip", "netns", "add", ns)
+                self.made.append(ns)
+                veth = f"{self.tag}v{i}"
+                sh("ip", "-batch", "-", stdin=f"link add {veth} type veth peer name eth0 netns {ns}\n"
+                                              f"link set {veth} master {self.bridge} up\n")
+                sh("ip", "-n", ns, "-batch", "-", stdin=f"addr add {addr}/16 dev eth0\nlink set eth0 up\nlink set lo up\n")
+                if self.netem:
+                    half = f"{self.one_way_ms / 2:g}ms"
+                    sh("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", half, "limit", "100000")
+                    sh("tc", "qdisc", "add", "dev", veth, "root", "netem", "delay", half, "limit", "100000")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for ns in self.made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # takes its veth pair along
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        self.made = []
+
+    def write_map(self, path):
+        with open(path, "w") as f:
+            f.write("# live peer i runs in namespace NAMESPACE, bound to ADDRESS (written by sim_vs_live.py)\n")
+            for ns, addr in self.peers:
+                f.write(f"{ns} {addr}\n")
+
+    def describe(self):
+        delay = (f"tc netem {self.one_way_ms / 2:g} ms on each side of every veth pair" if self.netem
+                 else "held in the transport (no tc netem on this kernel)")
+        return (f"live peers in {len(self.peers) + 1} network namespaces (veth pairs on one bridge, "
+                f"{self.SUBNET}.0.0/16); delay {delay}")
+
+
+def run(binary, sets, out, netns=None):
     cmd = [binary, "run", os.path.join(ROOT, "scenarios", "dht-live-64.toml"), "--quiet", "--out", out]
     for s in sets:
         cmd += ["--set", s]
+    if netns:  # the runner (the client) in its namespace; it starts each peer in the peer's own
+        cmd = ["ip", "netns", "exec", netns] + cmd
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr}")
@@ -62,12 +141,28 @@ def main():
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--keys", type=int, default=400)
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--netns", choices=["auto", "on", "off"], default="auto",
+                    help="live peers in network namespaces: auto (if this user may create them), on, off (loopback)")
     ap.add_argument("--out", help="write the markdown table here too")
     args = ap.parse_args()
     L = args.latency_ms
     common = [f"peers={args.peers}", f"dht.k={args.k}", f"workload.keys={args.keys}"]
+    netem = netem_available()
+    use_netns = args.netns == "on" or (args.netns == "auto" and not netem.startswith("no (cannot create"))
     with tempfile.TemporaryDirectory() as tmp:
-        live = run(args.apiary, common + [f"live.emulated_latency={L}ms", "dht.join_window=3s"], os.path.join(tmp, "live.h5"))
+        live_sets = common + ["dht.join_window=3s"]
+        if use_netns:
+            NetnsLab.remove_leftovers()
+            with NetnsLab(args.peers, L, netem == "yes") as lab:
+                lab.write_map(os.path.join(tmp, "netns.map"))
+                live_sets += [f"live.netns={os.path.join(tmp, 'netns.map')}", f"live.host={lab.client[1]}"]
+                if netem != "yes":
+                    live_sets.append(f"live.emulated_latency={L}ms")
+                network = lab.describe()
+                live = run(args.apiary, live_sets, os.path.join(tmp, "live.h5"), netns=lab.client[0])
+        else:
+            network = f"live peers on loopback; delay held in the transport (tc netem: {netem})"
+            live = run(args.apiary, live_sets + [f"live.emulated_latency={L}ms"], os.path.join(tmp, "live.h5"))
         # Sim: joins settle, then stores and gets at rates that give the same counts in 60 s.
         rate = args.keys / 60.0
         sim = run(args.apiary, common + ["backend=sim", f"network.latency={L / 2}ms", "network.bandwidth=1Gbps",
@@ -93,7 +188,7 @@ def main():
     dist("dht.store.latency_ns")
     for name in ("dht.get.hops",):
         a, b = sim.series.get(name), live.series.get(name)
-        if a is not None and b is not None:
+        if a is not None and b is not None and len(a) and len(b):
             rows.append((f"{name} mean", f"{np.mean(a):.2f}", f"{np.mean(b):.2f}", f"{np.mean(b) - np.mean(a):+.2f}"))
     def rate(r, op):
         ok, failed = r.counters.get(f"dht.{op}.ok", 0), r.counters.get(f"dht.{op}.failed", 0)
@@ -103,8 +198,8 @@ def main():
         rows.append((f"dht.{op} success", f"{100 * a:.2f}%", f"{100 * b:.2f}%", f"{100 * (b - a):+.2f} pts"))
     gets = lambda r: int(r.counters.get("dht.get.ok", 0) + r.counters.get("dht.get.failed", 0))
     lines = [f"DHT, {args.peers} peers, k = {args.k}, one-way latency {L:g} ms; {gets(sim)} gets in ns-3 "
-             f"({int(remote.sum())} answered by other peers, compared here), {gets(live)} live. "
-             f"tc netem on this kernel: {netem_available()}; live latency emulated in the transport.", "",
+             f"({int(remote.sum())} answered by other peers, compared here), {gets(live)} live; "
+             f"{network}.", "",
              "| figure | ns-3 | live | live vs ns-3 |", "|---|---:|---:|---:|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     text = "\n".join(lines)
@@ -115,4 +210,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the namespaces are removed either way.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     main()

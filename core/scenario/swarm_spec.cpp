@@ -1,6 +1,7 @@
 #include "core/scenario/swarm_spec.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <fstream>
@@ -64,6 +65,31 @@ LatencyMatrix read_latency_matrix(const std::string& path) {
     throw ScenarioError(path + ": the latency matrix must be square; it has " + std::to_string(m.ms.size()) + " rows of " +
                         std::to_string(m.ms[0].size()));
   return m;
+}
+
+std::vector<NetnsSlot> read_netns_map(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ScenarioError(path + ": cannot open the network namespace map");
+  std::vector<NetnsSlot> out;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream fields(line);
+    NetnsSlot slot;
+    if (!(fields >> slot.netns)) continue;
+    std::string extra;
+    if (!(fields >> slot.address) || (fields >> extra))
+      throw ScenarioError(path + ":" + std::to_string(n) + ": expected 'NAMESPACE IPV4'");
+    const bool name_ok = slot.netns.size() <= 64 && std::all_of(slot.netns.begin(), slot.netns.end(), [](char c) {
+                           return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+                         }) && slot.netns[0] != '.';
+    if (!name_ok) throw ScenarioError(path + ":" + std::to_string(n) + ": '" + slot.netns + "' is not a namespace name");
+    if (!Endpoint::parse(slot.address + ":1"))
+      throw ScenarioError(path + ":" + std::to_string(n) + ": '" + slot.address + "' is not an IPv4 address");
+    out.push_back(std::move(slot));
+  }
+  if (out.empty()) throw ScenarioError(path + ": the network namespace map is empty");
+  return out;
 }
 
 namespace {
@@ -309,6 +335,14 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.live_host = s.get_string("live.host", spec.live_host);
   spec.live_base_port = static_cast<std::uint16_t>(s.get_int("live.base_port", 0, 0, 65535));
   spec.live_emulated_latency = s.get_duration("live.emulated_latency", Duration::zero());
+  if (const std::string map = s.get_string("live.netns", ""); !map.empty()) {
+    spec.live_netns = read_netns_map(beside(s, map));
+    if (spec.backend != "live" || spec.workload != "dht")
+      s.fail("live.netns", "only live DHT swarms (backend = \"live\", workload.kind = \"dht\") run peers in namespaces");
+    if (spec.live_netns.size() < spec.peers)
+      s.fail("live.netns", map + " names " + std::to_string(spec.live_netns.size()) + " namespaces for " +
+                               std::to_string(spec.peers) + " peers");
+  }
 
   s.get_sweep();  // validated here too; `apiary sweep` runs it
   s.check_unused();

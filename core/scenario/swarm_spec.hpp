@@ -36,6 +36,15 @@ struct LatencyMatrix {
 };
 LatencyMatrix read_latency_matrix(const std::string& path);
 
+// Where live peers run when they each get a network namespace (`live.netns`): one line per peer,
+// "NAMESPACE IPV4" (the namespace as `ip netns add` named it, the peer's address in it), '#'
+// starts a comment. Throws ScenarioError naming the file and line of a bad entry.
+struct NetnsSlot {
+  std::string netns;
+  std::string address;
+};
+std::vector<NetnsSlot> read_netns_map(const std::string& path);
+
 struct ChurnSpec {
   enum class Kind { kNone, kExponential, kWeibull, kTrace };
   std::vector<ChurnEvent> trace;  // kTrace: sorted by time
@@ -104,6 +113,7 @@ struct SwarmSpec {
   std::string live_host = "127.0.0.1";
   std::uint16_t live_base_port = 0;  // 0: ephemeral ports
   Duration live_emulated_latency{};  // live: one-way delay added to every received message
+  std::vector<NetnsSlot> live_netns;  // live: peer i runs in live_netns[i] (empty: all here)
   std::string scenario_text;
   std::string scenario_source;
 };

@@ -38,6 +38,12 @@ set +e
 msg=$("$APIARY" run "$SRC/scenarios/quickstart.toml" --set peers=zero 2>&1); rc=$?
 set -e
 [ $rc -eq 2 ] && echo "$msg" | grep -q -- "--set peers=zero" || fail "bad --set not reported: $msg"
+printf '# namespace address\napy-a 10.213.0.2\napy-b 10.213.0.300\n' > bad.map
+set +e
+msg=$("$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set "live.netns=$PWD/bad.map" 2>&1); rc=$?
+set -e
+[ $rc -eq 2 ] && echo "$msg" | grep -q "bad.map:3: '10.213.0.300' is not an IPv4 address" \
+  || fail "bad namespace map not reported with file and line: $msg"
 
 # 4. Live: a short loopback ping-storm with real payloads, all echoed intact.
 "$APIARY" run "$SRC/scenarios/ping-live.toml" --set duration=1s --set peers=6 --json --out live.h5 | tail -n 1 > live.json
