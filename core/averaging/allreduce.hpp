@@ -15,6 +15,10 @@
 //  * A sender whose request to a reducer fails (unreachable, `reducer_timeout`, a bad reply, the
 //    reducer cancelled) keeps its own values for the rest of that part and reports the reducer.
 //  * A member that cancels tells the others; they stop waiting for it at once.
+//  * Float32 means are received straight into the sender's output (Rpc::call's reply_into, on
+//    a transport that reads payloads itself). A reply that begins to arrive and then fails (cut
+//    off, or late after a timeout) may leave part of that piece holding the reducer's means
+//    rather than the sender's own values; the report still names the reducer as failed.
 // So a round always ends, within about pieces x sender_timeout + reducer_timeout in the worst
 // case, with a result and a report of who failed.
 #include <functional>
