@@ -60,6 +60,9 @@ def sh(*args, stdin=None):
     return r.stdout
 
 
+NETNS_UNAVAILABLE = 3  # exit status when namespaces were asked for and cannot be built here
+
+
 class NetnsLab:
     """One network namespace per live peer plus one for the client, on a bridge; gone on exit."""
 
@@ -83,7 +86,8 @@ class NetnsLab:
                 subprocess.run(["ip", "netns", "del", m.group(1) + "-" + m.group(3)], capture_output=True)
                 subprocess.run(["ip", "link", "del", m.group(1) + "br"], capture_output=True)
 
-    def __enter__(self):
+    def up(self):
+        """Builds the network; on any failure removes what it made and raises."""
         try:
             sh("ip", "link", "add", self.bridge, "type", "bridge")
             sh("ip", "link", "set", self.bridge, "up")
@@ -99,15 +103,20 @@ class NetnsLab:
                     sh("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", half, "limit", "100000")
                     sh("tc", "qdisc", "add", "dev", veth, "root", "netem", "delay", half, "limit", "100000")
         except BaseException:
-            self.__exit__(None, None, None)
+            self.down()
             raise
-        return self
 
-    def __exit__(self, *exc):
+    def down(self):
         for ns in self.made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # takes its veth pair along
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         self.made = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.down()
 
     def write_map(self, path):
         with open(path, "w") as f:
@@ -153,7 +162,13 @@ def main():
         live_sets = common + ["dht.join_window=3s"]
         if use_netns:
             NetnsLab.remove_leftovers()
-            with NetnsLab(args.peers, L, netem == "yes") as lab:
+            lab = NetnsLab(args.peers, L, netem == "yes")
+            try:
+                lab.up()
+            except RuntimeError as e:  # this machine cannot build the network (removed again)
+                print(f"sim_vs_live: cannot set up the network namespaces: {e}", file=sys.stderr)
+                sys.exit(NETNS_UNAVAILABLE)
+            with lab:
                 lab.write_map(os.path.join(tmp, "netns.map"))
                 live_sets += [f"live.netns={os.path.join(tmp, 'netns.map')}", f"live.host={lab.client[1]}"]
                 if netem != "yes":

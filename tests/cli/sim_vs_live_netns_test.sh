@@ -14,8 +14,17 @@ if ! ip netns add "$probe" 2>/dev/null; then
 fi
 ip netns del "$probe"
 before=$(ip netns list | sort)
+set +e
 out=$(/usr/bin/python3 "$SRC/analysis/compare/sim_vs_live.py" --apiary "$APIARY" --peers 6 --keys 30 \
-      --latency-ms 20 --netns on 2>&1) || fail "sim_vs_live.py failed: $out"
+      --latency-ms 20 --netns on 2>&1)
+rc=$?
+set -e
+if [ $rc -eq 3 ]; then  # namespaces exist here, but a bridge or veth pair cannot be made
+  echo "$out"
+  echo "sim_vs_live_netns_test: SKIPPED: the namespace network cannot be built on this machine"
+  exit 77
+fi
+[ $rc -eq 0 ] || fail "sim_vs_live.py exited $rc: $out"
 echo "$out"
 grep -q "live peers in 7 network namespaces" <<<"$out" || fail "the live peers did not run in namespaces"
 grep -Eq '^\| dht.store success \| [0-9.]+% \| 100.00% \|' <<<"$out" || fail "live stores did not all succeed"
