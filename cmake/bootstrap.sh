@@ -14,7 +14,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   python3 python3-h5py python3-numpy python3-pandas python3-matplotlib python3-pytest  # analysis/
-  iproute2                                  # ip netns, tc: sim_vs_live.py builds its own network
+  iproute2 procps                           # ip netns, tc, pgrep: sim_vs_live.py builds its own network
 )
 
 missing=()

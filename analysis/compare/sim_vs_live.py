@@ -11,15 +11,17 @@ Poisson at the same total count.
 
 Network namespaces (`--netns auto`, the default, when this user may create them): the command
 builds its own small network and removes it when it ends, also on Ctrl-C or an error. Every
-live peer and the client get a network namespace of their own, joined by a veth pair to one
-Linux bridge, with an address in 10.213.0.0/16; the live run uses them through the scenario key
-`live.netns` (a file of "NAMESPACE ADDRESS" lines that this script writes). Delay: where the
-kernel has `tc netem`, each veth pair delays L/2 in each direction (namespace side and bridge
-side), so a message between two namespaces takes L, and nothing is emulated in the transport.
-This script tries netem in a scratch namespace first; on kernels without it (like the
-Firecracker VMs this was developed on) the namespaces stay and the delay is the transport's:
-each received message is held L before the protocol sees it. `--netns off` runs the live peers
-on loopback instead. The table says which path ran.
+live peer and the client get a network namespace of their own with an address in
+10.213.0.0/16; the live run uses them through the scenario key `live.netns` (a file of
+"NAMESPACE ADDRESS" lines that this script writes). The delay is the network's, never the
+transport's: where the kernel has `tc netem` (probed in a scratch namespace first), the
+namespaces hang on one Linux bridge by veth pairs and each pair delays L/2 in each direction
+(namespace side and bridge side), so a message between two namespaces takes L. On kernels
+without netem (like the Firecracker VMs this was developed on) the namespaces are joined by
+delay_switch.py instead: a TUN device in each namespace and one user-space process that holds
+every packet L before handing it to its destination's namespace. `--netns off` runs the live
+peers on loopback with the delay held in the transport (each received message waits L before
+the protocol sees it). The table says which path ran.
 
     /usr/bin/python3 analysis/compare/sim_vs_live.py --peers 32 --latency-ms 50 --keys 400
 """
@@ -64,7 +66,8 @@ NETNS_UNAVAILABLE = 3  # exit status when namespaces were asked for and cannot b
 
 
 class NetnsLab:
-    """One network namespace per live peer plus one for the client, on a bridge; gone on exit."""
+    """One network namespace per live peer plus one for the client, joined by a network that
+    delays every packet; all of it is gone on exit."""
 
     SUBNET = "10.213"
 
@@ -76,6 +79,8 @@ class NetnsLab:
         self.one_way_ms = one_way_ms
         self.netem = netem
         self.made = []  # namespaces created, for teardown
+        self.switch = None  # the delay_switch.py process where there is no netem
+        self.switch_report = ""  # its packet counters, once it has stopped
 
     @staticmethod
     def remove_leftovers():
@@ -89,27 +94,54 @@ class NetnsLab:
     def up(self):
         """Builds the network; on any failure removes what it made and raises."""
         try:
-            sh("ip", "link", "add", self.bridge, "type", "bridge")
-            sh("ip", "link", "set", self.bridge, "up")
-            for i, (ns, addr) in enumerate([self.client] + self.peers):
+            members = [self.client] + self.peers
+            for ns, _ in members:
                 sh("ip", "netns", "add", ns)
                 self.made.append(ns)
-                veth = f"{self.tag}v{i}"
-                sh("ip", "-batch", "-", stdin=f"link add {veth} type veth peer name eth0 netns {ns}\n"
-                                              f"link set {veth} master {self.bridge} up\n")
-                sh("ip", "-n", ns, "-batch", "-", stdin=f"addr add {addr}/16 dev eth0\nlink set eth0 up\nlink set lo up\n")
-                if self.netem:
-                    half = f"{self.one_way_ms / 2:g}ms"
-                    sh("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", half, "limit", "100000")
-                    sh("tc", "qdisc", "add", "dev", veth, "root", "netem", "delay", half, "limit", "100000")
+            if self.netem:
+                self._bridge_with_netem(members)
+            else:
+                self._delay_switch(members)
         except BaseException:
             self.down()
             raise
 
+    def _bridge_with_netem(self, members):
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "link", "set", self.bridge, "up")
+        half = f"{self.one_way_ms / 2:g}ms"
+        for i, (ns, addr) in enumerate(members):
+            veth = f"{self.tag}v{i}"
+            sh("ip", "-batch", "-", stdin=f"link add {veth} type veth peer name eth0 netns {ns}\n"
+                                          f"link set {veth} master {self.bridge} up\n")
+            sh("ip", "-n", ns, "-batch", "-", stdin=f"addr add {addr}/16 dev eth0\nlink set eth0 up\nlink set lo up\n")
+            sh("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", half, "limit", "100000")
+            sh("tc", "qdisc", "add", "dev", veth, "root", "netem", "delay", half, "limit", "100000")
+
+    def _delay_switch(self, members):
+        cmd = [sys.executable, os.path.join(HERE, "delay_switch.py"), "--delay-ms", f"{self.one_way_ms:g}",
+               "--prefix", "16"] + [f"{ns}={addr}" for ns, addr in members]
+        self.switch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if self.switch.stdout.readline().strip() != "ready":  # it exits on any setup error
+            err = self.switch.stderr.read().strip()
+            self.switch.wait()
+            self.switch = None
+            raise RuntimeError(f"delay_switch.py: {err or 'did not start'}")
+
     def down(self):
+        if self.switch is not None:
+            self.switch.terminate()
+            try:
+                self.switch.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.switch.kill()
+                self.switch.wait()
+            self.switch_report = self.switch.stderr.read().strip()
+            self.switch = None
         for ns in self.made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # takes its veth pair along
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # takes its devices along
+        if self.netem:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         self.made = []
 
     def __enter__(self):
@@ -125,10 +157,11 @@ class NetnsLab:
                 f.write(f"{ns} {addr}\n")
 
     def describe(self):
-        delay = (f"tc netem {self.one_way_ms / 2:g} ms on each side of every veth pair" if self.netem
-                 else "held in the transport (no tc netem on this kernel)")
-        return (f"live peers in {len(self.peers) + 1} network namespaces (veth pairs on one bridge, "
-                f"{self.SUBNET}.0.0/16); delay {delay}")
+        how = (f"veth pairs on one bridge, tc netem {self.one_way_ms / 2:g} ms on each side of every pair"
+               if self.netem else
+               f"TUN devices joined by delay_switch.py, which holds every packet {self.one_way_ms:g} ms "
+               f"(no tc netem on this kernel)")
+        return f"live peers in {len(self.peers) + 1} network namespaces ({self.SUBNET}.0.0/16; {how})"
 
 
 def run(binary, sets, out, netns=None):
@@ -171,10 +204,10 @@ def main():
             with lab:
                 lab.write_map(os.path.join(tmp, "netns.map"))
                 live_sets += [f"live.netns={os.path.join(tmp, 'netns.map')}", f"live.host={lab.client[1]}"]
-                if netem != "yes":
-                    live_sets.append(f"live.emulated_latency={L}ms")
                 network = lab.describe()
                 live = run(args.apiary, live_sets, os.path.join(tmp, "live.h5"), netns=lab.client[0])
+            if lab.switch_report:
+                print(lab.switch_report, file=sys.stderr)
         else:
             network = f"live peers on loopback; delay held in the transport (tc netem: {netem})"
             live = run(args.apiary, live_sets + [f"live.emulated_latency={L}ms"], os.path.join(tmp, "live.h5"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Simulation against live with the live peers in network namespaces: sim_vs_live.py creates a
-# namespace per peer (veth pairs on a bridge), runs the same DHT in ns-3 and live, prints the
-# side-by-side table, and leaves no namespace, veth or bridge behind. Needs the right to create
+# namespace per peer, joined by veth pairs on a bridge with tc netem where the kernel has netem and
+# by TUN devices and delay_switch.py where it has not, runs the same DHT in ns-3 and live, prints
+# the side-by-side table, and leaves no namespace, device or switch process behind. Needs the right to create
 # network namespaces (root); without it the test says so and is reported as skipped (77).
 set -euo pipefail
 APIARY=$1
@@ -27,6 +28,9 @@ fi
 [ $rc -eq 0 ] || fail "sim_vs_live.py exited $rc: $out"
 echo "$out"
 grep -q "live peers in 7 network namespaces" <<<"$out" || fail "the live peers did not run in namespaces"
+# The delay is the network's (netem or the delay switch), not the transport's.
+grep -Eq "tc netem 10 ms on each side|delay_switch.py, which holds every packet 20 ms" <<<"$out" \
+  || fail "the namespaces were not joined by a delaying network"
 grep -Eq '^\| dht.store success \| [0-9.]+% \| 100.00% \|' <<<"$out" || fail "live stores did not all succeed"
 grep -Eq '^\| dht.get success \| [0-9.]+% \| 100.00% \|' <<<"$out" || fail "live gets did not all succeed"
 # The live store latency reflects the emulated 20 ms one-way delay (at least two round trips).
@@ -36,6 +40,8 @@ rows = dict(re.findall(r"^\| (dht\.store\.latency_ns p50) \| [0-9.]+ ms \| ([0-9
 assert float(rows["dht.store.latency_ns p50"]) >= 80, rows
 PY
 after=$(ip netns list | sort)
-[ "$before" = "$after" ] || fail "namespaces left behind: $(comm -13 <(echo "$before") <(echo "$after"))"
+left=$(comm -13 <(echo "$before") <(echo "$after"))  # (it may also remove leftovers of killed runs)
+[ -z "$left" ] || fail "namespaces left behind: $left"
 ! ip -o link show | grep -Eq 'apy[0-9]+(br|v[0-9]+)' || fail "bridge or veth left behind"
+! pgrep -f 'compare/delay_switch.py' >/dev/null || fail "delay_switch.py left running"
 echo "sim_vs_live_netns_test: ok"
