@@ -176,7 +176,8 @@ Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
 }
 
 Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, bool want_values,
-                                                    bool fill_buckets, std::size_t min_holders) {
+                                                    bool fill_buckets, std::size_t min_holders,
+                                                    bool cache_values) {
   Traversal t;
   t.want_values = want_values;
   t.min_holders = std::max<std::size_t>(1, min_holders);
@@ -225,7 +226,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
     res.records = std::move(key.records);
     res.hops = res.records.empty() ? max_hop : key.value_hop;
     // Cache on the lookup path: the nearest answering peer that lacked the value gets a copy.
-    if (want_values && cfg_.cache_on_lookup && !res.records.empty()) {
+    if (want_values && cache_values && cfg_.cache_on_lookup && !res.records.empty()) {
       for (const auto& c : res.nearest) {
         if (key.holders.count(c.id)) continue;
         StoreRequest req{me(), res.records};
@@ -238,6 +239,26 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
     out.emplace(key.target, std::move(res));
   }
   co_return out;
+}
+
+// A key's value search may end early: at the first holder for a plain get (min_holders = 1), as
+// Kademlia does. A dictionary read (min_holders > 1) needs `min_holders` holders AND the
+// `min_holders` nearest peers still standing to have answered. Stopping at the first holders met
+// would let a reader whose path passes peers at the edge of the storers' nearest sets (each of
+// which heard only some writers) read only those, poll after poll; the nearest peers are the
+// ones every writer stores to.
+bool DhtNode::values_done(const Traversal& t, std::size_t index) {
+  const Traversal::Key& key = t.keys[index];
+  if (!t.want_values || key.holders.size() < t.min_holders) return false;
+  if (t.min_holders <= 1) return true;
+  std::size_t seen = 0;
+  for (const auto& [dist, id] : key.cands) {
+    const auto& c = t.contacts.at(id);
+    if (c.state == Candidate::kFailed) continue;
+    if (c.state != Candidate::kAnswered) return false;
+    if (++seen >= t.min_holders) return true;
+  }
+  return true;
 }
 
 Task<void> DhtNode::lookup_worker(Traversal& t) {
@@ -289,6 +310,8 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
     if (!r.ok() || r->id != contact.id || r->entries.size() != asked.size()) {
       c.state = Candidate::kFailed;
       punish(contact);
+      for (auto i : asked)  // a nearer peer gone may leave the nearest that answered enough
+        if (values_done(t, i)) t.keys[i].done = true;
     } else {
       c.state = Candidate::kAnswered;
       learn(contact);
@@ -313,7 +336,6 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
         if (got) {
           key.holders.insert(contact.id);
           if (key.value_hop == 0) key.value_hop = hop;
-          if (t.want_values && key.holders.size() >= t.min_holders) key.done = true;
         }
         for (const auto& n : entry.nearest) {
           if (n.id == self_ || !n.endpoint.valid() || blacklisted(n.endpoint)) continue;
@@ -321,6 +343,7 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
           key.cands.insert({n.id ^ key.target, n.id});
           if (t.fill_buckets) learn(n);  // refresh: fill our bucket from what we hear
         }
+        if (values_done(t, asked[j])) key.done = true;
         if (t.fill_buckets && table_.bucket_size(key.target) >= std::max<std::size_t>(1, cfg_.k / 2))
           key.done = true;
       }
@@ -419,7 +442,7 @@ Task<std::map<std::string, GetResult>> DhtNode::get_many(std::vector<std::string
     for (const auto& [key, recs] : local)
       if (DhtId::of_key(key) == id && recs.empty()) all_local = false;
   const std::size_t remote = std::max<std::size_t>(1, all_local ? min_holders - 1 : min_holders);
-  auto res = co_await lookup(std::move(targets), true, false, remote);
+  auto res = co_await lookup(std::move(targets), true, false, remote, /*cache_values=*/min_holders <= 1);
   for (auto& [key, o] : out) {
     auto it = res.find(DhtId::of_key(key));
     if (it == res.end()) continue;

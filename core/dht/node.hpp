@@ -71,13 +71,20 @@ class DhtNode {
   // With fill_buckets, a target's traversal ends as soon as the bucket covering it holds k/2
   // contacts: what a bucket refresh needs, at a fraction of a full lookup's cost.
   // With want_values, a key's traversal ends once `min_holders` peers returned values for it
-  // (their records merged, latest per subkey) or the k nearest have all answered.
+  // (their records merged, latest per subkey) and, when min_holders > 1, the min_holders nearest
+  // peers have answered; or once the k nearest have all answered. With
+  // cache_values (and DhtConfig::cache_on_lookup) the nearest answering peer that lacked a found
+  // value is sent a copy.
   Task<std::map<DhtId, LookupResult>> lookup(std::vector<DhtId> targets, bool want_values,
-                                             bool fill_buckets = false, std::size_t min_holders = 1);
+                                             bool fill_buckets = false, std::size_t min_holders = 1,
+                                             bool cache_values = true);
   Task<StoreResult> store(Record record);
   // Gets a key's records. min_holders = 1: the first copy found (a local one first). A dictionary
   // that many peers write to (matchmaking declarations) is better read from several holders,
-  // merged: each holder may have heard of only some subkeys.
+  // merged: each holder may have heard of only some subkeys. Such reads (min_holders > 1) are
+  // never cached on the lookup path: a merged snapshot of a dictionary still being written would
+  // be served later as if it were whole, and a reader whose lookups end at that peer would never
+  // see the declarations that came after it.
   Task<GetResult> get(std::string key, std::size_t min_holders = 1);
   // Many keys in one traversal (each as get() would return it).
   Task<std::map<std::string, GetResult>> get_many(std::vector<std::string> keys, std::size_t min_holders = 1);
@@ -102,6 +109,7 @@ class DhtNode {
 
   Task<Result<PingReply>> ping(Endpoint to);
   Task<void> lookup_worker(Traversal& t);
+  static bool values_done(const Traversal& t, std::size_t key);
   void learn(const Contact& c, bool newcomer = false);
   void hand_over(const Contact& c);
   Task<void> check_lru(Contact lru);

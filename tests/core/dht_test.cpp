@@ -304,6 +304,46 @@ TEST(DhtSwarm, StoreReplicatesToTheKNearestAndGetFindsIt) {
   EXPECT_FALSE(s.run(s.nodes[7]->get("the-key")).found);
 }
 
+TEST(DhtSwarm, DictionaryReadsReachTheNearestHoldersAndAreNotCached) {
+  // A dictionary's 5 nearest peers hold every entry; each other peer holds a partial snapshot (as
+  // peers at the edge of the writers' nearest sets do). Readers start from tables without the
+  // nearest peers, so the first holders they meet are partial: a read from 3 holders must still
+  // reach the nearest and merge every entry. A second dictionary only the nearest hold: reading
+  // it from 3 holders caches the merged view nowhere.
+  DhtSwarm s(20, small_k());
+  s.join_all();
+  const TimePoint exp = s.fake.net.now() + 10min;
+  const DhtId key = DhtId::of_key("dict"), key2 = DhtId::of_key("dict2");
+  auto nearest = brute_nearest(s.ids(), key, 5), nearest2 = brute_nearest(s.ids(), key2, 5);
+  const std::set<DhtId> near(nearest.begin(), nearest.end()), near2(nearest2.begin(), nearest2.end());
+  for (auto& n : s.nodes) {
+    n->storage().store(rec("dict", "A", exp, "a"), s.fake.net.now());
+    if (near.count(n->id())) n->storage().store(rec("dict", "B", exp, "b"), s.fake.net.now());
+    if (near2.count(n->id())) n->storage().store(rec("dict2", "C", exp, "c"), s.fake.net.now());
+  }
+  int readers = 0;
+  for (std::size_t i = 0; i < s.nodes.size(); ++i) {
+    auto& reader = *s.nodes[i];
+    if (near.count(reader.id())) continue;
+    for (const auto& id : nearest) reader.table().remove(id);
+    auto got = s.run(reader.get("dict", 3));
+    std::set<std::string> subkeys;
+    for (auto& r : got.records) subkeys.insert(*r.subkey);
+    EXPECT_EQ(subkeys, (std::set<std::string>{"a", "b"})) << "reader " << i;
+    ++readers;
+    if (near2.count(reader.id())) continue;
+    for (const auto& id : nearest2) reader.table().remove(id);
+    auto got2 = s.run(reader.get("dict2", 3));
+    EXPECT_EQ(got2.records.size(), 1u) << "reader " << i;
+  }
+  EXPECT_EQ(readers, 15);
+  s.fake.net.run(1s);
+  for (auto& n : s.nodes) {
+    EXPECT_EQ(n->storage().get(key, s.fake.net.now()).size(), near.count(n->id()) ? 2u : 1u);
+    EXPECT_EQ(n->storage().get(key2, s.fake.net.now()).size(), near2.count(n->id()) ? 1u : 0u);
+  }
+}
+
 TEST(DhtSwarm, ForgedAndUnsignedOwnerRecordsAreRejectedEverywhere) {
   std::vector<std::shared_ptr<Validator>> v{std::make_shared<SignatureValidator>()};
   DhtSwarm s(12, small_k(), v);
