@@ -29,6 +29,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
   std::vector<LivePeer> peers(spec.peers);
   std::vector<Endpoint> directory;
   LiveOptions base;
+  base.emulated_delay = spec.live_emulated_latency;  // every received message held this long
   for (std::uint32_t i = 0; i < spec.peers; ++i) {
     auto& p = peers[i];
     LiveOptions o = base;

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The same DHT scenario in ns-3 and live, side by side.
+"""The same scenario in ns-3 and live, side by side: a DHT (the default) or Moshpit averaging
+rounds (`--workload averaging`, see compare_averaging below).
 
 Live: N `apiary peer` processes and a client that stores K keys and then gets them all
 (scenarios/dht-live-64.toml), with a one-way latency of L between any two of them (see below for
@@ -24,6 +25,7 @@ peers on loopback with the delay held in the transport (each received message wa
 the protocol sees it). The table says which path ran.
 
     /usr/bin/python3 analysis/compare/sim_vs_live.py --peers 32 --latency-ms 50 --keys 400
+    /usr/bin/python3 analysis/compare/sim_vs_live.py --workload averaging --peers 16 --latency-ms 50
 """
 import argparse
 import os
@@ -164,8 +166,8 @@ class NetnsLab:
         return f"live peers in {len(self.peers) + 1} network namespaces ({self.SUBNET}.0.0/16; {how})"
 
 
-def run(binary, sets, out, netns=None):
-    cmd = [binary, "run", os.path.join(ROOT, "scenarios", "dht-live-64.toml"), "--quiet", "--out", out]
+def run(binary, sets, out, netns=None, scenario="dht-live-64.toml"):
+    cmd = [binary, "run", os.path.join(ROOT, "scenarios", scenario), "--quiet", "--out", out]
     for s in sets:
         cmd += ["--set", s]
     if netns:  # the runner (the client) in its namespace; it starts each peer in the peer's own
@@ -176,8 +178,69 @@ def run(binary, sets, out, netns=None):
     return load_run(out)
 
 
+def quantile_rows(rows, name, a, b, scale=1.0, unit="", qs=(0.1, 0.5, 0.9, 0.99), fmt="{:.1f}"):
+    """Appends one row per quantile of two samples (ns-3's, live's) with their relative gap."""
+    if a is None or b is None or not len(a) or not len(b):
+        return
+    for q in qs:
+        x, y = np.quantile(a, q) * scale, np.quantile(b, q) * scale
+        rows.append((f"{name} p{int(q * 100)}", f"{fmt.format(x)}{unit}", f"{fmt.format(y)}{unit}",
+                     f"{(y - x) / x * 100:+.0f}%" if x else "—"))
+
+
+def compare_averaging(args):
+    """Moshpit averaging rounds (DHT matchmaking + butterfly all-reduce) in ns-3 and live.
+
+    Live: scenarios/avg-live-16.toml, every peer in one process on loopback with real TCP; the
+    one-way latency is held in the transport (live.emulated_latency: each received message waits
+    L before the protocol sees it), as these peers share one process and cannot sit in separate
+    namespaces. Sim: the same scenario in ns-3 with L/2 of access latency per peer and 10 Gbit/s
+    links. Both start rounds at the same times and report round time (from the round's start to
+    the end of its all-reduce: matchmaking, then the all-reduce), the all-reduce alone, group
+    sizes, failures, and the variance across peers after each round."""
+    L = args.latency_ms
+    side = int(round(args.peers ** 0.5))
+    if side * side != args.peers:
+        sys.exit(f"sim_vs_live: --peers {args.peers} is not a square; the averaging comparison uses a full grid")
+    common = [f"peers={args.peers}", f"averaging.grid_side={side}", "averaging.grid_dims=2",
+              f"averaging.elements={args.elements}", f"averaging.rounds={args.rounds}", "averaging.start=3s",
+              "averaging.period=4s", f"duration={3 + 4 * args.rounds + 2}s"]
+    with tempfile.TemporaryDirectory() as tmp:
+        live = run(args.apiary, common + [f"live.emulated_latency={L:g}ms"], os.path.join(tmp, "live.h5"),
+                   scenario="avg-live-16.toml")
+        sim = run(args.apiary, common + ["backend=sim", f"network.latency={L / 2:g}ms", "network.bandwidth=10Gbps",
+                                         "dht.join_window=2s"], os.path.join(tmp, "sim.h5"), scenario="avg-live-16.toml")
+    rows = []
+    quantile_rows(rows, "round time", sim.series.get("avg.round.seconds"), live.series.get("avg.round.seconds"),
+                  1e3, " ms", qs=(0.1, 0.5, 0.9))
+    quantile_rows(rows, "all-reduce time", sim.series.get("avg.allreduce.seconds"),
+                  live.series.get("avg.allreduce.seconds"), 1e3, " ms", qs=(0.1, 0.5, 0.9))
+    for name, label in (("avg.group_size", "group size mean"), ("avg.round.bytes_sent", "bytes sent per peer-round mean")):
+        a, b = sim.series.get(name), live.series.get(name)
+        if a is not None and b is not None and len(a) and len(b):
+            x, y = float(np.mean(a)), float(np.mean(b))
+            rows.append((label, f"{x:,.1f}", f"{y:,.1f}", f"{(y - x) / x * 100:+.0f}%" if x else "—"))
+    for c in ("avg.rounds_ok", "avg.matchmaking_failures", "avg.allreduce_failures"):
+        a, b = int(sim.counters.get(c, 0)), int(live.counters.get(c, 0))
+        rows.append((c.replace("avg.", "peer-rounds: ").replace("_", " "), str(a), str(b), f"{b - a:+d}"))
+    va, vb = list(sim.series.get("avg.round.variance", [])), list(live.series.get("avg.round.variance", []))
+    for t in range(max(len(va), len(vb))):
+        f = lambda v: f"{v[t]:.3g}" if t < len(v) else "—"
+        rows.append((f"variance across peers after {t} rounds", f(va), f(vb), ""))
+    lines = [f"Moshpit averaging, {args.peers} peers on a {side}x{side} grid, {args.elements:,} float32 values each, "
+             f"{args.rounds} rounds, one-way latency {L:g} ms; live: one process on loopback, the delay held in the "
+             "transport; ns-3: the same scenario and seed.", "",
+             "| figure | ns-3 | live | live vs ns-3 |", "|---|---:|---:|---:|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=["dht", "averaging"], default="dht",
+                    help="dht: lookups, stores and gets (the default); averaging: Moshpit rounds")
+    ap.add_argument("--elements", type=int, default=65536, help="averaging: float32 values per peer")
+    ap.add_argument("--rounds", type=int, default=4, help="averaging: rounds")
     ap.add_argument("--apiary", default=os.path.join(ROOT, "build", "apiary"))
     ap.add_argument("--peers", type=int, default=32)
     ap.add_argument("--latency-ms", type=float, default=50.0)
@@ -187,6 +250,15 @@ def main():
                     help="live peers in network namespaces: auto (if this user may create them), on, off (loopback)")
     ap.add_argument("--out", help="write the markdown table here too")
     args = ap.parse_args()
+    if args.workload == "averaging":
+        if args.peers == 32:  # the DHT default; averaging needs a square
+            args.peers = 16
+        text = compare_averaging(args)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        return
     L = args.latency_ms
     common = [f"peers={args.peers}", f"dht.k={args.k}", f"workload.keys={args.keys}"]
     netem = netem_available()
