@@ -1,6 +1,8 @@
 #include <utility>
 #include "real/live_swarm.hpp"
 
+#include <optional>
+
 #include <boost/asio.hpp>
 
 #include "real/live_dht.hpp"
@@ -25,6 +27,9 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     std::unique_ptr<LiveRuntime> rt;
     std::unique_ptr<PeerEnv> env;
     std::unique_ptr<PeerStack> stack;
+    // Averaging: what a peer holds while it is down (it keeps its values across a leave).
+    std::optional<std::vector<float>> saved_values;
+    std::optional<averaging::GridPosition> saved_position;
   };
   std::vector<LivePeer> peers(spec.peers);
   std::vector<Endpoint> directory;
@@ -42,10 +47,90 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
   }
   std::unique_ptr<AveragingDriver> avg_driver;
   if (spec.workload == "averaging") avg_driver = std::make_unique<AveragingDriver>(spec, metrics);
-  for (auto& p : peers) {
-    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec, directory, static_cast<std::uint32_t>(&p - peers.data()),
-                                          avg_driver.get());
+  // Churn, as in simulation: a peer that leaves closes its sockets and drops its protocol state
+  // (keeping its averaging values and grid cell); one that comes back listens on its old port and
+  // joins again through the bootstrap peers.
+  auto join = [&](std::uint32_t i) {
+    auto& p = peers[i];
+    if (p.stack) return;
+    p.rt->open();
+    p.stack = std::make_unique<PeerStack>(p.env->runtime, spec, directory, i, avg_driver.get());
+    if (auto* a = p.stack->averaging()) {
+      if (p.saved_values) a->values() = std::move(*p.saved_values);
+      if (p.saved_position) a->position() = *p.saved_position;
+    }
+    p.env->observer.trace("peer.join", i, 0);
     p.stack->start();
+  };
+  auto leave = [&](std::uint32_t i) {
+    auto& p = peers[i];
+    if (!p.stack) return;
+    p.env->observer.trace("peer.leave", i, 0);
+    if (auto* a = p.stack->averaging()) {
+      p.saved_values = a->values();
+      p.saved_position = a->position();
+    }
+    p.stack.reset();
+    p.rt->close();
+  };
+  const bool has_dht = spec.workload != "ping";
+  std::vector<bool> starts_down(spec.peers, false);  // first trace event "up": joins then
+  if (spec.churn.kind == ChurnSpec::Kind::kTrace) {
+    std::vector<bool> seen(spec.peers, false);
+    for (const auto& ev : spec.churn.trace)
+      if (!seen[ev.peer]) {
+        seen[ev.peer] = true;
+        starts_down[ev.peer] = ev.up;
+      }
+  }
+  for (std::uint32_t i = 0; i < spec.peers; ++i) {
+    if (starts_down[i]) {
+      peers[i].rt->close();  // opened above to learn its port; listens once it joins
+      continue;
+    }
+    peers[i].stack = std::make_unique<PeerStack>(peers[i].env->runtime, spec, directory, i, avg_driver.get());
+    peers[i].stack->start();
+  }
+  std::vector<std::unique_ptr<asio::steady_timer>> churn_timers;
+  auto after = [&](Duration d, std::function<void()> fn) {
+    auto& t = churn_timers.emplace_back(std::make_unique<asio::steady_timer>(io));
+    t->expires_after(d);
+    t->async_wait([fn = std::move(fn)](boost::system::error_code ec) {
+      if (!ec) fn();
+    });
+  };
+  Rng churn_rng(spec.seed ^ 0x636875726eULL);  // the simulation's churn stream
+  if (spec.churn.kind == ChurnSpec::Kind::kTrace) {
+    for (const auto& ev : spec.churn.trace)
+      after(ev.at, [&, ev] {
+        const bool up = static_cast<bool>(peers[ev.peer].stack);
+        if (ev.up && !up) {
+          join(ev.peer);
+          metrics.count("churn.joins", 1);
+        } else if (!ev.up && up) {
+          leave(ev.peer);
+          metrics.count("churn.leaves", 1);
+        }
+      });
+  }
+  std::function<void(std::uint32_t)> session;  // lives as long as the timers that call it
+  if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.kind != ChurnSpec::Kind::kTrace) {
+    session = [&](std::uint32_t i) {
+      after(spec.churn.draw_session(churn_rng), [&, i] {
+        leave(i);
+        metrics.count("churn.leaves", 1);
+        after(spec.churn.draw_downtime(churn_rng), [&, i] {
+          join(i);
+          metrics.count("churn.joins", 1);
+          session(i);
+        });
+      });
+    };
+    // The bootstrap peers stay up; the others' sessions begin once the swarm has settled.
+    const std::uint32_t first = has_dht ? spec.dht.bootstrap_peers : 0;
+    after(has_dht ? spec.dht.join_window : Duration::zero(), [&, first] {
+      for (std::uint32_t i = first; i < spec.peers; ++i) session(i);
+    });
   }
 
   // Averaging rounds at fixed times, as in simulation; the run ends after the last one.
@@ -57,7 +142,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
       if (ec) return;
       std::vector<AveragingApp*> apps(spec.peers, nullptr);
       for (std::uint32_t i = 0; i < spec.peers; ++i)
-        if (peers[i].stack->joined()) apps[i] = peers[i].stack->averaging();
+        if (peers[i].stack && peers[i].stack->joined()) apps[i] = peers[i].stack->averaging();
       if (t == spec.averaging.rounds) {
         avg_driver->finish(apps);
         rounds_over = true;
@@ -92,6 +177,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
   };
   arm();
   io.run();
+  churn_timers.clear();
   for (auto& p : peers) p.stack.reset();
   for (auto& p : peers) p.rt->close();
 

@@ -237,22 +237,13 @@ class Swarm {
     net_.set_up(i, false);
     p.up = false;
   }
-  Duration draw_session(Rng& rng) const {
-    const double mean = static_cast<double>(spec_.churn.mean_session.count());
-    if (spec_.churn.kind == ChurnSpec::Kind::kWeibull) {
-      const double k = spec_.churn.weibull_shape;
-      const double scale = mean / std::tgamma(1.0 + 1.0 / k);
-      return Duration(static_cast<std::int64_t>(rng.weibull(k, scale)));
-    }
-    return Duration(static_cast<std::int64_t>(rng.exponential(mean)));
-  }
   // Churn decisions use the swarm's own stream so they do not shift a peer's protocol stream.
   void schedule_leave(std::uint32_t i) {
-    Simulator::Schedule(NanoSeconds(draw_session(churn_rng_).count()), [this, i] {
+    Simulator::Schedule(NanoSeconds(spec_.churn.draw_session(churn_rng_).count()), [this, i] {
       leave(i);
       metrics_.count("churn.leaves", 1);
-      const auto down = churn_rng_.exponential(static_cast<double>(spec_.churn.mean_downtime.count()));
-      Simulator::Schedule(NanoSeconds(static_cast<std::int64_t>(down)), [this, i] {
+      const Duration down = spec_.churn.draw_downtime(churn_rng_);
+      Simulator::Schedule(NanoSeconds(down.count()), [this, i] {
         join(i);
         metrics_.count("churn.joins", 1);
         schedule_leave(i);

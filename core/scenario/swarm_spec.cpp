@@ -9,6 +9,19 @@
 
 namespace apiary {
 
+Duration ChurnSpec::draw_session(Rng& rng) const {
+  const double mean = static_cast<double>(mean_session.count());
+  if (kind == Kind::kWeibull) {
+    const double scale = mean / std::tgamma(1.0 + 1.0 / weibull_shape);
+    return Duration(static_cast<std::int64_t>(rng.weibull(weibull_shape, scale)));
+  }
+  return Duration(static_cast<std::int64_t>(rng.exponential(mean)));
+}
+
+Duration ChurnSpec::draw_downtime(Rng& rng) const {
+  return Duration(static_cast<std::int64_t>(rng.exponential(static_cast<double>(mean_downtime.count()))));
+}
+
 std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t peers) {
   std::ifstream in(path);
   if (!in) throw ScenarioError(path + ": cannot open churn trace");
@@ -344,6 +357,13 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
                                std::to_string(spec.peers) + " peers");
   }
 
+  // Live, churn runs in the in-process swarm (ping, averaging) and in live training (a trace);
+  // the multi-process DHT and DMoE runners have none, and silently ignoring it would mislead.
+  if (spec.backend == "live" && spec.churn.kind != ChurnSpec::Kind::kNone &&
+      (spec.workload == "dht" || spec.workload == "dmoe"))
+    s.fail("churn.model", "live " + spec.workload + " swarms take no churn (it runs in ns-3, and live for the ping, "
+                                                   "averaging and training workloads)");
+
   s.get_sweep();  // validated here too; `apiary sweep` runs it
   s.check_unused();
   spec.scenario_text = s.text();
@@ -420,8 +440,8 @@ void PeerStack::start() {
     if (dmoe_server_) dmoe_server_->start();
     if (dmoe_trainer_) {
       const Duration wait = std::max(Duration::zero(), TimePoint(spec_.dmoe_sim.start) - rt_.now());
-      scope_.spawn([](Runtime& rt, DmoeTrainerApp* t, Duration wait) -> Task<void> {
-        co_await sleep_on(rt.timers, wait);
+      scope_.spawn([](Runtime& rt, DmoeTrainerApp* t, Duration delay) -> Task<void> {
+        co_await sleep_on(rt.timers, delay);
         t->start();
       }(rt_, dmoe_trainer_.get(), wait));
     }

@@ -52,6 +52,10 @@ struct ChurnSpec {
   Duration mean_session = std::chrono::minutes(30);  // time up
   Duration mean_downtime = std::chrono::minutes(5);  // time down before rejoining
   double weibull_shape = 0.5;
+  // A session's length (exponential or Weibull of mean mean_session) and a downtime (exponential
+  // of mean mean_downtime), drawn from the runner's churn stream.
+  Duration draw_session(Rng& rng) const;
+  Duration draw_downtime(Rng& rng) const;
 };
 
 // The DHT workload: peers join through bootstrap peers; stores and gets of random keys at

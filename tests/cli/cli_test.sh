@@ -103,6 +103,23 @@ assert len(v) == 3 and v[0] > 0.1 and v[2] < 1e-12, v
 assert m["counters"]["avg.rounds_ok"] == 8, m["counters"]
 PY
 
+# 7b. Averaging live under churn: peer 3 leaves before the first round and comes back (same port,
+#     its values kept) before the second; it rejoins the DHT and averages in the later rounds, so
+#     two full-grid rounds after its return every peer holds the exact mean of all four.
+printf '# TIME PEER up|down\n500ms 3 down\n2s 3 up\n' > avgchurn.trace
+"$APIARY" run "$SRC/scenarios/avg-live-16.toml" --set peers=4 --set averaging.grid_side=2 \
+  --set averaging.elements=20000 --set averaging.start=1s --set averaging.period=2500ms \
+  --set averaging.rounds=4 --set churn.model=trace --set churn.trace="$PWD/avgchurn.trace" \
+  --json --out avgchurn.h5 | tail -n 1 > avgchurn.json
+python3 - <<'PY' || fail "live averaging under churn"
+import json
+m = json.load(open("avgchurn.json"))["metrics"]
+c, v = m["counters"], m["variance_by_round"]
+assert c.get("churn.leaves") == 1 and c.get("churn.joins") == 1, c
+assert len(v) == 5 and v[0] > 0.1 and v[-1] < 1e-12, v
+assert c["avg.rounds_ok"] >= 12, c  # 4 peers in rounds 1-3: the returning peer takes part
+PY
+
 # 8. The live all-reduce benchmark: 3 processes, the exact mean everywhere.
 "$APIARY" allreduce-bench --peers 3 --elements 300000 --rounds 2 --warmup 0 --json > ar.json
 python3 - <<'PY' || fail "allreduce-bench"

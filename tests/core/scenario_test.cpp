@@ -69,6 +69,11 @@ TEST(Scenario, ErrorsNameFileLineAndKey) {
   EXPECT_EQ(error_of("[network]\nlatency = \"fast\"\n"),
             "bad.toml:2: key 'network.latency': 'fast' does not start with a number");
   EXPECT_EQ(error_of("peers = 4\n\n[workload]\nrat = \"1/s\"\n"), "bad.toml:4: unknown key 'workload.rat'");
+  // Churn that a live runner cannot apply is refused, not ignored.
+  EXPECT_EQ(error_of("backend = \"live\"\npeers = 4\n[workload]\nkind = \"dht\"\n[churn]\nmodel = \"exponential\"\n"),
+            "bad.toml:6: key 'churn.model': live dht swarms take no churn (it runs in ns-3, and live for the ping, "
+            "averaging and training workloads)");
+  EXPECT_EQ(error_of("backend = \"live\"\npeers = 4\nduration = \"2min\"\n[workload]\nkind = \"averaging\"\n[churn]\nmodel = \"exponential\"\n"), "");
 }
 
 TEST(Scenario, SyntaxErrorsNameLineAndColumn) {
