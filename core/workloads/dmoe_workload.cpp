@@ -88,8 +88,11 @@ void DmoeServerApp::start() { scope_.spawn(declare_loop()); }
 Task<void> DmoeServerApp::declare_loop() {
   while (true) {
     std::vector<moe::ExpertUid> uids = mine_;
-    co_await moe::declare_experts(dht_, std::move(uids), rt_.transport.local(), rt_.now() + std::chrono::minutes(5));
-    co_await sleep_on(rt_.timers, std::chrono::minutes(2));
+    // As hivemind's servers do: declare every 30 s, so the declarations follow the swarm as it
+    // grows (stored to the key's nearest peers at each declaration), and expire 2 min after the
+    // last one (a server that leaves is gone from searches soon).
+    co_await moe::declare_experts(dht_, std::move(uids), rt_.transport.local(), rt_.now() + std::chrono::minutes(2));
+    co_await sleep_on(rt_.timers, std::chrono::seconds(30));
   }
 }
 
