@@ -74,15 +74,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     p.rt->close();
   };
   const bool has_dht = spec.workload != "ping";
-  std::vector<bool> starts_down(spec.peers, false);  // first trace event "up": joins then
-  if (spec.churn.kind == ChurnSpec::Kind::kTrace) {
-    std::vector<bool> seen(spec.peers, false);
-    for (const auto& ev : spec.churn.trace)
-      if (!seen[ev.peer]) {
-        seen[ev.peer] = true;
-        starts_down[ev.peer] = ev.up;
-      }
-  }
+  const std::vector<bool> starts_down = spec.churn.starts_down(spec.peers);
   for (std::uint32_t i = 0; i < spec.peers; ++i) {
     if (starts_down[i]) {
       peers[i].rt->close();  // opened above to learn its port; listens once it joins

@@ -99,15 +99,7 @@ class Swarm {
     if (training) train_driver_ = std::make_unique<TrainingDriver>(spec_, metrics_);
     Rng join_rng(spec_.seed ^ 0x6a6f696eULL);
     // A peer whose first churn-trace event is "up" starts down: it joins at that time.
-    std::vector<bool> starts_down(spec_.peers, false);
-    if (spec_.churn.kind == ChurnSpec::Kind::kTrace) {
-      std::vector<bool> seen(spec_.peers, false);
-      for (const auto& ev : spec_.churn.trace)
-        if (!seen[ev.peer]) {
-          seen[ev.peer] = true;
-          starts_down[ev.peer] = ev.up;
-        }
-    }
+    const std::vector<bool> starts_down = spec_.churn.starts_down(spec_.peers);
     for (std::uint32_t i = 0; i < spec_.peers; ++i) {
       if (starts_down[i]) continue;
       const bool seed_peer = dht && i < spec_.dht.bootstrap_peers;

@@ -22,6 +22,18 @@ Duration ChurnSpec::draw_downtime(Rng& rng) const {
   return Duration(static_cast<std::int64_t>(rng.exponential(static_cast<double>(mean_downtime.count()))));
 }
 
+std::vector<bool> ChurnSpec::starts_down(std::uint32_t peers) const {
+  std::vector<bool> down(peers, false);
+  if (kind != Kind::kTrace) return down;
+  std::vector<bool> seen(peers, false);
+  for (const auto& ev : trace)
+    if (ev.peer < peers && !seen[ev.peer]) {
+      seen[ev.peer] = true;
+      down[ev.peer] = ev.up;
+    }
+  return down;
+}
+
 std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t peers) {
   std::ifstream in(path);
   if (!in) throw ScenarioError(path + ": cannot open churn trace");

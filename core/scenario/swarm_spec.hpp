@@ -56,6 +56,8 @@ struct ChurnSpec {
   // of mean mean_downtime), drawn from the runner's churn stream.
   Duration draw_session(Rng& rng) const;
   Duration draw_downtime(Rng& rng) const;
+  // kTrace: the peers whose first event is "up" start down and join at that time.
+  std::vector<bool> starts_down(std::uint32_t peers) const;
 };
 
 // The DHT workload: peers join through bootstrap peers; stores and gets of random keys at
