@@ -27,9 +27,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     std::unique_ptr<LiveRuntime> rt;
     std::unique_ptr<PeerEnv> env;
     std::unique_ptr<PeerStack> stack;
-    // Averaging: what a peer holds while it is down (it keeps its values across a leave).
-    std::optional<std::vector<float>> saved_values;
-    std::optional<averaging::GridPosition> saved_position;
+    AveragingMemo kept;  // what it holds while it is down
   };
   std::vector<LivePeer> peers(spec.peers);
   std::vector<Endpoint> directory;
@@ -55,10 +53,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     if (p.stack) return;
     p.rt->open();
     p.stack = std::make_unique<PeerStack>(p.env->runtime, spec, directory, i, avg_driver.get());
-    if (auto* a = p.stack->averaging()) {
-      if (p.saved_values) a->values() = std::move(*p.saved_values);
-      if (p.saved_position) a->position() = *p.saved_position;
-    }
+    p.kept.restore(p.stack->averaging());
     p.env->observer.trace("peer.join", i, 0);
     p.stack->start();
   };
@@ -66,10 +61,7 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
     auto& p = peers[i];
     if (!p.stack) return;
     p.env->observer.trace("peer.leave", i, 0);
-    if (auto* a = p.stack->averaging()) {
-      p.saved_values = a->values();
-      p.saved_position = a->position();
-    }
+    p.kept.save(p.stack->averaging());
     p.stack.reset();
     p.rt->close();
   };

@@ -49,9 +49,7 @@ struct SimPeer {
   std::unique_ptr<PeerStack> stack;
   bool up = false;
   double bandwidth = 0;
-  // Averaging: what a peer holds while it is down (it keeps its values across a leave).
-  std::optional<std::vector<float>> saved_values;
-  std::optional<averaging::GridPosition> saved_position;
+  AveragingMemo kept;  // what it holds while it is down
 };
 
 class Swarm {
@@ -207,11 +205,8 @@ class Swarm {
     auto& p = peers_[i];
     net_.set_up(i, true);
     p.stack = std::make_unique<PeerStack>(p.env->runtime, spec_, directory_, i, avg_driver_.get(), train_driver_.get());
-    if (auto* a = p.stack->averaging()) {
-      a->set_bandwidth(p.bandwidth);
-      if (p.saved_values) a->values() = std::move(*p.saved_values);
-      if (p.saved_position) a->position() = *p.saved_position;
-    }
+    if (auto* a = p.stack->averaging()) a->set_bandwidth(p.bandwidth);
+    p.kept.restore(p.stack->averaging());
     p.up = true;
     p.env->observer.trace("peer.join", i, 0);
     p.stack->start();
@@ -221,10 +216,7 @@ class Swarm {
     auto& p = peers_[i];
     if (!p.up) return;
     p.env->observer.trace("peer.leave", i, 0);
-    if (auto* a = p.stack->averaging()) {
-      p.saved_values = a->values();
-      p.saved_position = a->position();
-    }
+    p.kept.save(p.stack->averaging());
     p.stack.reset();
     net_.set_up(i, false);
     p.up = false;

@@ -76,6 +76,18 @@ Task<void> AveragingApp::round(std::uint64_t t, std::string key, std::optional<G
   busy_ = false;
 }
 
+void AveragingMemo::save(AveragingApp* app) {
+  if (!app) return;
+  values = app->values();
+  position = app->position();
+}
+
+void AveragingMemo::restore(AveragingApp* app) {
+  if (!app) return;
+  if (values) app->values() = std::move(*values);
+  if (position) app->position() = *position;
+}
+
 AveragingDriver::AveragingDriver(const SwarmSpec& spec, Metrics& metrics)
     : spec_(spec), avg_(spec.averaging), metrics_(metrics), rng_(spec.seed ^ 0x61766572616765ULL) {
   true_mean_.assign(avg_.elements, 0.0);

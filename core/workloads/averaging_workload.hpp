@@ -12,6 +12,7 @@
 // initial mean), the bytes each peer sent, each peer's round time and the failures.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,14 @@ class AveragingApp {
   std::unique_ptr<averaging::Matchmaker> mm_;
   std::unique_ptr<averaging::Averager> avg_;
   TaskScope scope_;
+};
+
+// What a peer keeps across a leave and a rejoin under churn: its averaging values and grid cell.
+struct AveragingMemo {
+  std::optional<std::vector<float>> values;
+  std::optional<averaging::GridPosition> position;
+  void save(AveragingApp* app);     // nothing when the peer runs no averaging
+  void restore(AveragingApp* app);  // into a fresh app of the returning peer
 };
 
 // The swarm's side, the same for every backend: initial values and positions, failure draws,
