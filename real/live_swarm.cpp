@@ -1,8 +1,6 @@
 #include <utility>
 #include "real/live_swarm.hpp"
 
-#include <optional>
-
 #include <boost/asio.hpp>
 
 #include "real/live_dht.hpp"
@@ -68,12 +66,10 @@ RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn
   const bool has_dht = spec.workload != "ping";
   const std::vector<bool> starts_down = spec.churn.starts_down(spec.peers);
   for (std::uint32_t i = 0; i < spec.peers; ++i) {
-    if (starts_down[i]) {
+    if (starts_down[i])
       peers[i].rt->close();  // opened above to learn its port; listens once it joins
-      continue;
-    }
-    peers[i].stack = std::make_unique<PeerStack>(peers[i].env->runtime, spec, directory, i, avg_driver.get());
-    peers[i].stack->start();
+    else
+      join(i);
   }
   std::vector<std::unique_ptr<asio::steady_timer>> churn_timers;
   auto after = [&](Duration d, std::function<void()> fn) {

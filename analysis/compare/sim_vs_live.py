@@ -178,6 +178,14 @@ def run(binary, sets, out, netns=None, scenario="dht-live-64.toml"):
     return load_run(out)
 
 
+def emit(text, out):
+    """Prints the table, and writes it to `out` too when given."""
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def quantile_rows(rows, name, a, b, scale=1.0, unit="", qs=(0.1, 0.5, 0.9, 0.99), fmt="{:.1f}"):
     """Appends one row per quantile of two samples (ns-3's, live's) with their relative gap."""
     if a is None or b is None or not len(a) or not len(b):
@@ -253,11 +261,7 @@ def main():
     if args.workload == "averaging":
         if args.peers == 32:  # the DHT default; averaging needs a square
             args.peers = 16
-        text = compare_averaging(args)
-        print(text)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
+        emit(compare_averaging(args), args.out)
         return
     L = args.latency_ms
     common = [f"peers={args.peers}", f"dht.k={args.k}", f"workload.keys={args.keys}"]
@@ -296,16 +300,8 @@ def main():
     sim.series["dht.get.latency_ns"] = np.asarray(sim.series["dht.get.latency_ns"])[remote]
     sim.series["dht.get.hops"] = np.asarray(sim.series["dht.get.hops"])[remote]
 
-    def dist(name, scale=1e-6, unit="ms"):
-        a, b = sim.series.get(name), live.series.get(name)
-        if a is None or b is None or not len(a) or not len(b):
-            return
-        for q in (0.1, 0.5, 0.9, 0.99):
-            x, y = np.quantile(a, q) * scale, np.quantile(b, q) * scale
-            rows.append((f"{name} p{int(q * 100)}", f"{x:.1f} {unit}", f"{y:.1f} {unit}", f"{(y - x) / x * 100:+.0f}%" if x else "—"))
-
-    dist("dht.get.latency_ns")
-    dist("dht.store.latency_ns")
+    for name in ("dht.get.latency_ns", "dht.store.latency_ns"):
+        quantile_rows(rows, name, sim.series.get(name), live.series.get(name), 1e-6, " ms")
     for name in ("dht.get.hops",):
         a, b = sim.series.get(name), live.series.get(name)
         if a is not None and b is not None and len(a) and len(b):
@@ -322,11 +318,7 @@ def main():
              f"{network}.", "",
              "| figure | ns-3 | live | live vs ns-3 |", "|---|---:|---:|---:|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
