@@ -35,7 +35,7 @@ PAPER = {
 }
 
 
-def capped_geometric(n, p, restarts):
+def capped_geometric(n, p):
     """Mean and standard deviation of the all-reduce baseline's round count, min(G, CAP), where G
     is geometric with success probability q = (1 - p)^n (a round counts only if no peer fails)."""
     q = (1.0 - p) ** n
@@ -55,7 +55,7 @@ def tolerance(method, paper, n, p, restarts):
         # Both the paper's figure and ours are means of `restarts` draws of the same capped
         # geometric variable, so they may differ by chance: allow two standard deviations of the
         # difference of two such means (zero when p = 0: the round count is then always 1).
-        _, sd = capped_geometric(n, p, restarts)
+        _, sd = capped_geometric(n, p)
         half = 2.0 * sd * (2.0 / restarts) ** 0.5
         return half + 0.05, f"±{half + 0.05:.1f} (2σ of two {restarts}-restart means)"
     return 0.15 * paper + 0.05, "±15%"
@@ -158,7 +158,7 @@ def main():
                 verdict = "—" if ok is None else ("pass" if ok else "FAIL")
                 if ok is not None:
                     verdicts.append(ok)
-                expected = f"{capped_geometric(n, p, R)[0]:.1f}" if m == "allreduce" else ""
+                expected = f"{capped_geometric(n, p)[0]:.1f}" if m == "allreduce" else ""
                 tol = "" if paper is None else tolerance(m, paper, n, p, R)[1]
                 lines.append(f"| {m} | {n} | {p} | {mean:.1f} | {min(r)}-{max(r)} | {expected} | "
                              f"{'—' if paper is None else paper} | {tol} | {verdict} |")
