@@ -13,13 +13,13 @@
 #include "apiary/quickstart.hpp"
 #include "apiary/version.hpp"
 #include "core/runtime/metrics.hpp"
-#include "core/scenario/swarm_spec.hpp"
+#include "harness/spec.hpp"
 #include "cli/sweep.hpp"
 #include "real/live_allreduce.hpp"
 #include "real/live_dht.hpp"
-#include "real/live_swarm.hpp"
+#include "real/live_host.hpp"
 #ifdef APIARY_WITH_NS3
-#include "sim/sim_swarm.hpp"
+#include "sim/sim_host.hpp"
 #endif
 
 namespace {
@@ -77,54 +77,14 @@ nlohmann::json summarize(const SwarmSpec& spec, const Metrics& m, const RunInfo&
           {"cost", cost}};
 }
 
-void print_human(const nlohmann::json& j) {
-  const auto& c = j["metrics"]["counters"];
-  auto get = [&](const char* k) -> long long { return c.contains(k) ? c[k].get<long long>() : 0; };
-  std::printf("%s (%s, %d peers, %.0f s, seed %llu)\n", j["scenario"].get<std::string>().c_str(),
-              j["backend"].get<std::string>().c_str(), j["peers"].get<int>(),
-              j["run_seconds"].get<double>(), j["seed"].get<unsigned long long>());
-  const auto& series = j["metrics"].contains("series") ? j["metrics"]["series"] : nlohmann::json::object();
-  auto p50 = [&](const char* k) { return series.contains(k) ? series[k]["p50"].get<double>() : 0.0; };
-  if (c.contains("ping.sent"))
-    std::printf("  pings: %lld sent, %lld ok, %lld timed out, %lld unreachable\n", get("ping.sent"),
-                get("ping.ok"), get("ping.failed.timeout"), get("ping.failed.unreachable"));
-  if (c.contains("dht.get.issued") || c.contains("dht.store.issued"))
-    std::printf("  dht: %lld/%lld gets ok, %lld/%lld stores ok, get p50 %.1f ms, %.2f hops\n", get("dht.get.ok"),
-                get("dht.get.issued"), get("dht.store.ok"), get("dht.store.issued"), p50("dht.get.latency_ns") / 1e6,
-                series.contains("dht.get.hops") ? series["dht.get.hops"]["mean"].get<double>() : 0.0);
-  if (j["metrics"].contains("variance_by_round")) {
-    std::printf("  averaging: %lld peer-rounds ok, %lld matchmaking failures, %lld failed reducers, %lld void rounds\n",
-                get("avg.rounds_ok"), get("avg.matchmaking_failures"), get("avg.failed_reducers"), get("avg.rounds_void"));
-    std::printf("  round time p50 %.3f s, bytes sent per peer-round p50 %.0f, group size p50 %.0f\n",
-                p50("avg.round.seconds"), p50("avg.round.bytes_sent"), p50("avg.group_size"));
-    std::printf("  variance by round:");
-    for (const auto& v : j["metrics"]["variance_by_round"]) std::printf(" %.3g", v.get<double>());
-    std::printf("\n");
-  }
-  if (j["metrics"].contains("series") && j["metrics"]["series"].contains("ping.rtt_ns")) {
-    const auto& s = j["metrics"]["series"]["ping.rtt_ns"];
-    std::printf("  rtt: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms\n", s["p50"].get<double>() / 1e6,
-                s["p95"].get<double>() / 1e6, s["p99"].get<double>() / 1e6);
-  }
-  std::printf("  messages: %lld, bad frames: %lld\n", get("transport.messages_sent"),
-              get("transport.bad_frames"));
+// The common header and footer; the workload's own lines in between.
+void print_human(const nlohmann::json& j, const SwarmSpec& spec, const Metrics& m, const RunInfo& info) {
+  std::printf("%s (%s, %u peers, %.0f s, seed %llu)\n", spec.name.c_str(), info.backend.c_str(), spec.peers,
+              info.run_seconds, static_cast<unsigned long long>(spec.seed));
+  if (const auto* type = WorkloadRegistry::find(spec.workload); type && type->summarize) type->summarize(stdout, m, info);
+  std::printf("  messages: %lld, bad frames: %lld\n", static_cast<long long>(m.counter("transport.messages_sent")),
+              static_cast<long long>(m.counter("transport.bad_frames")));
   const auto& cost = j["cost"];
-  auto fig = [&](const char* k) { return cost.contains(k) ? cost[k].get<double>() : 0.0; };
-  if (c.contains("train.samples") && cost.contains("final_loss")) {
-    std::printf("  training: %.0f steps, %lld samples in %.0f s; test loss %.3f, accuracy %.1f%%\n", fig("steps"),
-                get("train.samples"), fig("train_seconds"), fig("final_loss"), 100 * fig("final_accuracy"));
-    if (fig("time_to_target_s") >= 0 && cost.contains("time_to_target_s"))
-      std::printf("  time to the target loss: %.0f s\n", fig("time_to_target_s"));
-    std::printf("  utilisation per trainer: min %.1f%%, mean %.1f%%; averaging %.2f s per step", 100 * fig("utilisation_min"),
-                100 * fig("utilisation_mean"), fig("averaging_seconds_mean"));
-    if (cost.contains("compute_to_averaging"))
-      std::printf(" (a step computes %.2f s, %.1fx that)", fig("step_compute_s"), fig("compute_to_averaging"));
-    std::printf("\n  all-reduce bytes per sample: %.1f; %lld steps ok, %lld failed, %lld catch-ups\n",
-                fig("allreduce_bytes_per_sample"), get("train.steps_ok"), get("train.step_failures"), get("train.catch_ups"));
-  }
-  if (cost.contains("throughput_samples_per_second"))
-    std::printf("  dmoe: %.1f samples/s trained (forward and backward), %.2f s per batch; %lld expert calls unanswered, %lld batches failed\n",
-                fig("throughput_samples_per_second"), fig("batch_seconds_mean"), get("dmoe.expert_failures"), get("dmoe.failed_batches"));
   if (cost.contains("us_per_message"))
     std::printf("  ns-3 cost: %.2f us per message, %.0f bytes per peer, %.1fx real time\n",
                 cost["us_per_message"].get<double>(), cost["peak_bytes_per_peer"].get<double>(),
@@ -157,7 +117,7 @@ int run(const std::string& scenario_path, std::optional<std::uint64_t> seed,
   }
   results::write_h5(out, spec, metrics, info);
   const auto summary = summarize(spec, metrics, info, out);
-  if (!quiet) print_human(summary);
+  if (!quiet) print_human(summary, spec, metrics, info);
   if (json) std::cout << summary.dump() << std::endl;
   return 0;
 }

@@ -13,7 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/scenario/swarm_spec.hpp"
+#include "harness/spec.hpp"
 #include "real/processes.hpp"
 
 namespace apiary::cli {

@@ -15,6 +15,7 @@
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/processes.hpp"
+#include "harness/workloads/dht.hpp"
 
 namespace apiary::real {
 
@@ -176,11 +177,8 @@ DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key
 
 namespace apiary::real {
 
-namespace {
-
-}  // namespace
-
 RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
+  const auto& ops = spec.workload_config<DhtWorkloadConfig>();
   const auto wall0 = std::chrono::steady_clock::now();
   const auto dir = std::filesystem::temp_directory_path() /
                    ("apiary-live-dht-" + std::to_string(getpid()));
@@ -235,10 +233,10 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   if (!client.run(client.node->bootstrap(via), std::chrono::seconds(10)))
     throw std::runtime_error("live DHT: the client could not join");
 
-  const std::uint32_t n = spec.dht.keys;
+  const std::uint32_t n = ops.keys;
   auto key_of = [&](std::uint32_t i) { return "live-" + std::to_string(spec.seed) + "-" + std::to_string(i); };
   auto value_of = [&](std::uint32_t i) {
-    Bytes v(spec.dht.value_size);
+    Bytes v(ops.value_size);
     for (std::size_t j = 0; j < v.size(); ++j) v[j] = static_cast<std::uint8_t>(i * 131 + j);
     return v;
   };
@@ -252,7 +250,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
           dht::Record r;
           r.key = key_of(i);
           r.value = value_of(i);
-          r.expiration = client.rt->now() + spec.dht.ttl;
+          r.expiration = client.rt->now() + ops.ttl;
           auto res = co_await client.node->store(std::move(r));
           metrics.count(res.replicas > 0 ? "dht.store.ok" : "dht.store.failed", 1);
           metrics.sample("dht.store.latency_ns", static_cast<double>(res.latency.count()));
@@ -271,7 +269,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
     };
     auto all = [&]() -> Task<int> {
       std::vector<Task<int>> ws;
-      for (std::uint32_t w = 0; w < spec.dht.concurrency; ++w) ws.push_back(worker());
+      for (std::uint32_t w = 0; w < ops.concurrency; ++w) ws.push_back(worker());
       co_await when_all(std::move(ws));
       co_return 0;
     };
@@ -292,5 +290,9 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return info;
 }
+
+namespace {
+const bool kLauncher = (WorkloadRegistry::add_launcher("dht", {run_live_dht_swarm, false}), true);
+}  // namespace
 
 }  // namespace apiary::real

@@ -8,7 +8,7 @@
 
 #include "core/dht/node.hpp"
 #include "core/runtime/metrics.hpp"
-#include "core/scenario/swarm_spec.hpp"
+#include "harness/spec.hpp"
 
 namespace apiary::real {
 
@@ -46,9 +46,10 @@ DhtClientResult dht_client_store(const DhtClientOptions& o, const std::string& k
                                  std::chrono::seconds ttl);
 DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key);
 
-// A live DHT swarm of separate processes on this machine: N `apiary peer` processes join through
-// the first, then an in-process client stores `workload.keys` keys and gets them all back,
-// `workload.concurrency` at a time, measuring success, latency and throughput.
+// A live DHT swarm of separate processes on this machine (live.processes = true, registered as
+// the dht workload's process launcher): N `apiary peer` processes join through the first, then an
+// in-process client stores `workload.keys` keys and gets them all back, `workload.concurrency` at
+// a time, measuring success, latency and throughput.
 RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress);
 
 }  // namespace apiary::real

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "core/moe/experts.hpp"
+#include "harness/workloads/dmoe.hpp"
 #include "real/processes.hpp"
 
 namespace apiary::real {
@@ -17,7 +18,7 @@ namespace apiary::real {
 namespace fs = std::filesystem;
 
 RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
-  const auto& d = spec.dmoe_live;
+  const auto& d = spec.workload_config<DmoeWorkloadConfig>().torch;
   const fs::path exe = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
   const auto wall0 = std::chrono::steady_clock::now();
   char tmpl[] = "/tmp/apiary-dmoe-XXXXXX";
@@ -134,5 +135,9 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return info;
 }
+
+namespace {
+const bool kLauncher = (WorkloadRegistry::add_launcher("dmoe", {run_live_dmoe, false}), true);
+}  // namespace
 
 }  // namespace apiary::real

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "harness/workloads/training.hpp"
 #include "real/processes.hpp"
 
 namespace apiary::real {
@@ -34,8 +35,10 @@ struct Incarnation {
 }  // namespace
 
 RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
-  const auto& t = spec.training;
-  if (t.mode != "collaborative") throw std::runtime_error("live training runs the collaborative mode only");
+  const auto& t = spec.workload_config<TrainingWorkloadSpec>();
+  if (t.mode != "collaborative")
+    throw std::runtime_error("LibTorch trainer processes run the collaborative mode only; without live.processes, DiLoCo runs "
+                             "live in one process");
   const std::string program = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
   const auto wall0 = std::chrono::steady_clock::now();
   char tmpl[] = "/tmp/apiary-train-XXXXXX";
@@ -219,5 +222,9 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return info;
 }
+
+namespace {
+const bool kLauncher = (WorkloadRegistry::add_launcher("training", {run_live_training, true}), true);
+}  // namespace
 
 }  // namespace apiary::real

@@ -1,6 +1,6 @@
 #pragma once
-// Live collaborative training runs (issue 7): `apiary run` on a scenario with backend "live" and
-// workload "training" starts a seed DHT peer (`apiary peer`) and one `apiary-train trainer`
+// Live collaborative training with LibTorch trainer processes: `apiary run` on a scenario with
+// backend "live", live.processes = true and workload "training" starts a seed DHT peer (`apiary peer`) and one `apiary-train trainer`
 // process per trainer on loopback, applies the scenario's churn trace to them (a "down" event
 // kills the trainer's process with SIGKILL, an "up" event starts a fresh process that downloads
 // the swarm's state first; a trainer whose first event is "up" starts down), waits for the run
@@ -8,7 +8,7 @@
 // steps, global batch sizes, group sizes, accuracy over time, final accuracy against the
 // baseline's. No LibTorch here: the trainers are separate processes.
 #include "core/runtime/metrics.hpp"
-#include "core/scenario/swarm_spec.hpp"
+#include "harness/spec.hpp"
 
 namespace apiary::real {
 

@@ -1,5 +1,5 @@
 #pragma once
-// DMoE experts in LibTorch (issue 5, first part): experts as torch::nn modules served over the
+// DMoE experts in LibTorch: experts as torch::nn modules served over the
 // RPC layer, and a client-side module whose forward and backward run on the server.
 //
 //   ExpertServer server(rt, rpc);                    // on the server peer

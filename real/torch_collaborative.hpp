@@ -1,5 +1,5 @@
 #pragma once
-// Collaborative training from a LibTorch training loop (issue 7): wraps any torch::nn::Module and
+// Collaborative training from a LibTorch training loop: wraps any torch::nn::Module and
 // torch::optim optimizer. After loss.backward() on a local batch, accumulate(samples) adds the
 // gradients; step() waits for the swarm's global batch, averages the gradients over it
 // (weighted by samples, through the DHT-matched all-reduce), writes them into the parameters'

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "core/data/idx.hpp"
+#include "harness/data/idx.hpp"
 #include "core/dht/validate.hpp"
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"

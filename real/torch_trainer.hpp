@@ -1,5 +1,5 @@
 #pragma once
-// A live collaborative trainer as its own process (issue 7): an MLP on Fashion-MNIST in LibTorch,
+// A live collaborative trainer as its own process: an MLP on Fashion-MNIST in LibTorch,
 // trained with TorchCollaborative over real sockets, joining the swarm's DHT through a seed
 // peer. It writes what happens as JSON lines (one object per line, flushed at once, so a
 // trainer that is killed leaves its record): "start", "joined" (newcomers: the epoch and
@@ -46,7 +46,7 @@ int run_baseline(const TrainerOptions& options);
 
 namespace apiary::real {
 
-// Live DMoE (issue 5): expert servers and a trainer as processes. The classifier is
+// Live DMoE: expert servers and a trainer as processes. The classifier is
 // Linear(784, dim) -> ReLU -> mixture of FFN experts (dim -> hidden -> dim, on a grid) ->
 // Linear(dim, 10). Servers host experts and declare them in the DHT; the trainer's mixture layer
 // finds them by beam search and calls them (k best, k_min, timeouts), the experts training on

@@ -4,7 +4,7 @@
 For each (peers, elements) point both systems average a float32 tensor of `elements` values
 among `peers` separate processes on this machine (127.0.0.1), `--warmup` untimed rounds then
 `--rounds` timed ones; the same run also measures this machine's loopback TCP bandwidth, so
-the table can say how close each all-reduce gets to it (issue 4, "Targets").
+the table can say how close each all-reduce gets to it.
 
     /usr/bin/python3 analysis/compare/allreduce_vs_gloo.py \\
         --peers 2 4 8 --elements 16777216 67108864 --rounds 5 --warmup 1 --out out/allreduce.json

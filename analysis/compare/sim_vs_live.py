@@ -268,7 +268,7 @@ def main():
     netem = netem_available()
     use_netns = args.netns == "on" or (args.netns == "auto" and not netem.startswith("no (cannot create"))
     with tempfile.TemporaryDirectory() as tmp:
-        live_sets = common + ["dht.join_window=3s"]
+        live_sets = common + ["dht.join_window=3s", "live.processes=true"]
         if use_netns:
             NetnsLab.remove_leftovers()
             lab = NetnsLab(args.peers, L, netem == "yes")

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/runtime/metrics.hpp"
-#include "core/scenario/swarm_spec.hpp"
+#include "harness/spec.hpp"
 
 namespace apiary::results {
 

@@ -59,7 +59,7 @@ TensorSchema CollaborativeOptimizer::state_schema() const {
   return s;
 }
 
-Member CollaborativeOptimizer::self() const { return Member{rt_.transport.local(), cfg_.role, 1.0}; }
+Member CollaborativeOptimizer::self() const { return Member{rt_.transport.local(), cfg_.role, cfg_.bandwidth}; }
 
 void CollaborativeOptimizer::accumulate(std::span<const float> grad_sum, std::uint64_t samples) {
   if (cfg_.role == MemberKind::kAux) throw std::logic_error("an auxiliary peer trains nothing");
@@ -100,7 +100,10 @@ double CollaborativeOptimizer::estimated_samples(const SwarmProgress& swarm) con
 bool CollaborativeOptimizer::step_due(const SwarmProgress& swarm, bool early) const {
   if (swarm.epoch > epoch_) return true;  // behind: step() catches up
   if (swarm.epoch != epoch_ || swarm.fetched == TimePoint{}) return false;
-  if (early) return progress_.matchmaking_time(swarm) <= rt_.now();
+  if (early) {
+    const TimePoint now = rt_.now();
+    return progress_.matchmaking_time(swarm, now) <= now;
+  }
   return swarm.ready || estimated_samples(swarm) >= static_cast<double>(cfg_.progress.target_batch);
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// Collaborative training, the per-step mode (issue 7): many peers train one model, each on its
+// Collaborative training, the per-step mode: many peers train one model, each on its
 // own data at its own pace, and take a global optimizer step together whenever the swarm has
 // processed the target batch size.
 //
@@ -32,6 +32,7 @@ struct CollaborativeConfig {
   averaging::MatchmakingConfig matchmaking;
   averaging::AllReduceConfig allreduce;
   averaging::MemberKind role = averaging::MemberKind::kFull;
+  double bandwidth = 1.0;  // this peer's share in bandwidth-aware all-reduce parts (only ratios matter)
   double learning_rate = 0.1;  // the built-in SGD
   double momentum = 0.0;       // the built-in SGD's momentum (its buffer is optimizer state)
   bool apply_sgd = true;  // false: leave the step to the caller's optimizer (StepReport::mean_gradient)

@@ -26,7 +26,7 @@ bool DilocoOptimizer::inner_step_done(std::uint64_t samples) {
 Task<Result<OuterReport>> DilocoOptimizer::outer_step() {
   std::vector<float> pseudo(params_.size());
   for (std::size_t i = 0; i < pseudo.size(); ++i) pseudo[i] = start_[i] - params_[i];
-  Member self{rt_.transport.local(), MemberKind::kFull, 1.0};
+  Member self{rt_.transport.local(), MemberKind::kFull, cfg_.bandwidth};
   Result<Group> group = co_await matchmaker_.find_group(cfg_.prefix + ".outer" + std::to_string(round_), schema_, self);
   if (!group.ok()) co_return group.error();
   const std::size_t members = group->members.size();

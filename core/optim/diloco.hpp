@@ -1,5 +1,5 @@
 #pragma once
-// DiLoCo mode (issue 7): each peer takes H local optimizer steps with its own inner optimizer,
+// DiLoCo mode: each peer takes H local optimizer steps with its own inner optimizer,
 // then the peers average their pseudo-gradients (start parameters minus end parameters, weighted
 // by samples) and every peer applies the same outer step — SGD with (Nesterov) momentum — to the
 // start parameters. Communication happens once per H steps instead of every step.
@@ -19,6 +19,7 @@ struct DilocoConfig {
   bool nesterov = true;
   averaging::MatchmakingConfig matchmaking;
   averaging::AllReduceConfig allreduce;
+  double bandwidth = 1.0;  // this peer's share in bandwidth-aware all-reduce parts (only ratios matter)
 };
 
 struct OuterReport {

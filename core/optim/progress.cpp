@@ -85,9 +85,9 @@ Task<SwarmProgress> ProgressTracker::fetch() {
   co_return swarm;
 }
 
-TimePoint ProgressTracker::matchmaking_time(const SwarmProgress& p) const {
-  if (p.ready || p.eta == TimePoint::max()) return p.ready ? rt_.now() : TimePoint::max();
-  return std::max(rt_.now(), p.eta - cfg_.matchmaking_lead);
+TimePoint ProgressTracker::matchmaking_time(const SwarmProgress& p, TimePoint now) const {
+  if (p.ready || p.eta == TimePoint::max()) return p.ready ? now : TimePoint::max();
+  return std::max(now, p.eta - cfg_.matchmaking_lead);
 }
 
 }  // namespace apiary::optim

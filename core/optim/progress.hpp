@@ -1,5 +1,5 @@
 #pragma once
-// Collaborative training, step 1: progress tracking through the DHT (issue 7).
+// Collaborative training, step 1: progress tracking through the DHT.
 //
 // Every peer publishes, under its own signed subkey of one DHT key, the global step (epoch) it is
 // on, how many samples it has accumulated toward that step and its recent throughput. Any peer
@@ -58,8 +58,10 @@ class ProgressTracker {
   Task<bool> publish(PeerProgress mine);
   // Reads and aggregates everybody's progress.
   Task<SwarmProgress> fetch();
-  // When to begin matchmaking for the step: matchmaking_lead before the ETA (now if ready).
-  TimePoint matchmaking_time(const SwarmProgress& p) const;
+  // When to begin matchmaking for the step: matchmaking_lead before the ETA, not before `now`
+  // (`now` if ready). The caller reads the clock once and compares with the same `now`: on a live
+  // clock two reads differ, and `matchmaking_time(p) <= rt.now()` may read them in either order.
+  TimePoint matchmaking_time(const SwarmProgress& p, TimePoint now) const;
   std::string key() const { return cfg_.prefix + ":progress"; }
 
  private:

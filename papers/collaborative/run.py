@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Collaborative training targets (issue 7), from the scenarios in scenarios/, in one command.
+"""The collaborative-training targets, from the scenarios in scenarios/, in one command.
 
 Rows (pass/fail):
   1. ns-3, 8 heterogeneous trainers, a global step computes ~10x its averaging time

@@ -24,7 +24,7 @@ CAP = 50
 PS = [0.0, 0.001, 0.005, 0.01]
 METHODS = ["allreduce", "moshpit", "random", "gossip"]
 
-# The paper's N=512 row (Table 1 of the Moshpit SGD paper, as quoted in issue 4) and the
+# The paper's N=512 row (Table 1 of the Moshpit SGD paper) and the
 # tolerance we hold ourselves to. None: the paper gives no number for that cell.
 PAPER = {
     ("allreduce", 512): [1.0, 1.6, 10.9, 41.7],

@@ -4,7 +4,7 @@
 
 #include "core/runtime/rpc.hpp"
 #include "core/wire/frame.hpp"
-#include "core/workloads/ping.hpp"
+#include "harness/workloads/ping.hpp"
 #include "tests/support/fake_runtime.hpp"
 
 namespace apiary {

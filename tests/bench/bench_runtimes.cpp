@@ -5,7 +5,7 @@
 #include <benchmark/benchmark.h>
 
 #include "core/runtime/rpc.hpp"
-#include "core/workloads/ping.hpp"
+#include "harness/workloads/ping.hpp"
 #include "tests/conformance/worlds.hpp"
 
 namespace apiary {

@@ -16,6 +16,7 @@ duration = "4min"
 [workload]
 kind = "dmoe"
 [live]
+processes = true
 emulated_latency = "5ms"
 [dmoe]
 servers = 2

@@ -19,6 +19,8 @@ name = "train-live-test"
 backend = "live"
 peers = 6
 duration = "4min"
+[live]
+processes = true
 [workload]
 kind = "training"
 [churn]

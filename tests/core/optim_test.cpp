@@ -81,7 +81,14 @@ TEST(Progress, PeersPublishUnderSignedSubkeysAndEveryoneSeesTheSum) {
   EXPECT_EQ(seen.peers, 5u);
   EXPECT_EQ(seen.behind, 1u);
   EXPECT_TRUE(seen.ready);
-  EXPECT_EQ(trackers[9]->matchmaking_time(seen), s.fake[9].runtime().now());
+  const TimePoint now = s.fake[9].runtime().now();
+  EXPECT_EQ(trackers[9]->matchmaking_time(seen, now), now);
+  SwarmProgress later = seen;  // not ready: matchmaking_lead before the ETA, never before now
+  later.ready = false;
+  later.eta = now + std::chrono::seconds(10);
+  EXPECT_EQ(trackers[9]->matchmaking_time(later, now), later.eta - pc.matchmaking_lead);
+  later.eta = now;
+  EXPECT_EQ(trackers[9]->matchmaking_time(later, now), now);
 
   // A peer cannot overwrite another's entry: a record under peer 0's owner tag signed by peer 1's
   // key is refused everywhere, so the sum stays as it was.

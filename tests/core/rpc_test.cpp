@@ -3,7 +3,7 @@
 
 #include "core/runtime/rpc.hpp"
 #include "core/runtime/task.hpp"
-#include "core/workloads/ping.hpp"
+#include "harness/workloads/ping.hpp"
 #include "tests/support/fake_runtime.hpp"
 
 namespace apiary {

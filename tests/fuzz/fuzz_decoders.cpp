@@ -8,7 +8,7 @@
 #include "core/dht/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 #include "core/wire/frame.hpp"
-#include "core/workloads/ping.hpp"
+#include "harness/workloads/ping.hpp"
 #include "tests/support/fake_runtime.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

@@ -8,7 +8,7 @@
 
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
-#include "core/data/idx.hpp"
+#include "harness/data/idx.hpp"
 #include "core/dht/validate.hpp"
 #include "real/moe_expert.hpp"
 #include "tests/support/live_peers.hpp"

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "analysis/h5/results_file.hpp"
-#include "sim/sim_swarm.hpp"
+#include "sim/sim_host.hpp"
 
 namespace apiary {
 namespace {

@@ -1,7 +1,7 @@
 // Whole swarms in simulated time: the network model does what it says.
 #include <gtest/gtest.h>
 
-#include "sim/sim_swarm.hpp"
+#include "sim/sim_host.hpp"
 
 namespace apiary {
 namespace {

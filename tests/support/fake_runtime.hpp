@@ -32,7 +32,7 @@ class FakeNet {
       events_.erase(it);
       fn();
     }
-    if (!(done && done()) && now_ < end && events_.empty()) now_ = end;
+    if (!(done && done()) && now_ < end) now_ = end;
   }
   std::size_t pending() const { return events_.size(); }
 
@@ -53,6 +53,11 @@ class FakePeer final : public Clock, public Timers, public Transport {
   ~FakePeer() override { dir_.erase(self_); }
 
   Runtime& runtime() { return runtime_; }
+  // Cancels every pending timer (a peer that goes down).
+  void cancel_all() {
+    for (const auto& [id, t] : timers_) net_.cancel(t.first, t.second);
+    timers_.clear();
+  }
   bool up = true;
   std::vector<std::pair<Endpoint, Message>> sent;  // the recording
   std::size_t pending_timers() const { return timers_.size(); }

@@ -1,0 +1,44 @@
+#include "harness/peer_stack.hpp"
+
+#include "core/dht/validate.hpp"
+
+namespace apiary {
+
+PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory, std::uint32_t index,
+                     double bandwidth, Workload& workload)
+    : rt_(rt), spec_(spec), directory_(directory), index_(index), bandwidth_(bandwidth), rpc_(std::make_unique<Rpc>(rt)) {
+  if (spec.uses_dht) {
+    std::vector<std::shared_ptr<dht::Validator>> validators{std::make_shared<dht::SignatureValidator>()};
+    dht_ = std::make_unique<dht::DhtNode>(rt, *rpc_, swarm_identity(spec, index).id(), spec.dht.config,
+                                          std::move(validators));
+  }
+  app_ = workload.make_app(*this);
+}
+
+void PeerStack::start() {
+  app_->start();
+  if (!dht_ || !app_->joins_dht()) {
+    joined_ = true;
+    app_->joined();
+    return;
+  }
+  std::vector<Endpoint> seeds;
+  for (std::uint32_t i = 0; i < spec_.dht.bootstrap_peers && i < directory_.size(); ++i)
+    if (i != index_) seeds.push_back(directory_[i]);
+  dht_->spawn_join(std::move(seeds), [this](std::size_t contacts) {
+    joined_ = true;
+    rt_.observer.count("dht.joins");
+    rt_.observer.sample("dht.join.contacts", static_cast<double>(contacts));
+    dht_->start_maintenance();
+    app_->joined();
+  });
+}
+
+PeerStack::~PeerStack() {
+  rpc_->shutdown();  // no handler runs after this
+  app_.reset();
+  dht_.reset();
+  rpc_.reset();
+}
+
+}  // namespace apiary

@@ -1,0 +1,136 @@
+#include "harness/runner.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+namespace apiary {
+
+Runner::Runner(const SwarmSpec& spec, Metrics& metrics, Host& host)
+    : spec_(spec), metrics_(metrics), host_(host), churn_rng_(spec.seed ^ 0x636875726eULL) {  // "churn"
+  const WorkloadType* type = WorkloadRegistry::find(spec.workload);
+  if (!type) throw std::invalid_argument("unknown workload '" + spec.workload + "'");
+  // The links first, one latency and one bandwidth draw per peer in index order, from the
+  // network's own stream: the same peer gets the same link in ns-3 and live.
+  Rng net_rng(spec.seed ^ 0x6e6574776f726bULL);  // "network"
+  peers_.resize(spec.peers);
+  directory_.reserve(spec.peers);
+  for (std::uint32_t i = 0; i < spec.peers; ++i) {
+    LinkDraw link;
+    link.latency_ns = spec.latency.sample(net_rng);
+    link.bandwidth_bps = std::max(1e3, spec.bandwidth.sample(net_rng));
+    peers_[i].bandwidth = link.bandwidth_bps;
+    host_.add_peer(i, link);
+    directory_.push_back(host_.endpoint(i));
+  }
+  workload_ = type->make(spec, metrics);
+}
+
+Runner::~Runner() {
+  for (std::uint32_t i = 0; i < peers_.size(); ++i) leave(i);
+}
+
+RunInfo Runner::run(const ProgressFn& progress) {
+  const auto wall0 = std::chrono::steady_clock::now();
+  const bool dht = spec_.uses_dht;
+  Rng join_rng(spec_.seed ^ 0x6a6f696eULL);  // "join"
+  // A peer whose first churn-trace event is "up" starts down: it joins at that time. With a DHT,
+  // the seeds join at once and the others uniformly over the join window.
+  const std::vector<bool> starts_down = spec_.churn.starts_down(spec_.peers);
+  for (std::uint32_t i = 0; i < spec_.peers; ++i) {
+    if (starts_down[i]) continue;
+    if (!dht || i < spec_.dht.bootstrap_peers) {
+      join(i);
+    } else {
+      const Duration t(static_cast<std::int64_t>(join_rng.uniform(0, static_cast<double>(spec_.dht.join_window.count()))));
+      host_.at(t, [this, i] { join(i); });
+    }
+  }
+  if (spec_.churn.kind == ChurnSpec::Kind::kTrace) {
+    for (const auto& ev : spec_.churn.trace)
+      host_.at(ev.at, [this, ev] {
+        const bool up = static_cast<bool>(peers_[ev.peer].stack);
+        if (ev.up && !up) {
+          join(ev.peer);
+          metrics_.count("churn.joins", 1);
+        } else if (!ev.up && up) {
+          leave(ev.peer);
+          metrics_.count("churn.leaves", 1);
+        }
+      });
+  } else if (spec_.churn.kind != ChurnSpec::Kind::kNone) {
+    // The seeds stay up; the others' sessions begin once the swarm has formed.
+    for (std::uint32_t i = dht ? spec_.dht.bootstrap_peers : 0; i < spec_.peers; ++i)
+      host_.at(dht ? spec_.dht.join_window : Duration::zero(), [this, i] { schedule_session(i); });
+  }
+  workload_->begin(*this);
+  if (progress)
+    for (int k = 1; k < 100; ++k) host_.at(Duration(spec_.duration.count() / 100 * k), [progress, k] { progress(k / 100.0); });
+
+  host_.run(spec_.duration);
+  if (progress) progress(1.0);
+
+  RunInfo info;
+  info.backend = host_.backend();
+  info.run_seconds = to_seconds(host_.elapsed());  // earlier than duration if the workload ended the run
+  workload_->finish(*this, info);
+  host_.add_figures(info, metrics_);
+  const double peer_minutes = spec_.peers * info.run_seconds / 60.0;
+  const auto messages = metrics_.counter("transport.messages_sent");
+  info.figures["messages"] = static_cast<double>(messages);
+  if (peer_minutes > 0) {
+    info.figures["messages_per_peer_minute"] = static_cast<double>(messages) / peer_minutes;
+    info.figures["bytes_per_peer_minute"] = static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
+  }
+  for (std::uint32_t i = 0; i < spec_.peers; ++i) leave(i);  // tear down while the host still runs
+  info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  return info;
+}
+
+void Runner::join(std::uint32_t i) {
+  auto& p = peers_[i];
+  if (p.stack) return;
+  host_.set_up(i, true);
+  auto& env = host_.env(i);
+  p.stack = std::make_unique<PeerStack>(env.runtime, spec_, directory_, i, p.bandwidth, *workload_);
+  env.observer.trace("peer.join", i, 0);
+  p.stack->start();
+  workload_->peer_up(*this, i);
+}
+
+void Runner::leave(std::uint32_t i) {
+  auto& p = peers_[i];
+  if (!p.stack) return;
+  host_.env(i).observer.trace("peer.leave", i, 0);
+  workload_->peer_down(*this, i);
+  p.stack.reset();
+  host_.set_up(i, false);
+}
+
+// Churn decisions use the runner's own stream so they do not shift a peer's protocol stream.
+void Runner::schedule_session(std::uint32_t i) {
+  after(spec_.churn.draw_session(churn_rng_), [this, i] {
+    leave(i);
+    metrics_.count("churn.leaves", 1);
+    after(spec_.churn.draw_downtime(churn_rng_), [this, i] {
+      join(i);
+      metrics_.count("churn.joins", 1);
+      schedule_session(i);
+    });
+  });
+}
+
+std::optional<std::uint32_t> Runner::pick_joined_peer(Rng& rng) {
+  for (int tries = 0; tries < 64; ++tries) {
+    const auto i = static_cast<std::uint32_t>(rng.below(spec_.peers));
+    if (joined(i)) return i;
+  }
+  return std::nullopt;
+}
+
+RunInfo run_on_host(const SwarmSpec& spec, Metrics& metrics, Host& host, const ProgressFn& progress) {
+  Runner runner(spec, metrics, host);
+  return runner.run(progress);
+}
+
+}  // namespace apiary

@@ -1,0 +1,221 @@
+#include "harness/spec.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+namespace apiary {
+
+Duration ChurnSpec::draw_session(Rng& rng) const {
+  const double mean = static_cast<double>(mean_session.count());
+  if (kind == Kind::kWeibull) {
+    const double scale = mean / std::tgamma(1.0 + 1.0 / weibull_shape);
+    return Duration(static_cast<std::int64_t>(rng.weibull(weibull_shape, scale)));
+  }
+  return Duration(static_cast<std::int64_t>(rng.exponential(mean)));
+}
+
+Duration ChurnSpec::draw_downtime(Rng& rng) const {
+  return Duration(static_cast<std::int64_t>(rng.exponential(static_cast<double>(mean_downtime.count()))));
+}
+
+std::vector<bool> ChurnSpec::starts_down(std::uint32_t peers) const {
+  std::vector<bool> down(peers, false);
+  if (kind != Kind::kTrace) return down;
+  std::vector<bool> seen(peers, false);
+  for (const auto& ev : trace)
+    if (ev.peer < peers && !seen[ev.peer]) {
+      seen[ev.peer] = true;
+      down[ev.peer] = ev.up;
+    }
+  return down;
+}
+
+std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t peers) {
+  std::ifstream in(path);
+  if (!in) throw ScenarioError(path + ": cannot open churn trace");
+  std::vector<ChurnEvent> out;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream fields(line);
+    std::string time, peer, event, extra;
+    if (!(fields >> time)) continue;  // blank or comment
+    auto bad = [&](const std::string& why) { throw ScenarioError(path + ":" + std::to_string(n) + ": " + why); };
+    if (!(fields >> peer >> event)) bad("expected 'TIME PEER up|down'");
+    if (fields >> extra) bad("unexpected '" + extra + "' after the event");
+    std::string why;
+    auto at = parse_duration(time, &why);
+    if (!at) bad(why);
+    std::uint32_t p = 0;
+    auto [end, ec] = std::from_chars(peer.data(), peer.data() + peer.size(), p);
+    if (ec != std::errc{} || end != peer.data() + peer.size()) bad("peer '" + peer + "' is not an index");
+    if (p >= peers) bad("peer " + peer + " does not exist (the scenario has " + std::to_string(peers) + ")");
+    if (event != "up" && event != "down") bad("event must be 'up' or 'down', not '" + event + "'");
+    out.push_back(ChurnEvent{*at, p, event == "up"});
+  }
+  std::stable_sort(out.begin(), out.end(), [](const ChurnEvent& a, const ChurnEvent& b) { return a.at < b.at; });
+  return out;
+}
+
+LatencyMatrix read_latency_matrix(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ScenarioError(path + ": cannot open latency matrix");
+  LatencyMatrix m;
+  m.path = path;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream fields(line);
+    std::vector<double> row;
+    std::string f;
+    while (fields >> f) {
+      double v = 0;
+      auto [end, ec] = std::from_chars(f.data(), f.data() + f.size(), v);
+      if (ec != std::errc{} || end != f.data() + f.size() || !std::isfinite(v) || v < 0)
+        throw ScenarioError(path + ":" + std::to_string(n) + ": '" + f + "' is not a latency in milliseconds (a number >= 0)");
+      row.push_back(v);
+    }
+    if (row.empty()) continue;
+    if (!m.ms.empty() && row.size() != m.ms[0].size())
+      throw ScenarioError(path + ":" + std::to_string(n) + ": row has " + std::to_string(row.size()) + " entries, the first row " +
+                          std::to_string(m.ms[0].size()));
+    m.ms.push_back(std::move(row));
+  }
+  if (m.ms.empty()) throw ScenarioError(path + ": the latency matrix is empty");
+  if (m.ms.size() != m.ms[0].size())
+    throw ScenarioError(path + ": the latency matrix must be square; it has " + std::to_string(m.ms.size()) + " rows of " +
+                        std::to_string(m.ms[0].size()));
+  return m;
+}
+
+std::vector<NetnsSlot> read_netns_map(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ScenarioError(path + ": cannot open the network namespace map");
+  std::vector<NetnsSlot> out;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream fields(line);
+    NetnsSlot slot;
+    if (!(fields >> slot.netns)) continue;
+    std::string extra;
+    if (!(fields >> slot.address) || (fields >> extra))
+      throw ScenarioError(path + ":" + std::to_string(n) + ": expected 'NAMESPACE IPV4'");
+    const bool name_ok = slot.netns.size() <= 64 && std::all_of(slot.netns.begin(), slot.netns.end(), [](char c) {
+                           return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+                         }) && slot.netns[0] != '.';
+    if (!name_ok) throw ScenarioError(path + ":" + std::to_string(n) + ": '" + slot.netns + "' is not a namespace name");
+    if (!Endpoint::parse(slot.address + ":1"))
+      throw ScenarioError(path + ":" + std::to_string(n) + ": '" + slot.address + "' is not an IPv4 address");
+    out.push_back(std::move(slot));
+  }
+  if (out.empty()) throw ScenarioError(path + ": the network namespace map is empty");
+  return out;
+}
+
+std::string path_beside(const Scenario& s, const std::string& path) {
+  if (!path.empty() && path[0] != '/') {
+    const auto slash = s.source_name().rfind('/');
+    if (slash != std::string::npos) return s.source_name().substr(0, slash + 1) + path;
+  }
+  return path;
+}
+
+dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index) {
+  return dht::Identity::from_seed(spec.seed * 1000003ULL + index);
+}
+
+SwarmSpec parse_swarm_spec(Scenario& s) {
+  SwarmSpec spec;
+  spec.name = s.get_string("name", spec.name);
+  s.get_string("description", "");
+  spec.backend = s.get_string("backend", spec.backend, {"sim", "live"});
+  spec.seed = static_cast<std::uint64_t>(s.get_int("seed", 1, 0, INT64_MAX));
+  const std::int64_t max_peers = spec.backend == "live" ? 4096 : 1'000'000;
+  spec.peers = static_cast<std::uint32_t>(s.get_int("peers", spec.peers, 2, max_peers));
+  spec.duration = s.get_duration("duration", spec.duration);
+  if (spec.duration <= Duration::zero()) s.fail("duration", "must be positive");
+
+  spec.latency = s.get_distribution("network.latency", spec.latency, "duration");
+  spec.bandwidth = s.get_distribution("network.bandwidth", spec.bandwidth, "bitrate");
+  if (spec.bandwidth.kind == Distribution::Kind::kFixed && spec.bandwidth.a <= 0)
+    s.fail("network.bandwidth", "must be positive");
+  if (const std::string matrix = s.get_string("network.latency_matrix", ""); !matrix.empty())
+    spec.latency_matrix = read_latency_matrix(path_beside(s, matrix));
+  if (s.has("network.hop_delay")) spec.hop_delay = s.get_distribution("network.hop_delay", Distribution::fixed(0), "duration");
+
+  const auto churn = s.get_string("churn.model", "none", {"none", "exponential", "weibull", "trace"});
+  spec.churn.kind = churn == "none"          ? ChurnSpec::Kind::kNone
+                    : churn == "exponential" ? ChurnSpec::Kind::kExponential
+                    : churn == "weibull"     ? ChurnSpec::Kind::kWeibull
+                                             : ChurnSpec::Kind::kTrace;
+  if (spec.churn.kind == ChurnSpec::Kind::kTrace) {
+    std::string path = s.get_string("churn.trace", "");
+    if (path.empty()) s.fail("churn.trace", "the trace model needs a trace file");
+    spec.churn.trace = read_churn_trace(path_beside(s, path), spec.peers);
+  }
+  spec.churn.mean_session = s.get_duration("churn.mean_session", spec.churn.mean_session);
+  spec.churn.mean_downtime = s.get_duration("churn.mean_downtime", spec.churn.mean_downtime);
+  spec.churn.weibull_shape = s.get_double("churn.weibull_shape", spec.churn.weibull_shape, 0.05, 20);
+  if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
+    s.fail("churn.mean_session", "must be positive");
+
+  spec.live_host = s.get_string("live.host", spec.live_host);
+  if (!Endpoint::parse(spec.live_host + ":1")) s.fail("live.host", "'" + spec.live_host + "' is not an IPv4 address");
+  spec.live_base_port = static_cast<std::uint16_t>(s.get_int("live.base_port", 0, 0, 65535));
+  spec.live_emulated_latency = s.get_duration("live.emulated_latency", Duration::zero());
+  spec.live_processes = s.get_bool("live.processes", false);
+  if (spec.live_processes && spec.backend != "live")
+    s.fail("live.processes", "separate processes are a live swarm's (backend = \"live\")");
+
+  // The workload: every name the registry knows is allowed, and its type reads its own keys.
+  spec.workload = s.get_string("workload.kind", spec.workload, WorkloadRegistry::names());
+  const WorkloadType& type = *WorkloadRegistry::find(spec.workload);
+  spec.uses_dht = type.uses_dht;
+  if (spec.uses_dht) {
+    auto& d = spec.dht;
+    auto& c = d.config;
+    c.k = static_cast<std::size_t>(s.get_int("dht.k", static_cast<std::int64_t>(c.k), 1, 64));
+    c.alpha = static_cast<std::size_t>(s.get_int("dht.alpha", static_cast<std::int64_t>(c.alpha), 1, 32));
+    c.depth_modulo = static_cast<int>(s.get_int("dht.depth_modulo", c.depth_modulo, 1, 16));
+    c.rpc_timeout = s.get_duration("dht.rpc_timeout", c.rpc_timeout);
+    c.refresh_period = s.get_duration("dht.refresh", c.refresh_period);
+    c.replicate_period = s.get_duration("dht.replicate", c.replicate_period);
+    c.max_records = static_cast<std::size_t>(s.get_int("dht.max_records", static_cast<std::int64_t>(c.max_records), 1, 100'000'000));
+    c.cache_on_lookup = s.get_bool("dht.cache", c.cache_on_lookup);
+    c.blacklist_base = s.get_duration("dht.blacklist", c.blacklist_base);
+    c.join_refresh_buckets = static_cast<std::size_t>(s.get_int("dht.join_refresh", static_cast<std::int64_t>(c.join_refresh_buckets), 0, 160));
+    d.bootstrap_peers = static_cast<std::uint32_t>(s.get_int("dht.bootstrap_peers", d.bootstrap_peers, 1, spec.peers));
+    d.join_window = s.get_duration("dht.join_window", d.join_window);
+  }
+  if (spec.live_processes) {
+    const ProcessLauncher* launcher = WorkloadRegistry::launcher(spec.workload);
+    if (!launcher) s.fail("live.processes", "the " + spec.workload + " workload has no live process swarm; it runs live in one process");
+    const bool trace = spec.churn.kind == ChurnSpec::Kind::kTrace;
+    if (spec.churn.kind != ChurnSpec::Kind::kNone && !(trace && launcher->churn_trace))
+      s.fail("churn.model", std::string("a live ") + spec.workload + " swarm of processes takes " +
+                                (launcher->churn_trace ? "churn from a trace only" : "no churn") +
+                                "; without live.processes it runs live in one process, churn included");
+  }
+  if (const std::string map = s.get_string("live.netns", ""); !map.empty()) {
+    spec.live_netns = read_netns_map(path_beside(s, map));
+    if (!spec.live_processes || spec.workload != "dht")
+      s.fail("live.netns", "only live DHT swarms of processes (live.processes = true, workload.kind = \"dht\") run peers in namespaces");
+    if (spec.live_netns.size() < spec.peers)
+      s.fail("live.netns", map + " names " + std::to_string(spec.live_netns.size()) + " namespaces for " +
+                               std::to_string(spec.peers) + " peers");
+  }
+  spec.config = type.parse(s, spec);
+
+  s.get_sweep();  // validated here too; `apiary sweep` runs it
+  s.check_unused();
+  spec.scenario_text = s.text();
+  spec.scenario_source = s.source_name();
+  return spec;
+}
+
+}  // namespace apiary

@@ -1,0 +1,128 @@
+#pragma once
+// The common part of a run, read and validated from a Scenario: the swarm (peers, duration,
+// seed), its network, churn, DHT and live settings. The workload's own part is parsed by its
+// registered type (harness/workload.hpp) into `config`. Both worlds read this one struct, so a
+// scenario means the same thing in ns-3 and live.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+#include <optional>
+#include <string>
+
+#include "core/dht/node.hpp"
+#include "harness/scenario.hpp"
+#include "harness/workload.hpp"
+
+namespace apiary {
+
+// One line of a churn trace: at `at`, peer `peer` goes down or comes back up.
+struct ChurnEvent {
+  Duration at{};
+  std::uint32_t peer = 0;
+  bool up = false;
+};
+
+// Reads a churn trace: one event per line, "TIME PEER up|down" (TIME with a unit, e.g. 90s),
+// '#' starts a comment. Throws ScenarioError naming the file and line of a bad entry.
+std::vector<ChurnEvent> read_churn_trace(const std::string& path, std::uint32_t peers);
+
+// A latency matrix: one-way latencies between sites, in milliseconds. Plain text, one row per
+// line, whitespace-separated numbers, '#' starts a comment; square, entries >= 0. Peer i sits at
+// site i mod M. Throws ScenarioError naming the file and line of a bad entry.
+struct LatencyMatrix {
+  std::vector<std::vector<double>> ms;  // ms[from][to]
+  std::string path;
+  std::size_t sites() const { return ms.size(); }
+  double between(std::uint32_t a, std::uint32_t b) const { return ms[a % ms.size()][b % ms.size()]; }
+};
+LatencyMatrix read_latency_matrix(const std::string& path);
+
+// Where live peers run when they each get a network namespace (`live.netns`): one line per peer,
+// "NAMESPACE IPV4" (the namespace as `ip netns add` named it, the peer's address in it), '#'
+// starts a comment. Throws ScenarioError naming the file and line of a bad entry.
+struct NetnsSlot {
+  std::string netns;
+  std::string address;
+};
+std::vector<NetnsSlot> read_netns_map(const std::string& path);
+
+struct ChurnSpec {
+  enum class Kind { kNone, kExponential, kWeibull, kTrace };
+  std::vector<ChurnEvent> trace;  // kTrace: sorted by time
+  Kind kind = Kind::kNone;
+  Duration mean_session = std::chrono::minutes(30);  // time up
+  Duration mean_downtime = std::chrono::minutes(5);  // time down before rejoining
+  double weibull_shape = 0.5;
+  // A session's length (exponential or Weibull of mean mean_session) and a downtime (exponential
+  // of mean mean_downtime), drawn from the runner's churn stream.
+  Duration draw_session(Rng& rng) const;
+  Duration draw_downtime(Rng& rng) const;
+  // kTrace: the peers whose first event is "up" start down and join at that time.
+  std::vector<bool> starts_down(std::uint32_t peers) const;
+};
+
+// The DHT every workload but ping runs on: its protocol settings, the seeds, and how peers join.
+struct DhtSpec {
+  dht::DhtConfig config;
+  std::uint32_t bootstrap_peers = 3;                // peers 0..B-1: always up, the seeds
+  Duration join_window = std::chrono::seconds(60);  // the others join uniformly over this
+};
+
+struct SwarmSpec {
+  std::string name = "unnamed";
+  std::string backend = "sim";  // "sim" or "live"
+  std::uint64_t seed = 1;
+  std::uint32_t peers = 16;
+  Duration duration = std::chrono::seconds(10);
+  // Each peer's one-way access latency and access bandwidth, drawn once per run in both worlds.
+  // ns-3 models them: a message from A to B takes serialisation at A's uplink and B's downlink
+  // plus latency(A) + latency(B). Live, the bandwidth is the peer's declared share for load
+  // balancing, and latency comes from the machine's network (or live.emulated_latency).
+  Distribution latency = Distribution::fixed(10e6);      // ns
+  Distribution bandwidth = Distribution::fixed(100e6);   // bit/s
+  std::optional<LatencyMatrix> latency_matrix;  // sim: replaces latency(A) + latency(B)
+  ChurnSpec churn;
+  std::optional<Distribution> hop_delay;  // sim: a random delay per received message
+  // The workload: its registered name, whether its peers run a DHT, its own settings.
+  std::string workload = "ping";
+  bool uses_dht = false;
+  std::shared_ptr<const WorkloadConfig> config;
+  DhtSpec dht;
+  std::string live_host = "127.0.0.1";
+  std::uint16_t live_base_port = 0;  // 0: ephemeral ports
+  Duration live_emulated_latency{};  // live: one-way delay added to every received message
+  bool live_processes = false;       // live: a swarm of separate processes (the workload's launcher)
+  std::vector<NetnsSlot> live_netns;  // live processes: peer i runs in live_netns[i] (empty: all here)
+  std::string scenario_text;
+  std::string scenario_source;
+
+  // The workload's settings as its own type; throws std::logic_error on a mismatch.
+  template <class T>
+  const T& workload_config() const {
+    const auto* c = dynamic_cast<const T*>(config.get());
+    if (!c) throw std::logic_error("scenario '" + name + "': workload '" + workload + "' has no settings of this type");
+    return *c;
+  }
+};
+
+// What a finished run reports besides its metrics.
+struct RunInfo {
+  std::string backend;
+  double wall_seconds = 0;  // host time the run took
+  double run_seconds = 0;   // simulated (sim) or live seconds covered
+  std::map<std::string, double> figures;  // cost per message, memory per peer, ...
+};
+
+// A path in a scenario is relative to the scenario file.
+std::string path_beside(const Scenario& s, const std::string& path);
+
+// Reads every key it knows, then rejects unknown ones. Throws ScenarioError.
+SwarmSpec parse_swarm_spec(Scenario& s);
+
+// A peer's DHT identity in a swarm: derived from the seed, so runs are reproducible and a peer
+// that comes back under churn is the same peer.
+dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index);
+
+}  // namespace apiary

@@ -1,0 +1,109 @@
+#pragma once
+// The averaging workload: every peer holds a vector (N(0,1) values at the start) and the swarm
+// runs rounds of decentralized averaging at fixed times. In each round every peer independently
+// fails with probability p (it keeps its values and skips the round); the others form groups and
+// run a butterfly all-reduce. Group formation:
+//   moshpit    DHT matchmaking under Moshpit grid keys (one dimension left out, rotating)
+// and, as baselines with static groups handed out by the driver (as a coordinator would):
+//   random     a fresh random partition of the peers that are up into groups of group_size
+//   gossip     pairs on a ring, alternating neighbours (a pair with a failed peer skips)
+//   allreduce  one group of every peer; the round is void if any peer fails
+// Per round the driver records the variance across peers (mean squared distance from the true
+// initial mean), the bytes each peer sent, each peer's round time and the failures.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/averaging/allreduce.hpp"
+#include "core/averaging/matchmaking.hpp"
+#include "core/runtime/metrics.hpp"
+#include "harness/workload.hpp"
+
+namespace apiary {
+
+struct AveragingWorkloadSpec final : WorkloadConfig {
+  std::string grouping = "moshpit";
+  std::uint32_t grid_side = 4;
+  std::uint32_t grid_dims = 2;
+  std::string placement = "auto";  // fill (row-major), random, auto: fill iff the grid is full
+  std::uint32_t group_size = 16;   // random groups
+  std::uint64_t elements = 1;      // values per peer
+  std::uint32_t rounds = 10;
+  Duration start = std::chrono::seconds(30);  // first round (after the DHT joins)
+  Duration period = std::chrono::seconds(5);  // between round starts
+  double fail_probability = 0;
+  double target_variance = 1e-9;
+  bool stop_at_target = false;  // end the run once the variance is below the target
+  double client_fraction = 0;  // peers that send but do not reduce
+  double aux_fraction = 0;     // peers that reduce but hold no values
+  averaging::MatchmakingConfig matchmaking;
+  averaging::AllReduceConfig allreduce;
+};
+
+struct SwarmSpec;
+
+// One peer's side: runs the rounds it is told to run.
+class AveragingApp final : public PeerApp {
+ public:
+  AveragingApp(Runtime& rt, Rpc& rpc, dht::DhtNode* dht, const AveragingWorkloadSpec& spec,
+               averaging::MemberKind kind, averaging::GridPosition position);
+  ~AveragingApp() override;
+  // Static groups are handed out by the driver: no DHT join needed.
+  bool joins_dht() const override { return spec_.grouping == "moshpit"; }
+  std::vector<float>& values() { return values_; }
+  averaging::GridPosition& position() { return position_; }
+  averaging::MemberKind kind() const { return kind_; }
+  void set_bandwidth(double bps) { bandwidth_ = bps; }
+  double bandwidth() const { return bandwidth_; }
+  bool busy() const { return busy_; }
+  // Round t by matchmaking under `key`; or with a known group (allreduce grouping).
+  void start_round(std::uint64_t t, std::string key);
+  void start_static_round(std::uint64_t t, averaging::Group group);
+
+ private:
+  Task<void> round(std::uint64_t t, std::string key, std::optional<averaging::Group> group);
+  Runtime& rt_;
+  const AveragingWorkloadSpec& spec_;
+  averaging::MemberKind kind_;
+  averaging::GridPosition position_;
+  std::vector<float> values_;
+  double bandwidth_ = 1.0;
+  bool busy_ = false;
+  std::unique_ptr<averaging::Matchmaker> mm_;
+  std::unique_ptr<averaging::Averager> avg_;
+  TaskScope scope_;
+};
+
+// The swarm's side, the same for every backend: initial values and positions, failure draws,
+// group keys, the per-round variance. The backend calls begin_round(t) at start + t * period
+// (and finish() one period after the last round), passing the apps of the peers that are up.
+class AveragingDriver {
+ public:
+  AveragingDriver(const SwarmSpec& spec, Metrics& metrics);
+  const AveragingWorkloadSpec& config() const { return avg_; }
+  averaging::MemberKind kind_of(std::uint32_t peer) const;
+  std::vector<float> initial_values(std::uint32_t peer) const;
+  averaging::GridPosition initial_position(std::uint32_t peer) const;
+  // `apps[i]` is peer i's app, or null if it is down. Records the variance after t rounds, then
+  // starts round t; returns false (and starts nothing) when the run should stop here.
+  bool begin_round(std::uint64_t t, const std::vector<AveragingApp*>& apps, const std::vector<Endpoint>& directory);
+  // Static groupings need no DHT: their peers count as joined at once.
+  bool uses_dht() const { return avg_.grouping == "moshpit"; }
+  void finish(const std::vector<AveragingApp*>& apps);
+  // Rounds until the variance first fell below the target (spec.rounds + 1 if it never did).
+  double rounds_to_target() const { return reached_ ? static_cast<double>(reached_round_) : -1; }
+
+ private:
+  void record_variance(std::uint64_t completed, const std::vector<AveragingApp*>& apps);
+  const SwarmSpec& spec_;
+  const AveragingWorkloadSpec& avg_;
+  Metrics& metrics_;
+  Rng rng_;
+  std::vector<double> true_mean_;
+  bool reached_ = false;
+  std::uint64_t reached_round_ = 0;
+};
+
+}  // namespace apiary

@@ -1,0 +1,354 @@
+#include "harness/workloads/dmoe.hpp"
+
+#include "harness/runner.hpp"
+
+#include <algorithm>
+
+namespace apiary {
+
+namespace {
+
+// One expert call: `rows` samples through expert `uid`, forward or backward. The payload is the
+// activations (size-only in simulation); the reply carries the outputs or input gradients.
+struct SimExpertCall {
+  static constexpr std::uint32_t kMethod = 320;
+  std::string uid;
+  std::uint32_t rows = 0;
+  bool backward = false;
+  Payload payload;
+  void encode(wire::Writer& w) const {
+    w.str(uid);
+    w.varint(rows);
+    w.u8(backward ? 1 : 0);
+  }
+  static SimExpertCall decode(wire::Reader& r) {
+    SimExpertCall c;
+    c.uid = r.str(256);
+    c.rows = static_cast<std::uint32_t>(r.varint_max(1u << 20, "rows"));
+    c.backward = r.u8() != 0;
+    return c;
+  }
+};
+
+struct SimExpertReply {
+  std::uint32_t rows = 0;
+  Payload payload;
+  void encode(wire::Writer& w) const { w.varint(rows); }
+  static SimExpertReply decode(wire::Reader& r) {
+    SimExpertReply x;
+    x.rows = static_cast<std::uint32_t>(r.varint_max(1u << 20, "rows"));
+    return x;
+  }
+};
+
+std::string layer_prefix(std::uint32_t layer) { return "ffn" + std::to_string(layer); }
+
+}  // namespace
+
+std::vector<std::pair<moe::ExpertUid, std::uint32_t>> dmoe_experts(const DmoeSimSpec& spec, std::uint32_t layer) {
+  std::vector<std::pair<moe::ExpertUid, std::uint32_t>> out;
+  std::size_t n = 1;
+  for (std::uint32_t d = 0; d < spec.grid_dims; ++d) n *= spec.grid_side;
+  for (std::size_t e = 0; e < n; ++e) {
+    moe::ExpertUid u{layer_prefix(layer), {}};
+    std::size_t rest = e;
+    for (std::uint32_t d = 0; d < spec.grid_dims; ++d) {
+      u.coords.insert(u.coords.begin(), static_cast<std::uint32_t>(rest % spec.grid_side));
+      rest /= spec.grid_side;
+    }
+    out.emplace_back(u, static_cast<std::uint32_t>((e + layer) % spec.servers));
+  }
+  return out;
+}
+
+DmoeServerApp::DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec, std::uint32_t index,
+                             double forward_speed, double backward_speed)
+    : rt_(rt), dht_(dht), spec_(spec), index_(index), fwd_(forward_speed), bwd_(backward_speed) {
+  for (std::uint32_t l = 0; l < spec.layers; ++l)
+    for (auto& [uid, server] : dmoe_experts(spec, l))
+      if (server == index) mine_.push_back(uid);
+  rpc.serve<SimExpertCall, SimExpertReply>([this](const Endpoint&, SimExpertCall c) -> Task<Result<SimExpertReply>> {
+    if (spec_.fail_probability > 0 && rt_.rng.uniform01() < spec_.fail_probability) {
+      rt_.observer.count("dmoe.injected_failures");
+      co_return Error{ErrorCode::kRejected, "expert " + c.uid + ": injected failure"};
+    }
+    // The device: requests run one at a time in arrival order, rows / speed seconds each.
+    const double seconds = c.rows / (c.backward ? bwd_ : fwd_);
+    const TimePoint begin = std::max(rt_.now(), busy_until_);
+    busy_until_ = begin + Duration(static_cast<std::int64_t>(seconds * 1e9));
+    const Duration wait = busy_until_ - rt_.now();
+    co_await sleep_on(rt_.timers, wait);
+    rt_.observer.count(c.backward ? "dmoe.server_backwards" : "dmoe.server_forwards");
+    co_return SimExpertReply{c.rows, Payload::size_only(std::uint64_t{c.rows} * spec_.hidden * 4)};
+  });
+}
+
+DmoeServerApp::~DmoeServerApp() { scope_.destroy_all(); }
+
+void DmoeServerApp::joined() { scope_.spawn(declare_loop()); }
+
+Task<void> DmoeServerApp::declare_loop() {
+  while (true) {
+    std::vector<moe::ExpertUid> uids = mine_;
+    // As hivemind's servers do: declare every 30 s, so the declarations follow the swarm as it
+    // grows (stored to the key's nearest peers at each declaration), and expire 2 min after the
+    // last one (a server that leaves is gone from searches soon).
+    co_await moe::declare_experts(dht_, std::move(uids), rt_.transport.local(), rt_.now() + std::chrono::minutes(2));
+    co_await sleep_on(rt_.timers, std::chrono::seconds(30));
+  }
+}
+
+DmoeTrainerApp::DmoeTrainerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec,
+                               const std::vector<Endpoint>& directory)
+    : rt_(rt), rpc_(rpc), spec_(spec), directory_(directory) {
+  moe::FinderConfig fc;
+  fc.positive_ttl = std::chrono::seconds(30);  // declarations change slowly; reuse prefix reads
+  fc.negative_ttl = std::chrono::seconds(2);   // but look again soon where nothing was declared yet
+  const std::vector<std::uint32_t> grid(spec.grid_dims, spec.grid_side);
+  for (std::uint32_t l = 0; l < spec.layers; ++l)
+    finders_.push_back(std::make_unique<moe::ExpertFinder>(rt, dht, layer_prefix(l), grid, fc));
+}
+
+DmoeTrainerApp::~DmoeTrainerApp() {
+  scope_.destroy_all();
+  calls_.destroy_all();
+}
+
+void DmoeTrainerApp::begin() {
+  if (begun_) return;
+  begun_ = true;
+  if (joined_) start_workers();
+}
+
+void DmoeTrainerApp::joined() {
+  joined_ = true;
+  if (begun_) start_workers();
+}
+
+void DmoeTrainerApp::start_workers() {
+  const std::uint32_t workers = spec_.mode == "dmoe" ? std::max<std::uint32_t>(1, spec_.concurrency) : 1;
+  for (std::uint32_t w = 0; w < workers; ++w) scope_.spawn(worker());
+}
+
+Task<void> DmoeTrainerApp::worker() {
+  while (true) {
+    const TimePoint t0 = rt_.now();
+    bool ok = false;
+    if (spec_.mode == "dmoe")
+      ok = co_await dmoe_batch();
+    else
+      ok = co_await chain_batch();
+    if (ok) {
+      rt_.observer.count("dmoe.samples", spec_.batch_size);
+      rt_.observer.sample("dmoe.batch_seconds", to_seconds(rt_.now() - t0));
+    } else {
+      rt_.observer.count("dmoe.failed_batches");
+      co_await sleep_on(rt_.timers, std::chrono::milliseconds(100));
+    }
+  }
+}
+
+namespace {
+
+// Calls every expert at once; returns who answered. Waits for all, or for min_answers and then
+// `grace`, or at most `timeout`.
+// Calls still in flight when it returns finish (or time out) in `scope`.
+Task<std::vector<bool>> call_all(Runtime& rt, Rpc& rpc, TaskScope& scope, std::vector<moe::FoundExpert> experts, bool backward,
+                                 std::uint32_t rows, std::uint32_t hidden, std::size_t min_answers, Duration grace,
+                                 Duration timeout) {
+  struct State {
+    std::vector<std::optional<bool>> done;
+    Notifier changed;
+  };
+  auto st = std::make_shared<State>();
+  st->done.resize(experts.size());
+  for (std::size_t j = 0; j < experts.size(); ++j) {
+    SimExpertCall c{experts[j].uid, rows, backward, Payload::size_only(std::uint64_t{rows} * hidden * 4)};
+    scope.spawn([](Rpc& rpc, Endpoint to, SimExpertCall c, Duration timeout, std::shared_ptr<State> st, std::size_t j) -> Task<void> {
+      Task<Result<SimExpertReply>> call = rpc.call<SimExpertReply>(to, std::move(c), timeout);
+      Result<SimExpertReply> r = co_await std::move(call);
+      st->done[j] = r.ok();
+      st->changed.notify_all();
+    }(rpc, experts[j].server, std::move(c), timeout, st, j));
+  }
+  const TimePoint deadline = rt.now() + timeout;
+  auto answered = [st] {
+    std::size_t n = 0;
+    for (const auto& d : st->done) n += d.value_or(false);
+    return n;
+  };
+  auto all_done = [st] { return std::all_of(st->done.begin(), st->done.end(), [](const auto& d) { return d.has_value(); }); };
+  std::function<bool()> enough = [&] { return all_done() || answered() >= min_answers; };
+  co_await wait_until(rt, st->changed, deadline, std::move(enough));
+  if (!all_done()) {
+    std::function<bool()> all = all_done;
+    co_await wait_until(rt, st->changed, std::min(deadline, rt.now() + grace), std::move(all));
+  }
+  std::vector<bool> out;
+  for (const auto& d : st->done) out.push_back(d.value_or(false));
+  co_return out;
+}
+
+}  // namespace
+
+Task<bool> DmoeTrainerApp::dmoe_batch() {
+  std::vector<std::vector<moe::FoundExpert>> used(spec_.layers);
+  for (std::uint32_t l = 0; l < spec_.layers; ++l) {
+    std::vector<moe::FoundExpert> answered;
+    for (int attempt = 0; attempt < 2 && answered.size() < spec_.k_min; ++attempt) {
+      std::vector<std::vector<float>> scores(spec_.grid_dims, std::vector<float>(spec_.grid_side));
+      for (auto& d : scores)
+        for (auto& v : d) v = static_cast<float>(rt_.rng.normal(0, 1));
+      std::vector<moe::FoundExpert> chosen = co_await finders_[l]->find_best(std::move(scores), spec_.k);
+      if (chosen.empty()) break;
+      std::vector<moe::FoundExpert> calls = chosen;
+      std::vector<bool> ok = co_await call_all(rt_, rpc_, calls_, std::move(calls), false, spec_.batch_size, spec_.hidden, spec_.k_min,
+                                               spec_.grace, spec_.timeout);
+      answered.clear();
+      for (std::size_t j = 0; j < chosen.size(); ++j)
+        if (ok[j]) answered.push_back(chosen[j]);
+      rt_.observer.count("dmoe.expert_failures", static_cast<std::int64_t>(chosen.size() - answered.size()));
+    }
+    if (answered.empty() || answered.size() < std::min<std::size_t>(spec_.k_min, spec_.k)) co_return false;
+    used[l] = std::move(answered);
+  }
+  for (std::uint32_t l = spec_.layers; l-- > 0;) {
+    std::vector<moe::FoundExpert> calls = used[l];
+    std::vector<bool> ok = co_await call_all(rt_, rpc_, calls_, std::move(calls), true, spec_.batch_size, spec_.hidden, used[l].size(),
+                                             Duration::zero(), spec_.timeout);
+    (void)ok;  // an expert that fails in the backward contributes no gradient, like dropout
+  }
+  co_return true;
+}
+
+Task<bool> DmoeTrainerApp::chain_batch() {
+  std::vector<moe::FoundExpert> blocks;
+  for (std::uint32_t l = 0; l < spec_.layers; ++l) {
+    const auto experts = dmoe_experts(spec_, l);
+    blocks.push_back(moe::FoundExpert{experts[0].first.str(), directory_[experts[0].second], 0});
+  }
+  for (std::uint32_t step = 0; step < 2 * spec_.layers; ++step) {  // forward through the chain, then back
+    const bool backward = step >= spec_.layers;
+    const std::uint32_t l = backward ? 2 * spec_.layers - 1 - step : step;
+    std::vector<moe::FoundExpert> one{blocks[l]};
+    std::vector<bool> ok = co_await call_all(rt_, rpc_, calls_, std::move(one), backward, spec_.batch_size, spec_.hidden, 1,
+                                             Duration::zero(), spec_.timeout);
+    if (!ok[0]) co_return false;
+  }
+  co_return true;
+}
+
+// ---- the workload ------------------------------------------------------------------------
+
+namespace {
+
+// Peers 0..servers-1 are expert servers (each with its device speeds drawn from the scenario),
+// the others trainers; trainers begin at dmoe.start (a trainer that comes up later begins at
+// once). Throughput: samples whose forward and backward completed, per second since the start.
+class DmoeWorkload final : public Workload {
+ public:
+  explicit DmoeWorkload(const SwarmSpec& spec) : spec_(spec), cfg_(spec.workload_config<DmoeWorkloadConfig>().sim) {}
+  std::unique_ptr<PeerApp> make_app(PeerStack& p) override {
+    const auto i = p.index();
+    if (i < cfg_.servers) {
+      Rng speed(spec_.seed ^ 0x64736e6f6465ULL);
+      Rng mine = speed.fork(i + 1);
+      const double fwd = std::max(1.0, cfg_.forward_speed.sample(mine)), bwd = std::max(1.0, cfg_.backward_speed.sample(mine));
+      return std::make_unique<DmoeServerApp>(p.runtime(), p.rpc(), *p.dht(), cfg_, i, fwd, bwd);
+    }
+    return std::make_unique<DmoeTrainerApp>(p.runtime(), p.rpc(), *p.dht(), cfg_, p.directory());
+  }
+  void begin(Runner& r) override {
+    r.at(cfg_.start, [this, &r] {
+      started_ = true;
+      for (std::uint32_t i = cfg_.servers; i < r.peers(); ++i)
+        if (auto* p = r.peer(i)) p->app_as<DmoeTrainerApp>()->begin();
+    });
+  }
+  void peer_up(Runner& r, std::uint32_t i) override {
+    if (started_ && i >= cfg_.servers) r.peer(i)->app_as<DmoeTrainerApp>()->begin();
+  }
+  void finish(Runner& r, RunInfo& info) override {
+    const double secs = std::max(1e-9, info.run_seconds - to_seconds(cfg_.start));
+    info.figures["throughput_samples_per_second"] = static_cast<double>(r.metrics().counter("dmoe.samples")) / secs;
+    info.figures["batch_seconds_mean"] = r.metrics().mean("dmoe.batch_seconds");
+  }
+
+ private:
+  const SwarmSpec& spec_;
+  const DmoeSimSpec& cfg_;
+  bool started_ = false;
+};
+
+void parse_dmoe_torch(Scenario& s, DmoeTorchSpec& d) {
+  d.servers = static_cast<std::uint32_t>(s.get_int("dmoe.servers", d.servers, 1, 256));
+  d.grid_side = static_cast<std::uint32_t>(s.get_int("dmoe.grid_side", d.grid_side, 1, 256));
+  d.grid_dims = static_cast<std::uint32_t>(s.get_int("dmoe.grid_dims", d.grid_dims, 1, 4));
+  d.dim = s.get_int("dmoe.dim", d.dim, 1, 1 << 16);
+  d.hidden = s.get_int("dmoe.hidden", d.hidden, 1, 1 << 16);
+  d.k = static_cast<std::uint32_t>(s.get_int("dmoe.k", d.k, 1, 256));
+  d.k_min = static_cast<std::uint32_t>(s.get_int("dmoe.k_min", d.k_min, 0, 256));
+  if (d.k_min > d.k) s.fail("dmoe.k_min", "must not exceed dmoe.k");
+  d.routing = s.get_string("dmoe.routing", d.routing, {"batch", "sample", "switch"});
+  d.grace = s.get_duration("dmoe.grace", d.grace);
+  d.forward_timeout = s.get_duration("dmoe.forward_timeout", d.forward_timeout);
+  d.backward_timeout = s.get_duration("dmoe.backward_timeout", d.backward_timeout);
+  d.fail_probability = s.get_double("dmoe.fail_probability", d.fail_probability, 0, 1);
+  d.codec = s.get_string("dmoe.codec", d.codec, {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
+  d.steps = static_cast<std::uint32_t>(s.get_int("dmoe.steps", d.steps, 1, 10'000'000));
+  d.batch_size = static_cast<std::uint32_t>(s.get_int("dmoe.batch_size", d.batch_size, 1, 1 << 16));
+  d.eval_every = static_cast<std::uint32_t>(s.get_int("dmoe.eval_every", d.eval_every, 0, 1 << 30));
+  d.eval_samples = static_cast<std::uint64_t>(s.get_int("dmoe.eval_samples", static_cast<std::int64_t>(d.eval_samples), 1, 10000));
+  d.train_samples = static_cast<std::uint64_t>(s.get_int("dmoe.train_samples", 0, 0, 60000));
+  d.learning_rate = s.get_double("dmoe.learning_rate", d.learning_rate, 0, 1e6);
+  d.dataset_dir = path_beside(s, s.get_string("dmoe.dataset_dir", d.dataset_dir));
+  d.baseline = s.get_bool("dmoe.baseline", d.baseline);
+}
+
+void parse_dmoe_sim(Scenario& s, const SwarmSpec& spec, DmoeSimSpec& d) {
+  d.mode = s.get_string("dmoe.mode", d.mode, {"dmoe", "model-parallel"});
+  d.servers = static_cast<std::uint32_t>(s.get_int("dmoe.servers", d.servers, 1, 100000));
+  if (d.servers >= spec.peers) s.fail("dmoe.servers", "leaves no peer to train: peers = " + std::to_string(spec.peers));
+  d.layers = static_cast<std::uint32_t>(s.get_int("dmoe.layers", d.layers, 1, 1024));
+  d.grid_side = static_cast<std::uint32_t>(s.get_int("dmoe.grid_side", d.grid_side, 1, 4096));
+  d.grid_dims = static_cast<std::uint32_t>(s.get_int("dmoe.grid_dims", d.grid_dims, 1, 4));
+  d.k = static_cast<std::uint32_t>(s.get_int("dmoe.k", d.k, 1, 256));
+  d.k_min = static_cast<std::uint32_t>(s.get_int("dmoe.k_min", d.k_min, 1, 256));
+  if (d.k_min > d.k) s.fail("dmoe.k_min", "must not exceed dmoe.k");
+  d.batch_size = static_cast<std::uint32_t>(s.get_int("dmoe.batch_size", d.batch_size, 1, 1 << 20));
+  d.hidden = static_cast<std::uint32_t>(s.get_int("dmoe.hidden", d.hidden, 1, 1 << 20));
+  d.concurrency = static_cast<std::uint32_t>(s.get_int("dmoe.concurrency", d.concurrency, 1, 4096));
+  d.forward_speed = s.get_distribution("dmoe.forward_speed", d.forward_speed, "rate");
+  d.backward_speed = s.get_distribution("dmoe.backward_speed", d.backward_speed, "rate");
+  d.timeout = s.get_duration("dmoe.timeout", d.timeout);
+  d.grace = s.get_duration("dmoe.grace", d.grace);
+  d.start = s.get_duration("dmoe.start", d.start);
+  d.fail_probability = s.get_double("dmoe.fail_probability", d.fail_probability, 0, 1);
+}
+
+std::shared_ptr<const WorkloadConfig> parse_dmoe(Scenario& s, const SwarmSpec& spec) {
+  auto c = std::make_shared<DmoeWorkloadConfig>();
+  if (spec.live_processes)
+    parse_dmoe_torch(s, c->torch);
+  else
+    parse_dmoe_sim(s, spec, c->sim);
+  return c;
+}
+
+void summarize_dmoe(std::FILE* f, const Metrics& m, const RunInfo& info) {
+  auto fig = [&](const char* k) { return info.figures.count(k) ? info.figures.at(k) : 0.0; };
+  if (info.figures.count("throughput_samples_per_second"))
+    std::fprintf(f, "  dmoe: %.1f samples/s trained (forward and backward), %.2f s per batch; %lld expert calls unanswered, %lld batches failed\n",
+                 fig("throughput_samples_per_second"), fig("batch_seconds_mean"), static_cast<long long>(m.counter("dmoe.expert_failures")),
+                 static_cast<long long>(m.counter("dmoe.failed_batches")));
+  if (info.figures.count("final_accuracy"))
+    std::fprintf(f, "  dmoe: %.0f steps, %.2f steps/s; test accuracy %.1f%%\n", fig("steps"), fig("steps_per_second"),
+                 100 * fig("final_accuracy"));
+}
+
+const RegisterWorkload kRegister{WorkloadType{
+    "dmoe", "trainers route batches through mixture layers of experts found through the DHT (Learning@home)", true,
+    parse_dmoe, [](const SwarmSpec& spec, Metrics&) { return std::make_unique<DmoeWorkload>(spec); }, summarize_dmoe}};
+
+}  // namespace
+}  // namespace apiary

@@ -1,0 +1,460 @@
+#include "harness/workloads/training.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "harness/data/idx.hpp"
+#include "harness/runner.hpp"
+#include "harness/spec.hpp"
+
+namespace apiary {
+
+using namespace averaging;
+
+namespace {
+
+optim::Examples to_examples(const data::ImageSet& set, std::uint64_t limit) {
+  optim::Examples e;
+  const std::size_t n = limit ? std::min<std::size_t>(limit, set.size()) : set.size();
+  e.inputs = std::size_t{set.rows} * set.cols;
+  e.x.resize(n * e.inputs);
+  // Standardised with Fashion-MNIST's pixel mean and deviation (0.286, 0.353): centred inputs keep
+  // plain SGD well conditioned.
+  for (std::size_t i = 0; i < n * e.inputs; ++i) e.x[i] = (static_cast<float>(set.pixels[i]) / 255.0f - 0.286f) / 0.353f;
+  e.y.assign(set.labels.begin(), set.labels.begin() + static_cast<std::ptrdiff_t>(n));
+  return e;
+}
+
+}  // namespace
+
+// ---- one peer ----------------------------------------------------------------------------
+
+TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity, const TrainingDriver& driver,
+                         std::uint32_t index, double bandwidth)
+    : rt_(rt),
+      driver_(driver),
+      spec_(driver.spec()),
+      index_(index),
+      kind_(driver.kind_of(index)),
+      speed_(driver.speed_of(index)),
+      data_rng_(Rng(driver.swarm().seed ^ 0x64617461ULL).fork(index + 1)) {
+  const auto schema = driver.model().schema();
+  if (spec_.mode == "diloco") {
+    optim::DilocoConfig dc;
+    dc.prefix = "train";
+    dc.inner_steps = spec_.inner_steps;
+    dc.outer_lr = spec_.outer_lr;
+    dc.outer_momentum = spec_.outer_momentum;
+    dc.nesterov = true;
+    dc.matchmaking = spec_.matchmaking;
+    dc.allreduce = spec_.allreduce;
+    dc.bandwidth = bandwidth;
+    diloco_ = std::make_unique<optim::DilocoOptimizer>(rt, rpc, dht, schema, driver.initial(), dc);
+    local_momentum_.assign(driver.initial().size(), 0.0f);
+    return;
+  }
+  optim::CollaborativeConfig cc;
+  cc.progress.prefix = "train";
+  cc.progress.target_batch = spec_.target_batch;
+  cc.progress.ttl = std::max<Duration>(std::chrono::seconds(60), spec_.progress_period * 10);
+  cc.progress.stale = std::max<Duration>(std::chrono::seconds(30), spec_.progress_period * 5);
+  cc.progress.matchmaking_lead = spec_.progress_period;
+  cc.matchmaking = spec_.matchmaking;
+  cc.allreduce = spec_.allreduce;
+  cc.bandwidth = bandwidth;
+  cc.role = kind_;
+  cc.learning_rate = spec_.learning_rate;
+  cc.momentum = spec_.momentum;
+  cc.local_updates = spec_.local_updates;
+  cc.average_state_every = spec_.average_state_every;
+  cc.poll = std::min<Duration>(spec_.progress_period, std::chrono::milliseconds(500));
+  // A step on an optimistic estimate should give up soon and compute on.
+  cc.max_wait = spec_.max_wait > Duration::zero() ? spec_.max_wait : spec_.progress_period * 3 + std::chrono::seconds(1);
+  collab_ = std::make_unique<optim::CollaborativeOptimizer>(rt, rpc, dht, std::move(identity), schema, driver.initial(), cc);
+  if (spec_.local_updates) local_momentum_.assign(driver.initial().size(), 0.0f);
+}
+
+TrainingApp::~TrainingApp() { scope_.destroy_all(); }
+
+void TrainingApp::joined() {
+  joined_ = true;
+  if (pending_) {
+    const bool newcomer = *pending_;
+    pending_.reset();
+    begin(newcomer);
+  }
+}
+
+void TrainingApp::begin(bool newcomer) {
+  if (!joined_) {
+    pending_ = newcomer;
+    return;
+  }
+  if (started_flag_) return;
+  started_flag_ = true;
+  started_ = rt_.now();
+  if (kind_ == MemberKind::kAux)
+    scope_.spawn(assist_loop());
+  else if (diloco_)
+    scope_.spawn(diloco_loop());
+  else
+    scope_.spawn(collaborative_loop(newcomer));
+}
+
+std::span<const float> TrainingApp::parameters() const {
+  return collab_ ? std::span<const float>(collab_->parameters()) : std::span<const float>(diloco_->parameters());
+}
+
+std::uint64_t TrainingApp::epoch() const { return collab_ ? collab_->epoch() : diloco_->round(); }
+
+double TrainingApp::up_seconds() const { return to_seconds((finished_ ? finished_at_ : rt_.now()) - started_); }
+
+Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
+  // The compute model: this batch keeps the device busy for B / speed seconds...
+  const double seconds = spec_.batch_size / speed_;
+  co_await sleep_on(rt_.timers, Duration(static_cast<std::int64_t>(seconds * 1e9)));
+  busy_ += seconds;
+  // ...and its gradient is real, on the parameters as they are now.
+  std::vector<std::size_t> rows(spec_.batch_size);
+  for (auto& r : rows) r = static_cast<std::size_t>(data_rng_.below(driver_.train().size()));
+  grad.assign(driver_.model().parameters(), 0.0f);
+  auto params = collab_ ? std::span<const float>(collab_->parameters()) : std::span<const float>(diloco_->parameters());
+  const double loss = driver_.model().grad_sum(params, driver_.train(), rows, grad);
+  samples_ += spec_.batch_size;
+  rt_.observer.count("train.samples", spec_.batch_size);
+  rt_.observer.sample("train.batch_loss", loss / spec_.batch_size);
+}
+
+void TrainingApp::record_step(const Result<optim::StepReport>& r) {
+  if (!r.ok()) {
+    rt_.observer.count(r.error().code == ErrorCode::kCancelled ? "train.catch_ups" : "train.step_failures");
+    rt_.observer.log(LogLevel::kInfo, "train", "peer " + std::to_string(index_) + " step: " + r.error().describe());
+    return;
+  }
+  rt_.observer.count("train.steps_ok");
+  rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(r->bytes_sent));
+  rt_.observer.sample("train.step.averaging_s", to_seconds(r->averaging));
+  rt_.observer.sample("train.step.waited_s", to_seconds(r->waited));
+  if (r->group) rt_.observer.sample("train.step.group", static_cast<double>(r->group));
+}
+
+Task<void> TrainingApp::run_step() {
+  const std::uint64_t timeouts = collab_->wait_timeouts();
+  Result<optim::StepReport> r = co_await collab_->step();
+  if (!r.ok() && collab_->wait_timeouts() > timeouts) {  // stepped on an optimistic estimate: compute on
+    rt_.observer.count("train.step_retries");
+    co_return;
+  }
+  record_step(r);
+}
+
+Task<void> TrainingApp::refresh_progress() {
+  refreshing_ = true;
+  last_refresh_ = rt_.now();
+  swarm_ = co_await collab_->report_progress();
+  refreshing_ = false;
+}
+
+Task<void> TrainingApp::collaborative_loop(bool newcomer) {
+  if (newcomer) {
+    Result<std::uint64_t> j = co_await collab_->join();
+    if (!j.ok()) rt_.observer.log(LogLevel::kInfo, "train", "peer " + std::to_string(index_) + " state download: " + j.error().describe());
+  }
+  std::vector<float> grad;
+  while (collab_->epoch() < spec_.steps) {
+    co_await compute_batch(grad);
+    if (spec_.local_updates) {  // the peer's own optimizer, every batch: SGD with momentum
+      auto& p = collab_->parameters();
+      const float lr = static_cast<float>(spec_.learning_rate), mu = static_cast<float>(spec_.momentum);
+      for (std::size_t k = 0; k < p.size(); ++k) {
+        local_momentum_[k] = mu * local_momentum_[k] + grad[k] / static_cast<float>(spec_.batch_size);
+        p[k] -= lr * local_momentum_[k];
+      }
+      collab_->accumulate({}, spec_.batch_size);
+    } else {
+      collab_->accumulate(grad, spec_.batch_size);
+    }
+    if (collab_->stepping()) continue;
+    if (!refreshing_ && rt_.now() - last_refresh_ >= spec_.progress_period) scope_.spawn(refresh_progress());
+    if (collab_->step_due(swarm_, spec_.delayed_updates)) {
+      swarm_ = {};
+      if (spec_.delayed_updates) {
+        scope_.spawn(run_step());  // compute on while it averages
+      } else {
+        const TimePoint idle0 = rt_.now();
+        co_await run_step();
+        rt_.observer.sample("train.step.idle_s", to_seconds(rt_.now() - idle0));
+      }
+    }
+  }
+  finished_ = true;
+  finished_at_ = rt_.now();
+}
+
+Task<void> TrainingApp::assist_loop() {
+  while (collab_->epoch() < spec_.steps) {
+    Result<optim::StepReport> r = co_await collab_->assist();
+    if (!r.ok()) {
+      rt_.observer.count("train.assist_failures");
+      co_await sleep_on(rt_.timers, spec_.progress_period);
+      continue;
+    }
+    rt_.observer.count("train.assists_ok");
+    rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(r->bytes_sent));
+  }
+  finished_ = true;
+  finished_at_ = rt_.now();
+}
+
+Task<void> TrainingApp::diloco_loop() {
+  std::vector<float> grad;
+  const float lr = static_cast<float>(spec_.learning_rate), mu = static_cast<float>(spec_.momentum);
+  while (diloco_->round() < spec_.steps) {
+    co_await compute_batch(grad);
+    auto& p = diloco_->parameters();
+    for (std::size_t k = 0; k < p.size(); ++k) {
+      local_momentum_[k] = mu * local_momentum_[k] + grad[k] / static_cast<float>(spec_.batch_size);
+      p[k] -= lr * local_momentum_[k];
+    }
+    if (!diloco_->inner_step_done(spec_.batch_size)) continue;
+    const TimePoint idle0 = rt_.now();
+    Result<optim::OuterReport> r = co_await diloco_->outer_step();
+    rt_.observer.sample("train.step.idle_s", to_seconds(rt_.now() - idle0));
+    if (!r.ok()) {
+      rt_.observer.count("train.step_failures");
+      rt_.observer.log(LogLevel::kInfo, "train", "peer " + std::to_string(index_) + " outer step: " + r.error().describe());
+      continue;
+    }
+    rt_.observer.count("train.steps_ok");
+    rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(r->bytes_sent));
+    rt_.observer.sample("train.step.group", static_cast<double>(r->group));
+  }
+  finished_ = true;
+  finished_at_ = rt_.now();
+}
+
+// ---- the swarm ---------------------------------------------------------------------------
+
+std::vector<MemberKind> training_roles(const SwarmSpec& spec) {
+  const auto aux = static_cast<std::uint32_t>(std::lround(spec.workload_config<TrainingWorkloadSpec>().aux_fraction * spec.peers));
+  const auto clients = static_cast<std::uint32_t>(std::lround(spec.workload_config<TrainingWorkloadSpec>().client_fraction * spec.peers));
+  std::vector<MemberKind> kinds(spec.peers, MemberKind::kFull);
+  for (std::uint32_t i = 0; i < spec.peers; ++i) {
+    if (i >= spec.peers - aux) kinds[i] = MemberKind::kAux;
+    else if (i >= spec.peers - aux - clients) kinds[i] = MemberKind::kClient;
+  }
+  return kinds;
+}
+
+std::vector<double> device_speeds(const SwarmSpec& spec) {
+  Rng rng(spec.seed ^ 0x7370656564ULL);  // "speed"
+  std::vector<double> out;
+  for (std::uint32_t i = 0; i < spec.peers; ++i) out.push_back(std::max(1.0, spec.workload_config<TrainingWorkloadSpec>().samples_per_second.sample(rng)));
+  return out;
+}
+
+TrainingDriver::TrainingDriver(const SwarmSpec& spec, Metrics& metrics)
+    : spec_(spec), tr_(spec.workload_config<TrainingWorkloadSpec>()), metrics_(metrics), model_(784, 10) {
+  train_ = to_examples(data::load_fashion_mnist("train", tr_.dataset_dir), tr_.train_samples);
+  test_ = to_examples(data::load_fashion_mnist("t10k", tr_.dataset_dir), tr_.eval_samples);
+  initial_.assign(model_.parameters(), 0.0f);
+  speeds_ = device_speeds(spec);
+  kinds_ = training_roles(spec);
+}
+
+MemberKind TrainingDriver::kind_of(std::uint32_t peer) const { return kinds_[peer]; }
+
+bool TrainingDriver::evaluate(double elapsed, const std::vector<TrainingApp*>& apps) {
+  double loss = 0, acc = 0;
+  std::size_t n = 0, trainers = 0, finished = 0;
+  std::uint64_t epoch = 0;
+  for (auto* a : apps) {
+    if (!a || !a->started() || a->kind() == MemberKind::kAux) continue;
+    ++trainers;
+    finished += a->finished();
+    epoch = std::max(epoch, a->epoch());
+    if (n < 4) {  // the first few trainers that are up: they hold (nearly) the same parameters
+      const auto e = model_.evaluate(a->parameters(), test_, test_.size());
+      loss += e.loss;
+      acc += e.accuracy;
+      ++n;
+    }
+  }
+  if (n == 0) return false;
+  loss /= static_cast<double>(n);
+  acc /= static_cast<double>(n);
+  metrics_.sample("train.eval.time_s", elapsed);
+  metrics_.sample("train.eval.loss", loss);
+  metrics_.sample("train.eval.accuracy", acc);
+  metrics_.sample("train.eval.epoch", static_cast<double>(epoch));
+  if (tr_.target_loss > 0 && time_to_target_ < 0 && loss <= tr_.target_loss) time_to_target_ = elapsed;
+  return (tr_.stop_at_target && time_to_target_ >= 0) || (trainers > 0 && finished == trainers);
+}
+
+void TrainingDriver::finish(double elapsed, const std::vector<TrainingApp*>& apps, std::map<std::string, double>& figures) {
+  evaluate(elapsed, apps);
+  double umin = 1, usum = 0;
+  std::size_t n = 0;
+  std::uint64_t epoch = 0;
+  for (auto* a : apps) {
+    if (!a || !a->started() || a->kind() == MemberKind::kAux || a->up_seconds() <= 0) continue;
+    const double u = a->busy_seconds() / a->up_seconds();
+    metrics_.sample("train.utilisation", u);
+    umin = std::min(umin, u);
+    usum += u;
+    ++n;
+    epoch = std::max(epoch, a->epoch());
+  }
+  const auto& s = metrics_.series();
+  const double samples = static_cast<double>(metrics_.counter("train.samples"));
+  figures["train_seconds"] = elapsed;
+  figures["steps"] = static_cast<double>(epoch);
+  figures["final_loss"] = s.count("train.eval.loss") ? s.find("train.eval.loss")->second.back() : 0;
+  figures["final_accuracy"] = s.count("train.eval.accuracy") ? s.find("train.eval.accuracy")->second.back() : 0;
+  figures["time_to_target_s"] = time_to_target_;
+  figures["utilisation_min"] = n ? umin : 0;
+  figures["utilisation_mean"] = n ? usum / static_cast<double>(n) : 0;
+  figures["samples"] = samples;
+  figures["allreduce_bytes_per_sample"] = samples > 0 ? static_cast<double>(metrics_.counter("train.allreduce_bytes")) / samples : 0;
+  figures["transport_bytes_per_sample"] = samples > 0 ? static_cast<double>(metrics_.counter("transport.bytes_sent")) / samples : 0;
+  figures["averaging_seconds_mean"] = metrics_.mean("train.step.averaging_s");
+  // The compute model's time for one global batch at the trainers' summed speed, against the
+  // measured averaging time: the ratio the utilisation target is stated for.
+  double speed = 0;
+  for (std::uint32_t i = 0; i < speeds_.size(); ++i)
+    if (kinds_[i] != MemberKind::kAux) speed += speeds_[i];
+  if (tr_.mode == "collaborative" && speed > 0) {
+    figures["step_compute_s"] = static_cast<double>(tr_.target_batch) / speed;
+    const double avg = figures["averaging_seconds_mean"];
+    figures["compute_to_averaging"] = avg > 0 ? figures["step_compute_s"] / avg : 0;
+  }
+}
+
+// ---- the workload ------------------------------------------------------------------------
+
+namespace {
+
+// Training begins at `start` on every peer that is up; a peer that comes up later is a newcomer
+// and downloads the state first. The trainers are evaluated every eval_period; the run ends when
+// every trainer is done (or the target loss is reached, if the scenario says so).
+class TrainingWorkload final : public Workload {
+ public:
+  TrainingWorkload(const SwarmSpec& spec, Metrics& metrics) : cfg_(spec.workload_config<TrainingWorkloadSpec>()), driver_(spec, metrics) {}
+  std::unique_ptr<PeerApp> make_app(PeerStack& p) override {
+    return std::make_unique<TrainingApp>(p.runtime(), p.rpc(), *p.dht(), swarm_identity(p.spec(), p.index()), driver_, p.index(),
+                                         p.bandwidth());
+  }
+  void begin(Runner& r) override {
+    r.at(cfg_.start, [this, &r] {
+      started_ = true;
+      for (auto* app : r.apps<TrainingApp>(false))
+        if (app) app->begin(false);
+      evaluate(r);
+    });
+  }
+  void peer_up(Runner& r, std::uint32_t i) override {
+    if (started_) r.peer(i)->app_as<TrainingApp>()->begin(true);
+  }
+  void finish(Runner& r, RunInfo& info) override {
+    const double elapsed = std::max(0.0, info.run_seconds - to_seconds(cfg_.start));
+    driver_.finish(elapsed, r.apps<TrainingApp>(false), info.figures);
+  }
+
+ private:
+  void evaluate(Runner& r) {
+    const double elapsed = to_seconds(r.elapsed() - cfg_.start);
+    if (elapsed > 0 && driver_.evaluate(elapsed, r.apps<TrainingApp>(false))) {
+      r.stop();
+      return;
+    }
+    r.after(cfg_.eval_period, [this, &r] { evaluate(r); });
+  }
+  const TrainingWorkloadSpec& cfg_;
+  TrainingDriver driver_;
+  bool started_ = false;
+};
+
+std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpec& spec) {
+  auto c = std::make_shared<TrainingWorkloadSpec>();
+  auto& t = *c;
+  t.mode = s.get_string("training.mode", t.mode, {"collaborative", "diloco"});
+  t.dataset_dir = path_beside(s, s.get_string("training.dataset_dir", t.dataset_dir));
+  t.train_samples = static_cast<std::uint64_t>(s.get_int("training.train_samples", 0, 0, 60000));
+  t.eval_samples = static_cast<std::uint64_t>(s.get_int("training.eval_samples", static_cast<std::int64_t>(t.eval_samples), 1, 10000));
+  t.batch_size = static_cast<std::uint32_t>(s.get_int("training.batch_size", t.batch_size, 1, 1 << 16));
+  t.target_batch = static_cast<std::uint64_t>(s.get_int("training.target_batch", static_cast<std::int64_t>(t.target_batch), 1, std::int64_t{1} << 40));
+  t.steps = static_cast<std::uint32_t>(s.get_int("training.steps", t.steps, 1, 10'000'000));
+  t.learning_rate = s.get_double("training.learning_rate", t.learning_rate, 0, 1e6);
+  t.momentum = s.get_double("training.momentum", t.momentum, 0, 0.999);
+  t.delayed_updates = s.get_bool("training.delayed_updates", t.delayed_updates);
+  t.local_updates = s.get_bool("training.local_updates", t.local_updates);
+  t.average_state_every = static_cast<std::uint32_t>(s.get_int("training.average_state_every", t.average_state_every, 0, 1'000'000));
+  if (t.local_updates && t.average_state_every == 0)
+    s.fail("training.average_state_every", "local updates need parameter averaging every N epochs (N >= 1)");
+  t.inner_steps = static_cast<std::uint32_t>(s.get_int("training.inner_steps", t.inner_steps, 1, 10'000'000));
+  t.outer_lr = s.get_double("training.outer_lr", t.outer_lr, 0, 1e6);
+  t.outer_momentum = s.get_double("training.outer_momentum", t.outer_momentum, 0, 0.999);
+  t.samples_per_second = s.get_distribution("training.samples_per_second", t.samples_per_second, "rate");
+  if (t.samples_per_second.mean() <= 0) s.fail("training.samples_per_second", "must be positive");
+  t.start = s.get_duration("training.start", t.start);
+  t.eval_period = s.get_duration("training.eval_period", t.eval_period);
+  t.progress_period = s.get_duration("training.progress_period", t.progress_period);
+  if (t.eval_period <= Duration::zero()) s.fail("training.eval_period", "must be positive");
+  if (t.progress_period <= Duration::zero()) s.fail("training.progress_period", "must be positive");
+  t.target_loss = s.get_double("training.target_loss", t.target_loss, 0, 1e6);
+  t.stop_at_target = s.get_bool("training.stop_at_target", t.stop_at_target);
+  t.client_fraction = s.get_double("training.client_fraction", t.client_fraction, 0, 1);
+  t.aux_fraction = s.get_double("training.aux_fraction", t.aux_fraction, 0, 1);
+  if (t.client_fraction + t.aux_fraction >= 1) s.fail("training.aux_fraction", "client_fraction + aux_fraction must be below 1");
+  if (t.mode == "diloco" && (t.aux_fraction > 0 || t.client_fraction > 0))
+    s.fail("training.mode", "client and auxiliary peers take part in the collaborative mode only");
+  if (spec.dht.bootstrap_peers + std::lround(t.aux_fraction * spec.peers) + std::lround(t.client_fraction * spec.peers) > spec.peers)
+    s.fail("training.aux_fraction", "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");
+  t.max_wait = s.get_duration("training.max_wait", t.max_wait);
+  t.hidden = static_cast<std::uint32_t>(s.get_int("training.hidden", t.hidden, 1, 1 << 16));
+  t.eval_every = static_cast<std::uint32_t>(s.get_int("training.eval_every", t.eval_every, 0, 1 << 30));
+  t.baseline = s.get_bool("training.baseline", t.baseline);
+  auto& m = t.matchmaking;
+  m.prefix = "mm";
+  m.target_group_size = static_cast<std::size_t>(s.get_int("training.target_group_size", spec.peers, 1, 4096));
+  m.min_group_size = static_cast<std::size_t>(s.get_int("training.min_group_size", 2, 1, 4096));
+  if (m.min_group_size > m.target_group_size) s.fail("training.min_group_size", "must not exceed target_group_size");
+  m.budget = s.get_duration("training.matchmaking_budget", std::chrono::seconds(5));
+  m.poll = s.get_duration("training.matchmaking_poll", std::chrono::milliseconds(250));
+  if (m.budget <= Duration::zero() || m.poll <= Duration::zero()) s.fail("training.matchmaking_poll", "budget and poll must be positive");
+  auto& r = t.allreduce;
+  r.min_part = static_cast<std::uint64_t>(s.get_int("training.min_part", 256, 0, std::int64_t{1} << 32));
+  r.sender_timeout = s.get_duration("training.sender_timeout", std::chrono::seconds(5));
+  r.reducer_timeout = s.get_duration("training.reducer_timeout", std::chrono::seconds(15));
+  if (r.reducer_timeout <= r.sender_timeout) s.fail("training.reducer_timeout", "must be longer than sender_timeout");
+  const auto codec = s.get_string("training.codec", "float32",
+                                  {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
+  for (int c = 0; c <= 5; ++c)
+    if (codec == compression::to_string(static_cast<compression::Codec>(c))) r.codec.codec = static_cast<compression::Codec>(c);
+  r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
+  return c;
+}
+
+void summarize_training(std::FILE* f, const Metrics& m, const RunInfo& info) {
+  auto fig = [&](const char* k) { return info.figures.count(k) ? info.figures.at(k) : 0.0; };
+  auto c = [&](const char* k) { return static_cast<long long>(m.counter(k)); };
+  if (!m.counter("train.samples") || !info.figures.count("final_loss")) return;
+  std::fprintf(f, "  training: %.0f steps, %lld samples in %.0f s; test loss %.3f, accuracy %.1f%%\n", fig("steps"),
+               c("train.samples"), fig("train_seconds"), fig("final_loss"), 100 * fig("final_accuracy"));
+  if (info.figures.count("time_to_target_s") && fig("time_to_target_s") >= 0)
+    std::fprintf(f, "  time to the target loss: %.0f s\n", fig("time_to_target_s"));
+  std::fprintf(f, "  utilisation per trainer: min %.1f%%, mean %.1f%%; averaging %.2f s per step", 100 * fig("utilisation_min"),
+               100 * fig("utilisation_mean"), fig("averaging_seconds_mean"));
+  if (info.figures.count("compute_to_averaging"))
+    std::fprintf(f, " (a step computes %.2f s, %.1fx that)", fig("step_compute_s"), fig("compute_to_averaging"));
+  std::fprintf(f, "\n  all-reduce bytes per sample: %.1f; %lld steps ok, %lld failed, %lld catch-ups\n",
+               fig("allreduce_bytes_per_sample"), c("train.steps_ok"), c("train.step_failures"), c("train.catch_ups"));
+}
+
+const RegisterWorkload kRegister{WorkloadType{
+    "training", "collaborative training (global steps through the DHT) or DiLoCo of one model by every peer", true,
+    parse_training, [](const SwarmSpec& spec, Metrics& m) { return std::make_unique<TrainingWorkload>(spec, m); },
+    summarize_training}};
+
+}  // namespace
+}  // namespace apiary

@@ -1,0 +1,178 @@
+// The runner on the fake host: joins, churn, the workload's schedule, early ends and
+// determinism, with closed-form expectations (no ns-3, no sockets).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include "harness/runner.hpp"
+#include "tests/support/fake_host.hpp"
+
+namespace apiary {
+namespace {
+
+using test::FakeHost;
+
+SwarmSpec spec_of(const std::string& text, const std::vector<std::string>& sets = {}) {
+  auto sc = Scenario::from_string(text, "t.toml", sets);
+  return parse_swarm_spec(sc);
+}
+
+struct Run {
+  Metrics metrics;
+  RunInfo info;
+  std::vector<std::tuple<std::int64_t, std::uint32_t, bool>> ups;
+};
+
+std::unique_ptr<Run> run_fake(const SwarmSpec& spec) {
+  auto r = std::make_unique<Run>();
+  r->metrics.set_trace_prefix_limit(100000);
+  FakeHost host(spec, r->metrics);
+  r->info = run_on_host(spec, r->metrics, host);
+  r->ups = host.ups;
+  return r;
+}
+
+TEST(Runner, PingRoundTripsAreTheDrawnLatencies) {
+  // Fake transport: a message takes 2 x the sender's access latency, so a round trip 4 x 5 ms.
+  const auto spec = spec_of("peers = 10\nduration = \"10s\"\n[network]\nlatency = \"5ms\"\n[workload]\nrate = \"2/s\"\n");
+  const auto r = run_fake(spec);
+  EXPECT_EQ(r->info.backend, "fake");
+  EXPECT_DOUBLE_EQ(r->info.run_seconds, 10.0);
+  ASSERT_GT(r->metrics.counter("ping.ok"), 150);
+  EXPECT_EQ(r->metrics.counter("ping.failed.timeout"), 0);
+  EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 0.0), 20e6);
+  EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 1.0), 20e6);
+}
+
+TEST(Runner, TraceChurnTakesPeersDownAndUp) {
+  const std::string trace = testing::TempDir() + "/runner.trace";
+  {
+    std::ofstream f(trace);
+    f << "# peer 5 starts down\n2s 5 up\n1s 3 down\n3s 3 up\n";
+  }
+  const auto spec = spec_of("peers = 8\nduration = \"5s\"\n[churn]\nmodel = \"trace\"\ntrace = \"" + trace +
+                            "\"\n[workload]\nrate = \"4/s\"\ntimeout = \"500ms\"\n");
+  const auto r = run_fake(spec);
+  EXPECT_EQ(r->metrics.counter("churn.leaves"), 1);
+  EXPECT_EQ(r->metrics.counter("churn.joins"), 2);
+  std::vector<std::tuple<std::int64_t, std::uint32_t, bool>> before_end;
+  for (const auto& u : r->ups)
+    if (std::get<0>(u) < 5'000'000'000 || std::get<2>(u)) before_end.push_back(u);
+  // Peers 0-4, 6, 7 at t = 0 in index order, then the trace's events.
+  std::vector<std::tuple<std::int64_t, std::uint32_t, bool>> expected;
+  for (std::uint32_t i : {0u, 1u, 2u, 3u, 4u, 6u, 7u}) expected.emplace_back(0, i, true);
+  expected.emplace_back(1'000'000'000, 3, false);
+  expected.emplace_back(2'000'000'000, 5, true);
+  expected.emplace_back(3'000'000'000, 3, true);
+  EXPECT_EQ(before_end, expected);
+  // Pings to the down peers time out; the others are answered.
+  EXPECT_GT(r->metrics.counter("ping.failed.timeout") + r->metrics.counter("ping.failed.unreachable"), 0);
+  EXPECT_GT(r->metrics.counter("ping.ok"), 100);
+}
+
+TEST(Runner, SeedsJoinAtOnceTheOthersOverTheJoinWindow) {
+  const auto spec = spec_of(
+      "peers = 20\nduration = \"20s\"\n[workload]\nkind = \"dht\"\nstart = \"15s\"\n[dht]\nbootstrap_peers = 3\n"
+      "join_window = \"10s\"\n");
+  const auto r = run_fake(spec);
+  std::vector<std::int64_t> join_at(20, -1);
+  for (const auto& [t, i, up] : r->ups)
+    if (up && join_at[i] < 0) join_at[i] = t;
+  for (std::uint32_t i = 0; i < 3; ++i) EXPECT_EQ(join_at[i], 0) << i;
+  for (std::uint32_t i = 3; i < 20; ++i) {
+    EXPECT_GT(join_at[i], 0) << i;
+    EXPECT_LT(join_at[i], 10'000'000'000) << i;
+  }
+  EXPECT_EQ(r->metrics.counter("dht.joins"), 20);
+  EXPECT_GT(r->metrics.counter("dht.get.ok"), 0);
+  EXPECT_EQ(r->metrics.counter("dht.get.failed"), 0);
+}
+
+TEST(Runner, SessionChurnSparesTheSeedsAndBeginsAfterTheJoinWindow) {
+  const auto spec = spec_of(
+      "peers = 12\nduration = \"2min\"\n[churn]\nmodel = \"exponential\"\nmean_session = \"5s\"\nmean_downtime = \"5s\"\n"
+      "[workload]\nkind = \"dht\"\nstart = \"5s\"\n[dht]\nbootstrap_peers = 3\njoin_window = \"4s\"\n");
+  const auto r = run_fake(spec);
+  std::int64_t leaves = 0;
+  for (const auto& [t, i, up] : r->ups) {
+    if (up || t >= 120'000'000'000) continue;  // the teardown at the end takes every peer down
+    ++leaves;
+    EXPECT_GE(i, 3u) << "a seed left at " << t;
+    EXPECT_GE(t, 4'000'000'000) << "peer " << i << " left inside the join window";
+  }
+  EXPECT_EQ(leaves, r->metrics.counter("churn.leaves"));
+  EXPECT_GT(leaves, 50);
+  EXPECT_GE(r->metrics.counter("churn.joins"), leaves - 9);
+}
+
+TEST(Runner, SameSeedSameTraceOtherSeedOtherTrace) {
+  const std::string text =
+      "peers = 30\nduration = \"30s\"\n[churn]\nmodel = \"weibull\"\nmean_session = \"10s\"\nmean_downtime = \"3s\"\n"
+      "[workload]\nrate = \"2/s\"\ntimeout = \"1s\"\n";
+  const auto a = run_fake(spec_of(text)), b = run_fake(spec_of(text)), c = run_fake(spec_of(text, {"seed=2"}));
+  EXPECT_GT(a->metrics.trace_events(), 100u);
+  EXPECT_EQ(a->metrics.trace_hash(), b->metrics.trace_hash());
+  EXPECT_EQ(a->metrics.counters(), b->metrics.counters());
+  EXPECT_NE(a->metrics.trace_hash(), c->metrics.trace_hash());
+}
+
+TEST(Runner, TheWorkloadEndsTheRunAfterItsLastRound) {
+  const auto spec = spec_of(
+      "peers = 6\nduration = \"60s\"\n[dht]\njoin_window = \"500ms\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = \"allreduce\"\nelements = 8\n"
+      "rounds = 3\nstart = \"1s\"\nperiod = \"1s\"\n");
+  const auto r = run_fake(spec);
+  EXPECT_DOUBLE_EQ(r->info.run_seconds, 4.0);  // start + rounds x period
+  EXPECT_EQ(r->metrics.counter("avg.rounds_ok"), 18);
+  EXPECT_EQ(r->info.figures.at("rounds_to_target"), 1);
+  EXPECT_LT(r->info.figures.at("final_variance"), 1e-12);
+}
+
+TEST(Runner, AnAveragingPeerKeepsItsValuesWhileDown) {
+  // Round 0 at 1 s averages everyone exactly; peer 2 is down over round 1 (void: allreduce needs
+  // everyone) and back for round 2. Only if it kept its averaged values is the swarm still exact.
+  const std::string trace = testing::TempDir() + "/avg.trace";
+  {
+    std::ofstream f(trace);
+    f << "1500ms 2 down\n2500ms 2 up\n";
+  }
+  const auto spec = spec_of(
+      "peers = 5\nduration = \"60s\"\n[churn]\nmodel = \"trace\"\ntrace = \"" + trace +
+      "\"\n[dht]\njoin_window = \"500ms\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = \"allreduce\"\nelements = 4\nrounds = 3\n"
+      "start = \"1s\"\nperiod = \"1s\"\n");
+  const auto r = run_fake(spec);
+  EXPECT_EQ(r->metrics.counter("avg.rounds_void"), 1);
+  EXPECT_EQ(r->metrics.counter("avg.rounds_ok"), 10);
+  const auto& variance = r->metrics.series().at("avg.round.variance");
+  ASSERT_EQ(variance.size(), 4u);
+  EXPECT_GT(variance[0], 0.1);
+  EXPECT_LT(variance[3], 1e-12);
+}
+
+TEST(Workloads, EveryWorkloadIsRegisteredAndUnknownOnesAreNamed) {
+  const auto names = WorkloadRegistry::names();
+  for (const char* w : {"ping", "dht", "averaging", "training", "dmoe"})
+    EXPECT_NE(std::find(names.begin(), names.end(), w), names.end()) << w;
+  try {
+    spec_of("peers = 4\n[workload]\nkind = \"gossip-storm\"\n");
+    FAIL() << "an unknown workload was accepted";
+  } catch (const ScenarioError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("t.toml:"), std::string::npos) << what;
+    EXPECT_NE(what.find("workload.kind"), std::string::npos) << what;
+    EXPECT_NE(what.find("averaging"), std::string::npos) << what;
+  }
+}
+
+TEST(Workloads, AWorkloadReadsOnlyItsOwnKeys) {
+  // workload.rate belongs to ping: in an averaging scenario it is a mistake, not a silent default.
+  try {
+    spec_of("peers = 4\nduration = \"2min\"\n[workload]\nkind = \"averaging\"\nrate = \"2/s\"\n");
+    FAIL() << "another workload's key was accepted";
+  } catch (const ScenarioError& e) {
+    EXPECT_NE(std::string(e.what()).find("workload.rate"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace apiary

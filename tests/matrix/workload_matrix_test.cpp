@@ -1,0 +1,259 @@
+// Every workload in both worlds from one scenario, with only `backend` changed: the same
+// invariants hold in ns-3 and live (success rates, exactness where the math is exact), and the
+// summaries agree within stated tolerances. The scenarios are small so that the live runs take a
+// few seconds of wall time each.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "harness/runner.hpp"
+#include "real/live_host.hpp"
+#include "sim/sim_host.hpp"
+
+namespace apiary {
+namespace {
+
+struct Case {
+  const char* name;
+  const char* scenario;  // without `backend`
+};
+
+// Small scenarios: sub-second latencies, short starts, a few peers.
+const Case kCases[] = {
+    {"ping", R"(peers = 6
+duration = "2s"
+[network]
+latency = "2ms"
+[workload]
+kind = "ping"
+rate = "10/s"
+timeout = "1s"
+payload = "4KiB"
+echo = true
+)"},
+    {"dht", R"(peers = 12
+duration = "6s"
+[network]
+latency = "2ms"
+[dht]
+bootstrap_peers = 3
+join_window = "1s"
+[workload]
+kind = "dht"
+start = "2s"
+store_rate = "10/s"
+get_rate = "20/s"
+ttl = "10min"
+)"},
+    {"averaging", R"(peers = 4
+duration = "20s"
+[network]
+latency = "2ms"
+[dht]
+bootstrap_peers = 2
+join_window = "500ms"
+[workload]
+kind = "averaging"
+[averaging]
+grouping = "moshpit"
+grid_side = 2
+grid_dims = 2
+elements = 1000
+rounds = 2
+start = "2s"
+period = "2s"
+matchmaking_budget = "1s"
+poll = "100ms"
+)"},
+    {"averaging-bandwidth", R"(peers = 4
+duration = "20s"
+[network]
+latency = "2ms"
+bandwidth = { dist = "uniform", min = "10Mbps", max = "1Gbps" }
+[dht]
+bootstrap_peers = 2
+join_window = "500ms"
+[workload]
+kind = "averaging"
+[averaging]
+grouping = "allreduce"
+elements = 100000
+rounds = 2
+start = "2s"
+period = "2s"
+)"},
+    {"training", R"(peers = 4
+duration = "2min"
+[network]
+latency = "2ms"
+[dht]
+bootstrap_peers = 2
+join_window = "500ms"
+[workload]
+kind = "training"
+[training]
+mode = "collaborative"
+train_samples = 2000
+eval_samples = 200
+start = "1s"
+batch_size = 32
+target_batch = 256
+steps = 4
+learning_rate = 0.05
+samples_per_second = "2000/s"
+eval_period = "1s"
+progress_period = "100ms"
+matchmaking_budget = "1s"
+matchmaking_poll = "100ms"
+)"},
+    {"diloco", R"(peers = 3
+duration = "2min"
+[network]
+latency = "2ms"
+[dht]
+bootstrap_peers = 2
+join_window = "500ms"
+[workload]
+kind = "training"
+[training]
+mode = "diloco"
+train_samples = 2000
+eval_samples = 200
+start = "1s"
+batch_size = 32
+inner_steps = 10
+steps = 2
+learning_rate = 0.05
+samples_per_second = "2000/s"
+eval_period = "1s"
+progress_period = "100ms"
+matchmaking_budget = "2s"
+matchmaking_poll = "100ms"
+)"},
+    {"dmoe", R"(peers = 5
+duration = "8s"
+[network]
+latency = "2ms"
+[dht]
+bootstrap_peers = 2
+join_window = "500ms"
+[workload]
+kind = "dmoe"
+[dmoe]
+servers = 2
+layers = 2
+grid_side = 2
+grid_dims = 2
+k = 2
+k_min = 1
+batch_size = 16
+hidden = 64
+forward_speed = "20000/s"
+backward_speed = "10000/s"
+timeout = "2s"
+start = "3s"
+)"},
+};
+
+struct Outcome {
+  Metrics metrics;
+  RunInfo info;
+};
+
+const Outcome& run_case(const std::string& name, const std::string& backend) {
+  static std::map<std::string, std::unique_ptr<Outcome>> done;  // the comparison test reuses runs
+  const std::string key = name + "/" + backend;
+  if (auto it = done.find(key); it != done.end()) return *it->second;
+  const Case* c = nullptr;
+  for (const auto& k : kCases)
+    if (name == k.name) c = &k;
+  auto sc = Scenario::from_string(std::string("backend = \"") + backend + "\"\n" + c->scenario, name + ".toml");
+  const SwarmSpec spec = parse_swarm_spec(sc);
+  auto out = std::make_unique<Outcome>();
+  out->info = backend == "sim" ? sim::run_sim_swarm(spec, out->metrics) : real::run_live_swarm(spec, out->metrics);
+  return *done.emplace(key, std::move(out)).first->second;
+}
+
+double ratio(const Metrics& m, const char* ok, const char* bad) {
+  const double a = static_cast<double>(m.counter(ok)), b = static_cast<double>(m.counter(bad));
+  return a + b > 0 ? a / (a + b) : 0;
+}
+
+class WorkloadInBothWorlds : public testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(WorkloadInBothWorlds, KeepsItsInvariants) {
+  const auto& [name, backend] = GetParam();
+  const auto& r = run_case(name, backend);
+  const auto& m = r.metrics;
+  EXPECT_EQ(r.info.backend, backend);
+  EXPECT_EQ(m.counter("transport.bad_frames"), 0);
+  if (name == "ping") {
+    EXPECT_GT(m.counter("ping.ok"), 60);
+    EXPECT_EQ(m.counter("ping.failed.timeout") + m.counter("ping.failed.unreachable"), 0);
+  } else if (name == "dht") {
+    EXPECT_EQ(m.counter("dht.joins"), 12);
+    EXPECT_GT(m.counter("dht.store.ok"), 10);
+    EXPECT_EQ(m.counter("dht.store.failed"), 0);
+    EXPECT_GT(m.counter("dht.get.ok"), 20);
+    EXPECT_EQ(m.counter("dht.get.failed"), 0);
+  } else if (name == "averaging" || name == "averaging-bandwidth") {
+    // Four peers averaged exactly: a full 2x2 Moshpit grid after two rounds, one group of all.
+    EXPECT_EQ(m.counter("avg.rounds_ok"), 8);
+    const auto& v = m.series().at("avg.round.variance");
+    ASSERT_EQ(v.size(), 3u);
+    EXPECT_GT(v[0], 0.5);
+    EXPECT_LT(v[2], 1e-10);
+    EXPECT_EQ(r.info.figures.at("rounds_to_target"), name == "averaging" ? 2 : 1);
+    // Parts follow the peers' drawn bandwidths: a reducer of a larger part sends more. Equal
+    // bandwidths, equal parts, equal bytes.
+    const double lo = m.quantile("avg.round.bytes_sent", 0), hi = m.quantile("avg.round.bytes_sent", 1);
+    if (name == "averaging")
+      EXPECT_EQ(lo, hi);
+    else
+      EXPECT_GT(hi / lo, 1.2);
+  } else if (name == "training" || name == "diloco") {
+    EXPECT_EQ(r.info.figures.at("steps"), name == "training" ? 4 : 2);
+    EXPECT_GT(m.counter("train.samples"), 0);
+    EXPECT_LT(r.info.figures.at("final_loss"), std::log(10.0));  // below the initial model's loss
+    EXPECT_EQ(m.counter("train.step_failures"), 0);
+  } else if (name == "dmoe") {
+    EXPECT_GT(m.counter("dmoe.samples"), 0);
+    EXPECT_EQ(m.counter("dmoe.failed_batches"), 0);
+    EXPECT_GT(r.info.figures.at("throughput_samples_per_second"), 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Matrix, WorkloadInBothWorlds,
+                         testing::Combine(testing::Values("ping", "dht", "averaging", "averaging-bandwidth", "training",
+                                                          "diloco", "dmoe"),
+                                          testing::Values("sim", "live")),
+                         [](const auto& info) {
+                           std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+// The summaries of the two worlds agree where the model says they should.
+TEST(WorkloadSummaries, AgreeBetweenTheWorlds) {
+  {  // The same number of rounds to the target, and the same per-round variance up to float noise.
+    const auto &s = run_case("averaging", "sim"), &l = run_case("averaging", "live");
+    EXPECT_EQ(s.info.figures.at("rounds_to_target"), l.info.figures.at("rounds_to_target"));
+    const auto &vs = s.metrics.series().at("avg.round.variance"), &vl = l.metrics.series().at("avg.round.variance");
+    ASSERT_EQ(vs.size(), vl.size());
+    EXPECT_DOUBLE_EQ(vs[0], vl[0]);  // the same initial values in both worlds
+  }
+  {  // The same success rates.
+    const auto &s = run_case("dht", "sim"), &l = run_case("dht", "live");
+    EXPECT_EQ(ratio(s.metrics, "dht.get.ok", "dht.get.failed"), ratio(l.metrics, "dht.get.ok", "dht.get.failed"));
+  }
+  {  // Training: the same steps; the loss within 0.25 nats (the order of contributions differs).
+    const auto &s = run_case("training", "sim"), &l = run_case("training", "live");
+    EXPECT_EQ(s.info.figures.at("steps"), l.info.figures.at("steps"));
+    EXPECT_NEAR(s.info.figures.at("final_loss"), l.info.figures.at("final_loss"), 0.25);
+  }
+}
+
+}  // namespace
+}  // namespace apiary
