@@ -39,7 +39,8 @@ class Host {
   // Runs the world until run time `end` or until stop().
   virtual void run(Duration end) = 0;
   virtual void stop() = 0;
-  // What this world measures of itself (the cost of a simulated message, ...).
+  // What this world measures of itself: the host time the run took so far (wall_seconds), the
+  // cost of a simulated message, ... The harness itself reads no OS clock.
   virtual void add_figures(RunInfo& info, const Metrics& metrics) { (void)info, (void)metrics; }
 };
 

@@ -1,13 +1,19 @@
 #include "harness/runner.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <stdexcept>
 
 namespace apiary {
 
 Runner::Runner(const SwarmSpec& spec, Metrics& metrics, Host& host)
-    : spec_(spec), metrics_(metrics), host_(host), churn_rng_(spec.seed ^ 0x636875726eULL) {  // "churn"
+    : spec_(spec),
+      metrics_(metrics),
+      host_(host),
+      churn_(spec, metrics,
+             ChurnDriver::Hooks{[this](Duration t, std::function<void()> fn) { host_.at(t, std::move(fn)); },
+                                [this] { return host_.elapsed(); },
+                                [this](std::uint32_t i) { return static_cast<bool>(peers_[i].stack); },
+                                [this](std::uint32_t i) { join(i); }, [this](std::uint32_t i) { leave(i); }}) {
   const WorkloadType* type = WorkloadRegistry::find(spec.workload);
   if (!type) throw std::invalid_argument("unknown workload '" + spec.workload + "'");
   // The links first, one latency and one bandwidth draw per peer in index order, from the
@@ -31,7 +37,6 @@ Runner::~Runner() {
 }
 
 RunInfo Runner::run(const ProgressFn& progress) {
-  const auto wall0 = std::chrono::steady_clock::now();
   const bool dht = spec_.uses_dht;
   Rng join_rng(spec_.seed ^ 0x6a6f696eULL);  // "join"
   // A peer whose first churn-trace event is "up" starts down: it joins at that time. With a DHT,
@@ -46,23 +51,8 @@ RunInfo Runner::run(const ProgressFn& progress) {
       host_.at(t, [this, i] { join(i); });
     }
   }
-  if (spec_.churn.kind == ChurnSpec::Kind::kTrace) {
-    for (const auto& ev : spec_.churn.trace)
-      host_.at(ev.at, [this, ev] {
-        const bool up = static_cast<bool>(peers_[ev.peer].stack);
-        if (ev.up && !up) {
-          join(ev.peer);
-          metrics_.count("churn.joins", 1);
-        } else if (!ev.up && up) {
-          leave(ev.peer);
-          metrics_.count("churn.leaves", 1);
-        }
-      });
-  } else if (spec_.churn.kind != ChurnSpec::Kind::kNone) {
-    // The seeds stay up; the others' sessions begin once the swarm has formed.
-    for (std::uint32_t i = dht ? spec_.dht.bootstrap_peers : 0; i < spec_.peers; ++i)
-      host_.at(dht ? spec_.dht.join_window : Duration::zero(), [this, i] { schedule_session(i); });
-  }
+  // The seeds stay up; the others' sessions begin once the swarm has formed.
+  churn_.begin(dht ? spec_.dht.bootstrap_peers : 0, dht ? spec_.dht.join_window : Duration::zero());
   workload_->begin(*this);
   if (progress)
     for (int k = 1; k < 100; ++k) host_.at(Duration(spec_.duration.count() / 100 * k), [progress, k] { progress(k / 100.0); });
@@ -83,7 +73,6 @@ RunInfo Runner::run(const ProgressFn& progress) {
     info.figures["bytes_per_peer_minute"] = static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
   }
   for (std::uint32_t i = 0; i < spec_.peers; ++i) leave(i);  // tear down while the host still runs
-  info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return info;
 }
 
@@ -105,19 +94,6 @@ void Runner::leave(std::uint32_t i) {
   workload_->peer_down(*this, i);
   p.stack.reset();
   host_.set_up(i, false);
-}
-
-// Churn decisions use the runner's own stream so they do not shift a peer's protocol stream.
-void Runner::schedule_session(std::uint32_t i) {
-  after(spec_.churn.draw_session(churn_rng_), [this, i] {
-    leave(i);
-    metrics_.count("churn.leaves", 1);
-    after(spec_.churn.draw_downtime(churn_rng_), [this, i] {
-      join(i);
-      metrics_.count("churn.joins", 1);
-      schedule_session(i);
-    });
-  });
 }
 
 std::optional<std::uint32_t> Runner::pick_joined_peer(Rng& rng) {

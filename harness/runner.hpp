@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "harness/churn.hpp"
 #include "harness/host.hpp"
 #include "harness/peer_stack.hpp"
 
@@ -59,7 +60,6 @@ class Runner {
   };
   void join(std::uint32_t i);
   void leave(std::uint32_t i);
-  void schedule_session(std::uint32_t i);
 
   const SwarmSpec& spec_;
   Metrics& metrics_;
@@ -67,7 +67,7 @@ class Runner {
   std::unique_ptr<Workload> workload_;
   std::vector<Peer> peers_;
   std::vector<Endpoint> directory_;
-  Rng churn_rng_;
+  ChurnDriver churn_;
 };
 
 // Runs a scenario on a host: a Runner's run().

@@ -161,6 +161,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.churn.mean_session = s.get_duration("churn.mean_session", spec.churn.mean_session);
   spec.churn.mean_downtime = s.get_duration("churn.mean_downtime", spec.churn.mean_downtime);
   spec.churn.weibull_shape = s.get_double("churn.weibull_shape", spec.churn.weibull_shape, 0.05, 20);
+  spec.churn.keep_identity = s.get_bool("churn.keep_identity", spec.churn.keep_identity);
   if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
     s.fail("churn.mean_session", "must be positive");
 
@@ -168,9 +169,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (!Endpoint::parse(spec.live_host + ":1")) s.fail("live.host", "'" + spec.live_host + "' is not an IPv4 address");
   spec.live_base_port = static_cast<std::uint16_t>(s.get_int("live.base_port", 0, 0, 65535));
   spec.live_emulated_latency = s.get_duration("live.emulated_latency", Duration::zero());
+  // Live settings are read in both worlds (so that one file serves both) and used live only.
   spec.live_processes = s.get_bool("live.processes", false);
-  if (spec.live_processes && spec.backend != "live")
-    s.fail("live.processes", "separate processes are a live swarm's (backend = \"live\")");
 
   // The workload: every name the registry knows is allowed, and its type reads its own keys.
   spec.workload = s.get_string("workload.kind", spec.workload, WorkloadRegistry::names());
@@ -192,14 +192,12 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     d.bootstrap_peers = static_cast<std::uint32_t>(s.get_int("dht.bootstrap_peers", d.bootstrap_peers, 1, spec.peers));
     d.join_window = s.get_duration("dht.join_window", d.join_window);
   }
-  if (spec.live_processes) {
+  if (spec.live_processes && spec.backend == "live") {
     const ProcessLauncher* launcher = WorkloadRegistry::launcher(spec.workload);
     if (!launcher) s.fail("live.processes", "the " + spec.workload + " workload has no live process swarm; it runs live in one process");
-    const bool trace = spec.churn.kind == ChurnSpec::Kind::kTrace;
-    if (spec.churn.kind != ChurnSpec::Kind::kNone && !(trace && launcher->churn_trace))
-      s.fail("churn.model", std::string("a live ") + spec.workload + " swarm of processes takes " +
-                                (launcher->churn_trace ? "churn from a trace only" : "no churn") +
-                                "; without live.processes it runs live in one process, churn included");
+    if (spec.churn.kind != ChurnSpec::Kind::kNone && !launcher->churn)
+      s.fail("churn.model", "a live " + spec.workload + " swarm of processes takes no churn; without live.processes it runs "
+                            "live in one process, churn included");
   }
   if (const std::string map = s.get_string("live.netns", ""); !map.empty()) {
     spec.live_netns = read_netns_map(path_beside(s, map));

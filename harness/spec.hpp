@@ -55,6 +55,9 @@ struct ChurnSpec {
   Duration mean_session = std::chrono::minutes(30);  // time up
   Duration mean_downtime = std::chrono::minutes(5);  // time down before rejoining
   double weibull_shape = 0.5;
+  // Live processes: a peer that comes back keeps its identity (its key file), so it is the same
+  // peer to the others; false gives it a new one.
+  bool keep_identity = true;
   // A session's length (exponential or Weibull of mean mean_session) and a downtime (exponential
   // of mean mean_downtime), drawn from the runner's churn stream.
   Duration draw_session(Rng& rng) const;

@@ -61,9 +61,9 @@ class Workload {
 // (`live.processes = true`), registered by the live host for the workloads it can launch.
 struct ProcessLauncher {
   std::function<RunInfo(const SwarmSpec&, Metrics&, const ProgressFn&)> run;
-  // Which churn it applies to its processes (killed with SIGKILL, started again): none, or the
-  // events of a churn trace. A scenario asking for more is refused when it is read.
-  bool churn_trace = false;
+  // Whether it applies churn to its processes (killed with SIGKILL, started again); a scenario
+  // with churn for a launcher without is refused when it is read.
+  bool churn = false;
 };
 
 struct WorkloadType {

@@ -15,6 +15,7 @@
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/processes.hpp"
+#include "harness/churn.hpp"
 #include "harness/workloads/dht.hpp"
 
 namespace apiary::real {
@@ -197,20 +198,30 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
       a.insert(a.end(), {"--delay-ms", std::to_string(to_seconds(spec.live_emulated_latency) * 1e3)});
     return a;
   };
-  auto ready_endpoint = [&](std::uint32_t i) {
-    std::istringstream f(wait_for_file((dir / ("ready" + std::to_string(i))).string(), deadline, "live peer " + std::to_string(i)));
+  auto ready_line = [&](std::uint32_t i, std::chrono::steady_clock::time_point until) {
+    std::istringstream f(wait_for_file((dir / ("ready" + std::to_string(i))).string(), until, "live peer " + std::to_string(i)));
     std::string id, ep;
     f >> id >> ep;
+    return std::make_pair(id, ep);
+  };
+  std::vector<std::string> first_id(spec.peers);
+  auto ready_endpoint = [&](std::uint32_t i) {
+    auto [id, ep] = ready_line(i, deadline);
+    first_id[i] = id;
     return ep;
   };
-  children.spawn_self(peer_args(0), (dir / "peer0.log").string(), netns_of(0));
+  std::vector<pid_t> pids(spec.peers, 0);
+  pids[0] = children.spawn_self(peer_args(0), (dir / "peer0.log").string(), netns_of(0));
   const std::string seed = ready_endpoint(0);
-  for (std::uint32_t i = 1; i < spec.peers; ++i) {
+  std::vector<std::uint32_t> incarnations(spec.peers, 0);
+  auto start_peer = [&](std::uint32_t i) {
     auto a = peer_args(i);
     a.push_back("--join");
     a.push_back(seed);
-    children.spawn_self(a, (dir / ("peer" + std::to_string(i) + ".log")).string(), netns_of(i));
-  }
+    const std::string log = (dir / ("peer" + std::to_string(i) + "-" + std::to_string(incarnations[i]++) + ".log")).string();
+    pids[i] = children.spawn_self(a, log, netns_of(i));
+  };
+  for (std::uint32_t i = 1; i < spec.peers; ++i) start_peer(i);
   std::vector<std::string> endpoints{seed};
   for (std::uint32_t i = 1; i < spec.peers; ++i)
     endpoints.push_back(ready_endpoint(i));
@@ -222,12 +233,32 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   cfg.replicate_period = Duration::zero();
   LiveNode client(Endpoint{Endpoint::parse(spec.live_host + ":1")->ip, 0}, dht::Identity::from_seed(spec.seed), cfg, false,
                   spec.live_emulated_latency);
+  // Churn, as the runner applies it, on the peer processes: "down" is SIGKILL, "up" a fresh
+  // process that joins through the seed again, under its old identity unless the scenario says
+  // otherwise (churn.keep_identity = false). Run time 0 is now, with every peer up.
+  const auto origin = std::chrono::steady_clock::now();
+  ChurnDriver churn(spec, metrics,
+                    ChurnDriver::Hooks{
+                        [&](Duration t, std::function<void()> fn) {
+                          auto timer = std::make_shared<asio::steady_timer>(client.io, origin + t);
+                          timer->async_wait([timer, fn = std::move(fn)](boost::system::error_code ec) {
+                            if (!ec) fn();
+                          });
+                        },
+                        [&] { return std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - origin); },
+                        [&](std::uint32_t i) { return pids[i] != 0; },
+                        [&](std::uint32_t i) {
+                          std::filesystem::remove(dir / ("ready" + std::to_string(i)));
+                          start_peer(i);
+                        },
+                        [&](std::uint32_t i) {
+                          children.kill_now(pids[i]);
+                          pids[i] = 0;
+                          if (!spec.churn.keep_identity) std::filesystem::remove(dir / ("id" + std::to_string(i)));
+                        }});
+  churn.begin(std::max<std::uint32_t>(1, spec.dht.bootstrap_peers), spec.dht.join_window);
   // Let the swarm settle (joins, first lookups) for the join window.
-  {
-    asio::steady_timer t(client.io);
-    t.expires_after(spec.dht.join_window);
-    t.wait();
-  }
+  client.io.run_for(spec.dht.join_window);
   std::vector<Endpoint> via;
   for (std::size_t i = 0; i < std::min<std::size_t>(3, endpoints.size()); ++i) via.push_back(*Endpoint::parse(endpoints[i]));
   if (!client.run(client.node->bootstrap(via), std::chrono::seconds(10)))
@@ -279,6 +310,12 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     (phase == 0 ? store_seconds : get_seconds) = secs;
   }
+  // Did the peers that came back come back as themselves? (Their new ready files name their ids.)
+  for (std::uint32_t i = 1; i < spec.peers; ++i)
+    if (incarnations[i] > 1 && pids[i] != 0) {
+      const auto [id, ep] = ready_line(i, std::chrono::steady_clock::now() + std::chrono::seconds(10));
+      metrics.count(id == first_id[i] ? "churn.same_identity" : "churn.new_identity", 1);
+    }
   RunInfo info;
   info.backend = "live";
   info.figures["store_ops_per_second"] = n / store_seconds;
@@ -292,7 +329,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
 }
 
 namespace {
-const bool kLauncher = (WorkloadRegistry::add_launcher("dht", {run_live_dht_swarm, false}), true);
+const bool kLauncher = (WorkloadRegistry::add_launcher("dht", {run_live_dht_swarm, true}), true);
 }  // namespace
 
 }  // namespace apiary::real

@@ -22,6 +22,7 @@ struct LiveHost::Impl {
     bool up = false;
   };
   std::vector<Peer> peers;
+  std::chrono::steady_clock::time_point built = std::chrono::steady_clock::now();
   std::optional<LogLevel> log_level = log_level_from_env();
   // Run time 0: the first time anyone asks (the runner's first schedule, once the peers are
   // built and the workload has loaded its data), so set-up does not eat into the run.
@@ -105,6 +106,10 @@ void LiveHost::run(Duration end) {
 }
 
 void LiveHost::stop() { impl_->io.stop(); }
+
+void LiveHost::add_figures(RunInfo& info, const Metrics&) {
+  info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - impl_->built).count();
+}
 
 RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   if (spec.live_processes) {

@@ -23,6 +23,7 @@ class LiveHost final : public Host {
   void at(Duration t, std::function<void()> fn) override;
   void run(Duration end) override;
   void stop() override;
+  void add_figures(RunInfo& info, const Metrics& metrics) override;
 
  struct Impl;
 

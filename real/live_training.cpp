@@ -1,3 +1,4 @@
+#include <utility>
 #include "real/live_training.hpp"
 
 #include <signal.h>
@@ -10,8 +11,9 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <thread>
+#include <boost/asio.hpp>
 
+#include "harness/churn.hpp"
 #include "harness/workloads/training.hpp"
 #include "real/processes.hpp"
 
@@ -87,54 +89,64 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     inc.running = true;
     current[i] = incs.size();
     incs.push_back(std::move(inc));
-    metrics.count(newcomer ? "churn.joins" : "train.trainers_started", 1);
+    if (!newcomer) metrics.count("train.trainers_started", 1);
   };
 
-  // Who starts: every trainer, except those whose first churn event is "up".
-  std::vector<ChurnEvent> events = spec.churn.kind == ChurnSpec::Kind::kTrace ? spec.churn.trace : std::vector<ChurnEvent>{};
-  if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.kind != ChurnSpec::Kind::kTrace)
-    throw std::runtime_error("live training takes churn from a trace (churn.model = \"trace\")");
-  std::vector<bool> starts_up(spec.peers, true);
-  for (std::uint32_t i = 0; i < spec.peers; ++i)
-    for (const auto& ev : events)
-      if (ev.peer == i) {
-        starts_up[i] = !ev.up;
-        break;
-      }
-  for (std::uint32_t i = 0; i < spec.peers; ++i)
-    if (starts_up[i]) start_trainer(i, false);
-
+  // Churn, as the runner applies it (harness/churn), on the trainer processes: "down" kills the
+  // trainer with SIGKILL, "up" starts a fresh process that downloads the swarm's state first. A
+  // trainer whose first trace event is "up" starts down. The loop is an io_context: churn timers,
+  // the end of the run, and a look every 50 ms for trainers that exited.
+  boost::asio::io_context io;
   const auto start = std::chrono::steady_clock::now();
-  std::size_t next_event = 0;
-  bool over = false;
-  while (!over) {
-    const auto now = std::chrono::steady_clock::now();
-    const Duration elapsed = std::chrono::duration_cast<Duration>(now - start);
-    while (next_event < events.size() && events[next_event].at <= elapsed) {
-      const auto& ev = events[next_event++];
-      auto it = current.find(ev.peer);
-      const bool up = it != current.end() && incs[it->second].running;
-      if (!ev.up && up) {
-        kill(incs[it->second].pid, SIGKILL);  // dies mid-whatever: no goodbye
-        incs[it->second].killed = true;
-        metrics.count("churn.leaves", 1);
-      } else if (ev.up && !up) {
-        start_trainer(ev.peer, true);
-      }
-    }
-    while (auto r = children.reap_one()) {
+  auto running = [&](std::uint32_t i) {
+    auto it = current.find(i);
+    return it != current.end() && incs[it->second].running;
+  };
+  std::size_t pending = 0;  // churn events scheduled and not yet due
+  ChurnDriver churn(spec, metrics,
+                    ChurnDriver::Hooks{
+                        [&](Duration t, std::function<void()> fn) {
+                          ++pending;
+                          auto timer = std::make_shared<boost::asio::steady_timer>(io, start + t);
+                          timer->async_wait([timer, &pending, fn = std::move(fn)](boost::system::error_code ec) {
+                            --pending;
+                            if (!ec) fn();
+                          });
+                        },
+                        [&] { return std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start); },
+                        running, [&](std::uint32_t i) { start_trainer(i, true); },
+                        [&](std::uint32_t i) {
+                          auto& inc = incs[current.at(i)];
+                          inc.status = children.kill_now(inc.pid);  // dies mid-whatever: no goodbye
+                          inc.running = false;
+                          inc.killed = true;
+                        }});
+  const std::vector<bool> starts_down = spec.churn.starts_down(spec.peers);
+  for (std::uint32_t i = 0; i < spec.peers; ++i)
+    if (!starts_down[i]) start_trainer(i, false);
+  churn.begin(std::min(spec.dht.bootstrap_peers, spec.peers), Duration::zero());
+  boost::asio::steady_timer tick(io);
+  std::function<void()> look = [&] {
+    while (auto r = children.reap_one())
       for (auto& inc : incs)
         if (inc.pid == r->first) {
           inc.running = false;
           inc.status = r->second;
         }
-    }
-    const bool any_running = std::any_of(incs.begin(), incs.end(), [](const Incarnation& i) { return i.running; });
-    const bool events_left = next_event < events.size();
-    if ((!any_running && !events_left) || elapsed >= spec.duration) over = true;
+    const Duration elapsed = std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
     if (progress) progress(std::min(1.0, to_seconds(elapsed) / to_seconds(spec.duration)));
-    if (!over) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+    const bool any_running = std::any_of(incs.begin(), incs.end(), [](const Incarnation& i) { return i.running; });
+    if ((!any_running && pending == 0) || elapsed >= spec.duration) {
+      io.stop();
+      return;
+    }
+    tick.expires_after(std::chrono::milliseconds(50));
+    tick.async_wait([&](boost::system::error_code ec) {
+      if (!ec) look();
+    });
+  };
+  look();
+  io.run();
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Stop whatever still runs (the seed peer, trainers past the deadline) before the baseline.
   children.terminate_all();

@@ -96,6 +96,15 @@ std::optional<std::pair<pid_t, int>> ChildProcesses::reap_one() {
   return std::nullopt;
 }
 
+int ChildProcesses::kill_now(pid_t pid) {
+  int status = 0;
+  if (std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return status;
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  std::erase(pids_, pid);
+  return status;
+}
+
 void ChildProcesses::signal_all(int sig) {
   for (pid_t p : pids_) kill(p, sig);
 }

@@ -31,6 +31,8 @@ class ChildProcesses {
   bool wait_all(std::chrono::steady_clock::time_point deadline, std::vector<std::string>& failures);
   // A child that has exited, if any (non-blocking): its pid and raw wait status.
   std::optional<std::pair<pid_t, int>> reap_one();
+  // SIGKILL to one child (it dies mid-whatever, no goodbye), reaped at once; returns its status.
+  int kill_now(pid_t pid);
   // Sends `sig` to every running child.
   void signal_all(int sig);
   // SIGTERM to every child, then waits for them (up to `grace`), whatever their exit status.

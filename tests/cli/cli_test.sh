@@ -114,6 +114,26 @@ assert c.get("dht.store.ok") == 60 and c.get("dht.get.ok") == 60, c
 PY
 }
 
+# 6b. A live DHT of processes under churn: peers 4 and 6 are killed (SIGKILL) while the swarm
+#     settles and started again, by default under their old identities (key files), with
+#     churn.keep_identity = false under new ones; every store and get afterwards succeeds.
+live_dht_churn() {
+printf '300ms 4 down\n400ms 6 down\n700ms 4 up\n800ms 6 up\n' > dhtchurn.trace
+for keep in true false; do
+  "$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set peers=8 --set workload.keys=40 --set dht.join_window=2s \
+    --set churn.model=trace --set churn.trace="$PWD/dhtchurn.trace" --set churn.keep_identity=$keep \
+    --json --out "dhtchurn-$keep.h5" | tail -n 1 > "dhtchurn-$keep.json"
+done
+python3 - <<'PY' || fail "live DHT processes under churn"
+import json
+for keep in ("true", "false"):
+    c = json.load(open(f"dhtchurn-{keep}.json"))["metrics"]["counters"]
+    assert c.get("churn.leaves") == 2 and c.get("churn.joins") == 2, c
+    assert c.get("churn.same_identity" if keep == "true" else "churn.new_identity") == 2, (keep, c)
+    assert c.get("dht.store.ok") == 40 and c.get("dht.get.ok") == 40, c
+PY
+}
+
 # 7. Averaging live: in-process peers on loopback, Moshpit on a 2x2 grid is exact after 2 rounds.
 live_averaging() {
 "$APIARY" run "$SRC/scenarios/avg-live-16.toml" --set peers=4 --set averaging.grid_side=2 \
@@ -132,10 +152,11 @@ PY
 live_averaging_churn() {
 #     its values kept) before the second; it rejoins the DHT and averages in the later rounds, so
 #     two full-grid rounds after its return every peer holds the exact mean of all four.
+# (The peers join within 200 ms — dht.join_window — so peer 3 is up when it leaves at 500 ms.)
 printf '# TIME PEER up|down\n500ms 3 down\n2s 3 up\n' > avgchurn.trace
 "$APIARY" run "$SRC/scenarios/avg-live-16.toml" --set peers=4 --set averaging.grid_side=2 \
   --set averaging.elements=20000 --set averaging.start=1s --set averaging.period=2500ms \
-  --set averaging.rounds=4 --set churn.model=trace --set churn.trace="$PWD/avgchurn.trace" \
+  --set averaging.rounds=4 --set dht.join_window=200ms --set churn.model=trace --set churn.trace="$PWD/avgchurn.trace" \
   --json --out avgchurn.h5 | tail -n 1 > avgchurn.json
 python3 - <<'PY' || fail "live averaging under churn"
 import json
@@ -193,7 +214,7 @@ printf 'peers = 10\n[sweep]\ngrid = { "peers" = [10, "many"] }\n' > badsweep.tom
 grep -q "peers=many" badsweep.err || fail "bad sweep error: $(cat badsweep.err)"
 }
 
-all=(quickstart determinism errors live_ping live_dht_tools live_dht_scenario live_averaging live_averaging_churn allreduce_bench sweep)
+all=(quickstart determinism errors live_ping live_dht_tools live_dht_scenario live_dht_churn live_averaging live_averaging_churn allreduce_bench sweep)
 [ $# -gt 2 ] && sections=("${@:3}") || sections=("${all[@]}")
 for s in "${sections[@]}"; do
   declare -F "$s" > /dev/null || fail "no section '$s' (there are: ${all[*]})"
