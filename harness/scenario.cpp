@@ -291,7 +291,8 @@ SweepSpec Scenario::get_sweep() {
       return os.str();
     }
     if (auto x = v.as_boolean()) return x->get() ? "true" : "false";
-    throw ScenarioError(impl_->where(key, &v) + ": key '" + key + "': sweep values must be strings, numbers or booleans, not " + type_name(v));
+    throw ScenarioError(impl_->where(key, &v) + ": key '" + key + "': sweep values must be strings, numbers or booleans, not " +
+                        type_name(v));
   };
   auto axes = [&](const char* name, std::vector<SweepAxis>& into) {
     const std::string where_key = std::string("sweep.") + name;

@@ -188,7 +188,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     c.max_records = static_cast<std::size_t>(s.get_int("dht.max_records", static_cast<std::int64_t>(c.max_records), 1, 100'000'000));
     c.cache_on_lookup = s.get_bool("dht.cache", c.cache_on_lookup);
     c.blacklist_base = s.get_duration("dht.blacklist", c.blacklist_base);
-    c.join_refresh_buckets = static_cast<std::size_t>(s.get_int("dht.join_refresh", static_cast<std::int64_t>(c.join_refresh_buckets), 0, 160));
+    c.join_refresh_buckets =
+        static_cast<std::size_t>(s.get_int("dht.join_refresh", static_cast<std::int64_t>(c.join_refresh_buckets), 0, 160));
     d.bootstrap_peers = static_cast<std::uint32_t>(s.get_int("dht.bootstrap_peers", d.bootstrap_peers, 1, spec.peers));
     d.join_window = s.get_duration("dht.join_window", d.join_window);
   }

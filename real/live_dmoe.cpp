@@ -71,12 +71,36 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
                     "expert server " + std::to_string(i) + " (see " + dir + "/server-" + std::to_string(i) + ".log)");
 
   const std::string out = dir + "/trainer.jsonl";
-  auto ta = model_args({"apiary-train", "dmoe-trainer", "--join", seed_ep, "--seed", std::to_string(spec.seed), "--out", out,
-                        "--k", std::to_string(d.k), "--k-min", std::to_string(d.k_min), "--routing", d.routing, "--codec", d.codec,
-                        "--grace-ms", format_number(to_seconds(d.grace) * 1e3), "--forward-timeout-ms", format_number(to_seconds(d.forward_timeout) * 1e3),
-                        "--backward-timeout-ms", format_number(to_seconds(d.backward_timeout) * 1e3), "--delay-ms", delay,
-                        "--eval-every", std::to_string(d.eval_every), "--eval-samples", std::to_string(d.eval_samples),
-                        "--max-seconds", format_number(to_seconds(spec.duration))});
+  auto ta = model_args({"apiary-train",
+                        "dmoe-trainer",
+                        "--join",
+                        seed_ep,
+                        "--seed",
+                        std::to_string(spec.seed),
+                        "--out",
+                        out,
+                        "--k",
+                        std::to_string(d.k),
+                        "--k-min",
+                        std::to_string(d.k_min),
+                        "--routing",
+                        d.routing,
+                        "--codec",
+                        d.codec,
+                        "--grace-ms",
+                        format_number(to_seconds(d.grace) * 1e3),
+                        "--forward-timeout-ms",
+                        format_number(to_seconds(d.forward_timeout) * 1e3),
+                        "--backward-timeout-ms",
+                        format_number(to_seconds(d.backward_timeout) * 1e3),
+                        "--delay-ms",
+                        delay,
+                        "--eval-every",
+                        std::to_string(d.eval_every),
+                        "--eval-samples",
+                        std::to_string(d.eval_samples),
+                        "--max-seconds",
+                        format_number(to_seconds(spec.duration))});
   const pid_t trainer = children.spawn(exe.string(), ta, dir + "/trainer.log");
   const auto start = std::chrono::steady_clock::now();
   int trainer_status = -1;

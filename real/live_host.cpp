@@ -11,6 +11,28 @@ namespace apiary::real {
 
 namespace asio = boost::asio;
 
+class LiveHost final : public Host {
+ public:
+  LiveHost(const SwarmSpec& spec, Metrics& metrics);
+  ~LiveHost() override;
+  std::string backend() const override { return "live"; }
+  void add_peer(std::uint32_t i, const LinkDraw& link) override;
+  PeerEnv& env(std::uint32_t i) override;
+  Endpoint endpoint(std::uint32_t i) const override;
+  void set_up(std::uint32_t i, bool up) override;
+  Duration elapsed() const override;
+  void at(Duration t, std::function<void()> fn) override;
+  void run(Duration end) override;
+  void stop() override;
+  void add_figures(RunInfo& info, const Metrics& metrics) override;
+
+ struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+
 struct LiveHost::Impl {
   const SwarmSpec& spec;
   Metrics& metrics;
@@ -109,6 +131,10 @@ void LiveHost::stop() { impl_->io.stop(); }
 
 void LiveHost::add_figures(RunInfo& info, const Metrics&) {
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - impl_->built).count();
+}
+
+std::unique_ptr<Host> make_live_host(const SwarmSpec& spec, Metrics& metrics) {
+  return std::make_unique<LiveHost>(spec, metrics);
 }
 
 RunInfo run_live_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {

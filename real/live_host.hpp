@@ -10,26 +10,8 @@
 
 namespace apiary::real {
 
-class LiveHost final : public Host {
- public:
-  LiveHost(const SwarmSpec& spec, Metrics& metrics);
-  ~LiveHost() override;
-  std::string backend() const override { return "live"; }
-  void add_peer(std::uint32_t i, const LinkDraw& link) override;
-  PeerEnv& env(std::uint32_t i) override;
-  Endpoint endpoint(std::uint32_t i) const override;
-  void set_up(std::uint32_t i, bool up) override;
-  Duration elapsed() const override;
-  void at(Duration t, std::function<void()> fn) override;
-  void run(Duration end) override;
-  void stop() override;
-  void add_figures(RunInfo& info, const Metrics& metrics) override;
-
- struct Impl;
-
- private:
-  std::unique_ptr<Impl> impl_;
-};
+// A fresh live world for one run: every peer in this process on one io_context.
+std::unique_ptr<Host> make_live_host(const SwarmSpec& spec, Metrics& metrics);
 
 // A scenario's swarm live: the workload's process launcher when the scenario asks for separate
 // processes (live.processes), else the runner on a LiveHost in this process.

@@ -11,27 +11,9 @@ namespace apiary::real {
 
 namespace moe_wire {
 
-struct Shape {
-  std::vector<std::int64_t> dims;
-  void encode(wire::Writer& w) const {
-    w.varint(dims.size());
-    for (auto d : dims) w.varint(static_cast<std::uint64_t>(d));
-  }
-  static Shape decode(wire::Reader& r) {
-    Shape s;
-    const auto n = r.varint_max(8, "tensor dimensions");
-    for (std::uint64_t i = 0; i < n; ++i) s.dims.push_back(static_cast<std::int64_t>(r.varint_max(std::uint64_t{1} << 31, "dimension")));
-    return s;
-  }
-};
+using Shape = moe::TensorShape;
 
 Shape shape_of(const torch::Tensor& t) { return Shape{t.sizes().vec()}; }
-
-std::uint8_t read_codec(wire::Reader& r) {
-  const std::uint8_t c = r.u8();
-  if (c > static_cast<std::uint8_t>(compression::Codec::kBlockwise8)) throw wire::DecodeError("unknown tensor codec " + std::to_string(c));
-  return c;
-}
 
 // A tensor in a payload: float32 as its raw bytes, any other codec as compression::encode's
 // self-describing blob.
@@ -53,103 +35,24 @@ torch::Tensor unpack(const Payload& p, const std::vector<std::int64_t>& dims, st
   return torch::from_blob(v.data(), dims, torch::kFloat).clone();
 }
 
-struct TensorReply {
-  Shape shape;
-  Payload payload;
-  std::uint8_t codec = 0;  // compression::Codec of the payload
-  void encode(wire::Writer& w) const {
-    shape.encode(w);
-    w.u8(codec);
-  }
-  static TensorReply decode(wire::Reader& r) {
-    TensorReply t{Shape::decode(r), {}};
-    t.codec = read_codec(r);
-    return t;
-  }
-};
-
 }  // namespace moe_wire
 
 using moe_wire::Shape;
 using moe_wire::shape_of;
-using moe_wire::TensorReply;
+using moe::BackwardRequest;
+using moe::ForwardRequest;
+using moe::InfoRequest;
+using moe::TensorReply;
 using moe_wire::pack;
 using moe_wire::unpack;
 
 namespace {
 
-// keep != 0: the server keeps this forward's activations for the backward with the same id.
-struct ForwardRequest {
-  static constexpr std::uint32_t kMethod = 300;
-  std::string uid;
-  Shape shape;
-  std::uint64_t keep = 0;
-  Payload payload;
-  std::uint8_t codec = 0;  // of the payload; the reply comes back in the same codec
-  void encode(wire::Writer& w) const {
-    w.str(uid);
-    shape.encode(w);
-    w.u64(keep);
-    w.u8(codec);
-  }
-  static ForwardRequest decode(wire::Reader& r) {
-    ForwardRequest q;
-    q.uid = r.str(256);
-    q.shape = Shape::decode(r);
-    q.keep = r.u64();
-    q.codec = moe_wire::read_codec(r);
-    return q;
-  }
-};
-
-// Inputs then output gradients, back to back in the payload.
-struct BackwardRequest {
-  static constexpr std::uint32_t kMethod = 301;
-  std::string uid;
-  Shape input, grad;
-  std::uint64_t keep = 0;  // the forward whose activations the server may still hold
-  Payload payload;
-  std::uint8_t codec = 0;
-  std::uint64_t input_bytes = 0;  // the payload's first part: the inputs
-  void encode(wire::Writer& w) const {
-    w.str(uid);
-    input.encode(w);
-    grad.encode(w);
-    w.u64(keep);
-    w.u8(codec);
-    w.varint(input_bytes);
-  }
-  static BackwardRequest decode(wire::Reader& r) {
-    BackwardRequest q;
-    q.uid = r.str(256);
-    q.input = Shape::decode(r);
-    q.grad = Shape::decode(r);
-    q.keep = r.u64();
-    q.codec = moe_wire::read_codec(r);
-    q.input_bytes = r.varint();
-    return q;
-  }
-};
-
-// Inputs are [batch, ..., input_dim]: a batch dimension, any others (a sequence), the features.
-bool fits(const HostedExpert& e, const std::vector<std::int64_t>& dims) {
-  return dims.size() >= 2 && dims.back() == e.input_dim;
-}
+ExpertInfo info_of_hosted(const HostedExpert& e) { return ExpertInfo{e.input_dim, e.output_dim, e.sequence, e.kind}; }
 
 Error bad_input(const std::string& uid, const HostedExpert& e, const std::vector<std::int64_t>& dims) {
-  std::string got = "[";
-  for (std::size_t i = 0; i < dims.size(); ++i) got += (i ? ", " : "") + std::to_string(dims[i]);
-  return Error{ErrorCode::kInvalidArgument,
-               "expert " + uid + " takes [batch, " + (e.sequence ? "seq, " : "") + std::to_string(e.input_dim) +
-                   "] inputs, got " + got + "]"};
+  return Error{ErrorCode::kInvalidArgument, moe::misfit(uid, info_of_hosted(e), dims)};
 }
-
-struct InfoRequest {
-  static constexpr std::uint32_t kMethod = 302;
-  std::string uid;
-  void encode(wire::Writer& w) const { w.str(uid); }
-  static InfoRequest decode(wire::Reader& r) { return InfoRequest{r.str(256)}; }
-};
 
 }  // namespace
 
@@ -219,7 +122,7 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options) : rt_(r
   rpc.serve<ForwardRequest, TensorReply>([this](const Endpoint& from, ForwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
-    if (!fits(*e, q.shape.dims) || (e->sequence != (q.shape.dims.size() == 3))) co_return bad_input(q.uid, *e, q.shape.dims);
+    if (!moe::fits(info_of_hosted(*e), q.shape.dims)) co_return bad_input(q.uid, *e, q.shape.dims);
     auto job = std::make_shared<Job>();
     job->from = from;
     job->keep = q.keep;
@@ -236,7 +139,7 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options) : rt_(r
   rpc.serve<BackwardRequest, TensorReply>([this](const Endpoint& from, BackwardRequest q) -> Task<Result<TensorReply>> {
     HostedExpert* e = find(q.uid);
     if (!e) co_return Error{ErrorCode::kInvalidArgument, "no expert " + q.uid + " here"};
-    if (!fits(*e, q.input.dims) || (e->sequence != (q.input.dims.size() == 3))) co_return bad_input(q.uid, *e, q.input.dims);
+    if (!moe::fits(info_of_hosted(*e), q.input.dims)) co_return bad_input(q.uid, *e, q.input.dims);
     {
       std::vector<std::int64_t> want = q.input.dims;
       want.back() = e->output_dim;
@@ -893,7 +796,8 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward_per_sample(const torch::Tensor
       for (std::size_t d = 0; d < dims; ++d) s = s + per_dim[d].index({b_idx, torch::cat(coords[d])});
       const std::int64_t n_ok = static_cast<std::int64_t>(ok.size());
       std::vector<torch::Tensor> e_idx;
-      for (std::int64_t e = 0; e < n_ok; ++e) e_idx.push_back(torch::full({kept->rows[static_cast<std::size_t>(e)].size(0)}, e, torch::kLong));
+      for (std::int64_t e = 0; e < n_ok; ++e)
+        e_idx.push_back(torch::full({kept->rows[static_cast<std::size_t>(e)].size(0)}, e, torch::kLong));
       const torch::Tensor ei = torch::cat(e_idx);
       torch::Tensor m = torch::full({batch, n_ok}, -std::numeric_limits<float>::infinity(), x.options());
       m = m.index_put({b_idx, ei}, s);

@@ -26,13 +26,13 @@
 
 #include "core/averaging/partition.hpp"
 #include "core/moe/experts.hpp"
+#include "core/moe/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 
 namespace apiary::real {
 
-namespace moe_wire {
-struct TensorReply;  // an expert's reply: a shape and the tensor's bytes
-}
+// The expert protocol's messages (core/moe/protocol.hpp).
+using moe::ExpertInfo;
 
 // Feed-forward block with a residual connection and layer norm: y = LN(x + W2 relu(W1 x)).
 struct FfnExpertImpl : torch::nn::Module {
@@ -62,27 +62,6 @@ struct HostedExpert {
   bool sequence = false;  // inputs [batch, seq, dim] instead of [batch, dim]
   std::string kind = "ffn";
   std::uint64_t updates = 0;
-};
-
-// What an info request answers: the expert's input/output schema.
-struct ExpertInfo {
-  std::int64_t input_dim = 0, output_dim = 0;
-  bool sequence = false;
-  std::string kind;
-  void encode(wire::Writer& w) const {
-    w.varint(static_cast<std::uint64_t>(input_dim));
-    w.varint(static_cast<std::uint64_t>(output_dim));
-    w.u8(sequence ? 1 : 0);
-    w.str(kind);
-  }
-  static ExpertInfo decode(wire::Reader& r) {
-    ExpertInfo i;
-    i.input_dim = static_cast<std::int64_t>(r.varint_max(std::uint64_t{1} << 31, "input dim"));
-    i.output_dim = static_cast<std::int64_t>(r.varint_max(std::uint64_t{1} << 31, "output dim"));
-    i.sequence = r.u8() != 0;
-    i.kind = r.str(64);
-    return i;
-  }
 };
 
 // An FFN expert of width `dim` with an SGD optimizer of learning rate `lr`.
@@ -129,7 +108,7 @@ class ExpertServer {
 
   struct Job;  // one request waiting in a lane (real/moe_expert.cpp)
   using Lane = std::pair<std::string, bool>;  // expert uid, backward
-  Task<Result<moe_wire::TensorReply>> enqueue(std::string uid, bool backward, std::shared_ptr<Job> job);
+  Task<Result<moe::TensorReply>> enqueue(std::string uid, bool backward, std::shared_ptr<Job> job);
   void schedule(const Lane& key);
   void run_batch(const Lane& key);
   void forward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs);
@@ -169,7 +148,7 @@ class RemoteExpert : public torch::nn::Module {
   // The expert's input/output schema (throws std::runtime_error on failure).
   ExpertInfo info();
   // The forward call as a task, for callers that run many at once.
-  Task<Result<moe_wire::TensorReply>> start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout);
+  Task<Result<moe::TensorReply>> start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout);
   // Forward and backward as tasks returning tensors (errors as values: an error reply, a
   // timeout, a reply that is not a tensor).
   Task<Result<torch::Tensor>> forward_async(torch::Tensor x, std::uint64_t keep, Duration timeout);

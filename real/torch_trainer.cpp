@@ -166,7 +166,8 @@ int run_trainer(const TrainerOptions& o) {
       for (int attempt = 0; attempt < 120; ++attempt) {
         Result<std::uint64_t> j = co_await collab.join();
         if (j.ok()) {
-          nlohmann::json joined = {{"event", "joined"}, {"epoch", *j}, {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
+          nlohmann::json joined = {
+              {"event", "joined"}, {"epoch", *j}, {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
           log.write(joined);
           break;
         }

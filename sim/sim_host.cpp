@@ -30,6 +30,27 @@ void sim_log(void*, std::uint32_t peer, LogLevel level, std::string_view compone
 
 }  // namespace
 
+class SimHost final : public Host {
+ public:
+  SimHost(const SwarmSpec& spec, Metrics& metrics);
+  ~SimHost() override;
+  std::string backend() const override { return "sim"; }
+  void add_peer(std::uint32_t i, const LinkDraw& link) override;
+  PeerEnv& env(std::uint32_t i) override;
+  Endpoint endpoint(std::uint32_t i) const override;
+  void set_up(std::uint32_t i, bool up) override;
+  Duration elapsed() const override;
+  void at(Duration t, std::function<void()> fn) override;
+  void run(Duration end) override;
+  void stop() override;
+  void add_figures(RunInfo& info, const Metrics& metrics) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+
 struct SimHost::Impl {
   const SwarmSpec& spec;
   Metrics& metrics;
@@ -107,6 +128,10 @@ void SimHost::add_figures(RunInfo& info, const Metrics& metrics) {
   info.figures["channel_packets"] = static_cast<double>(s.net.channel().stats().packets);
   info.figures["channel_dropped_down"] = static_cast<double>(s.net.channel().stats().dropped_down);
   info.figures["sidecar_swept"] = static_cast<double>(s.net.sidecar().swept());
+}
+
+std::unique_ptr<Host> make_sim_host(const SwarmSpec& spec, Metrics& metrics) {
+  return std::make_unique<SimHost>(spec, metrics);
 }
 
 RunInfo run_sim_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {

@@ -9,25 +9,8 @@
 
 namespace apiary::sim {
 
-class SimHost final : public Host {
- public:
-  SimHost(const SwarmSpec& spec, Metrics& metrics);
-  ~SimHost() override;
-  std::string backend() const override { return "sim"; }
-  void add_peer(std::uint32_t i, const LinkDraw& link) override;
-  PeerEnv& env(std::uint32_t i) override;
-  Endpoint endpoint(std::uint32_t i) const override;
-  void set_up(std::uint32_t i, bool up) override;
-  Duration elapsed() const override;
-  void at(Duration t, std::function<void()> fn) override;
-  void run(Duration end) override;
-  void stop() override;
-  void add_figures(RunInfo& info, const Metrics& metrics) override;
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
+// A fresh ns-3 world for one run (one at a time per process: ns-3's simulator is global).
+std::unique_ptr<Host> make_sim_host(const SwarmSpec& spec, Metrics& metrics);
 
 // A scenario's swarm in ns-3: the runner on a SimHost.
 RunInfo run_sim_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress = {});

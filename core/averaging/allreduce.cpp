@@ -123,16 +123,20 @@ Averager::~Averager() {
 
 Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<float> local, double weight) {
   const auto me = group.index_of(rt_.transport.local());
-  if (!me) co_return Error{ErrorCode::kInvalidArgument, "this peer (" + rt_.transport.local().to_string() + ") is not a member of group " + std::to_string(group.id)};
+  if (!me)
+    co_return Error{ErrorCode::kInvalidArgument,
+                    "this peer (" + rt_.transport.local().to_string() + ") is not a member of group " + std::to_string(group.id)};
   const Member self = group.members[*me];
   const std::uint64_t total = group.schema.total();
   if (sends(self.kind) && local.size() != total)
-    co_return Error{ErrorCode::kInvalidArgument, "local tensors have " + std::to_string(local.size()) + " values; the group's schema " + group.schema.describe() + " has " + std::to_string(total)};
+    co_return Error{ErrorCode::kInvalidArgument, "local tensors have " + std::to_string(local.size()) + " values; the group's schema " +
+                                                     group.schema.describe() + " has " + std::to_string(total)};
   if (!sends(self.kind) && !local.empty())
     co_return Error{ErrorCode::kInvalidArgument, "an auxiliary member contributes no tensors"};
   if (!std::isfinite(weight) || weight < 0)
     co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
-  if (rounds_.count(group.id)) co_return Error{ErrorCode::kInvalidArgument, "group " + std::to_string(group.id) + " is already running here"};
+  if (rounds_.count(group.id))
+    co_return Error{ErrorCode::kInvalidArgument, "group " + std::to_string(group.id) + " is already running here"};
   std::vector<double> bw;
   std::vector<MemberKind> kinds;
   for (const auto& m : group.members) {
@@ -371,7 +375,8 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   if (!s || !sends(r->group.members[*s].kind))
     co_return Error{ErrorCode::kInvalidArgument, from.to_string() + " is not a sending member of group " + std::to_string(req.group)};
   if (req.piece >= r->mine.size())
-    co_return Error{ErrorCode::kInvalidArgument, "piece " + std::to_string(req.piece) + " out of range (my part has " + std::to_string(r->mine.size()) + ")"};
+    co_return Error{ErrorCode::kInvalidArgument,
+                    "piece " + std::to_string(req.piece) + " out of range (my part has " + std::to_string(r->mine.size()) + ")"};
   if (r->closed || r->cancelled) co_return Error{ErrorCode::kCancelled, "round is over"};
   if (r->banned[*s] || r->gone[*s])
     co_return Error{ErrorCode::kRejected, "left out of the rest of this part after missing a deadline"};

@@ -116,7 +116,9 @@ ExpertFinder::ExpertFinder(Runtime& rt, dht::DhtNode& dht, std::string prefix, s
 
 Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<float>> scores, std::size_t k) {
   const std::size_t dims = grid_.size();
-  if (scores.size() != dims) throw std::invalid_argument("gate scores have " + std::to_string(scores.size()) + " rows, the grid " + std::to_string(dims) + " dimensions");
+  if (scores.size() != dims)
+    throw std::invalid_argument("gate scores have " + std::to_string(scores.size()) + " rows, the grid " + std::to_string(dims) +
+                                " dimensions");
   for (std::size_t d = 0; d < dims; ++d)
     if (scores[d].size() != grid_[d])
       throw std::invalid_argument("gate scores for dimension " + std::to_string(d) + " have " + std::to_string(scores[d].size()) +

@@ -291,7 +291,8 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   m.poll = s.get_duration("averaging.poll", std::chrono::milliseconds(500));
   if (m.budget <= Duration::zero() || m.poll <= Duration::zero()) s.fail("averaging.poll", "budget and poll must be positive");
   auto& r = a.allreduce;
-  r.piece_elements = static_cast<std::uint64_t>(s.get_int("averaging.piece_elements", static_cast<std::int64_t>(r.piece_elements), 1, 1 << 26));
+  r.piece_elements =
+      static_cast<std::uint64_t>(s.get_int("averaging.piece_elements", static_cast<std::int64_t>(r.piece_elements), 1, 1 << 26));
   r.window = static_cast<std::uint32_t>(s.get_int("averaging.window", r.window, 1, 1024));
   r.min_part = static_cast<std::uint64_t>(s.get_int("averaging.min_part", static_cast<std::int64_t>(r.min_part), 0, std::int64_t{1} << 32));
   r.sender_timeout = s.get_duration("averaging.sender_timeout", r.sender_timeout);

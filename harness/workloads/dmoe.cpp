@@ -8,38 +8,9 @@ namespace apiary {
 
 namespace {
 
-// One expert call: `rows` samples through expert `uid`, forward or backward. The payload is the
-// activations (size-only in simulation); the reply carries the outputs or input gradients.
-struct SimExpertCall {
-  static constexpr std::uint32_t kMethod = 320;
-  std::string uid;
-  std::uint32_t rows = 0;
-  bool backward = false;
-  Payload payload;
-  void encode(wire::Writer& w) const {
-    w.str(uid);
-    w.varint(rows);
-    w.u8(backward ? 1 : 0);
-  }
-  static SimExpertCall decode(wire::Reader& r) {
-    SimExpertCall c;
-    c.uid = r.str(256);
-    c.rows = static_cast<std::uint32_t>(r.varint_max(1u << 20, "rows"));
-    c.backward = r.u8() != 0;
-    return c;
-  }
-};
-
-struct SimExpertReply {
-  std::uint32_t rows = 0;
-  Payload payload;
-  void encode(wire::Writer& w) const { w.varint(rows); }
-  static SimExpertReply decode(wire::Reader& r) {
-    SimExpertReply x;
-    x.rows = static_cast<std::uint32_t>(r.varint_max(1u << 20, "rows"));
-    return x;
-  }
-};
+// A [rows, hidden] float32 tensor on the wire, size-only: its bytes are modelled, not moved.
+moe::TensorShape rows_of(std::uint32_t rows, std::uint32_t hidden) { return moe::TensorShape{{rows, hidden}}; }
+Payload modelled(const moe::TensorShape& shape) { return Payload::size_only(static_cast<std::uint64_t>(shape.elements()) * 4); }
 
 std::string layer_prefix(std::uint32_t layer) { return "ffn" + std::to_string(layer); }
 
@@ -67,20 +38,44 @@ DmoeServerApp::DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const Dmo
   for (std::uint32_t l = 0; l < spec.layers; ++l)
     for (auto& [uid, server] : dmoe_experts(spec, l))
       if (server == index) mine_.push_back(uid);
-  rpc.serve<SimExpertCall, SimExpertReply>([this](const Endpoint&, SimExpertCall c) -> Task<Result<SimExpertReply>> {
+  // The expert protocol (core/moe/protocol.hpp), answered by a compute model: requests run one at
+  // a time in arrival order on the server's device, rows / speed seconds each.
+  const moe::ExpertInfo info{spec.hidden, spec.hidden, false, "modelled"};
+  auto check = [this, info](const std::string& uid, const moe::TensorShape& shape) -> std::optional<Error> {
+    if (std::find_if(mine_.begin(), mine_.end(), [&](const moe::ExpertUid& u) { return u.str() == uid; }) == mine_.end())
+      return Error{ErrorCode::kInvalidArgument, "no expert " + uid + " here"};
+    if (!moe::fits(info, shape.dims)) return Error{ErrorCode::kInvalidArgument, moe::misfit(uid, info, shape.dims)};
     if (spec_.fail_probability > 0 && rt_.rng.uniform01() < spec_.fail_probability) {
       rt_.observer.count("dmoe.injected_failures");
-      co_return Error{ErrorCode::kRejected, "expert " + c.uid + ": injected failure"};
+      return Error{ErrorCode::kRejected, "expert " + uid + ": injected failure"};
     }
-    // The device: requests run one at a time in arrival order, rows / speed seconds each.
-    const double seconds = c.rows / (c.backward ? bwd_ : fwd_);
-    const TimePoint begin = std::max(rt_.now(), busy_until_);
-    busy_until_ = begin + Duration(static_cast<std::int64_t>(seconds * 1e9));
-    const Duration wait = busy_until_ - rt_.now();
-    co_await sleep_on(rt_.timers, wait);
-    rt_.observer.count(c.backward ? "dmoe.server_backwards" : "dmoe.server_forwards");
-    co_return SimExpertReply{c.rows, Payload::size_only(std::uint64_t{c.rows} * spec_.hidden * 4)};
+    return std::nullopt;
+  };
+  rpc.serve<moe::InfoRequest, moe::ExpertInfo>([info](const Endpoint&, moe::InfoRequest) -> Task<Result<moe::ExpertInfo>> {
+    co_return info;
   });
+  rpc.serve<moe::ForwardRequest, moe::TensorReply>(
+      [this, check](const Endpoint&, moe::ForwardRequest q) -> Task<Result<moe::TensorReply>> {
+        if (auto e = check(q.uid, q.shape)) co_return *e;
+        co_await compute(q.shape.dims[0], fwd_);
+        rt_.observer.count("dmoe.server_forwards");
+        co_return moe::TensorReply{q.shape, modelled(q.shape), 0};
+      });
+  rpc.serve<moe::BackwardRequest, moe::TensorReply>(
+      [this, check](const Endpoint&, moe::BackwardRequest q) -> Task<Result<moe::TensorReply>> {
+        if (auto e = check(q.uid, q.input)) co_return *e;
+        if (q.grad.dims != q.input.dims) co_return Error{ErrorCode::kInvalidArgument, "output gradients must match the inputs"};
+        co_await compute(q.input.dims[0], bwd_);
+        rt_.observer.count("dmoe.server_backwards");
+        co_return moe::TensorReply{q.input, modelled(q.input), 0};
+      });
+}
+
+Task<void> DmoeServerApp::compute(std::int64_t rows, double speed) {
+  const double seconds = static_cast<double>(rows) / speed;
+  const TimePoint begin = std::max(rt_.now(), busy_until_);
+  busy_until_ = begin + Duration(static_cast<std::int64_t>(seconds * 1e9));
+  co_await sleep_on(rt_.timers, busy_until_ - rt_.now());
 }
 
 DmoeServerApp::~DmoeServerApp() { scope_.destroy_all(); }
@@ -163,13 +158,24 @@ Task<std::vector<bool>> call_all(Runtime& rt, Rpc& rpc, TaskScope& scope, std::v
   auto st = std::make_shared<State>();
   st->done.resize(experts.size());
   for (std::size_t j = 0; j < experts.size(); ++j) {
-    SimExpertCall c{experts[j].uid, rows, backward, Payload::size_only(std::uint64_t{rows} * hidden * 4)};
-    scope.spawn([](Rpc& rpc, Endpoint to, SimExpertCall c, Duration timeout, std::shared_ptr<State> st, std::size_t j) -> Task<void> {
-      Task<Result<SimExpertReply>> call = rpc.call<SimExpertReply>(to, std::move(c), timeout);
-      Result<SimExpertReply> r = co_await std::move(call);
-      st->done[j] = r.ok();
+    // The live protocol's messages and sizes: a forward sends the inputs, a backward the inputs
+    // and the output gradients.
+    const moe::TensorShape shape = rows_of(rows, hidden);
+    scope.spawn([](Rpc& rpc, Endpoint to, std::string uid, moe::TensorShape shape, bool backward, Duration timeout,
+                   std::shared_ptr<State> st, std::size_t j) -> Task<void> {
+      Result<moe::TensorReply> r = Error{ErrorCode::kCancelled, "not called"};
+      if (backward) {
+        moe::BackwardRequest q{uid, shape, shape, 0, Payload::size_only(2 * modelled(shape).size()), 0, modelled(shape).size()};
+        Task<Result<moe::TensorReply>> call = rpc.call<moe::TensorReply>(to, std::move(q), timeout);
+        r = co_await std::move(call);
+      } else {
+        moe::ForwardRequest q{uid, shape, 0, modelled(shape), 0};
+        Task<Result<moe::TensorReply>> call = rpc.call<moe::TensorReply>(to, std::move(q), timeout);
+        r = co_await std::move(call);
+      }
+      st->done[j] = r.ok() && r->shape.dims == shape.dims;
       st->changed.notify_all();
-    }(rpc, experts[j].server, std::move(c), timeout, st, j));
+    }(rpc, experts[j].server, experts[j].uid, shape, backward, timeout, st, j));
   }
   const TimePoint deadline = rt.now() + timeout;
   auto answered = [st] {
@@ -338,9 +344,10 @@ std::shared_ptr<const WorkloadConfig> parse_dmoe(Scenario& s, const SwarmSpec& s
 void summarize_dmoe(std::FILE* f, const Metrics& m, const RunInfo& info) {
   auto fig = [&](const char* k) { return info.figures.count(k) ? info.figures.at(k) : 0.0; };
   if (info.figures.count("throughput_samples_per_second"))
-    std::fprintf(f, "  dmoe: %.1f samples/s trained (forward and backward), %.2f s per batch; %lld expert calls unanswered, %lld batches failed\n",
-                 fig("throughput_samples_per_second"), fig("batch_seconds_mean"), static_cast<long long>(m.counter("dmoe.expert_failures")),
-                 static_cast<long long>(m.counter("dmoe.failed_batches")));
+    std::fprintf(
+        f, "  dmoe: %.1f samples/s trained (forward and backward), %.2f s per batch; %lld expert calls unanswered, %lld batches failed\n",
+        fig("throughput_samples_per_second"), fig("batch_seconds_mean"), static_cast<long long>(m.counter("dmoe.expert_failures")),
+        static_cast<long long>(m.counter("dmoe.failed_batches")));
   if (info.figures.count("final_accuracy"))
     std::fprintf(f, "  dmoe: %.0f steps, %.2f steps/s; test accuracy %.1f%%\n", fig("steps"), fig("steps_per_second"),
                  100 * fig("final_accuracy"));

@@ -20,6 +20,7 @@
 
 #include "core/dht/node.hpp"
 #include "core/moe/experts.hpp"
+#include "core/moe/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 #include "harness/units.hpp"
 #include "harness/workload.hpp"
@@ -78,6 +79,7 @@ class DmoeServerApp final : public PeerApp {
 
  private:
   Task<void> declare_loop();
+  Task<void> compute(std::int64_t rows, double speed);  // the device, one request at a time
   Runtime& rt_;
   dht::DhtNode& dht_;
   const DmoeSimSpec& spec_;

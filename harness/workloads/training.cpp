@@ -249,7 +249,8 @@ std::vector<MemberKind> training_roles(const SwarmSpec& spec) {
 std::vector<double> device_speeds(const SwarmSpec& spec) {
   Rng rng(spec.seed ^ 0x7370656564ULL);  // "speed"
   std::vector<double> out;
-  for (std::uint32_t i = 0; i < spec.peers; ++i) out.push_back(std::max(1.0, spec.workload_config<TrainingWorkloadSpec>().samples_per_second.sample(rng)));
+  for (std::uint32_t i = 0; i < spec.peers; ++i)
+    out.push_back(std::max(1.0, spec.workload_config<TrainingWorkloadSpec>().samples_per_second.sample(rng)));
   return out;
 }
 
@@ -382,7 +383,8 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   t.train_samples = static_cast<std::uint64_t>(s.get_int("training.train_samples", 0, 0, 60000));
   t.eval_samples = static_cast<std::uint64_t>(s.get_int("training.eval_samples", static_cast<std::int64_t>(t.eval_samples), 1, 10000));
   t.batch_size = static_cast<std::uint32_t>(s.get_int("training.batch_size", t.batch_size, 1, 1 << 16));
-  t.target_batch = static_cast<std::uint64_t>(s.get_int("training.target_batch", static_cast<std::int64_t>(t.target_batch), 1, std::int64_t{1} << 40));
+  t.target_batch =
+      static_cast<std::uint64_t>(s.get_int("training.target_batch", static_cast<std::int64_t>(t.target_batch), 1, std::int64_t{1} << 40));
   t.steps = static_cast<std::uint32_t>(s.get_int("training.steps", t.steps, 1, 10'000'000));
   t.learning_rate = s.get_double("training.learning_rate", t.learning_rate, 0, 1e6);
   t.momentum = s.get_double("training.momentum", t.momentum, 0, 0.999);
@@ -409,7 +411,8 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   if (t.mode == "diloco" && (t.aux_fraction > 0 || t.client_fraction > 0))
     s.fail("training.mode", "client and auxiliary peers take part in the collaborative mode only");
   if (spec.dht.bootstrap_peers + std::lround(t.aux_fraction * spec.peers) + std::lround(t.client_fraction * spec.peers) > spec.peers)
-    s.fail("training.aux_fraction", "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");
+    s.fail("training.aux_fraction",
+           "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");
   t.max_wait = s.get_duration("training.max_wait", t.max_wait);
   t.hidden = static_cast<std::uint32_t>(s.get_int("training.hidden", t.hidden, 1, 1 << 16));
   t.eval_every = static_cast<std::uint32_t>(s.get_int("training.eval_every", t.eval_every, 0, 1 << 30));

@@ -6,6 +6,7 @@
 
 #include "core/compression/codecs.hpp"
 #include "core/dht/protocol.hpp"
+#include "core/moe/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 #include "core/wire/frame.hpp"
 #include "harness/workloads/ping.hpp"
@@ -45,6 +46,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   each([](wire::Reader& r) { return dht::StoreReply::decode(r); });
   each([](wire::Reader& r) { return dht::FindRequest::decode(r); });
   each([](wire::Reader& r) { return dht::FindReply::decode(r); });
+  // The expert protocol, in every world.
+  each([](wire::Reader& r) { return moe::ForwardRequest::decode(r); });
+  each([](wire::Reader& r) { return moe::BackwardRequest::decode(r); });
+  each([](wire::Reader& r) { return moe::InfoRequest::decode(r); });
+  each([](wire::Reader& r) { return moe::ExpertInfo::decode(r); });
+  each([](wire::Reader& r) { return moe::TensorReply::decode(r); });
   try {
     (void)compression::decode(in, 1 << 20);
   } catch (const wire::DecodeError&) {

@@ -119,7 +119,8 @@ TEST(Runner, SameSeedSameTraceOtherSeedOtherTrace) {
 
 TEST(Runner, TheWorkloadEndsTheRunAfterItsLastRound) {
   const auto spec = spec_of(
-      "peers = 6\nduration = \"60s\"\n[dht]\njoin_window = \"500ms\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = \"allreduce\"\nelements = 8\n"
+      "peers = 6\nduration = \"60s\"\n[dht]\njoin_window = \"500ms\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = "
+      "\"allreduce\"\nelements = 8\n"
       "rounds = 3\nstart = \"1s\"\nperiod = \"1s\"\n");
   const auto r = run_fake(spec);
   EXPECT_DOUBLE_EQ(r->info.run_seconds, 4.0);  // start + rounds x period
@@ -136,10 +137,10 @@ TEST(Runner, AnAveragingPeerKeepsItsValuesWhileDown) {
     std::ofstream f(trace);
     f << "1500ms 2 down\n2500ms 2 up\n";
   }
-  const auto spec = spec_of(
-      "peers = 5\nduration = \"60s\"\n[churn]\nmodel = \"trace\"\ntrace = \"" + trace +
-      "\"\n[dht]\njoin_window = \"500ms\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = \"allreduce\"\nelements = 4\nrounds = 3\n"
-      "start = \"1s\"\nperiod = \"1s\"\n");
+  const auto spec = spec_of("peers = 5\nduration = \"60s\"\n[churn]\nmodel = \"trace\"\ntrace = \"" + trace +
+                            "\"\n[dht]\njoin_window = \"500ms\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = "
+                            "\"allreduce\"\nelements = 4\nrounds = 3\n"
+                            "start = \"1s\"\nperiod = \"1s\"\n");
   const auto r = run_fake(spec);
   EXPECT_EQ(r->metrics.counter("avg.rounds_void"), 1);
   EXPECT_EQ(r->metrics.counter("avg.rounds_ok"), 10);

@@ -83,7 +83,9 @@ TEST(Scenario, ErrorsNameFileLineAndKey) {
             "");  // the same file runs in ns-3 with backend = "sim"
   EXPECT_EQ(error_of("backend = \"live\"\npeers = 4\n[live]\nprocesses = true\n"),
             "bad.toml:4: key 'live.processes': the ping workload has no live process swarm; it runs live in one process");
-  EXPECT_EQ(error_of("backend = \"live\"\npeers = 4\nduration = \"2min\"\n[workload]\nkind = \"averaging\"\n[churn]\nmodel = \"exponential\"\n"), "");
+  EXPECT_EQ(
+      error_of("backend = \"live\"\npeers = 4\nduration = \"2min\"\n[workload]\nkind = \"averaging\"\n[churn]\nmodel = \"exponential\"\n"),
+      "");
 }
 
 TEST(Scenario, SyntaxErrorsNameLineAndColumn) {

@@ -20,8 +20,9 @@ TEST(TorchCollaborative, EqualsSgdOnTheConcatenatedGlobalBatches) {
   dht::DhtConfig dcfg;
   dcfg.k = 4;
   for (int i = 0; i < 3; ++i)
-    nodes.push_back(std::make_unique<dht::DhtNode>(peers.runtime(i), *peers.rpcs[i], dht::Identity::from_seed(2000 + i).id(),
-                                                   dcfg, std::vector<std::shared_ptr<dht::Validator>>{std::make_shared<dht::SignatureValidator>()}));
+    nodes.push_back(
+        std::make_unique<dht::DhtNode>(peers.runtime(i), *peers.rpcs[i], dht::Identity::from_seed(2000 + i).id(), dcfg,
+                                       std::vector<std::shared_ptr<dht::Validator>>{std::make_shared<dht::SignatureValidator>()}));
   auto drive = peers.drive();
   for (int i = 0; i < 3; ++i) {
     std::vector<Endpoint> seeds{peers.endpoint(i == 0 ? 1 : 0)};

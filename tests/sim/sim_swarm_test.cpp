@@ -282,7 +282,8 @@ TEST(SimTraining, DilocoCommunicatesHTimesFewerBytesPerSample) {
     return more;
   };
   Metrics m1, m20;
-  const RunInfo h1 = sim::run_sim_swarm(spec_of(kTraining, with({"training.inner_steps=1", "training.steps=40", "training.outer_lr=1"})), m1);
+  const RunInfo h1 =
+      sim::run_sim_swarm(spec_of(kTraining, with({"training.inner_steps=1", "training.steps=40", "training.outer_lr=1"})), m1);
   const RunInfo h20 = sim::run_sim_swarm(spec_of(kTraining, with({"training.inner_steps=20", "training.steps=2"})), m20);
   EXPECT_EQ(m1.counter("train.samples"), m20.counter("train.samples"));
   EXPECT_EQ(m1.counter("train.steps_ok"), 4 * 40);
@@ -344,7 +345,8 @@ TEST(SimDmoe, ThroughputAgainstHopDelayAndFailures) {
     return info.figures.at("throughput_samples_per_second");
   };
   const double mp0 = throughput({"dmoe.mode=model-parallel", "peers=5"});
-  const double mp = throughput({"dmoe.mode=model-parallel", "peers=5", "network.hop_delay.dist=exponential", "network.hop_delay.mean=100ms"});
+  const double mp =
+      throughput({"dmoe.mode=model-parallel", "peers=5", "network.hop_delay.dist=exponential", "network.hop_delay.mean=100ms"});
   const double dm0 = throughput({});
   const double dm = throughput({"network.hop_delay.dist=exponential", "network.hop_delay.mean=100ms"});
   EXPECT_LT(mp, 0.5 * mp0) << "model parallel should wait for 8 round trips per batch";
