@@ -1,5 +1,7 @@
 #include "real/moe_expert.hpp"
 
+#include "core/moe/quorum.hpp"
+
 #include <filesystem>
 #include <set>
 #include <stdexcept>
@@ -531,50 +533,47 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
     for (auto& e : experts_) retired_.push_back(std::move(e));
     while (retired_.size() > 64) retired_.pop_front();
     experts_.clear();
-    std::vector<std::optional<Result<TensorReply>>> replies(chosen.size());
-    std::vector<Task<void>> calls;
     std::vector<std::uint64_t> keeps;
     for (std::size_t j = 0; j < chosen.size(); ++j) {
       experts_.push_back(std::make_unique<RemoteExpert>(rpc_, chosen[j].server, chosen[j].uid, drive_, opt_.backward_timeout));
       experts_.back()->set_codec(opt_.codec);
       keeps.push_back(experts_.back()->next_keep());
-      calls.push_back([](Task<Result<TensorReply>> call, std::optional<Result<TensorReply>>* out) -> Task<void> {
-        *out = co_await std::move(call);
-      }(experts_.back()->start_forward(x.detach(), keeps.back(), opt_.forward_timeout), &replies[j]));
-      calls.back().start();
     }
-    const TimePoint start = rt_.now();
-    std::optional<TimePoint> kmin_at;
-    drive_([&] {
-      std::size_t finished = 0, answered = 0;
-      for (const auto& r : replies) {
-        finished += r.has_value();
-        answered += r.has_value() && r->ok();
+    // The quorum rule (core/moe/quorum.hpp); calls still in flight when it is met are abandoned
+    // with `inflight`, at the end of this attempt.
+    std::vector<std::optional<torch::Tensor>> outputs(chosen.size());
+    TaskScope inflight;
+    const torch::Tensor input = x.detach();
+    std::function<Task<Result<TensorReply>>(std::size_t)> call = [&](std::size_t j) {
+      return experts_[j]->start_forward(input, keeps[j], opt_.forward_timeout);
+    };
+    std::function<bool(std::size_t, const Result<TensorReply>&)> accept = [&](std::size_t j, const Result<TensorReply>& r) {
+      if (!r.ok()) return false;
+      try {
+        torch::Tensor y = unpack(r->payload, r->shape.dims, r->codec);
+        if (y.sizes() != x.sizes()) return false;
+        outputs[j] = std::move(y);
+        return true;
+      } catch (const std::invalid_argument&) {
+        return false;
       }
-      const TimePoint now = rt_.now();
-      if (!kmin_at && answered >= std::min(opt_.k_min, replies.size())) kmin_at = now;
-      return finished == replies.size() || now - start >= opt_.forward_timeout ||
-             (kmin_at && now - *kmin_at >= opt_.timeout_after_k_min);
-    });
+    };
+    auto quorum = moe::call_quorum<TensorReply>(rt_, inflight, chosen.size(), std::move(call), std::move(accept),
+                                                moe::QuorumRule{opt_.k_min, opt_.timeout_after_k_min, opt_.forward_timeout});
+    quorum.start();
+    drive_([&] { return quorum.done(); });
+    if (!quorum.done()) throw std::runtime_error("the expert calls did not finish");
     std::vector<std::size_t> ok;
     std::vector<torch::Tensor> outs;
     for (std::size_t j = 0; j < chosen.size(); ++j) {
-      std::optional<torch::Tensor> y;
-      if (replies[j] && replies[j]->ok()) {
-        try {
-          y = unpack((*replies[j])->payload, (*replies[j])->shape.dims, (*replies[j])->codec);
-        } catch (const std::invalid_argument&) {
-        }
-      }
-      if (!y || y->sizes() != x.sizes()) {
+      if (!outputs[j]) {
         failed.insert(chosen[j].uid);
         rt_.observer.count("moe.expert_failures");
         continue;
       }
       ok.push_back(j);
-      outs.push_back(*y);
+      outs.push_back(*outputs[j]);
     }
-    calls.clear();  // abandons the calls still in flight
     if (ok.size() < std::min(opt_.k_min, chosen.size()) || ok.empty()) {
       rt_.observer.count("moe.researches");
       continue;

@@ -1,5 +1,6 @@
 #include "harness/workloads/dmoe.hpp"
 
+#include "core/moe/quorum.hpp"
 #include "harness/runner.hpp"
 
 #include <algorithm>
@@ -145,53 +146,30 @@ Task<void> DmoeTrainerApp::worker() {
 
 namespace {
 
-// Calls every expert at once; returns who answered. Waits for all, or for min_answers and then
-// `grace`, or at most `timeout`.
-// Calls still in flight when it returns finish (or time out) in `scope`.
+// Calls every expert at once by the protocol's messages and sizes (a forward sends the inputs, a
+// backward the inputs and the output gradients) and waits by the mixture's quorum rule; returns
+// who answered. Calls still in flight at the return finish (or time out) in `scope`.
 Task<std::vector<bool>> call_all(Runtime& rt, Rpc& rpc, TaskScope& scope, std::vector<moe::FoundExpert> experts, bool backward,
                                  std::uint32_t rows, std::uint32_t hidden, std::size_t min_answers, Duration grace,
                                  Duration timeout) {
-  struct State {
-    std::vector<std::optional<bool>> done;
-    Notifier changed;
+  const moe::TensorShape shape = rows_of(rows, hidden);
+  std::function<Task<Result<moe::TensorReply>>(std::size_t)> call = [&rpc, experts, shape, backward, timeout](std::size_t j) {
+    if (backward) {
+      moe::BackwardRequest q{experts[j].uid, shape, shape, 0, Payload::size_only(2 * modelled(shape).size()), 0, modelled(shape).size()};
+      return rpc.call<moe::TensorReply>(experts[j].server, std::move(q), timeout);
+    }
+    moe::ForwardRequest q{experts[j].uid, shape, 0, modelled(shape), 0};
+    return rpc.call<moe::TensorReply>(experts[j].server, std::move(q), timeout);
   };
-  auto st = std::make_shared<State>();
-  st->done.resize(experts.size());
-  for (std::size_t j = 0; j < experts.size(); ++j) {
-    // The live protocol's messages and sizes: a forward sends the inputs, a backward the inputs
-    // and the output gradients.
-    const moe::TensorShape shape = rows_of(rows, hidden);
-    scope.spawn([](Rpc& rpc, Endpoint to, std::string uid, moe::TensorShape shape, bool backward, Duration timeout,
-                   std::shared_ptr<State> st, std::size_t j) -> Task<void> {
-      Result<moe::TensorReply> r = Error{ErrorCode::kCancelled, "not called"};
-      if (backward) {
-        moe::BackwardRequest q{uid, shape, shape, 0, Payload::size_only(2 * modelled(shape).size()), 0, modelled(shape).size()};
-        Task<Result<moe::TensorReply>> call = rpc.call<moe::TensorReply>(to, std::move(q), timeout);
-        r = co_await std::move(call);
-      } else {
-        moe::ForwardRequest q{uid, shape, 0, modelled(shape), 0};
-        Task<Result<moe::TensorReply>> call = rpc.call<moe::TensorReply>(to, std::move(q), timeout);
-        r = co_await std::move(call);
-      }
-      st->done[j] = r.ok() && r->shape.dims == shape.dims;
-      st->changed.notify_all();
-    }(rpc, experts[j].server, experts[j].uid, shape, backward, timeout, st, j));
-  }
-  const TimePoint deadline = rt.now() + timeout;
-  auto answered = [st] {
-    std::size_t n = 0;
-    for (const auto& d : st->done) n += d.value_or(false);
-    return n;
+  std::function<bool(std::size_t, const Result<moe::TensorReply>&)> accept = [shape](std::size_t, const Result<moe::TensorReply>& r) {
+    return r.ok() && r->shape.dims == shape.dims;
   };
-  auto all_done = [st] { return std::all_of(st->done.begin(), st->done.end(), [](const auto& d) { return d.has_value(); }); };
-  std::function<bool()> enough = [&] { return all_done() || answered() >= min_answers; };
-  co_await wait_until(rt, st->changed, deadline, std::move(enough));
-  if (!all_done()) {
-    std::function<bool()> all = all_done;
-    co_await wait_until(rt, st->changed, std::min(deadline, rt.now() + grace), std::move(all));
-  }
+  const moe::QuorumRule rule{min_answers, grace, timeout};
+  Task<std::vector<std::optional<Result<moe::TensorReply>>>> quorum =
+      moe::call_quorum<moe::TensorReply>(rt, scope, experts.size(), std::move(call), std::move(accept), rule);
+  std::vector<std::optional<Result<moe::TensorReply>>> replies = co_await std::move(quorum);
   std::vector<bool> out;
-  for (const auto& d : st->done) out.push_back(d.value_or(false));
+  for (const auto& r : replies) out.push_back(r && r->ok() && (*r)->shape.dims == shape.dims);
   co_return out;
 }
 

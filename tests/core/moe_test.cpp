@@ -6,6 +6,7 @@
 
 #include "core/dht/validate.hpp"
 #include "core/moe/experts.hpp"
+#include "core/moe/quorum.hpp"
 #include "tests/support/fake_dht.hpp"
 
 using namespace apiary;
@@ -119,4 +120,61 @@ TEST(ExpertFinder, BeamSearchEqualsExhaustiveTopKOverAliveExperts) {
       EXPECT_LT(f.traversals() - before, 40u) << "an exhaustive scan reads 1 + 16 + 256 prefixes";
     }
   }
+}
+
+// The mixture's wait rule: all at once; done when all finished, at the timeout, or once min(k_min,
+// n) answered and the grace period has passed.
+namespace {
+
+struct QuorumCase {
+  std::vector<int> reply_ms;  // per call: when it answers (negative: an error then; 0: never)
+  std::size_t k_min;
+  int grace_ms, timeout_ms;
+};
+
+std::pair<std::vector<std::optional<Result<int>>>, Duration> run_quorum(const QuorumCase& c) {
+  test::FakeSwarm s(1);
+  Runtime& rt = s[0].runtime();
+  TaskScope scope;
+  std::function<Task<Result<int>>(std::size_t)> call = [&rt, c](std::size_t j) -> Task<Result<int>> {
+    const int ms = c.reply_ms[j];
+    co_await sleep_on(rt.timers, std::chrono::milliseconds(ms == 0 ? 1000000 : std::abs(ms)));
+    if (ms < 0) co_return Error{ErrorCode::kRemote, "expert failed"};
+    co_return static_cast<int>(j);
+  };
+  std::function<bool(std::size_t, const Result<int>&)> accept = [](std::size_t, const Result<int>& r) { return r.ok(); };
+  const TimePoint t0 = rt.now();
+  auto t = moe::call_quorum<int>(rt, scope, c.reply_ms.size(), std::move(call), std::move(accept),
+                                 moe::QuorumRule{c.k_min, std::chrono::milliseconds(c.grace_ms), std::chrono::milliseconds(c.timeout_ms)});
+  t.start();
+  s.net.run(1min, [&] { return t.done(); });
+  EXPECT_TRUE(t.done());
+  return {t.result(), rt.now() - t0};
+}
+
+}  // namespace
+
+TEST(Quorum, WaitsForKMinThenTheGracePeriod) {
+  // Answers at 10, 20, 30 ms and one never: k_min = 2 is met at 20 ms, the grace of 5 ms ends at 25.
+  auto [r, took] = run_quorum({{10, 20, 30, 0}, 2, 5, 1000});
+  EXPECT_EQ(took, 25ms);
+  EXPECT_TRUE(r[0] && r[0]->ok());
+  EXPECT_TRUE(r[1] && r[1]->ok());
+  EXPECT_FALSE(r[2]);
+  EXPECT_FALSE(r[3]);
+}
+
+TEST(Quorum, ErrorsDoNotCountAndTheTimeoutBounds) {
+  // Two errors and one answer: k_min = 2 is never met; the call ends at the 50 ms timeout.
+  auto [r, took] = run_quorum({{-5, -6, 10, 0}, 2, 5, 50});
+  EXPECT_EQ(took, 50ms);
+  EXPECT_TRUE(r[0] && !r[0]->ok());
+  EXPECT_TRUE(r[2] && r[2]->ok());
+  EXPECT_FALSE(r[3]);
+}
+
+TEST(Quorum, EndsAsSoonAsEveryCallFinished) {
+  auto [r, took] = run_quorum({{3, 7, 4}, 1, 100, 1000});
+  EXPECT_EQ(took, 7ms);
+  for (const auto& x : r) EXPECT_TRUE(x && x->ok());
 }
