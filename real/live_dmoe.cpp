@@ -11,6 +11,7 @@
 
 #include "core/moe/experts.hpp"
 #include "harness/workloads/dmoe.hpp"
+#include "real/child_options.hpp"
 #include "real/processes.hpp"
 
 namespace apiary::real {
@@ -26,22 +27,19 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   const std::string dir = tmpl;
   ChildProcesses children;
   const std::string seed_ep = start_seed_peer(children, spec.live_host, dir);
-  const std::string delay = format_number(to_seconds(spec.live_emulated_latency) * 1e3);
-
-  std::vector<std::string> grid;
-  for (std::uint32_t i = 0; i < d.grid_dims; ++i) grid.push_back(std::to_string(d.grid_side));
-  auto model_args = [&](std::vector<std::string> a) {
-    a.push_back("--grid");
-    a.insert(a.end(), grid.begin(), grid.end());
-    for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
-             {"--dim", std::to_string(d.dim)}, {"--hidden", std::to_string(d.hidden)}, {"--lr", format_number(d.learning_rate)},
-             {"--dataset-dir", d.dataset_dir}, {"--steps", std::to_string(d.steps)},
-             {"--batch-size", std::to_string(d.batch_size)}, {"--train-samples", std::to_string(d.train_samples)}}) {
-      a.push_back(k);
-      a.push_back(v);
-    }
-    return a;
-  };
+  // Every process's options: one typed struct, serialised for the child by real/child_options.hpp.
+  DmoeOptions base;
+  base.grid.assign(d.grid_dims, d.grid_side);
+  base.dim = d.dim;
+  base.hidden = d.hidden;
+  base.learning_rate = d.learning_rate;
+  base.dataset_dir = d.dataset_dir;
+  base.steps = d.steps;
+  base.batch_size = d.batch_size;
+  base.train_samples = d.train_samples;
+  base.k = d.k;
+  base.seed = spec.seed;
+  base.delay_ms = to_seconds(spec.live_emulated_latency) * 1e3;
   // Every expert of the grid, dealt round-robin to the servers.
   std::vector<std::vector<std::string>> hosted(d.servers);
   std::size_t n_experts = 1;
@@ -58,11 +56,13 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   std::vector<pid_t> servers;
   for (std::uint32_t i = 0; i < d.servers; ++i) {
     if (hosted[i].empty()) continue;
-    auto a = model_args({"apiary-train", "expert-server", "--join", seed_ep, "--seed", std::to_string(spec.seed * 100 + i),
-                         "--fail-probability", format_number(d.fail_probability), "--delay-ms", delay,
-                         "--ready-file", dir + "/server-" + std::to_string(i) + ".ready"});
-    a.push_back("--experts");
-    a.insert(a.end(), hosted[i].begin(), hosted[i].end());
+    DmoeOptions so = base;
+    so.join = seed_ep;
+    so.seed = spec.seed * 100 + i;
+    so.fail_probability = d.fail_probability;
+    so.ready_file = dir + "/server-" + std::to_string(i) + ".ready";
+    so.uids = hosted[i];
+    const auto a = to_args("apiary-train", "expert-server", so);
     servers.push_back(children.spawn(exe.string(), a, dir + "/server-" + std::to_string(i) + ".log"));
   }
   for (std::uint32_t i = 0; i < d.servers; ++i)
@@ -71,36 +71,19 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
                     "expert server " + std::to_string(i) + " (see " + dir + "/server-" + std::to_string(i) + ".log)");
 
   const std::string out = dir + "/trainer.jsonl";
-  auto ta = model_args({"apiary-train",
-                        "dmoe-trainer",
-                        "--join",
-                        seed_ep,
-                        "--seed",
-                        std::to_string(spec.seed),
-                        "--out",
-                        out,
-                        "--k",
-                        std::to_string(d.k),
-                        "--k-min",
-                        std::to_string(d.k_min),
-                        "--routing",
-                        d.routing,
-                        "--codec",
-                        d.codec,
-                        "--grace-ms",
-                        format_number(to_seconds(d.grace) * 1e3),
-                        "--forward-timeout-ms",
-                        format_number(to_seconds(d.forward_timeout) * 1e3),
-                        "--backward-timeout-ms",
-                        format_number(to_seconds(d.backward_timeout) * 1e3),
-                        "--delay-ms",
-                        delay,
-                        "--eval-every",
-                        std::to_string(d.eval_every),
-                        "--eval-samples",
-                        std::to_string(d.eval_samples),
-                        "--max-seconds",
-                        format_number(to_seconds(spec.duration))});
+  DmoeOptions to = base;
+  to.join = seed_ep;
+  to.out = out;
+  to.k_min = d.k_min;
+  to.routing = d.routing;
+  to.codec = d.codec;
+  to.timeout_after_k_min_ms = to_seconds(d.grace) * 1e3;
+  to.forward_timeout_ms = to_seconds(d.forward_timeout) * 1e3;
+  to.backward_timeout_ms = to_seconds(d.backward_timeout) * 1e3;
+  to.eval_every = d.eval_every;
+  to.eval_samples = d.eval_samples;
+  to.max_seconds = to_seconds(spec.duration);
+  const auto ta = to_args("apiary-train", "dmoe-trainer", to);
   const pid_t trainer = children.spawn(exe.string(), ta, dir + "/trainer.log");
   const auto start = std::chrono::steady_clock::now();
   int trainer_status = -1;
@@ -144,7 +127,9 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   info.figures["steps_per_second"] = info.figures["train_seconds"] > 0 ? d.steps / info.figures["train_seconds"] : 0;
   if (d.baseline) {
     const std::string bout = dir + "/baseline.jsonl";
-    auto ba = model_args({"apiary-train", "dmoe-baseline", "--seed", std::to_string(spec.seed), "--out", bout, "--k", std::to_string(d.k)});
+    DmoeOptions bo = base;
+    bo.out = bout;
+    const auto ba = to_args("apiary-train", "dmoe-baseline", bo);
     children.spawn(exe.string(), ba, dir + "/baseline.log");
     std::vector<std::string> failures;
     if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())

@@ -15,6 +15,7 @@
 
 #include "harness/churn.hpp"
 #include "harness/workloads/training.hpp"
+#include "real/child_options.hpp"
 #include "real/processes.hpp"
 
 namespace apiary::real {
@@ -51,24 +52,20 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   // The seed DHT peer every trainer enters through.
   const std::string seed_ep = start_seed_peer(children, spec.live_host, dir);
 
-  auto common = [&](std::vector<std::string> args) {
-    for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
-             {"--seed", std::to_string(spec.seed)},
-             {"--steps", std::to_string(t.steps)},
-             {"--target-batch", std::to_string(t.target_batch)},
-             {"--batch-size", std::to_string(t.batch_size)},
-             {"--hidden", std::to_string(t.hidden)},
-             {"--lr", format_number(t.learning_rate)},
-             {"--momentum", format_number(t.momentum)},
-             {"--train-samples", std::to_string(t.train_samples)},
-             {"--eval-samples", std::to_string(t.eval_samples)},
-             {"--eval-every", std::to_string(t.eval_every)},
-             {"--dataset-dir", t.dataset_dir}}) {
-      args.push_back(k);
-      args.push_back(v);
-    }
-    return args;
-  };
+  // Every trainer process's options, and the baseline's: one typed struct, serialised for the
+  // child by real/child_options.hpp.
+  TrainerOptions base;
+  base.seed = spec.seed;
+  base.steps = t.steps;
+  base.target_batch = t.target_batch;
+  base.batch_size = t.batch_size;
+  base.hidden = t.hidden;
+  base.learning_rate = t.learning_rate;
+  base.momentum = t.momentum;
+  base.train_samples = t.train_samples;
+  base.eval_samples = t.eval_samples;
+  base.eval_every = t.eval_every;
+  base.dataset_dir = t.dataset_dir;
   const std::vector<double> speeds = device_speeds(spec);
   const std::vector<averaging::MemberKind> roles = training_roles(spec);
   std::vector<Incarnation> incs;
@@ -79,12 +76,16 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     inc.newcomer = newcomer;
     const std::string name = "trainer-" + std::to_string(i) + "-" + std::to_string(incs.size());
     inc.out = dir + "/" + name + ".jsonl";
-    auto args = common({"apiary-train", "trainer", "--join", seed_ep, "--index", std::to_string(i), "--out", inc.out,
-                        "--delay-ms", format_number(to_seconds(spec.live_emulated_latency) * 1e3),
-                        "--max-seconds", format_number(to_seconds(spec.duration)), "--samples-per-second", format_number(speeds[i])});
-    if (newcomer) args.push_back("--newcomer");
-    args.push_back("--role");
-    args.push_back(roles[i] == averaging::MemberKind::kAux ? "aux" : roles[i] == averaging::MemberKind::kClient ? "client" : "full");
+    TrainerOptions o = base;
+    o.join = seed_ep;
+    o.index = i;
+    o.out = inc.out;
+    o.delay_ms = to_seconds(spec.live_emulated_latency) * 1e3;
+    o.max_seconds = to_seconds(spec.duration);
+    o.samples_per_second = speeds[i];
+    o.newcomer = newcomer;
+    o.role = roles[i] == averaging::MemberKind::kAux ? "aux" : roles[i] == averaging::MemberKind::kClient ? "client" : "full";
+    const auto args = to_args("apiary-train", "trainer", o);
     inc.pid = children.spawn(program, args, dir + "/" + name + ".log");
     inc.running = true;
     current[i] = incs.size();
@@ -216,7 +217,9 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
 
   if (t.baseline) {
     const std::string out = dir + "/baseline.jsonl";
-    auto args = common({"apiary-train", "baseline", "--out", out});
+    TrainerOptions bo = base;
+    bo.out = out;
+    const auto args = to_args("apiary-train", "baseline", bo);
     const pid_t pid = children.spawn(program, args, dir + "/baseline.log");
     std::vector<std::string> failures;
     if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())

@@ -1,0 +1,155 @@
+#pragma once
+// The options of the child programs that live process swarms start (`apiary-train trainer`,
+// `baseline`, `expert-server`, `dmoe-trainer`, `dmoe-baseline`), one typed struct per program
+// family, and one table of their fields for both ends: the parent serialises a struct into the
+// child's arguments (to_args), the child declares its flags from the same table, so a field
+// added here is passed and parsed without another line anywhere. No LibTorch here.
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace apiary::real {
+
+struct TrainerOptions {
+  std::string join;  // the seed DHT peer, IPV4:PORT
+  std::uint32_t index = 0;
+  bool newcomer = false;        // download the swarm's state before contributing
+  std::string role = "full";    // full, client (never reduces nor leads), aux (trains nothing, helps average)
+  std::uint64_t seed = 1;       // model initialisation (the same for every trainer) and data order
+  std::uint32_t steps = 100;
+  std::uint64_t target_batch = 256;
+  std::uint32_t batch_size = 32;
+  std::uint32_t hidden = 128;
+  double learning_rate = 0.05;
+  double momentum = 0.9;
+  std::uint64_t train_samples = 0;  // 0: all 60,000
+  std::uint64_t eval_samples = 2000;
+  std::uint32_t eval_every = 20;    // epochs
+  double delay_ms = 0;              // emulated one-way latency on every received message
+  double samples_per_second = 0;    // the device's speed: a batch takes at least B / speed (0: as fast as it runs)
+  std::uint32_t budget_ms = 3000;   // matchmaking budget
+  std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  std::string out;                  // JSON lines
+  std::string ready_file;           // "<endpoint>\n" once listening
+  double max_seconds = 600;         // give up after this long
+};
+
+// `v(flag, field, help)` for every field.
+template <class V>
+void visit_fields(TrainerOptions& o, V&& v) {
+  v("--join", o.join, "a DHT peer to enter the swarm through (IPV4:PORT)");
+  v("--index", o.index, "this trainer's index (data order, logs)");
+  v("--newcomer", o.newcomer, "download the swarm's state before contributing");
+  v("--role", o.role, "full, client (never reduces or leads) or aux (trains nothing, helps average)");
+  v("--seed", o.seed, "model initialisation and data order");
+  v("--steps", o.steps, "global steps");
+  v("--target-batch", o.target_batch, "samples per global step");
+  v("--batch-size", o.batch_size, "a local batch");
+  v("--hidden", o.hidden, "the MLP's hidden width");
+  v("--lr", o.learning_rate, "SGD learning rate");
+  v("--momentum", o.momentum, "SGD momentum");
+  v("--train-samples", o.train_samples, "use the first N training images (0: all)");
+  v("--eval-samples", o.eval_samples, "test images for the periodic evaluations");
+  v("--eval-every", o.eval_every, "evaluate every N steps (0: only at the end)");
+  v("--delay-ms", o.delay_ms, "emulated one-way latency on every received message");
+  v("--samples-per-second", o.samples_per_second, "emulated device speed (0: unthrottled)");
+  v("--budget-ms", o.budget_ms, "matchmaking budget");
+  v("--dataset-dir", o.dataset_dir, "Fashion-MNIST IDX files");
+  v("--out", o.out, "JSON lines output");
+  v("--ready-file", o.ready_file, "written once listening");
+  v("--max-seconds", o.max_seconds, "give up after this long");
+}
+
+// Live DMoE: expert servers and a trainer as processes (real/torch_trainer.hpp).
+struct DmoeOptions {
+  std::string join;                     // the seed DHT peer
+  std::vector<std::string> uids;        // expert-server: the experts it hosts
+  std::vector<std::uint32_t> grid{4, 4};
+  std::int64_t dim = 64, hidden = 256;
+  std::size_t k = 4, k_min = 2;
+  std::string routing = "batch";  // batch | sample | switch
+  double timeout_after_k_min_ms = 200, forward_timeout_ms = 5000, backward_timeout_ms = 5000;
+  double fail_probability = 0;    // expert-server: per request
+  std::string codec = "float32";  // dmoe-trainer: the wire codec of expert calls
+  double delay_ms = 0;            // emulated one-way latency on every received message
+  std::uint64_t seed = 1;
+  std::uint32_t steps = 300, batch_size = 64, eval_every = 50;
+  std::uint64_t eval_samples = 2000, train_samples = 0;
+  double learning_rate = 0.05;
+  std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  std::string out, ready_file;
+  double max_seconds = 900;
+};
+
+template <class V>
+void visit_fields(DmoeOptions& o, V&& v) {
+  v("--join", o.join, "a DHT peer to enter the swarm through");
+  v("--experts", o.uids, "expert-server: expert uids to host, e.g. ffn.0.1");
+  v("--grid", o.grid, "the expert grid, e.g. 4 4");
+  v("--dim", o.dim, "the mixture's width");
+  v("--hidden", o.hidden, "an expert's hidden width");
+  v("--k", o.k, "experts per sample or batch");
+  v("--k-min", o.k_min, "answers required");
+  v("--routing", o.routing, "batch, sample or switch");
+  v("--grace-ms", o.timeout_after_k_min_ms, "wait after the k_min-th answer");
+  v("--forward-timeout-ms", o.forward_timeout_ms, "a forward call's timeout");
+  v("--backward-timeout-ms", o.backward_timeout_ms, "a backward call's timeout");
+  v("--fail-probability", o.fail_probability, "expert-server: a request fails with this probability");
+  v("--codec", o.codec, "the wire codec of expert calls");
+  v("--delay-ms", o.delay_ms, "emulated one-way latency on every received message");
+  v("--seed", o.seed, "initialisation and data order");
+  v("--steps", o.steps, "training steps");
+  v("--batch-size", o.batch_size, "samples per step");
+  v("--eval-every", o.eval_every, "evaluate every N steps");
+  v("--eval-samples", o.eval_samples, "test images per evaluation");
+  v("--train-samples", o.train_samples, "use the first N training images (0: all)");
+  v("--lr", o.learning_rate, "SGD learning rate (the experts' too)");
+  v("--dataset-dir", o.dataset_dir, "Fashion-MNIST IDX files");
+  v("--out", o.out, "JSON lines output");
+  v("--ready-file", o.ready_file, "written once ready");
+  v("--max-seconds", o.max_seconds, "give up after this long");
+}
+
+namespace detail {
+template <class T>
+std::string arg_of(const T& v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.17g", v);  // exactly the same double on the other side
+    return b;
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return v;
+  } else {
+    return std::to_string(v);
+  }
+}
+}  // namespace detail
+
+// `program subcommand --flag value ...` for every field (a bool as a bare flag when true, a
+// vector as its values after one flag; empty strings and vectors left out).
+template <class Options>
+std::vector<std::string> to_args(const std::string& program, const std::string& subcommand, Options o) {
+  std::vector<std::string> a{program, subcommand};
+  visit_fields(o, [&a](const char* flag, const auto& field, const char*) {
+    using T = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<T, bool>) {
+      if (field) a.push_back(flag);
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>> || std::is_same_v<T, std::vector<std::uint32_t>>) {
+      if (field.empty()) return;
+      a.push_back(flag);
+      for (const auto& x : field) a.push_back(detail::arg_of(x));
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      if (field.empty()) return;
+      a.push_back(flag);
+      a.push_back(field);
+    } else {
+      a.push_back(flag);
+      a.push_back(detail::arg_of(field));
+    }
+  });
+  return a;
+}
+
+}  // namespace apiary::real
