@@ -9,7 +9,7 @@
 #include <cstdio>
 
 #include "real/child_cli.hpp"
-#include "real/torch_trainer.hpp"
+#include "real/torch/trainers.hpp"
 
 int main(int argc, char** argv) {
   using apiary::real::DmoeOptions;

@@ -62,7 +62,7 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--max-seconds", o.max_seconds, "give up after this long");
 }
 
-// Live DMoE: expert servers and a trainer as processes (real/torch_trainer.hpp).
+// Live DMoE: expert servers and a trainer as processes (real/torch/trainers.hpp).
 struct DmoeOptions {
   std::string join;                     // the seed DHT peer
   std::vector<std::string> uids;        // expert-server: the experts it hosts

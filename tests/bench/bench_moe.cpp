@@ -12,7 +12,7 @@
 
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
-#include "real/moe_expert.hpp"
+#include "real/torch/mixture.hpp"
 
 using namespace apiary;
 using namespace apiary::real;

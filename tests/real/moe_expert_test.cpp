@@ -10,7 +10,7 @@
 #include "real/live_runtime.hpp"
 #include "harness/data/idx.hpp"
 #include "core/dht/validate.hpp"
-#include "real/moe_expert.hpp"
+#include "real/torch/mixture.hpp"
 #include "tests/support/live_peers.hpp"
 
 namespace apiary::real {

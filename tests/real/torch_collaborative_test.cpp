@@ -8,7 +8,7 @@
 #include "core/dht/validate.hpp"
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
-#include "real/torch_collaborative.hpp"
+#include "real/torch/collaborative.hpp"
 #include "tests/support/live_peers.hpp"
 
 namespace apiary::real {

@@ -2,7 +2,7 @@
 
 #include <ATen/ATen.h>
 
-#include "real/torch_tensor.hpp"
+#include "real/torch/tensor.hpp"
 
 namespace apiary::real {
 namespace {

@@ -1,6 +1,6 @@
 #pragma once
-// DMoE experts in LibTorch: experts as torch::nn modules served over the
-// RPC layer, and a client-side module whose forward and backward run on the server.
+// The client side of DMoE in LibTorch: a remote expert whose forward and backward run on an
+// expert server, and the remote mixture-of-experts layer.
 //
 //   ExpertServer server(rt, rpc);                    // on the server peer
 //   server.add("ffn.0.3", make_ffn_expert(64, 256, /*lr=*/0.01));
@@ -28,101 +28,9 @@
 #include "core/moe/experts.hpp"
 #include "core/moe/protocol.hpp"
 #include "core/runtime/rpc.hpp"
+#include "real/torch/expert_server.hpp"
 
 namespace apiary::real {
-
-// The expert protocol's messages (core/moe/protocol.hpp).
-using moe::ExpertInfo;
-
-// Feed-forward block with a residual connection and layer norm: y = LN(x + W2 relu(W1 x)).
-struct FfnExpertImpl : torch::nn::Module {
-  FfnExpertImpl(std::int64_t dim, std::int64_t hidden);
-  torch::Tensor forward(torch::Tensor x);
-  torch::nn::Linear w1{nullptr}, w2{nullptr};
-  torch::nn::LayerNorm norm{nullptr};
-};
-TORCH_MODULE(FfnExpert);
-
-// A transformer block: self-attention and the FFN block, each with residual and layer norm.
-// Inputs [batch, seq, dim].
-struct TransformerExpertImpl : torch::nn::Module {
-  TransformerExpertImpl(std::int64_t dim, std::int64_t heads, std::int64_t hidden);
-  torch::Tensor forward(torch::Tensor x);
-  torch::nn::MultiheadAttention attention{nullptr};
-  torch::nn::LayerNorm norm1{nullptr};
-  FfnExpert ffn{nullptr};
-};
-TORCH_MODULE(TransformerExpert);
-
-struct HostedExpert {
-  std::shared_ptr<torch::nn::Module> module;
-  std::function<torch::Tensor(const torch::Tensor&)> forward;
-  std::unique_ptr<torch::optim::Optimizer> optimizer;
-  std::int64_t input_dim = 0, output_dim = 0;
-  bool sequence = false;  // inputs [batch, seq, dim] instead of [batch, dim]
-  std::string kind = "ffn";
-  std::uint64_t updates = 0;
-};
-
-// An FFN expert of width `dim` with an SGD optimizer of learning rate `lr`.
-HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr);
-// A transformer-block expert (inputs [batch, seq, dim]).
-HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr);
-
-// Batching: requests to one expert queue up (forward and backward in separate lanes); the server
-// runs them as one batch — the oldest first, up to max_batch rows — and, while fewer than
-// min_batch rows wait, holds the oldest up to batch_wait for company. A batch of one forward
-// keeps its activations for the backward; larger batches are recomputed in the backward (one
-// forward and backward for the whole batch, then one optimizer step).
-struct ServerOptions {
-  std::int64_t max_batch = 4096;  // rows
-  std::int64_t min_batch = 1;
-  Duration batch_wait = Duration::zero();
-  double fail_probability = 0;  // failure injection: a request fails (an error reply) with this probability
-};
-
-class ExpertServer {
- public:
-  ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options = {});
-  ~ExpertServer();
-  void add(std::string uid, HostedExpert expert);
-  HostedExpert* find(const std::string& uid);
-  // Checkpoints: every expert's parameters to DIR/<uid>.pt, and back.
-  void save(const std::string& dir);
-  void load(const std::string& dir);
-  std::size_t kept() const { return kept_.size(); }
-  static ExpertInfo info_of(const HostedExpert& e);
-
- private:
-  // Activations of forwards a client will back-propagate through (from RemoteExpert::forward):
-  // the backward then skips recomputing the forward. Bounded in time and count; if the expert's
-  // parameters changed meanwhile, the backward recomputes.
-  struct Kept {
-    torch::Tensor x, y;
-    TimePoint at;
-  };
-  static constexpr Duration kKeepFor = std::chrono::seconds(60);
-  static constexpr std::size_t kMaxKept = 256;
-  void keep(const Endpoint& from, const std::string& uid, std::uint64_t id, torch::Tensor x, torch::Tensor y);
-  std::optional<std::pair<torch::Tensor, torch::Tensor>> take(const Endpoint& from, const std::string& uid, std::uint64_t id);
-
-  struct Job;  // one request waiting in a lane (real/moe_expert.cpp)
-  using Lane = std::pair<std::string, bool>;  // expert uid, backward
-  Task<Result<moe::TensorReply>> enqueue(std::string uid, bool backward, std::shared_ptr<Job> job);
-  void schedule(const Lane& key);
-  void run_batch(const Lane& key);
-  void forward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs);
-  void backward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs);
-
-  Runtime& rt_;
-  ServerOptions opt_;
-  std::map<Lane, std::deque<std::shared_ptr<Job>>> lanes_;
-  std::set<Lane> scheduled_;
-  Notifier arrivals_;
-  std::map<std::string, HostedExpert> experts_;
-  std::map<std::tuple<Endpoint, std::string, std::uint64_t>, Kept> kept_;
-  TaskScope scope_;
-};
 
 class RemoteExpert : public torch::nn::Module {
  public:
@@ -209,7 +117,7 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   // balanced); differentiable in the gate.
   torch::Tensor last_balance_loss() const { return balance_loss_; }
 
-  struct CallSet;  // the experts of one forward, for its backward (real/moe_expert.cpp)
+  struct CallSet;  // the experts of one forward, for its backward (real/torch/mixture.cpp)
 
  private:
   torch::Tensor forward_per_sample(const torch::Tensor& x, const std::vector<torch::Tensor>& per_dim);

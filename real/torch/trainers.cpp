@@ -1,5 +1,5 @@
 #include <utility>  // before asio: boost/asio/awaitable.hpp uses std::exchange
-#include "real/torch_trainer.hpp"
+#include "real/torch/trainers.hpp"
 
 #include <boost/asio.hpp>
 #include <chrono>
@@ -12,7 +12,7 @@
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/processes.hpp"
-#include "real/torch_collaborative.hpp"
+#include "real/torch/collaborative.hpp"
 
 namespace apiary::real {
 
@@ -269,7 +269,7 @@ int run_baseline(const TrainerOptions& o) {
 #include <csignal>
 
 #include "core/compression/codecs.hpp"
-#include "real/moe_expert.hpp"
+#include "real/torch/mixture.hpp"
 
 namespace apiary::real {
 

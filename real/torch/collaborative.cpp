@@ -1,4 +1,4 @@
-#include "real/torch_collaborative.hpp"
+#include "real/torch/collaborative.hpp"
 
 #include <c10/util/string_utils.h>
 

@@ -1,0 +1,45 @@
+#include "real/torch/experts.hpp"
+
+namespace apiary::real {
+
+FfnExpertImpl::FfnExpertImpl(std::int64_t dim, std::int64_t hidden)
+    : w1(register_module("w1", torch::nn::Linear(dim, hidden))),
+      w2(register_module("w2", torch::nn::Linear(hidden, dim))),
+      norm(register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})))) {}
+
+torch::Tensor FfnExpertImpl::forward(torch::Tensor x) { return norm(x + w2(torch::relu(w1(x)))); }
+
+TransformerExpertImpl::TransformerExpertImpl(std::int64_t dim, std::int64_t heads, std::int64_t hidden)
+    : attention(register_module("attention", torch::nn::MultiheadAttention(torch::nn::MultiheadAttentionOptions(dim, heads)))),
+      norm1(register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})))),
+      ffn(register_module("ffn", FfnExpert(dim, hidden))) {}
+
+torch::Tensor TransformerExpertImpl::forward(torch::Tensor x) {
+  const torch::Tensor s = x.transpose(0, 1);  // [seq, batch, dim] for the attention
+  const torch::Tensor a = std::get<0>(attention(s, s, s)).transpose(0, 1);
+  return ffn(norm1(x + a));
+}
+
+HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr) {
+  TransformerExpert m(dim, heads, hidden);
+  HostedExpert e;
+  e.module = m.ptr();
+  e.forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+  e.optimizer = std::make_unique<torch::optim::SGD>(m->parameters(), torch::optim::SGDOptions(lr));
+  e.input_dim = e.output_dim = dim;
+  e.sequence = true;
+  e.kind = "transformer";
+  return e;
+}
+
+HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr) {
+  FfnExpert m(dim, hidden);
+  HostedExpert e;
+  e.module = m.ptr();
+  e.forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+  e.optimizer = std::make_unique<torch::optim::SGD>(m->parameters(), torch::optim::SGDOptions(lr));
+  e.input_dim = e.output_dim = dim;
+  return e;
+}
+
+}  // namespace apiary::real
