@@ -5,9 +5,11 @@ namespace apiary {
 ChurnDriver::ChurnDriver(const SwarmSpec& spec, Metrics& metrics, Hooks hooks)
     : spec_(spec), metrics_(metrics), hooks_(std::move(hooks)), rng_(spec.seed ^ 0x636875726eULL) {}  // "churn"
 
-void ChurnDriver::begin(std::uint32_t spared, Duration sessions_from) {
+void ChurnDriver::begin(std::uint32_t spared, Duration sessions_from, std::optional<std::uint32_t> churned) {
+  const std::uint32_t n = std::min(spec_.peers, churned.value_or(spec_.peers));
   if (spec_.churn.kind == ChurnSpec::Kind::kTrace) {
-    for (const auto& ev : spec_.churn.trace)
+    for (const auto& ev : spec_.churn.trace) {
+      if (ev.peer >= n) continue;
       hooks_.at(ev.at, [this, ev] {
         const bool up = hooks_.is_up(ev.peer);
         if (ev.up && !up) {
@@ -18,8 +20,9 @@ void ChurnDriver::begin(std::uint32_t spared, Duration sessions_from) {
           metrics_.count("churn.leaves", 1);
         }
       });
+    }
   } else if (spec_.churn.kind != ChurnSpec::Kind::kNone) {
-    for (std::uint32_t i = spared; i < spec_.peers; ++i) hooks_.at(sessions_from, [this, i] { session(i); });
+    for (std::uint32_t i = spared; i < n; ++i) hooks_.at(sessions_from, [this, i] { session(i); });
   }
 }
 

@@ -7,6 +7,7 @@
 // churn, and sessions begin at `sessions_from` (once the swarm has formed).
 #include <cstdint>
 #include <functional>
+#include <optional>
 
 #include "core/runtime/metrics.hpp"
 #include "harness/spec.hpp"
@@ -22,8 +23,9 @@ class ChurnDriver {
     std::function<void(std::uint32_t)> up, down;
   };
   ChurnDriver(const SwarmSpec& spec, Metrics& metrics, Hooks hooks);
-  // Schedules the churn; counts churn.leaves and churn.joins as they happen.
-  void begin(std::uint32_t spared, Duration sessions_from);
+  // Schedules the churn of peers [0, churned) (all by default; a trace's events for others are
+  // ignored); counts churn.leaves and churn.joins as they happen.
+  void begin(std::uint32_t spared, Duration sessions_from, std::optional<std::uint32_t> churned = std::nullopt);
 
  private:
   void session(std::uint32_t i);

@@ -1,3 +1,4 @@
+#include <utility>
 #include "real/live_dmoe.hpp"
 
 #include <signal.h>
@@ -7,9 +8,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <thread>
+#include <boost/asio.hpp>
 
 #include "core/moe/experts.hpp"
+#include "harness/churn.hpp"
 #include "harness/workloads/dmoe.hpp"
 #include "real/child_options.hpp"
 #include "real/processes.hpp"
@@ -53,9 +55,9 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
     }
     hosted[e % d.servers].push_back(u.str());
   }
-  std::vector<pid_t> servers;
-  for (std::uint32_t i = 0; i < d.servers; ++i) {
-    if (hosted[i].empty()) continue;
+  std::vector<pid_t> servers(d.servers, 0);
+  std::vector<std::uint32_t> incarnations(d.servers, 0);
+  auto start_server = [&](std::uint32_t i) {
     DmoeOptions so = base;
     so.join = seed_ep;
     so.seed = spec.seed * 100 + i;
@@ -63,12 +65,14 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
     so.ready_file = dir + "/server-" + std::to_string(i) + ".ready";
     so.uids = hosted[i];
     const auto a = to_args("apiary-train", "expert-server", so);
-    servers.push_back(children.spawn(exe.string(), a, dir + "/server-" + std::to_string(i) + ".log"));
-  }
+    servers[i] = children.spawn(exe.string(), a, dir + "/server-" + std::to_string(i) + "-" + std::to_string(incarnations[i]++) + ".log");
+  };
+  for (std::uint32_t i = 0; i < d.servers; ++i)
+    if (!hosted[i].empty()) start_server(i);
   for (std::uint32_t i = 0; i < d.servers; ++i)
     if (!hosted[i].empty())
       wait_for_file(dir + "/server-" + std::to_string(i) + ".ready", std::chrono::steady_clock::now() + std::chrono::seconds(60),
-                    "expert server " + std::to_string(i) + " (see " + dir + "/server-" + std::to_string(i) + ".log)");
+                    "expert server " + std::to_string(i) + " (see " + dir + "/server-" + std::to_string(i) + "-0.log)");
 
   const std::string out = dir + "/trainer.jsonl";
   DmoeOptions to = base;
@@ -85,19 +89,50 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   to.max_seconds = to_seconds(spec.duration);
   const auto ta = to_args("apiary-train", "dmoe-trainer", to);
   const pid_t trainer = children.spawn(exe.string(), ta, dir + "/trainer.log");
+  // Churn on the expert servers (peer i of the scenario is server i), as the runner applies it
+  // (harness/churn): "down" kills the server with SIGKILL, "up" starts it again with the same
+  // experts, freshly initialised (a crashed server without a checkpoint). The trainer stays. The
+  // loop is an io_context: churn timers, and a look every 100 ms for the trainer's exit.
+  boost::asio::io_context io;
   const auto start = std::chrono::steady_clock::now();
+  ChurnDriver churn(spec, metrics,
+                    ChurnDriver::Hooks{
+                        [&](Duration t, std::function<void()> fn) {
+                          auto timer = std::make_shared<boost::asio::steady_timer>(io, start + t);
+                          timer->async_wait([timer, fn = std::move(fn)](boost::system::error_code ec) {
+                            if (!ec) fn();
+                          });
+                        },
+                        [&] { return std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start); },
+                        [&](std::uint32_t i) { return servers[i] != 0; },
+                        [&](std::uint32_t i) {
+                          std::filesystem::remove(dir + "/server-" + std::to_string(i) + ".ready");
+                          start_server(i);
+                        },
+                        [&](std::uint32_t i) {
+                          children.kill_now(servers[i]);
+                          servers[i] = 0;
+                        }});
+  churn.begin(0, Duration::zero(), d.servers);
   int trainer_status = -1;
-  while (trainer_status < 0) {
+  boost::asio::steady_timer tick(io);
+  std::function<void()> look = [&] {
     while (auto r = children.reap_one())
       if (r->first == trainer) trainer_status = r->second;
     const double f = to_seconds(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start)) / to_seconds(spec.duration);
     if (progress) progress(std::min(1.0, f));
-    if (f > 1.05) {
-      kill(trainer, SIGKILL);
-      break;
+    if (trainer_status >= 0 || f > 1.05) {
+      if (trainer_status < 0) kill(trainer, SIGKILL);
+      io.stop();
+      return;
     }
-    if (trainer_status < 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+    tick.expires_after(std::chrono::milliseconds(100));
+    tick.async_wait([&](boost::system::error_code ec) {
+      if (!ec) look();
+    });
+  };
+  look();
+  io.run();
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   children.terminate_all();
   RunInfo info;
@@ -146,7 +181,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
 }
 
 namespace {
-const bool kLauncher = (WorkloadRegistry::add_launcher("dmoe", {run_live_dmoe, false}), true);
+const bool kLauncher = (WorkloadRegistry::add_launcher("dmoe", {run_live_dmoe, true}), true);
 }  // namespace
 
 }  // namespace apiary::real

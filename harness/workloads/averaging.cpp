@@ -300,8 +300,8 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   if (r.reducer_timeout <= r.sender_timeout) s.fail("averaging.reducer_timeout", "must be longer than sender_timeout");
   const auto codec = s.get_string("averaging.codec", "float32",
                                   {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
-  for (int c = 0; c <= 5; ++c)
-    if (codec == compression::to_string(static_cast<compression::Codec>(c))) r.codec.codec = static_cast<compression::Codec>(c);
+  for (int k = 0; k <= 5; ++k)
+    if (codec == compression::to_string(static_cast<compression::Codec>(k))) r.codec.codec = static_cast<compression::Codec>(k);
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("averaging.codec_min_elements", 0, 0, std::int64_t{1} << 40));
   if (a.start + a.period * a.rounds > spec.duration)
     s.fail("averaging.rounds", "the rounds end after the run does: start + rounds * period = " +

@@ -432,8 +432,8 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   if (r.reducer_timeout <= r.sender_timeout) s.fail("training.reducer_timeout", "must be longer than sender_timeout");
   const auto codec = s.get_string("training.codec", "float32",
                                   {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
-  for (int c = 0; c <= 5; ++c)
-    if (codec == compression::to_string(static_cast<compression::Codec>(c))) r.codec.codec = static_cast<compression::Codec>(c);
+  for (int k = 0; k <= 5; ++k)
+    if (codec == compression::to_string(static_cast<compression::Codec>(k))) r.codec.codec = static_cast<compression::Codec>(k);
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
   return c;
 }

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Live DMoE end to end: `apiary run` starts a seed peer, expert-server processes and a trainer
 # process whose classifier's middle layer is the remote mixture; a fifth of the expert requests
-# fail, and the trainer still learns; the local baseline runs afterwards.
+# fail, expert server 1 is killed (SIGKILL) mid-run and started again, and the trainer still
+# learns; the local baseline runs afterwards.
 set -euo pipefail
 APIARY=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 fail() { echo "dmoe_live_test: FAIL: $*" >&2; exit 1; }
+printf '1s 1 down\n2500ms 1 up\n' > servers.trace
 cat > dmoe.toml <<'T'
 name = "dmoe-live-test"
 backend = "live"
@@ -15,6 +17,9 @@ peers = 3
 duration = "4min"
 [workload]
 kind = "dmoe"
+[churn]
+model = "trace"
+trace = "servers.trace"
 [live]
 processes = true
 emulated_latency = "5ms"
@@ -37,6 +42,7 @@ import json
 j = json.load(open("dmoe.json"))
 c, f = j["metrics"]["counters"], j["cost"]
 assert f["steps"] == 80, f
+assert c.get("churn.leaves") == 1 and c.get("churn.joins") == 1, c
 assert c.get("moe.expert_failures", 0) > 10, c   # about a fifth of 3 x 80 forwards
 assert f["final_accuracy"] > 0.6, f
 assert f["baseline_accuracy"] > 0.6, f
