@@ -1,6 +1,7 @@
 #pragma once
-// The two worlds the conformance suite runs in: ns-3 (simulated time, ns-3 UDP sockets on the
-// DirectChannel) and live (Boost.Asio, TCP on loopback). Same interface, same tests.
+// The worlds the conformance suite runs in: ns-3 (simulated time, ns-3 UDP sockets on the
+// DirectChannel), live (Boost.Asio, TCP on loopback), and the recording fake transport of the
+// unit tests (plain simulated time, whole messages, no sockets). Same interface, same tests.
 #include <utility>
 
 #include <boost/asio.hpp>
@@ -13,6 +14,7 @@
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "sim/sim_network.hpp"
+#include "tests/support/fake_runtime.hpp"
 
 namespace apiary::test {
 
@@ -78,6 +80,44 @@ class SimWorld final : public World {
   std::unique_ptr<sim::SimNetwork> net_ = std::make_unique<sim::SimNetwork>();
   std::vector<std::unique_ptr<PeerEnv>> peers_;
   ns3::Ptr<ns3::Socket> raw_;
+};
+
+// The unit tests' world: the recording fake transport, 5 ms per message. It carries whole
+// messages, so "garbage" reaches the RPC layer as an undecodable envelope.
+class FakeWorld final : public World {
+ public:
+  ~FakeWorld() override {
+    envs_.clear();
+    peers_.clear();
+  }
+  std::size_t add_peer() override {
+    const std::size_t i = peers_.size();
+    const Endpoint ep{Endpoint::ipv4(10, 9, 0, static_cast<std::uint8_t>(i + 1)), 7000};
+    peers_.push_back(std::make_unique<FakePeer>(net_, dir_, ep, std::chrono::milliseconds(5), metrics, static_cast<std::uint32_t>(i)));
+    peers_.back()->refuse_dead = true;
+    envs_.push_back(std::make_unique<PeerEnv>(*peers_.back(), metrics, static_cast<std::uint32_t>(i), Rng(i + 1)));
+    return i;
+  }
+  Runtime& runtime(std::size_t i) override { return envs_[i]->runtime; }
+  void kill(std::size_t i) override {
+    peers_[i]->cancel_all();
+    peers_[i]->up = false;
+  }
+  void revive(std::size_t i) override { peers_[i]->up = true; }
+  std::size_t pending_timers(std::size_t i) override { return peers_[i]->pending_timers(); }
+  bool run_until(const std::function<bool()>& done, Duration limit) override {
+    net_.run(limit, done);
+    return done();
+  }
+  void send_garbage(std::size_t i, const Bytes& bytes) override {
+    if (auto* h = peers_[i]->handler()) h->on_message(Endpoint{Endpoint::ipv4(10, 9, 9, 9), 9}, Message{bytes, {}});
+  }
+
+ private:
+  FakeNet net_;
+  std::map<Endpoint, FakePeer*> dir_;
+  std::vector<std::unique_ptr<FakePeer>> peers_;
+  std::vector<std::unique_ptr<PeerEnv>> envs_;
 };
 
 class LiveWorld final : public World {
