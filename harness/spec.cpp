@@ -202,8 +202,10 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   }
   if (const std::string map = s.get_string("live.netns", ""); !map.empty()) {
     spec.live_netns = read_netns_map(path_beside(s, map));
-    if (!spec.live_processes || spec.workload != "dht")
-      s.fail("live.netns", "only live DHT swarms of processes (live.processes = true, workload.kind = \"dht\") run peers in namespaces");
+    const ProcessLauncher* launcher = WorkloadRegistry::launcher(spec.workload);
+    if (!spec.live_processes || !launcher || !launcher->netns)
+      s.fail("live.netns", "only live swarms of processes (live.processes = true) whose workload places peers in namespaces "
+                           "(the dht) run peers in namespaces");
     if (spec.live_netns.size() < spec.peers)
       s.fail("live.netns", map + " names " + std::to_string(spec.live_netns.size()) + " namespaces for " +
                                std::to_string(spec.peers) + " peers");

@@ -64,6 +64,8 @@ struct ProcessLauncher {
   // Whether it applies churn to its processes (killed with SIGKILL, started again); a scenario
   // with churn for a launcher without is refused when it is read.
   bool churn = false;
+  // Whether it can place its peers in network namespaces (live.netns).
+  bool netns = false;
 };
 
 struct WorkloadType {

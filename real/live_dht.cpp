@@ -329,7 +329,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
 }
 
 namespace {
-const bool kLauncher = (WorkloadRegistry::add_launcher("dht", {run_live_dht_swarm, true}), true);
+const bool kLauncher = (WorkloadRegistry::add_launcher("dht", {run_live_dht_swarm, true, true}), true);
 }  // namespace
 
 }  // namespace apiary::real

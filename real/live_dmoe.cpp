@@ -181,7 +181,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
 }
 
 namespace {
-const bool kLauncher = (WorkloadRegistry::add_launcher("dmoe", {run_live_dmoe, true}), true);
+const bool kLauncher = (WorkloadRegistry::add_launcher("dmoe", {run_live_dmoe, true, false}), true);
 }  // namespace
 
 }  // namespace apiary::real

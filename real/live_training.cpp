@@ -106,9 +106,9 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   std::size_t pending = 0;  // churn events scheduled and not yet due
   ChurnDriver churn(spec, metrics,
                     ChurnDriver::Hooks{
-                        [&](Duration t, std::function<void()> fn) {
+                        [&](Duration at, std::function<void()> fn) {
                           ++pending;
-                          auto timer = std::make_shared<boost::asio::steady_timer>(io, start + t);
+                          auto timer = std::make_shared<boost::asio::steady_timer>(io, start + at);
                           timer->async_wait([timer, &pending, fn = std::move(fn)](boost::system::error_code ec) {
                             --pending;
                             if (!ec) fn();
@@ -239,7 +239,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
 }
 
 namespace {
-const bool kLauncher = (WorkloadRegistry::add_launcher("training", {run_live_training, true}), true);
+const bool kLauncher = (WorkloadRegistry::add_launcher("training", {run_live_training, true, false}), true);
 }  // namespace
 
 }  // namespace apiary::real
