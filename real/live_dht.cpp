@@ -14,6 +14,7 @@
 
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
+#include "real/asio_timer.hpp"
 #include "real/processes.hpp"
 #include "harness/churn.hpp"
 #include "harness/workloads/dht.hpp"
@@ -239,12 +240,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   const auto origin = std::chrono::steady_clock::now();
   ChurnDriver churn(spec, metrics,
                     ChurnDriver::Hooks{
-                        [&](Duration t, std::function<void()> fn) {
-                          auto timer = std::make_shared<asio::steady_timer>(client.io, origin + t);
-                          timer->async_wait([timer, fn = std::move(fn)](boost::system::error_code ec) {
-                            if (!ec) fn();
-                          });
-                        },
+                        [&](Duration t, std::function<void()> fn) { run_at(client.io, origin + t, std::move(fn)); },
                         [&] { return std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - origin); },
                         [&](std::uint32_t i) { return pids[i] != 0; },
                         [&](std::uint32_t i) {

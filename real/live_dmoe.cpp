@@ -14,6 +14,7 @@
 #include "harness/churn.hpp"
 #include "harness/workloads/dmoe.hpp"
 #include "real/child_options.hpp"
+#include "real/asio_timer.hpp"
 #include "real/processes.hpp"
 
 namespace apiary::real {
@@ -97,12 +98,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   const auto start = std::chrono::steady_clock::now();
   ChurnDriver churn(spec, metrics,
                     ChurnDriver::Hooks{
-                        [&](Duration t, std::function<void()> fn) {
-                          auto timer = std::make_shared<boost::asio::steady_timer>(io, start + t);
-                          timer->async_wait([timer, fn = std::move(fn)](boost::system::error_code ec) {
-                            if (!ec) fn();
-                          });
-                        },
+                        [&](Duration t, std::function<void()> fn) { run_at(io, start + t, std::move(fn)); },
                         [&] { return std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start); },
                         [&](std::uint32_t i) { return servers[i] != 0; },
                         [&](std::uint32_t i) {

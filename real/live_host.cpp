@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "harness/log.hpp"
+#include "real/asio_timer.hpp"
 #include "real/live_runtime.hpp"
 
 namespace apiary::real {
@@ -57,10 +58,7 @@ class LiveHost final : public Host {
   Duration elapsed() const override { return std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - origin()); }
 
   void at(Duration t, std::function<void()> fn) override {
-    auto timer = std::make_shared<asio::steady_timer>(io_, origin() + t);
-    timer->async_wait([timer, fn = std::move(fn)](boost::system::error_code ec) {
-      if (!ec) fn();
-    });
+    run_at(io_, origin() + t, std::move(fn));
   }
 
   void run(Duration end) override {

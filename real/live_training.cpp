@@ -16,6 +16,7 @@
 #include "harness/churn.hpp"
 #include "harness/workloads/training.hpp"
 #include "real/child_options.hpp"
+#include "real/asio_timer.hpp"
 #include "real/processes.hpp"
 
 namespace apiary::real {
@@ -108,10 +109,9 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
                     ChurnDriver::Hooks{
                         [&](Duration at, std::function<void()> fn) {
                           ++pending;
-                          auto timer = std::make_shared<boost::asio::steady_timer>(io, start + at);
-                          timer->async_wait([timer, &pending, fn = std::move(fn)](boost::system::error_code ec) {
+                          run_at(io, start + at, [&pending, fn = std::move(fn)] {
                             --pending;
-                            if (!ec) fn();
+                            fn();
                           });
                         },
                         [&] { return std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start); },
