@@ -72,6 +72,8 @@ struct DmoeOptions {
   std::string routing = "batch";  // batch | sample | switch
   double timeout_after_k_min_ms = 200, forward_timeout_ms = 5000, backward_timeout_ms = 5000;
   double fail_probability = 0;    // expert-server: per request
+  std::int64_t max_batch = 4096, min_batch = 1;  // expert-server: batching, in rows
+  double batch_wait_ms = 0;
   std::string codec = "float32";  // dmoe-trainer: the wire codec of expert calls
   double delay_ms = 0;            // emulated one-way latency on every received message
   std::uint64_t seed = 1;
@@ -97,6 +99,9 @@ void visit_fields(DmoeOptions& o, V&& v) {
   v("--forward-timeout-ms", o.forward_timeout_ms, "a forward call's timeout");
   v("--backward-timeout-ms", o.backward_timeout_ms, "a backward call's timeout");
   v("--fail-probability", o.fail_probability, "expert-server: a request fails with this probability");
+  v("--max-batch", o.max_batch, "expert-server: rows per batch at most");
+  v("--min-batch", o.min_batch, "expert-server: rows a batch waits for (up to --batch-wait-ms)");
+  v("--batch-wait-ms", o.batch_wait_ms, "expert-server: how long the oldest request waits for company");
   v("--codec", o.codec, "the wire codec of expert calls");
   v("--delay-ms", o.delay_ms, "emulated one-way latency on every received message");
   v("--seed", o.seed, "initialisation and data order");

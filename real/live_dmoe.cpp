@@ -63,6 +63,9 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
     so.join = seed_ep;
     so.seed = spec.seed * 100 + i;
     so.fail_probability = d.fail_probability;
+    so.max_batch = d.server.max_batch;
+    so.min_batch = d.server.min_batch;
+    so.batch_wait_ms = to_seconds(d.server.batch_wait) * 1e3;
     so.ready_file = dir + "/server-" + std::to_string(i) + ".ready";
     so.uids = hosted[i];
     const auto a = to_args("apiary-train", "expert-server", so);

@@ -1,6 +1,5 @@
 #include "harness/workloads/dmoe.hpp"
 
-#include "core/moe/quorum.hpp"
 #include "harness/runner.hpp"
 
 #include <algorithm>
@@ -33,50 +32,63 @@ std::vector<std::pair<moe::ExpertUid, std::uint32_t>> dmoe_experts(const DmoeSim
   return out;
 }
 
+namespace {
+
+std::set<std::string> hosted_by(const DmoeSimSpec& spec, std::uint32_t index) {
+  std::set<std::string> out;
+  for (std::uint32_t l = 0; l < spec.layers; ++l)
+    for (auto& [uid, server] : dmoe_experts(spec, l))
+      if (server == index) out.insert(uid.str());
+  return out;
+}
+
+moe::ServerOptions server_options(const DmoeSimSpec& spec) {
+  moe::ServerOptions o = spec.server;
+  o.fail_probability = spec.fail_probability;
+  return o;
+}
+
+// The tensors of a modelled mixture: [rows, hidden] float32, size-only, every way.
+class SizedTensors final : public moe::MixtureTensors {
+ public:
+  explicit SizedTensors(std::uint32_t hidden) : hidden_(hidden) {}
+  Body inputs(const std::vector<std::int64_t>& rows) override {
+    const moe::TensorShape shape = rows_of(static_cast<std::uint32_t>(rows.size()), hidden_);
+    return Body{shape, modelled(shape), 0};
+  }
+  bool take_output(std::size_t, const std::vector<std::int64_t>& rows, const moe::TensorReply& r) override { return fits(rows, r); }
+  Body output_grads(std::size_t, const std::vector<std::int64_t>& rows) override { return inputs(rows); }
+  bool take_input_grad(std::size_t, const std::vector<std::int64_t>& rows, const moe::TensorReply& r) override { return fits(rows, r); }
+
+ private:
+  bool fits(const std::vector<std::int64_t>& rows, const moe::TensorReply& r) const {
+    return r.shape.dims == rows_of(static_cast<std::uint32_t>(rows.size()), hidden_).dims;
+  }
+  std::uint32_t hidden_;
+};
+
+}  // namespace
+
+std::optional<moe::ExpertInfo> DmoeServerApp::SizedExperts::info(const std::string& uid) {
+  if (!uids_.count(uid)) return std::nullopt;
+  return moe::ExpertInfo{hidden_, hidden_, false, "modelled"};
+}
+
+Task<void> DmoeServerApp::SizedExperts::run(const std::string&, bool, std::vector<moe::ExpertJob*> jobs) {
+  for (auto* j : jobs) j->reply = moe::TensorReply{j->input, modelled(j->input), 0};
+  co_return;
+}
+
 DmoeServerApp::DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec, std::uint32_t index,
                              double forward_speed, double backward_speed)
-    : rt_(rt), dht_(dht), spec_(spec), index_(index), fwd_(forward_speed), bwd_(backward_speed) {
+    : rt_(rt),
+      dht_(dht),
+      experts_(hosted_by(spec, index), spec.hidden),
+      device_(rt, experts_, forward_speed, backward_speed),
+      server_(rt, rpc, device_, server_options(spec)) {
   for (std::uint32_t l = 0; l < spec.layers; ++l)
     for (auto& [uid, server] : dmoe_experts(spec, l))
       if (server == index) mine_.push_back(uid);
-  // The expert protocol (core/moe/protocol.hpp), answered by a compute model: requests run one at
-  // a time in arrival order on the server's device, rows / speed seconds each.
-  const moe::ExpertInfo info{spec.hidden, spec.hidden, false, "modelled"};
-  auto check = [this, info](const std::string& uid, const moe::TensorShape& shape) -> std::optional<Error> {
-    if (std::find_if(mine_.begin(), mine_.end(), [&](const moe::ExpertUid& u) { return u.str() == uid; }) == mine_.end())
-      return Error{ErrorCode::kInvalidArgument, "no expert " + uid + " here"};
-    if (!moe::fits(info, shape.dims)) return Error{ErrorCode::kInvalidArgument, moe::misfit(uid, info, shape.dims)};
-    if (spec_.fail_probability > 0 && rt_.rng.uniform01() < spec_.fail_probability) {
-      rt_.observer.count("dmoe.injected_failures");
-      return Error{ErrorCode::kRejected, "expert " + uid + ": injected failure"};
-    }
-    return std::nullopt;
-  };
-  rpc.serve<moe::InfoRequest, moe::ExpertInfo>([info](const Endpoint&, moe::InfoRequest) -> Task<Result<moe::ExpertInfo>> {
-    co_return info;
-  });
-  rpc.serve<moe::ForwardRequest, moe::TensorReply>(
-      [this, check](const Endpoint&, moe::ForwardRequest q) -> Task<Result<moe::TensorReply>> {
-        if (auto e = check(q.uid, q.shape)) co_return *e;
-        co_await compute(q.shape.dims[0], fwd_);
-        rt_.observer.count("dmoe.server_forwards");
-        co_return moe::TensorReply{q.shape, modelled(q.shape), 0};
-      });
-  rpc.serve<moe::BackwardRequest, moe::TensorReply>(
-      [this, check](const Endpoint&, moe::BackwardRequest q) -> Task<Result<moe::TensorReply>> {
-        if (auto e = check(q.uid, q.input)) co_return *e;
-        if (q.grad.dims != q.input.dims) co_return Error{ErrorCode::kInvalidArgument, "output gradients must match the inputs"};
-        co_await compute(q.input.dims[0], bwd_);
-        rt_.observer.count("dmoe.server_backwards");
-        co_return moe::TensorReply{q.input, modelled(q.input), 0};
-      });
-}
-
-Task<void> DmoeServerApp::compute(std::int64_t rows, double speed) {
-  const double seconds = static_cast<double>(rows) / speed;
-  const TimePoint begin = std::max(rt_.now(), busy_until_);
-  busy_until_ = begin + Duration(static_cast<std::int64_t>(seconds * 1e9));
-  co_await sleep_on(rt_.timers, busy_until_ - rt_.now());
 }
 
 DmoeServerApp::~DmoeServerApp() { scope_.destroy_all(); }
@@ -96,18 +108,26 @@ Task<void> DmoeServerApp::declare_loop() {
 
 DmoeTrainerApp::DmoeTrainerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec,
                                const std::vector<Endpoint>& directory)
-    : rt_(rt), rpc_(rpc), spec_(spec), directory_(directory) {
-  moe::FinderConfig fc;
-  fc.positive_ttl = std::chrono::seconds(30);  // declarations change slowly; reuse prefix reads
-  fc.negative_ttl = std::chrono::seconds(2);   // but look again soon where nothing was declared yet
-  const std::vector<std::uint32_t> grid(spec.grid_dims, spec.grid_side);
-  for (std::uint32_t l = 0; l < spec.layers; ++l)
-    finders_.push_back(std::make_unique<moe::ExpertFinder>(rt, dht, layer_prefix(l), grid, fc));
+    : rt_(rt), spec_(spec), directory_(directory) {
+  for (std::uint32_t l = 0; l < spec.layers; ++l) {
+    moe::MixtureConfig mc;
+    mc.prefix = layer_prefix(l);
+    mc.grid.assign(spec.grid_dims, spec.grid_side);
+    mc.routing = spec.routing;
+    mc.k = spec.k;
+    mc.k_min = spec.k_min;
+    mc.forward_timeout = mc.backward_timeout = spec.timeout;
+    mc.grace = spec.grace;
+    mc.searches = 2;
+    mc.finder.positive_ttl = std::chrono::seconds(30);  // declarations change slowly; reuse prefix reads
+    mc.finder.negative_ttl = std::chrono::seconds(2);   // but look again soon where nothing was declared yet
+    layers_.push_back(std::make_unique<moe::MixtureRouter>(rt, rpc, dht, mc));
+  }
 }
 
 DmoeTrainerApp::~DmoeTrainerApp() {
   scope_.destroy_all();
-  calls_.destroy_all();
+  layers_.clear();
 }
 
 void DmoeTrainerApp::begin() {
@@ -144,79 +164,49 @@ Task<void> DmoeTrainerApp::worker() {
   }
 }
 
-namespace {
-
-// Calls every expert at once by the protocol's messages and sizes (a forward sends the inputs, a
-// backward the inputs and the output gradients) and waits by the mixture's quorum rule; returns
-// who answered. Calls still in flight at the return finish (or time out) in `scope`.
-Task<std::vector<bool>> call_all(Runtime& rt, Rpc& rpc, TaskScope& scope, std::vector<moe::FoundExpert> experts, bool backward,
-                                 std::uint32_t rows, std::uint32_t hidden, std::size_t min_answers, Duration grace,
-                                 Duration timeout) {
-  const moe::TensorShape shape = rows_of(rows, hidden);
-  std::function<Task<Result<moe::TensorReply>>(std::size_t)> call = [&rpc, experts, shape, backward, timeout](std::size_t j) {
-    if (backward) {
-      moe::BackwardRequest q{experts[j].uid, shape, shape, 0, Payload::size_only(2 * modelled(shape).size()), 0, modelled(shape).size()};
-      return rpc.call<moe::TensorReply>(experts[j].server, std::move(q), timeout);
-    }
-    moe::ForwardRequest q{experts[j].uid, shape, 0, modelled(shape), 0};
-    return rpc.call<moe::TensorReply>(experts[j].server, std::move(q), timeout);
-  };
-  std::function<bool(std::size_t, const Result<moe::TensorReply>&)> accept = [shape](std::size_t, const Result<moe::TensorReply>& r) {
-    return r.ok() && r->shape.dims == shape.dims;
-  };
-  const moe::QuorumRule rule{min_answers, grace, timeout};
-  Task<std::vector<std::optional<Result<moe::TensorReply>>>> quorum =
-      moe::call_quorum<moe::TensorReply>(rt, scope, experts.size(), std::move(call), std::move(accept), rule);
-  std::vector<std::optional<Result<moe::TensorReply>>> replies = co_await std::move(quorum);
-  std::vector<bool> out;
-  for (const auto& r : replies) out.push_back(r && r->ok() && (*r)->shape.dims == shape.dims);
-  co_return out;
+// The gate is not modelled: its scores are drawn at random, one row for the whole batch with
+// batch routing (every sample then has the batch's scores), one row per sample otherwise.
+moe::GateScores DmoeTrainerApp::draw_scores() {
+  const std::size_t width = static_cast<std::size_t>(spec_.grid_dims) * spec_.grid_side;
+  moe::GateScores g{spec_.batch_size, std::vector<float>(spec_.batch_size * width)};
+  const std::size_t drawn = spec_.routing == moe::Routing::kBatch ? 1 : spec_.batch_size;
+  for (std::size_t b = 0; b < drawn; ++b)
+    for (std::size_t c = 0; c < width; ++c) g.values[b * width + c] = static_cast<float>(rt_.rng.normal(0, 1));
+  for (std::size_t b = drawn; b < spec_.batch_size; ++b)
+    std::copy_n(g.values.begin(), width, g.values.begin() + static_cast<std::ptrdiff_t>(b * width));
+  return g;
 }
 
-}  // namespace
-
 Task<bool> DmoeTrainerApp::dmoe_batch() {
-  std::vector<std::vector<moe::FoundExpert>> used(spec_.layers);
-  for (std::uint32_t l = 0; l < spec_.layers; ++l) {
-    std::vector<moe::FoundExpert> answered;
-    for (int attempt = 0; attempt < 2 && answered.size() < spec_.k_min; ++attempt) {
-      std::vector<std::vector<float>> scores(spec_.grid_dims, std::vector<float>(spec_.grid_side));
-      for (auto& d : scores)
-        for (auto& v : d) v = static_cast<float>(rt_.rng.normal(0, 1));
-      std::vector<moe::FoundExpert> chosen = co_await finders_[l]->find_best(std::move(scores), spec_.k);
-      if (chosen.empty()) break;
-      std::vector<moe::FoundExpert> calls = chosen;
-      std::vector<bool> ok = co_await call_all(rt_, rpc_, calls_, std::move(calls), false, spec_.batch_size, spec_.hidden, spec_.k_min,
-                                               spec_.grace, spec_.timeout);
-      answered.clear();
-      for (std::size_t j = 0; j < chosen.size(); ++j)
-        if (ok[j]) answered.push_back(chosen[j]);
-      rt_.observer.count("dmoe.expert_failures", static_cast<std::int64_t>(chosen.size() - answered.size()));
-    }
-    if (answered.empty() || answered.size() < std::min<std::size_t>(spec_.k_min, spec_.k)) co_return false;
-    used[l] = std::move(answered);
+  SizedTensors tensors(spec_.hidden);
+  std::vector<moe::MixturePlan> plans;
+  for (std::uint32_t l = 0; l < spec_.layers; ++l) {  // forward through every layer
+    Result<moe::MixturePlan> plan = co_await layers_[l]->forward(draw_scores(), tensors);
+    if (!plan.ok()) co_return false;
+    plans.push_back(std::move(*plan));
   }
-  for (std::uint32_t l = spec_.layers; l-- > 0;) {
-    std::vector<moe::FoundExpert> calls = used[l];
-    std::vector<bool> ok = co_await call_all(rt_, rpc_, calls_, std::move(calls), true, spec_.batch_size, spec_.hidden, used[l].size(),
-                                             Duration::zero(), spec_.timeout);
-    (void)ok;  // an expert that fails in the backward contributes no gradient, like dropout
+  for (std::uint32_t l = spec_.layers; l-- > 0;) {  // then backward in reverse
+    // An expert that fails in the backward contributes no gradient, like dropout.
+    std::vector<bool> ok = co_await layers_[l]->backward(std::move(plans[l]), tensors);
+    (void)ok;
   }
   co_return true;
 }
 
 Task<bool> DmoeTrainerApp::chain_batch() {
-  std::vector<moe::FoundExpert> blocks;
-  for (std::uint32_t l = 0; l < spec_.layers; ++l) {
+  SizedTensors tensors(spec_.hidden);
+  std::vector<std::int64_t> rows(spec_.batch_size);
+  for (std::uint32_t b = 0; b < spec_.batch_size; ++b) rows[b] = b;
+  std::vector<moe::MixturePlan> blocks(spec_.layers);
+  for (std::uint32_t l = 0; l < spec_.layers; ++l) {  // forward through the chain, one block after another
     const auto experts = dmoe_experts(spec_, l);
-    blocks.push_back(moe::FoundExpert{experts[0].first.str(), directory_[experts[0].second], 0});
+    blocks[l].calls.push_back(moe::ExpertCall{moe::FoundExpert{experts[0].first.str(), directory_[experts[0].second], 0}, rows, 0, 0});
+    std::vector<moe::ExpertCall> one = blocks[l].calls;
+    std::vector<bool> ok = co_await layers_[l]->call(std::move(one), 1, tensors);
+    if (!ok[0]) co_return false;
   }
-  for (std::uint32_t step = 0; step < 2 * spec_.layers; ++step) {  // forward through the chain, then back
-    const bool backward = step >= spec_.layers;
-    const std::uint32_t l = backward ? 2 * spec_.layers - 1 - step : step;
-    std::vector<moe::FoundExpert> one{blocks[l]};
-    std::vector<bool> ok = co_await call_all(rt_, rpc_, calls_, std::move(one), backward, spec_.batch_size, spec_.hidden, 1,
-                                             Duration::zero(), spec_.timeout);
+  for (std::uint32_t l = spec_.layers; l-- > 0;) {  // then back
+    std::vector<bool> ok = co_await layers_[l]->backward(std::move(blocks[l]), tensors);
     if (!ok[0]) co_return false;
   }
   co_return true;
@@ -264,6 +254,13 @@ class DmoeWorkload final : public Workload {
   bool started_ = false;
 };
 
+// Batching at the expert servers, the same keys in every world.
+void parse_server(Scenario& s, moe::ServerOptions& o) {
+  o.max_batch = s.get_int("dmoe.max_batch", o.max_batch, 1, 1 << 24);
+  o.min_batch = s.get_int("dmoe.min_batch", o.min_batch, 1, 1 << 24);
+  o.batch_wait = s.get_duration("dmoe.batch_wait", o.batch_wait);
+}
+
 void parse_dmoe_torch(Scenario& s, DmoeTorchSpec& d) {
   d.servers = static_cast<std::uint32_t>(s.get_int("dmoe.servers", d.servers, 1, 256));
   d.grid_side = static_cast<std::uint32_t>(s.get_int("dmoe.grid_side", d.grid_side, 1, 256));
@@ -278,6 +275,7 @@ void parse_dmoe_torch(Scenario& s, DmoeTorchSpec& d) {
   d.forward_timeout = s.get_duration("dmoe.forward_timeout", d.forward_timeout);
   d.backward_timeout = s.get_duration("dmoe.backward_timeout", d.backward_timeout);
   d.fail_probability = s.get_double("dmoe.fail_probability", d.fail_probability, 0, 1);
+  parse_server(s, d.server);
   d.codec = s.get_string("dmoe.codec", d.codec, {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
   d.steps = static_cast<std::uint32_t>(s.get_int("dmoe.steps", d.steps, 1, 10'000'000));
   d.batch_size = static_cast<std::uint32_t>(s.get_int("dmoe.batch_size", d.batch_size, 1, 1 << 16));
@@ -299,6 +297,8 @@ void parse_dmoe_sim(Scenario& s, const SwarmSpec& spec, DmoeSimSpec& d) {
   d.k = static_cast<std::uint32_t>(s.get_int("dmoe.k", d.k, 1, 256));
   d.k_min = static_cast<std::uint32_t>(s.get_int("dmoe.k_min", d.k_min, 1, 256));
   if (d.k_min > d.k) s.fail("dmoe.k_min", "must not exceed dmoe.k");
+  d.routing = *moe::parse_routing(s.get_string("dmoe.routing", moe::to_string(d.routing), {"batch", "sample", "switch"}));
+  parse_server(s, d.server);
   d.batch_size = static_cast<std::uint32_t>(s.get_int("dmoe.batch_size", d.batch_size, 1, 1 << 20));
   d.hidden = static_cast<std::uint32_t>(s.get_int("dmoe.hidden", d.hidden, 1, 1 << 20));
   d.concurrency = static_cast<std::uint32_t>(s.get_int("dmoe.concurrency", d.concurrency, 1, 4096));
@@ -324,7 +324,7 @@ void summarize_dmoe(std::FILE* f, const Metrics& m, const RunInfo& info) {
   if (info.figures.count("throughput_samples_per_second"))
     std::fprintf(
         f, "  dmoe: %.1f samples/s trained (forward and backward), %.2f s per batch; %lld expert calls unanswered, %lld batches failed\n",
-        fig("throughput_samples_per_second"), fig("batch_seconds_mean"), static_cast<long long>(m.counter("dmoe.expert_failures")),
+        fig("throughput_samples_per_second"), fig("batch_seconds_mean"), static_cast<long long>(m.counter("moe.expert_failures")),
         static_cast<long long>(m.counter("dmoe.failed_batches")));
   if (info.figures.count("final_accuracy"))
     std::fprintf(f, "  dmoe: %.0f steps, %.2f steps/s; test accuracy %.1f%%\n", fig("steps"), fig("steps_per_second"),

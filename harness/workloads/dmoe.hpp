@@ -15,12 +15,15 @@
 // Throughput: samples whose forward and backward completed, per second.
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/dht/node.hpp"
 #include "core/moe/experts.hpp"
+#include "core/moe/mixture.hpp"
 #include "core/moe/protocol.hpp"
+#include "core/moe/server.hpp"
 #include "core/runtime/rpc.hpp"
 #include "harness/units.hpp"
 #include "harness/workload.hpp"
@@ -33,6 +36,7 @@ struct DmoeSimSpec {
   std::uint32_t layers = 4;
   std::uint32_t grid_side = 8, grid_dims = 2;
   std::uint32_t k = 4, k_min = 2;
+  moe::Routing routing = moe::Routing::kBatch;  // batch | sample | switch (the gate's scores are drawn at random)
   std::uint32_t batch_size = 64;
   std::uint32_t hidden = 1024;  // floats per sample on the wire
   std::uint32_t concurrency = 1;
@@ -42,6 +46,7 @@ struct DmoeSimSpec {
   Duration grace = std::chrono::milliseconds(200);
   Duration start = std::chrono::seconds(10);  // trainers begin (after the DHT joins)
   double fail_probability = 0;  // a request fails (an error reply)
+  moe::ServerOptions server;    // batching at the expert servers
 };
 
 // LibTorch DMoE as separate live processes (live.processes = true): expert-server processes and
@@ -56,6 +61,7 @@ struct DmoeTorchSpec {
   Duration forward_timeout = std::chrono::seconds(5);
   Duration backward_timeout = std::chrono::seconds(5);
   double fail_probability = 0;  // per expert request
+  moe::ServerOptions server;    // batching at the expert servers
   std::string codec = "float32";  // tensors to and from experts, as averaging's codecs
   std::uint32_t steps = 300, batch_size = 64, eval_every = 50;
   std::uint64_t eval_samples = 2000, train_samples = 0;
@@ -69,7 +75,9 @@ struct DmoeWorkloadConfig final : WorkloadConfig {
   DmoeTorchSpec torch;  // live.processes
 };
 
-// An expert server: hosts its share of every layer's experts on one device (a compute model).
+// An expert server: hosts its share of every layer's experts on one device. It serves the
+// expert protocol through core/moe/server.hpp (batching included), with a device model as the
+// backend: rows / speed seconds per batch, size-only answers of the modelled sizes.
 class DmoeServerApp final : public PeerApp {
  public:
   DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec, std::uint32_t index,
@@ -78,19 +86,29 @@ class DmoeServerApp final : public PeerApp {
   void joined() override;  // declares its experts (and again before they expire)
 
  private:
+  // The experts' math, modelled: every answer is a size-only tensor of the input's shape.
+  class SizedExperts final : public moe::ExpertBackend {
+   public:
+    SizedExperts(std::set<std::string> uids, std::uint32_t hidden) : uids_(std::move(uids)), hidden_(hidden) {}
+    std::optional<moe::ExpertInfo> info(const std::string& uid) override;
+    Task<void> run(const std::string& uid, bool backward, std::vector<moe::ExpertJob*> jobs) override;
+
+   private:
+    std::set<std::string> uids_;
+    std::uint32_t hidden_;
+  };
   Task<void> declare_loop();
-  Task<void> compute(std::int64_t rows, double speed);  // the device, one request at a time
   Runtime& rt_;
   dht::DhtNode& dht_;
-  const DmoeSimSpec& spec_;
-  std::uint32_t index_;
-  double fwd_, bwd_;
-  TimePoint busy_until_{};
   std::vector<moe::ExpertUid> mine_;
+  SizedExperts experts_;
+  moe::TimedBackend device_;
+  moe::ExpertServer server_;
   TaskScope scope_;
 };
 
-// A trainer: runs batches through the model, forever (the run's duration ends it).
+// A trainer: runs batches through the model, forever (the run's duration ends it). Its mixture
+// layers are core/moe/mixture.hpp's router, the same as the LibTorch remote mixture's.
 class DmoeTrainerApp final : public PeerApp {
  public:
   DmoeTrainerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec, const std::vector<Endpoint>& directory);
@@ -105,12 +123,11 @@ class DmoeTrainerApp final : public PeerApp {
   Task<void> worker();
   Task<bool> dmoe_batch();
   Task<bool> chain_batch();
+  moe::GateScores draw_scores();
   Runtime& rt_;
-  Rpc& rpc_;
   const DmoeSimSpec& spec_;
   const std::vector<Endpoint>& directory_;
-  std::vector<std::unique_ptr<moe::ExpertFinder>> finders_;  // one per layer
-  TaskScope calls_;  // expert calls that outlive their batch (answers after the grace period)
+  std::vector<std::unique_ptr<moe::MixtureRouter>> layers_;
   TaskScope scope_;
 };
 

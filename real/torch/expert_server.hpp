@@ -1,44 +1,30 @@
 #pragma once
-// An expert server in LibTorch: hosts experts (real/torch/experts.hpp) and serves the expert
-// protocol (core/moe/protocol.hpp: info, forward, backward, any codec) over the RPC layer.
-// Experts train asynchronously: a backward request recomputes the forward with gradients (or
-// reuses kept activations), back-propagates the client's output gradients, returns the input
-// gradients and steps the expert's optimizer. A wrong input shape gets an error reply; the server
-// keeps serving.
+// LibTorch experts behind the expert server of core/moe/server.hpp: TorchExperts is the backend
+// that computes a batch on real modules, and ExpertServer bundles it with the protocol server.
+// Experts train asynchronously: a backward recomputes the forward with gradients (or reuses the
+// activations a lone forward kept), back-propagates the client's output gradients, returns the
+// input gradients and steps the expert's optimizer, once per batch. A request that does not
+// decode gets an error reply; the server keeps serving.
 #include <torch/torch.h>
 
-#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <tuple>
 
-#include "core/moe/protocol.hpp"
+#include "core/moe/server.hpp"
 #include "core/runtime/rpc.hpp"
 #include "real/torch/experts.hpp"
 
 namespace apiary::real {
 
 using moe::ExpertInfo;
+using moe::ServerOptions;
 
-// Batching: requests to one expert queue up (forward and backward in separate lanes); the server
-// runs them as one batch — the oldest first, up to max_batch rows — and, while fewer than
-// min_batch rows wait, holds the oldest up to batch_wait for company. A batch of one forward
-// keeps its activations for the backward; larger batches are recomputed in the backward (one
-// forward and backward for the whole batch, then one optimizer step).
-struct ServerOptions {
-  std::int64_t max_batch = 4096;  // rows
-  std::int64_t min_batch = 1;
-  Duration batch_wait = Duration::zero();
-  double fail_probability = 0;  // failure injection: a request fails (an error reply) with this probability
-};
-
-class ExpertServer {
+class TorchExperts final : public moe::ExpertBackend {
  public:
-  ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options = {});
-  ~ExpertServer();
+  explicit TorchExperts(Runtime& rt) : rt_(rt) {}
   void add(std::string uid, HostedExpert expert);
   HostedExpert* find(const std::string& uid);
   // Checkpoints: every expert's parameters to DIR/<uid>.pt, and back.
@@ -47,10 +33,13 @@ class ExpertServer {
   std::size_t kept() const { return kept_.size(); }
   static ExpertInfo info_of(const HostedExpert& e);
 
+  std::optional<ExpertInfo> info(const std::string& uid) override;
+  Task<void> run(const std::string& uid, bool backward, std::vector<moe::ExpertJob*> jobs) override;
+
  private:
-  // Activations of forwards a client will back-propagate through (from RemoteExpert::forward):
-  // the backward then skips recomputing the forward. Bounded in time and count; if the expert's
-  // parameters changed meanwhile, the backward recomputes.
+  // Activations of a lone forward a client will back-propagate through (keep != 0): its backward
+  // then skips recomputing the forward. Bounded in time and count; if the expert's parameters
+  // changed meanwhile, the backward recomputes.
   struct Kept {
     torch::Tensor x, y;
     TimePoint at;
@@ -59,23 +48,33 @@ class ExpertServer {
   static constexpr std::size_t kMaxKept = 256;
   void keep(const Endpoint& from, const std::string& uid, std::uint64_t id, torch::Tensor x, torch::Tensor y);
   std::optional<std::pair<torch::Tensor, torch::Tensor>> take(const Endpoint& from, const std::string& uid, std::uint64_t id);
-
-  struct Job;  // one request waiting in a lane (real/torch/expert_server.cpp)
-  using Lane = std::pair<std::string, bool>;  // expert uid, backward
-  Task<Result<moe::TensorReply>> enqueue(std::string uid, bool backward, std::shared_ptr<Job> job);
-  void schedule(const Lane& key);
-  void run_batch(const Lane& key);
-  void forward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs);
-  void backward_batch(const std::string& uid, HostedExpert& e, std::vector<std::shared_ptr<Job>>& jobs);
+  struct Decoded {
+    moe::ExpertJob* job;
+    torch::Tensor x, g;
+  };
+  void forward_batch(const std::string& uid, HostedExpert& e, std::vector<Decoded>& jobs);
+  void backward_batch(const std::string& uid, HostedExpert& e, std::vector<Decoded>& jobs);
 
   Runtime& rt_;
-  ServerOptions opt_;
-  std::map<Lane, std::deque<std::shared_ptr<Job>>> lanes_;
-  std::set<Lane> scheduled_;
-  Notifier arrivals_;
   std::map<std::string, HostedExpert> experts_;
   std::map<std::tuple<Endpoint, std::string, std::uint64_t>, Kept> kept_;
-  TaskScope scope_;
+};
+
+// LibTorch experts served over the expert protocol.
+class ExpertServer {
+ public:
+  ExpertServer(Runtime& rt, Rpc& rpc, ServerOptions options = {}) : experts_(rt), server_(rt, rpc, experts_, options) {}
+  void add(std::string uid, HostedExpert expert) { experts_.add(std::move(uid), std::move(expert)); }
+  HostedExpert* find(const std::string& uid) { return experts_.find(uid); }
+  void save(const std::string& dir) { experts_.save(dir); }
+  void load(const std::string& dir) { experts_.load(dir); }
+  std::size_t kept() const { return experts_.kept(); }
+  static ExpertInfo info_of(const HostedExpert& e) { return TorchExperts::info_of(e); }
+  TorchExperts& experts() { return experts_; }
+
+ private:
+  TorchExperts experts_;
+  moe::ExpertServer server_;
 };
 
 }  // namespace apiary::real

@@ -26,6 +26,7 @@
 
 #include "core/averaging/partition.hpp"
 #include "core/moe/experts.hpp"
+#include "core/moe/mixture.hpp"
 #include "core/moe/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 #include "real/torch/expert_server.hpp"
@@ -55,8 +56,6 @@ class RemoteExpert : public torch::nn::Module {
   std::uint64_t next_keep() { return next_keep_++; }
   // The expert's input/output schema (throws std::runtime_error on failure).
   ExpertInfo info();
-  // The forward call as a task, for callers that run many at once.
-  Task<Result<moe::TensorReply>> start_forward(torch::Tensor x, std::uint64_t keep, Duration timeout);
   // Forward and backward as tasks returning tensors (errors as values: an error reply, a
   // timeout, a reply that is not a tensor).
   Task<Result<torch::Tensor>> forward_async(torch::Tensor x, std::uint64_t keep, Duration timeout);
@@ -73,14 +72,14 @@ class RemoteExpert : public torch::nn::Module {
   averaging::CodecPolicy codec_;
 };
 
-// A mixture-of-experts layer whose experts live on other peers (Learning@home's DMoE layer).
-// The gate scores every grid coordinate per sample; the layer finds the k best alive experts for
-// the batch (the batch-mean gate scores, through the DHT beam search), calls them all in parallel,
-// waits for at least k_min answers (then at most timeout_after_k_min for the rest, never past
-// forward_timeout), and mixes the answers by the softmax of each sample's gate scores over the
-// experts that answered. With fewer than k_min answers it searches again without the experts
-// that failed. Backward asks each answering expert for input gradients (within
-// backward_timeout; an expert that fails then contributes none, like dropout).
+// A mixture-of-experts layer whose experts live on other peers (Learning@home's DMoE layer). The
+// gate scores every grid coordinate per sample; routing, the parallel expert calls with their
+// k_min / grace / timeout rule, searching again past failures and the parallel backward are
+// core/moe/mixture.hpp's router, the same code the simulated trainers run. This module adds the
+// math: it mixes the answers by the softmax of each sample's gate scores over its experts that
+// answered (switch routing: each sample's one expert, scaled by the gate's probability of it, and
+// a load-balancing loss), differentiably in the gate and the inputs. An expert that fails in the
+// backward contributes no gradient, like dropout.
 struct MoeOptions {
   std::string prefix = "ffn";
   std::vector<std::uint32_t> grid;
@@ -110,7 +109,7 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   torch::nn::Linear gate{nullptr};
   // Which experts answered the last forward (for tests and logs).
   const std::vector<std::string>& last_responders() const { return last_responders_; }
-  // Per-sample routing: the experts each sample of the last forward was sent to, best first.
+  // The experts each sample of the last forward was sent to, best first.
   const std::vector<std::vector<std::string>>& last_routes() const { return last_routes_; }
   // Switch routing: sum over grid dimensions d of g_d * sum_i f_{d,i} P_{d,i} / dims, where f is
   // the share of samples routed to coordinate i and P the gate's mean probability of it (1 when
@@ -120,14 +119,10 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   struct CallSet;  // the experts of one forward, for its backward (real/torch/mixture.cpp)
 
  private:
-  torch::Tensor forward_per_sample(const torch::Tensor& x, const std::vector<torch::Tensor>& per_dim);
   Runtime& rt_;
-  Rpc& rpc_;
   MoeOptions opt_;
   RemoteExpert::Drive drive_;
-  moe::ExpertFinder finder_;
-  std::vector<std::unique_ptr<RemoteExpert>> experts_;  // the remote ends of the last calls
-  std::deque<std::unique_ptr<RemoteExpert>> retired_;    // those of earlier forwards, for late backwards
+  moe::MixtureRouter router_;
   std::vector<std::string> last_responders_;
   std::vector<std::vector<std::string>> last_routes_;
   torch::Tensor balance_loss_;

@@ -384,6 +384,9 @@ int run_expert_server(const DmoeOptions& o) {
   n.join(o.join);
   ServerOptions so;
   so.fail_probability = o.fail_probability;
+  so.max_batch = o.max_batch;
+  so.min_batch = o.min_batch;
+  so.batch_wait = Duration(static_cast<std::int64_t>(o.batch_wait_ms * 1e6));
   ExpertServer server(*n.rt, *n.rpc, so);
   std::vector<moe::ExpertUid> mine;
   for (const auto& u : o.uids) {

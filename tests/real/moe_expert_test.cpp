@@ -487,3 +487,73 @@ TEST(RemoteExpert, CompressedTensorsStayWithinTheCodecsBound) {
 
 }  // namespace
 }  // namespace apiary::real
+
+// Real math in simulated time: LibTorch experts behind the device model (moe::TimedBackend) on
+// the fake network, whose clock is simulated. The mixture's answer is exactly the local mixture
+// of the same experts, and the run's simulated time includes the device's rows / speed.
+#include "tests/support/fake_dht.hpp"
+
+namespace apiary::real {
+namespace {
+
+TEST(RemoteMixture, RealMathInSimulatedTimeBehindADeviceModel) {
+  torch::manual_seed(11);
+  dht::DhtConfig cfg;
+  cfg.k = 8;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  test::FakeDhtSwarm s(4, cfg, {}, 700);
+  s.join_all(false);
+  const std::vector<std::vector<std::uint32_t>> cells{{0, 0}, {1, 1}, {2, 2}};
+  std::vector<std::unique_ptr<TorchExperts>> experts;
+  std::vector<std::unique_ptr<moe::TimedBackend>> devices;
+  std::vector<std::unique_ptr<moe::ExpertServer>> servers;
+  for (std::size_t i = 0; i < 3; ++i) {
+    experts.push_back(std::make_unique<TorchExperts>(s.fake[i].runtime()));
+    const moe::ExpertUid uid{"ffn", cells[i]};
+    experts.back()->add(uid.str(), make_ffn_expert(8, 16, 0.1));
+    // 1,000 rows/s forward, 500 backward.
+    devices.push_back(std::make_unique<moe::TimedBackend>(s.fake[i].runtime(), *experts.back(), 1000, 500));
+    servers.push_back(std::make_unique<moe::ExpertServer>(s.fake[i].runtime(), *s.rpcs[i], *devices.back()));
+    std::vector<moe::ExpertUid> mine{uid};
+    s.run(moe::declare_experts(*s.nodes[i], mine, s.fake[i].local(), s.fake.net.now() + std::chrono::hours(1)));
+  }
+  MoeOptions o;
+  o.grid = {3, 3};
+  o.dim = 8;
+  o.k_best = 3;
+  o.k_min = 3;
+  RemoteExpert::Drive drive = [&s](const std::function<bool()>& done) { s.fake.net.run(std::chrono::hours(1), done); };
+  RemoteMixtureOfExperts moe(s.fake[3].runtime(), *s.rpcs[3], *s.nodes[3], o, drive);
+  const torch::Tensor x = torch::randn({16, 8});
+  const TimePoint t0 = s.fake.net.now();
+  const torch::Tensor y = moe->forward(x);
+  const Duration took = s.fake.net.now() - t0;
+  ASSERT_EQ(moe->last_responders().size(), 3u);
+  // The same mixture, computed here: softmax over the three experts of the summed gate scores.
+  torch::Tensor want;
+  {
+    torch::NoGradGuard g;
+    const torch::Tensor logits = moe->gate(x);
+    std::vector<torch::Tensor> scores, outs;
+    for (std::size_t i = 0; i < 3; ++i) {
+      scores.push_back(logits.select(1, cells[i][0]) + logits.select(1, 3 + cells[i][1]));
+      outs.push_back(experts[i]->find(moe::ExpertUid{"ffn", cells[i]}.str())->forward(x));
+    }
+    const torch::Tensor w = torch::softmax(torch::stack(scores, 1), 1);
+    want = torch::zeros_like(x);
+    for (std::size_t i = 0; i < 3; ++i) want += w.select(1, static_cast<std::int64_t>(i)).unsqueeze(1) * outs[i];
+  }
+  EXPECT_TRUE(torch::allclose(y, want, 1e-5, 1e-6)) << (y - want).abs().max().item<float>();
+  EXPECT_GE(took, std::chrono::milliseconds(16)) << "16 rows at 1,000 rows/s on each server's device";
+  // The backward reaches every expert (the inputs need no gradient, the experts still learn),
+  // which steps once; simulated time includes 32 ms of device.
+  const TimePoint t1 = s.fake.net.now();
+  y.sum().backward();
+  EXPECT_GE(s.fake.net.now() - t1, std::chrono::milliseconds(32));
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(experts[i]->find(moe::ExpertUid{"ffn", cells[i]}.str())->updates, 1u);
+  EXPECT_GT(moe->gate->weight.grad().abs().sum().item<float>(), 0);
+}
+
+}  // namespace
+}  // namespace apiary::real

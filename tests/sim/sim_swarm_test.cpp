@@ -355,7 +355,7 @@ TEST(SimDmoe, ThroughputAgainstHopDelayAndFailures) {
   EXPECT_GT(dm, mp);
   Metrics f;
   sim::run_sim_swarm(spec_of(kDmoe, {"dmoe.fail_probability=0.2"}), f);
-  EXPECT_GT(f.counter("dmoe.injected_failures"), 10);
+  EXPECT_GT(f.counter("moe.injected_failures"), 10);
   EXPECT_GT(f.counter("dmoe.samples"), 0) << "failed experts are skipped";
   Metrics a, b;
   sim::run_sim_swarm(spec_of(kDmoe, {"network.hop_delay.dist=exponential", "network.hop_delay.mean=20ms"}), a);
