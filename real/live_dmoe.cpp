@@ -114,23 +114,16 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
                         }});
   churn.begin(0, Duration::zero(), d.servers);
   int trainer_status = -1;
-  boost::asio::steady_timer tick(io);
-  std::function<void()> look = [&] {
+  every(io, std::chrono::milliseconds(100), [&] {
     while (auto r = children.reap_one())
       if (r->first == trainer) trainer_status = r->second;
     const double f = to_seconds(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start)) / to_seconds(spec.duration);
     if (progress) progress(std::min(1.0, f));
-    if (trainer_status >= 0 || f > 1.05) {
-      if (trainer_status < 0) kill(trainer, SIGKILL);
-      io.stop();
-      return;
-    }
-    tick.expires_after(std::chrono::milliseconds(100));
-    tick.async_wait([&](boost::system::error_code ec) {
-      if (!ec) look();
-    });
-  };
-  look();
+    if (trainer_status < 0 && f <= 1.05) return true;
+    if (trainer_status < 0) kill(trainer, SIGKILL);
+    io.stop();
+    return false;
+  });
   io.run();
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   children.terminate_all();
@@ -160,19 +153,11 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   info.figures["steps"] = d.steps;
   info.figures["steps_per_second"] = info.figures["train_seconds"] > 0 ? d.steps / info.figures["train_seconds"] : 0;
   if (d.baseline) {
-    const std::string bout = dir + "/baseline.jsonl";
     DmoeOptions bo = base;
-    bo.out = bout;
-    const auto ba = to_args("apiary-train", "dmoe-baseline", bo);
-    children.spawn(exe.string(), ba, dir + "/baseline.log");
-    std::vector<std::string> failures;
-    if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())
-      throw std::runtime_error("the DMoE baseline failed; see " + dir + "/baseline.log");
-    for (const auto& j : read_json_lines(bout))
-      if (j.value("event", "") == "final") {
-        info.figures["baseline_accuracy"] = j.value("accuracy", 0.0);
-        info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - j.value("accuracy", 0.0));
-      }
+    bo.out = dir + "/baseline.jsonl";
+    const double acc = run_baseline(children, exe.string(), to_args("apiary-train", "dmoe-baseline", bo), bo.out, dir + "/baseline.log");
+    info.figures["baseline_accuracy"] = acc;
+    info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - acc);
   }
   fs::remove_all(dir);
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();

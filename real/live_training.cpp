@@ -126,8 +126,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   for (std::uint32_t i = 0; i < spec.peers; ++i)
     if (!starts_down[i]) start_trainer(i, false);
   churn.begin(std::min(spec.dht.bootstrap_peers, spec.peers), Duration::zero());
-  boost::asio::steady_timer tick(io);
-  std::function<void()> look = [&] {
+  every(io, std::chrono::milliseconds(50), [&] {
     while (auto r = children.reap_one())
       for (auto& inc : incs)
         if (inc.pid == r->first) {
@@ -137,16 +136,10 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     const Duration elapsed = std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
     if (progress) progress(std::min(1.0, to_seconds(elapsed) / to_seconds(spec.duration)));
     const bool any_running = std::any_of(incs.begin(), incs.end(), [](const Incarnation& i) { return i.running; });
-    if ((!any_running && pending == 0) || elapsed >= spec.duration) {
-      io.stop();
-      return;
-    }
-    tick.expires_after(std::chrono::milliseconds(50));
-    tick.async_wait([&](boost::system::error_code ec) {
-      if (!ec) look();
-    });
-  };
-  look();
+    if ((any_running || pending > 0) && elapsed < spec.duration) return true;
+    io.stop();
+    return false;
+  });
   io.run();
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Stop whatever still runs (the seed peer, trainers past the deadline) before the baseline.
@@ -216,19 +209,11 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   info.figures["allreduce_bytes_per_sample"] = samples > 0 ? static_cast<double>(metrics.counter("train.allreduce_bytes")) / samples : 0;
 
   if (t.baseline) {
-    const std::string out = dir + "/baseline.jsonl";
     TrainerOptions bo = base;
-    bo.out = out;
-    const auto args = to_args("apiary-train", "baseline", bo);
-    const pid_t pid = children.spawn(program, args, dir + "/baseline.log");
-    std::vector<std::string> failures;
-    if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())
-      throw std::runtime_error("the baseline (pid " + std::to_string(pid) + ") failed; see " + dir + "/baseline.log");
-    for (const auto& j : read_json_lines(out))
-      if (j.value("event", "") == "final") {
-        info.figures["baseline_accuracy"] = j.value("accuracy", 0.0);
-        info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - j.value("accuracy", 0.0));
-      }
+    bo.out = dir + "/baseline.jsonl";
+    const double acc = run_baseline(children, program, to_args("apiary-train", "baseline", bo), bo.out, dir + "/baseline.log");
+    info.figures["baseline_accuracy"] = acc;
+    info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - acc);
   }
   if (finishers == 0)
     throw std::runtime_error("no trainer reached " + std::to_string(t.steps) + " steps within " +

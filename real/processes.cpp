@@ -176,4 +176,15 @@ std::vector<nlohmann::json> read_json_lines(const std::string& path) {
   return out;
 }
 
+double run_baseline(ChildProcesses& children, const std::string& program, const std::vector<std::string>& args,
+                    const std::string& out, const std::string& log) {
+  const pid_t pid = children.spawn(program, args, log);
+  std::vector<std::string> failures;
+  if (!children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(30), failures) || !failures.empty())
+    throw std::runtime_error("the baseline (pid " + std::to_string(pid) + ") failed; see " + log);
+  for (const auto& j : read_json_lines(out))
+    if (j.value("event", "") == "final") return j.value("accuracy", 0.0);
+  throw std::runtime_error("the baseline wrote no final record; see " + log);
+}
+
 }  // namespace apiary::real

@@ -57,7 +57,11 @@ std::string sibling_program(const std::string& name, const std::string& needs);
 std::string start_seed_peer(ChildProcesses& children, const std::string& host, const std::string& dir);
 // a number as a command-line argument, exactly;
 std::string format_number(double v);
-// the JSON objects of a JSON-lines file (a partial last line, from a killed writer, is skipped).
+// the JSON objects of a JSON-lines file (a partial last line, from a killed writer, is skipped);
 std::vector<nlohmann::json> read_json_lines(const std::string& path);
+// runs a baseline child (the same model trained in one process) to its end, within 30 minutes,
+// and returns the accuracy of its "final" record at `out` (throws naming `log` if it fails).
+double run_baseline(ChildProcesses& children, const std::string& program, const std::vector<std::string>& args,
+                    const std::string& out, const std::string& log);
 
 }  // namespace apiary::real
