@@ -17,6 +17,9 @@ struct TrainerOptions {
   std::uint32_t index = 0;
   bool newcomer = false;        // download the swarm's state before contributing
   std::string role = "full";    // full, client (never reduces nor leads), aux (trains nothing, helps average)
+  std::string mode = "collaborative";  // collaborative | diloco
+  std::uint32_t inner_steps = 50;      // diloco: local steps per outer step
+  double outer_lr = 0.7, outer_momentum = 0.9;
   std::uint64_t seed = 1;       // model initialisation (the same for every trainer) and data order
   std::uint32_t steps = 100;
   std::uint64_t target_batch = 256;
@@ -43,8 +46,12 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--index", o.index, "this trainer's index (data order, logs)");
   v("--newcomer", o.newcomer, "download the swarm's state before contributing");
   v("--role", o.role, "full, client (never reduces or leads) or aux (trains nothing, helps average)");
+  v("--mode", o.mode, "collaborative or diloco");
+  v("--inner-steps", o.inner_steps, "diloco: local steps per outer step");
+  v("--outer-lr", o.outer_lr, "diloco: the outer Nesterov step's learning rate");
+  v("--outer-momentum", o.outer_momentum, "diloco: the outer momentum");
   v("--seed", o.seed, "model initialisation and data order");
-  v("--steps", o.steps, "global steps");
+  v("--steps", o.steps, "global steps (diloco: outer steps)");
   v("--target-batch", o.target_batch, "samples per global step");
   v("--batch-size", o.batch_size, "a local batch");
   v("--hidden", o.hidden, "the MLP's hidden width");

@@ -40,9 +40,6 @@ struct Incarnation {
 
 RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   const auto& t = spec.workload_config<TrainingWorkloadSpec>();
-  if (t.mode != "collaborative")
-    throw std::runtime_error("LibTorch trainer processes run the collaborative mode only; without live.processes, DiLoCo runs "
-                             "live in one process");
   const std::string program = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
   const auto wall0 = std::chrono::steady_clock::now();
   char tmpl[] = "/tmp/apiary-train-XXXXXX";
@@ -67,6 +64,10 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   base.eval_samples = t.eval_samples;
   base.eval_every = t.eval_every;
   base.dataset_dir = t.dataset_dir;
+  base.mode = t.mode;
+  base.inner_steps = static_cast<std::uint32_t>(t.inner_steps);
+  base.outer_lr = t.outer_lr;
+  base.outer_momentum = t.outer_momentum;
   const std::vector<double> speeds = device_speeds(spec);
   const std::vector<averaging::MemberKind> roles = training_roles(spec);
   std::vector<Incarnation> incs;
@@ -163,7 +164,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         metrics.count("train.allreduce_bytes", j.value("bytes_sent", 0LL));
         metrics.count("train.samples", j.value("samples", 0LL));
         metrics.sample("train.step.seconds", j.value("seconds", 0.0));
-        metrics.sample("train.step.global_batch", j.value("global_batch", 0.0));
+        if (j.contains("global_batch")) metrics.sample("train.step.global_batch", j.value("global_batch", 0.0));
         metrics.sample("train.step.group", j.value("group", 0.0));
         max_epoch = std::max<std::uint64_t>(max_epoch, j.value("epoch", 0ULL) + 1);
       } else if (ev == "joined") {
@@ -211,6 +212,12 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   if (t.baseline) {
     TrainerOptions bo = base;
     bo.out = dir + "/baseline.jsonl";
+    if (t.mode == "diloco") {  // as many samples in one process: the trainers' batches together, H steps per round
+      std::uint64_t trainers = 0;
+      for (auto k : roles) trainers += k == averaging::MemberKind::kAux ? 0 : 1;
+      bo.steps = t.steps * static_cast<std::uint32_t>(t.inner_steps);
+      bo.target_batch = trainers * t.batch_size;
+    }
     const double acc = run_baseline(children, program, to_args("apiary-train", "baseline", bo), bo.out, dir + "/baseline.log");
     info.figures["baseline_accuracy"] = acc;
     info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - acc);

@@ -6,6 +6,13 @@
 //
 // With H = 1, an outer learning rate of 1 and no momentum, the outer step lands on the average of
 // the peers' parameters after their local step: per-step parameter averaging.
+//
+// Roles, as in collaborative training: a client trains and sends its pseudo-gradients but never
+// reduces a part nor leads a group (it cannot accept connections); an auxiliary peer trains
+// nothing and lends its bandwidth: it reduces parts of each round's all-reduce (assist()). To
+// follow the rounds it reads the round every trainer announces in the DHT as it enters an outer
+// step (announce_round), and takes their median, so a few peers announcing wrong rounds cannot
+// lead it astray.
 #include "core/averaging/allreduce.hpp"
 #include "core/averaging/matchmaking.hpp"
 
@@ -20,6 +27,9 @@ struct DilocoConfig {
   averaging::MatchmakingConfig matchmaking;
   averaging::AllReduceConfig allreduce;
   double bandwidth = 1.0;  // this peer's share in bandwidth-aware all-reduce parts (only ratios matter)
+  averaging::MemberKind role = averaging::MemberKind::kFull;
+  bool announce_round = false;  // trainers: announce each outer round (needed when auxiliary peers take part)
+  Duration announce_ttl = std::chrono::minutes(10);
 };
 
 struct OuterReport {
@@ -38,12 +48,17 @@ class DilocoOptimizer {
   // Call after each inner step; true when H inner steps are done and outer_step() is due.
   bool inner_step_done(std::uint64_t samples);
   // Averages the pseudo-gradients and applies the outer step; parameters() then hold the new
-  // global parameters (the same on every peer of the group).
+  // global parameters (the same on every peer of the group). Not for an auxiliary peer.
   Task<Result<OuterReport>> outer_step();
+  // An auxiliary peer's share of the swarm's current round: reduce a part of its all-reduce.
+  // kRejected while the trainers have not reached this peer's next round yet (look again later).
+  Task<Result<OuterReport>> assist();
   std::uint64_t round() const { return round_; }
 
  private:
+  std::string rounds_key() const { return cfg_.prefix + ".rounds"; }
   Runtime& rt_;
+  dht::DhtNode& dht_;
   DilocoConfig cfg_;
   averaging::TensorSchema schema_;
   std::vector<float> params_, start_, momentum_;

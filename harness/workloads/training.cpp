@@ -49,6 +49,8 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
     dc.matchmaking = spec_.matchmaking;
     dc.allreduce = spec_.allreduce;
     dc.bandwidth = bandwidth;
+    dc.role = kind_;
+    dc.announce_round = spec_.aux_fraction > 0;  // the auxiliary peers follow the rounds through the DHT
     diloco_ = std::make_unique<optim::DilocoOptimizer>(rt, rpc, dht, schema, driver.initial(), dc);
     local_momentum_.assign(driver.initial().size(), 0.0f);
     return;
@@ -192,15 +194,25 @@ Task<void> TrainingApp::collaborative_loop(bool newcomer) {
 }
 
 Task<void> TrainingApp::assist_loop() {
-  while (collab_->epoch() < spec_.steps) {
-    Result<optim::StepReport> r = co_await collab_->assist();
-    if (!r.ok()) {
+  while (epoch() < spec_.steps) {
+    std::optional<Error> failed;
+    std::uint64_t bytes = 0;
+    if (diloco_) {
+      Result<optim::OuterReport> r = co_await diloco_->assist();
+      if (r.ok()) bytes = r->bytes_sent;
+      else failed = r.error();
+    } else {
+      Result<optim::StepReport> r = co_await collab_->assist();
+      if (r.ok()) bytes = r->bytes_sent;
+      else failed = r.error();
+    }
+    if (failed) {
       rt_.observer.count("train.assist_failures");
       co_await sleep_on(rt_.timers, spec_.progress_period);
       continue;
     }
     rt_.observer.count("train.assists_ok");
-    rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(r->bytes_sent));
+    rt_.observer.count("train.allreduce_bytes", static_cast<std::int64_t>(bytes));
   }
   finished_ = true;
   finished_at_ = rt_.now();
@@ -408,8 +420,6 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   t.client_fraction = s.get_double("training.client_fraction", t.client_fraction, 0, 1);
   t.aux_fraction = s.get_double("training.aux_fraction", t.aux_fraction, 0, 1);
   if (t.client_fraction + t.aux_fraction >= 1) s.fail("training.aux_fraction", "client_fraction + aux_fraction must be below 1");
-  if (t.mode == "diloco" && (t.aux_fraction > 0 || t.client_fraction > 0))
-    s.fail("training.mode", "client and auxiliary peers take part in the collaborative mode only");
   if (spec.dht.bootstrap_peers + std::lround(t.aux_fraction * spec.peers) + std::lround(t.client_fraction * spec.peers) > spec.peers)
     s.fail("training.aux_fraction",
            "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");

@@ -197,6 +197,17 @@ Task<Result<std::uint64_t>> TorchCollaborative::join() {
   co_return r;
 }
 
+TorchDiloco::TorchDiloco(torch::nn::Module& model, Runtime& rt, Rpc& rpc, dht::DhtNode& dht, optim::DilocoConfig config)
+    : params_(model.parameters()),
+      core_(std::make_unique<optim::DilocoOptimizer>(rt, rpc, dht, schema_of(params_), flat(params_), std::move(config))) {}
+
+Task<Result<optim::OuterReport>> TorchDiloco::outer_step() {
+  core_->parameters() = flat(params_);  // where the inner steps got to
+  Result<optim::OuterReport> r = co_await core_->outer_step();
+  if (r.ok()) unflatten_into(core_->parameters(), params_);  // the outer step's parameters
+  co_return r;
+}
+
 bool GradScaler::unscale(const std::vector<torch::Tensor>& params) {
   torch::NoGradGuard no_grad;
   bool finite = true;

@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "core/optim/collaborative.hpp"
+#include "core/optim/diloco.hpp"
 
 namespace apiary::real {
 
@@ -45,6 +46,29 @@ class TorchCollaborative {
   std::vector<torch::Tensor> params_;
   torch::optim::Optimizer& optimizer_;
   std::unique_ptr<optim::CollaborativeOptimizer> collab_;
+};
+
+// DiLoCo from a LibTorch training loop: the caller's optimizer is the inner optimizer, stepped on
+// every local batch; every H inner steps, outer_step() averages the pseudo-gradients (start minus
+// current parameters) through the swarm and writes the outer step's result into the model.
+//
+//   TorchDiloco diloco(model, rt, rpc, dht, config);
+//   for (batch : data) {
+//     optimizer.zero_grad();  loss(model(x), y).backward();  optimizer.step();
+//     if (diloco.inner_step_done(batch_size)) co_await diloco.outer_step();
+//   }
+class TorchDiloco {
+ public:
+  TorchDiloco(torch::nn::Module& model, Runtime& rt, Rpc& rpc, dht::DhtNode& dht, optim::DilocoConfig config);
+  bool inner_step_done(std::uint64_t samples) { return core_->inner_step_done(samples); }
+  Task<Result<optim::OuterReport>> outer_step();
+  // An auxiliary peer: reduce a part of the swarm's current round (trains nothing).
+  Task<Result<optim::OuterReport>> assist() { return core_->assist(); }
+  std::uint64_t round() const { return core_->round(); }
+
+ private:
+  std::vector<torch::Tensor> params_;
+  std::unique_ptr<optim::DilocoOptimizer> core_;
 };
 
 // Optimizer state as flat float32 vectors, for SGD (momentum buffers) and Adam/AdamW (first and

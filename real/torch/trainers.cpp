@@ -134,7 +134,24 @@ int run_trainer(const TrainerOptions& o) {
   if (o.role == "client") cc.role = averaging::MemberKind::kClient;
   else if (o.role == "aux") cc.role = averaging::MemberKind::kAux;
   else if (o.role != "full") throw std::invalid_argument("--role must be full, client or aux, not '" + o.role + "'");
-  TorchCollaborative collab(*model, optimizer, rt, rpc, node, identity, cc);
+  std::unique_ptr<TorchCollaborative> collab;
+  std::unique_ptr<TorchDiloco> diloco;
+  if (o.mode == "diloco") {
+    optim::DilocoConfig dc;
+    dc.prefix = "train";
+    dc.inner_steps = o.inner_steps;
+    dc.outer_lr = o.outer_lr;
+    dc.outer_momentum = o.outer_momentum;
+    dc.matchmaking = cc.matchmaking;
+    dc.allreduce = cc.allreduce;
+    dc.role = cc.role;
+    dc.announce_round = true;  // auxiliary peers may take part
+    diloco = std::make_unique<TorchDiloco>(*model, rt, rpc, node, dc);
+  } else if (o.mode == "collaborative") {
+    collab = std::make_unique<TorchCollaborative>(*model, optimizer, rt, rpc, node, identity, cc);
+  } else {
+    throw std::invalid_argument("--mode must be collaborative or diloco, not '" + o.mode + "'");
+  }
 
   int exit_code = 1;
   bool done = false;
@@ -147,15 +164,15 @@ int run_trainer(const TrainerOptions& o) {
     log.write(start);
     if (o.role == "aux") {  // an auxiliary peer: reduce a part of every step's all-reduce, train nothing
       const auto until = wall0 + std::chrono::duration<double>(o.max_seconds);
-      while (collab.epoch() < o.steps && std::chrono::steady_clock::now() < until) {
-        Result<optim::StepReport> r = co_await collab.core().assist();
+      while (collab->epoch() < o.steps && std::chrono::steady_clock::now() < until) {
+        Result<optim::StepReport> r = co_await collab->core().assist();
         if (!r.ok()) continue;  // not ready yet: look again
         nlohmann::json assist = {{"event", "assist"}, {"epoch", r->epoch}, {"group", r->group}, {"bytes_sent", r->bytes_sent}};
         log.write(assist);
       }
-      nlohmann::json fin = {{"event", "final"}, {"role", "aux"}, {"epoch", collab.epoch()}};
+      nlohmann::json fin = {{"event", "final"}, {"role", "aux"}, {"epoch", collab->epoch()}};
       log.write(fin);
-      exit_code = collab.epoch() >= o.steps ? 0 : 2;
+      exit_code = collab->epoch() >= o.steps ? 0 : 2;
       co_await sleep_on(rt.timers, std::chrono::seconds(2));
       done = true;
       co_return;
@@ -164,7 +181,7 @@ int run_trainer(const TrainerOptions& o) {
       // A swarm that has not taken its first step yet has no state to share: wait for it (up to
       // a minute), then start from the common initialisation.
       for (int attempt = 0; attempt < 120; ++attempt) {
-        Result<std::uint64_t> j = co_await collab.join();
+        Result<std::uint64_t> j = co_await collab->join();
         if (j.ok()) {
           nlohmann::json joined = {
               {"event", "joined"}, {"epoch", *j}, {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
@@ -177,13 +194,13 @@ int run_trainer(const TrainerOptions& o) {
     Rng data_rng(o.seed ^ (0x9e3779b97f4a7c15ULL * (o.index + 1)) ^ (o.newcomer ? 0x5555 : 0));
     optim::SwarmProgress swarm;
     const auto deadline = wall0 + std::chrono::duration<double>(o.max_seconds);
-    while (collab.epoch() < o.steps && std::chrono::steady_clock::now() < deadline) {
+    while (collab->epoch() < o.steps && std::chrono::steady_clock::now() < deadline) {
       // One local batch (at the emulated device's speed, if one is set).
       const TimePoint batch_start = rt.now();
       const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
       model->zero_grad();
       torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
-      collab.accumulate(o.batch_size);
+      collab->accumulate(o.batch_size);
       Duration rest = Duration::zero();  // let the network make progress meanwhile
       if (o.samples_per_second > 0) {
         const auto busy = Duration(static_cast<std::int64_t>(o.batch_size / o.samples_per_second * 1e9));
@@ -192,14 +209,14 @@ int run_trainer(const TrainerOptions& o) {
       co_await sleep_on(rt.timers, rest);
       // Step when the swarm has (by the estimate from everyone's reported progress and
       // throughput) gathered the global batch.
-      if (rt.now() - swarm.fetched >= std::chrono::milliseconds(100)) swarm = co_await collab.report_progress();
-      if (!collab.step_due(swarm)) continue;
+      if (rt.now() - swarm.fetched >= std::chrono::milliseconds(100)) swarm = co_await collab->report_progress();
+      if (!collab->step_due(swarm)) continue;
       const auto t0 = std::chrono::steady_clock::now();
-      Result<optim::StepReport> r = co_await collab.step();
+      Result<optim::StepReport> r = co_await collab->step();
       swarm = {};  // fresh progress before the next decision
       if (!r.ok()) {
         if (r.error().code == ErrorCode::kCancelled) {
-          nlohmann::json caught = {{"event", "caught_up"}, {"epoch", collab.epoch()}};
+          nlohmann::json caught = {{"event", "caught_up"}, {"epoch", collab->epoch()}};
           log.write(caught);
         }
         continue;  // not ready yet (or caught up): compute on
@@ -213,23 +230,88 @@ int run_trainer(const TrainerOptions& o) {
                              {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
                              {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
       log.write(step);
-      if (o.eval_every && collab.epoch() % o.eval_every == 0) {
+      if (o.eval_every && collab->epoch() % o.eval_every == 0) {
         const Eval e = evaluate(model, test, static_cast<std::int64_t>(o.eval_samples));
-        nlohmann::json ev = {{"event", "eval"}, {"epoch", collab.epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
+        nlohmann::json ev = {{"event", "eval"}, {"epoch", collab->epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
                              {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
         log.write(ev);
       }
     }
     const Eval e = evaluate(model, test, test.size());
-    nlohmann::json fin = {{"event", "final"}, {"epoch", collab.epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
+    nlohmann::json fin = {{"event", "final"}, {"epoch", collab->epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
                           {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
     log.write(fin);
-    exit_code = collab.epoch() >= o.steps ? 0 : 2;
+    exit_code = collab->epoch() >= o.steps ? 0 : 2;
     // Linger a little so that peers still averaging with us, or downloading our state, finish.
     co_await sleep_on(rt.timers, std::chrono::seconds(2));
     done = true;
   };
-  Task<void> t = body();
+  // DiLoCo: the SGD optimizer steps on every local batch; every H steps, the outer step.
+  auto diloco_body = [&]() -> Task<void> {
+    std::vector<Endpoint> seeds{*Endpoint::parse(o.join)};
+    co_await node.bootstrap(seeds);
+    node.start_maintenance();
+    nlohmann::json start = {{"event", "start"}, {"index", o.index}, {"mode", "diloco"}, {"role", o.role},
+                            {"endpoint", live.local().to_string()}};
+    log.write(start);
+    auto now_s = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(); };
+    const auto deadline = wall0 + std::chrono::duration<double>(o.max_seconds);
+    if (o.role == "aux") {  // reduce a part of every round's all-reduce, train nothing
+      while (diloco->round() < o.steps && std::chrono::steady_clock::now() < deadline) {
+        Result<optim::OuterReport> r = co_await diloco->assist();
+        if (!r.ok()) {
+          co_await sleep_on(rt.timers, std::chrono::milliseconds(100));
+          continue;
+        }
+        nlohmann::json assist = {{"event", "assist"}, {"epoch", r->round}, {"group", r->group}, {"bytes_sent", r->bytes_sent}};
+        log.write(assist);
+      }
+      nlohmann::json fin = {{"event", "final"}, {"role", "aux"}, {"epoch", diloco->round()}};
+      log.write(fin);
+      exit_code = diloco->round() >= o.steps ? 0 : 2;
+      co_await sleep_on(rt.timers, std::chrono::seconds(2));
+      done = true;
+      co_return;
+    }
+    Rng data_rng(o.seed ^ (0x9e3779b97f4a7c15ULL * (o.index + 1)) ^ (o.newcomer ? 0x5555 : 0));
+    while (diloco->round() < o.steps && std::chrono::steady_clock::now() < deadline) {
+      const TimePoint batch_start = rt.now();
+      const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
+      optimizer.zero_grad();
+      torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+      optimizer.step();
+      Duration rest = Duration::zero();  // the emulated device's speed; the network makes progress meanwhile
+      if (o.samples_per_second > 0) {
+        const auto busy = Duration(static_cast<std::int64_t>(o.batch_size / o.samples_per_second * 1e9));
+        rest = std::max(Duration::zero(), batch_start + busy - rt.now());
+      }
+      co_await sleep_on(rt.timers, rest);
+      if (!diloco->inner_step_done(o.batch_size)) continue;
+      const auto t0 = std::chrono::steady_clock::now();
+      Result<optim::OuterReport> r = co_await diloco->outer_step();
+      if (!r.ok()) continue;  // no group this time: compute on and try again
+      nlohmann::json step = {{"event", "step"},
+                             {"epoch", r->round},
+                             {"samples", r->samples},
+                             {"group", r->group},
+                             {"bytes_sent", r->bytes_sent},
+                             {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
+                             {"t", now_s()}};
+      log.write(step);
+      if (o.eval_every && diloco->round() % o.eval_every == 0) {
+        const Eval e = evaluate(model, test, static_cast<std::int64_t>(o.eval_samples));
+        nlohmann::json ev = {{"event", "eval"}, {"epoch", diloco->round()}, {"accuracy", e.accuracy}, {"loss", e.loss}, {"t", now_s()}};
+        log.write(ev);
+      }
+    }
+    const Eval e = evaluate(model, test, test.size());
+    nlohmann::json fin = {{"event", "final"}, {"epoch", diloco->round()}, {"accuracy", e.accuracy}, {"loss", e.loss}, {"t", now_s()}};
+    log.write(fin);
+    exit_code = diloco->round() >= o.steps ? 0 : 2;
+    co_await sleep_on(rt.timers, std::chrono::seconds(2));  // peers still averaging with us finish
+    done = true;
+  };
+  Task<void> t = diloco ? diloco_body() : body();
   t.start();
   while (!done) io.run_one_for(std::chrono::milliseconds(50));
   rpc.shutdown();

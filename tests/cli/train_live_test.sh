@@ -2,7 +2,8 @@
 # Live collaborative training end to end: `apiary run` starts a seed peer and LibTorch trainer
 # processes on loopback — full trainers, a client and an auxiliary peer; one trainer is killed
 # mid-run and another joins and downloads the state; the survivors finish every step together
-# and the single-process baseline runs afterwards.
+# and the single-process baseline runs afterwards. Then DiLoCo in trainer processes: full trainers,
+# a client and an auxiliary peer that follows the rounds through the DHT.
 set -euo pipefail
 APIARY=$1
 work=$(mktemp -d)
@@ -53,5 +54,41 @@ assert f["final_accuracy"] > 0.6, f
 assert "baseline_accuracy" in f and f["baseline_accuracy"] > 0.6, f
 print("live training: %d steps, accuracy %.3f (baseline %.3f), global batch %.0f, groups p50 %.0f" % (
     f["steps"], f["final_accuracy"], f["baseline_accuracy"], f["global_batch_mean"], s["train.step.group"]["p50"]))
+PY
+cat > diloco.toml <<'T'
+name = "diloco-live-test"
+backend = "live"
+peers = 5
+duration = "4min"
+[live]
+processes = true
+[workload]
+kind = "training"
+[training]
+mode = "diloco"
+steps = 4
+inner_steps = 20
+batch_size = 32
+eval_every = 2
+eval_samples = 500
+train_samples = 20000
+client_fraction = 0.2
+aux_fraction = 0.2
+T
+"$APIARY" run diloco.toml --json --quiet > diloco.json || fail "apiary run (diloco) exited non-zero"
+python3 - <<'PY' || { python3 -m json.tool < diloco.json | head -80 >&2; fail "diloco results"; }
+import json
+j = json.load(open("diloco.json"))
+c, f, s = j["metrics"]["counters"], j["cost"], j["metrics"]["series"]
+assert f["steps"] == 4, f
+assert f["trainers_finished"] == 4, f           # three full trainers and the client
+assert c.get("train.steps_ok") == 16, c         # every trainer took every outer step
+assert c.get("train.assists_ok", 0) >= 3, c     # the auxiliary peer reduced parts of the rounds
+assert s["train.step.group"]["p50"] >= 4, s["train.step.group"]
+# 20 inner steps of 32 samples per all-reduce of the 784-128-10 MLP's ~100k parameters
+assert f["allreduce_bytes_per_sample"] < 2000, f
+assert f["final_accuracy"] > 0.6 and f["baseline_accuracy"] > 0.6, f
+print("live DiLoCo: %d outer steps, accuracy %.3f (baseline %.3f), %.0f all-reduce bytes per sample" % (
+    f["steps"], f["final_accuracy"], f["baseline_accuracy"], f["allreduce_bytes_per_sample"]))
 PY
 echo "train_live_test: all checks passed"

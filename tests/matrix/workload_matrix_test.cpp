@@ -131,6 +131,32 @@ progress_period = "100ms"
 matchmaking_budget = "2s"
 matchmaking_poll = "100ms"
 )"},
+    {"diloco-roles", R"(peers = 5
+duration = "2min"
+[network]
+latency = "2ms"
+[dht]
+bootstrap_peers = 2
+join_window = "500ms"
+[workload]
+kind = "training"
+[training]
+mode = "diloco"
+client_fraction = 0.2
+aux_fraction = 0.2
+train_samples = 2000
+eval_samples = 200
+start = "1s"
+batch_size = 32
+inner_steps = 10
+steps = 2
+learning_rate = 0.05
+samples_per_second = "2000/s"
+eval_period = "1s"
+progress_period = "100ms"
+matchmaking_budget = "2s"
+matchmaking_poll = "100ms"
+)"},
     {"dmoe", R"(peers = 5
 duration = "8s"
 [network]
@@ -212,8 +238,10 @@ TEST_P(WorkloadInBothWorlds, KeepsItsInvariants) {
       EXPECT_EQ(lo, hi);
     else
       EXPECT_GT(hi / lo, 1.2);
-  } else if (name == "training" || name == "diloco") {
+  } else if (name == "training" || name == "diloco" || name == "diloco-roles") {
     EXPECT_EQ(r.info.figures.at("steps"), name == "training" ? 4 : 2);
+    // The auxiliary peer follows the trainers' rounds and reduces a part of each.
+    if (name == "diloco-roles") EXPECT_GE(m.counter("optim.outer_assists"), 1);
     EXPECT_GT(m.counter("train.samples"), 0);
     EXPECT_LT(r.info.figures.at("final_loss"), std::log(10.0));  // below the initial model's loss
     // (A step that misses its group under load is retried, so no count of failures is asserted.)
@@ -227,7 +255,7 @@ TEST_P(WorkloadInBothWorlds, KeepsItsInvariants) {
 
 INSTANTIATE_TEST_SUITE_P(Matrix, WorkloadInBothWorlds,
                          testing::Combine(testing::Values("ping", "dht", "averaging", "averaging-bandwidth", "training",
-                                                          "diloco", "dmoe"),
+                                                          "diloco", "diloco-roles", "dmoe"),
                                           testing::Values("sim", "live")),
                          [](const auto& p) {
                            std::string n = std::get<0>(p.param) + "_" + std::get<1>(p.param);
