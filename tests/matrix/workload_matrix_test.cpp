@@ -241,7 +241,9 @@ TEST_P(WorkloadInBothWorlds, KeepsItsInvariants) {
   } else if (name == "training" || name == "diloco" || name == "diloco-roles") {
     EXPECT_EQ(r.info.figures.at("steps"), name == "training" ? 4 : 2);
     // The auxiliary peer follows the trainers' rounds and reduces a part of each.
-    if (name == "diloco-roles") EXPECT_GE(m.counter("optim.outer_assists"), 1);
+    if (name == "diloco-roles") {
+      EXPECT_GE(m.counter("optim.outer_assists"), 1);
+    }
     EXPECT_GT(m.counter("train.samples"), 0);
     EXPECT_LT(r.info.figures.at("final_loss"), std::log(10.0));  // below the initial model's loss
     // (A step that misses its group under load is retried, so no count of failures is asserted.)
