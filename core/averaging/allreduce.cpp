@@ -143,7 +143,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
     bw.push_back(m.bandwidth);
     kinds.push_back(m.kind);
   }
-  auto sizes = balance_parts(total, bw, kinds, cfg_.min_part);
+  auto sizes = balance_parts(total, bw, kinds, cfg_.min_part, cfg_.parts);
   if (!sizes.ok()) co_return sizes.error();
 
   auto r = std::make_shared<Round>();

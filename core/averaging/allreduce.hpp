@@ -44,6 +44,7 @@ struct AllReduceConfig {
   std::uint64_t piece_elements = 1u << 16;  // 256 KiB of float32
   std::uint32_t window = 4;                 // pieces in flight per reducer
   std::uint64_t min_part = 1024;            // a reducer gets at least this many values, or none
+  PartRule parts = PartRule::kMinMax;       // how bandwidth sizes the parts (partition.hpp)
   Duration sender_timeout = std::chrono::seconds(10);
   Duration reducer_timeout = std::chrono::seconds(30);
   CodecPolicy codec;

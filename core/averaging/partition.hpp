@@ -50,14 +50,26 @@ const char* to_string(MemberKind k);
 inline bool sends(MemberKind k) { return k != MemberKind::kAux; }
 inline bool reduces(MemberKind k) { return k != MemberKind::kClient; }
 
-// Part sizes (elements) per member for `total` elements: reducers (full and auxiliary members with
-// positive bandwidth) get shares proportional to their bandwidth, rounded by largest remainder so
-// the sizes add up to `total`; a reducer whose share would be below `min_part` gets none and its
-// share goes to the others (the fastest reducer always keeps one). Clients get 0. Error if the
-// group has no reducer but `total` > 0.
+// How the parts of an all-reduce are sized by the members' bandwidths.
+//   kMinMax        the all-reduce's slowest member finishes as early as it can (hivemind's load
+//                  balancing): a member that reduces a fraction x of n members' vectors moves
+//                  (1 + (n - 2) x) vectors, so fast members take more than their bandwidth share
+//                  and slow ones may get nothing; where the slowest member's own vector decides
+//                  the time, the slack is shared in proportion to what each member could take
+//   kProportional  parts proportional to bandwidth
+enum class PartRule { kMinMax, kProportional };
+const char* to_string(PartRule r);
+
+// Part sizes (elements) per member for `total` elements. Reducers (full and auxiliary members
+// with positive bandwidth) share the elements by `rule`; clients get 0. With kMinMax a reducer
+// whose share is below `min_part` gets none (unless every share is) and the others take its
+// share, and fractions become integers by the Hagenbach-Bischoff method; with kProportional a
+// reducer below `min_part` is dropped (the fastest always stays) and sizes are rounded by
+// largest remainder. Sizes always add up to `total`; every member computes the same sizes. Error
+// if the group has no reducer but `total` > 0.
 Result<std::vector<std::uint64_t>> balance_parts(std::uint64_t total, std::span<const double> bandwidth,
-                                                 std::span<const MemberKind> kinds,
-                                                 std::uint64_t min_part);
+                                                 std::span<const MemberKind> kinds, std::uint64_t min_part,
+                                                 PartRule rule = PartRule::kMinMax);
 
 // Which codec a tensor travels with: tensors of at least `min_elements` values use `codec`,
 // smaller ones (biases, norms, scalars) go as exact float32.

@@ -295,6 +295,9 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
       static_cast<std::uint64_t>(s.get_int("averaging.piece_elements", static_cast<std::int64_t>(r.piece_elements), 1, 1 << 26));
   r.window = static_cast<std::uint32_t>(s.get_int("averaging.window", r.window, 1, 1024));
   r.min_part = static_cast<std::uint64_t>(s.get_int("averaging.min_part", static_cast<std::int64_t>(r.min_part), 0, std::int64_t{1} << 32));
+  r.parts = s.get_string("averaging.parts", averaging::to_string(r.parts), {"minmax", "proportional"}) == "minmax"
+                ? averaging::PartRule::kMinMax
+                : averaging::PartRule::kProportional;
   r.sender_timeout = s.get_duration("averaging.sender_timeout", r.sender_timeout);
   r.reducer_timeout = s.get_duration("averaging.reducer_timeout", r.reducer_timeout);
   if (r.reducer_timeout <= r.sender_timeout) s.fail("averaging.reducer_timeout", "must be longer than sender_timeout");

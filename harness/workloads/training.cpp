@@ -437,6 +437,9 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   if (m.budget <= Duration::zero() || m.poll <= Duration::zero()) s.fail("training.matchmaking_poll", "budget and poll must be positive");
   auto& r = t.allreduce;
   r.min_part = static_cast<std::uint64_t>(s.get_int("training.min_part", 256, 0, std::int64_t{1} << 32));
+  r.parts = s.get_string("training.parts", averaging::to_string(r.parts), {"minmax", "proportional"}) == "minmax"
+                ? averaging::PartRule::kMinMax
+                : averaging::PartRule::kProportional;
   r.sender_timeout = s.get_duration("training.sender_timeout", std::chrono::seconds(5));
   r.reducer_timeout = s.get_duration("training.reducer_timeout", std::chrono::seconds(15));
   if (r.reducer_timeout <= r.sender_timeout) s.fail("training.reducer_timeout", "must be longer than sender_timeout");

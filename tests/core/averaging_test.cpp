@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <numeric>
 #include <set>
 
 #include "core/averaging/allreduce.hpp"
@@ -154,28 +155,97 @@ TEST(Partition, WrongShapesAreClearErrors) {
 }
 
 TEST(LoadBalancing, ProportionalToBandwidthWithMinimumPart) {
+  const auto kProp = PartRule::kProportional;
   std::vector<double> bw{100, 300, 600, 50};
   std::vector<MemberKind> kinds{MemberKind::kFull, MemberKind::kFull, MemberKind::kAux, MemberKind::kClient};
-  auto s = balance_parts(1000, bw, kinds, 0);
+  auto s = balance_parts(1000, bw, kinds, 0, kProp);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(*s, (std::vector<std::uint64_t>{100, 300, 600, 0}));
   // The slowest reducer's share (1/10 of 1000) is below min_part=150: it gets none.
-  s = balance_parts(1000, bw, kinds, 150);
+  s = balance_parts(1000, bw, kinds, 150, kProp);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ((*s)[0], 0u);
   EXPECT_EQ((*s)[1] + (*s)[2], 1000u);
   EXPECT_EQ((*s)[1], 333u);
   // Tiny tensors go to one reducer.
-  s = balance_parts(5, bw, kinds, 1000);
+  s = balance_parts(5, bw, kinds, 1000, kProp);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(*s, (std::vector<std::uint64_t>{0, 0, 5, 0}));
   // Sizes always add up, with odd remainders.
   std::vector<double> odd{1, 1, 1};
   std::vector<MemberKind> full(3, MemberKind::kFull);
-  s = balance_parts(10, odd, full, 0);
+  s = balance_parts(10, odd, full, 0, kProp);
   EXPECT_EQ((*s)[0] + (*s)[1] + (*s)[2], 10u);
   std::vector<MemberKind> clients(3, MemberKind::kClient);
   EXPECT_FALSE(balance_parts(10, odd, clients, 0).ok());
+}
+
+namespace {
+
+// The all-reduce's time by the min-max rule's model: member i moves (total - p_i) + (n - 1) p_i
+// values at bandwidth b_i (a member with no bandwidth counts as 1e-9, as in hivemind's test).
+double minmax_cost(std::uint64_t total, const std::vector<std::uint64_t>& parts, const std::vector<double>& bw) {
+  double worst = 0;
+  const double n = static_cast<double>(parts.size());
+  for (std::size_t i = 0; i < parts.size(); ++i)
+    worst = std::max(worst, (static_cast<double>(total - parts[i]) + (n - 1) * static_cast<double>(parts[i])) / std::max(bw[i], 1e-9));
+  return worst;
+}
+
+std::vector<std::uint64_t> minmax(std::uint64_t total, const std::vector<double>& bw, std::uint64_t min_part = 0) {
+  std::vector<MemberKind> kinds(bw.size(), MemberKind::kFull);
+  auto s = balance_parts(total, bw, kinds, min_part);
+  EXPECT_TRUE(s.ok());
+  return s.ok() ? *s : std::vector<std::uint64_t>{};
+}
+
+}  // namespace
+
+// hivemind's own load-balancing cases (tests/test_averaging.py): the slowest member finishes no
+// later than with the reference partition, and the exact partitions where min_size applies.
+TEST(LoadBalancing, MinMaxPassesHivemindsCases) {
+  auto no_worse = [](std::uint64_t total, std::vector<double> bw, std::vector<std::uint64_t> ref) {
+    const auto parts = minmax(total, bw);
+    EXPECT_LE(minmax_cost(total, parts, bw), minmax_cost(total, ref, bw) * (1 + 1e-12)) << total;
+  };
+  no_worse(60, {0.25, 0.25, 0.25, 0.25}, {15, 15, 15, 15});
+  no_worse(1024, {0.3, 0.5, 0.9}, {0, 255, 769});
+  no_worse(60, {0.44, 0.33, 0.22}, {42, 18, 0});
+  no_worse(60, {0.55, 0.44, 0.40}, {35, 16, 9});
+  no_worse(1024 * 1024, {0.3, 0.5, 0.9, 0.6}, {0, 169327, 602629, 276620});
+  no_worse(1024 * 1024, {0.0, 0.5, 0.0, 0.6}, {0, 428963, 0, 619613});
+  EXPECT_EQ(minmax(60, {0.25, 0.25, 0.25, 0.25}), (std::vector<std::uint64_t>{15, 15, 15, 15}));
+  EXPECT_EQ(minmax(60, {0.55, 0.44, 0.40}), (std::vector<std::uint64_t>{35, 16, 9}));
+  EXPECT_EQ(minmax(60, {0.55, 0.44, 0.40}, 10), (std::vector<std::uint64_t>{41, 19, 0}));
+  EXPECT_EQ(minmax(60, {0.32, 0.55, 0.44}, 10), (std::vector<std::uint64_t>{0, 40, 20}));
+  EXPECT_EQ(minmax(2, {0.55, 0.20, 0.44}, 10), (std::vector<std::uint64_t>{1, 0, 1}));
+  EXPECT_EQ(minmax(1, {0.55, 0.20, 0.44}, 10), (std::vector<std::uint64_t>{1, 0, 0}));
+  EXPECT_EQ(minmax(100, {1, 1}), (std::vector<std::uint64_t>{50, 50}));
+  EXPECT_EQ(minmax(100, {1, 1, 1, 1, 1}), (std::vector<std::uint64_t>{20, 20, 20, 20, 20}));
+  EXPECT_EQ(minmax(100, {0, 0, 0, 1, 1}), (std::vector<std::uint64_t>{0, 0, 0, 50, 50}));
+  std::vector<MemberKind> kinds(3, MemberKind::kFull);
+  std::vector<double> none{0, 0, 0};
+  EXPECT_FALSE(balance_parts(100, none, kinds, 0).ok());
+  // Random groups: sizes add up, never negative, and no worse than proportional parts.
+  Rng rng(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    const std::uint64_t total = 1 + rng.below(std::uint64_t{1} << 30);
+    const std::size_t n = 1 + rng.below(255);
+    const double scale = 1e-9 + rng.uniform01() * 1e5;
+    std::vector<double> bw(n);
+    for (auto& b : bw) b = rng.uniform01() * scale + 1e-6;
+    const std::uint64_t min_part = rng.below(2) ? 0 : rng.below(total / 10 + 1);
+    const auto parts = minmax(total, bw, min_part);
+    ASSERT_EQ(parts.size(), n);
+    EXPECT_EQ(std::accumulate(parts.begin(), parts.end(), std::uint64_t{0}), total);
+    if (min_part == 0) {
+      std::vector<MemberKind> full(n, MemberKind::kFull);
+      const auto prop = *balance_parts(total, bw, full, 0, PartRule::kProportional);
+      // (one element more or less for a member changes its time by at most n / b_min)
+      const double slack = 2.0 * static_cast<double>(n) / *std::min_element(bw.begin(), bw.end());
+      EXPECT_LE(minmax_cost(total, parts, bw), minmax_cost(total, prop, bw) * (1 + 1e-9) + slack) << trial;
+    }
+  }
 }
 
 // Every mix of full, client and auxiliary members among 4 peers (with at least one sender and one
