@@ -212,14 +212,22 @@ int main(int argc, char** argv) {
       else
         r = apiary::real::dht_client_get(client, key);
       if (dht_json) {
-        nlohmann::json j{{"ok", r.ok}, {"replicas", r.replicas}, {"latency_ms", r.latency_ms},
-                         {"hops", r.hops}, {"error", r.error}};
+        nlohmann::json j{{"ok", r.ok}, {"replicas", r.replicas}, {"latency_ms", r.latency_ms}, {"hops", r.hops}, {"error", r.error}};
+        if (*store_cmd) {
+          j["stale"] = r.stale;
+          j["refused"] = r.refused;
+          j["unreachable"] = r.unreachable;
+        }
         for (const auto& rec : r.records)
           j["values"].push_back({{"subkey", rec.subkey ? *rec.subkey : ""},
                                  {"value", std::string(rec.value.begin(), rec.value.end())}});
         std::cout << j.dump() << std::endl;
       } else if (r.ok && *store_cmd) {
-        std::printf("stored on %zu peers in %.1f ms\n", r.replicas, r.latency_ms);
+        std::printf("stored on %zu peers in %.1f ms", r.replicas, r.latency_ms);
+        if (r.stale) std::printf("; %zu refused it as stale (they hold a newer record)", r.stale);
+        if (r.refused) std::printf("; %zu refused it as invalid or expired", r.refused);
+        if (r.unreachable) std::printf("; %zu did not answer", r.unreachable);
+        std::printf("\n");
       } else if (r.ok) {
         for (const auto& rec : r.records)
           std::printf("%s%s\n", rec.subkey ? (*rec.subkey + ": ").c_str() : "",

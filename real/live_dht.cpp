@@ -152,9 +152,14 @@ DhtClientResult dht_client_store(const DhtClientOptions& o, const std::string& k
       return;
     }
     out.replicas = res->replicas;
+    out.stale = res->stale;
+    out.refused = res->refused;
+    out.unreachable = res->unreachable;
     out.latency_ms = static_cast<double>(res->latency.count()) / 1e6;
     out.ok = res->replicas > 0;
-    if (!out.ok) out.error = "no peer accepted the record";
+    if (!out.ok)
+      out.error = "no peer accepted the record (" + std::to_string(res->stale) + " hold a newer one, " + std::to_string(res->refused) +
+                  " refused it as invalid or expired, " + std::to_string(res->unreachable) + " did not answer)";
   });
 }
 

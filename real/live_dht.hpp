@@ -34,7 +34,8 @@ struct DhtClientOptions {
 
 struct DhtClientResult {
   bool ok = false;
-  std::size_t replicas = 0;
+  std::size_t replicas = 0;                         // store: peers that accepted and hold the record
+  std::size_t stale = 0, refused = 0, unreachable = 0;  // store: the others, by reason
   std::vector<dht::Record> records;
   double latency_ms = 0;
   int hops = 0;

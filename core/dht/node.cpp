@@ -352,23 +352,27 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
   }
 }
 
-Task<std::vector<std::size_t>> DhtNode::store_many(std::vector<Record> records) {
+Task<std::vector<StoreTally>> DhtNode::store_many(std::vector<Record> records) {
   std::vector<DhtId> targets;
   for (const auto& r : records) targets.push_back(DhtId::of_key(r.key));
   std::sort(targets.begin(), targets.end());
   targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
   auto found = co_await lookup(targets, false);
 
-  std::vector<std::size_t> replicas(records.size(), 0);
+  std::vector<StoreTally> replicas(records.size());
   std::map<DhtId, std::pair<Contact, std::vector<std::size_t>>> plan;
   const TimePoint now = rt_.now();
   for (std::size_t i = 0; i < records.size(); ++i) {
     const DhtId id = DhtId::of_key(records[i].key);
     const auto& nearest = found[id].nearest;
     const bool self_near = nearest.size() < cfg_.k || ((self_ ^ id) < (nearest.back().id ^ id));
-    if (self_near && !cfg_.client_mode && !check_record(records[i])) {
-      const auto o = storage_.store(records[i], now);
-      if (o != Storage::Outcome::kExpired) ++replicas[i];
+    if (self_near && !cfg_.client_mode) {
+      if (check_record(records[i])) {
+        ++replicas[i].refused;
+      } else {
+        const auto o = storage_.store(records[i], now);
+        ++(o == Storage::Outcome::kStored ? replicas[i].stored : o == Storage::Outcome::kStale ? replicas[i].stale : replicas[i].refused);
+      }
     }
     for (const auto& c : nearest) {
       auto& p = plan[c.id];
@@ -379,17 +383,23 @@ Task<std::vector<std::size_t>> DhtNode::store_many(std::vector<Record> records) 
   std::vector<Task<int>> sends;
   for (auto& [id, p] : plan) {
     sends.push_back([](DhtNode* self, Contact c, std::vector<std::size_t> idx,
-                       const std::vector<Record>* recs, std::vector<std::size_t>* reps) -> Task<int> {
+                       const std::vector<Record>* recs, std::vector<StoreTally>* reps) -> Task<int> {
       StoreRequest req{self->me(), {}};
       for (auto i : idx) req.records.push_back((*recs)[i]);
       auto r = co_await self->rpc_.call<StoreReply>(c.endpoint, std::move(req), self->cfg_.rpc_timeout);
       if (!r.ok()) {
         self->punish(c);
+        for (auto i : idx) ++(*reps)[i].unreachable;
         co_return 0;
       }
-      for (std::size_t j = 0; j < idx.size() && j < r->outcomes.size(); ++j) {
+      for (std::size_t j = 0; j < idx.size(); ++j) {
+        StoreTally& t = (*reps)[idx[j]];
+        if (j >= r->outcomes.size()) {  // a reply that answers fewer records than were sent
+          ++t.refused;
+          continue;
+        }
         const auto o = static_cast<StoreOutcome>(r->outcomes[j]);
-        if (o == StoreOutcome::kStored || o == StoreOutcome::kStale) ++(*reps)[idx[j]];
+        ++(o == StoreOutcome::kStored ? t.stored : o == StoreOutcome::kStale ? t.stale : t.refused);
       }
       co_return 1;
     }(this, p.first, p.second, &records, &replicas));
@@ -400,15 +410,19 @@ Task<std::vector<std::size_t>> DhtNode::store_many(std::vector<Record> records) 
 
 Task<std::vector<std::size_t>> DhtNode::store_all(std::vector<Record> records) {
   for (const auto& r : records) published_[{r.key, r.subkey}] = r;
-  co_return co_await store_many(std::move(records));
+  std::vector<StoreTally> tallies = co_await store_many(std::move(records));
+  std::vector<std::size_t> stored;
+  for (const auto& t : tallies) stored.push_back(t.stored);
+  co_return stored;
 }
 
 Task<StoreResult> DhtNode::store(Record record) {
   const TimePoint t0 = rt_.now();
   published_[{record.key, record.subkey}] = record;
   std::vector<Record> one{std::move(record)};
-  auto reps = co_await store_many(std::move(one));
-  co_return StoreResult{reps[0], rt_.now() - t0};
+  std::vector<StoreTally> reps = co_await store_many(std::move(one));
+  const StoreTally& t = reps[0];
+  co_return StoreResult{t.stored, rt_.now() - t0, t.stale, t.refused, t.unreachable};
 }
 
 Task<GetResult> DhtNode::get(std::string key, std::size_t min_holders) {

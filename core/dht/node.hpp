@@ -47,9 +47,18 @@ struct GetResult {
   Duration latency{};
 };
 
+// What the peers a record was sent to (and this peer, if among the nearest) answered.
+struct StoreTally {
+  std::size_t stored = 0;       // accepted, and hold the record now (or already held this very record)
+  std::size_t stale = 0;        // refused: they hold a newer record under the key (or subkey)
+  std::size_t refused = 0;      // refused: invalid (signature, schema, size) or already expired
+  std::size_t unreachable = 0;  // no answer
+};
+
 struct StoreResult {
-  std::size_t replicas = 0;  // peers (or self) that accepted the record
+  std::size_t replicas = 0;  // peers (or self) that accepted and hold the record; never a refusal
   Duration latency{};
+  std::size_t stale = 0, refused = 0, unreachable = 0;  // the others, by reason
 };
 
 class DhtNode {
@@ -118,7 +127,7 @@ class DhtNode {
   Sender me() const {
     return Sender{self_, cfg_.client_mode, rt_.now() - created_ < kNewcomerWindow};
   }
-  Task<std::vector<std::size_t>> store_many(std::vector<Record> records);
+  Task<std::vector<StoreTally>> store_many(std::vector<Record> records);
   Task<void> refresh_loop();
   Task<void> replicate_loop();
   std::optional<std::string> check_record(const Record& r) const;

@@ -41,6 +41,7 @@ Storage::Outcome Storage::store(const Record& r, TimePoint now) {
   if (it != slots_.end()) {
     Slot& s = it->second;
     if (!r.subkey) {
+      if (s.plain && *s.plain == r) return Outcome::kStored;  // this very record: held
       if (r.expiration <= s.latest()) return Outcome::kStale;
       // A newer plain value replaces whatever the key held.
       if (s.plain) erase_record(id, std::nullopt);
@@ -49,6 +50,7 @@ Storage::Outcome Storage::store(const Record& r, TimePoint now) {
     } else {
       if (s.plain && s.plain->expiration >= r.expiration) return Outcome::kStale;
       auto d = s.dict.find(*r.subkey);
+      if (d != s.dict.end() && d->second == r) return Outcome::kStored;  // this very record: held
       if (d != s.dict.end() && d->second.expiration >= r.expiration) return Outcome::kStale;
       if (s.plain) erase_record(id, std::nullopt);
       if (slots_.count(id)) erase_record(id, r.subkey);

@@ -89,6 +89,11 @@ for i in 1 2 3 4 5 6 7; do wait_for ready$i; done
 via=$(cut -d' ' -f2 ready3)
 "$APIARY" dht store --via "$via" greeting "hello swarm" --ttl 120 --json > store.json || fail "dht store: $(cat store.json)"
 python3 -c 'import json; j=json.load(open("store.json")); assert j["ok"] and j["replicas"] >= 5, j' || fail "too few replicas"
+# An older record (an earlier expiration) is refused as stale by every holder: never "stored".
+set +e; "$APIARY" dht store --via "$via" greeting "older" --ttl 30 --json > stale.json; rc=$?; set -e
+[ $rc -eq 1 ] || fail "a stale store should exit 1, got $rc: $(cat stale.json)"
+python3 -c 'import json; j=json.load(open("stale.json")); assert not j["ok"] and j["replicas"] == 0 and j["stale"] >= 5, j' \
+  || fail "stale store counted: $(cat stale.json)"
 via=$(cut -d' ' -f2 ready6)
 got=$("$APIARY" dht get --via "$via" greeting) || fail "dht get failed"
 [ "$got" = "hello swarm" ] || fail "dht get returned '$got'"

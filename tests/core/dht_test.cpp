@@ -291,6 +291,14 @@ TEST(DhtSwarm, StoreReplicatesToTheKNearestAndGetFindsIt) {
     if (!n->storage().get(key, s.fake.net.now()).empty()) holders.insert(n->id());
   EXPECT_EQ(holders, expect);
   EXPECT_EQ(stored.replicas, expect.size());
+  EXPECT_EQ(stored.stale + stored.refused + stored.unreachable, 0u);
+  // The same record again: every holder holds it (counted); an older one: refused as stale, by
+  // every holder, and never counted as stored.
+  auto again = s.run(s.nodes[2]->store(rec("the-key", "the-value", exp)));
+  EXPECT_EQ(again.replicas, expect.size());
+  auto older = s.run(s.nodes[2]->store(rec("the-key", "older", exp - 1min)));
+  EXPECT_EQ(older.replicas, 0u);
+  EXPECT_EQ(older.stale, expect.size());
 
   for (std::size_t i : {0u, 7u, 19u}) {
     auto got = s.run(s.nodes[i]->get("the-key"));
