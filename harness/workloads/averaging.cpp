@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <set>
 
 #include "harness/runner.hpp"
 #include "harness/spec.hpp"
@@ -67,7 +68,7 @@ Task<void> AveragingApp::round(std::uint64_t t, std::string key, std::optional<G
     co_return;
   }
   if (sends(kind_)) values_ = std::move(r->averaged);
-  if (rank) position_.update(t, *rank);
+  if (rank && spec_.grid_rule == "rank") position_.update(t, *rank);
   rt_.observer.count("avg.rounds_ok");
   rt_.observer.count("avg.pieces_kept", static_cast<std::int64_t>(r->pieces_kept));
   rt_.observer.count("avg.failed_reducers", static_cast<std::int64_t>(r->failed_reducers.size()));
@@ -111,6 +112,23 @@ GridPosition AveragingDriver::initial_position(std::uint32_t peer) const {
   for (std::uint32_t d = 0; d < avg_.grid_dims; ++d) cells *= avg_.grid_side;
   const bool fill = avg_.placement == "fill" || (avg_.placement == "auto" && cells == spec_.peers);
   if (fill) return GridPosition::of_index(peer % cells, avg_.grid_side, avg_.grid_dims);
+  if (avg_.placement == "distinct") {
+    // Random cells without replacement, the same on every peer (from the seed): peer i takes the
+    // i-th cell drawn (the grid wraps if there are more peers than cells). Floyd's sampling
+    // draws them without building the whole grid.
+    if (distinct_cells_.empty()) {
+      const std::uint64_t n = std::min<std::uint64_t>(cells, spec_.peers);
+      Rng r(spec_.seed ^ 0x6469737463ULL);  // "distc"
+      std::set<std::uint64_t> taken;
+      for (std::uint64_t j = cells - n; j < cells; ++j) {
+        const std::uint64_t t = r.below(j + 1);
+        const std::uint64_t pick = taken.count(t) ? j : t;
+        taken.insert(pick);
+        distinct_cells_.push_back(pick);
+      }
+    }
+    return GridPosition::of_index(distinct_cells_[peer % distinct_cells_.size()], avg_.grid_side, avg_.grid_dims);
+  }
   Rng r = Rng(spec_.seed ^ 0x67726964ULL).fork(peer + 1);
   GridPosition g;
   g.side = avg_.grid_side;
@@ -269,7 +287,8 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   a.grouping = s.get_string("averaging.grouping", a.grouping, {"moshpit", "random", "gossip", "allreduce"});
   a.grid_side = static_cast<std::uint32_t>(s.get_int("averaging.grid_side", a.grid_side, 1, 1 << 20));
   a.grid_dims = static_cast<std::uint32_t>(s.get_int("averaging.grid_dims", a.grid_dims, 1, 16));
-  a.placement = s.get_string("averaging.placement", a.placement, {"auto", "fill", "random"});
+  a.placement = s.get_string("averaging.placement", a.placement, {"auto", "fill", "random", "distinct"});
+  a.grid_rule = s.get_string("averaging.grid_rule", a.grid_rule, {"rank", "fixed"});
   a.group_size = static_cast<std::uint32_t>(s.get_int("averaging.group_size", a.group_size, 2, 4096));
   a.elements = static_cast<std::uint64_t>(s.get_int("averaging.elements", static_cast<std::int64_t>(a.elements), 1, std::int64_t{1} << 32));
   a.rounds = static_cast<std::uint32_t>(s.get_int("averaging.rounds", a.rounds, 1, 100000));

@@ -27,7 +27,14 @@ struct AveragingWorkloadSpec final : WorkloadConfig {
   std::string grouping = "moshpit";
   std::uint32_t grid_side = 4;
   std::uint32_t grid_dims = 2;
-  std::string placement = "auto";  // fill (row-major), random, auto: fill iff the grid is full
+  // Initial cells: fill (row-major), random (each coordinate drawn on its own, so peers may
+  // share a cell), distinct (random cells, each peer its own, as the Moshpit authors' simulation
+  // places them), auto: fill iff the grid is full, else random.
+  std::string placement = "auto";
+  // After a Moshpit round: rank (the peer's coordinate in the left-out dimension becomes its rank
+  // in the group, the paper's algorithm and hivemind's) or fixed (coordinates never change, as in
+  // the authors' simulation).
+  std::string grid_rule = "rank";
   std::uint32_t group_size = 16;   // random groups
   std::uint64_t elements = 1;      // values per peer
   std::uint32_t rounds = 10;
@@ -102,6 +109,7 @@ class AveragingDriver {
   Metrics& metrics_;
   Rng rng_;
   std::vector<double> true_mean_;
+  mutable std::vector<std::uint64_t> distinct_cells_;  // placement = distinct: peer i's cell, drawn once
   bool reached_ = false;
   std::uint64_t reached_round_ = 0;
 };

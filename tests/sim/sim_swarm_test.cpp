@@ -1,6 +1,10 @@
 // Whole swarms in simulated time: the network model does what it says.
 #include <gtest/gtest.h>
 
+#include <set>
+
+#include "harness/workloads/averaging.hpp"
+
 #include "sim/sim_host.hpp"
 
 namespace apiary {
@@ -154,6 +158,44 @@ TEST(SimAveraging, FullMoshpitGridIsExactAfterTwoRounds) {
   // Bytes: in a group of 4, a member sends the others' parts of its 20 KB and the mean of its own
   // part to the 3 others: (1 - s) + 3 s of 20 KB for part share s, 1.5 x 20 KB on average.
   EXPECT_NEAR(m.mean("avg.round.bytes_sent"), 1.5 * 5000 * 4, 0.02 * 1.5 * 5000 * 4);
+}
+
+// Placement on a partly filled grid: `distinct` gives every peer its own cell (the Moshpit
+// authors' simulation), `random` draws each coordinate on its own, so cells are shared; with
+// `fixed` coordinates a 12-peer run on a 4x4 grid still averages (groups are grid lines).
+TEST(SimAveraging, DistinctPlacementAndFixedCoordinates) {
+  for (std::uint64_t seed = 1; seed <= 20; ++seed) {
+    const std::string sd = "seed=" + std::to_string(seed);
+    auto distinct = spec_of(kAveraging, {"peers=12", "averaging.placement=distinct", sd});
+    auto random = spec_of(kAveraging, {"peers=12", "averaging.placement=random", sd});
+    Metrics m;
+    AveragingDriver d(distinct, m), r(random, m);
+    std::set<std::vector<std::uint32_t>> cells;
+    for (std::uint32_t i = 0; i < 12; ++i) {
+      const auto pos = d.initial_position(i);
+      ASSERT_EQ(pos.coords.size(), 2u);
+      EXPECT_LT(pos.coords[0], 4u);
+      EXPECT_LT(pos.coords[1], 4u);
+      cells.insert(pos.coords);
+    }
+    EXPECT_EQ(cells.size(), 12u) << "seed " << seed;
+    EXPECT_EQ(d.initial_position(3).coords, AveragingDriver(distinct, m).initial_position(3).coords) << "the same on every peer";
+  }
+  // (With replacement, 12 draws from 16 cells collide with probability 1 - 16!/(4! 16^12) > 99%.)
+  std::size_t shared = 0;
+  for (std::uint64_t seed = 1; seed <= 20; ++seed) {
+    Metrics m;
+    AveragingDriver r(spec_of(kAveraging, {"peers=12", "averaging.placement=random", "seed=" + std::to_string(seed)}), m);
+    std::set<std::vector<std::uint32_t>> cells;
+    for (std::uint32_t i = 0; i < 12; ++i) cells.insert(r.initial_position(i).coords);
+    shared += cells.size() < 12 ? 1 : 0;
+  }
+  EXPECT_GE(shared, 18u);
+  Metrics run;
+  sim::run_sim_swarm(spec_of(kAveraging, {"peers=12", "averaging.placement=distinct", "averaging.grid_rule=fixed", "averaging.rounds=6"}),
+                     run);
+  const auto& var = run.series().at("avg.round.variance");
+  EXPECT_LT(var.back(), 1e-3 * var.front()) << "grid lines of a partly filled grid still mix";
 }
 
 // Failing peers skip rounds and keep their values: the mean stays put, the variance still falls,
