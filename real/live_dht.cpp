@@ -288,7 +288,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
           metrics.sample("dht.store.latency_ns", static_cast<double>(res.latency.count()));
           metrics.sample("dht.store.replicas", static_cast<double>(res.replicas));
         } else {
-          auto res = co_await client.node->get(key_of(i));
+          auto res = co_await client.node->get(key_of(i), ops.get_holders);
           const bool ok = res.found && res.records[0].value == value_of(i);
           metrics.count(ok ? "dht.get.ok" : "dht.get.failed", 1);
           metrics.sample("dht.get.latency_ns", static_cast<double>(res.latency.count()));

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
-"""Apiary's live DHT against OpenDHT 2.4 (Debian's python3-opendht), same machine, same keys.
+"""Apiary's live DHT against OpenDHT 2.4 (Debian's python3-opendht), same machine, same keys,
+like with like.
 
 Both swarms have N nodes on loopback; a client stores K keys (64-byte values) and then gets them
-all, 16 operations at a time; we report success, median/p95 get latency and throughput.
+all, C operations at a time (1 and 16); we report success, median/p95 get latency and
+throughput. A get is measured two ways, the same on both sides:
+
+  first     until the first copy of the value arrives (Apiary: a get that returns at the first
+            valid copy; OpenDHT: the asynchronous get, stopped by its callback at the first value)
+  complete  until the search has finished (Apiary: a get that waits for the key's k nearest
+            peers; OpenDHT: the blocking get, which returns when its search is done)
+
+Replication is equal: OpenDHT stores on the 8 nodes nearest a key; Apiary runs with dht.k = 8.
 
     /usr/bin/python3 analysis/compare/dht_vs_opendht.py --apiary build/apiary --peers 64 256
 
 Apiary's side is `apiary run scenarios/dht-live-64.toml` (N separate peer processes); OpenDHT's
-side is N DhtRunner nodes in this process (each runs its own network thread).
+side is N DhtRunner nodes in Python processes of 48 (each runs its own network thread).
 """
 import argparse
 import concurrent.futures as cf
@@ -15,12 +24,18 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 
-def run_apiary(apiary, scenario, peers, keys):
-    out = subprocess.run([apiary, "run", scenario, "--json", "--set", f"peers={peers}",
-                          "--set", f"workload.keys={keys}", "--out", f"/tmp/apiary-dht-live-{peers}.h5"],
+K = 8  # replicas per key on both sides (OpenDHT's fixed search width)
+
+
+def run_apiary(apiary, scenario, peers, keys, mode="first", concurrency=16):
+    holders = 1 if mode == "first" else K
+    out = subprocess.run([apiary, "run", scenario, "--json", "--set", f"peers={peers}", "--set", f"dht.k={K}",
+                          "--set", f"workload.keys={keys}", "--set", f"workload.concurrency={concurrency}",
+                          "--set", f"workload.get_holders={holders}", "--out", f"/tmp/apiary-dht-live-{peers}.h5"],
                          check=True, capture_output=True, text=True).stdout
     j = json.loads(out.strip().splitlines()[-1])
     c, s, cost = j["metrics"]["counters"], j["metrics"]["series"], j["cost"]
@@ -52,7 +67,7 @@ def opendht_worker(count, port):
         r.join()
 
 
-def run_opendht(peers, keys, concurrency=16, settle=3.0):
+def run_opendht(peers, keys, mode="first", concurrency=16, settle=3.0):
     import opendht as dht
     nodes = []
     for _ in range(min(peers, PER_PROCESS)):
@@ -87,9 +102,28 @@ def run_opendht(peers, keys, concurrency=16, settle=3.0):
 
     def get(i):
         t = time.perf_counter()
-        vals = client.get(key(i))
-        dt = time.perf_counter() - t
-        return any(v.data == value(i) for v in vals), dt
+        if mode == "complete":
+            vals = client.get(key(i))
+            return any(v.data == value(i) for v in vals), time.perf_counter() - t
+        # First value: the asynchronous get, stopped at the first copy (or when the search ends).
+        found = threading.Event()
+        got = {"ok": False, "t": None}
+
+        def on_value(v):
+            if v.data == value(i) and got["t"] is None:
+                got["ok"], got["t"] = True, time.perf_counter() - t
+                found.set()
+                return False  # stop the search
+            return True
+
+        def on_done(ok, nodes):
+            if got["t"] is None:
+                got["t"] = time.perf_counter() - t
+            found.set()
+
+        client.get(key(i), on_value, on_done)
+        found.wait(30)
+        return got["ok"], got["t"] if got["t"] is not None else 30.0
 
     with cf.ThreadPoolExecutor(concurrency) as pool:
         t = time.perf_counter()
@@ -122,22 +156,27 @@ def main():
     ap.add_argument("--apiary", default="build/apiary")
     ap.add_argument("--scenario", default="scenarios/dht-live-64.toml")
     ap.add_argument("--peers", type=int, nargs="+", default=[64, 256])
-    ap.add_argument("--keys", type=int, default=2000)
+    ap.add_argument("--keys", type=int, default=500)
+    ap.add_argument("--modes", nargs="+", default=["first", "complete"])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args()
     rows = []
     for n in a.peers:
-        for name, fn in (("apiary", lambda: run_apiary(a.apiary, a.scenario, n, a.keys)),
-                         ("opendht", lambda: run_opendht(n, a.keys))):
-            r = fn()
-            r.update(system=name, peers=n, keys=a.keys)
-            rows.append(r)
-            print(json.dumps(r), file=sys.stderr)
-    print("| peers | system | store ok | get ok | get p50 (ms) | get p95 (ms) | gets/s | stores/s |")
-    print("|---|---|---|---|---|---|---|---|")
+        for mode in a.modes:
+            for c in a.concurrency:
+                for name, fn in (("apiary", lambda: run_apiary(a.apiary, a.scenario, n, a.keys, mode, c)),
+                                 ("opendht", lambda: run_opendht(n, a.keys, mode, c))):
+                    r = fn()
+                    r.update(system=name, peers=n, keys=a.keys, mode=mode, concurrency=c)
+                    rows.append(r)
+                    print(json.dumps(r), file=sys.stderr)
+    print("| peers | get measured until | in flight | system | store ok | get ok | get p50 (ms) | get p95 (ms) | gets/s | stores/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['peers']} | {r['system']} | {r['store_ok']:.1%} | {r['get_ok']:.1%} | "
-              f"{r['get_p50_ms']:.2f} | {r['get_p95_ms']:.2f} | {r['get_per_s']:.0f} | {r['store_per_s']:.0f} |")
+        print(f"| {r['peers']} | {'first value' if r['mode'] == 'first' else 'search complete'} | {r['concurrency']} | "
+              f"{r['system']} | {r['store_ok']:.1%} | {r['get_ok']:.1%} | {r['get_p50_ms']:.2f} | {r['get_p95_ms']:.2f} | "
+              f"{r['get_per_s']:.0f} | {r['store_per_s']:.0f} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -127,6 +127,7 @@ std::shared_ptr<const WorkloadConfig> parse_dht(Scenario& s, const SwarmSpec& sp
   if (c->value_size > spec.dht.config.limits.max_value) s.fail("workload.value_size", "larger than the DHT's value limit (64KiB)");
   c->keys = static_cast<std::uint32_t>(s.get_int("workload.keys", c->keys, 1, 10'000'000));
   c->concurrency = static_cast<std::uint32_t>(s.get_int("workload.concurrency", c->concurrency, 1, 4096));
+  c->get_holders = static_cast<std::uint32_t>(s.get_int("workload.get_holders", c->get_holders, 1, 1024));
   return c;
 }
 

@@ -23,6 +23,9 @@ struct DhtWorkloadConfig final : WorkloadConfig {
   // operations at a time; store_rate/get_rate are not used there.
   std::uint32_t keys = 1000;
   std::uint32_t concurrency = 16;
+  // How many holders a get waits for: 1 returns at the first valid copy; dht.k waits until the
+  // key's k nearest peers have all answered (a completed search, as OpenDHT's blocking get).
+  std::uint32_t get_holders = 1;
 };
 
 class DhtWorkloadDriver {

@@ -7,6 +7,12 @@ different seed per restart; a run stops once the variance across peers is below 
 (50 if it never did, as the paper caps it). Writes RESULTS.md beside this file.
 
     /usr/bin/python3 papers/moshpit/run.py [--jobs 2] [--restarts 10] [--peers 512 768 900 1024]
+
+With --setup authors, Moshpit runs as the authors' own simulation does
+(yandex-research/moshpit-sgd, averaging_experiments/averager.py): every peer its own random cell
+(drawn without replacement) and coordinates that never change, a group being the alive peers on
+one grid line; the rows are compared with the table their notebook prints
+(averaging_experiments/plot_results.ipynb) and written to RESULTS-authors.md.
 """
 import argparse
 import concurrent.futures as cf
@@ -58,6 +64,8 @@ def tolerance(method, paper, n, p, restarts):
         _, sd = capped_geometric(n, p)
         half = 2.0 * sd * (2.0 / restarts) ** 0.5
         return half + 0.05, f"±{half + 0.05:.1f} (2σ of two {restarts}-restart means)"
+    if method == "moshpit" and PAPER is AUTHORS:
+        return 0.5, "±0.5 round"
     return 0.15 * paper + 0.05, "±15%"
 
 
@@ -70,9 +78,22 @@ def passes(method, paper, ours, n, p, restarts):
     return abs(ours - paper) <= half
 
 
-def run_one(binary, method, n, p, seed):
+# The table the authors' notebook prints (averaging_experiments/plot_results.ipynb, 10 restarts,
+# target 1e-9): N = 512, 768 and 900 at p = 0, 0.001, 0.005, 0.01.
+AUTHORS = {
+    ("allreduce", 512): [1.0, 1.6, 10.9, 41.7], ("allreduce", 768): [1.0, 1.8, 28.7, 50.0],
+    ("allreduce", 900): [1.0, 1.8, 50.0, 50.0],
+    ("moshpit", 512): [8.2, 8.5, 8.8, 8.8], ("moshpit", 768): [6.0, 6.0, 6.6, 6.9], ("moshpit", 900): [5.0, 5.1, 5.9, 6.5],
+    ("random", 512): [6.1, 6.3, 6.3, 6.6], ("random", 768): [6.2, 6.5, 6.6, 7.0], ("random", 900): [6.4, 6.3, 6.7, 7.0],
+}
+SETUP = {"paper": {}, "authors": {"placement": "distinct", "grid_rule": "fixed"}}
+
+
+def run_one(binary, method, n, p, seed, setup="paper"):
     sets = [f"peers={n}", f"averaging.grouping={method}", f"averaging.fail_probability={p}",
             f"seed={seed}"]
+    if method == "moshpit":
+        sets += [f"averaging.{k}={v}" for k, v in SETUP[setup].items()]
     if method == "random":
         sets.append("averaging.group_size=32")
     cmd = [binary, "run", SCENARIO, "--json", "--quiet", "--out", f"/tmp/apiary-moshpit-{method}-{n}-{p}-{seed}.h5"]
@@ -96,10 +117,18 @@ def main():
     ap.add_argument("--restarts", type=int, default=10)
     ap.add_argument("--peers", type=int, nargs="+", default=[512, 768, 900, 1024])
     ap.add_argument("--methods", nargs="+", default=METHODS)
-    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--setup", choices=["paper", "authors"], default="paper",
+                    help="authors: Moshpit as the authors' simulation runs it, against their notebook's table")
+    ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default=os.path.join(ROOT, "out", "moshpit-cache.json"),
                     help="finished runs are kept here, so an interrupted reproduction resumes")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = os.path.join(HERE, "RESULTS-authors.md" if args.setup == "authors" else "RESULTS.md")
+    global PAPER
+    if args.setup == "authors":
+        PAPER = AUTHORS
+        args.cache = args.cache.replace(".json", "-authors.json")
     if not os.path.exists(args.apiary):
         sys.exit(f"{args.apiary} not found: build first (cmake/bootstrap.sh)")
 
@@ -119,7 +148,7 @@ def main():
     os.makedirs(os.path.dirname(args.cache), exist_ok=True)
     t0 = time.time()
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {pool.submit(run_one, args.apiary, *j): j for j in jobs}
+        futs = {pool.submit(run_one, args.apiary, *j, args.setup): j for j in jobs}
         for k, f in enumerate(cf.as_completed(futs), 1):
             m, n, p, seed = futs[f]
             rounds, secs = f.result()
@@ -136,10 +165,17 @@ def main():
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     R = args.restarts
-    lines = ["# Moshpit SGD averaging table, reproduced in ns-3", "",
+    title = "# Moshpit SGD averaging table, reproduced in ns-3" + (
+        " with the authors' simulation setup" if args.setup == "authors" else "")
+    setup_line = ("Moshpit: every peer its own random cell, coordinates fixed (a group is the alive peers on one "
+                  "grid line), as in the authors' simulation; paper column: their notebook's printed table."
+                  if args.setup == "authors" else
+                  "Moshpit: cells drawn coordinate by coordinate (peers may share one), each peer's coordinate "
+                  "in the left-out dimension becomes its rank in the group after a round (the paper's algorithm).")
+    lines = [title, "", setup_line, "",
              f"Source tree at commit {commit or '?'}{' (with uncommitted changes)' if dirty else ''}; binary {args.apiary}.", "",
              "Generated by `/usr/bin/python3 papers/moshpit/run.py "
-             f"--restarts {R} --peers {' '.join(map(str, args.peers))}` "
+             f"--setup {args.setup} --restarts {R} --peers {' '.join(map(str, args.peers))} --methods {' '.join(args.methods)}` "
              f"({len(jobs)} runs in {(time.time() - t0) / 60:.1f} min, {len(all_jobs) - len(jobs)} from the cache). "
              "Rounds until the variance across peers is below 1e-9, "
              f"mean over {R} restarts (seeds 1..{R}); 50 means not reached in 50 rounds. "
