@@ -93,6 +93,18 @@ std::optional<Error> ExpertServer::check(const std::string& uid, const ExpertJob
     if (job.input_bytes > job.payload.size()) return Error{ErrorCode::kBadMessage, "expert " + uid + ": backward payload too short"};
   }
   if (job.rows() < 1) return Error{ErrorCode::kInvalidArgument, "expert " + uid + ": an empty batch"};
+  // One request never holds the device longer than a full batch would.
+  if (job.rows() > opt_.max_batch)
+    return Error{ErrorCode::kTooLarge, "expert " + uid + ": " + std::to_string(job.rows()) + " rows, over the server's " +
+                                           std::to_string(opt_.max_batch) + " per batch"};
+  // float32 travels raw: the payload must hold exactly the shape's values (other codecs are
+  // self-describing and checked by the backend that decodes them).
+  if (job.codec == 0) {
+    const std::uint64_t in = 4 * static_cast<std::uint64_t>(job.input.elements());
+    const std::uint64_t grad = job.backward ? 4 * static_cast<std::uint64_t>(job.grad.elements()) : 0;
+    if ((job.backward ? job.input_bytes : job.payload.size()) != in || job.payload.size() != in + grad)
+      return Error{ErrorCode::kBadMessage, "expert " + uid + ": the payload does not hold the tensors its shapes say"};
+  }
   return std::nullopt;
 }
 

@@ -1,10 +1,11 @@
 #pragma once
-// The DMoE workload: expert servers with a compute model, and trainers
-// that route batches through mixture layers with the real protocol code — expert declarations
-// and the beam search over the DHT, parallel calls with k_min, a grace period and timeouts,
-// failures skipped — while the tensors are size-only payloads (the bytes are modelled, not
-// moved) and each server's device takes rows / speed seconds per request, one at a time in
-// arrival order.
+// The DMoE workload: expert servers with a compute model, and trainers that route batches
+// through mixture layers with the real protocol code — core's expert server with its batching,
+// core's mixture router (expert declarations and the beam search over the DHT, batch, per-sample
+// or switch routing, parallel calls with k_min, a grace period and timeouts, failures skipped,
+// the parallel backward) — while the tensors are size-only payloads (the bytes are modelled, not
+// moved), the gate's scores are drawn at random, and each server's device takes rows / speed
+// seconds per batch, one batch at a time in arrival order.
 //
 // Modes (Learning@home's comparison):
 //   dmoe            every trainer pushes `concurrency` batches at once through `layers` mixture

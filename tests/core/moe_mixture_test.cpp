@@ -363,8 +363,29 @@ TEST(ExpertServerCore, BadRequestsGetClearErrorsAndTheServerKeepsServing) {
   ASSERT_FALSE(r[2].ok());
   EXPECT_NE(r[2].error().message.find("out of memory"), std::string::npos) << r[2].error().message;
   ASSERT_FALSE(r[3].ok());
+  // More rows than a batch may hold, and a float32 payload that does not match its shape, are
+  // refused before they reach the device.
+  auto big = p.all([&] {
+    std::vector<Task<Result<TensorReply>>> v;
+    v.push_back(p.ask(1, "e.0", 5000));
+    ForwardRequest q{"e.0", TensorShape{{1000000, kDim}}, 0, floats(std::vector<float>(3, 1.0f)), 0};
+    v.push_back(p.rpcs[2]->call<TensorReply>(p[0].local(), std::move(q), 10s));
+    return v;
+  }());
+  ASSERT_FALSE(big[0].ok());
+  EXPECT_NE(big[0].error().message.find("over the server's 4096 per batch"), std::string::npos) << big[0].error().message;
+  ASSERT_FALSE(big[1].ok());
+  EXPECT_NE(big[1].error().message.find("over the server's"), std::string::npos) << big[1].error().message;
+  std::vector<Task<Result<TensorReply>>> lying;
+  {
+    ForwardRequest q{"e.0", TensorShape{{2, kDim}}, 0, floats(std::vector<float>(5, 1.0f)), 0};
+    lying.push_back(p.rpcs[3]->call<TensorReply>(p[0].local(), std::move(q), 10s));
+  }
+  auto lie = p.all(std::move(lying));
+  ASSERT_FALSE(lie[0].ok());
+  EXPECT_NE(lie[0].error().message.find("does not hold the tensors"), std::string::npos) << lie[0].error().message;
   // Backward gradients of the wrong shape are refused before the backend sees them.
-  BackwardRequest q{"e.0", TensorShape{{2, kDim}}, TensorShape{{3, kDim}}, 0, Payload::size_only(48), 0, 24};
+  BackwardRequest q{"e.0", TensorShape{{2, kDim}}, TensorShape{{3, kDim}}, 0, floats(std::vector<float>(12, 0.0f)), 0, 24};
   auto bad = p.all([&] {
     std::vector<Task<Result<TensorReply>>> v;
     v.push_back(p.rpcs[1]->call<TensorReply>(p[0].local(), std::move(q), 10s));
