@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "harness/runner.hpp"
 #include "real/live_host.hpp"
@@ -17,7 +19,33 @@ namespace {
 struct Case {
   const char* name;
   const char* scenario;  // without `backend`
+  std::vector<std::string> sets = {};
 };
+
+const char* kDiloco = R"(peers = 3
+duration = "2min"
+[network]
+latency = "2ms"
+[dht]
+bootstrap_peers = 2
+join_window = "500ms"
+[workload]
+kind = "training"
+[training]
+mode = "diloco"
+train_samples = 2000
+eval_samples = 200
+start = "1s"
+batch_size = 32
+inner_steps = 10
+steps = 2
+learning_rate = 0.05
+samples_per_second = "2000/s"
+eval_period = "1s"
+progress_period = "100ms"
+matchmaking_budget = "2s"
+matchmaking_poll = "100ms"
+)";
 
 // Small scenarios: sub-second latencies, short starts, a few peers.
 const Case kCases[] = {
@@ -107,56 +135,8 @@ progress_period = "100ms"
 matchmaking_budget = "3s"
 matchmaking_poll = "100ms"
 )"},
-    {"diloco", R"(peers = 3
-duration = "2min"
-[network]
-latency = "2ms"
-[dht]
-bootstrap_peers = 2
-join_window = "500ms"
-[workload]
-kind = "training"
-[training]
-mode = "diloco"
-train_samples = 2000
-eval_samples = 200
-start = "1s"
-batch_size = 32
-inner_steps = 10
-steps = 2
-learning_rate = 0.05
-samples_per_second = "2000/s"
-eval_period = "1s"
-progress_period = "100ms"
-matchmaking_budget = "2s"
-matchmaking_poll = "100ms"
-)"},
-    {"diloco-roles", R"(peers = 5
-duration = "2min"
-[network]
-latency = "2ms"
-[dht]
-bootstrap_peers = 2
-join_window = "500ms"
-[workload]
-kind = "training"
-[training]
-mode = "diloco"
-client_fraction = 0.2
-aux_fraction = 0.2
-train_samples = 2000
-eval_samples = 200
-start = "1s"
-batch_size = 32
-inner_steps = 10
-steps = 2
-learning_rate = 0.05
-samples_per_second = "2000/s"
-eval_period = "1s"
-progress_period = "100ms"
-matchmaking_budget = "2s"
-matchmaking_poll = "100ms"
-)"},
+    {"diloco", kDiloco},
+    {"diloco-roles", kDiloco, {"peers=5", "training.client_fraction=0.2", "training.aux_fraction=0.2"}},
     {"dmoe", R"(peers = 5
 duration = "8s"
 [network]
@@ -194,7 +174,7 @@ const Outcome& run_case(const std::string& name, const std::string& backend) {
   const Case* c = nullptr;
   for (const auto& k : kCases)
     if (name == k.name) c = &k;
-  auto sc = Scenario::from_string(std::string("backend = \"") + backend + "\"\n" + c->scenario, name + ".toml");
+  auto sc = Scenario::from_string(std::string("backend = \"") + backend + "\"\n" + c->scenario, name + ".toml", c->sets);
   const SwarmSpec spec = parse_swarm_spec(sc);
   auto out = std::make_unique<Outcome>();
   out->info = backend == "sim" ? sim::run_sim_swarm(spec, out->metrics) : real::run_live_swarm(spec, out->metrics);
