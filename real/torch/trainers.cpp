@@ -155,6 +155,21 @@ int run_trainer(const TrainerOptions& o) {
 
   int exit_code = 1;
   bool done = false;
+  // An auxiliary peer, in either mode: reduce a part of every step's (or round's) all-reduce until
+  // the swarm has taken its steps, train nothing. `once` is one assist (nothing when not ready).
+  auto assist_until_done = [&](std::function<Task<std::optional<nlohmann::json>>()> once,
+                               std::function<std::uint64_t()> epoch) -> Task<void> {
+    const auto until = wall0 + std::chrono::duration<double>(o.max_seconds);
+    while (epoch() < o.steps && std::chrono::steady_clock::now() < until) {
+      std::optional<nlohmann::json> a = co_await once();
+      if (a) log.write(*a);
+    }
+    nlohmann::json fin = {{"event", "final"}, {"role", "aux"}, {"epoch", epoch()}};
+    log.write(fin);
+    exit_code = epoch() >= o.steps ? 0 : 2;
+    co_await sleep_on(rt.timers, std::chrono::seconds(2));
+    done = true;
+  };
   auto body = [&]() -> Task<void> {
     std::vector<Endpoint> seeds{*Endpoint::parse(o.join)};
     co_await node.bootstrap(seeds);
@@ -162,19 +177,14 @@ int run_trainer(const TrainerOptions& o) {
     nlohmann::json start = {{"event", "start"}, {"index", o.index}, {"newcomer", o.newcomer}, {"role", o.role},
                             {"endpoint", live.local().to_string()}};
     log.write(start);
-    if (o.role == "aux") {  // an auxiliary peer: reduce a part of every step's all-reduce, train nothing
-      const auto until = wall0 + std::chrono::duration<double>(o.max_seconds);
-      while (collab->epoch() < o.steps && std::chrono::steady_clock::now() < until) {
+    if (o.role == "aux") {
+      std::function<Task<std::optional<nlohmann::json>>()> once = [&]() -> Task<std::optional<nlohmann::json>> {
         Result<optim::StepReport> r = co_await collab->core().assist();
-        if (!r.ok()) continue;  // not ready yet: look again
-        nlohmann::json assist = {{"event", "assist"}, {"epoch", r->epoch}, {"group", r->group}, {"bytes_sent", r->bytes_sent}};
-        log.write(assist);
-      }
-      nlohmann::json fin = {{"event", "final"}, {"role", "aux"}, {"epoch", collab->epoch()}};
-      log.write(fin);
-      exit_code = collab->epoch() >= o.steps ? 0 : 2;
-      co_await sleep_on(rt.timers, std::chrono::seconds(2));
-      done = true;
+        if (!r.ok()) co_return std::nullopt;  // not ready yet: look again (assist waits for the swarm itself)
+        co_return nlohmann::json{{"event", "assist"}, {"epoch", r->epoch}, {"group", r->group}, {"bytes_sent", r->bytes_sent}};
+      };
+      std::function<std::uint64_t()> epoch = [&] { return collab->epoch(); };
+      co_await assist_until_done(std::move(once), std::move(epoch));
       co_return;
     }
     if (o.newcomer) {
@@ -256,21 +266,17 @@ int run_trainer(const TrainerOptions& o) {
     log.write(start);
     auto now_s = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(); };
     const auto deadline = wall0 + std::chrono::duration<double>(o.max_seconds);
-    if (o.role == "aux") {  // reduce a part of every round's all-reduce, train nothing
-      while (diloco->round() < o.steps && std::chrono::steady_clock::now() < deadline) {
+    if (o.role == "aux") {
+      std::function<Task<std::optional<nlohmann::json>>()> once = [&]() -> Task<std::optional<nlohmann::json>> {
         Result<optim::OuterReport> r = co_await diloco->assist();
-        if (!r.ok()) {
+        if (!r.ok()) {  // the trainers have not reached the next round: look again soon
           co_await sleep_on(rt.timers, std::chrono::milliseconds(100));
-          continue;
+          co_return std::nullopt;
         }
-        nlohmann::json assist = {{"event", "assist"}, {"epoch", r->round}, {"group", r->group}, {"bytes_sent", r->bytes_sent}};
-        log.write(assist);
-      }
-      nlohmann::json fin = {{"event", "final"}, {"role", "aux"}, {"epoch", diloco->round()}};
-      log.write(fin);
-      exit_code = diloco->round() >= o.steps ? 0 : 2;
-      co_await sleep_on(rt.timers, std::chrono::seconds(2));
-      done = true;
+        co_return nlohmann::json{{"event", "assist"}, {"epoch", r->round}, {"group", r->group}, {"bytes_sent", r->bytes_sent}};
+      };
+      std::function<std::uint64_t()> epoch = [&] { return diloco->round(); };
+      co_await assist_until_done(std::move(once), std::move(epoch));
       co_return;
     }
     Rng data_rng(o.seed ^ (0x9e3779b97f4a7c15ULL * (o.index + 1)) ^ (o.newcomer ? 0x5555 : 0));
