@@ -167,14 +167,8 @@ Task<std::vector<bool>> MixtureRouter::backward(MixturePlan plan, MixtureTensors
   std::function<Task<Result<TensorReply>>(std::size_t)> send = [this, &calls, &tensors](std::size_t j) {
     MixtureTensors::Body in = tensors.inputs(calls[j].rows);
     MixtureTensors::Body g = tensors.output_grads(j, calls[j].rows);
-    const std::uint64_t in_bytes = in.payload.size();
-    Payload both = Payload::size_only(in_bytes + g.payload.size());
-    if (in.payload.has_data() && g.payload.has_data()) {
-      Bytes bytes(in.payload.data().begin(), in.payload.data().end());
-      bytes.insert(bytes.end(), g.payload.data().begin(), g.payload.data().end());
-      both = Payload::bytes(std::move(bytes));
-    }
-    BackwardRequest q{calls[j].expert.uid, std::move(in.shape), std::move(g.shape), calls[j].keep, std::move(both), in.codec, in_bytes};
+    BackwardRequest q =
+        backward_request(calls[j].expert.uid, std::move(in.shape), in.payload, std::move(g.shape), g.payload, calls[j].keep, in.codec);
     return rpc_.call<TensorReply>(calls[j].expert.server, std::move(q), cfg_.backward_timeout);
   };
   std::vector<bool> usable(n, false);

@@ -99,7 +99,6 @@ class MixtureRouter {
   // Every planned expert's backward at once, waiting for all up to the backward timeout; which
   // answered, by the plan's call index (that index is the slot `tensors` sees).
   Task<std::vector<bool>> backward(MixturePlan plan, MixtureTensors& tensors);
-  std::size_t searches_made() const { return finder_.traversals(); }
 
  private:
   Task<std::vector<std::vector<FoundExpert>>> route(const GateScores& scores, const std::vector<std::string>& failed);

@@ -118,6 +118,19 @@ struct BackwardRequest {
   }
 };
 
+// A backward request for `uid`: the inputs then the output gradients in one payload (size-only
+// when either part is).
+inline BackwardRequest backward_request(std::string uid, TensorShape input, const Payload& inputs, TensorShape grad,
+                                        const Payload& grads, std::uint64_t keep, std::uint8_t codec) {
+  Payload both = Payload::size_only(inputs.size() + grads.size());
+  if (inputs.has_data() && grads.has_data()) {
+    Bytes bytes(inputs.data().begin(), inputs.data().end());
+    bytes.insert(bytes.end(), grads.data().begin(), grads.data().end());
+    both = Payload::bytes(std::move(bytes));
+  }
+  return BackwardRequest{std::move(uid), std::move(input), std::move(grad), keep, std::move(both), codec, inputs.size()};
+}
+
 struct InfoRequest {
   static constexpr std::uint32_t kMethod = 302;
   std::string uid;

@@ -75,12 +75,6 @@ ExpertServer::ExpertServer(Runtime& rt, Rpc& rpc, ExpertBackend& backend, Server
 
 ExpertServer::~ExpertServer() { scope_.destroy_all(); }
 
-std::size_t ExpertServer::waiting() const {
-  std::size_t n = 0;
-  for (const auto& [lane, q] : lanes_) n += q.size();
-  return n;
-}
-
 std::optional<Error> ExpertServer::check(const std::string& uid, const ExpertJob& job) {
   const std::optional<ExpertInfo> info = backend_.info(uid);
   if (!info) return Error{ErrorCode::kInvalidArgument, "no expert " + uid + " here"};

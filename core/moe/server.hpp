@@ -92,7 +92,6 @@ class ExpertServer {
   ~ExpertServer();
   ExpertServer(const ExpertServer&) = delete;
   ExpertServer& operator=(const ExpertServer&) = delete;
-  std::size_t waiting() const;  // requests queued, not yet in a batch
 
  private:
   using Lane = std::pair<std::string, bool>;  // expert uid, backward

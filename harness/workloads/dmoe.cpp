@@ -34,11 +34,18 @@ std::vector<std::pair<moe::ExpertUid, std::uint32_t>> dmoe_experts(const DmoeSim
 
 namespace {
 
-std::set<std::string> hosted_by(const DmoeSimSpec& spec, std::uint32_t index) {
-  std::set<std::string> out;
+// Server `index`'s experts, over every layer.
+std::vector<moe::ExpertUid> hosted_by(const DmoeSimSpec& spec, std::uint32_t index) {
+  std::vector<moe::ExpertUid> out;
   for (std::uint32_t l = 0; l < spec.layers; ++l)
     for (auto& [uid, server] : dmoe_experts(spec, l))
-      if (server == index) out.insert(uid.str());
+      if (server == index) out.push_back(uid);
+  return out;
+}
+
+std::set<std::string> uids_of(const std::vector<moe::ExpertUid>& experts) {
+  std::set<std::string> out;
+  for (const auto& u : experts) out.insert(u.str());
   return out;
 }
 
@@ -83,13 +90,10 @@ DmoeServerApp::DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const Dmo
                              double forward_speed, double backward_speed)
     : rt_(rt),
       dht_(dht),
-      experts_(hosted_by(spec, index), spec.hidden),
+      mine_(hosted_by(spec, index)),
+      experts_(uids_of(mine_), spec.hidden),
       device_(rt, experts_, forward_speed, backward_speed),
-      server_(rt, rpc, device_, server_options(spec)) {
-  for (std::uint32_t l = 0; l < spec.layers; ++l)
-    for (auto& [uid, server] : dmoe_experts(spec, l))
-      if (server == index) mine_.push_back(uid);
-}
+      server_(rt, rpc, device_, server_options(spec)) {}
 
 DmoeServerApp::~DmoeServerApp() { scope_.destroy_all(); }
 

@@ -69,7 +69,6 @@ class ExpertServer {
   void save(const std::string& dir) { experts_.save(dir); }
   void load(const std::string& dir) { experts_.load(dir); }
   std::size_t kept() const { return experts_.kept(); }
-  static ExpertInfo info_of(const HostedExpert& e) { return TorchExperts::info_of(e); }
   TorchExperts& experts() { return experts_; }
 
  private:

@@ -1,20 +1,16 @@
 #include "real/torch/mixture.hpp"
 
-#include <set>
+#include <map>
 #include <stdexcept>
 
-#include <map>
 #include "real/torch/tensor.hpp"
 
 namespace apiary::real {
 
-
-using Shape = moe::TensorShape;
 using moe::BackwardRequest;
 using moe::ForwardRequest;
 using moe::InfoRequest;
 using moe::TensorReply;
-
 
 RemoteExpert::RemoteExpert(Rpc& rpc, Endpoint server, std::string uid, Drive drive, Duration timeout)
     : rpc_(rpc), server_(server), uid_(std::move(uid)), drive_(std::move(drive)), timeout_(timeout) {}
@@ -31,18 +27,6 @@ ExpertInfo RemoteExpert::info() {
 }
 
 namespace {
-
-template <class Req>
-torch::Tensor call(Rpc& rpc, const Endpoint& to, Req req, Duration timeout, const RemoteExpert::Drive& drive,
-                   const std::string& uid) {
-  auto task = rpc.call<TensorReply>(to, std::move(req), timeout);
-  task.start();
-  drive([&] { return task.done(); });
-  if (!task.done()) throw std::runtime_error("expert " + uid + ": the event loop stopped before the reply");
-  Result<TensorReply> r = task.result();
-  if (!r.ok()) throw std::runtime_error("expert " + uid + " at " + to.to_string() + ": " + r.error().describe());
-  return unpack(r->payload, r->shape.dims, r->codec);
-}
 
 struct RemoteExpertFunction : torch::autograd::Function<RemoteExpertFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, std::int64_t self) {
@@ -61,45 +45,6 @@ struct RemoteExpertFunction : torch::autograd::Function<RemoteExpertFunction> {
 };
 
 }  // namespace
-
-torch::Tensor RemoteExpert::call_forward(const torch::Tensor& x, std::uint64_t keep) {
-  const std::uint8_t c = codec_for(x);
-  ForwardRequest q{uid_, shape_of(x), keep, pack(x, c), c};
-  return call(rpc_, server_, std::move(q), timeout_, drive_, uid_);
-}
-
-torch::Tensor RemoteExpert::call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep) {
-  const std::uint8_t c = codec_for(x);
-  Payload xs = pack(x, c), gs = pack(grad_output, c);
-  Bytes both(xs.data().begin(), xs.data().end());
-  both.insert(both.end(), gs.data().begin(), gs.data().end());
-  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both)), c, xs.size()};
-  return call(rpc_, server_, std::move(q), timeout_, drive_, uid_);
-}
-
-// An expert's output computed already (in the layer's parallel round of calls), as a node of the
-// autograd graph whose backward asks that expert for the input gradients.
-struct PrecomputedRemoteFunction : torch::autograd::Function<PrecomputedRemoteFunction> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor out,
-                               std::int64_t self, std::int64_t keep) {
-    ctx->save_for_backward({x});
-    ctx->saved_data["self"] = self;
-    ctx->saved_data["keep"] = keep;
-    return out;
-  }
-  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
-    auto* expert = reinterpret_cast<RemoteExpert*>(ctx->saved_data["self"].toInt());
-    const torch::Tensor x = ctx->get_saved_variables()[0];
-    torch::Tensor gx;
-    try {
-      gx = expert->call_backward(x, grads[0], static_cast<std::uint64_t>(ctx->saved_data["keep"].toInt()));
-    } catch (const std::runtime_error&) {
-      gx = torch::zeros_like(x);  // the expert failed after answering: it contributes no gradient
-      expert->count_backward_failure();
-    }
-    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-};
 
 namespace {
 
@@ -128,12 +73,26 @@ Task<Result<torch::Tensor>> RemoteExpert::forward_async(torch::Tensor x, std::ui
 Task<Result<torch::Tensor>> RemoteExpert::backward_async(torch::Tensor x, torch::Tensor grad_output, std::uint64_t keep,
                                                          Duration timeout) {
   const std::uint8_t c = codec_for(x);
-  Payload xs = pack(x, c), gs = pack(grad_output, c);
-  Bytes both(xs.data().begin(), xs.data().end());
-  both.insert(both.end(), gs.data().begin(), gs.data().end());
-  BackwardRequest q{uid_, shape_of(x), shape_of(grad_output), keep, Payload::bytes(std::move(both)), c, xs.size()};
+  BackwardRequest q = moe::backward_request(uid_, shape_of(x), pack(x, c), shape_of(grad_output), pack(grad_output, c), keep, c);
   Result<TensorReply> r = co_await rpc_.call<TensorReply>(server_, std::move(q), timeout);
   co_return to_tensor(r);
+}
+
+torch::Tensor RemoteExpert::await_tensor(Task<Result<torch::Tensor>> task) {
+  task.start();
+  drive_([&] { return task.done(); });
+  if (!task.done()) throw std::runtime_error("expert " + uid_ + ": the event loop stopped before the reply");
+  Result<torch::Tensor> r = task.result();
+  if (!r.ok()) throw std::runtime_error("expert " + uid_ + " at " + server_.to_string() + ": " + r.error().describe());
+  return *r;
+}
+
+torch::Tensor RemoteExpert::call_forward(const torch::Tensor& x, std::uint64_t keep) {
+  return await_tensor(forward_async(x, keep, timeout_));
+}
+
+torch::Tensor RemoteExpert::call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep) {
+  return await_tensor(backward_async(x, grad_output, keep, timeout_));
 }
 
 namespace {

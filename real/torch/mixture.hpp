@@ -46,13 +46,11 @@ class RemoteExpert : public torch::nn::Module {
   torch::Tensor call_forward(const torch::Tensor& x, std::uint64_t keep = 0);
   torch::Tensor call_backward(const torch::Tensor& x, const torch::Tensor& grad_output, std::uint64_t keep = 0);
   const std::string& uid() const { return uid_; }
-  void count_backward_failure() { ++backward_failures_; }
   // The wire codec, chosen per tensor by size as in averaging (default: float32, exact).
   void set_codec(averaging::CodecPolicy p) { codec_ = p; }
   std::uint8_t codec_for(const torch::Tensor& t) const {
     return static_cast<std::uint8_t>(codec_.for_tensor(static_cast<std::uint64_t>(t.numel())));
   }
-  std::uint64_t backward_failures() const { return backward_failures_; }
   std::uint64_t next_keep() { return next_keep_++; }
   // The expert's input/output schema (throws std::runtime_error on failure).
   ExpertInfo info();
@@ -62,13 +60,14 @@ class RemoteExpert : public torch::nn::Module {
   Task<Result<torch::Tensor>> backward_async(torch::Tensor x, torch::Tensor grad_output, std::uint64_t keep, Duration timeout);
 
  private:
+  // Runs a call on the caller's event loop; its tensor, or std::runtime_error naming the expert.
+  torch::Tensor await_tensor(Task<Result<torch::Tensor>> task);
   Rpc& rpc_;
   Endpoint server_;
   std::string uid_;
   Drive drive_;
   Duration timeout_;
   std::uint64_t next_keep_ = 1;
-  std::uint64_t backward_failures_ = 0;
   averaging::CodecPolicy codec_;
 };
 

@@ -81,6 +81,20 @@ class Log {
   std::FILE* f_;
 };
 
+// What every trainer process starts with: one LibTorch thread, its start time, its JSON-lines
+// log, and the Fashion-MNIST splits.
+struct ProcessRun {
+  ProcessRun(const std::string& out, const std::string& dataset_dir, std::uint64_t train_samples)
+      : wall0((torch::set_num_threads(1), std::chrono::steady_clock::now())),
+        log(out),
+        train(load("train", dataset_dir, train_samples)),
+        test(load("t10k", dataset_dir, 0)) {}
+  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(); }
+  std::chrono::steady_clock::time_point wall0;
+  Log log;
+  TensorSet train, test;
+};
+
 void quiet_log(void*, std::uint32_t, LogLevel level, std::string_view component, std::string_view msg) {
   static const char* names[] = {"debug", "info", "warn", "error"};
   std::fprintf(stderr, "[%s] %.*s: %.*s\n", names[static_cast<int>(level)], static_cast<int>(component.size()),
@@ -90,11 +104,9 @@ void quiet_log(void*, std::uint32_t, LogLevel level, std::string_view component,
 }  // namespace
 
 int run_trainer(const TrainerOptions& o) {
-  torch::set_num_threads(1);
-  const auto wall0 = std::chrono::steady_clock::now();
-  Log log(o.out);
-  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
-  const TensorSet test = load("t10k", o.dataset_dir, 0);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  Log& log = run.log;
+  const TensorSet &train = run.train, &test = run.test;
 
   asio::io_context io;
   LiveOptions lo;
@@ -155,11 +167,17 @@ int run_trainer(const TrainerOptions& o) {
 
   int exit_code = 1;
   bool done = false;
+  // The test accuracy and loss on the first `limit` images, logged as `event` at `epoch`.
+  auto log_evaluation = [&](const char* event, std::uint64_t epoch, std::int64_t limit) {
+    const Eval e = evaluate(model, test, limit);
+    nlohmann::json j = {{"event", event}, {"epoch", epoch}, {"accuracy", e.accuracy}, {"loss", e.loss}, {"t", run.seconds()}};
+    log.write(j);
+  };
   // An auxiliary peer, in either mode: reduce a part of every step's (or round's) all-reduce until
   // the swarm has taken its steps, train nothing. `once` is one assist (nothing when not ready).
   auto assist_until_done = [&](std::function<Task<std::optional<nlohmann::json>>()> once,
                                std::function<std::uint64_t()> epoch) -> Task<void> {
-    const auto until = wall0 + std::chrono::duration<double>(o.max_seconds);
+    const auto until = run.wall0 + std::chrono::duration<double>(o.max_seconds);
     while (epoch() < o.steps && std::chrono::steady_clock::now() < until) {
       std::optional<nlohmann::json> a = co_await once();
       if (a) log.write(*a);
@@ -194,7 +212,7 @@ int run_trainer(const TrainerOptions& o) {
         Result<std::uint64_t> j = co_await collab->join();
         if (j.ok()) {
           nlohmann::json joined = {
-              {"event", "joined"}, {"epoch", *j}, {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
+              {"event", "joined"}, {"epoch", *j}, {"t", run.seconds()}};
           log.write(joined);
           break;
         }
@@ -203,7 +221,7 @@ int run_trainer(const TrainerOptions& o) {
     }
     Rng data_rng(o.seed ^ (0x9e3779b97f4a7c15ULL * (o.index + 1)) ^ (o.newcomer ? 0x5555 : 0));
     optim::SwarmProgress swarm;
-    const auto deadline = wall0 + std::chrono::duration<double>(o.max_seconds);
+    const auto deadline = run.wall0 + std::chrono::duration<double>(o.max_seconds);
     while (collab->epoch() < o.steps && std::chrono::steady_clock::now() < deadline) {
       // One local batch (at the emulated device's speed, if one is set).
       const TimePoint batch_start = rt.now();
@@ -238,19 +256,11 @@ int run_trainer(const TrainerOptions& o) {
                              {"group", r->group},
                              {"bytes_sent", r->bytes_sent},
                              {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
-                             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
+                             {"t", run.seconds()}};
       log.write(step);
-      if (o.eval_every && collab->epoch() % o.eval_every == 0) {
-        const Eval e = evaluate(model, test, static_cast<std::int64_t>(o.eval_samples));
-        nlohmann::json ev = {{"event", "eval"}, {"epoch", collab->epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
-                             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
-        log.write(ev);
-      }
+      if (o.eval_every && collab->epoch() % o.eval_every == 0) log_evaluation("eval", collab->epoch(), o.eval_samples);
     }
-    const Eval e = evaluate(model, test, test.size());
-    nlohmann::json fin = {{"event", "final"}, {"epoch", collab->epoch()}, {"accuracy", e.accuracy}, {"loss", e.loss},
-                          {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}};
-    log.write(fin);
+    log_evaluation("final", collab->epoch(), test.size());
     exit_code = collab->epoch() >= o.steps ? 0 : 2;
     // Linger a little so that peers still averaging with us, or downloading our state, finish.
     co_await sleep_on(rt.timers, std::chrono::seconds(2));
@@ -264,8 +274,7 @@ int run_trainer(const TrainerOptions& o) {
     nlohmann::json start = {{"event", "start"}, {"index", o.index}, {"mode", "diloco"}, {"role", o.role},
                             {"endpoint", live.local().to_string()}};
     log.write(start);
-    auto now_s = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(); };
-    const auto deadline = wall0 + std::chrono::duration<double>(o.max_seconds);
+    const auto deadline = run.wall0 + std::chrono::duration<double>(o.max_seconds);
     if (o.role == "aux") {
       std::function<Task<std::optional<nlohmann::json>>()> once = [&]() -> Task<std::optional<nlohmann::json>> {
         Result<optim::OuterReport> r = co_await diloco->assist();
@@ -302,17 +311,11 @@ int run_trainer(const TrainerOptions& o) {
                              {"group", r->group},
                              {"bytes_sent", r->bytes_sent},
                              {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
-                             {"t", now_s()}};
+                             {"t", run.seconds()}};
       log.write(step);
-      if (o.eval_every && diloco->round() % o.eval_every == 0) {
-        const Eval e = evaluate(model, test, static_cast<std::int64_t>(o.eval_samples));
-        nlohmann::json ev = {{"event", "eval"}, {"epoch", diloco->round()}, {"accuracy", e.accuracy}, {"loss", e.loss}, {"t", now_s()}};
-        log.write(ev);
-      }
+      if (o.eval_every && diloco->round() % o.eval_every == 0) log_evaluation("eval", diloco->round(), o.eval_samples);
     }
-    const Eval e = evaluate(model, test, test.size());
-    nlohmann::json fin = {{"event", "final"}, {"epoch", diloco->round()}, {"accuracy", e.accuracy}, {"loss", e.loss}, {"t", now_s()}};
-    log.write(fin);
+    log_evaluation("final", diloco->round(), test.size());
     exit_code = diloco->round() >= o.steps ? 0 : 2;
     co_await sleep_on(rt.timers, std::chrono::seconds(2));  // peers still averaging with us finish
     done = true;
@@ -326,11 +329,9 @@ int run_trainer(const TrainerOptions& o) {
 }
 
 int run_baseline(const TrainerOptions& o) {
-  torch::set_num_threads(1);
-  const auto wall0 = std::chrono::steady_clock::now();
-  Log log(o.out);
-  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
-  const TensorSet test = load("t10k", o.dataset_dir, 0);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  Log& log = run.log;
+  const TensorSet &train = run.train, &test = run.test;
   auto model = make_model(o);
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(o.learning_rate).momentum(o.momentum));
   Rng data_rng(o.seed ^ 0xba5e);
@@ -346,7 +347,7 @@ int run_baseline(const TrainerOptions& o) {
   }
   const Eval e = evaluate(model, test, test.size());
   log.write({{"event", "final"}, {"epoch", o.steps}, {"accuracy", e.accuracy}, {"loss", e.loss},
-             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+             {"t", run.seconds()}});
   std::printf("baseline: %u steps of %llu samples, test accuracy %.4f\n", o.steps,
               static_cast<unsigned long long>(o.target_batch), e.accuracy);
   return 0;
@@ -505,11 +506,9 @@ int run_expert_server(const DmoeOptions& o) {
 }
 
 int run_dmoe_trainer(const DmoeOptions& o) {
-  torch::set_num_threads(1);
-  const auto wall0 = std::chrono::steady_clock::now();
-  Log log(o.out);
-  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
-  const TensorSet test = load("t10k", o.dataset_dir, 0);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  Log& log = run.log;
+  const TensorSet &train = run.train, &test = run.test;
   Node n(o.delay_ms, o.seed * 131 + 3);
   n.join(o.join);
   MoeOptions mo;
@@ -551,7 +550,7 @@ int run_dmoe_trainer(const DmoeOptions& o) {
   Rng data_rng(o.seed ^ 0xd0e);
   std::uint32_t failed_steps = 0;
   for (std::uint32_t step = 0; step < o.steps; ++step) {
-    if (std::chrono::steady_clock::now() - wall0 > std::chrono::duration<double>(o.max_seconds)) break;
+    if (run.seconds() > o.max_seconds) break;
     const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
     opt.zero_grad();
     try {
@@ -566,7 +565,7 @@ int run_dmoe_trainer(const DmoeOptions& o) {
     if (o.eval_every && (step + 1) % o.eval_every == 0) {
       const double acc = evaluate_now(static_cast<std::int64_t>(o.eval_samples));
       log.write({{"event", "eval"}, {"epoch", step + 1}, {"accuracy", acc},
-                 {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+                 {"t", run.seconds()}});
     }
   }
   const double acc = evaluate_now(test.size());
@@ -574,16 +573,14 @@ int run_dmoe_trainer(const DmoeOptions& o) {
              {"expert_failures", n.metrics.counter("moe.expert_failures")},
              {"researches", n.metrics.counter("moe.researches")},
              {"backward_failures", n.metrics.counter("moe.backward_failures")},
-             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+             {"t", run.seconds()}});
   return 0;
 }
 
 int run_dmoe_baseline(const DmoeOptions& o) {
-  torch::set_num_threads(1);
-  const auto wall0 = std::chrono::steady_clock::now();
-  Log log(o.out);
-  const TensorSet train = load("train", o.dataset_dir, o.train_samples);
-  const TensorSet test = load("t10k", o.dataset_dir, 0);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  Log& log = run.log;
+  const TensorSet &train = run.train, &test = run.test;
   torch::manual_seed(o.seed);
   torch::nn::Linear in(784, o.dim), out(o.dim, 10);
   LocalMixture moe(o);
@@ -607,7 +604,7 @@ int run_dmoe_baseline(const DmoeOptions& o) {
   torch::NoGradGuard g;
   const double acc = model(test.x).argmax(1).eq(test.y).to(torch::kFloat).mean().item<double>();
   log.write({{"event", "final"}, {"epoch", o.steps}, {"accuracy", acc},
-             {"t", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count()}});
+             {"t", run.seconds()}});
   std::printf("dmoe baseline: %u steps of %u, test accuracy %.4f\n", o.steps, o.batch_size, acc);
   return 0;
 }
