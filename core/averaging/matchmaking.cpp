@@ -251,6 +251,20 @@ void GridPosition::update(std::uint64_t round, std::size_t rank_in_group) {
   coords[static_cast<std::size_t>(round % coords.size())] = static_cast<std::uint32_t>(rank_in_group % side);
 }
 
+bool GridPosition::park(std::uint64_t round) {
+  if (coords.empty()) return false;
+  const std::size_t d = static_cast<std::size_t>(round % coords.size());
+  if (coords[d] >= side) return false;
+  for (auto& c : coords)
+    if (c >= side) c -= side;
+  coords[d] += side;
+  return true;
+}
+
+bool GridPosition::parked() const {
+  return std::any_of(coords.begin(), coords.end(), [&](std::uint32_t c) { return c >= side; });
+}
+
 GridPosition GridPosition::of_index(std::uint64_t index, std::uint32_t side, std::size_t dims) {
   GridPosition g;
   g.side = side;

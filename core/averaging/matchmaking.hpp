@@ -64,6 +64,13 @@ struct GridPosition {
   std::uint32_t side = 1;
   std::string key(std::uint64_t round) const;
   void update(std::uint64_t round, std::size_t rank_in_group);
+  // The peer skipped `round` (it was down or busy), so its line handed out ranks without it: its
+  // coordinate in the left-out dimension moves out of the grid's range (+ side) until the next
+  // update() in that dimension, so no rank given in its absence lands on its cell. A peer parked
+  // in another dimension takes that one back first (a peer parked in two dimensions would never
+  // meet anyone again). Returns false if nothing moved.
+  bool park(std::uint64_t round);
+  bool parked() const;
   // The position of peer `index` in a grid filled in row-major order.
   static GridPosition of_index(std::uint64_t index, std::uint32_t side, std::size_t dims);
 };

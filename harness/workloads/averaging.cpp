@@ -20,9 +20,14 @@ AveragingApp::AveragingApp(Runtime& rt, Rpc& rpc, dht::DhtNode* dht, const Avera
 
 AveragingApp::~AveragingApp() { scope_.destroy_all(); }
 
+void AveragingApp::skip_round(std::uint64_t t) {
+  if (spec_.grid_rule == "rank" && spec_.skip_rule == "park" && position_.park(t)) rt_.observer.count("avg.parked");
+}
+
 void AveragingApp::start_round(std::uint64_t t, std::string key) {
   if (busy_) {
     rt_.observer.count("avg.rounds_overlapped");
+    skip_round(t);
     return;
   }
   scope_.spawn(round(t, std::move(key), std::nullopt));
@@ -112,7 +117,7 @@ GridPosition AveragingDriver::initial_position(std::uint32_t peer) const {
   for (std::uint32_t d = 0; d < avg_.grid_dims; ++d) cells *= avg_.grid_side;
   const bool fill = avg_.placement == "fill" || (avg_.placement == "auto" && cells == spec_.peers);
   if (fill) return GridPosition::of_index(peer % cells, avg_.grid_side, avg_.grid_dims);
-  if (avg_.placement == "distinct") {
+  if (avg_.placement == "distinct" || avg_.placement == "auto") {
     // Random cells without replacement, the same on every peer (from the seed): peer i takes the
     // i-th cell drawn (the grid wraps if there are more peers than cells). Floyd's sampling
     // draws them without building the whole grid.
@@ -213,8 +218,12 @@ bool AveragingDriver::begin_round(std::uint64_t t, const std::vector<AveragingAp
     }
     return true;
   }
-  for (std::uint32_t i = 0; i < n; ++i)  // moshpit: matchmaking through the DHT
-    if (!fails[i]) apps[i]->start_round(t, apps[i]->position().key(t));
+  for (std::uint32_t i = 0; i < n; ++i) {  // moshpit: matchmaking through the DHT
+    if (!fails[i])
+      apps[i]->start_round(t, apps[i]->position().key(t));
+    else if (apps[i])
+      apps[i]->skip_round(t);
+  }
   return true;
 }
 
@@ -274,6 +283,10 @@ class AveragingWorkload final : public Workload {
       r.stop();
       return;
     }
+    // Peers that are down sit this round out too.
+    if (cfg_.grid_rule == "rank" && cfg_.skip_rule == "park")
+      for (auto& memo : kept_)
+        if (memo.position) memo.position->park(t);
     r.after(cfg_.period, [this, &r, t] { round(r, t + 1); });
   }
   const AveragingWorkloadSpec& cfg_;
@@ -289,6 +302,7 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   a.grid_dims = static_cast<std::uint32_t>(s.get_int("averaging.grid_dims", a.grid_dims, 1, 16));
   a.placement = s.get_string("averaging.placement", a.placement, {"auto", "fill", "random", "distinct"});
   a.grid_rule = s.get_string("averaging.grid_rule", a.grid_rule, {"rank", "fixed"});
+  a.skip_rule = s.get_string("averaging.skip_rule", a.skip_rule, {"park", "keep"});
   a.group_size = static_cast<std::uint32_t>(s.get_int("averaging.group_size", a.group_size, 2, 4096));
   a.elements = static_cast<std::uint64_t>(s.get_int("averaging.elements", static_cast<std::int64_t>(a.elements), 1, std::int64_t{1} << 32));
   a.rounds = static_cast<std::uint32_t>(s.get_int("averaging.rounds", a.rounds, 1, 100000));

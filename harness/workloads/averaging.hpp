@@ -29,12 +29,18 @@ struct AveragingWorkloadSpec final : WorkloadConfig {
   std::uint32_t grid_dims = 2;
   // Initial cells: fill (row-major), random (each coordinate drawn on its own, so peers may
   // share a cell), distinct (random cells, each peer its own, as the Moshpit authors' simulation
-  // places them), auto: fill iff the grid is full, else random.
+  // places them; with more peers than cells, every cell gets one before any gets two), auto:
+  // fill iff the grid is full, else distinct.
   std::string placement = "auto";
   // After a Moshpit round: rank (the peer's coordinate in the left-out dimension becomes its rank
   // in the group, the paper's algorithm and hivemind's) or fixed (coordinates never change, as in
   // the authors' simulation).
   std::string grid_rule = "rank";
+  // Under the rank rule, a peer that skips a round (it failed, was down or still busy): park (its
+  // coordinate in the left-out dimension leaves the grid's range until it is next ranked there,
+  // so it never shares a cell with a peer ranked in its absence) or keep (it keeps the stale
+  // coordinate, which the rank handed out without it may duplicate).
+  std::string skip_rule = "park";
   std::uint32_t group_size = 16;   // random groups
   std::uint64_t elements = 1;      // values per peer
   std::uint32_t rounds = 10;
@@ -68,6 +74,8 @@ class AveragingApp final : public PeerApp {
   // Round t by matchmaking under `key`; or with a known group (allreduce grouping).
   void start_round(std::uint64_t t, std::string key);
   void start_static_round(std::uint64_t t, averaging::Group group);
+  // The peer sits round t out (it failed): the grid rule's skip_rule applies.
+  void skip_round(std::uint64_t t);
 
  private:
   Task<void> round(std::uint64_t t, std::string key, std::optional<averaging::Group> group);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 
 #include "core/averaging/allreduce.hpp"
 #include "core/averaging/matchmaking.hpp"
@@ -84,6 +85,39 @@ TEST(Moshpit, GridKeysLeaveOutOneDimensionInTurn) {
   EXPECT_EQ(p.key(4), "t4.d1.1.*.1");
   p.update(0, 0);
   EXPECT_EQ(p.coords, (std::vector<std::uint32_t>{0, 0, 1}));
+}
+
+// A line of a 4x4 grid re-ranks while one of its peers sits the round out. Kept, that peer's
+// stale cell is handed to a ranked peer; parked, it is outside the grid until its next ranking
+// in that dimension, and only one dimension is ever parked.
+TEST(Moshpit, SkippedPeerParksOutsideTheRanksHandedOutWithoutIt) {
+  auto cells_after = [](bool park) {
+    std::vector<GridPosition> peers;
+    for (std::uint64_t x = 0; x < 4; ++x) peers.push_back(GridPosition::of_index(x * 4 + 1, 4, 2));  // (x, 1)
+    std::size_t rank = 0;
+    for (std::size_t i = 0; i < 4; ++i) {
+      if (i == 1) {
+        if (park) EXPECT_TRUE(peers[i].park(0));
+        continue;
+      }
+      peers[i].update(0, rank++);  // the three others rank 0, 1, 2 in dimension 0
+    }
+    std::set<std::vector<std::uint32_t>> cells;
+    for (auto& p : peers) cells.insert(p.coords);
+    return std::make_pair(cells.size(), peers[1]);
+  };
+  EXPECT_EQ(cells_after(false).first, 3u) << "kept: the skipped peer shares (1, 1) with the peer ranked 1";
+  auto [distinct, skipped] = cells_after(true);
+  EXPECT_EQ(distinct, 4u);
+  EXPECT_EQ(skipped.coords, (std::vector<std::uint32_t>{5, 1}));
+  EXPECT_TRUE(skipped.parked());
+  EXPECT_FALSE(skipped.park(2)) << "already parked in dimension 0";
+  EXPECT_EQ(skipped.key(1), "t1.d1.5.*") << "meets only peers parked alike";
+  EXPECT_TRUE(skipped.park(1));  // skips a round in dimension 1 too: dimension 0 comes back
+  EXPECT_EQ(skipped.coords, (std::vector<std::uint32_t>{1, 5}));
+  skipped.update(1, 3);  // ranked in dimension 1: back on the grid
+  EXPECT_EQ(skipped.coords, (std::vector<std::uint32_t>{1, 3}));
+  EXPECT_FALSE(skipped.parked());
 }
 
 // 8 peers in groups of 2 on a 2x2x2 grid: the mean is preserved every round and the spread is

@@ -180,6 +180,9 @@ TEST(SimAveraging, DistinctPlacementAndFixedCoordinates) {
     }
     EXPECT_EQ(cells.size(), 12u) << "seed " << seed;
     EXPECT_EQ(d.initial_position(3).coords, AveragingDriver(distinct, m).initial_position(3).coords) << "the same on every peer";
+    AveragingDriver by_default(spec_of(kAveraging, {"peers=12", sd}), m);
+    for (std::uint32_t i = 0; i < 12; ++i)
+      EXPECT_EQ(by_default.initial_position(i).coords, d.initial_position(i).coords) << "a partly filled grid is placed distinct";
   }
   // (With replacement, 12 draws from 16 cells collide with probability 1 - 16!/(4! 16^12) > 99%.)
   std::size_t shared = 0;
@@ -208,6 +211,7 @@ TEST(SimAveraging, FailuresAndCompressionStillConverge) {
   const auto& var = m.series().at("avg.round.variance");
   ASSERT_EQ(var.size(), 7u);
   EXPECT_GT(m.counter("avg.peer_round_failures"), 5);
+  EXPECT_GT(m.counter("avg.parked"), 5) << "peers that sat a round out left the ranks to the others";
   EXPECT_LT(var.back(), var.front() / 50);
   EXPECT_LT(m.mean("avg.round.bytes_sent"), 1.5 * 5000 * 2 * 1.05);  // half precision: 2 bytes a value
 }
