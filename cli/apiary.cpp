@@ -4,8 +4,12 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -17,7 +21,9 @@
 #include "cli/sweep.hpp"
 #include "real/live_allreduce.hpp"
 #include "real/live_dht.hpp"
+#include "real/exit_codes.hpp"
 #include "real/live_host.hpp"
+#include "real/processes.hpp"
 #ifdef APIARY_WITH_NS3
 #include "sim/sim_host.hpp"
 #endif
@@ -25,6 +31,7 @@
 namespace {
 
 using namespace apiary;
+using namespace apiary::real;  // the exit codes
 
 class ProgressBar {
  public:
@@ -93,14 +100,37 @@ void print_human(const nlohmann::json& j, const SwarmSpec& spec, const Metrics& 
               j["results"].get<std::string>().c_str());
 }
 
+// The results file cannot be written, or exists and --force was not given: found before the run.
+struct OutputError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Checks, before anything runs, that the results can be written to `out`: an --out that exists
+// is kept unless --force (the default out/<name>-seed<N>.h5 is the same run's, so it is
+// rewritten); the directory is created and a file can be made in it.
+void check_output(const std::string& out, bool given, bool force) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(out, ec)) throw OutputError("--out " + out + " is a directory; give a file name");
+  if (given && !force && fs::exists(out, ec)) throw OutputError(out + " exists; pass --force to overwrite it");
+  const auto parent = fs::path(out).parent_path();
+  if (!parent.empty() && !fs::create_directories(parent, ec) && ec)
+    throw OutputError("cannot create the directory of " + out + ": " + ec.message());
+  const std::string probe = out + ".partial";
+  if (!std::ofstream(probe)) throw OutputError("cannot write " + out + ": " + std::strerror(errno));
+  fs::remove(probe, ec);
+}
+
 int run(const std::string& scenario_path, std::optional<std::uint64_t> seed,
-        std::vector<std::string> sets, std::string out, bool json, bool quiet) {
+        std::vector<std::string> sets, std::string out, bool json, bool quiet, bool force) {
   if (seed) sets.push_back("seed=" + std::to_string(*seed));
   Scenario sc = scenario_path.empty()
                     ? Scenario::from_string(kQuickstartScenario, "<embedded quickstart>", sets)
                     : Scenario::from_file(scenario_path, sets);
   SwarmSpec spec = parse_swarm_spec(sc);
-  if (out.empty()) out = "out/" + spec.name + "-seed" + std::to_string(spec.seed) + ".h5";
+  const bool given = !out.empty();
+  if (!given) out = "out/" + spec.name + "-seed" + std::to_string(spec.seed) + ".h5";
+  check_output(out, given, force);
 
   Metrics metrics;
   ProgressBar bar(!quiet && isatty(STDERR_FILENO));
@@ -115,7 +145,9 @@ int run(const std::string& scenario_path, std::optional<std::uint64_t> seed,
   } else {
     info = real::run_live_swarm(spec, metrics, progress);
   }
-  results::write_h5(out, spec, metrics, info);
+  // Written beside, then renamed: an interrupted write never leaves a truncated results file.
+  results::write_h5(out + ".partial", spec, metrics, info);
+  std::filesystem::rename(out + ".partial", out);
   const auto summary = summarize(spec, metrics, info, out);
   if (!quiet) print_human(summary, spec, metrics, info);
   if (json) std::cout << summary.dump() << std::endl;
@@ -128,6 +160,9 @@ int main(int argc, char** argv) {
   CLI::App app{"Apiary: decentralized deep learning in simulation and live"};
   app.set_version_flag("--version", std::string("apiary ") + apiary::kVersion);
   app.require_subcommand(1);
+  app.footer("Exit codes: 0 done; 1 failed; 2 broken scenario or option (nothing ran); 3 dht get found no such key; "
+             "4 --out exists (use --force) or cannot be written (nothing ran); 5 a peer could not join; "
+             "130 / 143 interrupted by SIGINT / SIGTERM (children stopped, temporary files removed).");
 
   auto* run_cmd = app.add_subcommand("run", "Run a scenario (the embedded quickstart if none)");
   std::string scenario, out;
@@ -140,6 +175,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--out", out, "HDF5 results file (default out/<name>-seed<N>.h5)");
   run_cmd->add_flag("--json", json, "Print a JSON summary as the last line of stdout");
   run_cmd->add_flag("--quiet", quiet, "No progress bar or human summary");
+  bool force = false;
+  run_cmd->add_flag("--force", force, "Overwrite an existing --out file");
 
   // apiary peer: a live DHT node.
   auto* peer_cmd = app.add_subcommand("peer", "Run a live DHT peer until interrupted");
@@ -199,7 +236,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*run_cmd) return run(scenario, seed, sets, out, json, quiet || json);
+    if (*run_cmd) return run(scenario, seed, sets, out, json, quiet || json, force);
     if (*peer_cmd) return apiary::real::run_live_peer(peer);
     if (*ar_cmd) return apiary::real::run_allreduce_bench(ar);
     if (*sweep_cmd) return apiary::cli::run_sweep(sweep);
@@ -235,14 +272,20 @@ int main(int argc, char** argv) {
       } else {
         std::fprintf(stderr, "apiary dht: %s\n", r.error.c_str());
       }
-      return r.ok ? 0 : 1;
+      return r.ok ? kExitOk : r.not_found ? kExitNotFound : kExitFailed;
     }
   } catch (const apiary::ScenarioError& e) {
     std::fprintf(stderr, "apiary: scenario error: %s\n", e.what());
-    return 2;
+    return kExitBadInput;
+  } catch (const OutputError& e) {
+    std::fprintf(stderr, "apiary: %s\n", e.what());
+    return kExitOutput;
+  } catch (const apiary::real::Interrupted& e) {
+    std::fprintf(stderr, "apiary: %s; its processes are stopped and its temporary files removed\n", e.what());
+    return 128 + e.signal;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "apiary: %s\n", e.what());
-    return 1;
+    return kExitFailed;
   }
-  return 0;
+  return kExitOk;
 }

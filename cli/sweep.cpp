@@ -22,9 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-volatile std::sig_atomic_t g_interrupted = 0;
-void on_signal(int) { g_interrupted = 1; }
-
 struct Point {
   std::string name;
   std::uint64_t seed = 0;
@@ -146,9 +143,7 @@ int run_sweep(const SweepOptions& o) {
                total, total / std::max<std::size_t>(1, sw.seeds.empty() ? 1 : sw.seeds.size()),
                sw.seeds.empty() ? std::size_t{1} : sw.seeds.size(), dir.c_str(), cached);
 
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
-  real::ChildProcesses children;
+  real::ChildProcesses children;  // from here on SIGINT/SIGTERM reach the runs and set interrupted()
   std::map<pid_t, std::pair<std::size_t, std::chrono::steady_clock::time_point>> running;
   std::size_t next = 0, done = cached, failed = 0;
   double work_seconds = 0;  // wall time of runs finished in this invocation, summed
@@ -156,11 +151,12 @@ int run_sweep(const SweepOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const unsigned jobs = std::max(1u, o.jobs);
   while (true) {
-    while (!g_interrupted && running.size() < jobs && next < total) {
+    while (!real::interrupted() && running.size() < jobs && next < total) {
       Point& p = points[next];
       const std::size_t i = next++;
       if (p.status == "done") continue;
-      std::vector<std::string> args{"apiary", "run", o.scenario, "--quiet", "--json", "--out", (dir / (p.name + ".h5")).string()};
+      std::vector<std::string> args{"apiary", "run", o.scenario, "--quiet", "--json", "--force", "--out",
+                                    (dir / (p.name + ".h5")).string()};
       for (const auto& s : o.sets) args.insert(args.end(), {"--set", s});
       for (const auto& [k, v] : p.params) args.insert(args.end(), {"--set", k + "=" + v});
       args.insert(args.end(), {"--seed", std::to_string(p.seed)});
@@ -169,7 +165,7 @@ int run_sweep(const SweepOptions& o) {
       running[pid] = {i, std::chrono::steady_clock::now()};
     }
     if (running.empty()) break;
-    if (g_interrupted) {
+    if (real::interrupted()) {
       children.signal_all(SIGTERM);
     }
     if (auto r = children.reap_one()) {
@@ -179,7 +175,7 @@ int run_sweep(const SweepOptions& o) {
       p.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - it->second.second).count();
       running.erase(it);
       const bool ok = WIFEXITED(r->second) && WEXITSTATUS(r->second) == 0;
-      if (g_interrupted && !ok) {
+      if (real::interrupted() && !ok) {
         p.status = "pending";  // killed by us: runs again on resume
       } else {
         p.status = ok ? "done" : "failed";
@@ -189,7 +185,7 @@ int run_sweep(const SweepOptions& o) {
         if (!ok) std::fprintf(stderr, "sweep: %s failed (see %s)\n", p.name.c_str(), (dir / (p.name + ".log")).c_str());
       }
       write_index(dir, index_json(o.scenario, spec.name, points));
-      if (!o.quiet && !g_interrupted) {
+      if (!o.quiet && !real::interrupted()) {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const std::size_t left = total - done - failed;
         const double eta = finished_here ? work_seconds / static_cast<double>(finished_here) * static_cast<double>(left) / jobs : 0;
@@ -201,7 +197,7 @@ int run_sweep(const SweepOptions& o) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   write_index(dir, index_json(o.scenario, spec.name, points));
-  if (g_interrupted) {
+  if (real::interrupted()) {
     std::fprintf(stderr, "sweep interrupted: %zu of %zu runs done; run the same command again to resume\n", done, total);
     return 130;
   }

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 #include <malloc.h>
+#include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -33,6 +35,19 @@ compression::Codec codec_named(const std::string& name) {
 
 std::string path_in(const std::string& dir, const std::string& name, std::int64_t rank) {
   return (std::filesystem::path(dir) / (name + std::to_string(rank))).string();
+}
+
+// The last lines of a peer's log, for an error message (the directory goes with the run).
+std::string log_tail(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(f, l);) {
+    lines.push_back(l);
+    if (lines.size() > 5) lines.erase(lines.begin());
+  }
+  std::string out;
+  for (const auto& l : lines) out += "\n    | " + l;
+  return out.empty() ? " (its log is empty)" : "; its log ends:" + out;
 }
 
 struct PeerOutcome {
@@ -84,10 +99,17 @@ int run_peer(const AllReduceBenchOptions& o) {
   write_file_atomically(path_in(o.dir, "ready", o.rank), rt.local().to_string());
 
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  // The parent writes `abort` when a peer process dies: the others stop waiting for it.
+  const std::string abort_file = (std::filesystem::path(o.dir) / "abort").string();
+  auto aborted = [&] { return std::filesystem::exists(abort_file); };
   Group group;
   group.schema = TensorSchema{{{static_cast<std::int64_t>(o.elements)}}};
   for (std::uint32_t i = 0; i < o.peers; ++i) {
-    auto ep = Endpoint::parse(wait_for_file(path_in(o.dir, "ready", i), deadline, "peer " + std::to_string(i)));
+    const std::string ready = path_in(o.dir, "ready", i);
+    while (!std::filesystem::exists(ready) && !aborted() && std::chrono::steady_clock::now() < deadline)
+      io.run_one_for(std::chrono::milliseconds(10));
+    if (aborted()) return 1;
+    auto ep = Endpoint::parse(wait_for_file(ready, deadline, "peer " + std::to_string(i)));
     if (!ep) throw std::runtime_error("bad endpoint from peer " + std::to_string(i));
     group.members.push_back(Member{*ep, MemberKind::kFull, 1.0});
   }
@@ -105,12 +127,12 @@ int run_peer(const AllReduceBenchOptions& o) {
   std::vector<float> values(o.elements, static_cast<float>(o.rank + 1));
   auto task = peer_rounds(avg, group, std::move(values), o, out, done);
   task.start();
-  while (!done && std::chrono::steady_clock::now() < deadline) io.run_one_for(std::chrono::milliseconds(50));
-  if (!done) out.error = "timed out";
+  while (!done && !aborted() && std::chrono::steady_clock::now() < deadline) io.run_one_for(std::chrono::milliseconds(50));
+  if (!done) out.error = aborted() ? "stopped: another peer process died" : "timed out";
   // Barrier: keep serving until every peer has its result (late pieces of my part still get answered).
   write_file_atomically(path_in(o.dir, "done", o.rank), "1");
   for (std::uint32_t i = 0; i < o.peers; ++i)
-    while (!std::filesystem::exists(path_in(o.dir, "done", i)) && std::chrono::steady_clock::now() < deadline)
+    while (!std::filesystem::exists(path_in(o.dir, "done", i)) && !aborted() && std::chrono::steady_clock::now() < deadline)
       io.run_one_for(std::chrono::milliseconds(10));
   rpc.shutdown();
   const double want = (o.peers + 1) / 2.0;
@@ -128,19 +150,44 @@ int run_parent(const AllReduceBenchOptions& o) {
   if (o.peers < 2) throw std::invalid_argument("--peers must be at least 2");
   if (o.rounds < 1) throw std::invalid_argument("--rounds must be at least 1");
   codec_named(o.codec);
-  const auto dir = std::filesystem::temp_directory_path() / ("apiary-allreduce-" + std::to_string(getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const TempDir tmp("apiary-allreduce");  // before the children: they go first
+  const auto& dir = tmp.path();
   ChildProcesses children;
+  std::vector<pid_t> pids;
   for (std::uint32_t i = 0; i < o.peers; ++i)
-    children.spawn_self({"apiary", "allreduce-bench", "--peers", std::to_string(o.peers), "--elements",
+    pids.push_back(children.spawn_self({"apiary", "allreduce-bench", "--peers", std::to_string(o.peers), "--elements",
                          std::to_string(o.elements), "--rounds", std::to_string(o.rounds), "--warmup",
                          std::to_string(o.warmup), "--codec", o.codec, "--piece-elements",
                          std::to_string(o.piece_elements), "--window", std::to_string(o.window), "--host", o.host,
                          "--rank", std::to_string(i), "--dir", dir.string()},
-                        path_in(dir.string(), "log", i));
+                        path_in(dir.string(), "log", i)));
+  // Wait for every peer; when one dies, tell the rest (the abort file) instead of letting them
+  // wait for it, and report the dead one.
   std::vector<std::string> failures;
-  const bool finished = children.wait_all(std::chrono::steady_clock::now() + std::chrono::minutes(11), failures);
+  bool finished = true;
+  std::size_t left = o.peers;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(11);
+  while (left > 0) {
+    throw_if_interrupted();
+    if (std::chrono::steady_clock::now() >= deadline) {
+      finished = false;
+      break;
+    }
+    const auto r = children.reap_one();
+    if (!r) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    --left;
+    const auto rank = std::find(pids.begin(), pids.end(), r->first) - pids.begin();
+    if (WIFSIGNALED(r->second)) {
+      failures.push_back("peer " + std::to_string(rank) + " (pid " + std::to_string(r->first) + ") was killed by signal " +
+                         std::to_string(WTERMSIG(r->second)));
+      write_file_atomically((dir / "abort").string(), "peer " + std::to_string(rank) + " died\n");
+    } else if (WEXITSTATUS(r->second) != 0) {
+      write_file_atomically((dir / "abort").string(), "peer " + std::to_string(rank) + " failed\n");
+    }
+  }
   std::vector<double> round_max(o.rounds, 0.0);
   std::uint64_t bytes = 0;
   double err = 0;
@@ -150,7 +197,7 @@ int run_parent(const AllReduceBenchOptions& o) {
     std::uint64_t b = 0;
     double e = 0;
     if (!f || !std::getline(f, times_line) || !(f >> b >> e) || !(f >> std::ws && std::getline(f, status))) {
-      failures.push_back("peer " + std::to_string(i) + " wrote no result (log: " + path_in(dir.string(), "log", i) + ")");
+      failures.push_back("peer " + std::to_string(i) + " wrote no result" + log_tail(path_in(dir.string(), "log", i)));
       continue;
     }
     if (status != "ok") failures.push_back("peer " + std::to_string(i) + ": " + status);
@@ -165,7 +212,6 @@ int run_parent(const AllReduceBenchOptions& o) {
     for (const auto& f : failures) std::fprintf(stderr, "allreduce-bench: %s\n", f.c_str());
     return 1;
   }
-  std::filesystem::remove_all(dir);
   auto sorted = round_max;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2];

@@ -15,6 +15,7 @@
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/asio_timer.hpp"
+#include "real/exit_codes.hpp"
 #include "real/processes.hpp"
 #include "harness/churn.hpp"
 #include "harness/workloads/dht.hpp"
@@ -81,7 +82,10 @@ struct LiveNode {
   std::optional<T> run(Task<T> t, std::chrono::milliseconds deadline) {
     t.start();
     const auto end = std::chrono::steady_clock::now() + deadline;
-    while (!t.done() && std::chrono::steady_clock::now() < end) io.run_one_for(std::chrono::milliseconds(20));
+    while (!t.done() && std::chrono::steady_clock::now() < end) {
+      io.run_one_for(std::chrono::milliseconds(20));
+      throw_if_interrupted();
+    }
     if (!t.done()) return std::nullopt;
     return t.result();
   }
@@ -99,18 +103,24 @@ int run_live_peer(const LivePeerOptions& o) {
   std::fflush(stdout);
   if (!o.ready_file.empty())
     write_file_atomically(o.ready_file, identity.id().hex() + " " + n.rt->local().to_string() + "\n");
-  bool joined = seeds.empty();
+  // A peer told to join that reaches nobody does not carry on as a swarm of its own.
+  bool join_failed = false;
   if (!seeds.empty())
     n.node->spawn_join(seeds, [&](std::size_t contacts) {
-      joined = true;
+      join_failed = contacts == 0;
       if (o.verbose) std::fprintf(stderr, "joined: %zu contacts\n", contacts);
     });
   n.node->start_maintenance();
   asio::signal_set signals(n.io, SIGINT, SIGTERM);
   bool stop = false;
   signals.async_wait([&](boost::system::error_code, int) { stop = true; });
-  while (!stop) n.io.run_one_for(std::chrono::milliseconds(200));
-  (void)joined;
+  while (!stop && !join_failed) n.io.run_one_for(std::chrono::milliseconds(200));
+  if (join_failed) {
+    std::string list;
+    for (const auto& j : o.join) list += (list.empty() ? "" : ", ") + j;
+    std::fprintf(stderr, "apiary peer: could not join: no answer from %s\n", list.c_str());
+    return kExitNoSwarm;
+  }
   return 0;
 }
 
@@ -171,10 +181,11 @@ DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key
       return;
     }
     out.ok = res->found;
+    out.not_found = !res->found;
     out.records = res->records;
     out.hops = res->hops;
     out.latency_ms = static_cast<double>(res->latency.count()) / 1e6;
-    if (!out.ok) out.error = "not found";
+    if (!out.ok) out.error = "not found: the swarm answered and holds no record under '" + key + "'";
   });
 }
 
@@ -187,9 +198,8 @@ namespace apiary::real {
 RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   const auto& ops = spec.workload_config<DhtWorkloadConfig>();
   const auto wall0 = std::chrono::steady_clock::now();
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("apiary-live-dht-" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
+  const TempDir tmp("apiary-live-dht");  // before the children: they go first
+  const auto& dir = tmp.path();
   ChildProcesses children;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   // Peer i binds its namespace's address when peers have namespaces (live.netns), else live.host.
@@ -259,7 +269,10 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
                         }});
   churn.begin(std::max<std::uint32_t>(1, spec.dht.bootstrap_peers), spec.dht.join_window);
   // Let the swarm settle (joins, first lookups) for the join window.
-  client.io.run_for(spec.dht.join_window);
+  for (const auto settled = std::chrono::steady_clock::now() + spec.dht.join_window; std::chrono::steady_clock::now() < settled;) {
+    client.io.run_one_for(std::chrono::milliseconds(20));
+    throw_if_interrupted();
+  }
   std::vector<Endpoint> via;
   for (std::size_t i = 0; i < std::min<std::size_t>(3, endpoints.size()); ++i) via.push_back(*Endpoint::parse(endpoints[i]));
   if (!client.run(client.node->bootstrap(via), std::chrono::seconds(10)))
@@ -324,7 +337,6 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   info.figures["processes"] = spec.peers;
   info.run_seconds = store_seconds + get_seconds;
   client.node.reset();
-  std::filesystem::remove_all(dir);
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return info;
 }

@@ -37,6 +37,7 @@ struct DhtClientResult {
   std::size_t replicas = 0;                         // store: peers that accepted and hold the record
   std::size_t stale = 0, refused = 0, unreachable = 0;  // store: the others, by reason
   std::vector<dht::Record> records;
+  bool not_found = false;  // get: the swarm was reached and holds no record under the key
   double latency_ms = 0;
   int hops = 0;
   std::string error;

@@ -25,9 +25,8 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   const auto& d = spec.workload_config<DmoeWorkloadConfig>().torch;
   const fs::path exe = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
   const auto wall0 = std::chrono::steady_clock::now();
-  char tmpl[] = "/tmp/apiary-dmoe-XXXXXX";
-  if (!mkdtemp(tmpl)) throw std::runtime_error("cannot create a temporary directory");
-  const std::string dir = tmpl;
+  const TempDir tmp("apiary-dmoe");  // before the children: they go first
+  const std::string dir = tmp.str();
   ChildProcesses children;
   const std::string seed_ep = start_seed_peer(children, spec.live_host, dir);
   // Every process's options: one typed struct, serialised for the child by real/child_options.hpp.
@@ -119,12 +118,13 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
       if (r->first == trainer) trainer_status = r->second;
     const double f = to_seconds(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start)) / to_seconds(spec.duration);
     if (progress) progress(std::min(1.0, f));
-    if (trainer_status < 0 && f <= 1.05) return true;
+    if (trainer_status < 0 && f <= 1.05 && !interrupted()) return true;
     if (trainer_status < 0) kill(trainer, SIGKILL);
     io.stop();
     return false;
   });
   io.run();
+  throw_if_interrupted();
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   children.terminate_all();
   RunInfo info;
@@ -159,7 +159,6 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
     info.figures["baseline_accuracy"] = acc;
     info.figures["accuracy_gap_pts"] = 100 * (info.figures["final_accuracy"] - acc);
   }
-  fs::remove_all(dir);
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return info;
 }

@@ -42,9 +42,8 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   const auto& t = spec.workload_config<TrainingWorkloadSpec>();
   const std::string program = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
   const auto wall0 = std::chrono::steady_clock::now();
-  char tmpl[] = "/tmp/apiary-train-XXXXXX";
-  if (!mkdtemp(tmpl)) throw std::runtime_error("cannot create a temporary directory");
-  const std::string dir = tmpl;
+  const TempDir tmp("apiary-train");  // before the children: they go first
+  const std::string dir = tmp.str();
 
   ChildProcesses children;
   // The seed DHT peer every trainer enters through.
@@ -137,11 +136,12 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     const Duration elapsed = std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
     if (progress) progress(std::min(1.0, to_seconds(elapsed) / to_seconds(spec.duration)));
     const bool any_running = std::any_of(incs.begin(), incs.end(), [](const Incarnation& i) { return i.running; });
-    if ((any_running || pending > 0) && elapsed < spec.duration) return true;
+    if ((any_running || pending > 0) && elapsed < spec.duration && !interrupted()) return true;
     io.stop();
     return false;
   });
   io.run();
+  throw_if_interrupted();
   const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Stop whatever still runs (the seed peer, trainers past the deadline) before the baseline.
   children.terminate_all();
@@ -154,11 +154,24 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   std::size_t finishers = 0;
   std::uint64_t max_epoch = 0;
   std::size_t eval_source = incs.size();
+  // Utilisation of a trainer that ran to its final record: the share of its run not spent in
+  // averaging steps (the sim's busy / up time, measured on the wall clock).
+  double umin = 1, usum = 0;
+  std::size_t users = 0;
   for (std::size_t k = 0; k < incs.size(); ++k) {
     const auto& inc = incs[k];
     bool has_eval = false;
+    double stepping = 0;
     for (const auto& j : read_json_lines(inc.out)) {
       const std::string ev = j.value("event", "");
+      if (ev == "step") stepping += j.value("seconds", 0.0);
+      if (ev == "final" && !inc.killed && j.value("role", "") != "aux" && j.value("t", 0.0) > 0) {
+        const double u = std::clamp(1 - stepping / j.value("t", 0.0), 0.0, 1.0);
+        metrics.sample("train.utilisation", u);
+        umin = std::min(umin, u);
+        usum += u;
+        ++users;
+      }
       if (ev == "step") {
         metrics.count("train.steps_ok", 1);
         metrics.count("train.allreduce_bytes", j.value("bytes_sent", 0LL));
@@ -196,6 +209,10 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         metrics.sample("train.eval.accuracy", j.value("accuracy", 0.0));
         metrics.sample("train.eval.loss", j.value("loss", 0.0));
       }
+  if (users) {
+    info.figures["utilisation_min"] = umin;
+    info.figures["utilisation_mean"] = usum / static_cast<double>(users);
+  }
   info.figures["steps"] = static_cast<double>(max_epoch);
   info.figures["trainers_finished"] = static_cast<double>(finishers);
   info.figures["final_accuracy"] = finishers ? final_sum / static_cast<double>(finishers) : 0;
@@ -225,7 +242,6 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   if (finishers == 0)
     throw std::runtime_error("no trainer reached " + std::to_string(t.steps) + " steps within " +
                              format_duration(spec.duration) + "; the trainers' logs are in " + dir);
-  fs::remove_all(dir);
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return info;
 }

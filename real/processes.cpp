@@ -3,10 +3,15 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <mutex>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -16,9 +21,84 @@
 
 namespace apiary::real {
 
+namespace {
+
+// What the signal handler may touch: lock-free atomics only.
+std::atomic<int> g_signal{0};
+constexpr std::size_t kMaxChildren = 4096;
+std::atomic<pid_t> g_children[kMaxChildren];  // 0: a free slot
+std::mutex g_install_mu;
+int g_installed = 0;
+struct sigaction g_old_int, g_old_term;
+
+void on_stop_signal(int sig) {
+  int none = 0;
+  g_signal.compare_exchange_strong(none, sig);
+  for (auto& c : g_children)
+    if (const pid_t p = c.load(std::memory_order_relaxed); p > 0) kill(-p, SIGTERM);
+}
+
+void remember_child(pid_t pid) {
+  for (auto& c : g_children) {
+    pid_t free = 0;
+    if (c.compare_exchange_strong(free, pid)) return;
+  }
+}
+
+void forget_child(pid_t pid) {
+  for (auto& c : g_children) {
+    pid_t p = pid;
+    if (c.compare_exchange_strong(p, 0)) return;
+  }
+}
+
+// Polls for an exit every 10 ms until `deadline`; true if it came (status in `status`).
+bool reap_by(pid_t pid, std::chrono::steady_clock::time_point deadline, int& status) {
+  while (true) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid || (r < 0 && errno == ECHILD)) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+}  // namespace
+
+Interrupted::Interrupted(int sig)
+    : std::runtime_error(std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal")),
+      signal(sig) {}
+
+int interrupted() { return g_signal.load(); }
+
+void throw_if_interrupted() {
+  if (const int sig = g_signal.load()) throw Interrupted(sig);
+}
+
+ChildProcesses::ChildProcesses() {
+  std::lock_guard<std::mutex> lock(g_install_mu);
+  if (g_installed++ > 0) return;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &g_old_int);
+  sigaction(SIGTERM, &sa, &g_old_term);
+}
+
 ChildProcesses::~ChildProcesses() {
-  for (pid_t p : pids_) kill(p, SIGTERM);
-  for (pid_t p : pids_) waitpid(p, nullptr, 0);
+  for (pid_t p : pids_) kill(-p, SIGTERM);
+  const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (pid_t p : pids_) {
+    int status = 0;
+    if (!reap_by(p, grace, status)) {
+      kill(-p, SIGKILL);
+      waitpid(p, &status, 0);
+    }
+    forget_child(p);
+  }
+  std::lock_guard<std::mutex> lock(g_install_mu);
+  if (--g_installed > 0) return;
+  sigaction(SIGINT, &g_old_int, nullptr);
+  sigaction(SIGTERM, &g_old_term, nullptr);
 }
 
 pid_t ChildProcesses::spawn_self(const std::vector<std::string>& args, const std::string& log,
@@ -39,12 +119,23 @@ pid_t ChildProcesses::spawn(const std::string& exe, const std::vector<std::strin
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
     if (ns_fd >= 0) ::close(ns_fd);
     throw std::runtime_error("fork failed");
   }
   if (pid == 0) {
+    // Its own process group; the parent's handlers and blocked signals do not carry over; it
+    // goes when the parent goes (and if the parent is already gone, it does not start).
+    setpgid(0, 0);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
@@ -59,7 +150,13 @@ pid_t ChildProcesses::spawn(const std::string& exe, const std::vector<std::strin
     _exit(127);
   }
   if (ns_fd >= 0) ::close(ns_fd);
+  setpgid(pid, pid);  // also here: no race with a signal forwarded before the child ran
   pids_.push_back(pid);
+  remember_child(pid);
+  if (const int sig = g_signal.load()) {  // the signal came while we forked
+    kill(-pid, SIGTERM);
+    throw Interrupted(sig);
+  }
   return pid;
 }
 
@@ -73,12 +170,14 @@ bool ChildProcesses::wait_all(std::chrono::steady_clock::time_point deadline, st
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
           failures.push_back("pid " + std::to_string(*it) + " exited with status " + std::to_string(status));
         std::erase(pids_, *it);
+        forget_child(*it);
         it = left.erase(it);
       } else {
         ++it;
       }
     }
     if (left.empty()) break;
+    throw_if_interrupted();
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -90,6 +189,7 @@ std::optional<std::pair<pid_t, int>> ChildProcesses::reap_one() {
     int status = 0;
     if (waitpid(p, &status, WNOHANG) == p) {
       std::erase(pids_, p);
+      forget_child(p);
       return std::make_pair(p, status);
     }
   }
@@ -99,20 +199,44 @@ std::optional<std::pair<pid_t, int>> ChildProcesses::reap_one() {
 int ChildProcesses::kill_now(pid_t pid) {
   int status = 0;
   if (std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return status;
-  kill(pid, SIGKILL);
+  kill(-pid, SIGKILL);
   waitpid(pid, &status, 0);
   std::erase(pids_, pid);
+  forget_child(pid);
   return status;
 }
 
 void ChildProcesses::signal_all(int sig) {
-  for (pid_t p : pids_) kill(p, sig);
+  for (pid_t p : pids_) kill(-p, sig);
 }
 
 void ChildProcesses::terminate_all(std::chrono::seconds grace) {
   signal_all(SIGTERM);
-  std::vector<std::string> ignored;
-  wait_all(std::chrono::steady_clock::now() + grace, ignored);
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  for (pid_t p : pids_) {
+    int status = 0;
+    if (!reap_by(p, deadline, status)) {
+      kill(-p, SIGKILL);
+      waitpid(p, &status, 0);
+    }
+    forget_child(p);
+  }
+  pids_.clear();
+}
+
+TempDir::TempDir(const std::string& prefix) : exceptions_(std::uncaught_exceptions()) {
+  std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  if (!mkdtemp(tmpl.data())) throw std::runtime_error("cannot create a temporary directory " + tmpl + ": " + std::strerror(errno));
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  if (std::uncaught_exceptions() > exceptions_ && !interrupted()) {
+    std::fprintf(stderr, "apiary: kept %s for its logs\n", path_.c_str());
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
 }
 
 std::string wait_for_file(const std::string& path, std::chrono::steady_clock::time_point deadline,
@@ -124,6 +248,7 @@ std::string wait_for_file(const std::string& path, std::chrono::steady_clock::ti
       ss << f.rdbuf();
       return ss.str();
     }
+    throw_if_interrupted();
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   throw std::runtime_error(what + " did not appear in time: " + path);

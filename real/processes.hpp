@@ -2,6 +2,8 @@
 // Live swarms as separate processes on this machine: spawn this binary again with other
 // arguments, and wait for the files the children write when they are ready.
 #include <chrono>
+#include <filesystem>
+#include <stdexcept>
 #include <optional>
 #include <utility>
 #include <string>
@@ -13,10 +15,26 @@
 
 namespace apiary::real {
 
-// Children that are terminated (SIGTERM) and reaped when this object goes away.
+// SIGINT or SIGTERM reached a parent while it ran children: thrown by the waits below (and by
+// throw_if_interrupted) so that the parent unwinds, stopping its children and removing its
+// temporary directory on the way; main() exits with 128 + signal.
+struct Interrupted : std::runtime_error {
+  explicit Interrupted(int sig);
+  int signal;
+};
+// The signal that interrupted this process (0: none yet).
+int interrupted();
+void throw_if_interrupted();
+
+// Children that are terminated (SIGTERM, then SIGKILL after a grace period) and reaped when this
+// object goes away. While any ChildProcesses exists, SIGINT and SIGTERM to this process are
+// caught: they are forwarded to every child at once (as SIGTERM) and make interrupted() true.
+// Each child runs in a process group of its own (a signal to it reaches its own children too)
+// and receives SIGTERM if this process dies, even by SIGKILL (PR_SET_PDEATHSIG; spawn from a
+// thread that lives as long as the child should).
 class ChildProcesses {
  public:
-  ChildProcesses() = default;
+  ChildProcesses();
   ChildProcesses(const ChildProcesses&) = delete;
   ChildProcesses& operator=(const ChildProcesses&) = delete;
   ~ChildProcesses();
@@ -27,7 +45,7 @@ class ChildProcesses {
   pid_t spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log,
               const std::string& netns = {});
   // Waits for every child to exit, up to `deadline`; returns false on timeout. A child that
-  // exited non-zero is reported in `failures` ("pid N exited with status S").
+  // exited non-zero is reported in `failures` ("pid N exited with status S"). Throws Interrupted.
   bool wait_all(std::chrono::steady_clock::time_point deadline, std::vector<std::string>& failures);
   // A child that has exited, if any (non-blocking): its pid and raw wait status.
   std::optional<std::pair<pid_t, int>> reap_one();
@@ -43,8 +61,26 @@ class ChildProcesses {
   std::vector<pid_t> pids_;
 };
 
+// A fresh directory under the system's temporary directory (prefix-XXXXXX), removed with its
+// contents when this object goes away, unless it goes away during an error (not an interruption):
+// then it is kept for the logs the error message points to, and stderr says so.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+  int exceptions_ = 0;
+};
+
 // Polls (every 10 ms) until `path` exists, then returns its contents. Writers create the file
-// atomically (write path.tmp, rename). Throws std::runtime_error naming `what` on timeout.
+// atomically (write path.tmp, rename). Throws std::runtime_error naming `what` on timeout, and
+// Interrupted.
 std::string wait_for_file(const std::string& path, std::chrono::steady_clock::time_point deadline,
                           const std::string& what);
 // Writes `text` to `path` atomically.

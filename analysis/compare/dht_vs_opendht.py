@@ -35,7 +35,7 @@ def run_apiary(apiary, scenario, peers, keys, mode="first", concurrency=16):
     holders = 1 if mode == "first" else K
     out = subprocess.run([apiary, "run", scenario, "--json", "--set", f"peers={peers}", "--set", f"dht.k={K}",
                           "--set", f"workload.keys={keys}", "--set", f"workload.concurrency={concurrency}",
-                          "--set", f"workload.get_holders={holders}", "--out", f"/tmp/apiary-dht-live-{peers}.h5"],
+                          "--set", f"workload.get_holders={holders}", "--force", "--out", f"/tmp/apiary-dht-live-{peers}.h5"],
                          check=True, capture_output=True, text=True).stdout
     j = json.loads(out.strip().splitlines()[-1])
     c, s, cost = j["metrics"]["counters"], j["metrics"]["series"], j["cost"]

@@ -167,7 +167,7 @@ class NetnsLab:
 
 
 def run(binary, sets, out, netns=None, scenario="dht-live-64.toml"):
-    cmd = [binary, "run", os.path.join(ROOT, "scenarios", scenario), "--quiet", "--out", out]
+    cmd = [binary, "run", os.path.join(ROOT, "scenarios", scenario), "--quiet", "--force", "--out", out]
     for s in sets:
         cmd += ["--set", s]
     if netns:  # the runner (the client) in its namespace; it starts each peer in the peer's own

@@ -459,8 +459,11 @@ void summarize_training(std::FILE* f, const Metrics& m, const RunInfo& info) {
                c("train.samples"), fig("train_seconds"), fig("final_loss"), 100 * fig("final_accuracy"));
   if (info.figures.count("time_to_target_s") && fig("time_to_target_s") >= 0)
     std::fprintf(f, "  time to the target loss: %.0f s\n", fig("time_to_target_s"));
-  std::fprintf(f, "  utilisation per trainer: min %.1f%%, mean %.1f%%; averaging %.2f s per step", 100 * fig("utilisation_min"),
-               100 * fig("utilisation_mean"), fig("averaging_seconds_mean"));
+  if (info.figures.count("utilisation_min"))
+    std::fprintf(f, "  utilisation per trainer: min %.1f%%, mean %.1f%%;", 100 * fig("utilisation_min"), 100 * fig("utilisation_mean"));
+  else
+    std::fprintf(f, " ");
+  std::fprintf(f, " averaging %.2f s per step", fig("averaging_seconds_mean"));
   if (info.figures.count("compute_to_averaging"))
     std::fprintf(f, " (a step computes %.2f s, %.1fx that)", fig("step_compute_s"), fig("compute_to_averaging"));
   std::fprintf(f, "\n  all-reduce bytes per sample: %.1f; %lld steps ok, %lld failed, %lld catch-ups\n",

@@ -28,7 +28,7 @@ SCEN = os.path.join(ROOT, "scenarios")
 
 
 def run(binary, scenario, sets):
-    cmd = [binary, "run", os.path.join(SCEN, scenario), "--json", "--quiet", "--out", "/tmp/apiary-collab-paper.h5"]
+    cmd = [binary, "run", os.path.join(SCEN, scenario), "--json", "--quiet", "--force", "--out", "/tmp/apiary-collab-paper.h5"]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()

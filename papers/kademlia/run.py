@@ -31,7 +31,7 @@ def run(binary, n, seed):
     sets = [f"peers={n}", f"seed={seed}", f"dht.join_window={join}s", f"workload.start={join + 60}s",
             f"duration={join + 300}s", f"dht.bootstrap_peers={min(8, n // 10)}"]
     cmd = [binary, "run", os.path.join(HERE, "lookup.toml"), "--json", "--quiet",
-           "--out", f"/tmp/apiary-kademlia-{n}-{seed}.h5"]
+           "--force", "--out", f"/tmp/apiary-kademlia-{n}-{seed}.h5"]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()

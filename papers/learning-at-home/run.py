@@ -30,7 +30,7 @@ def run(binary, mode, ping, seed):
     sets = [f"dmoe.mode={mode}", f"network.hop_delay.mean={ping}ms", f"seed={seed}"]
     if mode == "model-parallel":
         sets.append("peers=5")  # the 4 servers and one trainer
-    cmd = [binary, "run", os.path.join(HERE, "throughput.toml"), "--json", "--quiet", "--out", "/tmp/apiary-l@h.h5"]
+    cmd = [binary, "run", os.path.join(HERE, "throughput.toml"), "--json", "--quiet", "--force", "--out", "/tmp/apiary-l@h.h5"]
     for s in sets:
         cmd += ["--set", s]
     out = subprocess.run(cmd, capture_output=True, text=True)

@@ -94,7 +94,7 @@ def verdict(method, ref, ours, n, p, restarts):
 
 def run_one(binary, method, n, p, seed):
     sets = [f"peers={n}", f"averaging.fail_probability={p}", f"seed={seed}"] + SETS[method]
-    cmd = [binary, "run", SCENARIO, "--json", "--quiet", "--out", f"/tmp/apiary-moshpit-{method}-{n}-{p}-{seed}.h5"]
+    cmd = [binary, "run", SCENARIO, "--json", "--quiet", "--force", "--out", f"/tmp/apiary-moshpit-{method}-{n}-{p}-{seed}.h5"]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()

@@ -59,6 +59,25 @@ msg=$("$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set "live.netns=$PWD/bad
 set -e
 [ $rc -eq 2 ] && echo "$msg" | grep -q "bad.map:3: '10.213.0.300' is not an IPv4 address" \
   || fail "bad namespace map not reported with file and line: $msg"
+# A directory is not a scenario.
+set +e; msg=$("$APIARY" run "$SRC/scenarios" 2>&1); rc=$?; set -e
+[ $rc -eq 2 ] && echo "$msg" | grep -q "is a directory, not a scenario file" || fail "directory as scenario: rc $rc: $msg"
+# --out: an existing file is kept without --force; an unwritable one is refused before the run.
+tiny=(--set peers=10 --set duration=2s --quiet)
+"$APIARY" run "$SRC/scenarios/ping-storm.toml" "${tiny[@]}" --out kept.h5 || fail "first run"
+before=$(stat -c %Y.%s kept.h5)
+set +e; msg=$("$APIARY" run "$SRC/scenarios/ping-storm.toml" "${tiny[@]}" --seed 2 --out kept.h5 2>&1); rc=$?; set -e
+[ $rc -eq 4 ] && echo "$msg" | grep -q "kept.h5 exists; pass --force" || fail "existing --out: rc $rc: $msg"
+[ "$(stat -c %Y.%s kept.h5)" = "$before" ] || fail "existing --out was touched"
+"$APIARY" run "$SRC/scenarios/ping-storm.toml" "${tiny[@]}" --seed 2 --out kept.h5 --force || fail "--force refused"
+mkdir ro && chmod 500 ro
+if [ ! -w ro ]; then  # (root writes anywhere: then a path under a regular file stands in)
+  out=ro/x.h5
+else
+  out=kept.h5/x.h5
+fi
+set +e; msg=$("$APIARY" run "$SRC/scenarios/dht-1k.toml" --quiet --out "$out" 2>&1); rc=$?; set -e
+[ $rc -eq 4 ] && echo "$msg" | grep -q "$out" || fail "unwritable --out: rc $rc: $msg"
 }
 
 # 4. Live: a short loopback ping-storm with real payloads, all echoed intact.
@@ -98,7 +117,12 @@ via=$(cut -d' ' -f2 ready6)
 got=$("$APIARY" dht get --via "$via" greeting) || fail "dht get failed"
 [ "$got" = "hello swarm" ] || fail "dht get returned '$got'"
 set +e; "$APIARY" dht get --via "$via" no-such-key > /dev/null 2>&1; rc=$?; set -e
-[ $rc -eq 1 ] || fail "missing key should exit 1, got $rc"
+[ $rc -eq 3 ] || fail "a missing key should exit 3 (found nothing), got $rc"
+set +e; "$APIARY" dht get --via 127.0.0.1:1 greeting > /dev/null 2>&1; rc=$?; set -e
+[ $rc -eq 1 ] || fail "an unreachable swarm should exit 1, got $rc"
+# A peer told to join a swarm that does not answer says so and exits 5, not a swarm of one.
+set +e; msg=$(timeout 60 "$APIARY" peer --listen 127.0.0.1:0 --join 127.0.0.1:1 2>&1); rc=$?; set -e
+[ $rc -eq 5 ] && echo "$msg" | grep -q "could not join: no answer from 127.0.0.1:1" || fail "join to a dead seed: rc $rc: $msg"
 # A restarted peer keeps its id (identity file).
 id_before=$(cut -d' ' -f1 ready2)
 kill "${pids[2]}"; rm -f ready2
@@ -184,6 +208,33 @@ assert r["bytes_sent_per_peer"] >= 2 * 300000 * 4 * 2 // 3, r
 PY
 "$APIARY" allreduce-bench --peers 2 --elements 10 --codec bogus 2> arbad.err && fail "bad codec accepted"
 grep -q "unknown codec 'bogus'" arbad.err || fail "bad codec error: $(cat arbad.err)"
+# Process hygiene. Start a long benchmark, wait until its 3 peers are up, then:
+start_bench() {
+  "$APIARY" allreduce-bench --peers 3 --elements 1000000 --rounds 1000 --warmup 0 > bench.out 2> bench.err & bench=$!
+  for _ in $(seq 600); do
+    kids=$(cat /proc/$bench/task/$bench/children 2>/dev/null || true)
+    [ "$(echo $kids | wc -w)" = 3 ] && ls /tmp/apiary-allreduce-*/ready2 > /dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  fail "the benchmark's peers did not start"
+}
+gone() { for k in $kids; do [ ! -e /proc/$k ] || grep -q "State:.*Z" /proc/$k/status || return 1; done; }
+rm -rf /tmp/apiary-allreduce-*
+# (a) SIGTERM to the parent: exit 143, every peer process gone, the temporary directory removed.
+start_bench
+kill -TERM $bench; rc=0; wait $bench || rc=$?
+[ $rc = 143 ] || fail "SIGTERM'd benchmark exited $rc: $(cat bench.err)"
+gone || fail "peer processes outlived their parent: $kids"
+! ls -d /tmp/apiary-allreduce-* 2> /dev/null || fail "temporary directory left behind"
+# (b) kill -9 of one peer: the parent says which, the others stop at once instead of waiting.
+start_bench
+set -- $kids; kill -9 $2
+t0=$(date +%s); rc=0; timeout 60 tail --pid=$bench -f /dev/null || fail "the benchmark hung after a peer died"
+wait $bench || rc=$?
+[ $rc = 1 ] && grep -q "was killed by signal 9" bench.err || fail "dead peer: rc $rc: $(cat bench.err)"
+[ $(( $(date +%s) - t0 )) -le 30 ] || fail "the survivors took more than 30 s to stop"
+gone || fail "peer processes left after a peer died: $kids"
+! ls -d /tmp/apiary-allreduce-* 2> /dev/null || fail "temporary directory left behind after a failure"
 }
 
 # 9. A sweep of 12 points x 3 seeds with 2 jobs, interrupted and resumed without rerunning
