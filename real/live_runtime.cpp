@@ -50,6 +50,10 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     bool after_payload = false;  // the last read ended a payload frame
     std::deque<OutMsg> small, bulk;
     Bytes hello;  // written first on an outbound connection
+    // We dialled `peer`: a protocol error on this connection fails the calls waiting on `peer` at
+    // once. (On an inbound connection `peer` is only what the remote claimed, so its errors must
+    // not fail calls to that endpoint: they go over our own connection to it.)
+    bool outbound = false;
     bool writing = false;
     bool connected = false;
     std::uint32_t next_stream = 1;
@@ -183,7 +187,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
         me->observer->count("transport.bad_frames");
         me->observer->log(LogLevel::kWarn, "transport",
                           "closing connection from " + me->remote_text(*c) + ": " + e.what());
-        me->drop(c, std::string("protocol error: ") + e.what(), /*notify=*/false);
+        me->drop(c, std::string("protocol error: ") + e.what(), /*notify=*/c->outbound);
         return;
       }
       if (me->dispatch(c, events)) me->read_loop(c);
@@ -197,7 +201,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
       if (ev.is_hello) {
         if (c->peer.valid() || !ev.hello.valid()) {
           observer->count("transport.bad_frames");
-          drop(c, "unexpected HELLO", false);
+          drop(c, "unexpected HELLO", /*notify=*/c->outbound);
           return false;
         }
         c->peer = ev.hello;
@@ -249,6 +253,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
       c = std::make_shared<Connection>(*this, tcp::socket(io));
       c->peer = to;
       c->hello = wire::encode_hello(local);
+      c->outbound = true;
       by_peer[to] = c;
       all.emplace(c.get(), c);
       c->sock.async_connect(to_asio(to), [self = weak_from_this(), c](boost::system::error_code ec) {

@@ -188,6 +188,28 @@ TYPED_TEST(Conformance, GarbageBytesAreCountedAndThePeerKeepsServing) {
   EXPECT_TRUE(r.ok()) << r.error().describe();
 }
 
+// Live only: a peer we dial that answers with a HELLO of its own breaks the protocol on a
+// connection we opened, so the calls waiting on it fail then, not at their 30 s timeout.
+TEST(LiveTransport, HelloFromTheDialledSideFailsPendingCallsAtOnce) {
+  LiveWorld world;
+  world.add_peer();
+  Rpc rpc(world.runtime(0));
+  const Endpoint hostile = world.hello_answering_listener();
+  std::optional<Result<Echo>> got;
+  TaskScope scope;
+  scope.spawn([](Rpc& r, Endpoint to, std::optional<Result<Echo>>& out) -> Task<void> {
+    Echo hello{"anyone?", {}};  // (g++ 12: no temporaries inside a co_await expression)
+    Task<Result<Echo>> call = r.call<Echo>(to, std::move(hello), 30s);
+    Result<Echo> res = co_await std::move(call);
+    out.emplace(std::move(res));
+  }(rpc, hostile, got));
+  ASSERT_TRUE(world.run_until([&] { return got.has_value(); }, 5s)) << "the call waited for its timeout";
+  EXPECT_FALSE(got->ok());
+  EXPECT_EQ(got->error().code, ErrorCode::kUnreachable) << got->error().describe();
+  EXPECT_GE(world.metrics.counter("transport.bad_frames"), 1);
+  scope.destroy_all();
+}
+
 TYPED_TEST(Conformance, ManyConcurrentCallsWithMixedTimeouts) {
   auto many = [&]() -> Task<int> {
     std::vector<Task<bool>> calls;

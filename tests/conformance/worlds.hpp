@@ -12,6 +12,7 @@
 #include <ns3/udp-socket-factory.h>
 
 #include "core/runtime/metrics.hpp"
+#include "core/wire/frame.hpp"
 #include "real/live_runtime.hpp"
 #include "sim/sim_network.hpp"
 #include "tests/support/fake_runtime.hpp"
@@ -163,8 +164,27 @@ class LiveWorld final : public World {
     s.connect({boost::asio::ip::address_v4(to.ip), to.port});
     boost::asio::write(s, boost::asio::buffer(bytes));
   }
+  // A hostile listener: it answers every connection made to it with a HELLO of its own (which
+  // only the dialling side may send) and then says nothing more, holding the connection open.
+  Endpoint hello_answering_listener() {
+    namespace ip = boost::asio::ip;
+    auto acc = std::make_unique<ip::tcp::acceptor>(io_, ip::tcp::endpoint(ip::address_v4::loopback(), 0));
+    const Endpoint me{Endpoint::ipv4(127, 0, 0, 1), acc->local_endpoint().port()};
+    accept_hostile(*acc, me);
+    acceptors_.push_back(std::move(acc));
+    return me;
+  }
 
  private:
+  void accept_hostile(boost::asio::ip::tcp::acceptor& acc, Endpoint me) {
+    acc.async_accept([this, &acc, me](boost::system::error_code ec, boost::asio::ip::tcp::socket s) {
+      if (ec) return;
+      garbage_.push_back(std::make_unique<boost::asio::ip::tcp::socket>(std::move(s)));
+      auto hello = std::make_shared<Bytes>(wire::encode_hello(me));
+      boost::asio::async_write(*garbage_.back(), boost::asio::buffer(*hello), [hello](boost::system::error_code, std::size_t) {});
+      accept_hostile(acc, me);
+    });
+  }
   struct Peer {
     std::unique_ptr<real::LiveRuntime> rt;
     std::unique_ptr<PeerEnv> env;
@@ -172,6 +192,7 @@ class LiveWorld final : public World {
   boost::asio::io_context io_;
   std::vector<std::unique_ptr<Peer>> peers_;
   std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> garbage_;
+  std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
 };
 
 }  // namespace apiary::test
