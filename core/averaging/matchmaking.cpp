@@ -7,29 +7,6 @@ namespace apiary::averaging {
 
 namespace {
 
-struct Declaration {
-  Member member;
-  std::uint64_t schema_hash = 0;
-  TimePoint deadline{};
-  Bytes encode() const {
-    Bytes b;
-    wire::Writer w(b);
-    member.encode(w);
-    w.u64(schema_hash);
-    w.i64(to_ns(deadline));
-    return b;
-  }
-  static Declaration decode(std::span<const std::uint8_t> bytes) {
-    wire::Reader r(bytes);
-    Declaration d;
-    d.member = Member::decode(r);
-    d.schema_hash = r.u64();
-    d.deadline = TimePoint(Duration(r.i64()));
-    r.expect_end();
-    return d;
-  }
-};
-
 // Earlier deadline first, then lower endpoint: the order in which peers lead.
 bool ahead(const Declaration& a, const Declaration& b) {
   return a.deadline != b.deadline ? a.deadline < b.deadline : a.member.endpoint < b.member.endpoint;

@@ -9,6 +9,7 @@
 #include "core/averaging/partition.hpp"
 #include "core/runtime/endpoint.hpp"
 #include "core/runtime/payload.hpp"
+#include "core/runtime/time.hpp"
 #include "core/wire/codec.hpp"
 
 namespace apiary::averaging {
@@ -38,6 +39,31 @@ struct Group {
   std::optional<std::size_t> index_of(const Endpoint& e) const;
   void encode(wire::Writer& w) const;
   static Group decode(wire::Reader& r);
+};
+
+// What a peer looking for a group declares under the group key in the DHT (a record's value,
+// so any peer may have written it).
+struct Declaration {
+  Member member;
+  std::uint64_t schema_hash = 0;
+  TimePoint deadline{};
+  Bytes encode() const {
+    Bytes b;
+    wire::Writer w(b);
+    member.encode(w);
+    w.u64(schema_hash);
+    w.i64(to_ns(deadline));
+    return b;
+  }
+  static Declaration decode(std::span<const std::uint8_t> bytes) {
+    wire::Reader r(bytes);
+    Declaration d;
+    d.member = Member::decode(r);
+    d.schema_hash = r.u64();
+    d.deadline = TimePoint(Duration(r.i64()));
+    r.expect_end();
+    return d;
+  }
 };
 
 // A sender's piece of a reducer's part; the payload is the codec's body for the piece's values
