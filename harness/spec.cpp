@@ -147,6 +147,33 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (const std::string matrix = s.get_string("network.latency_matrix", ""); !matrix.empty())
     spec.latency_matrix = read_latency_matrix(path_beside(s, matrix));
   if (s.has("network.hop_delay")) spec.hop_delay = s.get_distribution("network.hop_delay", Distribution::fixed(0), "duration");
+  spec.faults.loss = s.get_double("network.loss", 0, 0, 0.5);
+  spec.faults.rto_min = s.get_duration("network.rto_min", spec.faults.rto_min);
+  if (spec.faults.rto_min <= Duration::zero()) s.fail("network.rto_min", "must be positive");
+  auto window = [&](const std::string& name) -> std::optional<FaultWindow> {
+    const std::string k = "faults." + name;
+    if (!s.has(k)) return std::nullopt;
+    FaultWindow w;
+    w.at = s.get_duration(k + ".at", Duration::zero());
+    w.duration = s.get_duration(k + ".duration", Duration::zero());
+    if (w.duration <= Duration::zero()) s.fail(k + ".duration", "a fault window needs a positive duration");
+    w.every = s.get_duration(k + ".every", Duration::zero());
+    if (w.every != Duration::zero() && w.every <= w.duration) s.fail(k + ".every", "must be longer than the window's duration");
+    w.fraction = s.get_double(k + ".fraction", 0, 0, 1);
+    if (w.fraction <= 0) s.fail(k + ".fraction", "the share of peers the fault strikes: above 0, at most 1");
+    if (name == "latency_spike") {
+      w.extra_latency = s.get_duration(k + ".extra", Duration::zero());
+      if (w.extra_latency <= Duration::zero()) s.fail(k + ".extra", "the added one-way latency must be positive");
+    }
+    if (name == "bandwidth_drop") {
+      w.bandwidth_factor = s.get_double(k + ".factor", 0, 0, 1);
+      if (w.bandwidth_factor <= 0 || w.bandwidth_factor >= 1) s.fail(k + ".factor", "the bandwidth multiplier: above 0, below 1");
+    }
+    return w;
+  };
+  spec.faults.partition = window("partition");
+  spec.faults.latency_spike = window("latency_spike");
+  spec.faults.bandwidth_drop = window("bandwidth_drop");
 
   const auto churn = s.get_string("churn.model", "none", {"none", "exponential", "weibull", "trace"});
   spec.churn.kind = churn == "none"          ? ChurnSpec::Kind::kNone
@@ -171,6 +198,9 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.live_emulated_latency = s.get_duration("live.emulated_latency", Duration::zero());
   // Live settings are read in both worlds (so that one file serves both) and used live only.
   spec.live_processes = s.get_bool("live.processes", false);
+  if (spec.backend == "live" && spec.faults.any())
+    s.fail(spec.faults.loss > 0 ? "network.loss" : "faults",
+           "network faults are simulated by ns-3 only; a live run has the machine's own network");
 
   // The workload: every name the registry knows is allowed, and its type reads its own keys.
   spec.workload = s.get_string("workload.kind", spec.workload, WorkloadRegistry::names());

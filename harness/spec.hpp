@@ -73,6 +73,26 @@ struct DhtSpec {
   Duration join_window = std::chrono::seconds(60);  // the others join uniformly over this
 };
 
+// Faults of the network, simulated by ns-3 (a live run refuses them: the machine's network is
+// what it is). A window starts at `at`, lasts `duration`, and comes back every `every` (if set)
+// until the run ends; each time it strikes a fresh seeded choice of `fraction` of the peers.
+struct FaultWindow {
+  Duration at{}, duration{}, every{};
+  double fraction = 0;
+  Duration extra_latency{};     // latency_spike: added to the struck peers' one-way latency
+  double bandwidth_factor = 1;  // bandwidth_drop: their access bandwidth times this
+};
+struct NetworkFaults {
+  // Packet loss on every link, as TCP sees it: a lost packet is resent after rto_min, doubling
+  // each time it is lost again, and later packets between the same pair wait behind it.
+  double loss = 0;
+  Duration rto_min = std::chrono::milliseconds(200);
+  std::optional<FaultWindow> partition;  // the struck peers and the others cannot reach each other
+  std::optional<FaultWindow> latency_spike;
+  std::optional<FaultWindow> bandwidth_drop;
+  bool any() const { return loss > 0 || partition || latency_spike || bandwidth_drop; }
+};
+
 struct SwarmSpec {
   std::string name = "unnamed";
   std::string backend = "sim";  // "sim" or "live"
@@ -86,6 +106,7 @@ struct SwarmSpec {
   Distribution latency = Distribution::fixed(10e6);      // ns
   Distribution bandwidth = Distribution::fixed(100e6);   // bit/s
   std::optional<LatencyMatrix> latency_matrix;  // sim: replaces latency(A) + latency(B)
+  NetworkFaults faults;                          // sim only
   ChurnSpec churn;
   std::optional<Distribution> hop_delay;  // sim: a random delay per received message
   // The workload: its registered name, whether its peers run a DHT, its own settings.

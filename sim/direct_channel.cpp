@@ -53,6 +53,7 @@ void DirectChannel::Attach(Ptr<DirectNetDevice> dev, std::uint32_t ip) {
   dev->channel_ = this;
   devices_.push_back(dev);
   const std::uint32_t host = ip - base_ip_;
+  dev->host_ = host;
   if (host >= by_host_.size()) by_host_.resize(host + 1);
   by_host_[host] = dev;
 }
@@ -69,16 +70,53 @@ void DirectChannel::Transmit(DirectNetDevice* src, Ptr<Packet> p, std::uint16_t 
     return;
   }
   Ptr<DirectNetDevice> dst = by_host_[host];
+  const std::uint32_t src_host = ip.GetSource().Get() - base_ip_;
+  if (partitioned_ && side_of(src_host) != side_of(host)) {
+    ++stats_.dropped_partition;
+    return;
+  }
   const Time now = Simulator::Now();
   const std::uint32_t bytes = p->GetSize();
-  const Time tx = Seconds(bytes * 8.0 / src->link_.up_bps);
+  const Time tx = Seconds(bytes * 8.0 / (src->link_.up_bps * factor_of(src_host)));
   src->tx_free_ = std::max(now, src->tx_free_) + tx;
-  const Time latency = latency_fn_ ? latency_fn_(ip.GetSource().Get(), dst_ip)
-                                   : src->link_.latency + dst->link_.latency;
+  const Time latency = (latency_fn_ ? latency_fn_(ip.GetSource().Get(), dst_ip) : src->link_.latency + dst->link_.latency) +
+                       extra_of(src_host) + extra_of(host);
   ++stats_.packets;
   stats_.bytes += bytes;
-  Simulator::ScheduleWithContext(dst->GetNode()->GetId(), src->tx_free_ + latency - now,
-                                 &DirectChannel::Arrive, this, dst, p, protocol, src->mac_);
+  Time arrival = src->tx_free_ + latency;
+  if (loss_ > 0) {
+    Time rto = rto_min_;
+    for (int resend = 0; resend < 12 && loss_rng_->uniform(0, 1) < loss_; ++resend, rto = rto * 2) {
+      arrival += rto;
+      ++stats_.retransmissions;
+    }
+    Time& clear = pair_clear_[(static_cast<std::uint64_t>(src_host) << 32) | host];
+    arrival = std::max(arrival, clear);
+    clear = arrival;
+  }
+  Simulator::ScheduleWithContext(dst->GetNode()->GetId(), arrival - now, &DirectChannel::Arrive, this, dst, p, protocol,
+                                 src->mac_);
+}
+
+void DirectChannel::SetLoss(double p, Time rto_min, std::uint64_t seed) {
+  loss_ = p;
+  rto_min_ = rto_min;
+  loss_rng_ = std::make_unique<Rng>(seed);
+}
+
+void DirectChannel::SetSide(std::uint32_t host, std::uint8_t side) {
+  if (host >= side_.size()) side_.resize(host + 1, 0);
+  side_[host] = side;
+}
+
+void DirectChannel::SetExtraLatency(std::uint32_t host, Time extra) {
+  if (host >= extra_latency_.size()) extra_latency_.resize(host + 1, Time(0));
+  extra_latency_[host] = extra;
+}
+
+void DirectChannel::SetBandwidthFactor(std::uint32_t host, double factor) {
+  if (host >= bandwidth_factor_.size()) bandwidth_factor_.resize(host + 1, 1.0);
+  bandwidth_factor_[host] = factor;
 }
 
 void DirectChannel::Arrive(Ptr<DirectNetDevice> dst, Ptr<Packet> p, std::uint16_t protocol,
@@ -88,7 +126,7 @@ void DirectChannel::Arrive(Ptr<DirectNetDevice> dst, Ptr<Packet> p, std::uint16_
     return;
   }
   const Time now = Simulator::Now();
-  const Time rx = Seconds(p->GetSize() * 8.0 / dst->link_.down_bps);
+  const Time rx = Seconds(p->GetSize() * 8.0 / (dst->link_.down_bps * factor_of(dst->host_)));
   dst->rx_free_ = std::max(now, dst->rx_free_) + rx;
   Simulator::Schedule(dst->rx_free_ - now, &DirectNetDevice::Receive, dst, p, protocol, from);
 }

@@ -13,8 +13,11 @@
 // Only sim/ includes ns-3; this header is never seen by core/.
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <unordered_map>
 #include <vector>
 
+#include "core/runtime/rng.hpp"
 #include <ns3/channel.h>
 #include <ns3/mac48-address.h>
 #include <ns3/net-device.h>
@@ -85,6 +88,7 @@ class DirectNetDevice : public ns3::NetDevice {
   std::uint32_t if_index_ = 0;
   std::uint16_t mtu_ = 65535;
   bool up_ = true;
+  std::uint32_t host_ = 0;  // its address - the channel's base
   ns3::Time tx_free_{0};  // when the uplink finishes what it already has
   ns3::Time rx_free_{0};  // when the downlink finishes what it already has
 };
@@ -94,6 +98,8 @@ struct ChannelStats {
   std::uint64_t bytes = 0;
   std::uint64_t dropped_down = 0;         // sender or receiver was down
   std::uint64_t dropped_no_route = 0;     // no device owns the destination address
+  std::uint64_t dropped_partition = 0;    // sender and receiver on different sides of a partition
+  std::uint64_t retransmissions = 0;      // packet loss: resends (a packet lost k times counts k)
 };
 
 class DirectChannel : public ns3::Channel {
@@ -108,6 +114,19 @@ class DirectChannel : public ns3::Channel {
     latency_fn_ = std::move(f);
   }
   void Transmit(DirectNetDevice* src, ns3::Ptr<ns3::Packet> p, std::uint16_t protocol);
+
+  // Faults. Packet loss with probability `p` per packet, as TCP sees it: a lost packet arrives
+  // after rto_min more, doubled each time it is lost again (at most 12 resends), and every later
+  // packet from the same sender to the same receiver arrives after it (head-of-line blocking).
+  // The resends' own bandwidth is not modelled. Draws come from `seed`: the same run, the same
+  // losses.
+  void SetLoss(double p, ns3::Time rto_min, std::uint64_t seed);
+  // A partition: while on, packets between peers on different sides are dropped.
+  void SetSide(std::uint32_t host, std::uint8_t side);
+  void SetPartitioned(bool on) { partitioned_ = on; }
+  // Per peer (host = ip - base): extra one-way latency, and a multiplier of its bandwidth.
+  void SetExtraLatency(std::uint32_t host, ns3::Time extra);
+  void SetBandwidthFactor(std::uint32_t host, double factor);
   const ChannelStats& stats() const { return stats_; }
 
   std::size_t GetNDevices() const override { return devices_.size(); }
@@ -119,11 +138,23 @@ class DirectChannel : public ns3::Channel {
  private:
   void Arrive(ns3::Ptr<DirectNetDevice> dst, ns3::Ptr<ns3::Packet> p, std::uint16_t protocol,
               ns3::Mac48Address from);
+  std::uint8_t side_of(std::uint32_t h) const { return h < side_.size() ? side_[h] : 0; }
+  double factor_of(std::uint32_t h) const { return h < bandwidth_factor_.size() ? bandwidth_factor_[h] : 1.0; }
+  ns3::Time extra_of(std::uint32_t h) const { return h < extra_latency_.size() ? extra_latency_[h] : ns3::Time(0); }
   std::uint32_t base_ip_;
   std::vector<ns3::Ptr<DirectNetDevice>> by_host_;  // index: ip - base_ip
   std::vector<ns3::Ptr<DirectNetDevice>> devices_;
   std::function<ns3::Time(std::uint32_t, std::uint32_t)> latency_fn_;
   ChannelStats stats_;
+  // Faults (all empty or off unless set).
+  double loss_ = 0;
+  ns3::Time rto_min_;
+  std::unique_ptr<Rng> loss_rng_;
+  std::unordered_map<std::uint64_t, ns3::Time> pair_clear_;  // (src, dst) host pair: its last arrival
+  bool partitioned_ = false;
+  std::vector<std::uint8_t> side_;
+  std::vector<ns3::Time> extra_latency_;
+  std::vector<double> bandwidth_factor_;
 };
 
 }  // namespace apiary::sim

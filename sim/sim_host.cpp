@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -41,6 +42,8 @@ class SimHost final : public Host {
         return NanoSeconds(static_cast<std::int64_t>(matrix.between(from - base, to - base) * 1e6));
       });
     }
+    if (spec_.faults.loss > 0)
+      net_.channel().SetLoss(spec_.faults.loss, NanoSeconds(spec_.faults.rto_min.count()), spec_.seed ^ 0x6c6f7373ULL);  // "loss"
   }
   std::string backend() const override { return "sim"; }
 
@@ -72,11 +75,16 @@ class SimHost final : public Host {
   }
 
   void run(Duration end) override {
+    schedule_faults(end);
     Simulator::Stop(NanoSeconds(end.count()));
     const auto w0 = std::chrono::steady_clock::now();
     Simulator::Run();
     sim_wall_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
     rss_end_ = rss_bytes();
+    const auto& st = net_.channel().stats();
+    metrics_.count("network.retransmissions", static_cast<std::int64_t>(st.retransmissions - counted_.retransmissions));
+    metrics_.count("network.partition_drops", static_cast<std::int64_t>(st.dropped_partition - counted_.dropped_partition));
+    counted_ = st;
   }
 
   void stop() override { Simulator::Stop(); }
@@ -97,6 +105,50 @@ class SimHost final : public Host {
   }
 
  private:
+  // The scenario's fault windows, as ns-3 events: each occurrence strikes a fresh seeded choice
+  // of its fraction of the peers, and undoes itself when its duration is over.
+  void schedule_faults(Duration end) {
+    using Apply = std::function<void(std::uint32_t host, bool on)>;
+    auto& ch = net_.channel();
+    auto schedule = [&](const std::optional<FaultWindow>& w, const std::string& name, std::uint64_t tag, Apply apply,
+                        std::function<void(bool)> around = {}) {
+      if (!w) return;
+      std::uint64_t k = 0;
+      for (Duration t = w->at; t < end; t += w->every, ++k) {
+        Simulator::Schedule(NanoSeconds(t.count()), [this, w = *w, name, tag, apply, around, k] {
+          Rng r = Rng(spec_.seed ^ tag).fork(k + 1);
+          std::vector<std::uint32_t> all(spec_.peers);
+          for (std::uint32_t i = 0; i < spec_.peers; ++i) all[i] = i;
+          const auto n = static_cast<std::size_t>(std::llround(w.fraction * spec_.peers));
+          for (std::size_t i = 0; i < n && i < all.size(); ++i) std::swap(all[i], all[i + r.below(all.size() - i)]);
+          all.resize(std::min(n, all.size()));
+          for (auto i : all) apply(net_.endpoint(i).ip - SimNetwork::kBaseIp, true);
+          if (around) around(true);
+          metrics_.count("faults." + name, 1);
+          metrics_.count("faults." + name + ".peers", static_cast<std::int64_t>(all.size()));
+          Simulator::Schedule(NanoSeconds(w.duration.count()), [this, all, apply, around] {
+            for (auto i : all) apply(net_.endpoint(i).ip - SimNetwork::kBaseIp, false);
+            if (around) around(false);
+          });
+        });
+        if (w->every == Duration::zero()) break;
+      }
+    };
+    const auto& f = spec_.faults;
+    schedule(f.partition, "partition", 0x7061727469ULL, [&ch](std::uint32_t h, bool on) { ch.SetSide(h, on ? 1 : 0); },
+             [&ch](bool on) { ch.SetPartitioned(on); });
+    if (f.latency_spike) {
+      const auto extra = NanoSeconds(f.latency_spike->extra_latency.count());
+      schedule(f.latency_spike, "latency_spike", 0x6c6174ULL,
+               [&ch, extra](std::uint32_t h, bool on) { ch.SetExtraLatency(h, on ? extra : Time(0)); });
+    }
+    if (f.bandwidth_drop) {
+      const double factor = f.bandwidth_drop->bandwidth_factor;
+      schedule(f.bandwidth_drop, "bandwidth_drop", 0x6277ULL,
+               [&ch, factor](std::uint32_t h, bool on) { ch.SetBandwidthFactor(h, on ? factor : 1.0); });
+    }
+  }
+
   const SwarmSpec& spec_;
   Metrics& metrics_;
   SimNetwork net_;
@@ -104,6 +156,7 @@ class SimHost final : public Host {
   std::optional<LogLevel> log_level_ = log_level_from_env();
   std::uint64_t rss0_ = rss_bytes(), rss_built_ = 0, rss_end_ = 0;
   double sim_wall_ = 0;
+  ChannelStats counted_;  // what run() already put into the metrics
   std::chrono::steady_clock::time_point wall0_ = std::chrono::steady_clock::now();
 };
 

@@ -39,10 +39,11 @@ bool DhtWorkloadDriver::issue_get(dht::DhtNode& node, std::uint32_t peer, TimePo
   ++issued_;
   metrics_.count("dht.get.issued", 1);
   metrics_.trace(to_ns(now), peer, "dht.get", 0, 0);
-  node.spawn_get(s.key, [this, expect = s.value](const dht::GetResult& res) {
+  node.spawn_get(s.key, [this, expect = s.value, asked = to_seconds(now.time_since_epoch())](const dht::GetResult& res) {
     ++completed_;
     const bool ok = res.found && !res.records.empty() && res.records[0].value == expect;
     metrics_.count(ok ? "dht.get.ok" : "dht.get.failed", 1);
+    if (!ok) metrics_.sample("dht.get.failed_at_s", asked);  // when it was asked: failures over time
     if (ok) {
       metrics_.sample("dht.get.latency_ns", static_cast<double>(res.latency.count()));
       metrics_.sample("dht.get.hops", static_cast<double>(res.hops));

@@ -73,6 +73,71 @@ TEST(SimSwarm, ChurnedPeersTimeOutAndComeBack) {
   EXPECT_GT(info.figures.at("channel_dropped_down"), 100);
 }
 
+// Packet loss as TCP sees it: nothing is lost to the application, a lost packet arrives one
+// retransmission timeout (or more) late, and the resends per packet are p / (1 - p) on average.
+TEST(SimSwarm, PacketLossIsResentNotLost) {
+  auto spec = spec_of("peers = 10\nduration = \"60s\"\n[network]\nlatency = \"10ms\"\nbandwidth = \"10Gbps\"\n"
+                      "loss = 0.2\nrto_min = \"200ms\"\n[workload]\nrate = \"5/s\"\ntimeout = \"30s\"\n");
+  Metrics m;
+  const auto info = sim::run_sim_swarm(spec, m);
+  ASSERT_GT(m.counter("ping.ok"), 2500);
+  EXPECT_EQ(m.counter("ping.failed.timeout") + m.counter("ping.failed.unreachable"), 0);
+  EXPECT_GE(static_cast<double>(m.counter("ping.ok")), 0.98 * static_cast<double>(m.counter("ping.sent")));
+  EXPECT_GE(m.quantile("ping.rtt_ns", 0.0), 40e6);
+  EXPECT_GE(m.quantile("ping.rtt_ns", 0.9), 240e6) << "a lost packet costs at least one RTO";
+  const double per_packet = static_cast<double>(m.counter("network.retransmissions")) / info.figures.at("channel_packets");
+  EXPECT_NEAR(per_packet, 0.25, 0.03);
+  Metrics again;
+  sim::run_sim_swarm(spec, again);
+  EXPECT_EQ(again.trace_hash(), m.trace_hash()) << "the same seed loses the same packets";
+}
+
+// A partition of half the peers for 10 s of a 40 s run: pings across it fail then, and only
+// then; a latency spike on half the peers adds its delay to their round trips.
+TEST(SimSwarm, PartitionsAndLatencySpikesComeAndGo) {
+  const std::string base = "peers = 20\nduration = \"40s\"\n[network]\nlatency = \"10ms\"\nbandwidth = \"10Gbps\"\n"
+                           "[workload]\nrate = \"2/s\"\ntimeout = \"2s\"\n";
+  Metrics cut;
+  sim::run_sim_swarm(spec_of(base + "[faults]\npartition = { at = \"10s\", duration = \"10s\", fraction = 0.5 }\n"), cut);
+  EXPECT_EQ(cut.counter("faults.partition"), 1);
+  EXPECT_EQ(cut.counter("faults.partition.peers"), 10);
+  EXPECT_GT(cut.counter("network.partition_drops"), 50);
+  const double sent = static_cast<double>(cut.counter("ping.sent"));
+  const double timeouts = static_cast<double>(cut.counter("ping.failed.timeout"));
+  // Half the pairs are cut for a quarter of the run: about 1/8 of the pings fail.
+  EXPECT_GT(timeouts / sent, 0.08);
+  EXPECT_LT(timeouts / sent, 0.18);
+  Metrics spiked;
+  sim::run_sim_swarm(spec_of(base + "[faults]\nlatency_spike = { at = \"0s\", duration = \"10s\", every = \"20s\", "
+                                    "fraction = 0.5, extra = \"100ms\" }\n"),
+                     spiked);
+  EXPECT_EQ(spiked.counter("faults.latency_spike"), 2);
+  EXPECT_EQ(spiked.counter("ping.failed.timeout"), 0);
+  EXPECT_GE(spiked.quantile("ping.rtt_ns", 0.0), 40e6);
+  EXPECT_LT(spiked.quantile("ping.rtt_ns", 0.3), 41e6) << "most pings see no spike";
+  EXPECT_GE(spiked.quantile("ping.rtt_ns", 1.0), 440e6) << "both ends spiked: 4 x (10 + 100) ms";
+}
+
+// Faults are ns-3's: a live run refuses them, and bad windows name their key.
+TEST(SimSwarm, FaultKeysAreChecked) {
+  auto fails = [](const std::string& text) {
+    try {
+      spec_of(text);
+    } catch (const ScenarioError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(fails("backend = \"live\"\n[network]\nloss = 0.01\n").find("network.loss"), std::string::npos);
+  EXPECT_NE(fails("[faults]\npartition = { at = \"1s\", fraction = 0.5 }\n").find("faults.partition.duration"),
+            std::string::npos);
+  EXPECT_NE(fails("[faults]\nbandwidth_drop = { at = \"1s\", duration = \"2s\", fraction = 0.5, factor = 2 }\n")
+                .find("faults.bandwidth_drop.factor"),
+            std::string::npos);
+  EXPECT_NE(fails("[faults]\npartition = { at = \"1s\", duration = \"2s\", fraction = 0.5, evry = \"5s\" }\n").find("evry"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace apiary
 
@@ -109,6 +174,40 @@ ttl = "10min"
   EXPECT_GE(m.mean("dht.table.neighbour_recall"), 0.8);
   EXPECT_GT(m.mean("dht.get.hops"), 0.0);
   EXPECT_LT(m.mean("dht.get.hops"), 5.0);
+}
+
+// 5% packet loss everywhere and a third of the swarm cut off for 5 minutes: gets may fail while
+// the swarm is split, never after it heals (with a minute's grace for lookups under way).
+TEST(SimDht, GetsSucceedOnceAPartitionHeals) {
+  auto spec = spec_of(R"(
+peers = 300
+duration = "20min"
+[network]
+latency = { dist = "lognormal", median = "30ms", sigma = 0.6 }
+loss = 0.05
+[faults]
+partition = { at = "8min", duration = "5min", fraction = 0.33 }
+[dht]
+k = 20
+join_window = "1min"
+replicate = "10min"
+[workload]
+kind = "dht"
+start = "2min"
+store_rate = "1/s"
+get_rate = "5/s"
+ttl = "30min"
+)");
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  EXPECT_GT(m.counter("network.retransmissions"), 1000);
+  EXPECT_GT(m.counter("network.partition_drops"), 1000);
+  ASSERT_GT(m.counter("dht.get.ok"), 4000);
+  ASSERT_GT(m.counter("dht.get.failed"), 0) << "a partition of a third should cost some gets";
+  for (double t : m.series().at("dht.get.failed_at_s")) {
+    EXPECT_GE(t, 8 * 60);
+    EXPECT_LE(t, 14 * 60) << "a get failed " << t - 13 * 60 << " s after the partition healed";
+  }
 }
 
 }  // namespace
