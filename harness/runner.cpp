@@ -27,6 +27,7 @@ Runner::Runner(const SwarmSpec& spec, Metrics& metrics, Host& host)
     link.bandwidth_bps = std::max(1e3, spec.bandwidth.sample(net_rng));
     peers_[i].bandwidth = link.bandwidth_bps;
     host_.add_peer(i, link);
+    if (spec.inject.any()) host_.env(i).inject(spec.inject, Rng(spec.seed ^ 0x696e6a656374ULL).fork(i + 1));  // "inject"
     directory_.push_back(host_.endpoint(i));
   }
   workload_ = type->make(spec, metrics);

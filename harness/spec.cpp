@@ -171,6 +171,13 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     }
     return w;
   };
+  spec.inject.drop_reply = s.get_double("faults.inject.drop_reply", 0, 0, 1);
+  spec.inject.delay_reply = s.get_double("faults.inject.delay_reply", 0, 0, 1);
+  spec.inject.delay_max = s.get_duration("faults.inject.delay_max", spec.inject.delay_max);
+  spec.inject.slow_handler = s.get_double("faults.inject.slow_handler", 0, 0, 1);
+  spec.inject.slow_max = s.get_duration("faults.inject.slow_max", spec.inject.slow_max);
+  if (spec.inject.delay_max < Duration::zero() || spec.inject.slow_max < Duration::zero())
+    s.fail("faults.inject", "delays must not be negative");
   spec.faults.partition = window("partition");
   spec.faults.latency_spike = window("latency_spike");
   spec.faults.bandwidth_drop = window("bandwidth_drop");

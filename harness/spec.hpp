@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "core/runtime/faults.hpp"
 #include "core/dht/node.hpp"
 #include "harness/scenario.hpp"
 #include "harness/workload.hpp"
@@ -107,6 +108,7 @@ struct SwarmSpec {
   Distribution bandwidth = Distribution::fixed(100e6);   // bit/s
   std::optional<LatencyMatrix> latency_matrix;  // sim: replaces latency(A) + latency(B)
   NetworkFaults faults;                          // sim only
+  FaultPlan inject;  // seeded faults injected into the protocols' RPC (both worlds, in-process peers)
   ChurnSpec churn;
   std::optional<Distribution> hop_delay;  // sim: a random delay per received message
   // The workload: its registered name, whether its peers run a DHT, its own settings.

@@ -5,11 +5,13 @@
 // be compared bit for bit without keeping the events; a bounded prefix is kept for debugging.
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "core/runtime/observer.hpp"
+#include "core/runtime/faults.hpp"
 #include "core/runtime/runtime.hpp"
 
 namespace apiary {
@@ -101,9 +103,15 @@ struct PeerEnv {
         runtime{backend, backend, backend, rng, observer} {}
   PeerEnv(const PeerEnv&) = delete;
   PeerEnv& operator=(const PeerEnv&) = delete;
+  // Turns on fault injection at this peer, from its own seeded stream.
+  void inject(const FaultPlan& plan, Rng stream) {
+    faults = std::make_unique<FaultInjector>(plan, stream, observer);
+    runtime.faults = faults.get();
+  }
   PeerObserver observer;
   Rng rng;
   Runtime runtime;
+  std::unique_ptr<FaultInjector> faults;
 };
 
 }  // namespace apiary

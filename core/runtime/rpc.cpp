@@ -1,5 +1,7 @@
 #include "core/runtime/rpc.hpp"
 
+#include "core/runtime/faults.hpp"
+
 #include <utility>
 
 namespace apiary {
@@ -249,6 +251,8 @@ Task<void> Rpc::serve_one(Endpoint from, std::uint64_t id, std::uint32_t method,
   }
   // Copy the handler: a handler may re-register methods while it runs.
   Handler handler = it->second;
+  if (rt_.faults)
+    if (const Duration late = rt_.faults->handler_delay(); late > Duration::zero()) co_await sleep_on(rt_.timers, late);
   std::optional<Result<Reply>> result;
   try {
     result.emplace(co_await handler(std::move(req)));
@@ -261,6 +265,10 @@ Task<void> Rpc::serve_one(Endpoint from, std::uint64_t id, std::uint32_t method,
     result.emplace(Error{ErrorCode::kRemote, e.what()});
   }
   if (!id) co_return;  // notify: nobody waits
+  if (rt_.faults) {
+    if (rt_.faults->drop_reply()) co_return;
+    if (const Duration late = rt_.faults->reply_delay(); late > Duration::zero()) co_await sleep_on(rt_.timers, late);
+  }
   if (!result->ok()) {
     send_error(from, id, result->error());
     co_return;

@@ -73,12 +73,15 @@ class Transport {
   virtual void send(const Endpoint& to, Message message) = 0;
 };
 
+class FaultInjector;  // core/runtime/faults.hpp
+
 struct Runtime {
   Clock& clock;
   Timers& timers;
   Transport& transport;
   Rng& rng;
   Observer& observer;
+  FaultInjector* faults = nullptr;  // seeded fault injection; null: none (the default)
   TimePoint now() const { return clock.now(); }
 };
 

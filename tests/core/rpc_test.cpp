@@ -1,6 +1,10 @@
 // The RPC layer and the task type against the recording fake transport.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
+
+#include "core/runtime/faults.hpp"
 #include "core/runtime/rpc.hpp"
 #include "core/runtime/task.hpp"
 #include "harness/workloads/ping.hpp"
@@ -215,6 +219,67 @@ TEST(PingWorkload, PingsFlowAndEchoRealPayloads) {
   EXPECT_EQ(s.metrics.quantile("ping.rtt_ns", 0.5), 10e6);  // 2 x 5 ms fake latency
   apps.clear();
   for (auto& r : rpcs) r->shutdown();
+}
+
+}  // namespace
+}  // namespace apiary
+
+namespace apiary {
+namespace {
+
+// Seeded fault injection at the RPC's points: a dropped reply is the caller's timeout, a delayed
+// one arrives late by at most delay_max, and the same seed makes the same decisions.
+std::vector<std::string> calls_under(FaultPlan plan, std::uint64_t seed) {
+  test::FakeSwarm s(2);
+  Rpc client(s[0].runtime()), server(s[1].runtime());
+  server.serve<Echo, Echo>([](const Endpoint&, Echo e) -> Task<Result<Echo>> { co_return e; });
+  FaultInjector injector(plan, Rng(seed), s[1].runtime().observer);
+  s[1].runtime().faults = &injector;
+  std::vector<std::string> outcome;  // "ok <ms>" or the error
+  auto many = [&]() -> Task<int> {
+    for (int i = 0; i < 60; ++i) {
+      const TimePoint t0 = s.net.now();
+      Echo e{"x"};
+      Task<Result<Echo>> call = client.call<Echo>(s[1].local(), std::move(e), std::chrono::seconds(2));
+      Result<Echo> r = co_await std::move(call);
+      outcome.push_back(r.ok() ? "ok " + std::to_string((s.net.now() - t0) / std::chrono::milliseconds(1))
+                               : std::string(to_string(r.error().code)));
+    }
+    co_return 0;
+  };
+  auto t = many();
+  t.start();
+  s.net.run(std::chrono::hours(1), [&] { return t.done(); });
+  EXPECT_TRUE(t.done());
+  return outcome;
+}
+
+TEST(Rpc, InjectedFaultsDropAndDelayRepliesBySeed) {
+  const auto clean = calls_under(FaultPlan{}, 1);
+  EXPECT_EQ(std::count(clean.begin(), clean.end(), "ok 10"), 60) << "no plan, no fault: 2 x 5 ms every time";
+
+  FaultPlan drop;
+  drop.drop_reply = 0.5;
+  const auto dropped = calls_under(drop, 1);
+  const auto timeouts = std::count(dropped.begin(), dropped.end(), std::string(to_string(ErrorCode::kTimeout)));
+  EXPECT_GT(timeouts, 15);
+  EXPECT_LT(timeouts, 45);
+  EXPECT_EQ(timeouts + std::count(dropped.begin(), dropped.end(), "ok 10"), 60);
+  EXPECT_EQ(calls_under(drop, 1), dropped) << "the same seed, the same faults";
+  EXPECT_NE(calls_under(drop, 2), dropped);
+
+  FaultPlan late;
+  late.delay_reply = 1;
+  late.delay_max = std::chrono::milliseconds(500);
+  std::set<std::string> distinct;
+  for (const auto& o : calls_under(late, 3)) {
+    ASSERT_EQ(o.rfind("ok ", 0), 0u) << o;
+    const int ms = std::stoi(o.substr(3));
+    EXPECT_GE(ms, 10);
+    EXPECT_LE(ms, 510);
+    distinct.insert(o);
+  }
+  EXPECT_GT(distinct.size(), 30u) << "delays are drawn, not fixed";
 }
 
 }  // namespace

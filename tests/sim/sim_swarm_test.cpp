@@ -176,6 +176,37 @@ ttl = "10min"
   EXPECT_LT(m.mean("dht.get.hops"), 5.0);
 }
 
+// Faults injected into every peer's RPC (5% of replies dropped, 10% late by up to 1 s): the
+// lookups route around them, and the same seed injects the same faults.
+TEST(SimDht, InjectedReplyFaultsAreSurvivedAndReplayed) {
+  const std::string text = R"(
+peers = 100
+duration = "6min"
+[dht]
+k = 10
+join_window = "30s"
+rpc_timeout = "2s"
+[workload]
+kind = "dht"
+start = "1min"
+store_rate = "1/s"
+get_rate = "4/s"
+ttl = "10min"
+[faults]
+inject = { drop_reply = 0.05, delay_reply = 0.1, delay_max = "1s" }
+)";
+  Metrics m, again;
+  sim::run_sim_swarm(spec_of(text), m);
+  EXPECT_GT(m.counter("faults.injected.drop_reply"), 100);
+  EXPECT_GT(m.counter("faults.injected.delay_reply"), 200);
+  const auto ok = m.counter("dht.get.ok"), failed = m.counter("dht.get.failed");
+  ASSERT_GT(ok, 1000);
+  EXPECT_GE(static_cast<double>(ok) / static_cast<double>(ok + failed), 0.99);
+  sim::run_sim_swarm(spec_of(text), again);
+  EXPECT_EQ(again.trace_hash(), m.trace_hash());
+  EXPECT_EQ(again.counter("faults.injected.drop_reply"), m.counter("faults.injected.drop_reply"));
+}
+
 // 5% packet loss everywhere and a third of the swarm cut off for 5 minutes: gets may fail while
 // the swarm is split, never after it heals (with a minute's grace for lookups under way).
 TEST(SimDht, GetsSucceedOnceAPartitionHeals) {

@@ -1,0 +1,54 @@
+#pragma once
+// Fault injection at chosen points of protocol code, decided by a seeded stream: the same seed
+// gives the same faults, in ns-3 and live alike, so a failure found by a seed replays exactly.
+// Off by default: Runtime::faults is null, and each point costs one pointer test.
+//
+// The points (in Rpc, so every protocol meets them):
+//   a request's handler starts late (slow_handler: probability, up to slow_max),
+//   a reply is never sent (drop_reply: the caller sees its timeout),
+//   a reply is sent late (delay_reply: probability, up to delay_max).
+#include <cstdint>
+
+#include "core/runtime/observer.hpp"
+#include "core/runtime/rng.hpp"
+#include "core/runtime/time.hpp"
+
+namespace apiary {
+
+struct FaultPlan {
+  double drop_reply = 0;
+  double delay_reply = 0;
+  Duration delay_max = std::chrono::seconds(1);
+  double slow_handler = 0;
+  Duration slow_max = std::chrono::seconds(1);
+  bool any() const { return drop_reply > 0 || delay_reply > 0 || slow_handler > 0; }
+};
+
+class FaultInjector {
+ public:
+  FaultInjector(FaultPlan plan, Rng rng, Observer& observer) : plan_(plan), rng_(rng), observer_(observer) {}
+  // Each decision draws from the stream whatever the plan says, so that one point's setting does
+  // not shift another's faults.
+  bool drop_reply() {
+    const bool drop = rng_.uniform(0, 1) < plan_.drop_reply;
+    if (drop) observer_.count("faults.injected.drop_reply");
+    return drop;
+  }
+  Duration reply_delay() { return draw(plan_.delay_reply, plan_.delay_max, "faults.injected.delay_reply"); }
+  Duration handler_delay() { return draw(plan_.slow_handler, plan_.slow_max, "faults.injected.slow_handler"); }
+  const FaultPlan& plan() const { return plan_; }
+
+ private:
+  Duration draw(double p, Duration max, const char* counter) {
+    const bool hit = rng_.uniform(0, 1) < p;
+    const double share = rng_.uniform(0, 1);
+    if (!hit) return Duration::zero();
+    observer_.count(counter);
+    return Duration(static_cast<std::int64_t>(share * static_cast<double>(max.count())));
+  }
+  FaultPlan plan_;
+  Rng rng_;
+  Observer& observer_;
+};
+
+}  // namespace apiary
