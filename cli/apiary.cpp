@@ -18,6 +18,7 @@
 #include "apiary/version.hpp"
 #include "core/runtime/metrics.hpp"
 #include "harness/spec.hpp"
+#include "cli/campaign.hpp"
 #include "cli/sweep.hpp"
 #include "real/live_allreduce.hpp"
 #include "real/live_dht.hpp"
@@ -234,12 +235,28 @@ int main(int argc, char** argv) {
   sweep_cmd->add_option("--set", sweep.sets, "override a key for every run")->allow_extra_args(false);
   sweep_cmd->add_flag("--quiet", sweep.quiet, "no progress lines");
 
+  // apiary campaign: many seeds, each with its own faults, every run checked against the invariants.
+  auto* campaign_cmd = app.add_subcommand("campaign", "Run a scenario under many seeds with random faults; report invariant "
+                                                      "violations and hangs, each with a command that replays it");
+  apiary::cli::CampaignOptions campaign;
+  campaign_cmd->add_option("scenario", campaign.scenario, "Scenario file")->required();
+  campaign_cmd->add_option("--seeds", campaign.seeds, "seeds 1..N")->check(CLI::Range(1u, 1000000u));
+  campaign_cmd->add_option("--jobs", campaign.jobs, "runs at a time")->check(CLI::Range(1, 256));
+  campaign_cmd->add_option("--out", campaign.out, "directory (default out/campaign-<name>)");
+  campaign_cmd->add_option("--faults", campaign.faults, "which faults to draw: all, network (ns-3), inject (RPC), none")
+      ->check(CLI::IsMember({"all", "network", "inject", "none"}));
+  campaign_cmd->add_option("--timeout", campaign.timeout_s, "seconds after which a run counts as a hang")
+      ->check(CLI::Range(1.0, 86400.0));
+  campaign_cmd->add_option("--set", campaign.sets, "override a key for every run")->allow_extra_args(false);
+  campaign_cmd->add_flag("--quiet", campaign.quiet, "no progress lines");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*run_cmd) return run(scenario, seed, sets, out, json, quiet || json, force);
     if (*peer_cmd) return apiary::real::run_live_peer(peer);
     if (*ar_cmd) return apiary::real::run_allreduce_bench(ar);
     if (*sweep_cmd) return apiary::cli::run_sweep(sweep);
+    if (*campaign_cmd) return apiary::cli::run_campaign(campaign);
     if (*dht_cmd) {
       apiary::real::DhtClientResult r;
       if (*store_cmd)

@@ -22,14 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Point {
-  std::string name;
-  std::uint64_t seed = 0;
-  std::vector<std::pair<std::string, std::string>> params;  // key, value (--set form)
-  std::string status = "pending";
-  double wall_seconds = 0;
-};
-
 std::vector<Point> expand(const SweepSpec& sw, std::uint64_t base_seed) {
   std::vector<std::vector<std::pair<std::string, std::string>>> combos{{}};
   for (const auto& axis : sw.grid) {
@@ -78,6 +70,7 @@ nlohmann::json index_json(const std::string& scenario, const std::string& name, 
                     {"params", params},
                     {"status", p.status},
                     {"wall_seconds", p.wall_seconds}});
+    if (!p.findings.empty()) runs.back()["findings"] = p.findings;
   }
   return {{"scenario", scenario}, {"name", name}, {"runs", runs}};
 }
@@ -114,6 +107,13 @@ int run_sweep(const SweepOptions& o) {
     parse_swarm_spec(sc);  // a bad value is reported now, naming the --set
   }
   const fs::path dir = o.out.empty() ? fs::path("out") / ("sweep-" + spec.name) : fs::path(o.out);
+  RunSet set{o.scenario, spec.name, o.sets, dir, o.jobs, o.quiet, Duration::zero(), {}};
+  return run_points(set, points, "sweep");
+}
+
+int run_points(const RunSet& o, std::vector<Point>& points, const std::string& what) {
+  const fs::path& dir = o.dir;
+  const std::string& name = o.name;
   fs::create_directories(dir);
 
   // Resume: runs recorded as done with their file present are kept.
@@ -130,18 +130,18 @@ int run_sweep(const SweepOptions& o) {
       nlohmann::json params = nlohmann::json::object();
       for (const auto& [k, v] : p.params) params[k] = v;
       const bool same = it->second.value("seed", std::uint64_t{0}) == p.seed && it->second["params"] == params;
-      if (same && it->second.value("status", "") == "done" && fs::exists(dir / (p.name + ".h5"))) {
-        p.status = "done";
+      const std::string status = it->second.value("status", "");
+      if (same && (status == "done" || status == "violated") && fs::exists(dir / (p.name + ".h5"))) {
+        p.status = status;
         p.wall_seconds = it->second.value("wall_seconds", 0.0);
+        if (it->second.contains("findings")) p.findings = it->second["findings"].get<std::vector<std::string>>();
         ++cached;
       }
     }
   }
-  write_index(dir, index_json(o.scenario, spec.name, points));
+  write_index(dir, index_json(o.scenario, name, points));
   const std::size_t total = points.size();
-  std::fprintf(stderr, "sweep %s: %zu runs (%zu points x %zu seeds) into %s; %zu already done\n", spec.name.c_str(),
-               total, total / std::max<std::size_t>(1, sw.seeds.empty() ? 1 : sw.seeds.size()),
-               sw.seeds.empty() ? std::size_t{1} : sw.seeds.size(), dir.c_str(), cached);
+  std::fprintf(stderr, "%s %s: %zu runs into %s; %zu already done\n", what.c_str(), name.c_str(), total, dir.c_str(), cached);
 
   real::ChildProcesses children;  // from here on SIGINT/SIGTERM reach the runs and set interrupted()
   std::map<pid_t, std::pair<std::size_t, std::chrono::steady_clock::time_point>> running;
@@ -154,7 +154,7 @@ int run_sweep(const SweepOptions& o) {
     while (!real::interrupted() && running.size() < jobs && next < total) {
       Point& p = points[next];
       const std::size_t i = next++;
-      if (p.status == "done") continue;
+      if (p.status == "done" || p.status == "violated") continue;
       std::vector<std::string> args{"apiary", "run", o.scenario, "--quiet", "--json", "--force", "--out",
                                     (dir / (p.name + ".h5")).string()};
       for (const auto& s : o.sets) args.insert(args.end(), {"--set", s});
@@ -168,6 +168,13 @@ int run_sweep(const SweepOptions& o) {
     if (real::interrupted()) {
       children.signal_all(SIGTERM);
     }
+    // A run past its time limit hangs: stop it and say so.
+    if (o.timeout > Duration::zero())
+      for (auto& [pid, at] : running)
+        if (std::chrono::steady_clock::now() - at.second > o.timeout && points[at.first].status == "running") {
+          points[at.first].status = "hang";
+          kill(-pid, SIGKILL);
+        }
     if (auto r = children.reap_one()) {
       auto it = running.find(r->first);
       if (it == running.end()) continue;
@@ -175,16 +182,27 @@ int run_sweep(const SweepOptions& o) {
       p.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - it->second.second).count();
       running.erase(it);
       const bool ok = WIFEXITED(r->second) && WEXITSTATUS(r->second) == 0;
-      if (real::interrupted() && !ok) {
+      const std::string log = (dir / (p.name + ".log")).string();
+      if (p.status == "hang") {
+        p.findings = {"hang: no result after " + format_duration(o.timeout)};
+        ++failed;
+        std::fprintf(stderr, "%s: %s hung (stopped after %s; see %s)\n", what.c_str(), p.name.c_str(),
+                     format_duration(o.timeout).c_str(), log.c_str());
+      } else if (real::interrupted() && !ok) {
         p.status = "pending";  // killed by us: runs again on resume
       } else {
         p.status = ok ? "done" : "failed";
+        if (ok && o.check) {
+          p.findings = o.check(p, log);
+          if (!p.findings.empty()) p.status = "violated";
+        }
         ok ? ++done : ++failed;
         ++finished_here;
         work_seconds += p.wall_seconds;
-        if (!ok) std::fprintf(stderr, "sweep: %s failed (see %s)\n", p.name.c_str(), (dir / (p.name + ".log")).c_str());
+        if (!ok) std::fprintf(stderr, "%s: %s failed (see %s)\n", what.c_str(), p.name.c_str(), log.c_str());
+        for (const auto& f : p.findings) std::fprintf(stderr, "%s: %s: %s\n", what.c_str(), p.name.c_str(), f.c_str());
       }
-      write_index(dir, index_json(o.scenario, spec.name, points));
+      write_index(dir, index_json(o.scenario, name, points));
       if (!o.quiet && !real::interrupted()) {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const std::size_t left = total - done - failed;
@@ -196,12 +214,13 @@ int run_sweep(const SweepOptions& o) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  write_index(dir, index_json(o.scenario, spec.name, points));
+  write_index(dir, index_json(o.scenario, name, points));
   if (real::interrupted()) {
-    std::fprintf(stderr, "sweep interrupted: %zu of %zu runs done; run the same command again to resume\n", done, total);
+    std::fprintf(stderr, "%s interrupted: %zu of %zu runs done; run the same command again to resume\n", what.c_str(), done,
+                 total);
     return 130;
   }
-  std::fprintf(stderr, "sweep %s: %zu done, %zu failed; index: %s\n", spec.name.c_str(), done, failed,
+  std::fprintf(stderr, "%s %s: %zu done, %zu failed; index: %s\n", what.c_str(), name.c_str(), done, failed,
                (dir / "index.json").c_str());
   return failed ? 1 : 0;
 }

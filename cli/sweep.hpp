@@ -5,8 +5,13 @@
 // index.json (every run's name, file, seed, parameters, status and wall time), rewritten after
 // each run, so an interrupted sweep (Ctrl-C) resumes where it stopped: finished runs whose file
 // is present are not run again.
+#include <filesystem>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "core/runtime/time.hpp"
 
 namespace apiary::cli {
 
@@ -19,5 +24,33 @@ struct SweepOptions {
 };
 
 int run_sweep(const SweepOptions& o);
+
+// One `apiary run` of a sweep or campaign, and what became of it.
+struct Point {
+  std::string name;
+  std::uint64_t seed = 0;
+  std::vector<std::pair<std::string, std::string>> params;  // key, value (--set form)
+  std::string status = "pending";  // pending, running, done, failed, violated, hang
+  double wall_seconds = 0;
+  std::vector<std::string> findings;  // invariant violations, a hang
+};
+
+// How to run a set of points: up to `jobs` processes at a time, resumable through
+// dir/index.json; a run past `timeout` (if set) is stopped and reported as a hang; `check` (if
+// set) reads a finished run's log (its --json summary is the last line) and returns findings.
+struct RunSet {
+  std::string scenario;
+  std::string name;
+  std::vector<std::string> sets;
+  std::filesystem::path dir;
+  unsigned jobs = 2;
+  bool quiet = false;
+  Duration timeout{};
+  std::function<std::vector<std::string>(const Point&, const std::string& log)> check;
+};
+
+// Runs the points (their status, wall time and findings are updated); `what` names the command
+// in messages. Returns 0, 1 if a run failed or hung, 130 if interrupted.
+int run_points(const RunSet& set, std::vector<Point>& points, const std::string& what);
 
 }  // namespace apiary::cli

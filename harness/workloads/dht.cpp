@@ -30,6 +30,22 @@ void DhtWorkloadDriver::issue_store(dht::DhtNode& node, std::uint32_t peer, Time
   });
 }
 
+void DhtWorkloadDriver::check_get_failure(double asked_s) {
+  // Invariant: a live key whose holders are all up is gettable. It is checked where that holds:
+  // no churn (every holder stays up), and not while a partition lasts or within one replication
+  // period after it heals (a record stored while the swarm was split may sit on the far side's
+  // second-nearest peers until replication moves it; Kademlia promises no more).
+  if (spec_.churn.kind != ChurnSpec::Kind::kNone) return;
+  if (const auto& w = spec_.faults.partition) {
+    const double grace = std::max(60.0, to_seconds(spec_.dht.config.replicate_period));
+    for (double start = to_seconds(w->at);; start += to_seconds(w->every)) {
+      if (asked_s >= start && asked_s <= start + to_seconds(w->duration) + grace) return;
+      if (w->every == Duration::zero() || start > asked_s) break;
+    }
+  }
+  metrics_.count("invariant.dht.live_key_not_found", 1);
+}
+
 bool DhtWorkloadDriver::issue_get(dht::DhtNode& node, std::uint32_t peer, TimePoint now) {
   // Forget expired keys, then pick a live one (with a margin so it is live when the get lands).
   const TimePoint margin = now + std::chrono::seconds(30);
@@ -43,7 +59,10 @@ bool DhtWorkloadDriver::issue_get(dht::DhtNode& node, std::uint32_t peer, TimePo
     ++completed_;
     const bool ok = res.found && !res.records.empty() && res.records[0].value == expect;
     metrics_.count(ok ? "dht.get.ok" : "dht.get.failed", 1);
-    if (!ok) metrics_.sample("dht.get.failed_at_s", asked);  // when it was asked: failures over time
+    if (!ok) {
+      metrics_.sample("dht.get.failed_at_s", asked);  // when it was asked: failures over time
+      check_get_failure(asked);
+    }
     if (ok) {
       metrics_.sample("dht.get.latency_ns", static_cast<double>(res.latency.count()));
       metrics_.sample("dht.get.hops", static_cast<double>(res.hops));

@@ -49,6 +49,7 @@ class DhtWorkloadDriver {
     Bytes value;
     TimePoint expiration;
   };
+  void check_get_failure(double asked_s);
   Duration gap(double rate) {
     return Duration(static_cast<std::int64_t>(rng_.exponential(1e9 / rate)));
   }

@@ -112,6 +112,14 @@ std::uint64_t TrainingApp::epoch() const { return collab_ ? collab_->epoch() : d
 double TrainingApp::up_seconds() const { return to_seconds((finished_ ? finished_at_ : rt_.now()) - started_); }
 
 Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
+  // Invariant: a peer's epoch never goes back.
+  if (const std::uint64_t e = epoch(); e < seen_epoch_) {
+    rt_.observer.count("invariant.train.epoch_went_back");
+    rt_.observer.log(LogLevel::kWarn, "invariant",
+                     "peer " + std::to_string(index_) + ": epoch " + std::to_string(e) + " after " + std::to_string(seen_epoch_));
+  } else {
+    seen_epoch_ = e;
+  }
   // The compute model: this batch keeps the device busy for B / speed seconds...
   const double seconds = spec_.batch_size / speed_;
   co_await sleep_on(rt_.timers, Duration(static_cast<std::int64_t>(seconds * 1e9)));

@@ -101,6 +101,7 @@ class TrainingApp final : public PeerApp {
   std::uint64_t samples() const { return samples_; }
 
  private:
+  std::uint64_t seen_epoch_ = 0;  // the highest epoch this peer has been at (an invariant's memory)
   Task<void> collaborative_loop(bool newcomer);
   Task<void> diloco_loop();
   Task<void> assist_loop();

@@ -270,7 +270,43 @@ printf 'peers = 10\n[sweep]\ngrid = { "peers" = [10, "many"] }\n' > badsweep.tom
 grep -q "peers=many" badsweep.err || fail "bad sweep error: $(cat badsweep.err)"
 }
 
-all=(quickstart determinism errors live_ping live_dht_tools live_dht_scenario live_dht_churn live_averaging live_averaging_churn allreduce_bench sweep)
+# 10. A fault campaign: seeds with their own drawn faults are clean; faults made heavy on purpose
+#     break the DHT's invariant, and the summary's command replays the violation exactly.
+campaign() {
+cat > dhtc.toml <<'TOML'
+name = "dht-campaign"
+peers = 60
+duration = "6min"
+[network]
+latency = { dist = "uniform", min = "5ms", max = "50ms" }
+[dht]
+k = 10
+join_window = "30s"
+replicate = "2min"
+[workload]
+kind = "dht"
+start = "1min"
+store_rate = "1/s"
+get_rate = "4/s"
+ttl = "10min"
+TOML
+"$APIARY" campaign dhtc.toml --seeds 6 --jobs 2 --out clean --quiet 2> clean.err || fail "campaign: $(cat clean.err)"
+grep -q "| 6 | 0 | 0 | 0 |" clean/summary.md || fail "campaign not clean: $(cat clean/summary.md)"
+python3 -c 'import json; r=json.load(open("clean/index.json"))["runs"]; assert sum(bool(x["params"]) for x in r) >= 4, r' \
+  || fail "the seeds drew no faults"
+set +e; "$APIARY" campaign dhtc.toml --seeds 2 --out broken --quiet --faults network --set dht.k=2 \
+  --set 'faults.inject={drop_reply=0.6}' 2> broken.err; rc=$?; set -e
+[ $rc = 1 ] || fail "a campaign with violations exited $rc"
+grep -q "invariant.dht.live_key_not_found" broken/summary.md || fail "violation not reported: $(cat broken/summary.md)"
+want=$(grep -m1 -o "live_key_not_found = [0-9]*" broken/summary.md | grep -o "[0-9]*$")
+replay=$(grep -m1 "^  apiary run" broken/summary.md | sed "s|^  apiary|\"$APIARY\"|")
+got=$(eval "$replay --json --quiet --out replay.h5" | tail -n 1 |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["metrics"]["counters"]["invariant.dht.live_key_not_found"])')
+[ "$got" = "$want" ] || fail "the replay found $got violations, the campaign $want"
+}
+
+all=(quickstart determinism errors live_ping live_dht_tools live_dht_scenario live_dht_churn live_averaging live_averaging_churn allreduce_bench sweep
+     campaign)
 [ $# -gt 2 ] && sections=("${@:3}") || sections=("${all[@]}")
 for s in "${sections[@]}"; do
   declare -F "$s" > /dev/null || fail "no section '$s' (there are: ${all[*]})"
