@@ -85,16 +85,7 @@ ChildProcesses::ChildProcesses() {
 }
 
 ChildProcesses::~ChildProcesses() {
-  for (pid_t p : pids_) kill(-p, SIGTERM);
-  const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  for (pid_t p : pids_) {
-    int status = 0;
-    if (!reap_by(p, grace, status)) {
-      kill(-p, SIGKILL);
-      waitpid(p, &status, 0);
-    }
-    forget_child(p);
-  }
+  terminate_all(std::chrono::seconds(10));
   std::lock_guard<std::mutex> lock(g_install_mu);
   if (--g_installed > 0) return;
   sigaction(SIGINT, &g_old_int, nullptr);

@@ -235,6 +235,7 @@ ttl = "30min"
   EXPECT_GT(m.counter("network.partition_drops"), 1000);
   ASSERT_GT(m.counter("dht.get.ok"), 4000);
   ASSERT_GT(m.counter("dht.get.failed"), 0) << "a partition of a third should cost some gets";
+  EXPECT_EQ(m.counter("invariant.dht.live_key_not_found"), 0);
   for (double t : m.series().at("dht.get.failed_at_s")) {
     EXPECT_GE(t, 8 * 60);
     EXPECT_LE(t, 14 * 60) << "a get failed " << t - 13 * 60 << " s after the partition healed";
