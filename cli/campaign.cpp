@@ -66,9 +66,11 @@ std::vector<std::string> violations(const std::string& log) {
   const auto j = nlohmann::json::parse(last, nullptr, false);
   if (j.is_discarded() || !j.contains("metrics")) return {"no JSON summary in " + log};
   std::vector<std::string> out;
-  const auto& counters = j["metrics"].value("counters", nlohmann::json::object());
-  for (const auto& [k, v] : counters.items())
-    if (k.rfind("invariant.", 0) == 0 && v.get<long long>() > 0) out.push_back(k + " = " + std::to_string(v.get<long long>()));
+  const auto& m = j["metrics"];
+  if (!m.is_object() || !m.contains("counters") || !m["counters"].is_object()) return out;
+  for (const auto& [k, v] : m["counters"].items())
+    if (k.rfind("invariant.", 0) == 0 && v.is_number_integer() && v.get<long long>() > 0)
+      out.push_back(k + " = " + std::to_string(v.get<long long>()));
   return out;
 }
 

@@ -59,7 +59,8 @@ std::vector<Point> expand(const SweepSpec& sw, std::uint64_t base_seed) {
   return out;
 }
 
-nlohmann::json index_json(const std::string& scenario, const std::string& name, const std::vector<Point>& points) {
+nlohmann::json index_json(const std::string& scenario, const std::string& name, const std::vector<std::string>& sets,
+                          const std::vector<Point>& points) {
   nlohmann::json runs = nlohmann::json::array();
   for (const auto& p : points) {
     nlohmann::json params = nlohmann::json::object();
@@ -72,7 +73,7 @@ nlohmann::json index_json(const std::string& scenario, const std::string& name, 
                     {"wall_seconds", p.wall_seconds}});
     if (!p.findings.empty()) runs.back()["findings"] = p.findings;
   }
-  return {{"scenario", scenario}, {"name", name}, {"runs", runs}};
+  return {{"scenario", scenario}, {"name", name}, {"sets", sets}, {"runs", runs}};
 }
 
 void write_index(const fs::path& dir, const nlohmann::json& j) {
@@ -122,24 +123,35 @@ int run_points(const RunSet& o, std::vector<Point>& points, const std::string& w
     std::ifstream in(dir / "index.json");
     nlohmann::json old = nlohmann::json::parse(in, nullptr, false);
     std::map<std::string, nlohmann::json> by_name;
-    if (old.is_object() && old.contains("runs"))
-      for (const auto& r : old["runs"]) by_name[r.value("run", "")] = r;
+    // Earlier runs count only for the same scenario file and the same --set overrides.
+    const bool same_base = old.is_object() && old.value("scenario", "") == o.scenario && old.contains("sets") &&
+                           old["sets"] == nlohmann::json(o.sets);
+    if (same_base && old.contains("runs") && old["runs"].is_array())
+      for (const auto& r : old["runs"])
+        if (r.is_object() && r.contains("run") && r["run"].is_string()) by_name[r["run"].get<std::string>()] = r;
+    if (!same_base && old.is_object())
+      std::fprintf(stderr, "%s: %s holds runs of another scenario or other --set values; running everything again\n",
+                   what.c_str(), (dir / "index.json").c_str());
     for (auto& p : points) {
       auto it = by_name.find(p.name);
       if (it == by_name.end()) continue;
       nlohmann::json params = nlohmann::json::object();
       for (const auto& [k, v] : p.params) params[k] = v;
-      const bool same = it->second.value("seed", std::uint64_t{0}) == p.seed && it->second["params"] == params;
-      const std::string status = it->second.value("status", "");
+      const auto& r = it->second;
+      const bool same = r.contains("seed") && r["seed"].is_number_unsigned() && r["seed"].get<std::uint64_t>() == p.seed &&
+                        r.contains("params") && r["params"] == params;
+      const std::string status = r.contains("status") && r["status"].is_string() ? r["status"].get<std::string>() : "";
       if (same && (status == "done" || status == "violated") && fs::exists(dir / (p.name + ".h5"))) {
         p.status = status;
-        p.wall_seconds = it->second.value("wall_seconds", 0.0);
-        if (it->second.contains("findings")) p.findings = it->second["findings"].get<std::vector<std::string>>();
+        p.wall_seconds = r.contains("wall_seconds") && r["wall_seconds"].is_number() ? r["wall_seconds"].get<double>() : 0.0;
+        if (r.contains("findings") && r["findings"].is_array())
+          for (const auto& f : r["findings"])
+            if (f.is_string()) p.findings.push_back(f.get<std::string>());
         ++cached;
       }
     }
   }
-  write_index(dir, index_json(o.scenario, name, points));
+  write_index(dir, index_json(o.scenario, name, o.sets, points));
   const std::size_t total = points.size();
   std::fprintf(stderr, "%s %s: %zu runs into %s; %zu already done\n", what.c_str(), name.c_str(), total, dir.c_str(), cached);
 
@@ -165,16 +177,19 @@ int run_points(const RunSet& o, std::vector<Point>& points, const std::string& w
       running[pid] = {i, std::chrono::steady_clock::now()};
     }
     if (running.empty()) break;
-    if (real::interrupted()) {
-      children.signal_all(SIGTERM);
-    }
-    // A run past its time limit hangs: stop it and say so.
+    // (An interrupt has already reached the runs: the handler forwards it, once.)
+    // A run past its time limit hangs: SIGTERM, so that it stops its own children and removes its
+    // files, then SIGKILL if it is still there 10 s later.
     if (o.timeout > Duration::zero())
-      for (auto& [pid, at] : running)
-        if (std::chrono::steady_clock::now() - at.second > o.timeout && points[at.first].status == "running") {
+      for (auto& [pid, at] : running) {
+        const auto age = std::chrono::steady_clock::now() - at.second;
+        if (age > o.timeout && points[at.first].status == "running") {
           points[at.first].status = "hang";
+          kill(-pid, SIGTERM);
+        } else if (age > o.timeout + std::chrono::seconds(10) && points[at.first].status == "hang") {
           kill(-pid, SIGKILL);
         }
+      }
     if (auto r = children.reap_one()) {
       auto it = running.find(r->first);
       if (it == running.end()) continue;
@@ -193,7 +208,11 @@ int run_points(const RunSet& o, std::vector<Point>& points, const std::string& w
       } else {
         p.status = ok ? "done" : "failed";
         if (ok && o.check) {
-          p.findings = o.check(p, log);
+          try {
+            p.findings = o.check(p, log);
+          } catch (const std::exception& e) {
+            p.findings = {std::string("its summary could not be read: ") + e.what()};
+          }
           if (!p.findings.empty()) p.status = "violated";
         }
         ok ? ++done : ++failed;
@@ -202,7 +221,7 @@ int run_points(const RunSet& o, std::vector<Point>& points, const std::string& w
         if (!ok) std::fprintf(stderr, "%s: %s failed (see %s)\n", what.c_str(), p.name.c_str(), log.c_str());
         for (const auto& f : p.findings) std::fprintf(stderr, "%s: %s: %s\n", what.c_str(), p.name.c_str(), f.c_str());
       }
-      write_index(dir, index_json(o.scenario, name, points));
+      write_index(dir, index_json(o.scenario, name, o.sets, points));
       if (!o.quiet && !real::interrupted()) {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const std::size_t left = total - done - failed;
@@ -214,7 +233,7 @@ int run_points(const RunSet& o, std::vector<Point>& points, const std::string& w
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  write_index(dir, index_json(o.scenario, name, points));
+  write_index(dir, index_json(o.scenario, name, o.sets, points));
   if (real::interrupted()) {
     std::fprintf(stderr, "%s interrupted: %zu of %zu runs done; run the same command again to resume\n", what.c_str(), done,
                  total);

@@ -158,7 +158,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     w.duration = s.get_duration(k + ".duration", Duration::zero());
     if (w.duration <= Duration::zero()) s.fail(k + ".duration", "a fault window needs a positive duration");
     w.every = s.get_duration(k + ".every", Duration::zero());
-    if (w.every != Duration::zero() && w.every <= w.duration) s.fail(k + ".every", "must be longer than the window's duration");
+    if (w.every != Duration::zero() && (w.every <= w.duration || w.every < std::chrono::seconds(1)))
+      s.fail(k + ".every", "must be at least 1 s and longer than the window's duration");
     w.fraction = s.get_double(k + ".fraction", 0, 0, 1);
     if (w.fraction <= 0) s.fail(k + ".fraction", "the share of peers the fault strikes: above 0, at most 1");
     if (name == "latency_spike") {

@@ -32,10 +32,21 @@ int g_installed = 0;
 struct sigaction g_old_int, g_old_term;
 
 void on_stop_signal(int sig) {
+  const int saved = errno;  // kill() may set it; the interrupted code may be about to read it
   int none = 0;
   g_signal.compare_exchange_strong(none, sig);
   for (auto& c : g_children)
     if (const pid_t p = c.load(std::memory_order_relaxed); p > 0) kill(-p, SIGTERM);
+  errno = saved;
+}
+
+// waitpid, again when a signal interrupts it.
+pid_t wait_for(pid_t pid, int* status, int options) {
+  pid_t r;
+  do {
+    r = waitpid(pid, status, options);
+  } while (r < 0 && errno == EINTR);
+  return r;
 }
 
 void remember_child(pid_t pid) {
@@ -55,7 +66,7 @@ void forget_child(pid_t pid) {
 // Polls for an exit every 10 ms until `deadline`; true if it came (status in `status`).
 bool reap_by(pid_t pid, std::chrono::steady_clock::time_point deadline, int& status) {
   while (true) {
-    const pid_t r = waitpid(pid, &status, WNOHANG);
+    const pid_t r = wait_for(pid, &status, WNOHANG);
     if (r == pid || (r < 0 && errno == ECHILD)) return true;
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -79,6 +90,7 @@ ChildProcesses::ChildProcesses() {
   if (g_installed++ > 0) return;
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &g_old_int);
   sigaction(SIGTERM, &sa, &g_old_term);
@@ -111,7 +123,15 @@ pid_t ChildProcesses::spawn(const std::string& exe, const std::vector<std::strin
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   const pid_t parent = getpid();
+  // SIGINT and SIGTERM wait until the child has dropped this process's handler (which would
+  // signal this process's other children from inside the child).
+  sigset_t stop_signals, before;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, &before);
   const pid_t pid = fork();
+  if (pid != 0) pthread_sigmask(SIG_SETMASK, &before, nullptr);
   if (pid < 0) {
     if (ns_fd >= 0) ::close(ns_fd);
     throw std::runtime_error("fork failed");
@@ -127,6 +147,8 @@ pid_t ChildProcesses::spawn(const std::string& exe, const std::vector<std::strin
     sigprocmask(SIG_SETMASK, &none, nullptr);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(1);
+    // No terminal input: a child in a background process group that read it would be stopped.
+    if (const int null = ::open("/dev/null", O_RDONLY); null >= 0) dup2(null, 0);
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
@@ -191,7 +213,7 @@ int ChildProcesses::kill_now(pid_t pid) {
   int status = 0;
   if (std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return status;
   kill(-pid, SIGKILL);
-  waitpid(pid, &status, 0);
+  wait_for(pid, &status, 0);
   std::erase(pids_, pid);
   forget_child(pid);
   return status;
@@ -208,7 +230,7 @@ void ChildProcesses::terminate_all(std::chrono::seconds grace) {
     int status = 0;
     if (!reap_by(p, deadline, status)) {
       kill(-p, SIGKILL);
-      waitpid(p, &status, 0);
+      wait_for(p, &status, 0);
     }
     forget_child(p);
   }

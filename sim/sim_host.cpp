@@ -1,5 +1,6 @@
 #include "sim/sim_host.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cmath>
@@ -119,7 +120,8 @@ class SimHost final : public Host {
           Rng r = Rng(spec_.seed ^ tag).fork(k + 1);
           std::vector<std::uint32_t> all(spec_.peers);
           for (std::uint32_t i = 0; i < spec_.peers; ++i) all[i] = i;
-          const auto n = static_cast<std::size_t>(std::llround(w.fraction * spec_.peers));
+          auto n = static_cast<std::size_t>(std::llround(w.fraction * spec_.peers));
+          if (name == "partition") n = std::clamp<std::size_t>(n, 1, spec_.peers - 1);  // two sides, never one
           for (std::size_t i = 0; i < n && i < all.size(); ++i) std::swap(all[i], all[i + r.below(all.size() - i)]);
           all.resize(std::min(n, all.size()));
           for (auto i : all) apply(net_.endpoint(i).ip - SimNetwork::kBaseIp, true);

@@ -1,6 +1,8 @@
 #pragma once
-// Fault injection at chosen points of protocol code, decided by a seeded stream: the same seed
-// gives the same faults, in ns-3 and live alike, so a failure found by a seed replays exactly.
+// Fault injection at chosen points of protocol code, decided by a seeded stream per peer: in
+// ns-3 the same seed gives the same faults, so a failure found by a seed replays exactly; live,
+// the stream is the same but requests arrive in the machine's order. Each request draws all its
+// decisions at once, so one point's setting never shifts another's faults.
 // Off by default: Runtime::faults is null, and each point costs one pointer test.
 //
 // The points (in Rpc, so every protocol meets them):
@@ -27,8 +29,7 @@ struct FaultPlan {
 class FaultInjector {
  public:
   FaultInjector(FaultPlan plan, Rng rng, Observer& observer) : plan_(plan), rng_(rng), observer_(observer) {}
-  // Each decision draws from the stream whatever the plan says, so that one point's setting does
-  // not shift another's faults.
+  // Each decision draws from the stream whatever the plan says.
   bool drop_reply() {
     const bool drop = rng_.uniform(0, 1) < plan_.drop_reply;
     if (drop) observer_.count("faults.injected.drop_reply");

@@ -251,8 +251,15 @@ Task<void> Rpc::serve_one(Endpoint from, std::uint64_t id, std::uint32_t method,
   }
   // Copy the handler: a handler may re-register methods while it runs.
   Handler handler = it->second;
-  if (rt_.faults)
-    if (const Duration late = rt_.faults->handler_delay(); late > Duration::zero()) co_await sleep_on(rt_.timers, late);
+  // Injected faults: every decision for this request drawn now, in a fixed order.
+  Duration slow{}, late{};
+  bool drop = false;
+  if (rt_.faults) {
+    slow = rt_.faults->handler_delay();
+    drop = rt_.faults->drop_reply();
+    late = rt_.faults->reply_delay();
+  }
+  if (slow > Duration::zero()) co_await sleep_on(rt_.timers, slow);
   std::optional<Result<Reply>> result;
   try {
     result.emplace(co_await handler(std::move(req)));
@@ -265,10 +272,8 @@ Task<void> Rpc::serve_one(Endpoint from, std::uint64_t id, std::uint32_t method,
     result.emplace(Error{ErrorCode::kRemote, e.what()});
   }
   if (!id) co_return;  // notify: nobody waits
-  if (rt_.faults) {
-    if (rt_.faults->drop_reply()) co_return;
-    if (const Duration late = rt_.faults->reply_delay(); late > Duration::zero()) co_await sleep_on(rt_.timers, late);
-  }
+  if (drop) co_return;
+  if (late > Duration::zero()) co_await sleep_on(rt_.timers, late);
   if (!result->ok()) {
     send_error(from, id, result->error());
     co_return;

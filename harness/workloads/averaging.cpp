@@ -300,6 +300,9 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   a.grouping = s.get_string("averaging.grouping", a.grouping, {"moshpit", "random", "gossip", "allreduce"});
   a.grid_side = static_cast<std::uint32_t>(s.get_int("averaging.grid_side", a.grid_side, 1, 1 << 20));
   a.grid_dims = static_cast<std::uint32_t>(s.get_int("averaging.grid_dims", a.grid_dims, 1, 16));
+  std::uint64_t cells = 1;
+  for (std::uint32_t d = 0; d < a.grid_dims; ++d)
+    if ((cells *= a.grid_side) > (std::uint64_t{1} << 40)) s.fail("averaging.grid_dims", "grid_side^grid_dims is over 2^40 cells");
   a.placement = s.get_string("averaging.placement", a.placement, {"auto", "fill", "random", "distinct"});
   a.grid_rule = s.get_string("averaging.grid_rule", a.grid_rule, {"rank", "fixed"});
   a.skip_rule = s.get_string("averaging.skip_rule", a.skip_rule, {"park", "keep"});
