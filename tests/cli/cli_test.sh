@@ -273,23 +273,7 @@ grep -q "peers=many" badsweep.err || fail "bad sweep error: $(cat badsweep.err)"
 # 10. A fault campaign: seeds with their own drawn faults are clean; faults made heavy on purpose
 #     break the DHT's invariant, and the summary's command replays the violation exactly.
 campaign() {
-cat > dhtc.toml <<'TOML'
-name = "dht-campaign"
-peers = 60
-duration = "6min"
-[network]
-latency = { dist = "uniform", min = "5ms", max = "50ms" }
-[dht]
-k = 10
-join_window = "30s"
-replicate = "2min"
-[workload]
-kind = "dht"
-start = "1min"
-store_rate = "1/s"
-get_rate = "4/s"
-ttl = "10min"
-TOML
+cp "$SRC/scenarios/campaign-dht.toml" dhtc.toml
 "$APIARY" campaign dhtc.toml --seeds 6 --jobs 2 --out clean --quiet 2> clean.err || fail "campaign: $(cat clean.err)"
 grep -q "| 6 | 0 | 0 | 0 |" clean/summary.md || fail "campaign not clean: $(cat clean/summary.md)"
 python3 -c 'import json; r=json.load(open("clean/index.json"))["runs"]; assert sum(bool(x["params"]) for x in r) >= 4, r' \
