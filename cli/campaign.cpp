@@ -54,6 +54,9 @@ std::vector<std::pair<std::string, std::string>> draw_faults(std::uint64_t seed,
   const std::string plan = "{ drop_reply = " + number(r.uniform(0, 0.05)) + ", delay_reply = " + number(r.uniform(0, 0.1)) +
                            ", delay_max = \"1s\", slow_handler = " + number(r.uniform(0, 0.05)) + ", slow_max = \"500ms\" }";
   if (inject && rpc) out.emplace_back("faults.inject", plan);
+  const bool freeze = r.uniform(0, 1) < 0.3;
+  const std::string stall = window(r, run_s, "");
+  if (network && freeze) out.emplace_back("faults.stall", stall);
   return out;
 }
 

@@ -182,6 +182,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.faults.partition = window("partition");
   spec.faults.latency_spike = window("latency_spike");
   spec.faults.bandwidth_drop = window("bandwidth_drop");
+  spec.faults.stall = window("stall");
 
   const auto churn = s.get_string("churn.model", "none", {"none", "exponential", "weibull", "trace"});
   spec.churn.kind = churn == "none"          ? ChurnSpec::Kind::kNone

@@ -91,7 +91,8 @@ struct NetworkFaults {
   std::optional<FaultWindow> partition;  // the struck peers and the others cannot reach each other
   std::optional<FaultWindow> latency_spike;
   std::optional<FaultWindow> bandwidth_drop;
-  bool any() const { return loss > 0 || partition || latency_spike || bandwidth_drop; }
+  std::optional<FaultWindow> stall;  // the struck peers freeze: they handle nothing until it ends
+  bool any() const { return loss > 0 || partition || latency_spike || bandwidth_drop || stall; }
 };
 
 struct SwarmSpec {

@@ -109,7 +109,7 @@ class SimHost final : public Host {
   // The scenario's fault windows, as ns-3 events: each occurrence strikes a fresh seeded choice
   // of its fraction of the peers, and undoes itself when its duration is over.
   void schedule_faults(Duration end) {
-    using Apply = std::function<void(std::uint32_t host, bool on)>;
+    using Apply = std::function<void(std::uint32_t peer, bool on)>;
     auto& ch = net_.channel();
     auto schedule = [&](const std::optional<FaultWindow>& w, const std::string& name, std::uint64_t tag, Apply apply,
                         std::function<void(bool)> around = {}) {
@@ -124,12 +124,12 @@ class SimHost final : public Host {
           if (name == "partition") n = std::clamp<std::size_t>(n, 1, spec_.peers - 1);  // two sides, never one
           for (std::size_t i = 0; i < n && i < all.size(); ++i) std::swap(all[i], all[i + r.below(all.size() - i)]);
           all.resize(std::min(n, all.size()));
-          for (auto i : all) apply(net_.endpoint(i).ip - SimNetwork::kBaseIp, true);
+          for (auto i : all) apply(i, true);
           if (around) around(true);
           metrics_.count("faults." + name, 1);
           metrics_.count("faults." + name + ".peers", static_cast<std::int64_t>(all.size()));
           Simulator::Schedule(NanoSeconds(w.duration.count()), [this, all, apply, around] {
-            for (auto i : all) apply(net_.endpoint(i).ip - SimNetwork::kBaseIp, false);
+            for (auto i : all) apply(i, false);
             if (around) around(false);
           });
         });
@@ -137,17 +137,24 @@ class SimHost final : public Host {
       }
     };
     const auto& f = spec_.faults;
-    schedule(f.partition, "partition", 0x7061727469ULL, [&ch](std::uint32_t h, bool on) { ch.SetSide(h, on ? 1 : 0); },
+    auto host = [this](std::uint32_t i) { return net_.endpoint(i).ip - SimNetwork::kBaseIp; };
+    schedule(f.partition, "partition", 0x7061727469ULL, [&ch, host](std::uint32_t i, bool on) { ch.SetSide(host(i), on ? 1 : 0); },
              [&ch](bool on) { ch.SetPartitioned(on); });
+    if (f.stall) {
+      const auto length = NanoSeconds(f.stall->duration.count());
+      schedule(f.stall, "stall", 0x7374616c6cULL, [this, length](std::uint32_t i, bool on) {
+        if (on) net_.runtime(i).stall_until(Simulator::Now() + length);
+      });
+    }
     if (f.latency_spike) {
       const auto extra = NanoSeconds(f.latency_spike->extra_latency.count());
       schedule(f.latency_spike, "latency_spike", 0x6c6174ULL,
-               [&ch, extra](std::uint32_t h, bool on) { ch.SetExtraLatency(h, on ? extra : Time(0)); });
+               [&ch, extra, host](std::uint32_t i, bool on) { ch.SetExtraLatency(host(i), on ? extra : Time(0)); });
     }
     if (f.bandwidth_drop) {
       const double factor = f.bandwidth_drop->bandwidth_factor;
       schedule(f.bandwidth_drop, "bandwidth_drop", 0x6277ULL,
-               [&ch, factor](std::uint32_t h, bool on) { ch.SetBandwidthFactor(h, on ? factor : 1.0); });
+               [&ch, factor, host](std::uint32_t i, bool on) { ch.SetBandwidthFactor(host(i), on ? factor : 1.0); });
     }
   }
 

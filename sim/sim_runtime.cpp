@@ -73,13 +73,19 @@ TimePoint SimRuntime::now() const { return time_from_ns(now_ns()); }
 
 TimerId SimRuntime::schedule(Duration delay, std::function<void()> fn) {
   const TimerId id = next_timer_++;
-  auto ev = Simulator::Schedule(NanoSeconds(std::max<std::int64_t>(0, delay.count())),
-                                [this, id, fn = std::move(fn)] {
-                                  timers_.erase(id);
-                                  fn();
-                                });
-  timers_.emplace(id, ev);
+  arm(id, NanoSeconds(std::max<std::int64_t>(0, delay.count())), std::move(fn));
   return id;
+}
+
+void SimRuntime::arm(TimerId id, Time delay, std::function<void()> fn) {
+  timers_[id] = Simulator::Schedule(delay, [this, id, fn = std::move(fn)]() mutable {
+    if (Simulator::Now() < stalled_until_) {  // frozen: it fires when the stall ends
+      arm(id, stalled_until_ - Simulator::Now(), std::move(fn));
+      return;
+    }
+    timers_.erase(id);
+    fn();
+  });
 }
 
 bool SimRuntime::cancel(TimerId id) {
@@ -137,9 +143,18 @@ void SimRuntime::on_readable(Ptr<Socket> socket) {
   Address from_addr;
   while (Ptr<Packet> p = socket->RecvFrom(from_addr)) {
     auto inet = InetSocketAddress::ConvertFrom(from_addr);
-    on_datagram(Endpoint{inet.GetIpv4().Get(), inet.GetPort()}, p);
+    on_datagram_when_awake(Endpoint{inet.GetIpv4().Get(), inet.GetPort()}, p);
     if (!socket_) return;  // the handler stopped this peer
   }
+}
+
+void SimRuntime::on_datagram_when_awake(const Endpoint& from, Ptr<Packet> packet) {
+  if (Simulator::Now() < stalled_until_) {  // frozen: handled when the stall ends, in arrival order
+    Simulator::Schedule(stalled_until_ - Simulator::Now(), &SimRuntime::on_datagram_when_awake, this, from, packet);
+    return;
+  }
+  if (!socket_) return;  // it left meanwhile
+  on_datagram(from, packet);
 }
 
 void SimRuntime::on_datagram(const Endpoint& from, Ptr<Packet> packet) {

@@ -6,6 +6,7 @@
 // if any, rides beside in a Sidecar keyed by (sender, stream). The channel is lossless and FIFO
 // per sender/receiver pair, so reassembly needs no retransmission; a peer that is down silently
 // drops what reaches it (the RPC layer reports timeouts).
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -63,6 +64,9 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   void close();
   bool is_open() const { return static_cast<bool>(socket_); }
   std::size_t pending_timers() const { return timers_.size(); }
+  // A stall (a frozen process): until `until` the peer handles nothing; datagrams that arrive and
+  // timers that come due wait, in their order, and run when it ends.
+  void stall_until(ns3::Time until) { stalled_until_ = std::max(stalled_until_, until); }
 
   // Clock
   TimePoint now() const override;
@@ -83,6 +87,8 @@ class SimRuntime final : public Clock, public Timers, public Transport {
     std::uint8_t flags = 0;
   };
   void on_readable(ns3::Ptr<ns3::Socket> socket);
+  void arm(TimerId id, ns3::Time delay, std::function<void()> fn);
+  void on_datagram_when_awake(const Endpoint& from, ns3::Ptr<ns3::Packet> packet);
   void on_datagram(const Endpoint& from, ns3::Ptr<ns3::Packet> packet);
   void deliver(const Endpoint& from, std::uint32_t stream, Incoming& in);
   static Sidecar::Key sidecar_key(const Endpoint& from, std::uint32_t stream) {
@@ -99,6 +105,7 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   std::function<Duration()> receive_delay_;
   ns3::Ptr<ns3::Socket> socket_;
   std::map<TimerId, ns3::EventId> timers_;
+  ns3::Time stalled_until_{0};
   TimerId next_timer_ = 1;
   std::uint32_t next_stream_ = 1;
   std::map<Endpoint, std::map<std::uint32_t, Incoming>> incoming_;

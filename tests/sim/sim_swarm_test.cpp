@@ -118,6 +118,24 @@ TEST(SimSwarm, PartitionsAndLatencySpikesComeAndGo) {
   EXPECT_GE(spiked.quantile("ping.rtt_ns", 1.0), 440e6) << "both ends spiked: 4 x (10 + 100) ms";
 }
 
+// A stall freezes a peer: calls to it time out while it lasts; its own work waits and resumes.
+TEST(SimSwarm, StalledPeersFreezeAndResume) {
+  const std::string base = "peers = 10\nduration = \"40s\"\n[network]\nlatency = \"10ms\"\nbandwidth = \"10Gbps\"\n"
+                           "[workload]\nrate = \"2/s\"\ntimeout = \"1s\"\n";
+  Metrics calm, frozen;
+  sim::run_sim_swarm(spec_of(base), calm);
+  sim::run_sim_swarm(spec_of(base + "[faults]\nstall = { at = \"10s\", duration = \"10s\", fraction = 0.5 }\n"), frozen);
+  EXPECT_EQ(calm.counter("ping.failed.timeout"), 0);
+  EXPECT_EQ(frozen.counter("faults.stall"), 1);
+  const double timeouts = static_cast<double>(frozen.counter("ping.failed.timeout"));
+  const double sent = static_cast<double>(frozen.counter("ping.sent"));
+  // While 5 of 10 peers are frozen (a quarter of the run) they send nothing, and the other 5's
+  // pings go to a frozen peer 5 times in 9: about 5 x 2/s x 10 s x 5/9 = 56 of ~700 pings fail.
+  EXPECT_GT(timeouts / sent, 0.05);
+  EXPECT_LT(timeouts / sent, 0.11);
+  EXPECT_GT(frozen.quantile("ping.rtt_ns", 1.0), 1e9) << "a ping answered after its peer thawed";
+}
+
 // Faults are ns-3's: a live run refuses them, and bad windows name their key.
 TEST(SimSwarm, FaultKeysAreChecked) {
   auto fails = [](const std::string& text) {
