@@ -19,7 +19,7 @@ namespace {
 
 Payload floats(const std::vector<float>& v) {
   Bytes b(v.size() * 4);
-  std::memcpy(b.data(), v.data(), b.size());
+  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
   return Payload::bytes(std::move(b));
 }
 
