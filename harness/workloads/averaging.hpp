@@ -97,6 +97,7 @@ class AveragingApp final : public PeerApp {
 class AveragingDriver {
  public:
   AveragingDriver(const SwarmSpec& spec, Metrics& metrics);
+  AveragingDriver(SwarmSpec&&, Metrics&) = delete;  // it keeps a reference: no temporaries
   const AveragingWorkloadSpec& config() const { return avg_; }
   averaging::MemberKind kind_of(std::uint32_t peer) const;
   std::vector<float> initial_values(std::uint32_t peer) const;

@@ -329,7 +329,8 @@ TEST(SimAveraging, DistinctPlacementAndFixedCoordinates) {
     }
     EXPECT_EQ(cells.size(), 12u) << "seed " << seed;
     EXPECT_EQ(d.initial_position(3).coords, AveragingDriver(distinct, m).initial_position(3).coords) << "the same on every peer";
-    AveragingDriver by_default(spec_of(kAveraging, {"peers=12", sd}), m);
+    const auto plain = spec_of(kAveraging, {"peers=12", sd});  // the driver keeps a reference: a named spec
+    AveragingDriver by_default(plain, m);
     for (std::uint32_t i = 0; i < 12; ++i)
       EXPECT_EQ(by_default.initial_position(i).coords, d.initial_position(i).coords) << "a partly filled grid is placed distinct";
   }
@@ -337,7 +338,8 @@ TEST(SimAveraging, DistinctPlacementAndFixedCoordinates) {
   std::size_t shared = 0;
   for (std::uint64_t seed = 1; seed <= 20; ++seed) {
     Metrics m;
-    AveragingDriver r(spec_of(kAveraging, {"peers=12", "averaging.placement=random", "seed=" + std::to_string(seed)}), m);
+    const auto spec = spec_of(kAveraging, {"peers=12", "averaging.placement=random", "seed=" + std::to_string(seed)});
+    AveragingDriver r(spec, m);
     std::set<std::vector<std::uint32_t>> cells;
     for (std::uint32_t i = 0; i < 12; ++i) cells.insert(r.initial_position(i).coords);
     shared += cells.size() < 12 ? 1 : 0;
