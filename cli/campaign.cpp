@@ -57,6 +57,10 @@ std::vector<std::pair<std::string, std::string>> draw_faults(std::uint64_t seed,
   const bool freeze = r.uniform(0, 1) < 0.3;
   const std::string stall = window(r, run_s, "");
   if (network && freeze) out.emplace_back("faults.stall", stall);
+  // Drawn after the others, so that adding it kept every earlier seed's faults as they were.
+  const bool early = r.uniform(0, 1) < 0.3;
+  const std::string early_p = number(r.uniform(0, 0.05));
+  if (inject && early) out.emplace_back("faults.inject.early_timeout", early_p);
   return out;
 }
 

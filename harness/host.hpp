@@ -31,6 +31,9 @@ class Host {
   // Takes peer i's network up (it listens, receives) or down (its sockets close; what is sent to
   // it is lost).
   virtual void set_up(std::uint32_t i, bool up) = 0;
+  // Timers of peer i's runtime still pending (after its stack is gone, each is a callback into
+  // code that no longer exists).
+  virtual std::size_t pending_timers(std::uint32_t i) const = 0;
   // Run time: since run() began.
   virtual Duration elapsed() const = 0;
   // Runs `fn` at run time `t` (now if t has passed). Callbacks at one instant run in the order

@@ -9,8 +9,9 @@ PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpo
     : rt_(rt), spec_(spec), directory_(directory), index_(index), bandwidth_(bandwidth), rpc_(std::make_unique<Rpc>(rt)) {
   if (spec.uses_dht) {
     std::vector<std::shared_ptr<dht::Validator>> validators{std::make_shared<dht::SignatureValidator>()};
-    dht_ = std::make_unique<dht::DhtNode>(rt, *rpc_, swarm_identity(spec, index).id(), spec.dht.config,
-                                          std::move(validators));
+    dht::DhtConfig config = spec.dht.config;
+    if (spec.behind_nat(index)) config.client_mode = true;  // nobody could reach it to ask
+    dht_ = std::make_unique<dht::DhtNode>(rt, *rpc_, swarm_identity(spec, index).id(), config, std::move(validators));
   }
   app_ = workload.make_app(*this);
 }

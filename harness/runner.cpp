@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/runtime/task.hpp"
+
 namespace apiary {
 
 Runner::Runner(const SwarmSpec& spec, Metrics& metrics, Host& host)
@@ -38,6 +40,7 @@ Runner::~Runner() {
 }
 
 RunInfo Runner::run(const ProgressFn& progress) {
+  const std::int64_t frames_before = detail::live_frames();
   const bool dht = spec_.uses_dht;
   Rng join_rng(spec_.seed ^ 0x6a6f696eULL);  // "join"
   // A peer whose first churn-trace event is "up" starts down: it joins at that time. With a DHT,
@@ -74,6 +77,10 @@ RunInfo Runner::run(const ProgressFn& progress) {
     info.figures["bytes_per_peer_minute"] = static_cast<double>(metrics_.counter("transport.bytes_sent")) / peer_minutes;
   }
   for (std::uint32_t i = 0; i < spec_.peers; ++i) leave(i);  // tear down while the host still runs
+  // Every peer has gone, and with it every task it started: a frame left is a task that outlived
+  // its peer (the workload's own tasks end with the run too).
+  const std::int64_t left = detail::live_frames() - frames_before;
+  if (left > 0) metrics_.count("invariant.task.outlived_peer", static_cast<std::uint64_t>(left));
   return info;
 }
 
@@ -83,6 +90,14 @@ void Runner::join(std::uint32_t i) {
   host_.set_up(i, true);
   auto& env = host_.env(i);
   p.stack = std::make_unique<PeerStack>(env.runtime, spec_, directory_, i, p.bandwidth, *workload_);
+  if (auto* node = p.stack->dht(); node && (!p.kept_records.empty() || !p.kept_contacts.empty())) {
+    const TimePoint now = env.runtime.now();
+    for (const auto& r : p.kept_records) node->storage().store(r, now);  // expired ones are refused
+    for (const auto& c : p.kept_contacts) node->table().add(c, now);
+    metrics_.count("churn.kept_records", p.kept_records.size());
+    p.kept_records.clear();
+    p.kept_contacts.clear();
+  }
   env.observer.trace("peer.join", i, 0);
   p.stack->start();
   workload_->peer_up(*this, i);
@@ -93,7 +108,14 @@ void Runner::leave(std::uint32_t i) {
   if (!p.stack) return;
   host_.env(i).observer.trace("peer.leave", i, 0);
   workload_->peer_down(*this, i);
+  if (auto* node = p.stack->dht(); node && spec_.churn.keep_state) {
+    const TimePoint now = host_.env(i).runtime.now();
+    p.kept_records = node->storage().all(now);
+    p.kept_contacts = node->table().nearest(node->table().self(), node->table().size());
+  }
   p.stack.reset();
+  // What the peer's code scheduled went with it: a timer still pending would call into freed code.
+  if (const auto timers = host_.pending_timers(i)) metrics_.count("invariant.timer.outlived_peer", timers);
   host_.set_up(i, false);
 }
 

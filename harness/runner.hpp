@@ -57,6 +57,9 @@ class Runner {
   struct Peer {
     std::unique_ptr<PeerStack> stack;
     double bandwidth = 0;
+    // churn.keep_state: what its DHT node held when it went down.
+    std::vector<dht::Record> kept_records;
+    std::vector<dht::Contact> kept_contacts;
   };
   void join(std::uint32_t i);
   void leave(std::uint32_t i);

@@ -125,6 +125,11 @@ std::string path_beside(const Scenario& s, const std::string& path) {
   return path;
 }
 
+bool SwarmSpec::behind_nat(std::uint32_t i) const {
+  if (faults.nat <= 0 || i < dht.bootstrap_peers || (config && i < config->must_accept())) return false;
+  return Rng(seed ^ 0x6e6174ULL).fork(i + 1).uniform(0, 1) < faults.nat;  // "nat"
+}
+
 dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index) {
   return dht::Identity::from_seed(spec.seed * 1000003ULL + index);
 }
@@ -149,6 +154,9 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   if (s.has("network.hop_delay")) spec.hop_delay = s.get_distribution("network.hop_delay", Distribution::fixed(0), "duration");
   spec.faults.loss = s.get_double("network.loss", 0, 0, 0.5);
   spec.faults.rto_min = s.get_duration("network.rto_min", spec.faults.rto_min);
+  spec.faults.nat = s.get_double("network.nat", 0, 0, 1);
+  spec.faults.nat_mapping = s.get_duration("network.nat_mapping", spec.faults.nat_mapping);
+  if (spec.faults.nat_mapping <= Duration::zero()) s.fail("network.nat_mapping", "must be positive");
   if (spec.faults.rto_min <= Duration::zero()) s.fail("network.rto_min", "must be positive");
   auto window = [&](const std::string& name) -> std::optional<FaultWindow> {
     const std::string k = "faults." + name;
@@ -177,6 +185,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.inject.delay_max = s.get_duration("faults.inject.delay_max", spec.inject.delay_max);
   spec.inject.slow_handler = s.get_double("faults.inject.slow_handler", 0, 0, 1);
   spec.inject.slow_max = s.get_duration("faults.inject.slow_max", spec.inject.slow_max);
+  spec.inject.early_timeout = s.get_double("faults.inject.early_timeout", 0, 0, 1);
   if (spec.inject.delay_max < Duration::zero() || spec.inject.slow_max < Duration::zero())
     s.fail("faults.inject", "delays must not be negative");
   spec.faults.partition = window("partition");
@@ -198,6 +207,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.churn.mean_downtime = s.get_duration("churn.mean_downtime", spec.churn.mean_downtime);
   spec.churn.weibull_shape = s.get_double("churn.weibull_shape", spec.churn.weibull_shape, 0.05, 20);
   spec.churn.keep_identity = s.get_bool("churn.keep_identity", spec.churn.keep_identity);
+  spec.churn.keep_state = s.get_bool("churn.keep_state", spec.churn.keep_state);
   if (spec.churn.kind != ChurnSpec::Kind::kNone && spec.churn.mean_session <= Duration::zero())
     s.fail("churn.mean_session", "must be positive");
 
@@ -207,8 +217,10 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.live_emulated_latency = s.get_duration("live.emulated_latency", Duration::zero());
   // Live settings are read in both worlds (so that one file serves both) and used live only.
   spec.live_processes = s.get_bool("live.processes", false);
+  if (spec.live_processes && spec.churn.keep_state)
+    s.fail("churn.keep_state", "a live peer process that is killed restarts empty; kept state is for peers the runner runs");
   if (spec.backend == "live" && spec.faults.any())
-    s.fail(spec.faults.loss > 0 ? "network.loss" : "faults",
+    s.fail(spec.faults.loss > 0 ? "network.loss" : spec.faults.nat > 0 ? "network.nat" : "faults",
            "network faults are simulated by ns-3 only; a live run has the machine's own network");
 
   // The workload: every name the registry knows is allowed, and its type reads its own keys.

@@ -59,6 +59,10 @@ struct ChurnSpec {
   // Live processes: a peer that comes back keeps its identity (its key file), so it is the same
   // peer to the others; false gives it a new one.
   bool keep_identity = true;
+  // Peers run by the runner (ns-3, or live in one process): a peer that comes back has what it
+  // held when it went down, its DHT records and contacts (a process that restarts from disk);
+  // false: it restarts empty (a crash that lost its state).
+  bool keep_state = false;
   // A session's length (exponential or Weibull of mean mean_session) and a downtime (exponential
   // of mean mean_downtime), drawn from the runner's churn stream.
   Duration draw_session(Rng& rng) const;
@@ -92,7 +96,12 @@ struct NetworkFaults {
   std::optional<FaultWindow> latency_spike;
   std::optional<FaultWindow> bandwidth_drop;
   std::optional<FaultWindow> stall;  // the struck peers freeze: they handle nothing until it ends
-  bool any() const { return loss > 0 || partition || latency_spike || bandwidth_drop || stall; }
+  // Peers behind NAT (a seeded share, never a DHT seed): they accept nothing they did not ask
+  // for within `nat_mapping`, so they run as clients (DHT client mode, averaging and training
+  // clients, no experts).
+  double nat = 0;
+  Duration nat_mapping = std::chrono::minutes(5);
+  bool any() const { return loss > 0 || partition || latency_spike || bandwidth_drop || stall || nat > 0; }
 };
 
 struct SwarmSpec {
@@ -125,6 +134,8 @@ struct SwarmSpec {
   std::string scenario_text;
   std::string scenario_source;
 
+  // Whether peer i is behind NAT (network.nat): a draw of its own per peer, never a seed.
+  bool behind_nat(std::uint32_t i) const;
   // The workload's settings as its own type; throws std::logic_error on a mismatch.
   template <class T>
   const T& workload_config() const {

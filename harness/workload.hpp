@@ -26,6 +26,8 @@ using ProgressFn = std::function<void(double fraction)>;
 // A workload's own settings, parsed from the scenario by its type. Each workload derives its own.
 struct WorkloadConfig {
   virtual ~WorkloadConfig() = default;
+  // Peers 0..n-1 must accept connections (servers others call first): never behind NAT.
+  virtual std::uint32_t must_accept() const { return 0; }
 };
 
 // What one peer runs on top of its RPC layer (and DHT node, if the workload uses one). Made when

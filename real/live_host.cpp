@@ -45,6 +45,8 @@ class LiveHost final : public Host {
   PeerEnv& env(std::uint32_t i) override { return *peers_[i].env; }
   Endpoint endpoint(std::uint32_t i) const override { return peers_[i].rt->local(); }
 
+  std::size_t pending_timers(std::uint32_t i) const override { return peers_[i].rt->pending_timers(); }
+
   void set_up(std::uint32_t i, bool up) override {
     auto& p = peers_[i];
     if (up == p.up) return;

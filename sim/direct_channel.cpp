@@ -76,6 +76,14 @@ void DirectChannel::Transmit(DirectNetDevice* src, Ptr<Packet> p, std::uint16_t 
     return;
   }
   const Time now = Simulator::Now();
+  if (src_host < nat_.size() && nat_[src_host]) nat_open_[(static_cast<std::uint64_t>(src_host) << 32) | host] = now;
+  if (host < nat_.size() && nat_[host]) {
+    auto way = nat_open_.find((static_cast<std::uint64_t>(host) << 32) | src_host);
+    if (way == nat_open_.end() || now - way->second > nat_mapping_) {
+      ++stats_.dropped_nat;
+      return;
+    }
+  }
   const std::uint32_t bytes = p->GetSize();
   const Time tx = Seconds(bytes * 8.0 / (src->link_.up_bps * factor_of(src_host)));
   src->tx_free_ = std::max(now, src->tx_free_) + tx;
@@ -102,6 +110,17 @@ void DirectChannel::SetLoss(double p, Time rto_min, std::uint64_t seed) {
   loss_ = p;
   rto_min_ = rto_min;
   loss_rng_ = std::make_unique<Rng>(seed);
+}
+
+void DirectChannel::SetNat(std::uint32_t host, Time mapping) {
+  if (host >= nat_.size()) nat_.resize(host + 1, false);
+  nat_[host] = true;
+  nat_mapping_ = mapping;
+}
+
+void DirectChannel::ForgetNat(std::uint32_t host) {
+  if (host >= nat_.size() || !nat_[host]) return;
+  std::erase_if(nat_open_, [host](const auto& e) { return (e.first >> 32) == host; });
 }
 
 void DirectChannel::SetSide(std::uint32_t host, std::uint8_t side) {

@@ -100,6 +100,7 @@ struct ChannelStats {
   std::uint64_t dropped_no_route = 0;     // no device owns the destination address
   std::uint64_t dropped_partition = 0;    // sender and receiver on different sides of a partition
   std::uint64_t retransmissions = 0;      // packet loss: resends (a packet lost k times counts k)
+  std::uint64_t dropped_nat = 0;          // to a peer behind NAT that had not opened the way
 };
 
 class DirectChannel : public ns3::Channel {
@@ -127,6 +128,12 @@ class DirectChannel : public ns3::Channel {
   // Per peer (host = ip - base): extra one-way latency, and a multiplier of its bandwidth.
   void SetExtraLatency(std::uint32_t host, ns3::Time extra);
   void SetBandwidthFactor(std::uint32_t host, double factor);
+  // NAT: a peer behind one accepts packets only from peers it sent to itself within the last
+  // `mapping` (a connection it opened; replies and pushes on it come in). Its own packets open or
+  // refresh the way; a packet from anyone else is dropped, as an unanswered connection attempt.
+  void SetNat(std::uint32_t host, ns3::Time mapping);
+  // A peer that leaves closes its connections: the ways its NAT held open are gone.
+  void ForgetNat(std::uint32_t host);
   const ChannelStats& stats() const { return stats_; }
 
   std::size_t GetNDevices() const override { return devices_.size(); }
@@ -155,6 +162,9 @@ class DirectChannel : public ns3::Channel {
   std::vector<std::uint8_t> side_;
   std::vector<ns3::Time> extra_latency_;
   std::vector<double> bandwidth_factor_;
+  ns3::Time nat_mapping_;
+  std::vector<bool> nat_;  // per host: behind NAT
+  std::unordered_map<std::uint64_t, ns3::Time> nat_open_;  // (NAT host, peer): when the way was last used from inside
 };
 
 }  // namespace apiary::sim

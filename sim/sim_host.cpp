@@ -62,12 +62,15 @@ class SimHost final : public Host {
       const Distribution d = *spec_.hop_delay;
       rt.set_receive_delay([rng, d] { return Duration(static_cast<std::int64_t>(d.sample(*rng))); });
     }
+    if (spec_.behind_nat(i))  // the channel's host index of peer i is i + 1
+      net_.channel().SetNat(i + 1, NanoSeconds(spec_.faults.nat_mapping.count()));
     if (i + 1 == spec_.peers) rss_built_ = rss_bytes();
   }
 
   PeerEnv& env(std::uint32_t i) override { return *envs_[i]; }
   Endpoint endpoint(std::uint32_t i) const override { return net_.endpoint(i); }
   void set_up(std::uint32_t i, bool up) override { net_.set_up(i, up); }
+  std::size_t pending_timers(std::uint32_t i) const override { return net_.runtime(i).pending_timers(); }
   Duration elapsed() const override { return Duration(Simulator::Now().GetNanoSeconds()); }
 
   void at(Duration t, std::function<void()> fn) override {
@@ -85,6 +88,7 @@ class SimHost final : public Host {
     const auto& st = net_.channel().stats();
     metrics_.count("network.retransmissions", static_cast<std::int64_t>(st.retransmissions - counted_.retransmissions));
     metrics_.count("network.partition_drops", static_cast<std::int64_t>(st.dropped_partition - counted_.dropped_partition));
+    metrics_.count("network.nat_drops", static_cast<std::int64_t>(st.dropped_nat - counted_.dropped_nat));
     counted_ = st;
   }
 

@@ -51,6 +51,7 @@ std::size_t SimNetwork::add_peer(const LinkParams& link, TransportLimits limits)
 
 void SimNetwork::set_up(std::size_t i, bool up) {
   devices_[i]->SetUp(up);
+  if (!up) channel_->ForgetNat(static_cast<std::uint32_t>(i + 1));
   if (up)
     runtimes_[i]->open();
   else

@@ -28,6 +28,7 @@ class SimNetwork {
   std::size_t add_peer(const LinkParams& link, TransportLimits limits = {});
   std::size_t size() const { return runtimes_.size(); }
   SimRuntime& runtime(std::size_t i) { return *runtimes_[i]; }
+  const SimRuntime& runtime(std::size_t i) const { return *runtimes_[i]; }
   DirectNetDevice& device(std::size_t i) { return *devices_[i]; }
   Endpoint endpoint(std::size_t i) const { return Endpoint{kBaseIp + 1 + static_cast<std::uint32_t>(i), kPort}; }
   DirectChannel& channel() { return *channel_; }

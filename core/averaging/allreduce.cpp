@@ -216,6 +216,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   round.main_done = true;
   const bool cancelled = round.cancelled;
   AllReduceReport rep = std::move(round.report);
+  rep.group = round.group.id;
   if (round.output.use_count() == 1)
     rep.averaged = std::move(*round.output);
   else  // a request still in flight (a reducer that timed out) reads these values: copy

@@ -52,6 +52,7 @@ struct AllReduceConfig {
 };
 
 struct AllReduceReport {
+  std::uint64_t group = 0;                     // the group's id
   std::vector<float> averaged;                 // the result; empty for an auxiliary member
   std::vector<Endpoint> failed_reducers;       // parts (or their tails) that kept my own values
   std::vector<Endpoint> excluded_senders;      // senders my part left out of some pieces

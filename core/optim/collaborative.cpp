@@ -231,6 +231,7 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
     if (st.ok()) {
       rep.state_averaged = true;
       rep.bytes_sent += st->bytes_sent;
+      rep.state = std::move(*st);
     } else {
       rt_.observer.log(LogLevel::kInfo, "optim", "state averaging after epoch " + std::to_string(epoch_) +
                                                      " failed: " + st.error().describe());

@@ -8,7 +8,9 @@
 // The points (in Rpc, so every protocol meets them):
 //   a request's handler starts late (slow_handler: probability, up to slow_max),
 //   a reply is never sent (drop_reply: the caller sees its timeout),
-//   a reply is sent late (delay_reply: probability, up to delay_max).
+//   a reply is sent late (delay_reply: probability, up to delay_max),
+//   a call's timeout timer fires early (early_timeout: probability; it fires after a uniform share
+//   of the timeout, so the caller gives up on a peer that would have answered in time).
 #include <cstdint>
 
 #include "core/runtime/observer.hpp"
@@ -23,7 +25,8 @@ struct FaultPlan {
   Duration delay_max = std::chrono::seconds(1);
   double slow_handler = 0;
   Duration slow_max = std::chrono::seconds(1);
-  bool any() const { return drop_reply > 0 || delay_reply > 0 || slow_handler > 0; }
+  double early_timeout = 0;
+  bool any() const { return drop_reply > 0 || delay_reply > 0 || slow_handler > 0 || early_timeout > 0; }
 };
 
 class FaultInjector {
@@ -37,6 +40,14 @@ class FaultInjector {
   }
   Duration reply_delay() { return draw(plan_.delay_reply, plan_.delay_max, "faults.injected.delay_reply"); }
   Duration handler_delay() { return draw(plan_.slow_handler, plan_.slow_max, "faults.injected.slow_handler"); }
+  // The delay a call's timeout timer really gets: `timeout`, or a uniform share of it.
+  Duration timeout(Duration timeout) {
+    const bool early = rng_.uniform(0, 1) < plan_.early_timeout;
+    const double share = rng_.uniform(0, 1);
+    if (!early) return timeout;
+    observer_.count("faults.injected.early_timeout");
+    return Duration(static_cast<std::int64_t>(share * static_cast<double>(timeout.count())));
+  }
   const FaultPlan& plan() const { return plan_; }
 
  private:

@@ -48,7 +48,8 @@ struct Rpc::CallAwaiter {
     waiter = h;
     registered = true;
     rpc.pending_.emplace(id, Pending{this, to, std::move(reply_into)});
-    timer = rpc.rt_.timers.schedule(timeout, [r = &rpc, i = id, t = timeout] {
+    const Duration fires = rpc.rt_.faults ? rpc.rt_.faults->timeout(timeout) : timeout;
+    timer = rpc.rt_.timers.schedule(fires, [r = &rpc, i = id, t = timeout] {
       r->complete(i, Error{ErrorCode::kTimeout, "no reply within " + format_duration(t)});
     });
     // Transports never call back synchronously from send(), so nothing resumes us in here.

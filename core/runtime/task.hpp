@@ -41,9 +41,20 @@ class Task;
 
 namespace detail {
 
+// Coroutine frames alive on this thread: a run counts the frames left once every peer has gone
+// (a task that outlived its peer). Each peer runs on one thread, so a plain counter per thread.
+inline std::int64_t& live_frames() noexcept {
+  static thread_local std::int64_t n = 0;
+  return n;
+}
+
 struct PromiseBase {
   std::coroutine_handle<> continuation;
   std::exception_ptr error;
+  PromiseBase() noexcept { ++live_frames(); }
+  ~PromiseBase() { --live_frames(); }
+  PromiseBase(const PromiseBase&) = delete;
+  PromiseBase& operator=(const PromiseBase&) = delete;
 
   struct FinalAwaiter {
     bool await_ready() const noexcept { return false; }

@@ -1,6 +1,7 @@
 #include "harness/workloads/averaging.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <set>
 
@@ -65,7 +66,16 @@ Task<void> AveragingApp::round(std::uint64_t t, std::string key, std::optional<G
                                                group.members[0].endpoint.to_string());
   const auto rank = group.index_of(rt_.transport.local());
   std::vector<float> local = sends(kind_) ? values_ : std::vector<float>{};
+  const std::uint64_t group_id = group.id;
+  if (ledger_) ledger_->contribute(t, group_id, group.members.size(), local, 1.0);
   Result<AllReduceReport> r = co_await avg_->all_reduce(std::move(group), std::move(local), 1.0);
+  if (ledger_) {
+    if (r.ok())
+      ledger_->completed(t, group_id, r->averaged,
+                         r->failed_reducers.empty() && r->excluded_senders.empty() && r->excluded_me.empty() && r->pieces_kept == 0);
+    else
+      ledger_->failed(t, group_id);
+  }
   if (!r.ok()) {
     rt_.observer.count("avg.allreduce_failures");
     rt_.observer.log(LogLevel::kDebug, "avg", "round " + std::to_string(t) + ": " + r.error().describe());
@@ -83,6 +93,92 @@ Task<void> AveragingApp::round(std::uint64_t t, std::string key, std::optional<G
   busy_ = false;
 }
 
+void AllReduceLedger::contribute(std::uint64_t t, std::uint64_t group, std::size_t size, const std::vector<float>& input,
+                                 double weight) {
+  // Rounds two or more behind are over: a member that never reported (it went down) frees them.
+  while (!rounds_.empty() && rounds_.begin()->first.first + 2 <= t) {
+    for (const auto& v : rounds_.begin()->second.inputs) floats_ -= v.size();
+    rounds_.erase(rounds_.begin());
+  }
+  auto& r = rounds_[{t, group}];
+  r.size = size;
+  if (input.empty()) return;
+  if (floats_ + input.size() > max_floats_) {
+    r.clean = false;  // not recorded: no exact check for this group
+    return;
+  }
+  floats_ += input.size();
+  r.inputs.push_back(input);
+  r.weights.push_back(weight);
+}
+
+double mean_tolerance(compression::Codec codec, double absmax) {
+  using compression::Codec;
+  const double share = codec == Codec::kFloat32                                     ? 1e-5
+                       : codec == Codec::kFloat16 || codec == Codec::kScaledFloat16 ? 4e-3
+                       : codec == Codec::kQuantile8                                 ? 0.25
+                                                                                    : 0.02;
+  return share * std::max(absmax, 1e-30) + 1e-30;
+}
+
+void AllReduceLedger::completed(std::uint64_t t, std::uint64_t group, const std::vector<float>& result, bool clean) {
+  auto it = rounds_.find({t, group});
+  if (it == rounds_.end()) return;
+  auto& r = it->second;
+  ++r.done;
+  r.clean = r.clean && clean;
+  if (!result.empty() && !r.inputs.empty()) {
+    double absmax = 0;
+    for (const auto& v : r.inputs)
+      for (float x : v) absmax = std::max(absmax, static_cast<double>(std::fabs(x)));
+    const double tol = tolerance(absmax);
+    std::uint64_t outside = 0;
+    for (std::size_t k = 0; k < result.size(); ++k) {
+      double lo = HUGE_VAL, hi = -HUGE_VAL;
+      for (const auto& v : r.inputs)
+        if (k < v.size()) lo = std::min(lo, static_cast<double>(v[k])), hi = std::max(hi, static_cast<double>(v[k]));
+      const double x = result[k];
+      if (!(x >= lo - tol && x <= hi + tol)) ++outside;  // NaN is outside too
+    }
+    if (outside) metrics_.count("invariant.avg.result_outside_inputs", outside);
+    if (r.clean) r.results.push_back(result);
+  }
+  if (r.done == r.size) settle(t, group);
+}
+
+void AllReduceLedger::failed(std::uint64_t t, std::uint64_t group) {
+  auto it = rounds_.find({t, group});
+  if (it == rounds_.end()) return;
+  it->second.clean = false;
+  if (++it->second.done == it->second.size) settle(t, group);
+}
+
+void AllReduceLedger::settle(std::uint64_t t, std::uint64_t group) {
+  auto it = rounds_.find({t, group});
+  auto& r = it->second;
+  if (r.clean && !r.inputs.empty()) {
+    const std::size_t n = r.inputs.front().size();
+    std::vector<double> mean(n, 0.0);
+    double total = 0, absmax = 0;
+    for (std::size_t m = 0; m < r.inputs.size(); ++m) {
+      total += r.weights[m];
+      for (std::size_t k = 0; k < n && k < r.inputs[m].size(); ++k) {
+        mean[k] += r.weights[m] * r.inputs[m][k];
+        absmax = std::max(absmax, static_cast<double>(std::fabs(r.inputs[m][k])));
+      }
+    }
+    const double tol = tolerance(absmax);
+    metrics_.count("avg.ledger.groups_checked_exactly", 1);
+    std::uint64_t off = 0;
+    for (const auto& v : r.results)
+      for (std::size_t k = 0; k < n; ++k)
+        if (!(k < v.size() && std::fabs(v[k] - mean[k] / total) <= tol)) ++off;
+    if (off) metrics_.count("invariant.avg.result_not_group_mean", off);
+  }
+  for (const auto& v : r.inputs) floats_ -= v.size();
+  rounds_.erase(it);
+}
+
 AveragingDriver::AveragingDriver(const SwarmSpec& spec, Metrics& metrics)
     : spec_(spec), avg_(spec.workload_config<AveragingWorkloadSpec>()), metrics_(metrics), rng_(spec.seed ^ 0x61766572616765ULL) {
   true_mean_.assign(avg_.elements, 0.0);
@@ -98,6 +194,7 @@ AveragingDriver::AveragingDriver(const SwarmSpec& spec, Metrics& metrics)
 
 MemberKind AveragingDriver::kind_of(std::uint32_t peer) const {
   // Deterministic spread: aux first, then clients, over the peer index space.
+  if (spec_.behind_nat(peer)) return MemberKind::kClient;  // it cannot reduce: nobody can reach it
   const double x = (static_cast<double>(peer) + 0.5) / spec_.peers;
   if (x < avg_.aux_fraction) return MemberKind::kAux;
   if (x < avg_.aux_fraction + avg_.client_fraction) return MemberKind::kClient;
@@ -242,12 +339,16 @@ namespace {
 class AveragingWorkload final : public Workload {
  public:
   AveragingWorkload(const SwarmSpec& spec, Metrics& metrics)
-      : cfg_(spec.workload_config<AveragingWorkloadSpec>()), driver_(spec, metrics), kept_(spec.peers) {}
+      : cfg_(spec.workload_config<AveragingWorkloadSpec>()),
+        driver_(spec, metrics),
+        ledger_(metrics, cfg_.allreduce.codec.codec, std::size_t{1} << 26),
+        kept_(spec.peers) {}
   std::unique_ptr<PeerApp> make_app(PeerStack& p) override {
     const auto i = p.index();
     auto app = std::make_unique<AveragingApp>(p.runtime(), p.rpc(), p.dht(), cfg_, driver_.kind_of(i), driver_.initial_position(i));
     app->values() = driver_.initial_values(i);
     app->set_bandwidth(p.bandwidth());
+    app->set_ledger(&ledger_);
     auto& memo = kept_[i];
     if (memo.values) app->values() = std::move(*memo.values);
     if (memo.position) app->position() = *memo.position;
@@ -291,6 +392,7 @@ class AveragingWorkload final : public Workload {
   }
   const AveragingWorkloadSpec& cfg_;
   AveragingDriver driver_;
+  AllReduceLedger ledger_;  // every peer of this workload shares the process
   std::vector<Memo> kept_;
 };
 

@@ -11,6 +11,7 @@
 // Per round the driver records the variance across peers (mean squared distance from the true
 // initial mean), the bytes each peer sent, each peer's round time and the failures.
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,6 +58,45 @@ struct AveragingWorkloadSpec final : WorkloadConfig {
 
 struct SwarmSpec;
 
+// How far an all-reduce's mean may stray from the exact one under `codec` (two encodings on the
+// way, a sender's piece and a reducer's mean, plus float32 sums), for inputs of largest magnitude
+// `absmax`.
+double mean_tolerance(compression::Codec codec, double absmax);
+
+// The all-reduce invariant, checked in-process (peers that share an address space): every member
+// that completes a round holds, element by element, a weighted mean of contributions made in that
+// round (within its codec's bound), so never a value outside the range of its group's inputs; and
+// when every member completed without leaving anyone out or keeping its own values, exactly the
+// group's weighted mean. Violations are counted as invariant.avg.*.
+class AllReduceLedger {
+ public:
+  AllReduceLedger(Metrics& metrics, compression::Codec codec, std::size_t max_floats)
+      : metrics_(metrics), codec_(codec), max_floats_(max_floats) {}
+  // A member begins round t in group `group` (`size` members) with these values (empty: it holds none).
+  void contribute(std::uint64_t t, std::uint64_t group, std::size_t size, const std::vector<float>& input, double weight);
+  // It completed with `result` (empty for a member that holds no values); `clean` if its report
+  // names no failed reducer, no exclusion and no kept piece.
+  void completed(std::uint64_t t, std::uint64_t group, const std::vector<float>& result, bool clean);
+  // It left the round with an error.
+  void failed(std::uint64_t t, std::uint64_t group);
+  double tolerance(double absmax) const { return mean_tolerance(codec_, absmax); }
+
+ private:
+  struct Round {
+    std::size_t size = 0, done = 0;
+    bool clean = true;
+    std::vector<std::vector<float>> inputs;
+    std::vector<double> weights;
+    std::vector<std::vector<float>> results;
+  };
+  void settle(std::uint64_t t, std::uint64_t group);
+  Metrics& metrics_;
+  compression::Codec codec_;
+  std::size_t max_floats_;  // beyond this many recorded values the ledger stops (memory)
+  std::size_t floats_ = 0;
+  std::map<std::pair<std::uint64_t, std::uint64_t>, Round> rounds_;
+};
+
 // One peer's side: runs the rounds it is told to run.
 class AveragingApp final : public PeerApp {
  public:
@@ -69,6 +109,7 @@ class AveragingApp final : public PeerApp {
   averaging::GridPosition& position() { return position_; }
   averaging::MemberKind kind() const { return kind_; }
   void set_bandwidth(double bps) { bandwidth_ = bps; }
+  void set_ledger(AllReduceLedger* ledger) { ledger_ = ledger; }
   double bandwidth() const { return bandwidth_; }
   bool busy() const { return busy_; }
   // Round t by matchmaking under `key`; or with a known group (allreduce grouping).
@@ -86,6 +127,7 @@ class AveragingApp final : public PeerApp {
   std::vector<float> values_;
   double bandwidth_ = 1.0;
   bool busy_ = false;
+  AllReduceLedger* ledger_ = nullptr;
   std::unique_ptr<averaging::Matchmaker> mm_;
   std::unique_ptr<averaging::Averager> avg_;
   TaskScope scope_;

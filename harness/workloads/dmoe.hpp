@@ -74,6 +74,7 @@ struct DmoeTorchSpec {
 struct DmoeWorkloadConfig final : WorkloadConfig {
   DmoeSimSpec sim;      // run by the runner, in ns-3 or live in one process
   DmoeTorchSpec torch;  // live.processes
+  std::uint32_t must_accept() const override { return sim.servers; }  // the expert servers
 };
 
 // An expert server: hosts its share of every layer's experts on one device. It serves the

@@ -6,6 +6,7 @@
 #include "harness/data/idx.hpp"
 #include "harness/runner.hpp"
 #include "harness/spec.hpp"
+#include "harness/workloads/averaging.hpp"
 
 namespace apiary {
 
@@ -146,6 +147,11 @@ void TrainingApp::record_step(const Result<optim::StepReport>& r) {
   rt_.observer.sample("train.step.averaging_s", to_seconds(r->averaging));
   rt_.observer.sample("train.step.waited_s", to_seconds(r->waited));
   if (r->group) rt_.observer.sample("train.step.group", static_cast<double>(r->group));
+  // What the state round gave this peer (its parameters may have moved on since: local updates).
+  const auto& st = r->state;
+  if (r->state_averaged && st.failed_reducers.empty() && st.pieces_kept == 0 && kind_ != MemberKind::kAux &&
+      st.averaged.size() >= driver_.model().parameters())
+    driver_.check_state(r->epoch + 1, st.group, std::span<const float>(st.averaged).first(driver_.model().parameters()));
 }
 
 Task<void> TrainingApp::run_step() {
@@ -262,6 +268,7 @@ std::vector<MemberKind> training_roles(const SwarmSpec& spec) {
   for (std::uint32_t i = 0; i < spec.peers; ++i) {
     if (i >= spec.peers - aux) kinds[i] = MemberKind::kAux;
     else if (i >= spec.peers - aux - clients) kinds[i] = MemberKind::kClient;
+    if (spec.behind_nat(i)) kinds[i] = MemberKind::kClient;  // it cannot reduce: nobody can reach it
   }
   return kinds;
 }
@@ -284,6 +291,21 @@ TrainingDriver::TrainingDriver(const SwarmSpec& spec, Metrics& metrics)
 }
 
 MemberKind TrainingDriver::kind_of(std::uint32_t peer) const { return kinds_[peer]; }
+
+void TrainingDriver::check_state(std::uint64_t epoch, std::uint64_t group, std::span<const float> params) const {
+  while (!state_seen_.empty() && state_seen_.begin()->first.first + 4 < epoch) state_seen_.erase(state_seen_.begin());
+  auto [it, first] = state_seen_.try_emplace({epoch, group}, params.begin(), params.end());
+  if (first) return;
+  metrics_.count("train.state_compared", 1);
+  const auto& seen = it->second;
+  double absmax = 0;
+  for (float x : seen) absmax = std::max(absmax, static_cast<double>(std::fabs(x)));
+  const double tol = mean_tolerance(tr_.allreduce.codec.codec, absmax);
+  std::uint64_t off = seen.size() == params.size() ? 0 : params.size();
+  for (std::size_t k = 0; k < seen.size() && k < params.size(); ++k)
+    if (!(std::fabs(params[k] - seen[k]) <= 2 * tol)) ++off;
+  if (off) metrics_.count("invariant.train.state_disagrees", off);
+}
 
 bool TrainingDriver::evaluate(double elapsed, const std::vector<TrainingApp*>& apps) {
   double loss = 0, acc = 0;

@@ -20,7 +20,9 @@
 // nothing, helps the all-reduce). Peers that come up after training began download the state
 // first.
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -151,6 +153,9 @@ class TrainingDriver {
   bool evaluate(double elapsed, const std::vector<TrainingApp*>& apps);
   // Per-peer utilisation and the run's figures.
   void finish(double elapsed, const std::vector<TrainingApp*>& apps, std::map<std::string, double>& figures);
+  // Invariant: the peers that got a state-averaging round's means in full hold the same
+  // parameters after it (within the codec's bound); counted as invariant.train.state_disagrees.
+  void check_state(std::uint64_t epoch, std::uint64_t group, std::span<const float> params) const;
 
  private:
   const SwarmSpec& spec_;
@@ -162,6 +167,7 @@ class TrainingDriver {
   std::vector<double> speeds_;
   std::vector<averaging::MemberKind> kinds_;
   double time_to_target_ = -1;
+  mutable std::map<std::pair<std::uint64_t, std::uint64_t>, std::vector<float>> state_seen_;  // (epoch, group): the first peer's
 };
 
 }  // namespace apiary

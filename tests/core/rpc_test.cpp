@@ -282,5 +282,53 @@ TEST(Rpc, InjectedFaultsDropAndDelayRepliesBySeed) {
   EXPECT_GT(distinct.size(), 30u) << "delays are drawn, not fixed";
 }
 
+// A caller's timeout timer that fires early gives up on a peer that would have answered in time:
+// the call fails as a timeout before its timeout, and the same seed fails the same calls.
+std::vector<std::string> early_timeouts(double p, std::uint64_t seed) {
+  test::FakeSwarm s(2);
+  Rpc client(s[0].runtime()), server(s[1].runtime());
+  Runtime& srt = s[1].runtime();
+  server.serve<Echo, Echo>([&srt](const Endpoint&, Echo e) -> Task<Result<Echo>> {
+    co_await sleep_on(srt.timers, std::chrono::seconds(1));
+    co_return e;
+  });
+  FaultPlan plan;
+  plan.early_timeout = p;
+  FaultInjector injector(plan, Rng(seed), s[0].runtime().observer);
+  s[0].runtime().faults = &injector;
+  std::vector<std::string> outcome;
+  auto many = [&]() -> Task<int> {
+    for (int i = 0; i < 60; ++i) {
+      const TimePoint t0 = s.net.now();
+      Echo e{"x"};
+      Task<Result<Echo>> call = client.call<Echo>(s[1].local(), std::move(e), std::chrono::seconds(2));
+      Result<Echo> r = co_await std::move(call);
+      const auto ms = std::to_string((s.net.now() - t0) / std::chrono::milliseconds(1));
+      outcome.push_back((r.ok() ? "ok " : std::string(to_string(r.error().code)) + " ") + ms);
+    }
+    co_return 0;
+  };
+  auto t = many();
+  t.start();
+  s.net.run(std::chrono::hours(1), [&] { return t.done(); });
+  EXPECT_TRUE(t.done());
+  return outcome;
+}
+
+TEST(Rpc, InjectedEarlyTimeoutsFailCallsBeforeTheirTimeout) {
+  for (const auto& o : early_timeouts(0, 1)) EXPECT_EQ(o, "ok 1010");
+  const auto early = early_timeouts(0.5, 1);
+  int failed = 0;
+  for (const auto& o : early) {
+    if (o == "ok 1010") continue;
+    ASSERT_EQ(o.rfind("timeout ", 0), 0u) << o;
+    EXPECT_LT(std::stoi(o.substr(8)), 1010) << "only a timer that fired before the reply fails the call";
+    ++failed;
+  }
+  EXPECT_GT(failed, 5);   // about half the draws fire early, and about half of those before 1.01 s
+  EXPECT_LT(failed, 30);
+  EXPECT_EQ(early_timeouts(0.5, 1), early) << "the same seed, the same faults";
+}
+
 }  // namespace
 }  // namespace apiary

@@ -3,9 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 
 #include "harness/runner.hpp"
+#include "harness/workloads/averaging.hpp"
+#include "harness/workloads/training.hpp"
 #include "tests/support/fake_host.hpp"
 
 namespace apiary {
@@ -173,6 +176,134 @@ TEST(Workloads, AWorkloadReadsOnlyItsOwnKeys) {
   } catch (const ScenarioError& e) {
     EXPECT_NE(std::string(e.what()).find("workload.rate"), std::string::npos) << e.what();
   }
+}
+
+// A workload that breaks the teardown rules on purpose, to show the runner's checks fail: its app
+// leaves a timer pending, or starts a task into a scope that is not the peer's.
+struct LeakyConfig final : WorkloadConfig {};
+TaskScope& foreign_scope() {
+  static TaskScope scope([](std::exception_ptr) {});
+  return scope;
+}
+int leaky_mode = 0;  // 0: clean, 1: a timer left behind, 2: a task left behind
+
+class LeakyApp final : public PeerApp {
+ public:
+  explicit LeakyApp(Runtime& rt) : rt_(rt) {}
+  ~LeakyApp() override {
+    if (timer_ && leaky_mode != 1) rt_.timers.cancel(timer_);
+  }
+  void start() override {
+    timer_ = rt_.timers.schedule(std::chrono::hours(1), [] {});
+    if (leaky_mode == 2) foreign_scope().spawn(wait(rt_));
+  }
+
+ private:
+  static Task<void> wait(Runtime&) {
+    static Notifier never;
+    co_await never.wait();
+  }
+  Runtime& rt_;
+  TimerId timer_ = 0;
+};
+
+class LeakyWorkload final : public Workload {
+ public:
+  std::unique_ptr<PeerApp> make_app(PeerStack& peer) override { return std::make_unique<LeakyApp>(peer.runtime()); }
+};
+
+const RegisterWorkload leaky{WorkloadType{
+    "test-leaky", "breaks teardown on purpose (tests only)", false,
+    [](Scenario&, const SwarmSpec&) { return std::make_shared<LeakyConfig>(); },
+    [](const SwarmSpec&, Metrics&) -> std::unique_ptr<Workload> { return std::make_unique<LeakyWorkload>(); },
+    [](std::FILE*, const Metrics&, const RunInfo&) {}}};
+
+TEST(Runner, TimersAndTasksThatOutliveTheirPeerAreCounted) {
+  const auto spec = spec_of("peers = 5\nduration = \"10s\"\n[workload]\nkind = \"test-leaky\"\n");
+  leaky_mode = 0;
+  auto clean = run_fake(spec);
+  EXPECT_EQ(clean->metrics.counter("invariant.timer.outlived_peer"), 0);
+  EXPECT_EQ(clean->metrics.counter("invariant.task.outlived_peer"), 0);
+  leaky_mode = 1;
+  auto timers = run_fake(spec);
+  EXPECT_EQ(timers->metrics.counter("invariant.timer.outlived_peer"), 5);
+  leaky_mode = 2;
+  auto tasks = run_fake(spec);
+  EXPECT_EQ(tasks->metrics.counter("invariant.timer.outlived_peer"), 0);
+  EXPECT_EQ(tasks->metrics.counter("invariant.task.outlived_peer"), 5);
+  foreign_scope().destroy_all();
+  leaky_mode = 0;
+}
+
+TEST(Runner, EveryWorkloadEndsItsPeersTasksAndTimers) {
+  for (const char* text :
+       {"peers = 12\nduration = \"3min\"\n[churn]\nmodel = \"exponential\"\nmean_session = \"40s\"\nmean_downtime = \"10s\"\n"
+        "[workload]\nkind = \"dht\"\nstart = \"40s\"\n",
+        "peers = 8\nduration = \"2min\"\n[workload]\nkind = \"averaging\"\n[averaging]\nrounds = 4\nstart = \"40s\"\n"}) {
+    const auto r = run_fake(spec_of(text));
+    EXPECT_EQ(r->metrics.counter("invariant.timer.outlived_peer"), 0) << text;
+    EXPECT_EQ(r->metrics.counter("invariant.task.outlived_peer"), 0) << text;
+    EXPECT_GT(r->metrics.counter("rpc.calls"), 0) << text;
+  }
+}
+
+TEST(AllReduceLedger, CatchesAResultOutsideTheInputsAndOneThatIsNotTheMean) {
+  Metrics m;
+  AllReduceLedger ledger(m, compression::Codec::kFloat32, 1000);
+  // A clean group of three: every result must be the mean (2, 4).
+  ledger.contribute(0, 7, 3, {1, 2}, 1);
+  ledger.contribute(0, 7, 3, {2, 4}, 1);
+  ledger.contribute(0, 7, 3, {3, 6}, 1);
+  ledger.completed(0, 7, {2, 4}, true);
+  ledger.completed(0, 7, {2, 4}, true);
+  ledger.completed(0, 7, {2, 4}, true);
+  EXPECT_EQ(m.counter("invariant.avg.result_outside_inputs"), 0);
+  EXPECT_EQ(m.counter("invariant.avg.result_not_group_mean"), 0);
+  // A member that left someone out may hold the mean of fewer inputs, but never a value outside them.
+  ledger.contribute(1, 7, 3, {1, 2}, 1);
+  ledger.contribute(1, 7, 3, {2, 4}, 1);
+  ledger.contribute(1, 7, 3, {3, 6}, 1);
+  ledger.completed(1, 7, {1.5f, 3}, false);
+  ledger.completed(1, 7, {2, 4}, true);
+  ledger.completed(1, 7, {2, 7}, true);  // 7 > 6: outside
+  EXPECT_EQ(m.counter("invariant.avg.result_outside_inputs"), 1);
+  EXPECT_EQ(m.counter("invariant.avg.result_not_group_mean"), 0) << "not every member was clean: no exact check";
+  // All clean, one result inside the range but not the mean.
+  ledger.contribute(2, 7, 2, {0, 0}, 1);
+  ledger.contribute(2, 7, 2, {1, 1}, 3);
+  ledger.completed(2, 7, {0.75f, 0.75f}, true);
+  ledger.completed(2, 7, {0.5f, 0.75f}, true);
+  EXPECT_EQ(m.counter("invariant.avg.result_not_group_mean"), 1);
+  // A NaN is never a mean.
+  ledger.contribute(3, 8, 1, {1}, 1);
+  ledger.completed(3, 8, {std::nanf("")}, false);
+  EXPECT_EQ(m.counter("invariant.avg.result_outside_inputs"), 2);
+}
+
+TEST(TrainingInvariant, PeersThatAveragedTheStateMustAgree) {
+  const auto spec = spec_of("peers = 4\n[workload]\nkind = \"training\"\n[training]\ntrain_samples = 100\neval_samples = 10\n");
+  Metrics m;
+  TrainingDriver driver(spec, m);
+  const std::vector<float> a{1, 2, 3}, b{1, 2, 3.5f};
+  driver.check_state(4, 9, a);
+  driver.check_state(4, 9, a);
+  driver.check_state(4, 8, b);  // another group may hold other values
+  EXPECT_EQ(m.counter("invariant.train.state_disagrees"), 0);
+  driver.check_state(4, 9, b);
+  EXPECT_EQ(m.counter("invariant.train.state_disagrees"), 1);
+}
+
+TEST(AllReduceLedger, AveragingUnderInjectedFaultsKeepsTheInvariant) {
+  const auto r = run_fake(spec_of(
+      "peers = 16\nduration = \"3min\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = \"random\"\ngroup_size = 4\n"
+      "elements = 3000\nmin_part = 100\npiece_elements = 200\nrounds = 8\nstart = \"10s\"\nperiod = \"15s\"\n"
+      "sender_timeout = \"2s\"\nreducer_timeout = \"4s\"\n"
+      "[faults]\ninject = { drop_reply = 0.05, delay_reply = 0.1, delay_max = \"3s\", early_timeout = 0.02 }\n"));
+  EXPECT_GT(r->metrics.counter("avg.rounds_ok"), 60);
+  EXPECT_GT(r->metrics.counter("avg.failed_reducers"), 0) << "the faults hit some rounds";
+  EXPECT_GT(r->metrics.counter("avg.ledger.groups_checked_exactly"), 5) << "groups that nobody left were held to the exact mean";
+  EXPECT_EQ(r->metrics.counter("invariant.avg.result_outside_inputs"), 0);
+  EXPECT_EQ(r->metrics.counter("invariant.avg.result_not_group_mean"), 0);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Whole swarms in simulated time: the network model does what it says.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <set>
 
 #include "harness/workloads/averaging.hpp"
@@ -223,6 +224,74 @@ inject = { drop_reply = 0.05, delay_reply = 0.1, delay_max = "1s" }
   sim::run_sim_swarm(spec_of(text), again);
   EXPECT_EQ(again.trace_hash(), m.trace_hash());
   EXPECT_EQ(again.counter("faults.injected.drop_reply"), m.counter("faults.injected.drop_reply"));
+}
+
+// Peers behind NAT accept only what they asked for: pings to them fail (their ways close after
+// 1 s here), their own pings come back; the DHT runs them in client mode, so nobody needs to
+// reach them and every get still succeeds.
+TEST(SimSwarm, PeersBehindNatAreReachedOnlyOnWaysTheyOpened) {
+  Metrics m;
+  auto spec = spec_of("peers = 20\nduration = \"60s\"\n[network]\nlatency = \"10ms\"\nnat = 0.5\nnat_mapping = \"1s\"\n"
+                      "[workload]\nrate = \"1/s\"\ntimeout = \"2s\"\n");
+  std::uint32_t behind = 0;
+  for (std::uint32_t i = 0; i < spec.peers; ++i) behind += spec.behind_nat(i);
+  EXPECT_FALSE(spec.behind_nat(0) || spec.behind_nat(1) || spec.behind_nat(2)) << "the DHT seeds must be reachable";
+  ASSERT_GT(behind, 4u);
+  sim::run_sim_swarm(spec, m);
+  EXPECT_GT(m.counter("network.nat_drops"), 100);
+  const double failed = static_cast<double>(m.counter("ping.failed.timeout")) / static_cast<double>(m.counter("ping.sent"));
+  const double share = behind / 19.0;  // a ping goes to one of the 19 others
+  EXPECT_NEAR(failed, share, 0.12) << behind << " peers behind NAT";
+}
+
+TEST(SimDht, PeersBehindNatWorkAsClients) {
+  auto spec = spec_of(R"(
+peers = 100
+duration = "8min"
+[network]
+latency = { dist = "uniform", min = "5ms", max = "50ms" }
+nat = 0.4
+[dht]
+join_window = "1min"
+[workload]
+kind = "dht"
+start = "2min"
+store_rate = "1/s"
+get_rate = "4/s"
+ttl = "30min"
+)");
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  ASSERT_GT(m.counter("dht.get.ok"), 1000);
+  EXPECT_EQ(m.counter("dht.get.failed"), 0);
+  EXPECT_EQ(m.counter("invariant.dht.live_key_not_found"), 0);
+  EXPECT_EQ(m.counter("network.nat_drops"), 0) << "nobody should try to reach a client first";
+}
+
+// Every peer crashes at once and restarts 10 s later. Restarted empty, the swarm has lost every
+// record stored before; restarted with its state (a restart from disk), it finds them all.
+TEST(SimDht, CrashRestartWithAndWithoutKeptState) {
+  const std::string trace = testing::TempDir() + "/all-restart.trace";
+  {
+    std::ofstream f(trace);
+    for (int i = 0; i < 12; ++i) f << "180s " << i << " down\n190s " << i << " up\n";
+  }
+  auto run = [&](bool keep) {
+    auto spec = spec_of("peers = 12\nduration = \"6min\"\n[churn]\nmodel = \"trace\"\ntrace = \"" + trace +
+                        "\"\nkeep_state = " + (keep ? "true" : "false") +
+                        "\n[dht]\nk = 5\njoin_window = \"20s\"\n[workload]\nkind = \"dht\"\nstart = \"40s\"\n"
+                        "store_rate = \"0.5/s\"\nget_rate = \"2/s\"\nttl = \"30min\"\n");
+    auto m = std::make_unique<Metrics>();
+    sim::run_sim_swarm(spec, *m);
+    return m;
+  };
+  const auto empty = run(false), kept = run(true);
+  EXPECT_EQ(empty->counter("churn.kept_records"), 0);
+  EXPECT_GT(kept->counter("churn.kept_records"), 100);
+  const auto gets = kept->counter("dht.get.ok") + kept->counter("dht.get.failed");
+  ASSERT_GT(gets, 500);
+  EXPECT_GT(empty->counter("dht.get.failed"), gets / 5) << "records stored before the crash are gone";
+  EXPECT_LT(kept->counter("dht.get.failed"), gets / 100) << "a restart from disk keeps them";
 }
 
 // 5% packet loss everywhere and a third of the swarm cut off for 5 minutes: gets may fail while
@@ -467,6 +536,24 @@ TEST(SimTraining, RolesAndAPeerLeavingAndComingBack) {
   EXPECT_LE(m.quantile("train.step.group", 0.0), 7);  // steps while peers were away
   const auto& loss = m.series().at("train.eval.loss");
   EXPECT_LT(loss.back(), 0.8 * loss.front());
+}
+
+// Local updates with the state averaged every 2 steps, under injected RPC faults and a client
+// behind NAT: the peers that got a state round's means in full agree after it, and no peer's
+// epoch goes back.
+TEST(SimTraining, PeersAgreeAfterStateAveragingUnderFaults) {
+  auto spec = spec_of(kTraining, {"peers=8", "training.local_updates=true", "training.average_state_every=2",
+                                  "training.target_batch=1024", "training.steps=10", "network.nat=0.2",
+                                  "training.sender_timeout=2s", "training.reducer_timeout=4s",
+                                  "faults.inject={ drop_reply = 0.01, delay_reply = 0.05, delay_max = \"1s\" }"});
+  Metrics m;
+  sim::run_sim_swarm(spec, m);
+  EXPECT_GT(m.counter("optim.state_averagings"), 20);
+  EXPECT_GT(m.counter("train.state_compared"), 10) << "peers of one state round were compared";
+  EXPECT_GT(m.counter("faults.injected.drop_reply"), 0);
+  EXPECT_EQ(m.counter("invariant.train.state_disagrees"), 0);
+  EXPECT_EQ(m.counter("invariant.train.epoch_went_back"), 0);
+  EXPECT_EQ(m.counter("network.nat_drops"), 0);
 }
 
 // DiLoCo: with H inner steps per outer step, the all-reduce moves H times fewer bytes per

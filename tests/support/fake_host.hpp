@@ -38,6 +38,7 @@ class FakeHost final : public Host {
     peers_[i]->up = up;
     ups.emplace_back(to_ns(net_.now()), i, up);
   }
+  std::size_t pending_timers(std::uint32_t i) const override { return peers_[i]->pending_timers(); }
   Duration elapsed() const override { return net_.now() - TimePoint{}; }
   void at(Duration t, std::function<void()> fn) override { net_.at(std::max(TimePoint(t), net_.now()), std::move(fn)); }
   void run(Duration end) override {
