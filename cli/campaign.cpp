@@ -61,6 +61,9 @@ std::vector<std::pair<std::string, std::string>> draw_faults(std::uint64_t seed,
   const bool early = r.uniform(0, 1) < 0.3;
   const std::string early_p = number(r.uniform(0, 0.05));
   if (inject && early) out.emplace_back("faults.inject.early_timeout", early_p);
+  const bool nat = r.uniform(0, 1) < 0.3;
+  const std::string nat_share = number(r.uniform(0.1, 0.4));
+  if (network && nat) out.emplace_back("network.nat", nat_share);
   return out;
 }
 

@@ -86,6 +86,13 @@ struct FaultWindow {
   double fraction = 0;
   Duration extra_latency{};     // latency_spike: added to the struck peers' one-way latency
   double bandwidth_factor = 1;  // bandwidth_drop: their access bandwidth times this
+  // Whether time t falls in an occurrence of the window widened by `before` and `after`.
+  bool covers(Duration t, Duration before, Duration after) const {
+    for (Duration start = at;; start += every) {
+      if (t >= start - before && t <= start + duration + after) return true;
+      if (every == Duration::zero() || start > t) return false;
+    }
+  }
 };
 struct NetworkFaults {
   // Packet loss on every link, as TCP sees it: a lost packet is resent after rto_min, doubling

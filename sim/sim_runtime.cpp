@@ -71,6 +71,23 @@ void SimRuntime::close() {
 
 TimePoint SimRuntime::now() const { return time_from_ns(now_ns()); }
 
+void SimRuntime::stall_until(Time until) {
+  const Time now = Simulator::Now();
+  if (!stalls_.empty() && now < stalled_until_)
+    stalls_.back().second = std::max(stalls_.back().second, until);  // already frozen: longer
+  else if (until > now)
+    stalls_.emplace_back(now, until);
+  stalled_until_ = std::max(stalled_until_, until);
+}
+
+Duration SimRuntime::frozen() const {
+  const Time now = Simulator::Now();
+  std::int64_t ns = 0;
+  for (const auto& [begin, end] : stalls_)
+    if (begin < now) ns += (std::min(end, now) - begin).GetNanoSeconds();
+  return Duration(ns);
+}
+
 TimerId SimRuntime::schedule(Duration delay, std::function<void()> fn) {
   const TimerId id = next_timer_++;
   arm(id, NanoSeconds(std::max<std::int64_t>(0, delay.count())), std::move(fn));

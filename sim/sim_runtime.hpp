@@ -12,6 +12,8 @@
 #include <memory>
 #include <optional>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include <ns3/event-id.h>
 #include <ns3/node.h>
@@ -66,7 +68,8 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   std::size_t pending_timers() const { return timers_.size(); }
   // A stall (a frozen process): until `until` the peer handles nothing; datagrams that arrive and
   // timers that come due wait, in their order, and run when it ends.
-  void stall_until(ns3::Time until) { stalled_until_ = std::max(stalled_until_, until); }
+  void stall_until(ns3::Time until);
+  Duration frozen() const override;
 
   // Clock
   TimePoint now() const override;
@@ -106,6 +109,7 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   ns3::Ptr<ns3::Socket> socket_;
   std::map<TimerId, ns3::EventId> timers_;
   ns3::Time stalled_until_{0};
+  std::vector<std::pair<ns3::Time, ns3::Time>> stalls_;  // [begin, end) of each stall
   TimerId next_timer_ = 1;
   std::uint32_t next_stream_ = 1;
   std::map<Endpoint, std::map<std::uint32_t, Incoming>> incoming_;

@@ -154,6 +154,7 @@ Task<Result<PingReply>> DhtNode::ping(Endpoint to) {
 }
 
 Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
+  if (seeds_.empty()) seeds_ = seeds;  // to join again if every contact is lost
   std::vector<Task<bool>> pings;
   for (const auto& s : seeds)
     pings.push_back([](DhtNode* self, Endpoint e) -> Task<bool> {
@@ -178,21 +179,34 @@ Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
 Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, bool want_values,
                                                     bool fill_buckets, std::size_t min_holders,
                                                     bool cache_values) {
+  // A node that lost every contact (a frozen process whose calls all timed out at once, a network
+  // that went away) joins again through its seeds. A client needs this most: nobody calls it, so
+  // nothing else would ever refill its table.
   Traversal t;
   t.want_values = want_values;
   t.min_holders = std::max<std::size_t>(1, min_holders);
   t.fill_buckets = fill_buckets;
-  const TimePoint now = rt_.now();
-  for (const auto& target : targets) {
-    Traversal::Key key;
-    key.target = target;
-    table_.touch_bucket(target, now);
-    for (const auto& c : table_.nearest(target, cfg_.k)) {
-      if (blacklisted(c.endpoint)) continue;
-      t.contacts.try_emplace(c.id, Candidate{c, 1});
-      key.cands.insert({c.id ^ target, c.id});
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const TimePoint now = rt_.now();
+    for (const auto& target : targets) {
+      Traversal::Key key;
+      key.target = target;
+      table_.touch_bucket(target, now);
+      for (const auto& c : table_.nearest(target, cfg_.k)) {
+        if (blacklisted(c.endpoint)) continue;
+        t.contacts.try_emplace(c.id, Candidate{c, 1});
+        key.cands.insert({c.id ^ target, c.id});
+      }
+      t.keys.push_back(std::move(key));
     }
-    t.keys.push_back(std::move(key));
+    if (!t.contacts.empty() || rejoining_ || seeds_.empty()) break;
+    rejoining_ = true;
+    rt_.observer.count("dht.rejoins");
+    for (const auto& s : seeds_) blacklist_.erase(s);
+    std::vector<Endpoint> seeds = seeds_;
+    co_await bootstrap(std::move(seeds));
+    rejoining_ = false;
+    t.keys.clear();
   }
   {
     // The workers run until every key is done; then the lookup returns at once and the workers

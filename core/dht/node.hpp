@@ -144,6 +144,8 @@ class DhtNode {
     Duration step;
   };
   std::map<Endpoint, Backoff> blacklist_;
+  std::vector<Endpoint> seeds_;  // the join's seeds: to join again with no usable contact left
+  bool rejoining_ = false;
   std::set<DhtId> checking_;  // LRU contacts being pinged
   std::map<std::pair<std::string, std::optional<std::string>>, Record> published_;
   // When each held record last arrived in a store: a record another peer pushed to us recently

@@ -132,10 +132,11 @@ Task<Result<MixturePlan>> MixtureRouter::forward(GateScores scores, MixtureTenso
                                                std::to_string(rounds) + " searches"};
 }
 
-void MixtureRouter::check_bounded(TimePoint t0, Duration timeout) {
+void MixtureRouter::check_bounded(TimePoint t0, Duration frozen0, Duration timeout) {
   // Invariant: every expert call is answered or failed within its timeout (timers may fire a
-  // little late in a live process: 100 ms of grace).
-  if (rt_.now() - t0 > timeout + std::chrono::milliseconds(100)) {
+  // little late in a live process: 100 ms of grace), not counting time this peer was frozen (its
+  // own timers could not fire then).
+  if (rt_.now() - t0 - (rt_.clock.frozen() - frozen0) > timeout + std::chrono::milliseconds(100)) {
     rt_.observer.count("invariant.moe.call_over_timeout");
     rt_.observer.log(LogLevel::kWarn, "invariant", "expert calls took " + format_duration(rt_.now() - t0) + ", over their timeout " +
                                                        format_duration(timeout));
@@ -168,8 +169,9 @@ Task<std::vector<bool>> MixtureRouter::call(std::vector<ExpertCall> calls, std::
     return true;
   };
   const TimePoint t0 = rt_.now();
+  const Duration frozen0 = rt_.clock.frozen();
   co_await call_quorum<TensorReply>(rt_, late_, calls.size(), std::move(send), std::move(accept), std::move(rule));
-  check_bounded(t0, cfg_.forward_timeout);
+  check_bounded(t0, frozen0, cfg_.forward_timeout);
   co_return usable;
 }
 
@@ -191,8 +193,9 @@ Task<std::vector<bool>> MixtureRouter::backward(MixturePlan plan, MixtureTensors
   };
   const QuorumRule rule{n, Duration::zero(), cfg_.backward_timeout, {}};
   const TimePoint t0 = rt_.now();
+  const Duration frozen0 = rt_.clock.frozen();
   co_await call_quorum<TensorReply>(rt_, late_, n, std::move(send), std::move(accept), rule);
-  check_bounded(t0, cfg_.backward_timeout);
+  check_bounded(t0, frozen0, cfg_.backward_timeout);
   for (std::size_t j = 0; j < n; ++j)
     if (!usable[j]) rt_.observer.count("moe.backward_failures");
   co_return usable;

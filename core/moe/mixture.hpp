@@ -101,7 +101,7 @@ class MixtureRouter {
   Task<std::vector<bool>> backward(MixturePlan plan, MixtureTensors& tensors);
 
  private:
-  void check_bounded(TimePoint t0, Duration timeout);
+  void check_bounded(TimePoint t0, Duration frozen0, Duration timeout);
   Task<std::vector<std::vector<FoundExpert>>> route(const GateScores& scores, const std::vector<std::string>& failed);
   Runtime& rt_;
   Rpc& rpc_;

@@ -20,6 +20,9 @@ class Clock {
  public:
   virtual ~Clock() = default;
   virtual TimePoint now() const = 0;
+  // How long this peer has been frozen so far (a simulated stall: its timers and messages
+  // waited, so no timeout of its own could fire). Zero for a peer that never froze.
+  virtual Duration frozen() const { return Duration::zero(); }
 };
 
 using TimerId = std::uint64_t;  // 0 is never a valid id

@@ -32,17 +32,15 @@ void DhtWorkloadDriver::issue_store(dht::DhtNode& node, std::uint32_t peer, Time
 
 void DhtWorkloadDriver::check_get_failure(double asked_s) {
   // Invariant: a live key whose holders are all up is gettable. It is checked where that holds:
-  // no churn (every holder stays up), and not while a partition lasts or within one replication
-  // period after it heals (a record stored while the swarm was split may sit on the far side's
-  // second-nearest peers until replication moves it; Kademlia promises no more).
+  // no churn (every holder stays up), and not while a partition or a stall keeps peers out of
+  // reach, nor within one replication period after it ends (a record stored meanwhile may sit on
+  // the second-nearest peers until replication moves it; Kademlia promises no more), nor a minute
+  // before it begins (a get still under way when it strikes).
   if (spec_.churn.kind != ChurnSpec::Kind::kNone) return;
-  if (const auto& w = spec_.faults.partition) {
-    const double grace = std::max(60.0, to_seconds(spec_.dht.config.replicate_period));
-    for (double start = to_seconds(w->at);; start += to_seconds(w->every)) {
-      if (asked_s >= start && asked_s <= start + to_seconds(w->duration) + grace) return;
-      if (w->every == Duration::zero() || start > asked_s) break;
-    }
-  }
+  const Duration asked(static_cast<std::int64_t>(asked_s * 1e9));
+  const Duration before = std::chrono::minutes(1), after = std::max<Duration>(std::chrono::minutes(1), spec_.dht.config.replicate_period);
+  for (const auto& w : {spec_.faults.partition, spec_.faults.stall})
+    if (w && w->covers(asked, before, after)) return;
   metrics_.count("invariant.dht.live_key_not_found", 1);
 }
 
@@ -59,6 +57,9 @@ bool DhtWorkloadDriver::issue_get(dht::DhtNode& node, std::uint32_t peer, TimePo
     ++completed_;
     const bool ok = res.found && !res.records.empty() && res.records[0].value == expect;
     metrics_.count(ok ? "dht.get.ok" : "dht.get.failed", 1);
+    // After a single partition has healed: how the swarm recovers.
+    if (const auto& w = spec_.faults.partition; w && w->every == Duration::zero() && asked >= to_seconds(w->at + w->duration))
+      metrics_.count(ok ? "dht.get.after_heal.ok" : "dht.get.after_heal.failed", 1);
     if (!ok) {
       metrics_.sample("dht.get.failed_at_s", asked);  // when it was asked: failures over time
       check_get_failure(asked);

@@ -213,6 +213,32 @@ TEST(Validation, SignaturesProtectOwnersRecords) {
   EXPECT_EQ(*v.check(bad_tag), "malformed [owner:...] tag");
 }
 
+// A verified signature is remembered: the same record again costs no verification, while a record
+// that differs in any signed byte (value, expiration) or carries a bad signature is verified and
+// refused every time.
+TEST(Validation, VerifiedSignaturesAreRememberedNotTrustedBlindly) {
+  const Identity alice = Identity::from_seed(1);
+  SignatureValidator v(2);
+  Record r = rec("profile" + alice.owner_tag(), "hello", TimePoint(10s));
+  alice.sign(r);
+  for (int i = 0; i < 5; ++i) EXPECT_FALSE(v.check(r).has_value());
+  EXPECT_EQ(v.verifications(), 1u);
+  Record later = r;
+  later.expiration = TimePoint(20s);  // signed bytes changed, signature not
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(v.check(later).has_value());
+  EXPECT_EQ(v.verifications(), 4u) << "a failed verification is never remembered";
+  Record other = rec("profile" + alice.owner_tag(), "a", TimePoint(10s)), third = rec("profile" + alice.owner_tag(), "b", TimePoint(10s));
+  alice.sign(other);
+  alice.sign(third);
+  EXPECT_FALSE(v.check(other).has_value());
+  EXPECT_FALSE(v.check(third).has_value());  // remembers 2: the first is forgotten
+  EXPECT_FALSE(v.check(r).has_value());
+  EXPECT_EQ(v.verifications(), 7u);
+  SignatureValidator none(0);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(none.check(r).has_value());
+  EXPECT_EQ(none.verifications(), 3u);
+}
+
 TEST(Validation, SchemaTypesValues) {
   SchemaValidator v;
   v.require("step.", SchemaValidator::Type::kInt64);
