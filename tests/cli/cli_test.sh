@@ -235,6 +235,12 @@ wait $bench || rc=$?
 [ $(( $(date +%s) - t0 )) -le 30 ] || fail "the survivors took more than 30 s to stop"
 gone || fail "peer processes left after a peer died: $kids"
 ! ls -d /tmp/apiary-allreduce-* 2> /dev/null || fail "temporary directory left behind after a failure"
+# (c) kill -9 of the parent: it can clean nothing up, but no peer outlives it (each dies with it).
+start_bench
+kill -9 $bench; wait $bench 2> /dev/null || true
+for _ in $(seq 40); do gone && break; sleep 0.05; done  # at once, not when they give up on their own
+gone || fail "peer processes outlived their SIGKILLed parent: $kids"
+rm -rf /tmp/apiary-allreduce-*
 }
 
 # 9. A sweep of 12 points x 3 seeds with 2 jobs, interrupted and resumed without rerunning
