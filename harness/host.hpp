@@ -34,6 +34,9 @@ class Host {
   // Timers of peer i's runtime still pending (after its stack is gone, each is a callback into
   // code that no longer exists).
   virtual std::size_t pending_timers(std::uint32_t i) const = 0;
+  // Whether this world simulates the scenario's network faults itself (ns-3); otherwise the
+  // runner applies what it can at each peer's transport (harness/fault_schedule.hpp).
+  virtual bool simulates_network_faults() const { return false; }
   // Run time: since run() began.
   virtual Duration elapsed() const = 0;
   // Runs `fn` at run time `t` (now if t has passed). Callbacks at one instant run in the order

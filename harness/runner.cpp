@@ -33,6 +33,21 @@ Runner::Runner(const SwarmSpec& spec, Metrics& metrics, Host& host)
     directory_.push_back(host_.endpoint(i));
   }
   workload_ = type->make(spec, metrics);
+  if (spec.faults.any() && !host_.simulates_network_faults()) {
+    network_faults_ = std::make_unique<LiveNetworkFaults>(spec, directory_, metrics);
+    for (std::uint32_t i = 0; i < spec.peers; ++i) {
+      auto& env = host_.env(i);
+      auto& p = peers_[i];
+      p.faulty = std::make_unique<FaultyTransport>(*network_faults_, i, env.runtime.transport, env.runtime.timers, env.runtime.clock,
+                                                   Rng(spec.seed ^ 0x6c6f7373ULL).fork(i + 1));  // "loss"
+      p.faulty_runtime = std::make_unique<Runtime>(
+          Runtime{env.runtime.clock, env.runtime.timers, *p.faulty, env.runtime.rng, env.runtime.observer, env.runtime.faults});
+    }
+  }
+}
+
+Runtime& Runner::runtime_of(std::uint32_t i) {
+  return peers_[i].faulty_runtime ? *peers_[i].faulty_runtime : host_.env(i).runtime;
 }
 
 Runner::~Runner() {
@@ -57,6 +72,9 @@ RunInfo Runner::run(const ProgressFn& progress) {
   }
   // The seeds stay up; the others' sessions begin once the swarm has formed.
   churn_.begin(dht ? spec_.dht.bootstrap_peers : 0, dht ? spec_.dht.join_window : Duration::zero());
+  if (network_faults_)
+    schedule_fault_windows(spec_, metrics_, spec_.duration,
+                           network_faults_->hooks([this](Duration t, std::function<void()> fn) { host_.at(t, std::move(fn)); }));
   workload_->begin(*this);
   if (progress)
     for (int k = 1; k < 100; ++k) host_.at(Duration(spec_.duration.count() / 100 * k), [progress, k] { progress(k / 100.0); });
@@ -89,7 +107,7 @@ void Runner::join(std::uint32_t i) {
   if (p.stack) return;
   host_.set_up(i, true);
   auto& env = host_.env(i);
-  p.stack = std::make_unique<PeerStack>(env.runtime, spec_, directory_, i, p.bandwidth, *workload_);
+  p.stack = std::make_unique<PeerStack>(runtime_of(i), spec_, directory_, i, p.bandwidth, *workload_);
   if (auto* node = p.stack->dht(); node && (!p.kept_records.empty() || !p.kept_contacts.empty())) {
     const TimePoint now = env.runtime.now();
     for (const auto& r : p.kept_records) node->storage().store(r, now);  // expired ones are refused
@@ -114,6 +132,7 @@ void Runner::leave(std::uint32_t i) {
     p.kept_contacts = node->table().nearest(node->table().self(), node->table().size());
   }
   p.stack.reset();
+  if (p.faulty) p.faulty->drop_held();  // its connections closed: what was held back is lost
   // What the peer's code scheduled went with it: a timer still pending would call into freed code.
   if (const auto timers = host_.pending_timers(i)) metrics_.count("invariant.timer.outlived_peer", timers);
   host_.set_up(i, false);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "harness/churn.hpp"
+#include "harness/fault_schedule.hpp"
 #include "harness/host.hpp"
 #include "harness/peer_stack.hpp"
 
@@ -60,7 +61,11 @@ class Runner {
     // churn.keep_state: what its DHT node held when it went down.
     std::vector<dht::Record> kept_records;
     std::vector<dht::Contact> kept_contacts;
+    // Network faults in a world that does not simulate them: the peer's transport wrapped.
+    std::unique_ptr<FaultyTransport> faulty;
+    std::unique_ptr<Runtime> faulty_runtime;
   };
+  Runtime& runtime_of(std::uint32_t i);
   void join(std::uint32_t i);
   void leave(std::uint32_t i);
 
@@ -70,6 +75,7 @@ class Runner {
   std::unique_ptr<Workload> workload_;
   std::vector<Peer> peers_;
   std::vector<Endpoint> directory_;
+  std::unique_ptr<LiveNetworkFaults> network_faults_;
   ChurnDriver churn_;
 };
 

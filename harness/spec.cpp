@@ -219,9 +219,16 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.live_processes = s.get_bool("live.processes", false);
   if (spec.live_processes && spec.churn.keep_state)
     s.fail("churn.keep_state", "a live peer process that is killed restarts empty; kept state is for peers the runner runs");
-  if (spec.backend == "live" && spec.faults.any())
-    s.fail(spec.faults.loss > 0 ? "network.loss" : spec.faults.nat > 0 ? "network.nat" : "faults",
-           "network faults are simulated by ns-3 only; a live run has the machine's own network");
+  // Live, the runner applies loss, partitions and latency spikes at each peer's transport; the
+  // rest needs the network or the process itself, and peer processes are out of its reach.
+  if (spec.backend == "live" && spec.faults.any()) {
+    if (spec.live_processes)
+      s.fail(spec.faults.loss > 0 ? "network.loss" : spec.faults.nat > 0 ? "network.nat" : "faults",
+             "network faults reach live peers run in one process, not peer processes (live.processes)");
+    if (spec.faults.nat > 0) s.fail("network.nat", "NAT is simulated by ns-3 only");
+    if (spec.faults.stall) s.fail("faults.stall", "a stalled peer is simulated by ns-3 only");
+    if (spec.faults.bandwidth_drop) s.fail("faults.bandwidth_drop", "bandwidth is simulated by ns-3 only");
+  }
 
   // The workload: every name the registry knows is allowed, and its type reads its own keys.
   spec.workload = s.get_string("workload.kind", spec.workload, WorkloadRegistry::names());

@@ -10,6 +10,7 @@
 
 #include <ns3/simulator.h>
 
+#include "harness/fault_schedule.hpp"
 #include "harness/log.hpp"
 #include "sim/sim_network.hpp"
 
@@ -70,6 +71,7 @@ class SimHost final : public Host {
   PeerEnv& env(std::uint32_t i) override { return *envs_[i]; }
   Endpoint endpoint(std::uint32_t i) const override { return net_.endpoint(i); }
   void set_up(std::uint32_t i, bool up) override { net_.set_up(i, up); }
+  bool simulates_network_faults() const override { return true; }
   std::size_t pending_timers(std::uint32_t i) const override { return net_.runtime(i).pending_timers(); }
   Duration elapsed() const override { return Duration(Simulator::Now().GetNanoSeconds()); }
 
@@ -110,56 +112,30 @@ class SimHost final : public Host {
   }
 
  private:
-  // The scenario's fault windows, as ns-3 events: each occurrence strikes a fresh seeded choice
-  // of its fraction of the peers, and undoes itself when its duration is over.
+  // The scenario's fault windows (harness/fault_schedule.hpp), applied to the channel and runtimes.
   void schedule_faults(Duration end) {
-    using Apply = std::function<void(std::uint32_t peer, bool on)>;
     auto& ch = net_.channel();
-    auto schedule = [&](const std::optional<FaultWindow>& w, const std::string& name, std::uint64_t tag, Apply apply,
-                        std::function<void(bool)> around = {}) {
-      if (!w) return;
-      std::uint64_t k = 0;
-      for (Duration t = w->at; t < end; t += w->every, ++k) {
-        Simulator::Schedule(NanoSeconds(t.count()), [this, w = *w, name, tag, apply, around, k] {
-          Rng r = Rng(spec_.seed ^ tag).fork(k + 1);
-          std::vector<std::uint32_t> all(spec_.peers);
-          for (std::uint32_t i = 0; i < spec_.peers; ++i) all[i] = i;
-          auto n = static_cast<std::size_t>(std::llround(w.fraction * spec_.peers));
-          if (name == "partition") n = std::clamp<std::size_t>(n, 1, spec_.peers - 1);  // two sides, never one
-          for (std::size_t i = 0; i < n && i < all.size(); ++i) std::swap(all[i], all[i + r.below(all.size() - i)]);
-          all.resize(std::min(n, all.size()));
-          for (auto i : all) apply(i, true);
-          if (around) around(true);
-          metrics_.count("faults." + name, 1);
-          metrics_.count("faults." + name + ".peers", static_cast<std::int64_t>(all.size()));
-          Simulator::Schedule(NanoSeconds(w.duration.count()), [this, all, apply, around] {
-            for (auto i : all) apply(i, false);
-            if (around) around(false);
-          });
-        });
-        if (w->every == Duration::zero()) break;
-      }
-    };
-    const auto& f = spec_.faults;
     auto host = [this](std::uint32_t i) { return net_.endpoint(i).ip - SimNetwork::kBaseIp; };
-    schedule(f.partition, "partition", 0x7061727469ULL, [&ch, host](std::uint32_t i, bool on) { ch.SetSide(host(i), on ? 1 : 0); },
-             [&ch](bool on) { ch.SetPartitioned(on); });
+    const auto& f = spec_.faults;
+    FaultHooks h;
+    h.at = [this](Duration t, std::function<void()> fn) { at(t, std::move(fn)); };
+    h.partition = [&ch, host](std::uint32_t i, bool on) { ch.SetSide(host(i), on ? 1 : 0); };
+    h.partitioned = [&ch](bool on) { ch.SetPartitioned(on); };
     if (f.stall) {
       const auto length = NanoSeconds(f.stall->duration.count());
-      schedule(f.stall, "stall", 0x7374616c6cULL, [this, length](std::uint32_t i, bool on) {
+      h.stall = [this, length](std::uint32_t i, bool on) {
         if (on) net_.runtime(i).stall_until(Simulator::Now() + length);
-      });
+      };
     }
     if (f.latency_spike) {
       const auto extra = NanoSeconds(f.latency_spike->extra_latency.count());
-      schedule(f.latency_spike, "latency_spike", 0x6c6174ULL,
-               [&ch, extra, host](std::uint32_t i, bool on) { ch.SetExtraLatency(host(i), on ? extra : Time(0)); });
+      h.latency_spike = [&ch, extra, host](std::uint32_t i, bool on) { ch.SetExtraLatency(host(i), on ? extra : Time(0)); };
     }
     if (f.bandwidth_drop) {
       const double factor = f.bandwidth_drop->bandwidth_factor;
-      schedule(f.bandwidth_drop, "bandwidth_drop", 0x6277ULL,
-               [&ch, factor, host](std::uint32_t i, bool on) { ch.SetBandwidthFactor(host(i), on ? factor : 1.0); });
+      h.bandwidth_drop = [&ch, factor, host](std::uint32_t i, bool on) { ch.SetBandwidthFactor(host(i), on ? factor : 1.0); };
     }
+    schedule_fault_windows(spec_, metrics_, end, h);
   }
 
   const SwarmSpec& spec_;

@@ -247,6 +247,31 @@ TEST(Runner, EveryWorkloadEndsItsPeersTasksAndTimers) {
   }
 }
 
+// A world that does not simulate the network gets the scenario's faults at each peer's transport:
+// loss as TCP sees it (nothing lost, a lost message late by rto_min or more, p / (1 - p) resends
+// per message), the same seed the same losses; a partition drops what crosses it.
+TEST(Runner, NetworkFaultsAtEachPeersTransport) {
+  const auto spec = spec_of("peers = 10\nduration = \"60s\"\n[network]\nlatency = \"5ms\"\nloss = 0.2\nrto_min = \"200ms\"\n"
+                            "[workload]\nrate = \"5/s\"\ntimeout = \"30s\"\n");
+  const auto r = run_fake(spec);
+  ASSERT_GT(r->metrics.counter("ping.ok"), 2500);
+  EXPECT_EQ(r->metrics.counter("ping.failed.timeout"), 0);
+  EXPECT_GE(r->metrics.quantile("ping.rtt_ns", 0.0), 20e6);
+  EXPECT_GE(r->metrics.quantile("ping.rtt_ns", 0.9), 220e6) << "a lost message costs at least one RTO";
+  const double per_message = static_cast<double>(r->metrics.counter("network.retransmissions")) /
+                             static_cast<double>(2 * r->metrics.counter("ping.ok"));
+  EXPECT_NEAR(per_message, 0.25, 0.03);
+  EXPECT_EQ(run_fake(spec)->metrics.trace_hash(), r->metrics.trace_hash());
+  const auto cut = run_fake(spec_of("peers = 10\nduration = \"40s\"\n[network]\nlatency = \"5ms\"\n[workload]\nrate = \"2/s\"\n"
+                                    "timeout = \"2s\"\n[faults]\npartition = { at = \"10s\", duration = \"10s\", fraction = 0.5 }\n"));
+  EXPECT_EQ(cut->metrics.counter("faults.partition.peers"), 5);
+  EXPECT_GT(cut->metrics.counter("network.partition_drops"), 20);
+  const double failed = static_cast<double>(cut->metrics.counter("ping.failed.timeout")) /
+                        static_cast<double>(cut->metrics.counter("ping.sent"));
+  EXPECT_GT(failed, 0.08);  // 5 x 5 x 2 / (10 x 9) of the pings cross, for a quarter of the run: 0.14
+  EXPECT_LT(failed, 0.2);
+}
+
 TEST(AllReduceLedger, CatchesAResultOutsideTheInputsAndOneThatIsNotTheMean) {
   Metrics m;
   AllReduceLedger ledger(m, compression::Codec::kFloat32, 1000);

@@ -266,5 +266,50 @@ TEST(WorkloadSummaries, AgreeBetweenTheWorlds) {
   }
 }
 
+
+// Network faults from one scenario in both worlds: ns-3 simulates them, live the runner applies
+// them at each peer's transport. Half the peers cut off for a third of the run: pings across the
+// cut time out in both (about 4 x 4 x 2 / (8 x 7) of the pings cross, for a third of the time:
+// 0.19); a latency spike of 100 ms on every peer shows in every round trip (4 x 100 ms).
+TEST(NetworkFaults, APartitionAndALatencySpikeStrikeBothWorldsAlike) {
+  const std::string cut = "peers = 8\nduration = \"6s\"\n[network]\nlatency = \"2ms\"\n[workload]\nkind = \"ping\"\n"
+                          "rate = \"20/s\"\ntimeout = \"300ms\"\n[faults]\n"
+                          "partition = { at = \"2s\", duration = \"2s\", fraction = 0.5 }\n";
+  const std::string spike = "peers = 4\nduration = \"3s\"\n[network]\nlatency = \"2ms\"\n[workload]\nkind = \"ping\"\n"
+                            "rate = \"10/s\"\ntimeout = \"2s\"\n[faults]\nlatency_spike = { at = \"0s\", duration = \"10s\", fraction = 1, "
+                            "extra = \"100ms\" }\n";
+  for (const std::string backend : {"sim", "live"}) {
+    auto sc = Scenario::from_string("backend = \"" + backend + "\"\n" + cut, "cut.toml");
+    const SwarmSpec spec = parse_swarm_spec(sc);
+    Metrics m;
+    backend == "sim" ? sim::run_sim_swarm(spec, m) : real::run_live_swarm(spec, m);
+    EXPECT_EQ(m.counter("faults.partition.peers"), 4) << backend;
+    EXPECT_GT(m.counter("network.partition_drops"), 10) << backend;
+    const double failed = static_cast<double>(m.counter("ping.failed.timeout")) / static_cast<double>(m.counter("ping.sent"));
+    EXPECT_GT(failed, 0.10) << backend;
+    EXPECT_LT(failed, 0.30) << backend;
+    auto sp = Scenario::from_string("backend = \"" + backend + "\"\n" + spike, "spike.toml");
+    const SwarmSpec sspec = parse_swarm_spec(sp);
+    Metrics ms;
+    backend == "sim" ? sim::run_sim_swarm(sspec, ms) : real::run_live_swarm(sspec, ms);
+    ASSERT_GT(ms.counter("ping.ok"), 50) << backend;
+    EXPECT_GE(ms.quantile("ping.rtt_ns", 0.0), 400e6) << backend << ": every round trip pays 4 x 100 ms";
+  }
+}
+
+// What a live run cannot apply is refused by name.
+TEST(NetworkFaults, ALiveRunRefusesWhatOnlyNs3Simulates) {
+  for (const char* fault : {"stall = { at = \"1s\", duration = \"1s\", fraction = 0.5 }",
+                            "bandwidth_drop = { at = \"1s\", duration = \"1s\", fraction = 0.5, factor = 0.5 }"}) {
+    try {
+      auto sc = Scenario::from_string(std::string("backend = \"live\"\npeers = 4\n[faults]\n") + fault + "\n", "f.toml");
+      parse_swarm_spec(sc);
+      ADD_FAILURE() << fault << " was accepted live";
+    } catch (const ScenarioError& e) {
+      EXPECT_NE(std::string(e.what()).find("ns-3 only"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace apiary

@@ -137,7 +137,7 @@ TEST(SimSwarm, StalledPeersFreezeAndResume) {
   EXPECT_GT(frozen.quantile("ping.rtt_ns", 1.0), 1e9) << "a ping answered after its peer thawed";
 }
 
-// Faults are ns-3's: a live run refuses them, and bad windows name their key.
+// A live run of processes refuses network faults, and bad windows name their key.
 TEST(SimSwarm, FaultKeysAreChecked) {
   auto fails = [](const std::string& text) {
     try {
@@ -147,7 +147,9 @@ TEST(SimSwarm, FaultKeysAreChecked) {
     }
     return std::string("accepted");
   };
-  EXPECT_NE(fails("backend = \"live\"\n[network]\nloss = 0.01\n").find("network.loss"), std::string::npos);
+  EXPECT_NE(fails("backend = \"live\"\n[live]\nprocesses = true\n[network]\nloss = 0.01\n").find("network.loss"), std::string::npos);
+  EXPECT_EQ(fails("backend = \"live\"\n[network]\nloss = 0.01\n"), "accepted") << "in one process the runner applies it";
+  EXPECT_NE(fails("backend = \"live\"\n[network]\nnat = 0.3\n").find("network.nat"), std::string::npos);
   EXPECT_NE(fails("[faults]\npartition = { at = \"1s\", fraction = 0.5 }\n").find("faults.partition.duration"),
             std::string::npos);
   EXPECT_NE(fails("[faults]\nbandwidth_drop = { at = \"1s\", duration = \"2s\", fraction = 0.5, factor = 2 }\n")
