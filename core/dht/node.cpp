@@ -513,7 +513,8 @@ void DhtNode::spawn_store(Record record, std::function<void(const StoreResult&)>
 
 void DhtNode::start_maintenance() {
   if (cfg_.refresh_period > Duration::zero()) scope_.spawn(refresh_loop());
-  if (cfg_.replicate_period > Duration::zero() && !cfg_.client_mode) scope_.spawn(replicate_loop());
+  // A client holds nothing of others', but republishes what it published itself.
+  if (cfg_.replicate_period > Duration::zero()) scope_.spawn(replicate_loop());
 }
 
 Task<void> DhtNode::refresh_loop() {

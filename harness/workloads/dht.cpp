@@ -33,12 +33,14 @@ void DhtWorkloadDriver::issue_store(dht::DhtNode& node, std::uint32_t peer, Time
 void DhtWorkloadDriver::check_get_failure(double asked_s) {
   // Invariant: a live key whose holders are all up is gettable. It is checked where that holds:
   // no churn (every holder stays up), and not while a partition or a stall keeps peers out of
-  // reach, nor within one replication period after it ends (a record stored meanwhile may sit on
-  // the second-nearest peers until replication moves it; Kademlia promises no more), nor a minute
-  // before it begins (a get still under way when it strikes).
+  // reach, nor until a replication has run after it ends (a record stored meanwhile may sit on
+  // the second-nearest peers until then; Kademlia promises no more): one period, up to 1.2x with
+  // its jitter, and 30 s for that replication's own lookups; nor a minute before it begins (a get
+  // still under way when it strikes).
   if (spec_.churn.kind != ChurnSpec::Kind::kNone) return;
   const Duration asked(static_cast<std::int64_t>(asked_s * 1e9));
-  const Duration before = std::chrono::minutes(1), after = std::max<Duration>(std::chrono::minutes(1), spec_.dht.config.replicate_period);
+  const Duration before = std::chrono::minutes(1);
+  const Duration after = std::max<Duration>(std::chrono::minutes(1), spec_.dht.config.replicate_period * 6 / 5 + std::chrono::seconds(30));
   for (const auto& w : {spec_.faults.partition, spec_.faults.stall})
     if (w && w->covers(asked, before, after)) return;
   metrics_.count("invariant.dht.live_key_not_found", 1);

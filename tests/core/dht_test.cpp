@@ -279,6 +279,30 @@ TEST(DhtSwarm, LookupsFindTheExactNearestPeers) {
   }
 }
 
+// A client holds nothing of others', but still republishes what it published itself: after every
+// holder lost the record, the client's replication puts it back on the nearest peers. (Found by
+// a fault campaign: a client's record stored while a partition cut it off stayed on the wrong
+// side; clients ran no replication at all.)
+TEST(DhtSwarm, AClientRepublishesWhatItPublished) {
+  DhtConfig cfg = small_k();
+  cfg.replicate_period = 1min;
+  DhtSwarm s(12, cfg);
+  DhtConfig client = cfg;
+  client.client_mode = true;
+  s.nodes[11].reset();
+  s.rpcs[11] = std::make_unique<Rpc>(s.fake[11].runtime());
+  s.nodes[11] = std::make_unique<DhtNode>(s.fake[11].runtime(), *s.rpcs[11], Identity::from_seed(111).id(), client);
+  s.join_all();
+  const auto stored = s.run(s.nodes[11]->store(rec("k", "v", s.fake.net.now() + 30min)));
+  ASSERT_GT(stored.replicas, 0u);
+  EXPECT_TRUE(s.nodes[11]->storage().get(DhtId::of_key("k"), s.fake.net.now()).empty()) << "a client holds nothing";
+  for (std::size_t i = 0; i < 11; ++i) s.nodes[i]->storage() = Storage{};
+  EXPECT_FALSE(s.run(s.nodes[3]->get("k")).found);
+  s.nodes[11]->start_maintenance();
+  s.fake.net.run(90s);
+  EXPECT_TRUE(s.run(s.nodes[3]->get("k")).found);
+}
+
 TEST(DhtSwarm, ManyKeysInOneTraversal) {
   DhtSwarm s(20, small_k());
   s.join_all();
