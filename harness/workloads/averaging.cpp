@@ -95,11 +95,15 @@ Task<void> AveragingApp::round(std::uint64_t t, std::string key, std::optional<G
 
 void AllReduceLedger::contribute(std::uint64_t t, std::uint64_t group, std::size_t size, const std::vector<float>& input,
                                  double weight) {
-  // Rounds two or more behind are over: a member that never reported (it went down) frees them.
-  while (!rounds_.empty() && rounds_.begin()->first.first + 2 <= t) {
+  // Rounds two or more behind are over: a member that never reported (it went down) frees them,
+  // and one that comes to such a round late (it was frozen) is not checked: the others' inputs
+  // are gone.
+  if (t >= 2) forgotten_below_ = std::max(forgotten_below_, t - 1);
+  while (!rounds_.empty() && rounds_.begin()->first.first < forgotten_below_) {
     for (const auto& v : rounds_.begin()->second.inputs) floats_ -= v.size();
     rounds_.erase(rounds_.begin());
   }
+  if (t < forgotten_below_) return;
   auto& r = rounds_[{t, group}];
   r.size = size;
   if (input.empty()) return;

@@ -94,6 +94,7 @@ class AllReduceLedger {
   compression::Codec codec_;
   std::size_t max_floats_;  // beyond this many recorded values the ledger stops (memory)
   std::size_t floats_ = 0;
+  std::uint64_t forgotten_below_ = 0;  // rounds before this one are no longer recorded
   std::map<std::pair<std::uint64_t, std::uint64_t>, Round> rounds_;
 };
 
