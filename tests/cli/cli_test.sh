@@ -295,8 +295,17 @@ got=$(eval "$replay --json --quiet --out replay.h5" | tail -n 1 |
 [ "$got" = "$want" ] || fail "the replay found $got violations, the campaign $want"
 }
 
+# 11. A small campaign per workload besides the DHT's: 4 seeds each, with their drawn faults, clean.
+campaigns() {
+for w in averaging train diloco dmoe; do
+  "$APIARY" campaign "$SRC/scenarios/campaign-$w.toml" --seeds 4 --jobs 2 --out "c-$w" --quiet 2> "c-$w.err" ||
+    fail "campaign-$w: $(cat "c-$w.err") $(cat "c-$w/summary.md" 2>/dev/null)"
+  grep -q "| 4 | 0 | 0 | 0 |" "c-$w/summary.md" || fail "campaign-$w not clean: $(cat "c-$w/summary.md")"
+done
+}
+
 all=(quickstart determinism errors live_ping live_dht_tools live_dht_scenario live_dht_churn live_averaging live_averaging_churn allreduce_bench sweep
-     campaign)
+     campaign campaigns)
 [ $# -gt 2 ] && sections=("${@:3}") || sections=("${all[@]}")
 for s in "${sections[@]}"; do
   declare -F "$s" > /dev/null || fail "no section '$s' (there are: ${all[*]})"
