@@ -27,7 +27,9 @@ class StateSharer {
   Task<void> declare(std::uint64_t epoch, Duration ttl);
   // Downloads from the declared peer with the highest epoch, trying the next on failure.
   // `expect` (if set) must match the downloaded schema.
-  Task<Result<ModelState>> download(std::optional<TensorSchema> expect, Duration timeout);
+  // Never a state older than `min_epoch`: providers that declare less are skipped, and a state
+  // that turns out older than declared is refused (so a peer that catches up never goes back).
+  Task<Result<ModelState>> download(std::optional<TensorSchema> expect, Duration timeout, std::uint64_t min_epoch = 0);
   Task<Result<ModelState>> download_from(Endpoint peer, std::optional<TensorSchema> expect, Duration timeout);
 
  private:

@@ -277,7 +277,8 @@ Task<Result<StepReport>> CollaborativeOptimizer::assist() {
 }
 
 Task<Result<std::uint64_t>> CollaborativeOptimizer::join() {
-  Result<ModelState> st = co_await state_.download(state_schema(), cfg_.state_timeout);
+  // Never back: a peer that catches up takes no state older than its own epoch.
+  Result<ModelState> st = co_await state_.download(state_schema(), cfg_.state_timeout, epoch_);
   if (!st.ok()) co_return st.error();
   const auto n = static_cast<std::ptrdiff_t>(params_.size());
   params_.assign(st->tensors.begin(), st->tensors.begin() + n);
