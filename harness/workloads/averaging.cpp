@@ -100,20 +100,39 @@ void AllReduceLedger::contribute(std::uint64_t t, std::uint64_t group, std::size
   // are gone.
   if (t >= 2) forgotten_below_ = std::max(forgotten_below_, t - 1);
   while (!rounds_.empty() && rounds_.begin()->first.first < forgotten_below_) {
-    for (const auto& v : rounds_.begin()->second.inputs) floats_ -= v.size();
+    floats_ -= rounds_.begin()->second.recorded();
     rounds_.erase(rounds_.begin());
   }
   if (t < forgotten_below_) return;
   auto& r = rounds_[{t, group}];
   r.size = size;
   if (input.empty()) return;
-  if (floats_ + input.size() > max_floats_) {
-    r.clean = false;  // not recorded: no exact check for this group
+  if (r.inputs == 0) {
+    if (floats_ + 3 * input.size() > max_floats_) {
+      r.clean = false;  // not recorded: no check for this group
+      r.unrecorded = true;
+      return;
+    }
+    floats_ += 3 * input.size();
+    r.lo.assign(input.size(), HUGE_VAL);
+    r.hi.assign(input.size(), -HUGE_VAL);
+    r.sum.assign(input.size(), 0.0);
+  }
+  if (r.unrecorded || input.size() != r.sum.size()) {
+    r.clean = false;
     return;
   }
-  floats_ += input.size();
-  r.inputs.push_back(input);
-  r.weights.push_back(weight);
+  // What a completed member is held to, kept as the inputs arrive: each element's range, the
+  // largest magnitude, the weighted sum.
+  for (std::size_t k = 0; k < input.size(); ++k) {
+    const double x = input[k];
+    r.lo[k] = std::min(r.lo[k], x);
+    r.hi[k] = std::max(r.hi[k], x);
+    r.sum[k] += weight * x;
+    r.absmax = std::max(r.absmax, std::fabs(x));
+  }
+  r.weight += weight;
+  ++r.inputs;
 }
 
 double mean_tolerance(compression::Codec codec, double absmax) {
@@ -131,18 +150,12 @@ void AllReduceLedger::completed(std::uint64_t t, std::uint64_t group, const std:
   auto& r = it->second;
   ++r.done;
   r.clean = r.clean && clean;
-  if (!result.empty() && !r.inputs.empty()) {
-    double absmax = 0;
-    for (const auto& v : r.inputs)
-      for (float x : v) absmax = std::max(absmax, static_cast<double>(std::fabs(x)));
-    const double tol = tolerance(absmax);
+  if (!result.empty() && r.inputs > 0) {
+    const double tol = tolerance(r.absmax);
     std::uint64_t outside = 0;
     for (std::size_t k = 0; k < result.size(); ++k) {
-      double lo = HUGE_VAL, hi = -HUGE_VAL;
-      for (const auto& v : r.inputs)
-        if (k < v.size()) lo = std::min(lo, static_cast<double>(v[k])), hi = std::max(hi, static_cast<double>(v[k]));
       const double x = result[k];
-      if (!(x >= lo - tol && x <= hi + tol)) ++outside;  // NaN is outside too
+      if (!(k < r.lo.size() && x >= r.lo[k] - tol && x <= r.hi[k] + tol)) ++outside;  // NaN is outside too
     }
     if (outside) metrics_.count("invariant.avg.result_outside_inputs", outside);
     if (r.clean) r.results.push_back(result);
@@ -160,26 +173,16 @@ void AllReduceLedger::failed(std::uint64_t t, std::uint64_t group) {
 void AllReduceLedger::settle(std::uint64_t t, std::uint64_t group) {
   auto it = rounds_.find({t, group});
   auto& r = it->second;
-  if (r.clean && !r.inputs.empty()) {
-    const std::size_t n = r.inputs.front().size();
-    std::vector<double> mean(n, 0.0);
-    double total = 0, absmax = 0;
-    for (std::size_t m = 0; m < r.inputs.size(); ++m) {
-      total += r.weights[m];
-      for (std::size_t k = 0; k < n && k < r.inputs[m].size(); ++k) {
-        mean[k] += r.weights[m] * r.inputs[m][k];
-        absmax = std::max(absmax, static_cast<double>(std::fabs(r.inputs[m][k])));
-      }
-    }
-    const double tol = tolerance(absmax);
+  if (r.clean && r.inputs > 0) {
+    const double tol = tolerance(r.absmax);
     metrics_.count("avg.ledger.groups_checked_exactly", 1);
     std::uint64_t off = 0;
     for (const auto& v : r.results)
-      for (std::size_t k = 0; k < n; ++k)
-        if (!(k < v.size() && std::fabs(v[k] - mean[k] / total) <= tol)) ++off;
+      for (std::size_t k = 0; k < r.sum.size(); ++k)
+        if (!(k < v.size() && std::fabs(v[k] - r.sum[k] / r.weight) <= tol)) ++off;
     if (off) metrics_.count("invariant.avg.result_not_group_mean", off);
   }
-  for (const auto& v : r.inputs) floats_ -= v.size();
+  floats_ -= r.recorded();
   rounds_.erase(it);
 }
 

@@ -83,16 +83,17 @@ class AllReduceLedger {
 
  private:
   struct Round {
-    std::size_t size = 0, done = 0;
-    bool clean = true;
-    std::vector<std::vector<float>> inputs;
-    std::vector<double> weights;
-    std::vector<std::vector<float>> results;
+    std::size_t size = 0, done = 0, inputs = 0;
+    bool clean = true, unrecorded = false;
+    std::vector<double> lo, hi, sum;  // per element, over the inputs so far (sum weighted)
+    double weight = 0, absmax = 0;
+    std::vector<std::vector<float>> results;  // of the members that completed whole
+    std::size_t recorded() const { return lo.size() + hi.size() + sum.size(); }
   };
   void settle(std::uint64_t t, std::uint64_t group);
   Metrics& metrics_;
   compression::Codec codec_;
-  std::size_t max_floats_;  // beyond this many recorded values the ledger stops (memory)
+  std::size_t max_floats_;  // beyond this many recorded values (3 per element per round) the ledger stops
   std::size_t floats_ = 0;
   std::uint64_t forgotten_below_ = 0;  // rounds before this one are no longer recorded
   std::map<std::pair<std::uint64_t, std::uint64_t>, Round> rounds_;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "core/runtime/faults.hpp"
@@ -227,6 +228,28 @@ TEST(PingWorkload, PingsFlowAndEchoRealPayloads) {
 namespace apiary {
 namespace {
 
+// Sixty echo calls in a row, each with a 2 s timeout: for each, its error (if any) and how long it
+// took in ms.
+std::vector<std::pair<std::optional<ErrorCode>, long long>> sixty_calls(test::FakeSwarm& s, Rpc& client) {
+  std::vector<std::pair<std::optional<ErrorCode>, long long>> out;
+  auto many = [&]() -> Task<int> {
+    for (int i = 0; i < 60; ++i) {
+      const TimePoint t0 = s.net.now();
+      Echo e{"x"};
+      Task<Result<Echo>> call = client.call<Echo>(s[1].local(), std::move(e), std::chrono::seconds(2));
+      Result<Echo> r = co_await std::move(call);
+      const long long ms = (s.net.now() - t0) / std::chrono::milliseconds(1);
+      out.emplace_back(r.ok() ? std::nullopt : std::optional<ErrorCode>(r.error().code), ms);
+    }
+    co_return 0;
+  };
+  auto t = many();
+  t.start();
+  s.net.run(std::chrono::hours(1), [&] { return t.done(); });
+  EXPECT_TRUE(t.done());
+  return out;
+}
+
 // Seeded fault injection at the RPC's points: a dropped reply is the caller's timeout, a delayed
 // one arrives late by at most delay_max, and the same seed makes the same decisions.
 std::vector<std::string> calls_under(FaultPlan plan, std::uint64_t seed) {
@@ -236,21 +259,8 @@ std::vector<std::string> calls_under(FaultPlan plan, std::uint64_t seed) {
   FaultInjector injector(plan, Rng(seed), s[1].runtime().observer);
   s[1].runtime().faults = &injector;
   std::vector<std::string> outcome;  // "ok <ms>" or the error
-  auto many = [&]() -> Task<int> {
-    for (int i = 0; i < 60; ++i) {
-      const TimePoint t0 = s.net.now();
-      Echo e{"x"};
-      Task<Result<Echo>> call = client.call<Echo>(s[1].local(), std::move(e), std::chrono::seconds(2));
-      Result<Echo> r = co_await std::move(call);
-      outcome.push_back(r.ok() ? "ok " + std::to_string((s.net.now() - t0) / std::chrono::milliseconds(1))
-                               : std::string(to_string(r.error().code)));
-    }
-    co_return 0;
-  };
-  auto t = many();
-  t.start();
-  s.net.run(std::chrono::hours(1), [&] { return t.done(); });
-  EXPECT_TRUE(t.done());
+  for (const auto& [error, ms] : sixty_calls(s, client))
+    outcome.push_back(error ? std::string(to_string(*error)) : "ok " + std::to_string(ms));
   return outcome;
 }
 
@@ -296,22 +306,9 @@ std::vector<std::string> early_timeouts(double p, std::uint64_t seed) {
   plan.early_timeout = p;
   FaultInjector injector(plan, Rng(seed), s[0].runtime().observer);
   s[0].runtime().faults = &injector;
-  std::vector<std::string> outcome;
-  auto many = [&]() -> Task<int> {
-    for (int i = 0; i < 60; ++i) {
-      const TimePoint t0 = s.net.now();
-      Echo e{"x"};
-      Task<Result<Echo>> call = client.call<Echo>(s[1].local(), std::move(e), std::chrono::seconds(2));
-      Result<Echo> r = co_await std::move(call);
-      const auto ms = std::to_string((s.net.now() - t0) / std::chrono::milliseconds(1));
-      outcome.push_back((r.ok() ? "ok " : std::string(to_string(r.error().code)) + " ") + ms);
-    }
-    co_return 0;
-  };
-  auto t = many();
-  t.start();
-  s.net.run(std::chrono::hours(1), [&] { return t.done(); });
-  EXPECT_TRUE(t.done());
+  std::vector<std::string> outcome;  // "ok <ms>" or "<error> <ms>"
+  for (const auto& [error, ms] : sixty_calls(s, client))
+    outcome.push_back((error ? std::string(to_string(*error)) + " " : std::string("ok ")) + std::to_string(ms));
   return outcome;
 }
 
