@@ -59,6 +59,8 @@ struct Averager::Round {
   std::vector<std::uint64_t> part_begin, part_size;
   std::vector<std::vector<Piece>> pieces;  // per reducer
   TimePoint started;
+  Duration frozen_at_start{};  // the clock's frozen time when the round began
+  TimePoint deadline;          // no request of mine waits past it (round_bound)
   double weight = 0;  // my weight as a sender
 
   // Reducer side: my part.
@@ -151,6 +153,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   r->group = std::move(group);
   r->me = *me;
   r->started = rt_.now();
+  r->frozen_at_start = rt_.clock.frozen();
   r->weight = weight;
   r->part_size = std::move(*sizes);
   std::uint64_t at = 0;
@@ -160,6 +163,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
     r->pieces.push_back(make_pieces(tensor_sizes, at, at + r->part_size[j], cfg_.piece_elements));
     at += r->part_size[j];
   }
+  r->deadline = r->started + round_bound(*r);
   r->banned.assign(n, false);
   r->gone.assign(n, false);
   r->part_failed.assign(n, false);
@@ -225,6 +229,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
     if (round.banned[j] || (round.gone[j] && sends(round.group.members[j].kind)))
       add_unique(rep.excluded_senders, round.group.members[j].endpoint);
   rep.elapsed = rt_.now() - round.started;
+  check_bounded(round);
   rt_.observer.trace("avg.round.end", round.group.id, rep.pieces_kept);
   if (!round.closed) scope_.spawn(linger(r));
   if (cancelled) co_return Error{ErrorCode::kCancelled, "left group " + std::to_string(round.group.id)};
@@ -313,6 +318,26 @@ void Averager::finalize(Round& r, std::size_t piece) {
     }
   }
   r.changed.notify_all();
+}
+
+Duration Averager::round_bound(const Round& r) const {
+  // An honest reducer finishes at least one piece of its part per sender_timeout (it leaves out
+  // whoever holds the oldest one back), and one that stops is given up after reducer_timeout. A
+  // reducer that answers each request just inside reducer_timeout would hold my lanes for pieces
+  // x reducer_timeout: the round's deadline cuts that short (the rest keeps my own values).
+  std::size_t most = 0;
+  for (const auto& part : r.pieces) most = std::max(most, part.size());
+  return cfg_.reducer_timeout + static_cast<std::int64_t>(most + 1) * cfg_.sender_timeout;
+}
+
+void Averager::check_bounded(const Round& r) {
+  // Invariant: no member waits beyond its timeouts. Time this peer was frozen does not count
+  // (its timers could not fire), and a live process's timers may fire a little late (100 ms).
+  const Duration waited = rt_.now() - r.started - (rt_.clock.frozen() - r.frozen_at_start);
+  if (waited <= r.deadline - r.started + std::chrono::milliseconds(100)) return;
+  rt_.observer.count("invariant.avg.round_over_timeout");
+  rt_.observer.log(LogLevel::kWarn, "invariant", "all-reduce of group " + std::to_string(r.group.id) + " took " +
+                                                     format_duration(waited) + ", over its bound " + format_duration(round_bound(r)));
 }
 
 void Averager::arm_progress_timer(const std::shared_ptr<Round>& r) {
@@ -435,6 +460,7 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   const std::size_t p = req.piece;
   while (!(round.mine[p].done && !round.mine[p].stalled) && !round.closed && !round.cancelled)
     co_await round.changed.wait();
+  if (cfg_.faults.answer_delay > Duration::zero() && round.mine[p].done) co_await sleep_on(rt_.timers, cfg_.faults.answer_delay);
   --round.waiting_handlers;
   if (round.waiting_handlers == 0 && round.finalized == round.mine.size()) round.changed.notify_all();  // linger
   if (!round.mine[p].done || round.mine[p].stalled || round.cancelled || round.closed)
@@ -471,7 +497,7 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
     std::optional<Error> failure;
     if (j == round.me) {
       // My own part: the reducer side takes my values; wait for the piece to be reduced.
-      const TimePoint deadline = rt_.now() + cfg_.reducer_timeout;
+      const TimePoint deadline = std::min(rt_.now() + cfg_.reducer_timeout, round.deadline);
       std::function<bool()> reduced = [&round, p] {
         return (round.mine[p].done && !round.mine[p].stalled) || round.closed || round.cancelled;
       };
@@ -504,8 +530,12 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
       const std::uint64_t n = body.size();
       PieceRequest req{round.group.id, p, round.weight, codec, std::move(body)};
       round.report.bytes_sent += n;
-      Result<PieceReply> reply =
-          co_await rpc_.call<PieceReply>(to, std::move(req), cfg_.reducer_timeout, std::move(reply_into));
+      const Duration timeout = std::min(cfg_.reducer_timeout, round.deadline - rt_.now());
+      Result<PieceReply> reply = Error{ErrorCode::kTimeout, "the round's deadline has passed"};
+      if (timeout > Duration::zero()) {
+        Task<Result<PieceReply>> sent = rpc_.call<PieceReply>(to, std::move(req), timeout, std::move(reply_into));
+        reply = co_await std::move(sent);
+      }
       if (round.main_done) break;
       if (!reply.ok()) {
         failure = reply.error();

@@ -19,8 +19,11 @@
 //    a transport that reads payloads itself). A reply that begins to arrive and then fails (cut
 //    off, or late after a timeout) may leave part of that piece holding the reducer's means
 //    rather than the sender's own values; the report still names the reducer as failed.
-// So a round always ends, within about pieces x sender_timeout + reducer_timeout in the worst
-// case, with a result and a report of who failed.
+//  * No request waits past the round's deadline, reducer_timeout + (pieces of the largest part
+//    + 1) x sender_timeout after it began: a reducer that answers every request just inside
+//    reducer_timeout cannot hold the round for pieces x reducer_timeout.
+// So a round always ends by its deadline, with a result and a report of who failed. A round that
+// takes longer (not counting time the peer was frozen) counts `invariant.avg.round_over_timeout`.
 #include <functional>
 #include <map>
 #include <memory>
@@ -38,6 +41,7 @@ struct AllReduceFaults {
   std::function<void()> on_send_limit;  // called once when that happens (a test may kill the peer)
   std::int64_t reduce_limit = -1;       // answer only pieces of my part below this index, then stall
   std::function<void()> on_reduce_limit;  // called once when the first piece is held back
+  Duration answer_delay{};  // answer every request for a reduced piece this late (slow or hostile)
 };
 
 struct AllReduceConfig {
@@ -94,6 +98,8 @@ class Averager {
   void check_piece(Round& r, std::size_t piece);
   void finalize(Round& r, std::size_t piece);
   void arm_progress_timer(const std::shared_ptr<Round>& r);
+  Duration round_bound(const Round& r) const;
+  void check_bounded(const Round& r);
   void on_no_progress(const std::shared_ptr<Round>& r);
   void wake_main(const std::shared_ptr<Round>& r);
   Task<void> send_lane(std::shared_ptr<Round> r, std::size_t reducer, std::size_t first);

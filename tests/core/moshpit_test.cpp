@@ -97,7 +97,9 @@ TEST(Moshpit, SkippedPeerParksOutsideTheRanksHandedOutWithoutIt) {
     std::size_t rank = 0;
     for (std::size_t i = 0; i < 4; ++i) {
       if (i == 1) {
-        if (park) EXPECT_TRUE(peers[i].park(0));
+        if (park) {
+          EXPECT_TRUE(peers[i].park(0));
+        }
         continue;
       }
       peers[i].update(0, rank++);  // the three others rank 0, 1, 2 in dimension 0
