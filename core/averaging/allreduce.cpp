@@ -75,6 +75,9 @@ struct Averager::Round {
     bool out_written = false;  // my output already holds the mean
     compression::Codec codec = compression::Codec::kFloat32;
     Payload result;  // the mean, the codec's body (float32: a view of `sum`); no data: no weight
+    // CenteredClip keeps every contribution until the piece is complete: one row per member.
+    std::vector<float> rows;
+    std::vector<double> row_weight;
   };
   // Weighted sums over my part, then the means; replies are views of it, so it is reused by a
   // later round only once no reply holds it.
@@ -135,6 +138,9 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
                                                      group.schema.describe() + " has " + std::to_string(total)};
   if (!sends(self.kind) && !local.empty())
     co_return Error{ErrorCode::kInvalidArgument, "an auxiliary member contributes no tensors"};
+  if (cfg_.aggregation.rule == AggregationRule::kCenteredClip &&
+      (!(cfg_.aggregation.tau > 0) || !std::isfinite(cfg_.aggregation.tau) || !(cfg_.aggregation.stop_step >= 0)))
+    co_return Error{ErrorCode::kInvalidArgument, "CenteredClip needs tau > 0 (finite) and stop_step >= 0"};
   if (!std::isfinite(weight) || weight < 0)
     co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
   if (rounds_.count(group.id))
@@ -192,7 +198,14 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   if (sends(self.kind))
     for (std::size_t p = 0; p < my_pieces.size(); ++p) {
       contributed(*r, r->me, p, weight);
-      r->mine[p].own_pending = true;
+      if (clips()) {
+        const Piece& pc = my_pieces[p];
+        auto row = clip_row(*r, p, r->me);
+        std::copy_n(r->output->data() + pc.begin, pc.size(), row.begin());
+        r->mine[p].row_weight[r->me] = weight;
+      } else {
+        r->mine[p].own_pending = true;
+      }
     }
   for (std::size_t p = 0; p < my_pieces.size(); ++p) check_piece(*r, p);
   if (r->finalized < r->mine.size()) arm_progress_timer(r);
@@ -234,6 +247,18 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   if (!round.closed) scope_.spawn(linger(r));
   if (cancelled) co_return Error{ErrorCode::kCancelled, "left group " + std::to_string(round.group.id)};
   co_return rep;
+}
+
+bool Averager::clips() const { return cfg_.aggregation.rule == AggregationRule::kCenteredClip; }
+
+std::span<float> Averager::clip_row(Round& r, std::size_t piece, std::size_t member) {
+  auto& ps = r.mine[piece];
+  const std::size_t m = r.pieces[r.me][piece].size();
+  if (ps.rows.empty()) {
+    ps.rows.assign(r.group.members.size() * m, 0.0f);
+    ps.row_weight.assign(r.group.members.size(), 0.0);
+  }
+  return std::span<float>(ps.rows).subspan(member * m, m);
 }
 
 // Moves my pending contribution to a piece into the sums (s = w * x).
@@ -291,6 +316,19 @@ void Averager::finalize(Round& r, std::size_t piece) {
   if (ps.weight > 0) {
     float* s = r.sum.get() + (pc.begin - r.part_begin[r.me]);
     const std::size_t n = pc.size();
+    if (clips() && !ps.means_ready) {
+      // Contributions that never came have weight 0 and count for nothing.
+      const ClipStats st = centered_clip(ps.rows, ps.row_weight, std::span<float>(s, n), cfg_.aggregation);
+      r.report.clipped += st.clipped;
+      rt_.observer.count("avg.clip.clipped", st.clipped);
+      rt_.observer.count("avg.clip.iterations", st.iterations);
+      if (writes_own_output(r, piece)) {
+        std::copy_n(s, n, r.output->data() + pc.begin);
+        ps.out_written = true;
+      }
+      ps.means_ready = true;
+      std::vector<float>().swap(ps.rows);
+    }
     if (!ps.means_ready) {
       fold_own(r, piece);
       const float inv = static_cast<float>(1.0 / ps.weight);
@@ -412,7 +450,17 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   const Piece& pc = r->pieces[r->me][req.piece];
   float* sum = r->sum.get() + (pc.begin - r->part_begin[r->me]);
   std::string why;
-  if (req.codec == compression::Codec::kFloat32 && compression::kFloat32IsNative) {
+  if (clips()) {
+    // Kept whole until the piece is complete; a value that is not finite cannot be clipped.
+    auto row = clip_row(*r, req.piece, *s);
+    try {
+      compression::decode_body_into(req.codec, req.payload.data(), row);
+      if (!std::all_of(row.begin(), row.end(), [](float x) { return std::isfinite(x); })) why = "a value is not finite";
+    } catch (const wire::DecodeError& e) {
+      why = e.what();
+    }
+    if (why.empty()) ps.row_weight[*s] = req.weight;
+  } else if (req.codec == compression::Codec::kFloat32 && compression::kFloat32IsNative) {
     // One pass: my own values (if still pending), this sender's, and the means if it is the last.
     if (req.payload.size() != 4 * pc.size()) {
       why = "float32 piece of " + std::to_string(pc.size()) + " values needs " + std::to_string(4 * pc.size()) +

@@ -30,6 +30,7 @@
 #include <set>
 #include <vector>
 
+#include "core/averaging/aggregate.hpp"
 #include "core/averaging/protocol.hpp"
 #include "core/runtime/rpc.hpp"
 
@@ -52,6 +53,7 @@ struct AllReduceConfig {
   Duration sender_timeout = std::chrono::seconds(10);
   Duration reducer_timeout = std::chrono::seconds(30);
   CodecPolicy codec;
+  AggregationConfig aggregation;  // how a reducer combines contributions (aggregate.hpp)
   AllReduceFaults faults;
 };
 
@@ -65,6 +67,7 @@ struct AllReduceReport {
   std::uint64_t pieces_kept = 0;               // pieces of mine that kept my own values
   std::uint64_t bytes_sent = 0;                // payload bytes this member sent
   std::uint64_t bytes_received = 0;            // payload bytes it received
+  std::uint64_t clipped = 0;  // CenteredClip: contributions to pieces of my part that were clipped
   Duration elapsed{};
 };
 
@@ -92,6 +95,8 @@ class Averager {
   void handle_cancel(const Endpoint& from, std::uint64_t group);
   Task<std::shared_ptr<Round>> find_round(std::uint64_t group);
   void fold_own(Round& r, std::size_t piece);
+  bool clips() const;
+  std::span<float> clip_row(Round& r, std::size_t piece, std::size_t member);
   bool writes_own_output(const Round& r, std::size_t piece) const;
   bool completes(const Round& r, std::size_t piece, std::size_t sender) const;
   void contributed(Round& r, std::size_t sender, std::size_t piece, double weight);

@@ -71,8 +71,9 @@ Task<void> AveragingApp::round(std::uint64_t t, std::string key, std::optional<G
   Result<AllReduceReport> r = co_await avg_->all_reduce(std::move(group), std::move(local), 1.0);
   if (ledger_) {
     if (r.ok())
-      ledger_->completed(t, group_id, r->averaged,
-                         r->failed_reducers.empty() && r->excluded_senders.empty() && r->excluded_me.empty() && r->pieces_kept == 0);
+      ledger_->completed(t, group_id, r->averaged,  // a clipped contribution makes its part differ from the mean
+                         r->failed_reducers.empty() && r->excluded_senders.empty() && r->excluded_me.empty() && r->pieces_kept == 0 &&
+                             r->clipped == 0);
     else
       ledger_->failed(t, group_id);
   }
@@ -142,6 +143,14 @@ double mean_tolerance(compression::Codec codec, double absmax) {
                        : codec == Codec::kQuantile8                                 ? 0.25
                                                                                     : 0.02;
   return share * std::max(absmax, 1e-30) + 1e-30;
+}
+
+void parse_aggregation(Scenario& s, const std::string& prefix, averaging::AggregationConfig& a) {
+  const auto rule = s.get_string(prefix + ".aggregation", averaging::to_string(a.rule), {"mean", "centered_clip"});
+  a.rule = rule == "mean" ? averaging::AggregationRule::kMean : averaging::AggregationRule::kCenteredClip;
+  a.tau = s.get_double(prefix + ".clip_tau", a.tau, 1e-12, 1e30);
+  a.iterations = static_cast<std::uint32_t>(s.get_int(prefix + ".clip_iterations", a.iterations, 1, 10000));
+  a.stop_step = s.get_double(prefix + ".clip_stop_step", a.stop_step, 0, 1e30);
 }
 
 void AllReduceLedger::completed(std::uint64_t t, std::uint64_t group, const std::vector<float>& result, bool clean) {
@@ -451,6 +460,7 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   for (int k = 0; k <= 5; ++k)
     if (codec == compression::to_string(static_cast<compression::Codec>(k))) r.codec.codec = static_cast<compression::Codec>(k);
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("averaging.codec_min_elements", 0, 0, std::int64_t{1} << 40));
+  parse_aggregation(s, "averaging", r.aggregation);
   if (a.start + a.period * a.rounds > spec.duration)
     s.fail("averaging.rounds", "the rounds end after the run does: start + rounds * period = " +
                                    format_duration(a.start + a.period * a.rounds) + " > duration " + format_duration(spec.duration));

@@ -63,6 +63,11 @@ struct SwarmSpec;
 // `absmax`.
 double mean_tolerance(compression::Codec codec, double absmax);
 
+class Scenario;
+// The all-reduce keys both averaging and training take under `prefix` ("averaging", "training"):
+// aggregation (mean, centered_clip), clip_tau, clip_iterations, clip_stop_step.
+void parse_aggregation(Scenario& s, const std::string& prefix, averaging::AggregationConfig& a);
+
 // The all-reduce invariant, checked in-process (peers that share an address space): every member
 // that completes a round holds, element by element, a weighted mean of contributions made in that
 // round (within its codec's bound), so never a value outside the range of its group's inputs; and
@@ -75,7 +80,7 @@ class AllReduceLedger {
   // A member begins round t in group `group` (`size` members) with these values (empty: it holds none).
   void contribute(std::uint64_t t, std::uint64_t group, std::size_t size, const std::vector<float>& input, double weight);
   // It completed with `result` (empty for a member that holds no values); `clean` if its report
-  // names no failed reducer, no exclusion and no kept piece.
+  // names no failed reducer, no exclusion, no kept piece and no clipped contribution.
   void completed(std::uint64_t t, std::uint64_t group, const std::vector<float>& result, bool clean);
   // It left the round with an error.
   void failed(std::uint64_t t, std::uint64_t group);

@@ -478,6 +478,7 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   for (int k = 0; k <= 5; ++k)
     if (codec == compression::to_string(static_cast<compression::Codec>(k))) r.codec.codec = static_cast<compression::Codec>(k);
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
+  parse_aggregation(s, "training", r.aggregation);
   return c;
 }
 

@@ -516,6 +516,60 @@ TEST(AllReduceFaults, MemberCancels) {
                   [](std::size_t, std::size_t p) { return p < 2 ? all5() : first4(); }, true});
 }
 
+TEST(AllReduce, CenteredClipIsTheMeanWhenNothingIsClippedAndBoundsAnOutlier) {
+  const auto schema = TensorSchema{{{80}}};  // equal bandwidths: one piece of 16 values per part
+  AllReduceConfig cfg;
+  cfg.piece_elements = 16;
+  cfg.min_part = 1;
+  cfg.aggregation.rule = AggregationRule::kCenteredClip;
+  cfg.aggregation.tau = 1.0;
+  const std::vector<double> w{1, 2, 3, 4, 5};
+  Rng rng(21);
+  std::vector<std::vector<float>> data(5);
+  for (auto& d : data)
+    for (std::size_t k = 0; k < schema.total(); ++k) d.push_back(static_cast<float>(rng.uniform(-0.01, 0.01)));
+  {  // Everyone close together: nobody is clipped and the result is the weighted mean.
+    Swarm s(5, cfg);
+    auto g = make_group(s, std::vector<MemberKind>(5, MemberKind::kFull), schema);
+    for (auto& m : g.members) m.bandwidth = 1;
+    auto res = run_round(s, g, data, w);
+    const auto want = weighted_mean(data, w, all5(), 0, schema.total());
+    for (std::size_t i = 0; i < 5; ++i) {
+      ASSERT_TRUE(res[i] && res[i]->ok()) << i;
+      EXPECT_EQ(res[i]->value().clipped, 0u);
+      for (std::size_t k = 0; k < want.size(); ++k) EXPECT_NEAR(res[i]->value().averaged[k], want[k], 1e-7) << i << " " << k;
+    }
+  }
+  // Peer 4 (weight 5 of 15) sends its values + 1e6: each reducer clips it, and every piece of the
+  // result lies tau x 5 / 10 from the other four's weighted mean (they are within tau of it, so
+  // the fixed point solves 10 (mean - v) + 5 tau u = 0), where the plain mean moves by 3.3e5.
+  data[4] = data[0];
+  for (auto& x : data[4]) x += 1e6f;
+  for (auto rule : {AggregationRule::kCenteredClip, AggregationRule::kMean}) {
+    AllReduceConfig c = cfg;
+    c.aggregation.rule = rule;
+    Swarm s(5, c);
+    auto g = make_group(s, std::vector<MemberKind>(5, MemberKind::kFull), schema);
+    for (auto& m : g.members) m.bandwidth = 1;
+    auto res = run_round(s, g, data, w);
+    const auto honest = weighted_mean(data, w, first4(), 0, schema.total());
+    for (std::size_t i = 0; i < 4; ++i) {
+      ASSERT_TRUE(res[i] && res[i]->ok()) << i;
+      const auto& got = res[i]->value().averaged;
+      EXPECT_EQ(got, res[0]->value().averaged) << "members agree";
+      for (std::size_t p = 0; p < 5; ++p) {
+        double d2 = 0;
+        for (std::size_t k = 16 * p; k < 16 * (p + 1); ++k) d2 += (got[k] - honest[k]) * (got[k] - honest[k]);
+        if (rule == AggregationRule::kCenteredClip)
+          EXPECT_NEAR(std::sqrt(d2), 0.5, 1e-3) << "peer " << i << " piece " << p;
+        else
+          EXPECT_GT(std::sqrt(d2), 1e5) << "peer " << i << " piece " << p;
+      }
+      EXPECT_EQ(res[i]->value().clipped, rule == AggregationRule::kCenteredClip ? 1u : 0u) << "one piece per part, peer 4 clipped";
+    }
+  }
+}
+
 TEST(AllReduce, CompressedRoundsStayWithinTheCodecBoundAndAgreeExactly) {
   const auto schema = TensorSchema{{{5000}, {10}}};
   AllReduceConfig cfg;
