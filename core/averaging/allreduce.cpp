@@ -341,6 +341,7 @@ void Averager::finalize(Round& r, std::size_t piece) {
       }
       ps.means_ready = true;
     }
+    if (cfg_.faults.tamper_result) cfg_.faults.tamper_result(std::span<float>(s, n));  // a hostile reducer
     ps.codec = cfg_.codec.for_tensor(r.group.schema.numel(pc.tensor));
     if (ps.codec == compression::Codec::kFloat32 && compression::kFloat32IsNative)
       ps.result = Payload::view(r.sum, {reinterpret_cast<const std::uint8_t*>(s), 4 * n});

@@ -43,6 +43,7 @@ struct AllReduceFaults {
   std::int64_t reduce_limit = -1;       // answer only pieces of my part below this index, then stall
   std::function<void()> on_reduce_limit;  // called once when the first piece is held back
   Duration answer_delay{};  // answer every request for a reduced piece this late (slow or hostile)
+  std::function<void(std::span<float>)> tamper_result;  // rewrite each reduced piece before answering
 };
 
 struct AllReduceConfig {

@@ -38,8 +38,19 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
       index_(index),
       kind_(driver.kind_of(index)),
       speed_(driver.speed_of(index)),
-      data_rng_(Rng(driver.swarm().seed ^ 0x64617461ULL).fork(index + 1)) {
+      data_rng_(Rng(driver.swarm().seed ^ 0x64617461ULL).fork(index + 1)),
+      attacker_(driver.attacker(index)),
+      attack_rng_(Rng(driver.swarm().seed ^ 0x62797aULL).fork(index + 1)) {
   const auto schema = driver.model().schema();
+  auto allreduce = spec_.allreduce;
+  if (attacker_ && spec_.attack.kind == optim::AttackKind::kWrongAggregate)
+    allreduce.faults.tamper_result = [this](std::span<float> mean) {
+      if (!attacking()) return;
+      optim::AttackConfig flip = spec_.attack;
+      flip.kind = optim::AttackKind::kSignFlip;
+      optim::tamper_gradient(flip, mean, attack_rng_);
+      rt_.observer.count("train.attacks.wrong_aggregate");
+    };
   if (spec_.mode == "diloco") {
     optim::DilocoConfig dc;
     dc.prefix = "train";
@@ -48,7 +59,7 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
     dc.outer_momentum = spec_.outer_momentum;
     dc.nesterov = true;
     dc.matchmaking = spec_.matchmaking;
-    dc.allreduce = spec_.allreduce;
+    dc.allreduce = allreduce;
     dc.bandwidth = bandwidth;
     dc.role = kind_;
     dc.announce_round = spec_.aux_fraction > 0;  // the auxiliary peers follow the rounds through the DHT
@@ -63,7 +74,7 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
   cc.progress.stale = std::max<Duration>(std::chrono::seconds(30), spec_.progress_period * 5);
   cc.progress.matchmaking_lead = spec_.progress_period;
   cc.matchmaking = spec_.matchmaking;
-  cc.allreduce = spec_.allreduce;
+  cc.allreduce = allreduce;
   cc.bandwidth = bandwidth;
   cc.role = kind_;
   cc.learning_rate = spec_.learning_rate;
@@ -125,15 +136,36 @@ Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
   const double seconds = spec_.batch_size / speed_;
   co_await sleep_on(rt_.timers, Duration(static_cast<std::int64_t>(seconds * 1e9)));
   busy_ += seconds;
-  // ...and its gradient is real, on the parameters as they are now.
+  // ...and its gradient is real, on the parameters as they are now (an attacker's: on flipped
+  // labels, or on old parameters, or scaled or random; attack.hpp).
   std::vector<std::size_t> rows(spec_.batch_size);
   for (auto& r : rows) r = static_cast<std::size_t>(data_rng_.below(driver_.train().size()));
   grad.assign(driver_.model().parameters(), 0.0f);
   auto params = collab_ ? std::span<const float>(collab_->parameters()) : std::span<const float>(diloco_->parameters());
-  const double loss = driver_.model().grad_sum(params, driver_.train(), rows, grad);
+  const bool attack = attacking();
+  if (attacker_ && spec_.attack.kind == optim::AttackKind::kDelayed) params = delayed_parameters();
+  const bool flip = attack && spec_.attack.kind == optim::AttackKind::kLabelFlip;
+  const double loss = driver_.model().grad_sum(params, flip ? driver_.train_flipped() : driver_.train(), rows, grad);
+  if (attack) {
+    optim::tamper_gradient(spec_.attack, grad, attack_rng_);
+    if (spec_.attack.kind != optim::AttackKind::kWrongAggregate) rt_.observer.count("train.attacks." + optim::to_string(spec_.attack.kind));
+  }
   samples_ += spec_.batch_size;
   rt_.observer.count("train.samples", spec_.batch_size);
   rt_.observer.sample("train.batch_loss", loss / spec_.batch_size);
+}
+
+bool TrainingApp::attacking() const { return attacker_ && optim::attacks_at(spec_.attack, epoch()); }
+
+std::span<const float> TrainingApp::delayed_parameters() {
+  // Keeps a snapshot per global step and computes on the one `delay` steps old (the oldest kept
+  // until there is one that old): stale gradients from the attack step on.
+  const std::uint64_t e = epoch();
+  auto now = collab_ ? std::span<const float>(collab_->parameters()) : std::span<const float>(diloco_->parameters());
+  if (!snapshots_.count(e)) snapshots_.emplace(e, std::vector<float>(now.begin(), now.end()));
+  while (snapshots_.size() > 1 && snapshots_.begin()->first + spec_.attack.delay < e) snapshots_.erase(snapshots_.begin());
+  if (!attacking()) return now;
+  return snapshots_.begin()->second;
 }
 
 void TrainingApp::record_step(const Result<optim::StepReport>& r) {
@@ -288,6 +320,18 @@ TrainingDriver::TrainingDriver(const SwarmSpec& spec, Metrics& metrics)
   initial_.assign(model_.parameters(), 0.0f);
   speeds_ = device_speeds(spec);
   kinds_ = training_roles(spec);
+  if (tr_.attack.kind == optim::AttackKind::kLabelFlip) {
+    flipped_ = train_;
+    for (auto& y : flipped_.y) y = static_cast<std::uint8_t>(9 - y);
+  }
+}
+
+bool TrainingDriver::attacker(std::uint32_t peer) const {
+  // The `attackers` trainers of highest index (auxiliary peers train nothing).
+  if (tr_.attack.kind == optim::AttackKind::kNone || kinds_[peer] == MemberKind::kAux) return false;
+  std::uint32_t above = 0;
+  for (std::uint32_t i = peer + 1; i < kinds_.size(); ++i) above += kinds_[i] != MemberKind::kAux;
+  return above < tr_.attack.attackers;
 }
 
 MemberKind TrainingDriver::kind_of(std::uint32_t peer) const { return kinds_[peer]; }
@@ -479,6 +523,16 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
     if (codec == compression::to_string(static_cast<compression::Codec>(k))) r.codec.codec = static_cast<compression::Codec>(k);
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
   parse_aggregation(s, "training", r.aggregation);
+  auto& at = t.attack;
+  const auto kind = s.get_string("training.attack", "none",
+                                 {"none", "sign_flip", "random_direction", "label_flip", "delayed", "wrong_aggregate"});
+  at.kind = optim::attack_from_string(kind);
+  const auto trainers = spec.peers - static_cast<std::uint32_t>(std::lround(t.aux_fraction * spec.peers));
+  at.attackers = static_cast<std::uint32_t>(s.get_int("training.attackers", at.kind == optim::AttackKind::kNone ? 0 : 1, 0, trainers));
+  at.from_step = static_cast<std::uint64_t>(s.get_int("training.attack_from_step", 0, 0, std::int64_t{1} << 40));
+  at.every = static_cast<std::uint32_t>(s.get_int("training.attack_every", 1, 1, 1 << 30));
+  at.scale = s.get_double("training.attack_scale", at.scale, 0, 1e12);
+  at.delay = static_cast<std::uint64_t>(s.get_int("training.attack_delay", static_cast<std::int64_t>(at.delay), 1, 1 << 20));
   return c;
 }
 

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/optim/collaborative.hpp"
+#include "core/optim/attack.hpp"
 #include "core/optim/diloco.hpp"
 #include "harness/models/softmax.hpp"
 #include "core/runtime/metrics.hpp"
@@ -68,6 +69,8 @@ struct TrainingWorkloadSpec final : WorkloadConfig {
   std::uint32_t hidden = 128;
   std::uint32_t eval_every = 20;
   bool baseline = true;
+  // Byzantine trainers (core/optim/attack.hpp): the `attack.attackers` trainers of highest index.
+  optim::AttackConfig attack;
 };
 
 struct SwarmSpec;
@@ -111,6 +114,8 @@ class TrainingApp final : public PeerApp {
   Task<void> refresh_progress();
   Task<void> compute_batch(std::vector<float>& grad);
   void record_step(const Result<optim::StepReport>& r);
+  bool attacking() const;
+  std::span<const float> delayed_parameters();
 
   Runtime& rt_;
   const TrainingDriver& driver_;
@@ -119,6 +124,9 @@ class TrainingApp final : public PeerApp {
   averaging::MemberKind kind_;
   double speed_;
   Rng data_rng_;
+  bool attacker_ = false;
+  Rng attack_rng_;
+  std::map<std::uint64_t, std::vector<float>> snapshots_;  // delayed attack: parameters by global step
   std::unique_ptr<optim::CollaborativeOptimizer> collab_;
   std::unique_ptr<optim::DilocoOptimizer> diloco_;
   std::vector<float> local_momentum_;  // DiLoCo's inner SGD
@@ -143,6 +151,9 @@ class TrainingDriver {
   const SwarmSpec& swarm() const { return spec_; }
   const optim::SoftmaxRegression& model() const { return model_; }
   const optim::Examples& train() const { return train_; }
+  // The training set with every label y replaced by classes - 1 - y (the label-flip attack).
+  const optim::Examples& train_flipped() const { return flipped_; }
+  bool attacker(std::uint32_t peer) const;
   const std::vector<float>& initial() const { return initial_; }
   Metrics& metrics() const { return metrics_; }
   averaging::MemberKind kind_of(std::uint32_t peer) const;
@@ -162,7 +173,7 @@ class TrainingDriver {
   const TrainingWorkloadSpec& tr_;
   Metrics& metrics_;
   optim::SoftmaxRegression model_;
-  optim::Examples train_, test_;
+  optim::Examples train_, test_, flipped_;
   std::vector<float> initial_;
   std::vector<double> speeds_;
   std::vector<averaging::MemberKind> kinds_;
