@@ -37,6 +37,14 @@ struct TrainerOptions {
   std::string out;                  // JSON lines
   std::string ready_file;           // "<endpoint>\n" once listening
   double max_seconds = 600;         // give up after this long
+  std::string aggregation = "mean";  // mean | centered_clip (core/averaging/aggregate.hpp)
+  double clip_tau = 1.0;
+  std::uint32_t clip_iterations = 20;
+  std::string attack = "none";  // this trainer's attack (core/optim/attack.hpp)
+  std::uint64_t attack_from_step = 0;
+  std::uint32_t attack_every = 1;
+  double attack_scale = 1000;
+  std::uint64_t attack_delay = 1000;
 };
 
 // `v(flag, field, help)` for every field.
@@ -67,6 +75,14 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--out", o.out, "JSON lines output");
   v("--ready-file", o.ready_file, "written once listening");
   v("--max-seconds", o.max_seconds, "give up after this long");
+  v("--aggregation", o.aggregation, "how reducers combine gradients: mean or centered_clip");
+  v("--clip-tau", o.clip_tau, "CenteredClip's radius");
+  v("--clip-iterations", o.clip_iterations, "CenteredClip's iteration cap");
+  v("--attack", o.attack, "none, sign_flip, random_direction, label_flip, delayed or wrong_aggregate");
+  v("--attack-from-step", o.attack_from_step, "the first global step attacked");
+  v("--attack-every", o.attack_every, "attack every k-th step from then on");
+  v("--attack-scale", o.attack_scale, "sign flip and wrong aggregate: the factor; random direction: the norm ratio");
+  v("--attack-delay", o.attack_delay, "delayed: gradients on parameters this many steps old");
 }
 
 // Live DMoE: expert servers and a trainer as processes (real/torch/trainers.hpp).

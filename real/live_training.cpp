@@ -67,6 +67,14 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   base.inner_steps = static_cast<std::uint32_t>(t.inner_steps);
   base.outer_lr = t.outer_lr;
   base.outer_momentum = t.outer_momentum;
+  base.aggregation = averaging::to_string(t.allreduce.aggregation.rule);
+  base.clip_tau = t.allreduce.aggregation.tau;
+  base.clip_iterations = t.allreduce.aggregation.iterations;
+  base.attack_from_step = t.attack.from_step;
+  base.attack_every = t.attack.every;
+  base.attack_scale = t.attack.scale;
+  base.attack_delay = t.attack.delay;
+  const std::vector<bool> attackers = training_attackers(spec);
   const std::vector<double> speeds = device_speeds(spec);
   const std::vector<averaging::MemberKind> roles = training_roles(spec);
   std::vector<Incarnation> incs;
@@ -86,6 +94,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     o.samples_per_second = speeds[i];
     o.newcomer = newcomer;
     o.role = roles[i] == averaging::MemberKind::kAux ? "aux" : roles[i] == averaging::MemberKind::kClient ? "client" : "full";
+    o.attack = attackers[i] ? optim::to_string(t.attack.kind) : "none";
     const auto args = to_args("apiary-train", "trainer", o);
     inc.pid = children.spawn(program, args, dir + "/" + name + ".log");
     inc.running = true;
@@ -180,6 +189,8 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         if (j.contains("global_batch")) metrics.sample("train.step.global_batch", j.value("global_batch", 0.0));
         metrics.sample("train.step.group", j.value("group", 0.0));
         max_epoch = std::max<std::uint64_t>(max_epoch, j.value("epoch", 0ULL) + 1);
+      } else if (ev == "attacks") {
+        metrics.count("train.attacks." + optim::to_string(t.attack.kind), j.value("batches", std::int64_t{0}));
       } else if (ev == "joined") {
         metrics.count("optim.state_downloads", 1);
         metrics.sample("train.joined_epoch", j.value("epoch", 0.0));

@@ -320,18 +320,24 @@ TrainingDriver::TrainingDriver(const SwarmSpec& spec, Metrics& metrics)
   initial_.assign(model_.parameters(), 0.0f);
   speeds_ = device_speeds(spec);
   kinds_ = training_roles(spec);
+  attackers_ = training_attackers(spec);
   if (tr_.attack.kind == optim::AttackKind::kLabelFlip) {
     flipped_ = train_;
     for (auto& y : flipped_.y) y = static_cast<std::uint8_t>(9 - y);
   }
 }
 
-bool TrainingDriver::attacker(std::uint32_t peer) const {
-  // The `attackers` trainers of highest index (auxiliary peers train nothing).
-  if (tr_.attack.kind == optim::AttackKind::kNone || kinds_[peer] == MemberKind::kAux) return false;
-  std::uint32_t above = 0;
-  for (std::uint32_t i = peer + 1; i < kinds_.size(); ++i) above += kinds_[i] != MemberKind::kAux;
-  return above < tr_.attack.attackers;
+std::vector<bool> training_attackers(const SwarmSpec& spec) {
+  const auto& a = spec.workload_config<TrainingWorkloadSpec>().attack;
+  const auto kinds = training_roles(spec);
+  std::vector<bool> out(kinds.size(), false);
+  std::uint32_t left = a.kind == optim::AttackKind::kNone ? 0 : a.attackers;
+  for (std::size_t i = kinds.size(); i-- > 0 && left > 0;)
+    if (kinds[i] != MemberKind::kAux) {
+      out[i] = true;
+      --left;
+    }
+  return out;
 }
 
 MemberKind TrainingDriver::kind_of(std::uint32_t peer) const { return kinds_[peer]; }

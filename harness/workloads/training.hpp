@@ -81,6 +81,9 @@ std::vector<double> device_speeds(const SwarmSpec& spec);
 // Each peer's role: the last aux_fraction of the peers are auxiliary, the client_fraction before
 // them clients, the rest (the DHT's seeds among them) full trainers. The same in ns-3 and live.
 std::vector<averaging::MemberKind> training_roles(const SwarmSpec& spec);
+// Which peers attack (training.attack): the `attackers` trainers of highest index (auxiliary
+// peers train nothing). The same in ns-3 and live.
+std::vector<bool> training_attackers(const SwarmSpec& spec);
 
 // Data shared by every peer of a run (loaded once), and the swarm-level bookkeeping.
 class TrainingDriver;
@@ -153,7 +156,7 @@ class TrainingDriver {
   const optim::Examples& train() const { return train_; }
   // The training set with every label y replaced by classes - 1 - y (the label-flip attack).
   const optim::Examples& train_flipped() const { return flipped_; }
-  bool attacker(std::uint32_t peer) const;
+  bool attacker(std::uint32_t peer) const { return attackers_[peer]; }
   const std::vector<float>& initial() const { return initial_; }
   Metrics& metrics() const { return metrics_; }
   averaging::MemberKind kind_of(std::uint32_t peer) const;
@@ -177,6 +180,7 @@ class TrainingDriver {
   std::vector<float> initial_;
   std::vector<double> speeds_;
   std::vector<averaging::MemberKind> kinds_;
+  std::vector<bool> attackers_;
   double time_to_target_ = -1;
   mutable std::map<std::pair<std::uint64_t, std::uint64_t>, std::vector<float>> state_seen_;  // (epoch, group): the first peer's
 };

@@ -9,6 +9,7 @@
 
 #include "harness/data/idx.hpp"
 #include "core/dht/validate.hpp"
+#include "core/optim/attack.hpp"
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/processes.hpp"
@@ -143,6 +144,27 @@ int run_trainer(const TrainerOptions& o) {
   cc.allreduce.reducer_timeout = std::chrono::seconds(6);
   cc.poll = std::chrono::milliseconds(30);
   cc.max_wait = std::chrono::seconds(2);  // then compute on and try again
+  if (o.aggregation != "mean" && o.aggregation != "centered_clip")
+    throw std::invalid_argument("--aggregation must be mean or centered_clip, not '" + o.aggregation + "'");
+  cc.allreduce.aggregation.rule =
+      o.aggregation == "mean" ? averaging::AggregationRule::kMean : averaging::AggregationRule::kCenteredClip;
+  cc.allreduce.aggregation.tau = o.clip_tau;
+  cc.allreduce.aggregation.iterations = o.clip_iterations;
+  optim::AttackConfig attack;
+  attack.kind = optim::attack_from_string(o.attack);
+  attack.from_step = o.attack_from_step;
+  attack.every = o.attack_every;
+  attack.scale = o.attack_scale;
+  attack.delay = o.attack_delay;
+  Rng attack_rng(o.seed ^ 0x62797aULL ^ o.index);
+  std::function<std::uint64_t()> epoch_now;  // set once the optimizer exists
+  if (attack.kind == optim::AttackKind::kWrongAggregate)
+    cc.allreduce.faults.tamper_result = [&](std::span<float> mean) {
+      if (!epoch_now || !optim::attacks_at(attack, epoch_now())) return;
+      optim::AttackConfig flip = attack;
+      flip.kind = optim::AttackKind::kSignFlip;
+      optim::tamper_gradient(flip, mean, attack_rng);
+    };
   if (o.role == "client") cc.role = averaging::MemberKind::kClient;
   else if (o.role == "aux") cc.role = averaging::MemberKind::kAux;
   else if (o.role != "full") throw std::invalid_argument("--role must be full, client or aux, not '" + o.role + "'");
@@ -165,6 +187,56 @@ int run_trainer(const TrainerOptions& o) {
     throw std::invalid_argument("--mode must be collaborative or diloco, not '" + o.mode + "'");
   }
 
+  epoch_now = [&] { return collab ? collab->epoch() : diloco->round(); };
+  std::uint64_t attacks = 0;
+  // Delayed attack: parameters by global step, the oldest within `delay` steps kept.
+  std::map<std::uint64_t, std::vector<torch::Tensor>> snapshots;
+  // One local batch's gradients, as this trainer computes them (an attacker's: attack.hpp).
+  auto local_gradients = [&](const torch::Tensor& idx) {
+    const std::uint64_t e = epoch_now();
+    const bool attacking = optim::attacks_at(attack, e);
+    torch::Tensor y = train.y.index_select(0, idx);
+    if (attacking && attack.kind == optim::AttackKind::kLabelFlip) y = 9 - y;
+    std::vector<torch::Tensor> now;
+    if (attack.kind == optim::AttackKind::kDelayed) {
+      torch::NoGradGuard no_grad;
+      if (!snapshots.count(e)) {
+        std::vector<torch::Tensor> copy;
+        for (const auto& p : model->parameters()) copy.push_back(p.detach().clone());
+        snapshots.emplace(e, std::move(copy));
+      }
+      while (snapshots.size() > 1 && snapshots.begin()->first + attack.delay < e) snapshots.erase(snapshots.begin());
+      if (attacking) {  // compute on the old parameters, then put the current ones back
+        auto params = model->parameters();
+        for (std::size_t k = 0; k < params.size(); ++k) {
+          now.push_back(params[k].detach().clone());
+          params[k].copy_(snapshots.begin()->second[k]);
+        }
+      }
+    }
+    model->zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), y).backward();
+    if (!now.empty()) {
+      torch::NoGradGuard no_grad;
+      auto params = model->parameters();
+      for (std::size_t k = 0; k < params.size(); ++k) params[k].copy_(now[k]);
+    }
+    if (attacking && (attack.kind == optim::AttackKind::kSignFlip || attack.kind == optim::AttackKind::kRandomDirection)) {
+      std::vector<float> flat;
+      for (const auto& p : model->parameters()) {
+        const torch::Tensor g = p.grad().contiguous();
+        flat.insert(flat.end(), g.data_ptr<float>(), g.data_ptr<float>() + g.numel());
+      }
+      optim::tamper_gradient(attack, flat, attack_rng);
+      std::size_t at = 0;
+      for (auto& p : model->parameters()) {
+        torch::Tensor g = p.mutable_grad();
+        std::copy_n(flat.data() + at, g.numel(), g.data_ptr<float>());
+        at += static_cast<std::size_t>(g.numel());
+      }
+    }
+    if (attacking) ++attacks;
+  };
   int exit_code = 1;
   bool done = false;
   // The test accuracy and loss on the first `limit` images, logged as `event` at `epoch`.
@@ -226,8 +298,7 @@ int run_trainer(const TrainerOptions& o) {
       // One local batch (at the emulated device's speed, if one is set).
       const TimePoint batch_start = rt.now();
       const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
-      model->zero_grad();
-      torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+      local_gradients(idx);
       collab->accumulate(o.batch_size);
       Duration rest = Duration::zero();  // let the network make progress meanwhile
       if (o.samples_per_second > 0) {
@@ -260,6 +331,7 @@ int run_trainer(const TrainerOptions& o) {
       log.write(step);
       if (o.eval_every && collab->epoch() % o.eval_every == 0) log_evaluation("eval", collab->epoch(), o.eval_samples);
     }
+    if (attack.kind != optim::AttackKind::kNone) log.write(nlohmann::json{{"event", "attacks"}, {"batches", attacks}});
     log_evaluation("final", collab->epoch(), test.size());
     exit_code = collab->epoch() >= o.steps ? 0 : 2;
     // Linger a little so that peers still averaging with us, or downloading our state, finish.
@@ -292,8 +364,7 @@ int run_trainer(const TrainerOptions& o) {
     while (diloco->round() < o.steps && std::chrono::steady_clock::now() < deadline) {
       const TimePoint batch_start = rt.now();
       const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
-      optimizer.zero_grad();
-      torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+      local_gradients(idx);
       optimizer.step();
       Duration rest = Duration::zero();  // the emulated device's speed; the network makes progress meanwhile
       if (o.samples_per_second > 0) {

@@ -91,4 +91,45 @@ assert f["final_accuracy"] > 0.6 and f["baseline_accuracy"] > 0.6, f
 print("live DiLoCo: %d outer steps, accuracy %.3f (baseline %.3f), %.0f all-reduce bytes per sample" % (
     f["steps"], f["final_accuracy"], f["baseline_accuracy"], f["allreduce_bytes_per_sample"]))
 PY
+# Byzantine trainers live: 2 of 6 send their gradients times -1000 from step 5. The plain mean
+# falls apart; CenteredClip at every reducer keeps training on course.
+cat > attack.toml <<'T'
+name = "train-live-attack"
+backend = "live"
+peers = 6
+duration = "4min"
+seed = 3
+[live]
+processes = true
+[workload]
+kind = "training"
+[training]
+steps = 40
+target_batch = 256
+batch_size = 32
+eval_every = 0
+eval_samples = 2000
+train_samples = 20000
+baseline = false
+samples_per_second = { dist = "uniform", min = "300/s", max = "400/s" }
+attack = "sign_flip"
+attackers = 2
+attack_from_step = 5
+clip_tau = 0.1
+T
+for agg in mean centered_clip; do
+  "$APIARY" run attack.toml --json --quiet --set training.aggregation=$agg > attack-$agg.json ||
+    fail "apiary run (attack, $agg) exited non-zero"
+done
+python3 - <<'PY' || fail "attack results"
+import json
+m, k = (json.load(open("attack-%s.json" % a)) for a in ("mean", "centered_clip"))
+for j in (m, k):
+    assert j["cost"]["steps"] == 40, j["cost"]
+    assert j["metrics"]["counters"].get("train.attacks.sign_flip", 0) > 0, j["metrics"]["counters"]
+am, ak = m["cost"]["final_accuracy"], k["cost"]["final_accuracy"]
+assert am < 0.3, am
+assert ak > 0.65, ak
+print("live attack (2 of 6 sign flip): accuracy %.3f with the mean, %.3f with CenteredClip" % (am, ak))
+PY
 echo "train_live_test: all checks passed"
