@@ -128,8 +128,9 @@ for j in (m, k):
     assert j["cost"]["steps"] == 40, j["cost"]
     assert j["metrics"]["counters"].get("train.attacks.sign_flip", 0) > 0, j["metrics"]["counters"]
 am, ak = m["cost"]["final_accuracy"], k["cost"]["final_accuracy"]
-assert am < 0.3, am
-assert ak > 0.65, ak
+# Live groups depend on timing, so how far the mean falls varies (0.10-0.31 seen); it always falls.
+assert am < 0.5, am
+assert ak > 0.65 and ak > am + 0.25, (am, ak)
 print("live attack (2 of 6 sign flip): accuracy %.3f with the mean, %.3f with CenteredClip" % (am, ak))
 PY
 echo "train_live_test: all checks passed"
