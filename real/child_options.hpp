@@ -40,6 +40,7 @@ struct TrainerOptions {
   std::string aggregation = "mean";  // mean | centered_clip (core/averaging/aggregate.hpp)
   double clip_tau = 1.0;
   std::uint32_t clip_iterations = 20;
+  std::uint32_t powersgd_rank = 0;  // gradients as PowerSGD rank-r pairs (0: whole)
   std::string attack = "none";  // this trainer's attack (core/optim/attack.hpp)
   std::uint64_t attack_from_step = 0;
   std::uint32_t attack_every = 1;
@@ -78,6 +79,7 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--aggregation", o.aggregation, "how reducers combine gradients: mean or centered_clip");
   v("--clip-tau", o.clip_tau, "CenteredClip's radius");
   v("--clip-iterations", o.clip_iterations, "CenteredClip's iteration cap");
+  v("--powersgd-rank", o.powersgd_rank, "send gradients as PowerSGD rank-r pairs (0: whole)");
   v("--attack", o.attack, "none, sign_flip, random_direction, label_flip, delayed or wrong_aggregate");
   v("--attack-from-step", o.attack_from_step, "the first global step attacked");
   v("--attack-every", o.attack_every, "attack every k-th step from then on");

@@ -70,6 +70,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   base.aggregation = averaging::to_string(t.allreduce.aggregation.rule);
   base.clip_tau = t.allreduce.aggregation.tau;
   base.clip_iterations = t.allreduce.aggregation.iterations;
+  base.powersgd_rank = t.powersgd_rank;
   base.attack_from_step = t.attack.from_step;
   base.attack_every = t.attack.every;
   base.attack_scale = t.attack.scale;

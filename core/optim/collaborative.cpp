@@ -40,6 +40,7 @@ CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNo
     throw std::invalid_argument("initial parameters have " + std::to_string(params_.size()) + " values; the schema " +
                                 schema_.describe() + " has " + std::to_string(schema_.total()));
   if (cfg_.momentum < 0 || cfg_.momentum >= 1) throw std::invalid_argument("momentum must be in [0, 1)");
+  if (cfg_.powersgd_rank > 0) powersgd_ = std::make_unique<PowerSgd>(schema_, cfg_.powersgd_rank, schema_.hash());
   if (cfg_.momentum > 0) {
     momentum_.assign(params_.size(), 0.0f);
     set_optimizer_state(schema_, [this] { return momentum_; }, [this](std::vector<float> m) { momentum_ = std::move(m); });
@@ -197,13 +198,14 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   rep.waited = t1 - t0;
   // 2. The step's group, and the mean gradient over the global batch.
   if (!cfg_.local_updates) {
-    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema_, swarm->peers);
+    const TensorSchema& schema = powersgd_ ? powersgd_->first_schema() : schema_;
+    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema, swarm->peers);
     if (!group.ok()) co_return group.error();
     std::vector<float> mean(sum.size(), 0.0f);
     if (samples > 0)
       for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = sum[i] / static_cast<float>(samples);
     rep.group = group->members.size();
-    Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), std::move(mean), static_cast<double>(samples));
+    Result<std::vector<float>> avg = co_await average_gradients(std::move(*group), std::move(mean), static_cast<double>(samples), rep);
     if (!avg.ok()) co_return avg.error();
     // 3. The optimizer step, the same on every peer of the group (or the caller's optimizer's).
     if (cfg_.apply_sgd) {
@@ -211,16 +213,14 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
       if (!momentum_.empty()) {
         const float mu = static_cast<float>(cfg_.momentum);
         for (std::size_t i = 0; i < params_.size(); ++i) {
-          momentum_[i] = mu * momentum_[i] + avg->averaged[i];
+          momentum_[i] = mu * momentum_[i] + (*avg)[i];
           params_[i] -= lr * momentum_[i];
         }
       } else {
-        for (std::size_t i = 0; i < params_.size(); ++i) params_[i] -= lr * avg->averaged[i];
+        for (std::size_t i = 0; i < params_.size(); ++i) params_[i] -= lr * (*avg)[i];
       }
     }
-    rep.mean_gradient = avg->averaged;
-    rep.bytes_sent += avg->bytes_sent;
-    rep.allreduce = std::move(*avg);
+    rep.mean_gradient = std::move(*avg);
   }
   ++epoch_;
   rt_.observer.count("optim.steps");
@@ -242,6 +242,36 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   co_return rep;
 }
 
+Task<Result<std::vector<float>>> CollaborativeOptimizer::average_gradients(Group group, std::vector<float> mine, double weight,
+                                                                            StepReport& rep) {
+  if (!powersgd_) {
+    Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(group), std::move(mine), weight);
+    if (!avg.ok()) co_return avg.error();
+    rep.bytes_sent += avg->bytes_sent;
+    std::vector<float> mean = std::move(avg->averaged);  // StepReport::mean_gradient holds it
+    rep.allreduce = std::move(*avg);
+    co_return mean;
+  }
+  // PowerSGD: the P's (and the tensors left whole), then the Q's, in the same group under a
+  // second id every member derives alike.
+  const bool holds = !mine.empty();
+  Group second = group;
+  second.id = group.id ^ 0x9e3779b97f4a7c15ULL;
+  second.schema = powersgd_->second_schema();
+  std::vector<float> first_in = holds ? powersgd_->begin(mine) : std::vector<float>{};
+  Result<AllReduceReport> a = co_await averager_.all_reduce(std::move(group), std::move(first_in), weight);
+  if (!a.ok()) co_return a.error();
+  rep.bytes_sent += a->bytes_sent;
+  std::vector<float> second_in = holds ? powersgd_->middle(a->averaged) : std::vector<float>{};
+  Result<AllReduceReport> b = co_await averager_.all_reduce(std::move(second), std::move(second_in), weight);
+  if (!b.ok()) co_return b.error();
+  rep.bytes_sent += b->bytes_sent;
+  std::vector<float> mean = holds ? powersgd_->finish(b->averaged) : std::vector<float>{};
+  rep.allreduce = std::move(*a);  // the first round (its report names who failed)
+  rt_.observer.count("optim.powersgd_steps");
+  co_return mean;
+}
+
 Task<Result<StepReport>> CollaborativeOptimizer::assist() {
   if (cfg_.role != MemberKind::kAux) co_return Error{ErrorCode::kInvalidArgument, "only an auxiliary peer assists"};
   if (in_step_) co_return Error{ErrorCode::kInvalidArgument, "a step is already running"};
@@ -255,13 +285,12 @@ Task<Result<StepReport>> CollaborativeOptimizer::assist() {
   const TimePoint t1 = rt_.now();
   rep.waited = t1 - t0;
   if (!cfg_.local_updates) {
-    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema_, swarm->peers);
+    const TensorSchema& schema = powersgd_ ? powersgd_->first_schema() : schema_;
+    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema, swarm->peers);
     if (!group.ok()) co_return group.error();
     rep.group = group->members.size();
-    Result<AllReduceReport> avg = co_await averager_.all_reduce(std::move(*group), {}, 0.0);
+    Result<std::vector<float>> avg = co_await average_gradients(std::move(*group), {}, 0.0, rep);
     if (!avg.ok()) co_return avg.error();
-    rep.bytes_sent += avg->bytes_sent;
-    rep.allreduce = std::move(*avg);
   }
   ++epoch_;
   if (cfg_.average_state_every > 0 && epoch_ % cfg_.average_state_every == 0) {

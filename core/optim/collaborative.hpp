@@ -23,6 +23,7 @@
 #include "core/averaging/allreduce.hpp"
 #include "core/averaging/matchmaking.hpp"
 #include "core/averaging/state.hpp"
+#include "core/optim/powersgd.hpp"
 #include "core/optim/progress.hpp"
 
 namespace apiary::optim {
@@ -38,6 +39,7 @@ struct CollaborativeConfig {
   bool apply_sgd = true;  // false: leave the step to the caller's optimizer (StepReport::mean_gradient)
   bool local_updates = false;  // the caller steps its optimizer on every local batch; gradients are not averaged
   std::uint32_t average_state_every = 0;  // average parameters and optimizer state every N epochs (0: never)
+  std::uint32_t powersgd_rank = 0;  // > 0: gradients go as PowerSGD rank-r pairs, two rounds per step (powersgd.hpp)
   bool size_groups_by_progress = true;  // aim for a group of every peer that reported on the epoch
   Duration poll = std::chrono::milliseconds(200);      // progress polling while waiting
   Duration max_wait = std::chrono::seconds(60);        // for the swarm to reach the target
@@ -50,7 +52,7 @@ struct StepReport {
   std::uint64_t swarm_samples = 0;  // the global batch as progress reported it
   std::uint64_t samples = 0;        // this peer's contribution
   std::vector<float> mean_gradient; // over the global batch (what SGD stepped along); empty with local updates
-  averaging::AllReduceReport allreduce;  // the gradient round (empty with local updates)
+  averaging::AllReduceReport allreduce;  // the gradient round, its means in mean_gradient (empty with local updates)
   bool state_averaged = false;      // parameters and optimizer state were averaged after the step
   averaging::AllReduceReport state;  // that round (its means: the parameters, then the optimizer state)
   std::uint64_t bytes_sent = 0;     // all-reduce payload bytes this peer sent in the step (both rounds)
@@ -122,6 +124,11 @@ class CollaborativeOptimizer {
   std::optional<TimePoint> last_accumulate_;
   bool in_step_ = false, averaging_ = false;
   averaging::TensorSchema opt_schema_;
+  std::unique_ptr<PowerSgd> powersgd_;
+  // The step's gradient round: the mean gradient, or PowerSGD's two rounds (`mine` empty: an
+  // auxiliary member). Returns the mean (approximate with PowerSGD) and adds to `rep`.
+  Task<Result<std::vector<float>>> average_gradients(averaging::Group group, std::vector<float> mine, double weight,
+                                                     StepReport& rep);
   std::function<std::vector<float>()> get_opt_;
   std::function<void(std::vector<float>)> set_opt_;
   ProgressTracker progress_;

@@ -81,6 +81,7 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
   cc.momentum = spec_.momentum;
   cc.local_updates = spec_.local_updates;
   cc.average_state_every = spec_.average_state_every;
+  cc.powersgd_rank = spec_.powersgd_rank;
   cc.poll = std::min<Duration>(spec_.progress_period, std::chrono::milliseconds(500));
   // A step on an optimistic estimate should give up soon and compute on.
   cc.max_wait = spec_.max_wait > Duration::zero() ? spec_.max_wait : spec_.progress_period * 3 + std::chrono::seconds(1);
@@ -483,6 +484,7 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   t.delayed_updates = s.get_bool("training.delayed_updates", t.delayed_updates);
   t.local_updates = s.get_bool("training.local_updates", t.local_updates);
   t.average_state_every = static_cast<std::uint32_t>(s.get_int("training.average_state_every", t.average_state_every, 0, 1'000'000));
+  t.powersgd_rank = static_cast<std::uint32_t>(s.get_int("training.powersgd_rank", 0, 0, 1 << 16));
   if (t.local_updates && t.average_state_every == 0)
     s.fail("training.average_state_every", "local updates need parameter averaging every N epochs (N >= 1)");
   t.inner_steps = static_cast<std::uint32_t>(s.get_int("training.inner_steps", t.inner_steps, 1, 10'000'000));

@@ -49,6 +49,7 @@ struct TrainingWorkloadSpec final : WorkloadConfig {
   bool delayed_updates = true;
   bool local_updates = false;
   std::uint32_t average_state_every = 0;
+  std::uint32_t powersgd_rank = 0;  // collaborative: gradients as PowerSGD rank-r pairs (0: whole)
   std::uint32_t inner_steps = 500;  // diloco: H
   double outer_lr = 0.7;
   double outer_momentum = 0.9;

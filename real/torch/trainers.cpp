@@ -150,6 +150,7 @@ int run_trainer(const TrainerOptions& o) {
       o.aggregation == "mean" ? averaging::AggregationRule::kMean : averaging::AggregationRule::kCenteredClip;
   cc.allreduce.aggregation.tau = o.clip_tau;
   cc.allreduce.aggregation.iterations = o.clip_iterations;
+  cc.powersgd_rank = o.powersgd_rank;
   optim::AttackConfig attack;
   attack.kind = optim::attack_from_string(o.attack);
   attack.from_step = o.attack_from_step;

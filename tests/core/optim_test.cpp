@@ -585,3 +585,101 @@ TEST(Collaborative, AveragesParametersAndOptimizerStateEveryNEpochs) {
   EXPECT_EQ(opts[3]->parameters(), opts[0]->parameters());
   EXPECT_EQ(sgds[3].momentum, sgds[0].momentum);
 }
+
+#include "core/optim/powersgd.hpp"
+
+namespace {
+
+// Runs one PowerSGD step among peers by hand: each peer's rounds are weighted means, as the
+// all-reduce gives them.
+std::vector<std::vector<float>> powersgd_step(std::vector<optim::PowerSgd>& peers, const std::vector<std::vector<float>>& grads,
+                                              const std::vector<double>& w) {
+  auto mean = [&](const std::vector<std::vector<float>>& xs) {
+    std::vector<float> out(xs[0].size(), 0.0f);
+    double total = 0;
+    for (double x : w) total += x;
+    for (std::size_t i = 0; i < xs.size(); ++i)
+      for (std::size_t k = 0; k < out.size(); ++k) out[k] += static_cast<float>(w[i] / total) * xs[i][k];
+    return out;
+  };
+  std::vector<std::vector<float>> a, b, out;
+  for (std::size_t i = 0; i < peers.size(); ++i) a.push_back(peers[i].begin(grads[i]));
+  const auto ma = mean(a);
+  for (auto& p : peers) b.push_back(p.middle(ma));
+  const auto mb = mean(b);
+  for (auto& p : peers) out.push_back(p.finish(mb));
+  return out;
+}
+
+}  // namespace
+
+TEST(PowerSgd, ARankOneMeanComesThroughExactlyAndOnlyPairsAreSent) {
+  // A 6x10 weight and a bias of 4: the weight goes as a 6x1 P and a 10x1 Q (16 values, not 60),
+  // the bias whole. Every peer's weight gradient is u v_i^T, so the weighted mean has rank 1.
+  const averaging::TensorSchema schema{{{6, 10}, {4}}};
+  std::vector<optim::PowerSgd> peers(3, optim::PowerSgd(schema, 1, 42));
+  EXPECT_EQ(peers[0].compressed_tensors(), 1u);
+  EXPECT_EQ(peers[0].first_schema(), (averaging::TensorSchema{{{6, 1}, {4}}}));
+  EXPECT_EQ(peers[0].second_schema(), (averaging::TensorSchema{{{10, 1}}}));
+  Rng rng(5);
+  std::vector<float> u(6);
+  for (auto& x : u) x = static_cast<float>(rng.normal());
+  const std::vector<double> w{1, 2, 5};
+  for (int step = 0; step < 3; ++step) {
+    std::vector<std::vector<float>> grads(3);
+    std::vector<float> want(64, 0.0f);
+    for (std::size_t i = 0; i < 3; ++i) {
+      std::vector<float> v(10);
+      for (auto& x : v) x = static_cast<float>(rng.normal());
+      for (std::size_t r = 0; r < 6; ++r)
+        for (std::size_t c = 0; c < 10; ++c) grads[i].push_back(u[r] * v[c]);
+      for (int k = 0; k < 4; ++k) grads[i].push_back(static_cast<float>(rng.normal()));
+      for (std::size_t k = 0; k < 64; ++k) want[k] += static_cast<float>(w[i] / 8) * grads[i][k];
+    }
+    const auto out = powersgd_step(peers, grads, w);
+    for (std::size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(out[i], out[0]) << "every peer steps alike";
+      for (std::size_t k = 0; k < 64; ++k) EXPECT_NEAR(out[i][k], want[k], 1e-4) << "step " << step << " value " << k;
+    }
+  }
+}
+
+TEST(PowerSgd, ErrorFeedbackDeliversWhatRankOneLeavesOut) {
+  // A constant full-rank 8x8 gradient sent at rank 1: each step delivers a rank-1 piece, and
+  // the error carried forward makes the delivered steps average out to the gradient.
+  const averaging::TensorSchema schema{{{8, 8}}};
+  std::vector<optim::PowerSgd> peer(1, optim::PowerSgd(schema, 1, 7));
+  Rng rng(3);
+  std::vector<float> g(64);
+  double gnorm = 0;
+  for (auto& x : g) {
+    x = static_cast<float>(rng.normal());
+    gnorm += double(x) * x;
+  }
+  gnorm = std::sqrt(gnorm);
+  std::vector<double> sum(64, 0.0);
+  const int steps = 400;
+  double first_off = 0;
+  for (int t = 0; t < steps; ++t) {
+    const auto out = powersgd_step(peer, {g}, {1.0})[0];
+    for (std::size_t k = 0; k < 64; ++k) sum[k] += out[k];
+    if (t == 0)
+      for (std::size_t k = 0; k < 64; ++k) first_off += (out[k] - g[k]) * (out[k] - g[k]);
+  }
+  double off = 0;
+  for (std::size_t k = 0; k < 64; ++k) off += (sum[k] / steps - g[k]) * (sum[k] / steps - g[k]);
+  EXPECT_GT(std::sqrt(first_off), 0.3 * gnorm);  // one step alone is far from the gradient
+  EXPECT_LT(std::sqrt(off), 0.05 * gnorm);       // the average of many is close
+}
+
+TEST(PowerSgd, TensorsTooSmallToGainGoWhole) {
+  const averaging::TensorSchema schema{{{2, 2}, {3}}};  // (2 + 2) x 1 is not below 2 x 2
+  std::vector<optim::PowerSgd> peers(2, optim::PowerSgd(schema, 1, 1));
+  EXPECT_EQ(peers[0].compressed_tensors(), 0u);
+  EXPECT_EQ(peers[0].first_schema(), schema);
+  const std::vector<std::vector<float>> grads{{1, 2, 3, 4, 5, 6, 7}, {3, 2, 1, 0, -1, -2, -3}};
+  const auto out = powersgd_step(peers, grads, {1, 1});
+  EXPECT_EQ(out[0], (std::vector<float>{2, 2, 2, 2, 2, 2, 2}));
+  EXPECT_THROW(optim::PowerSgd(schema, 0, 1), std::invalid_argument);
+  EXPECT_THROW(peers[0].begin(std::vector<float>(3)), std::invalid_argument);
+}
