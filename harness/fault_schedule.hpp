@@ -9,7 +9,8 @@
 // loss as TCP sees it (a message is held back by rto_min, doubling each time it is lost again,
 // and later messages to the same peer wait behind it), partitions (what crosses is dropped) and
 // latency spikes (what a struck peer sends or is sent waits the extra latency) to the messages the
-// peer sends. Bandwidth drops, stalls and NAT need the network or the process itself: ns-3 only.
+// peer sends. Stalls need the process itself: live peer processes are frozen (SIGSTOP/SIGCONT,
+// real/processes.hpp). Bandwidth drops and NAT need the network: ns-3 only.
 #include <cstdint>
 #include <functional>
 #include <map>

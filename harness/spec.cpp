@@ -219,15 +219,18 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.live_processes = s.get_bool("live.processes", false);
   if (spec.live_processes && spec.churn.keep_state)
     s.fail("churn.keep_state", "a live peer process that is killed restarts empty; kept state is for peers the runner runs");
-  // Live, the runner applies loss, partitions and latency spikes at each peer's transport; the
-  // rest needs the network or the process itself, and peer processes are out of its reach.
+  // Live, the runner applies loss, partitions and latency spikes at each peer's transport when
+  // the peers run in its process, and stalls to peer processes (SIGSTOP, then SIGCONT); the rest
+  // needs the network itself.
   if (spec.backend == "live" && spec.faults.any()) {
-    if (spec.live_processes)
-      s.fail(spec.faults.loss > 0 ? "network.loss" : spec.faults.nat > 0 ? "network.nat" : "faults",
-             "network faults reach live peers run in one process, not peer processes (live.processes)");
-    if (spec.faults.nat > 0) s.fail("network.nat", "NAT is simulated by ns-3 only");
-    if (spec.faults.stall) s.fail("faults.stall", "a stalled peer is simulated by ns-3 only");
-    if (spec.faults.bandwidth_drop) s.fail("faults.bandwidth_drop", "bandwidth is simulated by ns-3 only");
+    const auto& f = spec.faults;
+    if (spec.live_processes && (f.loss > 0 || f.partition || f.latency_spike))
+      s.fail(f.loss > 0 ? "network.loss" : f.partition ? "faults.partition" : "faults.latency_spike",
+             "loss, partitions and latency spikes reach live peers run in one process, not peer processes (live.processes)");
+    if (f.nat > 0) s.fail("network.nat", "NAT is simulated by ns-3 only");
+    if (f.stall && !spec.live_processes)
+      s.fail("faults.stall", "a stalled peer is simulated by ns-3, or frozen live as a peer process (live.processes = true)");
+    if (f.bandwidth_drop) s.fail("faults.bandwidth_drop", "bandwidth is simulated by ns-3 only");
   }
 
   // The workload: every name the registry knows is allowed, and its type reads its own keys.

@@ -18,6 +18,7 @@
 #include "real/exit_codes.hpp"
 #include "real/processes.hpp"
 #include "harness/churn.hpp"
+#include "harness/fault_schedule.hpp"
 #include "harness/workloads/dht.hpp"
 
 namespace apiary::real {
@@ -268,6 +269,11 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
                           if (!spec.churn.keep_identity) std::filesystem::remove(dir / ("id" + std::to_string(i)));
                         }});
   churn.begin(std::max<std::uint32_t>(1, spec.dht.bootstrap_peers), spec.dht.join_window);
+  // Stalled peers (faults.stall): their processes are frozen for the window.
+  FaultHooks stalls;
+  stalls.at = [&](Duration t, std::function<void()> fn) { run_at(client.io, origin + t, std::move(fn)); };
+  stalls.stall = [&](std::uint32_t i, bool on) { children.freeze(pids[i], on); };
+  schedule_fault_windows(spec, metrics, spec.duration, stalls);
   // Let the swarm settle (joins, first lookups) for the join window.
   for (const auto settled = std::chrono::steady_clock::now() + spec.dht.join_window; std::chrono::steady_clock::now() < settled;) {
     client.io.run_one_for(std::chrono::milliseconds(20));

@@ -12,6 +12,7 @@
 
 #include "core/moe/experts.hpp"
 #include "harness/churn.hpp"
+#include "harness/fault_schedule.hpp"
 #include "harness/workloads/dmoe.hpp"
 #include "real/child_options.hpp"
 #include "real/asio_timer.hpp"
@@ -112,6 +113,13 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
                           servers[i] = 0;
                         }});
   churn.begin(0, Duration::zero(), d.servers);
+  // Stalled expert servers (faults.stall): their processes are frozen for the window.
+  FaultHooks stalls;
+  stalls.at = [&](Duration t, std::function<void()> fn) { run_at(io, start + t, std::move(fn)); };
+  stalls.stall = [&](std::uint32_t i, bool on) {
+    if (i < servers.size()) children.freeze(servers[i], on);
+  };
+  schedule_fault_windows(spec, metrics, spec.duration, stalls);
   int trainer_status = -1;
   every(io, std::chrono::milliseconds(100), [&] {
     while (auto r = children.reap_one())

@@ -14,6 +14,7 @@
 #include <boost/asio.hpp>
 
 #include "harness/churn.hpp"
+#include "harness/fault_schedule.hpp"
 #include "harness/workloads/training.hpp"
 #include "real/child_options.hpp"
 #include "real/asio_timer.hpp"
@@ -136,6 +137,13 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   for (std::uint32_t i = 0; i < spec.peers; ++i)
     if (!starts_down[i]) start_trainer(i, false);
   churn.begin(std::min(spec.dht.bootstrap_peers, spec.peers), Duration::zero());
+  // Stalled trainers (faults.stall): their processes are frozen for the window.
+  FaultHooks stalls;
+  stalls.at = [&](Duration t, std::function<void()> fn) { run_at(io, start + t, std::move(fn)); };
+  stalls.stall = [&](std::uint32_t i, bool on) {
+    if (running(i)) children.freeze(incs[current.at(i)].pid, on);
+  };
+  schedule_fault_windows(spec, metrics, spec.duration, stalls);
   every(io, std::chrono::milliseconds(50), [&] {
     while (auto r = children.reap_one())
       for (auto& inc : incs)

@@ -223,8 +223,14 @@ void ChildProcesses::signal_all(int sig) {
   for (pid_t p : pids_) kill(-p, sig);
 }
 
+void ChildProcesses::freeze(pid_t pid, bool frozen) {
+  if (pid <= 0) return;
+  if (kill(-pid, frozen ? SIGSTOP : SIGCONT) != 0) kill(pid, frozen ? SIGSTOP : SIGCONT);
+}
+
 void ChildProcesses::terminate_all(std::chrono::seconds grace) {
   signal_all(SIGTERM);
+  signal_all(SIGCONT);  // a frozen child takes its SIGTERM once it runs again
   const auto deadline = std::chrono::steady_clock::now() + grace;
   for (pid_t p : pids_) {
     int status = 0;

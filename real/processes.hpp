@@ -53,6 +53,9 @@ class ChildProcesses {
   int kill_now(pid_t pid);
   // Sends `sig` to every running child.
   void signal_all(int sig);
+  // Freezes a child's process group (SIGSTOP: a stalled peer, as `faults.stall` asks) or lets it
+  // go on (SIGCONT).
+  void freeze(pid_t pid, bool frozen);
   // SIGTERM to every child, then waits for them (up to `grace`), whatever their exit status.
   void terminate_all(std::chrono::seconds grace = std::chrono::seconds(20));
   const std::vector<pid_t>& pids() const { return pids_; }

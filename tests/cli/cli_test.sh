@@ -141,6 +141,18 @@ import json
 c = json.load(open("dhtlive.json"))["metrics"]["counters"]
 assert c.get("dht.store.ok") == 60 and c.get("dht.get.ok") == 60, c
 PY
+# Half the peer processes stalled (SIGSTOP) through the stores and gets: a frozen peer acknowledges
+# nothing, so every store lands on the 5 that run (10 without the stall), and every get succeeds.
+"$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set peers=10 --set workload.keys=60 --set dht.join_window=1s \
+  --set 'faults.stall={at="1s",duration="60s",fraction=0.5}' --json --out dhtstall.h5 | tail -n 1 > dhtstall.json
+python3 - <<'PY' || fail "live DHT processes stalled"
+import json
+m = json.load(open("dhtstall.json"))["metrics"]
+c, s = m["counters"], m["series"]
+assert c.get("faults.stall.peers") == 5, c
+assert c.get("dht.store.ok") == 60 and c.get("dht.get.ok") == 60, c
+assert s["dht.store.replicas"]["p99"] <= 5 and s["dht.store.replicas"]["mean"] >= 4, s["dht.store.replicas"]
+PY
 }
 
 # 6b. A live DHT of processes under churn: peers 4 and 6 are killed (SIGKILL) while the swarm
