@@ -139,7 +139,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   churn.begin(std::min(spec.dht.bootstrap_peers, spec.peers), Duration::zero());
   // Stalled trainers (faults.stall): their processes are frozen for the window.
   FaultHooks stalls;
-  stalls.at = [&](Duration t, std::function<void()> fn) { run_at(io, start + t, std::move(fn)); };
+  stalls.at = [&](Duration when, std::function<void()> fn) { run_at(io, start + when, std::move(fn)); };
   stalls.stall = [&](std::uint32_t i, bool on) {
     if (running(i)) children.freeze(incs[current.at(i)].pid, on);
   };
