@@ -528,11 +528,14 @@ TEST(AllReduce, CenteredClipIsTheMeanWhenNothingIsClippedAndBoundsAnOutlier) {
   std::vector<std::vector<float>> data(5);
   for (auto& d : data)
     for (std::size_t k = 0; k < schema.total(); ++k) d.push_back(static_cast<float>(rng.uniform(-0.01, 0.01)));
-  {  // Everyone close together: nobody is clipped and the result is the weighted mean.
-    Swarm s(5, cfg);
+  auto round = [&](const AllReduceConfig& c) {
+    Swarm s(5, c);
     auto g = make_group(s, std::vector<MemberKind>(5, MemberKind::kFull), schema);
     for (auto& m : g.members) m.bandwidth = 1;
-    auto res = run_round(s, g, data, w);
+    return run_round(s, g, data, w);
+  };
+  {  // Everyone close together: nobody is clipped and the result is the weighted mean.
+    auto res = round(cfg);
     const auto want = weighted_mean(data, w, all5(), 0, schema.total());
     for (std::size_t i = 0; i < 5; ++i) {
       ASSERT_TRUE(res[i] && res[i]->ok()) << i;
@@ -548,10 +551,7 @@ TEST(AllReduce, CenteredClipIsTheMeanWhenNothingIsClippedAndBoundsAnOutlier) {
   for (auto rule : {AggregationRule::kCenteredClip, AggregationRule::kMean}) {
     AllReduceConfig c = cfg;
     c.aggregation.rule = rule;
-    Swarm s(5, c);
-    auto g = make_group(s, std::vector<MemberKind>(5, MemberKind::kFull), schema);
-    for (auto& m : g.members) m.bandwidth = 1;
-    auto res = run_round(s, g, data, w);
+    auto res = round(c);
     const auto honest = weighted_mean(data, w, first4(), 0, schema.total());
     for (std::size_t i = 0; i < 4; ++i) {
       ASSERT_TRUE(res[i] && res[i]->ok()) << i;
