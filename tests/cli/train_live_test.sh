@@ -91,8 +91,9 @@ assert f["final_accuracy"] > 0.6 and f["baseline_accuracy"] > 0.6, f
 print("live DiLoCo: %d outer steps, accuracy %.3f (baseline %.3f), %.0f all-reduce bytes per sample" % (
     f["steps"], f["final_accuracy"], f["baseline_accuracy"], f["allreduce_bytes_per_sample"]))
 PY
-# Byzantine trainers live: 2 of 6 send their gradients times -1000 from step 5. The plain mean
-# falls apart; CenteredClip at every reducer keeps training on course.
+# A Byzantine trainer live: 1 of 6 sends its gradients times -1000 from step 5. The plain mean
+# falls apart; CenteredClip at every reducer keeps training on course. (With 2 of 6, a slow
+# machine leaves some steps' groups half Byzantine, beyond what any robust rule can take.)
 cat > attack.toml <<'T'
 name = "train-live-attack"
 backend = "live"
@@ -113,7 +114,7 @@ train_samples = 20000
 baseline = false
 samples_per_second = { dist = "uniform", min = "300/s", max = "400/s" }
 attack = "sign_flip"
-attackers = 2
+attackers = 1
 attack_from_step = 5
 clip_tau = 0.1
 T
@@ -131,6 +132,6 @@ am, ak = m["cost"]["final_accuracy"], k["cost"]["final_accuracy"]
 # Live groups depend on timing, so how far the mean falls varies (0.10-0.31 seen); it always falls.
 assert am < 0.5, am
 assert ak > 0.65 and ak > am + 0.25, (am, ak)
-print("live attack (2 of 6 sign flip): accuracy %.3f with the mean, %.3f with CenteredClip" % (am, ak))
+print("live attack (1 of 6 sign flip): accuracy %.3f with the mean, %.3f with CenteredClip" % (am, ak))
 PY
 echo "train_live_test: all checks passed"

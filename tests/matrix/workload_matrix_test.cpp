@@ -297,18 +297,27 @@ TEST(NetworkFaults, APartitionAndALatencySpikeStrikeBothWorldsAlike) {
   }
 }
 
-// What a live run cannot apply is refused by name.
+// What a live run cannot apply is refused by name: bandwidth drops always; stalls in one process
+// (peer processes are frozen instead); loss, partitions and spikes for peer processes.
 TEST(NetworkFaults, ALiveRunRefusesWhatOnlyNs3Simulates) {
-  for (const char* fault : {"stall = { at = \"1s\", duration = \"1s\", fraction = 0.5 }",
-                            "bandwidth_drop = { at = \"1s\", duration = \"1s\", fraction = 0.5, factor = 0.5 }"}) {
+  const std::string stall = "[faults]\nstall = { at = \"1s\", duration = \"1s\", fraction = 0.5 }\n";
+  const std::string processes = "[workload]\nkind = \"dht\"\n[live]\nprocesses = true\n";
+  const std::vector<std::pair<std::string, std::string>> refused{
+      {"[faults]\nbandwidth_drop = { at = \"1s\", duration = \"1s\", fraction = 0.5, factor = 0.5 }\n", "ns-3 only"},
+      {stall, "live.processes"},
+      {processes + "[network]\nloss = 0.01\n", "not peer processes"},
+      {processes + "[faults]\npartition = { at = \"1s\", duration = \"1s\", fraction = 0.5 }\n", "not peer processes"}};
+  for (const auto& [text, why] : refused) {
     try {
-      auto sc = Scenario::from_string(std::string("backend = \"live\"\npeers = 4\n[faults]\n") + fault + "\n", "f.toml");
+      auto sc = Scenario::from_string("backend = \"live\"\npeers = 4\n" + text, "f.toml");
       parse_swarm_spec(sc);
-      ADD_FAILURE() << fault << " was accepted live";
+      ADD_FAILURE() << text << " was accepted live";
     } catch (const ScenarioError& e) {
-      EXPECT_NE(std::string(e.what()).find("ns-3 only"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
     }
   }
+  auto sc = Scenario::from_string("backend = \"live\"\npeers = 4\n" + processes + stall, "f.toml");
+  EXPECT_TRUE(parse_swarm_spec(sc).faults.stall.has_value());
 }
 
 }  // namespace
