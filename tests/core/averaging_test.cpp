@@ -335,26 +335,34 @@ struct FaultCase {
   bool reducer4_fails = false;
 };
 
-void run_fault_case(const FaultCase& fc) {
-  SCOPED_TRACE(fc.name);
-  const auto schema = TensorSchema{{{40}, {3}, {}, {37}}};  // 81 values
+// Small pieces and short timeouts, for the fault cases.
+AllReduceConfig fault_case_config() {
   AllReduceConfig cfg;
   cfg.piece_elements = 4;
   cfg.window = 2;
   cfg.min_part = 1;
   cfg.sender_timeout = 2s;
   cfg.reducer_timeout = 6s;
-  Swarm* sp = nullptr;
+  return cfg;
+}
+
+// Peer i of the swarm starts again with its own configuration (a faulty one).
+void reconfigure(Swarm& s, std::size_t i, const AllReduceConfig& cfg) {
+  s.rpcs[i]->shutdown();
+  s.avgs[i].reset();
+  s.rpcs[i] = std::make_unique<Rpc>(s.fake[i].runtime());
+  s.avgs[i] = std::make_unique<Averager>(s.fake[i].runtime(), *s.rpcs[i], cfg);
+}
+
+void run_fault_case(const FaultCase& fc) {
+  SCOPED_TRACE(fc.name);
+  const auto schema = TensorSchema{{{40}, {3}, {}, {37}}};  // 81 values
+  const AllReduceConfig cfg = fault_case_config();
   AllReduceConfig faulty = cfg;
   // The swarm is built with the healthy config; peer 4 gets the faulty one.
   Swarm s(5, cfg);
-  sp = &s;
   fc.setup(s, faulty);
-  s.rpcs[4]->shutdown();
-  s.avgs[4].reset();
-  s.rpcs[4] = std::make_unique<Rpc>(s.fake[4].runtime());
-  s.avgs[4] = std::make_unique<Averager>(s.fake[4].runtime(), *s.rpcs[4], faulty);
-  (void)sp;
+  reconfigure(s, 4, faulty);
   std::vector<MemberKind> kinds(5, MemberKind::kFull);
   kinds[4] = fc.kind4;
   auto g = make_group(s, kinds, schema);
@@ -462,20 +470,12 @@ TEST(AllReduceFaults, ALateReducerCannotHoldTheRoundPastItsDeadline) {
   // never leaves anyone out. Each sender's lanes to it make 10 requests in turn: about 59 s without
   // the round's deadline, reducer_timeout + 21 x sender_timeout = 48 s with it.
   const auto schema = TensorSchema{{{400}}};
-  AllReduceConfig cfg;
-  cfg.piece_elements = 4;
-  cfg.window = 2;
-  cfg.min_part = 1;
-  cfg.sender_timeout = 2s;
-  cfg.reducer_timeout = 6s;
+  const AllReduceConfig cfg = fault_case_config();
   Swarm s(5, cfg);
   AllReduceConfig late = cfg;
   late.faults.answer_delay = 5900ms;
   late.sender_timeout = 1h;
-  s.rpcs[4]->shutdown();
-  s.avgs[4].reset();
-  s.rpcs[4] = std::make_unique<Rpc>(s.fake[4].runtime());
-  s.avgs[4] = std::make_unique<Averager>(s.fake[4].runtime(), *s.rpcs[4], late);
+  reconfigure(s, 4, late);
   auto g = make_group(s, std::vector<MemberKind>(5, MemberKind::kFull), schema);
   for (auto& m : g.members) m.bandwidth = 1;  // 80 values, 20 pieces, per part
   Rng rng(4);

@@ -562,6 +562,13 @@ TEST(SimTraining, DelayedUpdatesHideTheAveragingTime) {
   EXPECT_GT(delayed.figures.at("final_accuracy"), 0.6);
 }
 
+void expect_no_invariant_violations(const Metrics& m) {
+  for (const auto& [key, v] : m.counters())
+    if (key.rfind("invariant.", 0) == 0) {
+      EXPECT_EQ(v, 0) << key;
+    }
+}
+
 // Byzantine trainers: 4 of 10 send their gradients times -1000 from step 3 on. With the plain
 // mean training falls apart; with CenteredClip at every reducer it ends within a few points of
 // the same run without attackers. Random directions (norm x 1000) likewise.
@@ -589,11 +596,7 @@ TEST(SimTraining, CenteredClipWithstandsAttackersThatBreakTheMean) {
   EXPECT_LT(rm.figures.at("final_accuracy"), acc - 0.2);
   EXPECT_GT(k.figures.at("final_accuracy"), acc - 0.05);
   EXPECT_GT(rk.figures.at("final_accuracy"), acc - 0.05);
-  for (const Metrics* x : {&clean, &mean, &clip, &random_mean, &random_clip})
-    for (const auto& [key, v] : x->counters())
-      if (key.rfind("invariant.", 0) == 0) {
-        EXPECT_EQ(v, 0) << key;
-      }
+  for (const Metrics* x : {&clean, &mean, &clip, &random_mean, &random_clip}) expect_no_invariant_violations(*x);
 }
 
 // PowerSGD at rank 2 sends softmax regression's 10x784 weight gradient as a 10x2 and a 784x2
@@ -617,11 +620,7 @@ TEST(SimTraining, PowerSgdSendsFewerBytesAndStillLearns) {
   EXPECT_LT(ratio, 5.5);  // 7,850 values against 1,598
   EXPECT_GT(w.figures.at("final_accuracy"), 0.6);
   EXPECT_GT(p.figures.at("final_accuracy"), w.figures.at("final_accuracy") - 0.08);
-  for (const Metrics* x : {&whole, &pair})
-    for (const auto& [key, v] : x->counters())
-      if (key.rfind("invariant.", 0) == 0) {
-        EXPECT_EQ(v, 0) << key;
-      }
+  for (const Metrics* x : {&whole, &pair}) expect_no_invariant_violations(*x);
 }
 
 // Client and auxiliary peers take part; a trainer that leaves costs only its share, and one
