@@ -54,7 +54,9 @@ struct AllReduceConfig {
   Duration sender_timeout = std::chrono::seconds(10);
   Duration reducer_timeout = std::chrono::seconds(30);
   CodecPolicy codec;
-  AggregationConfig aggregation;  // how a reducer combines contributions (aggregate.hpp)
+  // How a reducer combines contributions (aggregate.hpp). CenteredClip keeps every member's
+  // contribution to its part until each piece is complete: members x part values.
+  AggregationConfig aggregation;
   AllReduceFaults faults;
 };
 

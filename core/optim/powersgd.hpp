@@ -12,7 +12,10 @@
 //  4. the step's gradient is P Q^T for each compressed tensor (the mean of the uncompressed ones as
 //     they are); each peer keeps M - P Q^T as its error, and Q for the next step.
 // A tensor is compressed only where (n + m) r < n m. Bytes per step: (n + m) r per compressed
-// tensor instead of n m.
+// tensor instead of n m. Every member of a group should hold the same Q: after a step they do
+// (the group's mean); a peer that joins late starts from the seeded Q, which skews the P of its
+// first step, and holds the group's Q from then on. A step that fails loses its gradient, as
+// without compression; the error carried so far stays.
 #include <cstdint>
 #include <span>
 #include <vector>
