@@ -12,8 +12,7 @@ bool attacks_at(const AttackConfig& a, std::uint64_t step) {
 
 void tamper_gradient(const AttackConfig& a, std::span<float> grad, Rng& rng) {
   if (a.kind == AttackKind::kSignFlip) {
-    const float f = static_cast<float>(-a.scale);
-    for (auto& g : grad) g *= f;
+    tamper_aggregate(a, grad);  // the same arithmetic
   } else if (a.kind == AttackKind::kRandomDirection) {
     double honest = 0, drawn = 0;
     for (float g : grad) honest += double(g) * g;
@@ -26,15 +25,22 @@ void tamper_gradient(const AttackConfig& a, std::span<float> grad, Rng& rng) {
   }
 }
 
-namespace {
-constexpr const char* kNames[] = {"none", "sign_flip", "random_direction", "label_flip", "delayed", "wrong_aggregate"};
+void tamper_aggregate(const AttackConfig& a, std::span<float> mean) {
+  const float f = static_cast<float>(-a.scale);
+  for (auto& x : mean) x *= f;
 }
 
-std::string to_string(AttackKind k) { return kNames[static_cast<int>(k)]; }
+const std::vector<std::string>& attack_names() {
+  static const std::vector<std::string> names{"none", "sign_flip", "random_direction", "label_flip", "delayed", "wrong_aggregate"};
+  return names;
+}
+
+std::string to_string(AttackKind k) { return attack_names()[static_cast<std::size_t>(k)]; }
 
 AttackKind attack_from_string(const std::string& name) {
-  for (int k = 0; k < 6; ++k)
-    if (name == kNames[k]) return static_cast<AttackKind>(k);
+  const auto& names = attack_names();
+  for (std::size_t k = 0; k < names.size(); ++k)
+    if (name == names[k]) return static_cast<AttackKind>(k);
   throw std::invalid_argument("unknown attack '" + name + "'");
 }
 

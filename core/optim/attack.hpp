@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/runtime/rng.hpp"
 
@@ -34,8 +35,12 @@ bool attacks_at(const AttackConfig& a, std::uint64_t step);
 
 // Sign flip and random direction on a gradient, in place (other kinds leave it as it is).
 void tamper_gradient(const AttackConfig& a, std::span<float> grad, Rng& rng);
+// Wrong aggregate: a reduced piece becomes -scale x itself, in place.
+void tamper_aggregate(const AttackConfig& a, std::span<float> mean);
 
 std::string to_string(AttackKind k);
+// Every kind's name, in the enum's order.
+const std::vector<std::string>& attack_names();
 // "none", "sign_flip", ...; throws std::invalid_argument for another name.
 AttackKind attack_from_string(const std::string& name);
 

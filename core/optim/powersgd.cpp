@@ -27,6 +27,19 @@ void orthonormalise(std::vector<float>& a, std::size_t n, std::size_t r) {
   }
 }
 
+// M is n x m (row-major), `in` and `out` have r columns. Adds M `in` to `out` (n rows from m), or
+// with `transposed` M^T `in` (m rows from n). Zeros of M (sparse gradients) are skipped.
+void multiply(const float* M, std::size_t n, std::size_t m, std::size_t r, const float* in, float* out, bool transposed) {
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t k = 0; k < m; ++k) {
+      const float x = M[i * m + k];
+      if (x == 0) continue;
+      const float* a = in + (transposed ? i : k) * r;
+      float* b = out + (transposed ? k : i) * r;
+      for (std::size_t j = 0; j < r; ++j) b[j] += x * a[j];
+    }
+}
+
 }  // namespace
 
 PowerSgd::PowerSgd(averaging::TensorSchema schema, std::uint32_t rank, std::uint64_t seed)
@@ -72,16 +85,8 @@ std::vector<float> PowerSgd::begin(std::span<const float> grad) {
   for (std::size_t i = 0; i < m_.size(); ++i) m_[i] += error_[i];
   std::vector<float> out(first_.total(), 0.0f);
   const std::size_t r = rank_;
-  for (auto& mat : mats_) {  // P = M Q
-    const float* M = m_.data() + mat.at;
-    float* P = out.data() + mat.p_at;
-    for (std::size_t i = 0; i < mat.n; ++i)
-      for (std::size_t k = 0; k < mat.m; ++k) {
-        const float x = M[i * mat.m + k];
-        if (x == 0) continue;
-        for (std::size_t j = 0; j < r; ++j) P[i * r + j] += x * mat.q[k * r + j];
-      }
-  }
+  for (auto& mat : mats_)  // P = M Q
+    multiply(m_.data() + mat.at, mat.n, mat.m, r, mat.q.data(), out.data() + mat.p_at, false);
   std::uint64_t w = plain_at_;
   for (auto [at, size] : plain_) {
     std::copy_n(m_.data() + at, size, out.data() + w);
@@ -98,14 +103,7 @@ std::vector<float> PowerSgd::middle(std::span<const float> first_mean) {
     mat.p.assign(first_mean.begin() + static_cast<std::ptrdiff_t>(mat.p_at),
                  first_mean.begin() + static_cast<std::ptrdiff_t>(mat.p_at + mat.n * r));
     orthonormalise(mat.p, mat.n, r);
-    const float* M = m_.data() + mat.at;
-    float* Q = out.data() + mat.q_at;
-    for (std::size_t i = 0; i < mat.n; ++i)
-      for (std::size_t k = 0; k < mat.m; ++k) {
-        const float x = M[i * mat.m + k];
-        if (x == 0) continue;
-        for (std::size_t j = 0; j < r; ++j) Q[k * r + j] += x * mat.p[i * r + j];
-      }
+    multiply(m_.data() + mat.at, mat.n, mat.m, r, mat.p.data(), out.data() + mat.q_at, true);
   }
   plain_mean_.assign(first_mean.begin() + static_cast<std::ptrdiff_t>(plain_at_), first_mean.end());
   return out;

@@ -46,9 +46,7 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
   if (attacker_ && spec_.attack.kind == optim::AttackKind::kWrongAggregate)
     allreduce.faults.tamper_result = [this](std::span<float> mean) {
       if (!attacking()) return;
-      optim::AttackConfig flip = spec_.attack;
-      flip.kind = optim::AttackKind::kSignFlip;
-      optim::tamper_gradient(flip, mean, attack_rng_);
+      optim::tamper_aggregate(spec_.attack, mean);
       rt_.observer.count("train.attacks.wrong_aggregate");
     };
   if (spec_.mode == "diloco") {
@@ -532,9 +530,7 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
   parse_aggregation(s, "training", r.aggregation);
   auto& at = t.attack;
-  const auto kind = s.get_string("training.attack", "none",
-                                 {"none", "sign_flip", "random_direction", "label_flip", "delayed", "wrong_aggregate"});
-  at.kind = optim::attack_from_string(kind);
+  at.kind = optim::attack_from_string(s.get_string("training.attack", "none", optim::attack_names()));
   const auto trainers = spec.peers - static_cast<std::uint32_t>(std::lround(t.aux_fraction * spec.peers));
   at.attackers = static_cast<std::uint32_t>(s.get_int("training.attackers", at.kind == optim::AttackKind::kNone ? 0 : 1, 0, trainers));
   at.from_step = static_cast<std::uint64_t>(s.get_int("training.attack_from_step", 0, 0, std::int64_t{1} << 40));

@@ -162,9 +162,7 @@ int run_trainer(const TrainerOptions& o) {
   if (attack.kind == optim::AttackKind::kWrongAggregate)
     cc.allreduce.faults.tamper_result = [&](std::span<float> mean) {
       if (!epoch_now || !optim::attacks_at(attack, epoch_now())) return;
-      optim::AttackConfig flip = attack;
-      flip.kind = optim::AttackKind::kSignFlip;
-      optim::tamper_gradient(flip, mean, attack_rng);
+      optim::tamper_aggregate(attack, mean);
     };
   if (o.role == "client") cc.role = averaging::MemberKind::kClient;
   else if (o.role == "aux") cc.role = averaging::MemberKind::kAux;
