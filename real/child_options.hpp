@@ -80,7 +80,7 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--clip-tau", o.clip_tau, "CenteredClip's radius");
   v("--clip-iterations", o.clip_iterations, "CenteredClip's iteration cap");
   v("--powersgd-rank", o.powersgd_rank, "send gradients as PowerSGD rank-r pairs (0: whole)");
-  v("--attack", o.attack, "none, sign_flip, random_direction, label_flip, delayed or wrong_aggregate");
+  v("--attack", o.attack, "none, sign_flip, random_direction, label_flip, delayed, wrong_aggregate or break_commitment");
   v("--attack-from-step", o.attack_from_step, "the first global step attacked");
   v("--attack-every", o.attack_every, "attack every k-th step from then on");
   v("--attack-scale", o.attack_scale, "sign flip and wrong aggregate: the factor; random direction: the norm ratio");

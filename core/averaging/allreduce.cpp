@@ -53,11 +53,45 @@ FoldFn pick_fold(bool own, bool assign, bool scale, bool out) {
 
 }  // namespace
 
+std::size_t Layout::total_pieces() const {
+  std::size_t n = 0;
+  for (const auto& p : pieces) n += p.size();
+  return n;
+}
+
+std::size_t Layout::first_piece(std::size_t reducer) const {
+  std::size_t n = 0;
+  for (std::size_t j = 0; j < reducer && j < pieces.size(); ++j) n += pieces[j].size();
+  return n;
+}
+
+Result<Layout> make_layout(const Group& group, const AllReduceConfig& cfg) {
+  std::vector<double> bw;
+  std::vector<MemberKind> kinds;
+  for (const auto& m : group.members) {
+    bw.push_back(m.bandwidth);
+    kinds.push_back(m.kind);
+  }
+  auto sizes = balance_parts(group.schema.total(), bw, kinds, cfg.min_part, cfg.parts);
+  if (!sizes.ok()) return sizes.error();
+  Layout l;
+  l.part_size = std::move(*sizes);
+  std::uint64_t at = 0;
+  const auto tensor_sizes = group.schema.sizes();
+  for (std::size_t j = 0; j < group.members.size(); ++j) {
+    l.part_begin.push_back(at);
+    l.pieces.push_back(make_pieces(tensor_sizes, at, at + l.part_size[j], cfg.piece_elements));
+    at += l.part_size[j];
+  }
+  return l;
+}
+
 struct Averager::Round {
   Group group;
   std::size_t me = 0;
   std::vector<std::uint64_t> part_begin, part_size;
   std::vector<std::vector<Piece>> pieces;  // per reducer
+  std::vector<std::size_t> first_piece;    // per reducer: the global index of its first piece
   TimePoint started;
   Duration frozen_at_start{};  // the clock's frozen time when the round began
   TimePoint deadline;          // no request of mine waits past it (round_bound)
@@ -145,14 +179,8 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
     co_return Error{ErrorCode::kInvalidArgument, "weight must be finite and >= 0"};
   if (rounds_.count(group.id))
     co_return Error{ErrorCode::kInvalidArgument, "group " + std::to_string(group.id) + " is already running here"};
-  std::vector<double> bw;
-  std::vector<MemberKind> kinds;
-  for (const auto& m : group.members) {
-    bw.push_back(m.bandwidth);
-    kinds.push_back(m.kind);
-  }
-  auto sizes = balance_parts(total, bw, kinds, cfg_.min_part, cfg_.parts);
-  if (!sizes.ok()) co_return sizes.error();
+  auto layout = make_layout(group, cfg_);
+  if (!layout.ok()) co_return layout.error();
 
   auto r = std::make_shared<Round>();
   const std::size_t n = group.members.size();
@@ -161,19 +189,21 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   r->started = rt_.now();
   r->frozen_at_start = rt_.clock.frozen();
   r->weight = weight;
-  r->part_size = std::move(*sizes);
-  std::uint64_t at = 0;
-  const auto tensor_sizes = r->group.schema.sizes();
-  for (std::size_t j = 0; j < n; ++j) {
-    r->part_begin.push_back(at);
-    r->pieces.push_back(make_pieces(tensor_sizes, at, at + r->part_size[j], cfg_.piece_elements));
-    at += r->part_size[j];
+  r->part_begin = std::move(layout->part_begin);
+  r->part_size = std::move(layout->part_size);
+  r->pieces = std::move(layout->pieces);
+  std::size_t global = 0;
+  for (const auto& part : r->pieces) {
+    r->first_piece.push_back(global);
+    global += part.size();
   }
+  r->report.got_mean.assign(global, false);
   r->deadline = r->started + round_bound(*r);
   r->banned.assign(n, false);
   r->gone.assign(n, false);
   r->part_failed.assign(n, false);
   r->output = std::make_shared<std::vector<float>>(std::move(local));
+  if (cfg_.faults.tamper_sent && !r->output->empty()) cfg_.faults.tamper_sent(*r->output);  // a hostile sender
   if (auto it = early_cancels_.find(r->group.id); it != early_cancels_.end()) {
     for (const auto& e : it->second)
       if (auto i = r->group.index_of(e)) r->gone[*i] = true;
@@ -319,6 +349,7 @@ void Averager::finalize(Round& r, std::size_t piece) {
     if (clips() && !ps.means_ready) {
       // Contributions that never came have weight 0 and count for nothing.
       const ClipStats st = centered_clip(ps.rows, ps.row_weight, std::span<float>(s, n), cfg_.aggregation);
+      if (cfg_.on_reduced) cfg_.on_reduced(r.group.id, piece, ps.rows, ps.row_weight);
       r.report.clipped += st.clipped;
       rt_.observer.count("avg.clip.clipped", st.clipped);
       rt_.observer.count("avg.clip.iterations", st.iterations);
@@ -451,6 +482,20 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
   const Piece& pc = r->pieces[r->me][req.piece];
   float* sum = r->sum.get() + (pc.begin - r->part_begin[r->me]);
   std::string why;
+  if (cfg_.admit_piece) {
+    if (std::string refused = cfg_.admit_piece(req.group, *s, req.piece, req.payload.data(), req.weight); !refused.empty()) {
+      // The sender broke what it committed to: none of its pieces count for the rest of my part.
+      rt_.observer.count("avg.refused_pieces");
+      r->banned[*s] = true;
+      const std::size_t before = r->finalized;
+      for (std::size_t p = 0; p < r->mine.size(); ++p) check_piece(*r, p);
+      if (r->finalized != before) {
+        if (r->finalized < r->mine.size()) arm_progress_timer(r);
+        wake_main(r);
+      }
+      co_return Error{ErrorCode::kRejected, "piece " + std::to_string(req.piece) + " refused: " + refused};
+    }
+  }
   if (clips()) {
     // Kept whole until the piece is complete; a value that is not finite cannot be clipped.
     auto row = clip_row(*r, req.piece, *s);
@@ -625,6 +670,7 @@ Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::siz
       continue;
     }
     round.report.pieces_averaged += 1;
+    round.report.got_mean[round.first_piece[j] + p] = true;
   }
   ++round.lanes_done;
   wake_main(r);

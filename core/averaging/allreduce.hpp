@@ -44,6 +44,7 @@ struct AllReduceFaults {
   std::function<void()> on_reduce_limit;  // called once when the first piece is held back
   Duration answer_delay{};  // answer every request for a reduced piece this late (slow or hostile)
   std::function<void(std::span<float>)> tamper_result;  // rewrite each reduced piece before answering
+  std::function<void(std::span<float>)> tamper_sent;    // rewrite my values when a round begins (after a commitment)
 };
 
 struct AllReduceConfig {
@@ -58,7 +59,27 @@ struct AllReduceConfig {
   // contribution to its part until each piece is complete: members x part values.
   AggregationConfig aggregation;
   AllReduceFaults faults;
+  // Verification hooks (BTARD, core/optim/btard.hpp). `admit_piece` sees each piece a sender sends
+  // for my part (the index is among my part's pieces) before it is used: a non-empty answer
+  // refuses it, and the sender is left out of the rest of my part (counted as avg.refused_pieces).
+  std::function<std::string(std::uint64_t group, std::size_t sender, std::size_t piece, std::span<const std::uint8_t> body,
+                            double weight)>
+      admit_piece;
+  // CenteredClip only: called with every contribution to a piece of my part (members x values,
+  // weight 0 for those left out) once it is reduced, before the rows are dropped.
+  std::function<void(std::uint64_t group, std::size_t piece, std::span<const float> rows, std::span<const double> weights)>
+      on_reduced;
 };
+
+// Where each member's part begins and its pieces, in member order: what every member of `group`
+// derives alike from the group and the configuration.
+struct Layout {
+  std::vector<std::uint64_t> part_begin, part_size;
+  std::vector<std::vector<Piece>> pieces;  // per reducer
+  std::size_t total_pieces() const;
+  std::size_t first_piece(std::size_t reducer) const;  // the global index of a reducer's first piece
+};
+Result<Layout> make_layout(const Group& group, const AllReduceConfig& cfg);
 
 struct AllReduceReport {
   std::uint64_t group = 0;                     // the group's id
@@ -71,6 +92,7 @@ struct AllReduceReport {
   std::uint64_t bytes_sent = 0;                // payload bytes this member sent
   std::uint64_t bytes_received = 0;            // payload bytes it received
   std::uint64_t clipped = 0;  // CenteredClip: contributions to pieces of my part that were clipped
+  std::vector<bool> got_mean;  // per piece, in global order (Layout): my values went in and the mean came back
   Duration elapsed{};
 };
 

@@ -118,6 +118,7 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
         }
         if (!d || d->member.endpoint == s.self.endpoint || tried.count(d->member.endpoint)) continue;
         if (d->deadline <= rt_.now()) continue;
+        if (excluded_ && excluded_(d->member.endpoint)) continue;
         // A client member cannot accept connections, so it never leads; it follows any leader.
         if (d->member.kind == MemberKind::kClient) continue;
         if (s.self.kind != MemberKind::kClient && !ahead(*d, mine)) continue;
@@ -198,6 +199,10 @@ Task<Result<JoinReply>> Matchmaker::handle_join(Endpoint from, JoinRequest req) 
     co_return Error{ErrorCode::kInvalidArgument, "tensor schema mismatch: the group averages " + s.schema.describe() +
                                                      " (schema hash " + hex(s.hash) + "), the joining peer's schema hash is " +
                                                      hex(req.schema_hash)};
+  if (excluded_ && excluded_(from)) {
+    rt_.observer.count("avg.excluded_joins");
+    co_return Error{ErrorCode::kRejected, "banned from this swarm's groups"};
+  }
   Member m = req.member;
   m.endpoint = from;
   auto it = std::find_if(s.followers.begin(), s.followers.end(), [&](const Member& f) { return f.endpoint == from; });

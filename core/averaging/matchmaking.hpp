@@ -11,6 +11,7 @@
 // target size, or, at its deadline, begins with at least the minimum size or gives up. A leader
 // refuses a follower whose tensor schema differs, with an error that names both hashes. A client
 // member (it cannot accept connections) never leads: it follows any leader it finds.
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -41,6 +42,8 @@ class Matchmaker {
   Task<Result<Group>> find_group(std::string key, TensorSchema schema, Member self);
 
   MatchmakingConfig& config() { return cfg_; }
+  // Peers this one will not group with (banned ones): it neither takes them in nor follows them.
+  void set_excluded(std::function<bool(const Endpoint&)> excluded) { excluded_ = std::move(excluded); }
 
  private:
   struct Search;
@@ -52,6 +55,7 @@ class Matchmaker {
   dht::DhtNode& dht_;
   MatchmakingConfig cfg_;
   std::shared_ptr<Search> current_;
+  std::function<bool(const Endpoint&)> excluded_;
   TaskScope scope_;  // background declarations
 };
 

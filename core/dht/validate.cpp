@@ -105,6 +105,17 @@ void Identity::save(const std::string& path) const {
 
 std::string Identity::owner_tag() const { return "[owner:" + to_hex(public_key.data(), 32) + "]"; }
 
+std::array<std::uint8_t, 64> Identity::sign_bytes(std::span<const std::uint8_t> msg) const {
+  std::array<std::uint8_t, 64> sig{};
+  crypto_sign_detached(sig.data(), nullptr, msg.data(), msg.size(), secret_key.data());
+  return sig;
+}
+
+bool verify_signature(const std::array<std::uint8_t, 32>& key, std::span<const std::uint8_t> msg,
+                      std::span<const std::uint8_t> sig) {
+  return sig.size() == 64 && crypto_sign_verify_detached(sig.data(), msg.data(), msg.size(), key.data()) == 0;
+}
+
 void Identity::sign(Record& r) const {
   ensure_sodium();
   r.signature.assign(64, 0);

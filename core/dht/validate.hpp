@@ -30,11 +30,17 @@ struct Identity {
   DhtId id() const { return DhtId::hash(public_key); }
   std::string owner_tag() const;  // "[owner:<hex>]"
   void sign(Record& r) const;
+  // An Ed25519 signature over any bytes (messages that must name who sent them).
+  std::array<std::uint8_t, 64> sign_bytes(std::span<const std::uint8_t> msg) const;
 
  private:
   std::array<std::uint8_t, 32> seed_{};
   static Identity from_seed_bytes(const std::array<std::uint8_t, 32>& seed);
 };
+
+// Whether `sig` is `key`'s Ed25519 signature over `msg`.
+bool verify_signature(const std::array<std::uint8_t, 32>& key, std::span<const std::uint8_t> msg,
+                      std::span<const std::uint8_t> sig);
 
 class Validator {
  public:

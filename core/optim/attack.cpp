@@ -31,7 +31,8 @@ void tamper_aggregate(const AttackConfig& a, std::span<float> mean) {
 }
 
 const std::vector<std::string>& attack_names() {
-  static const std::vector<std::string> names{"none", "sign_flip", "random_direction", "label_flip", "delayed", "wrong_aggregate"};
+  static const std::vector<std::string> names{"none", "sign_flip", "random_direction", "label_flip", "delayed", "wrong_aggregate",
+                                                "break_commitment"};
   return names;
 }
 

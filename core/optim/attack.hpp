@@ -8,7 +8,9 @@
 //  * delayed: its gradients are computed on parameters `delay` global steps old (the trainer's
 //    part: it keeps the snapshots);
 //  * wrong aggregate: as a reducer it answers with its part's mean times -scale (the all-reduce's
-//    part: AllReduceFaults::tamper_result).
+//    part: AllReduceFaults::tamper_result);
+//  * break commitment (against BTARD): it commits to its honest gradient, then sends -scale x it
+//    (the all-reduce's part: AllReduceFaults::tamper_sent).
 // The vector attacks are here so that the ns-3 and the live trainers apply the same ones.
 #include <cstdint>
 #include <span>
@@ -19,7 +21,7 @@
 
 namespace apiary::optim {
 
-enum class AttackKind { kNone, kSignFlip, kRandomDirection, kLabelFlip, kDelayed, kWrongAggregate };
+enum class AttackKind { kNone, kSignFlip, kRandomDirection, kLabelFlip, kDelayed, kWrongAggregate, kBreakCommitment };
 
 struct AttackConfig {
   AttackKind kind = AttackKind::kNone;

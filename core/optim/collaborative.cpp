@@ -41,10 +41,23 @@ CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNo
                                 schema_.describe() + " has " + std::to_string(schema_.total()));
   if (cfg_.momentum < 0 || cfg_.momentum >= 1) throw std::invalid_argument("momentum must be in [0, 1)");
   if (cfg_.powersgd_rank > 0) powersgd_ = std::make_unique<PowerSgd>(schema_, cfg_.powersgd_rank, schema_.hash());
+  if (cfg_.btard.enabled) {
+    if (cfg_.allreduce.aggregation.rule != AggregationRule::kCenteredClip)
+      throw std::invalid_argument("BTARD verifies CenteredClip aggregates: set the aggregation to centered_clip");
+    if (cfg_.powersgd_rank > 0 || cfg_.local_updates)
+      throw std::invalid_argument("BTARD verifies whole gradients: it cannot run with PowerSGD or local updates");
+    btard_ = std::make_unique<Btard>(rt, rpc, dht, progress_.identity(), cfg_.progress.prefix, cfg_.btard, averager_.config());
+    matchmaker_.set_excluded([this](const Endpoint& e) { return btard_->banned(e); });
+    progress_.set_ignored([this](const std::string& tag) { return btard_->banned_tag(tag); });
+  }
   if (cfg_.momentum > 0) {
     momentum_.assign(params_.size(), 0.0f);
     set_optimizer_state(schema_, [this] { return momentum_; }, [this](std::vector<float> m) { momentum_ = std::move(m); });
   }
+}
+
+void CollaborativeOptimizer::set_recompute(Recompute r) {
+  if (btard_) btard_->set_recompute(std::move(r));
 }
 
 void CollaborativeOptimizer::set_optimizer_state(TensorSchema schema, std::function<std::vector<float>()> get,
@@ -110,6 +123,7 @@ bool CollaborativeOptimizer::step_due(const SwarmProgress& swarm, bool early) co
 
 Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_t) {
   const TimePoint give_up = rt_.now() + cfg_.max_wait;
+  if (btard_) co_await btard_->refresh_bans();
   std::optional<std::uint64_t> published;
   while (true) {
     // Re-publish only when there is news (the training loop may accumulate while we wait).
@@ -205,8 +219,17 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
     if (samples > 0)
       for (std::size_t i = 0; i < mean.size(); ++i) mean[i] = sum[i] / static_cast<float>(samples);
     rep.group = group->members.size();
+    const Group members = *group;
+    if (btard_) {
+      std::optional<Error> failed = co_await btard_->commit(members, epoch_, mean, static_cast<double>(samples), params_);
+      if (failed) co_return *failed;
+    }
     Result<std::vector<float>> avg = co_await average_gradients(std::move(*group), std::move(mean), static_cast<double>(samples), rep);
-    if (!avg.ok()) co_return avg.error();
+    if (!avg.ok()) {
+      if (btard_) btard_->abandon(members.id);
+      co_return avg.error();
+    }
+    if (btard_) co_await btard_->verify(members, *avg, rep.allreduce.got_mean);
     // 3. The optimizer step, the same on every peer of the group (or the caller's optimizer's).
     if (cfg_.apply_sgd) {
       const float lr = static_cast<float>(cfg_.learning_rate);
@@ -221,6 +244,15 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
       }
     }
     rep.mean_gradient = std::move(*avg);
+    if (btard_) {
+      if (auto from = btard_->resync_source(members.id)) {
+        // Computed on other parameters than the group's plurality: take theirs (after this step).
+        ++epoch_;
+        Result<std::uint64_t> caught = co_await join_from(*from);
+        rt_.observer.count(caught.ok() ? "optim.btard_resyncs" : "optim.btard_resync_failures");
+        co_return rep;
+      }
+    }
   }
   ++epoch_;
   rt_.observer.count("optim.steps");
@@ -289,8 +321,17 @@ Task<Result<StepReport>> CollaborativeOptimizer::assist() {
     Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema, swarm->peers);
     if (!group.ok()) co_return group.error();
     rep.group = group->members.size();
+    const Group members = *group;
+    if (btard_) {
+      std::optional<Error> failed = co_await btard_->commit(members, epoch_, {}, 0.0, params_);
+      if (failed) co_return *failed;
+    }
     Result<std::vector<float>> avg = co_await average_gradients(std::move(*group), {}, 0.0, rep);
-    if (!avg.ok()) co_return avg.error();
+    if (!avg.ok()) {
+      if (btard_) btard_->abandon(members.id);
+      co_return avg.error();
+    }
+    if (btard_) co_await btard_->verify(members, {}, rep.allreduce.got_mean);
   }
   ++epoch_;
   if (cfg_.average_state_every > 0 && epoch_ % cfg_.average_state_every == 0) {
@@ -303,6 +344,20 @@ Task<Result<StepReport>> CollaborativeOptimizer::assist() {
   rep.averaging = rt_.now() - t1;
   rt_.observer.count("optim.assists");
   co_return rep;
+}
+
+Task<Result<std::uint64_t>> CollaborativeOptimizer::join_from(Endpoint peer) {
+  Result<ModelState> st = co_await state_.download_from(peer, state_schema(), cfg_.state_timeout);
+  if (!st.ok()) co_return st.error();
+  if (st->epoch < epoch_) co_return Error{ErrorCode::kRejected, "the peer's state is older than this peer's"};
+  const auto n = static_cast<std::ptrdiff_t>(params_.size());
+  params_.assign(st->tensors.begin(), st->tensors.begin() + n);
+  if (set_opt_) set_opt_(std::vector<float>(st->tensors.begin() + n, st->tensors.end()));
+  epoch_ = st->epoch;
+  std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
+  samples_ = 0;
+  published_ = 0;
+  co_return epoch_;
 }
 
 Task<Result<std::uint64_t>> CollaborativeOptimizer::join() {

@@ -23,6 +23,7 @@
 #include "core/averaging/allreduce.hpp"
 #include "core/averaging/matchmaking.hpp"
 #include "core/averaging/state.hpp"
+#include "core/optim/btard.hpp"
 #include "core/optim/powersgd.hpp"
 #include "core/optim/progress.hpp"
 
@@ -40,6 +41,9 @@ struct CollaborativeConfig {
   bool local_updates = false;  // the caller steps its optimizer on every local batch; gradients are not averaged
   std::uint32_t average_state_every = 0;  // average parameters and optimizer state every N epochs (0: never)
   std::uint32_t powersgd_rank = 0;  // > 0: gradients go as PowerSGD rank-r pairs, two rounds per step (powersgd.hpp)
+  // BTARD's verification of every gradient step (btard.hpp): needs CenteredClip, whole gradients
+  // (no PowerSGD) and gradient averaging (no local updates).
+  BtardConfig btard;
   bool size_groups_by_progress = true;  // aim for a group of every peer that reported on the epoch
   Duration poll = std::chrono::milliseconds(200);      // progress polling while waiting
   Duration max_wait = std::chrono::seconds(60);        // for the swarm to reach the target
@@ -74,6 +78,10 @@ class CollaborativeOptimizer {
   // Within a step: past the wait for the global batch (what is accumulated now is the next step's).
   bool averaging() const { return averaging_; }
   const CollaborativeConfig& config() const { return cfg_; }
+  // BTARD's state (bans, counts); null unless it is enabled.
+  const Btard* btard() const { return btard_.get(); }
+  // BTARD: how validators recompute a member's gradient (the workload knows the model and data).
+  void set_recompute(Recompute r);
 
   // Optimizer state beyond the parameters, for state downloads and state averaging: its schema,
   // how to read it and how to replace it. Without hooks, the built-in SGD's momentum buffer is
@@ -106,6 +114,8 @@ class CollaborativeOptimizer {
   // A newcomer: download the parameters, optimizer state and epoch from the freshest peer before
   // contributing.
   Task<Result<std::uint64_t>> join();
+  // The same from one chosen peer (BTARD: a member that fell out of sync with its group).
+  Task<Result<std::uint64_t>> join_from(Endpoint peer);
 
  private:
   Task<Result<SwarmProgress>> wait_for_target(std::uint64_t samples);
@@ -135,6 +145,7 @@ class CollaborativeOptimizer {
   averaging::Matchmaker matchmaker_;
   averaging::Averager averager_;
   averaging::StateSharer state_;
+  std::unique_ptr<Btard> btard_;
 };
 
 }  // namespace apiary::optim

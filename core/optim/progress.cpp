@@ -78,8 +78,10 @@ Task<bool> ProgressTracker::publish(PeerProgress mine) {
 Task<SwarmProgress> ProgressTracker::fetch() {
   dht::GetResult got = co_await dht_.get(key(), cfg_.read_holders);
   std::vector<PeerProgress> reports;
-  for (const auto& rec : got.records)
+  for (const auto& rec : got.records) {
+    if (ignored_ && rec.subkey && ignored_(*rec.subkey)) continue;
     if (auto p = PeerProgress::decode(rec.value)) reports.push_back(*p);
+  }
   SwarmProgress swarm = aggregate(reports, cfg_.target_batch, rt_.now(), cfg_.stale);
   swarm.fetched = rt_.now();
   co_return swarm;

@@ -63,12 +63,16 @@ class ProgressTracker {
   // clock two reads differ, and `matchmaking_time(p) <= rt.now()` may read them in either order.
   TimePoint matchmaking_time(const SwarmProgress& p, TimePoint now) const;
   std::string key() const { return cfg_.prefix + ":progress"; }
+  const dht::Identity& identity() const { return identity_; }
+  // Reports whose subkey (the reporter's owner tag) this says to ignore count for nothing (banned peers).
+  void set_ignored(std::function<bool(const std::string& owner_tag)> ignored) { ignored_ = std::move(ignored); }
 
  private:
   Runtime& rt_;
   dht::DhtNode& dht_;
   dht::Identity identity_;
   ProgressConfig cfg_;
+  std::function<bool(const std::string&)> ignored_;
 };
 
 }  // namespace apiary::optim

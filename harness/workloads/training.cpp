@@ -40,7 +40,8 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
       speed_(driver.speed_of(index)),
       data_rng_(Rng(driver.swarm().seed ^ 0x64617461ULL).fork(index + 1)),
       attacker_(driver.attacker(index)),
-      attack_rng_(Rng(driver.swarm().seed ^ 0x62797aULL).fork(index + 1)) {
+      attack_rng_(Rng(driver.swarm().seed ^ 0x62797aULL).fork(index + 1)),
+      key_(identity.public_key) {
   const auto schema = driver.model().schema();
   auto allreduce = spec_.allreduce;
   if (attacker_ && spec_.attack.kind == optim::AttackKind::kWrongAggregate)
@@ -48,6 +49,12 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
       if (!attacking()) return;
       optim::tamper_aggregate(spec_.attack, mean);
       rt_.observer.count("train.attacks.wrong_aggregate");
+    };
+  if (attacker_ && spec_.attack.kind == optim::AttackKind::kBreakCommitment)
+    allreduce.faults.tamper_sent = [this](std::span<float> mine) {
+      if (!attacking()) return;
+      optim::tamper_aggregate(spec_.attack, mine);
+      rt_.observer.count("train.attacks.break_commitment");
     };
   if (spec_.mode == "diloco") {
     optim::DilocoConfig dc;
@@ -83,7 +90,10 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
   cc.poll = std::min<Duration>(spec_.progress_period, std::chrono::milliseconds(500));
   // A step on an optimistic estimate should give up soon and compute on.
   cc.max_wait = spec_.max_wait > Duration::zero() ? spec_.max_wait : spec_.progress_period * 3 + std::chrono::seconds(1);
+  cc.btard = spec_.btard;
+  if (attacker_ && spec_.btard_false_accusations) cc.btard.accuse_falsely = [this] { return attacking(); };
   collab_ = std::make_unique<optim::CollaborativeOptimizer>(rt, rpc, dht, std::move(identity), schema, driver.initial(), cc);
+  collab_->set_recompute([this](optim::Contribution c) { return recompute(std::move(c)); });
   if (spec_.local_updates) local_momentum_.assign(driver.initial().size(), 0.0f);
 }
 
@@ -138,7 +148,10 @@ Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
   // ...and its gradient is real, on the parameters as they are now (an attacker's: on flipped
   // labels, or on old parameters, or scaled or random; attack.hpp).
   std::vector<std::size_t> rows(spec_.batch_size);
-  for (auto& r : rows) r = static_cast<std::size_t>(data_rng_.below(driver_.train().size()));
+  if (spec_.btard.enabled && collab_)
+    rows = seeded_rows(key_, collab_->epoch(), collab_->local_samples() / spec_.batch_size);
+  else
+    for (auto& r : rows) r = static_cast<std::size_t>(data_rng_.below(driver_.train().size()));
   grad.assign(driver_.model().parameters(), 0.0f);
   auto params = collab_ ? std::span<const float>(collab_->parameters()) : std::span<const float>(diloco_->parameters());
   const bool attack = attacking();
@@ -147,11 +160,42 @@ Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
   const double loss = driver_.model().grad_sum(params, flip ? driver_.train_flipped() : driver_.train(), rows, grad);
   if (attack) {
     optim::tamper_gradient(spec_.attack, grad, attack_rng_);
-    if (spec_.attack.kind != optim::AttackKind::kWrongAggregate) rt_.observer.count("train.attacks." + optim::to_string(spec_.attack.kind));
+    if (spec_.attack.kind != optim::AttackKind::kWrongAggregate && spec_.attack.kind != optim::AttackKind::kBreakCommitment)
+      rt_.observer.count("train.attacks." + optim::to_string(spec_.attack.kind));
   }
   samples_ += spec_.batch_size;
   rt_.observer.count("train.samples", spec_.batch_size);
   rt_.observer.sample("train.batch_loss", loss / spec_.batch_size);
+}
+
+std::vector<std::size_t> TrainingApp::seeded_rows(const optim::Key& key, std::uint64_t epoch, std::uint64_t b) const {
+  std::uint64_t k = driver_.swarm().seed ^ 0x6274617264ULL;  // "btard"
+  for (std::size_t i = 0; i < 8; ++i) k = (k << 8 | k >> 56) ^ key[i];
+  Rng rng = Rng(k).fork(epoch + 1).fork(b + 1);
+  std::vector<std::size_t> rows(spec_.batch_size);
+  for (auto& r : rows) r = static_cast<std::size_t>(rng.below(driver_.train().size()));
+  return rows;
+}
+
+// What a validator does: the member's batches of the step, on the step's parameters, summed in
+// the order the member's optimizer summed them, as its mean; it costs this peer compute time.
+Task<std::optional<std::vector<float>>> TrainingApp::recompute(optim::Contribution c) {
+  if (!(c.weight >= spec_.batch_size) || std::fmod(c.weight, spec_.batch_size) != 0 || c.weight > 1e9 ||
+      c.parameters.size() != driver_.model().parameters())
+    co_return std::vector<float>{};  // no honest trainer contributes that: it cannot match
+  const auto batches = static_cast<std::uint64_t>(c.weight) / spec_.batch_size;
+  const double seconds = c.weight / speed_;
+  co_await sleep_on(rt_.timers, Duration(static_cast<std::int64_t>(seconds * 1e9)));
+  busy_ += seconds;
+  rt_.observer.count("train.btard.recomputed_samples", static_cast<std::int64_t>(c.weight));
+  std::vector<float> sum(c.parameters.size(), 0.0f), grad;
+  for (std::uint64_t b = 0; b < batches; ++b) {
+    grad.assign(sum.size(), 0.0f);
+    driver_.model().grad_sum(c.parameters, driver_.train(), seeded_rows(c.public_key, c.epoch, b), grad);
+    for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += grad[i];
+  }
+  for (auto& x : sum) x = x / static_cast<float>(batches * spec_.batch_size);
+  co_return sum;
 }
 
 bool TrainingApp::attacking() const { return attacker_ && optim::attacks_at(spec_.attack, epoch()); }
@@ -356,14 +400,52 @@ void TrainingDriver::check_state(std::uint64_t epoch, std::uint64_t group, std::
   if (off) metrics_.count("invariant.train.state_disagrees", off);
 }
 
+void TrainingDriver::btard_figures(const std::vector<TrainingApp*>& apps, std::map<std::string, double>& figures) const {
+  if (!tr_.btard.enabled) return;
+  std::map<Endpoint, std::uint32_t> who;
+  for (auto* a : apps)
+    if (a) who[a->endpoint()] = a->index();
+  std::uint64_t honest_banned = 0;
+  double last = -1;
+  std::vector<std::size_t> banned_by(attackers_.size(), 0);  // honest trainers that banned each peer
+  std::size_t honest = 0;
+  for (auto* a : apps) {
+    if (!a || attackers_[a->index()] || a->kind() == MemberKind::kAux || !a->btard()) continue;
+    ++honest;
+    for (const auto& b : a->btard()->bans()) {
+      auto it = who.find(b.endpoint);
+      if (it == who.end()) continue;
+      if (!attackers_[it->second]) {
+        ++honest_banned;  // the reason is in the log (btard, at info level)
+      } else {
+        ++banned_by[it->second];
+        last = std::max(last, static_cast<double>(b.epoch));
+      }
+    }
+  }
+  std::size_t caught = 0, attackers = 0;
+  for (std::size_t i = 0; i < attackers_.size(); ++i)
+    if (attackers_[i]) {
+      ++attackers;
+      if (honest > 0 && banned_by[i] == honest) ++caught;
+    }
+  figures["btard_attackers"] = static_cast<double>(attackers);
+  figures["btard_attackers_banned"] = static_cast<double>(caught);  // by every honest trainer
+  figures["btard_false_bans"] = static_cast<double>(honest_banned);
+  figures["btard_last_ban_epoch"] = last;
+  if (honest_banned) metrics_.count("invariant.btard.honest_banned", static_cast<std::int64_t>(honest_banned));
+}
+
 bool TrainingDriver::evaluate(double elapsed, const std::vector<TrainingApp*>& apps) {
   double loss = 0, acc = 0;
   std::size_t n = 0, trainers = 0, finished = 0;
   std::uint64_t epoch = 0;
   for (auto* a : apps) {
     if (!a || !a->started() || a->kind() == MemberKind::kAux) continue;
-    ++trainers;
-    finished += a->finished();
+    if (!attackers_[a->index()]) {  // Byzantine trainers may never finish (banned ones cannot)
+      ++trainers;
+      finished += a->finished();
+    }
     epoch = std::max(epoch, a->epoch());
     if (n < 4) {  // the first few trainers that are up: they hold (nearly) the same parameters
       const auto e = model_.evaluate(a->parameters(), test_, test_.size());
@@ -385,6 +467,7 @@ bool TrainingDriver::evaluate(double elapsed, const std::vector<TrainingApp*>& a
 
 void TrainingDriver::finish(double elapsed, const std::vector<TrainingApp*>& apps, std::map<std::string, double>& figures) {
   evaluate(elapsed, apps);
+  btard_figures(apps, figures);
   double umin = 1, usum = 0;
   std::size_t n = 0;
   std::uint64_t epoch = 0;
@@ -537,6 +620,22 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   at.every = static_cast<std::uint32_t>(s.get_int("training.attack_every", 1, 1, 1 << 30));
   at.scale = s.get_double("training.attack_scale", at.scale, 0, 1e12);
   at.delay = static_cast<std::uint64_t>(s.get_int("training.attack_delay", static_cast<std::int64_t>(at.delay), 1, 1 << 20));
+  auto& b = t.btard;
+  b.enabled = s.get_bool("training.btard", false);
+  b.validators = static_cast<std::uint32_t>(s.get_int("training.btard_validators", b.validators, 0, 4096));
+  b.ban_quorum = static_cast<std::size_t>(s.get_int("training.btard_ban_quorum", static_cast<std::int64_t>(b.ban_quorum), 1, 4096));
+  b.check_tolerance = s.get_double("training.btard_check_tolerance", b.check_tolerance, 0, 1);
+  b.recompute_tolerance = s.get_double("training.btard_recompute_tolerance", b.recompute_tolerance, 0, 1);
+  b.phase_timeout = s.get_duration("training.btard_phase_timeout", b.phase_timeout);
+  t.btard_false_accusations = s.get_bool("training.btard_false_accusations", false);
+  if (b.enabled) {
+    if (t.mode != "collaborative" || t.local_updates || t.powersgd_rank > 0)
+      s.fail("training.btard", "verifies whole gradient steps: it needs mode = \"collaborative\", no local_updates and no powersgd_rank");
+    if (r.aggregation.rule != averaging::AggregationRule::kCenteredClip)
+      s.fail("training.btard", "checks CenteredClip aggregates: set training.aggregation = \"centered_clip\"");
+    if (t.delayed_updates)
+      s.fail("training.btard", "recomputes each step's batches on the step's parameters: set training.delayed_updates = false");
+  }
   return c;
 }
 

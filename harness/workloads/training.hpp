@@ -72,6 +72,11 @@ struct TrainingWorkloadSpec final : WorkloadConfig {
   bool baseline = true;
   // Byzantine trainers (core/optim/attack.hpp): the `attack.attackers` trainers of highest index.
   optim::AttackConfig attack;
+  // BTARD's verification of every step (core/optim/btard.hpp); each local batch is then drawn
+  // from the peer's key, epoch and batch index, so a validator can recompute it. With
+  // `btard_false_accusations`, attackers (while attacking) also accuse whoever they validate.
+  optim::BtardConfig btard;
+  bool btard_false_accusations = false;
 };
 
 struct SwarmSpec;
@@ -108,6 +113,9 @@ class TrainingApp final : public PeerApp {
   double busy_seconds() const { return busy_; }
   double up_seconds() const;
   std::uint64_t samples() const { return samples_; }
+  std::uint32_t index() const { return index_; }
+  Endpoint endpoint() const { return rt_.transport.local(); }
+  const optim::Btard* btard() const { return collab_ ? collab_->btard() : nullptr; }
 
  private:
   std::uint64_t seen_epoch_ = 0;  // the highest epoch this peer has been at (an invariant's memory)
@@ -119,6 +127,9 @@ class TrainingApp final : public PeerApp {
   Task<void> compute_batch(std::vector<float>& grad);
   void record_step(const Result<optim::StepReport>& r);
   bool attacking() const;
+  // BTARD: the rows of local batch `b` of `epoch` for the peer with `key`, and a recomputation.
+  std::vector<std::size_t> seeded_rows(const optim::Key& key, std::uint64_t epoch, std::uint64_t b) const;
+  Task<std::optional<std::vector<float>>> recompute(optim::Contribution c);
   std::span<const float> delayed_parameters();
 
   Runtime& rt_;
@@ -130,6 +141,7 @@ class TrainingApp final : public PeerApp {
   Rng data_rng_;
   bool attacker_ = false;
   Rng attack_rng_;
+  optim::Key key_{};  // this peer's public key
   std::map<std::uint64_t, std::vector<float>> snapshots_;  // delayed attack: parameters by global step
   std::unique_ptr<optim::CollaborativeOptimizer> collab_;
   std::unique_ptr<optim::DilocoOptimizer> diloco_;
@@ -171,6 +183,8 @@ class TrainingDriver {
   // Invariant: the peers that got a state-averaging round's means in full hold the same
   // parameters after it (within the codec's bound); counted as invariant.train.state_disagrees.
   void check_state(std::uint64_t epoch, std::uint64_t group, std::span<const float> params) const;
+  // BTARD: who banned whom (honest peers' bans of honest peers count as invariant.btard.honest_banned).
+  void btard_figures(const std::vector<TrainingApp*>& apps, std::map<std::string, double>& figures) const;
 
  private:
   const SwarmSpec& spec_;

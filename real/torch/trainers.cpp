@@ -164,6 +164,11 @@ int run_trainer(const TrainerOptions& o) {
       if (!epoch_now || !optim::attacks_at(attack, epoch_now())) return;
       optim::tamper_aggregate(attack, mean);
     };
+  if (attack.kind == optim::AttackKind::kBreakCommitment)
+    cc.allreduce.faults.tamper_sent = [&](std::span<float> mine) {
+      if (!epoch_now || !optim::attacks_at(attack, epoch_now())) return;
+      optim::tamper_aggregate(attack, mine);
+    };
   if (o.role == "client") cc.role = averaging::MemberKind::kClient;
   else if (o.role == "aux") cc.role = averaging::MemberKind::kAux;
   else if (o.role != "full") throw std::invalid_argument("--role must be full, client or aux, not '" + o.role + "'");
