@@ -683,7 +683,8 @@ Task<std::string> Btard::gradient_fault(std::shared_ptr<Round> r, std::size_t t)
     for (const Piece& pc : part) {
       const auto codec = allreduce_.codec.for_tensor(round.group.schema.numel(pc.tensor));
       const Bytes piece_body = compression::encode_body(std::span<const float>(g).subspan(pc.begin, pc.size()), codec);
-      if (piece_hash(round.group.id, t, q, piece_body) != p.hashes[q]) co_return std::string("showed a gradient that differs from its commitment");
+      if (piece_hash(round.group.id, t, q, piece_body) != p.hashes[q])
+        co_return std::string("showed a gradient that differs from its commitment");
       ++q;
     }
   if (!recompute_) co_return std::string{};

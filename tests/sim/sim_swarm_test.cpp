@@ -605,7 +605,8 @@ TEST(SimTraining, CenteredClipWithstandsAttackersThatBreakTheMean) {
 // accusation bans the accuser); training ends within a few points of the same run without them.
 const std::vector<std::string> kBtard{"peers=10", "training.steps=24", "training.target_batch=320", "training.clip_tau=0.1",
                                       "training.aggregation=centered_clip", "training.delayed_updates=false", "training.btard=true",
-                                      "training.btard_ban_quorum=5", "training.btard_validators=4", "training.attackers=4", "training.attack_from_step=5",
+                                      "training.btard_ban_quorum=5", "training.btard_validators=4", "training.attackers=4",
+                                      "training.attack_from_step=5",
                                       "training.btard_false_accusations=true", "training.eval_period=30s", "duration=20min"};
 
 std::vector<std::string> btard_with(std::vector<std::string> more) {
