@@ -46,6 +46,10 @@ struct TrainerOptions {
   std::uint32_t attack_every = 1;
   double attack_scale = 1000;
   std::uint64_t attack_delay = 1000;
+  bool btard = false;  // BTARD's verification of every step (core/optim/btard.hpp)
+  std::uint32_t btard_validators = 2;
+  std::uint32_t btard_ban_quorum = 2;
+  bool btard_false_accusations = false;  // an attacker also accuses whoever it validates
 };
 
 // `v(flag, field, help)` for every field.
@@ -85,6 +89,10 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--attack-every", o.attack_every, "attack every k-th step from then on");
   v("--attack-scale", o.attack_scale, "sign flip and wrong aggregate: the factor; random direction: the norm ratio");
   v("--attack-delay", o.attack_delay, "delayed: gradients on parameters this many steps old");
+  v("--btard", o.btard, "verify every step with BTARD (needs --aggregation centered_clip)");
+  v("--btard-validators", o.btard_validators, "BTARD: members that recompute another's gradient, per step");
+  v("--btard-ban-quorum", o.btard_ban_quorum, "BTARD: reporters that make a ban read from the DHT hold");
+  v("--btard-false-accusations", o.btard_false_accusations, "BTARD: as an attacker, also accuse whoever it validates");
 }
 
 // Live DMoE: expert servers and a trainer as processes (real/torch/trainers.hpp).

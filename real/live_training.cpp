@@ -37,6 +37,49 @@ struct Incarnation {
   std::string out;
 };
 
+// BTARD, from the honest trainers' records: who banned whom (as the ns-3 workload reports it).
+void btard_figures(const std::vector<Incarnation>& incs, const std::vector<bool>& attackers, Metrics& metrics,
+                   std::map<std::string, double>& figures) {
+  std::map<std::string, std::uint32_t> who;  // endpoint -> trainer
+  for (const auto& inc : incs)
+    for (const auto& j : read_json_lines(inc.out))
+      if (j.value("event", "") == "start") who[j.value("endpoint", "")] = inc.index;
+  std::vector<std::size_t> banned_by(attackers.size(), 0);
+  std::size_t honest = 0;
+  double false_bans = 0, last = -1;
+  for (const auto& inc : incs) {
+    if (attackers[inc.index] || inc.killed) continue;
+    for (const auto& j : read_json_lines(inc.out)) {
+      if (j.value("event", "") != "btard") continue;
+      ++honest;
+      metrics.count("btard.validations", j.value("validations", std::int64_t{0}));
+      metrics.count("btard.disputes", j.value("disputes", std::int64_t{0}));
+      metrics.count("btard.refused_pieces", j.value("refused_pieces", std::int64_t{0}));
+      for (const auto& b : j["bans"]) {
+        auto it = who.find(b.value("endpoint", ""));
+        if (it == who.end()) continue;
+        if (!attackers[it->second]) {
+          ++false_bans;
+          continue;
+        }
+        ++banned_by[it->second];
+        last = std::max(last, b.value("epoch", 0.0));
+      }
+    }
+  }
+  double caught = 0, n = 0;
+  for (std::size_t i = 0; i < attackers.size(); ++i)
+    if (attackers[i]) {
+      ++n;
+      if (honest > 0 && banned_by[i] == honest) ++caught;
+    }
+  figures["btard_attackers"] = n;
+  figures["btard_attackers_banned"] = caught;
+  figures["btard_false_bans"] = false_bans;
+  figures["btard_last_ban_epoch"] = last;
+  if (false_bans > 0) metrics.count("invariant.btard.honest_banned", static_cast<std::int64_t>(false_bans));
+}
+
 }  // namespace
 
 RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
@@ -76,6 +119,9 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   base.attack_every = t.attack.every;
   base.attack_scale = t.attack.scale;
   base.attack_delay = t.attack.delay;
+  base.btard = t.btard.enabled;
+  base.btard_validators = t.btard.validators;
+  base.btard_ban_quorum = static_cast<std::uint32_t>(t.btard.ban_quorum);
   const std::vector<bool> attackers = training_attackers(spec);
   const std::vector<double> speeds = device_speeds(spec);
   const std::vector<averaging::MemberKind> roles = training_roles(spec);
@@ -97,6 +143,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     o.newcomer = newcomer;
     o.role = roles[i] == averaging::MemberKind::kAux ? "aux" : roles[i] == averaging::MemberKind::kClient ? "client" : "full";
     o.attack = attackers[i] ? optim::to_string(t.attack.kind) : "none";
+    o.btard_false_accusations = attackers[i] && t.btard_false_accusations;
     const auto args = to_args("apiary-train", "trainer", o);
     inc.pid = children.spawn(program, args, dir + "/" + name + ".log");
     inc.running = true;
@@ -153,7 +200,9 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         }
     const Duration elapsed = std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
     if (progress) progress(std::min(1.0, to_seconds(elapsed) / to_seconds(spec.duration)));
-    const bool any_running = std::any_of(incs.begin(), incs.end(), [](const Incarnation& i) { return i.running; });
+    // Byzantine trainers may never finish (banned ones cannot): the run ends with the honest ones.
+    const bool any_running =
+        std::any_of(incs.begin(), incs.end(), [&](const Incarnation& i) { return i.running && !attackers[i.index]; });
     if ((any_running || pending > 0) && elapsed < spec.duration && !interrupted()) return true;
     io.stop();
     return false;
@@ -246,6 +295,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   info.figures["samples"] = samples;
   info.figures["allreduce_bytes_per_sample"] = samples > 0 ? static_cast<double>(metrics.counter("train.allreduce_bytes")) / samples : 0;
 
+  if (t.btard.enabled) btard_figures(incs, attackers, metrics, info.figures);
   if (t.baseline) {
     TrainerOptions bo = base;
     bo.out = dir + "/baseline.jsonl";

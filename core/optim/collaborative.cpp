@@ -250,6 +250,7 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
         ++epoch_;
         Result<std::uint64_t> caught = co_await join_from(*from);
         rt_.observer.count(caught.ok() ? "optim.btard_resyncs" : "optim.btard_resync_failures");
+        rep.resynced = true;
         co_return rep;
       }
     }

@@ -58,6 +58,7 @@ struct StepReport {
   std::vector<float> mean_gradient; // over the global batch (what SGD stepped along); empty with local updates
   averaging::AllReduceReport allreduce;  // the gradient round, its means in mean_gradient (empty with local updates)
   bool state_averaged = false;      // parameters and optimizer state were averaged after the step
+  bool resynced = false;  // BTARD: out of sync with the group, this peer downloaded a member's state instead of stepping
   averaging::AllReduceReport state;  // that round (its means: the parameters, then the optimizer state)
   std::uint64_t bytes_sent = 0;     // all-reduce payload bytes this peer sent in the step (both rounds)
   Duration waited{};                // waiting for the swarm to reach the target batch

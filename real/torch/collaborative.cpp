@@ -4,14 +4,6 @@
 
 namespace apiary::real {
 
-namespace {
-
-averaging::TensorSchema schema_of(const std::vector<torch::Tensor>& params) {
-  averaging::TensorSchema s;
-  for (const auto& p : params) s.shapes.push_back(p.sizes().vec());
-  return s;
-}
-
 std::vector<float> flat(const std::vector<torch::Tensor>& ts) {
   std::vector<float> out;
   for (const auto& t : ts) {
@@ -21,7 +13,6 @@ std::vector<float> flat(const std::vector<torch::Tensor>& ts) {
   return out;
 }
 
-// Copies consecutive slices of `flat` into the tensors of `dst`, in order.
 void unflatten_into(std::span<const float> flat, const std::vector<torch::Tensor>& dst) {
   torch::NoGradGuard no_grad;
   std::size_t at = 0;
@@ -29,6 +20,14 @@ void unflatten_into(std::span<const float> flat, const std::vector<torch::Tensor
     t.copy_(torch::from_blob(const_cast<float*>(flat.data()) + at, t.sizes(), torch::kFloat));
     at += static_cast<std::size_t>(t.numel());
   }
+}
+
+namespace {
+
+averaging::TensorSchema schema_of(const std::vector<torch::Tensor>& params) {
+  averaging::TensorSchema s;
+  for (const auto& p : params) s.shapes.push_back(p.sizes().vec());
+  return s;
 }
 
 std::vector<torch::Tensor> all_params(const torch::optim::Optimizer& opt) {
@@ -170,6 +169,10 @@ Task<Result<optim::StepReport>> TorchCollaborative::step() {
   Result<optim::StepReport> r = co_await collab_->step();
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kCancelled) unflatten_into(collab_->parameters(), params_);  // caught up
+    co_return r;
+  }
+  if (r->resynced) {  // BTARD: the group's parameters (and optimizer state) replaced this peer's
+    unflatten_into(collab_->parameters(), params_);
     co_return r;
   }
   if (!collab_->config().local_updates) {

@@ -25,6 +25,11 @@
 
 namespace apiary::real {
 
+// The tensors' values one after the other, as float32; and back: consecutive slices of `flat` into
+// the tensors of `dst`, in order.
+std::vector<float> flat(const std::vector<torch::Tensor>& ts);
+void unflatten_into(std::span<const float> flat, const std::vector<torch::Tensor>& dst);
+
 class TorchCollaborative {
  public:
   TorchCollaborative(torch::nn::Module& model, torch::optim::Optimizer& optimizer, Runtime& rt, Rpc& rpc,

@@ -3,6 +3,7 @@
 
 #include <boost/asio.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -150,6 +151,9 @@ int run_trainer(const TrainerOptions& o) {
       o.aggregation == "mean" ? averaging::AggregationRule::kMean : averaging::AggregationRule::kCenteredClip;
   cc.allreduce.aggregation.tau = o.clip_tau;
   cc.allreduce.aggregation.iterations = o.clip_iterations;
+  cc.btard.enabled = o.btard;
+  cc.btard.validators = o.btard_validators;
+  cc.btard.ban_quorum = o.btard_ban_quorum;
   cc.powersgd_rank = o.powersgd_rank;
   optim::AttackConfig attack;
   attack.kind = optim::attack_from_string(o.attack);
@@ -186,12 +190,45 @@ int run_trainer(const TrainerOptions& o) {
     dc.announce_round = true;  // auxiliary peers may take part
     diloco = std::make_unique<TorchDiloco>(*model, rt, rpc, node, dc);
   } else if (o.mode == "collaborative") {
+    if (o.btard_false_accusations) cc.btard.accuse_falsely = [&] { return epoch_now && optim::attacks_at(attack, epoch_now()); };
     collab = std::make_unique<TorchCollaborative>(*model, optimizer, rt, rpc, node, identity, cc);
   } else {
     throw std::invalid_argument("--mode must be collaborative or diloco, not '" + o.mode + "'");
   }
 
   epoch_now = [&] { return collab ? collab->epoch() : diloco->round(); };
+  // BTARD: a local batch is drawn from the trainer's key, the epoch and its index within the step,
+  // so that a validator can draw it again; a validator recomputes a member's mean gradient on a
+  // copy of the model, summed as TorchCollaborative::accumulate sums it.
+  auto seeded_rows = [&](const optim::Key& key, std::uint64_t epoch, std::uint64_t b) {
+    std::uint64_t k = o.seed ^ 0x6274617264ULL;
+    for (std::size_t i = 0; i < 8; ++i) k = (k << 8 | k >> 56) ^ key[i];
+    Rng r = Rng(k).fork(epoch + 1).fork(b + 1);
+    return sample_rows(r, o.batch_size, train.size());
+  };
+  auto shadow = make_model(o);
+  if (collab && o.btard)
+    collab->core().set_recompute([&](optim::Contribution c) -> Task<std::optional<std::vector<float>>> {
+      const auto params = shadow->parameters();
+      std::size_t total = 0;
+      for (const auto& p : params) total += static_cast<std::size_t>(p.numel());
+      if (!(c.weight >= o.batch_size) || std::fmod(c.weight, o.batch_size) != 0 || c.weight > 1e9 || c.parameters.size() != total)
+        co_return std::vector<float>{};  // no honest trainer contributes that: it cannot match
+      unflatten_into(c.parameters, params);
+      const auto batches = static_cast<std::uint64_t>(c.weight) / o.batch_size;
+      std::vector<float> sum(total, 0.0f);
+      for (std::uint64_t b = 0; b < batches; ++b) {
+        const torch::Tensor idx = seeded_rows(c.public_key, c.epoch, b);
+        shadow->zero_grad();
+        torch::nn::functional::cross_entropy(shadow->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+        std::vector<torch::Tensor> grads;
+        for (const auto& p : params) grads.push_back(p.grad());
+        std::vector<float> g = flat(grads);
+        for (std::size_t i = 0; i < total; ++i) sum[i] += g[i] * static_cast<float>(o.batch_size);
+      }
+      for (auto& x : sum) x = x / static_cast<float>(batches * o.batch_size);
+      co_return sum;
+    });
   std::uint64_t attacks = 0;
   // Delayed attack: parameters by global step, the oldest within `delay` steps kept.
   std::map<std::uint64_t, std::vector<torch::Tensor>> snapshots;
@@ -301,7 +338,8 @@ int run_trainer(const TrainerOptions& o) {
     while (collab->epoch() < o.steps && std::chrono::steady_clock::now() < deadline) {
       // One local batch (at the emulated device's speed, if one is set).
       const TimePoint batch_start = rt.now();
-      const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
+      const torch::Tensor idx = o.btard ? seeded_rows(identity.public_key, collab->epoch(), collab->local_samples() / o.batch_size)
+                                        : sample_rows(data_rng, o.batch_size, train.size());
       local_gradients(idx);
       collab->accumulate(o.batch_size);
       Duration rest = Duration::zero();  // let the network make progress meanwhile
@@ -336,6 +374,14 @@ int run_trainer(const TrainerOptions& o) {
       if (o.eval_every && collab->epoch() % o.eval_every == 0) log_evaluation("eval", collab->epoch(), o.eval_samples);
     }
     if (attack.kind != optim::AttackKind::kNone) log.write(nlohmann::json{{"event", "attacks"}, {"batches", attacks}});
+    if (const optim::Btard* b = collab->core().btard()) {
+      nlohmann::json bans = nlohmann::json::array();
+      for (const auto& ban : b->bans())
+        bans.push_back({{"endpoint", ban.endpoint.to_string()}, {"epoch", ban.epoch}, {"reason", ban.reason}});
+      const auto& st = b->stats();
+      log.write(nlohmann::json{{"event", "btard"}, {"bans", bans}, {"validations", st.validations}, {"disputes", st.disputes},
+                               {"refused_pieces", st.refused_pieces}});
+    }
     log_evaluation("final", collab->epoch(), test.size());
     exit_code = collab->epoch() >= o.steps ? 0 : 2;
     // Linger a little so that peers still averaging with us, or downloading our state, finish.
