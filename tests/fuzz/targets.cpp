@@ -13,6 +13,7 @@
 #include "core/dht/validate.hpp"
 #include "core/moe/protocol.hpp"
 #include "core/moe/server.hpp"
+#include "core/optim/btard.hpp"
 #include "core/optim/progress.hpp"
 #include "core/runtime/rpc.hpp"
 #include "core/wire/frame.hpp"
@@ -147,6 +148,91 @@ void envelope(Input in) {
   errors_so_far += peer->counter.errors;
 }
 
+// A member of a BTARD step whose commitments went out, receiving one message from another member
+// of its group: byte 0 picks the method (commit, reveal, check, accuse, show gradient, show a
+// piece's contributions), the rest is the message's body.
+struct BtardPeer {
+  BtardPeer() {
+    swarm[1].set_handler(&counter);
+    swarm[2].set_handler(&counter);
+    allreduce.aggregation.rule = averaging::AggregationRule::kCenteredClip;
+    allreduce.min_part = 16;
+  }
+  ~BtardPeer() { rpc.shutdown(); }
+  test::FakeSwarm swarm{3};
+  AnswerCounter counter;
+  Rpc rpc{swarm[0].runtime()};
+  dht::DhtNode dht{swarm[0].runtime(), rpc, dht::DhtId::of_key("btard"), dht::DhtConfig{},
+                   {std::make_shared<dht::SignatureValidator>()}};
+  averaging::AllReduceConfig allreduce;
+  optim::Btard btard{swarm[0].runtime(), rpc, dht, dht::Identity::from_seed(1), "fuzz", optim::BtardConfig{}, allreduce};
+};
+
+constexpr std::uint64_t kBtardGroup = 77;
+
+averaging::Group btard_group() {
+  averaging::Group g;
+  g.id = kBtardGroup;
+  for (std::uint8_t i = 1; i <= 3; ++i) g.members.push_back({Endpoint{Endpoint::ipv4(10, 0, 0, i), 7000}});
+  g.schema = averaging::TensorSchema{{{64}}};
+  return g;
+}
+
+void btard_message(Input in) {
+  if (in.empty()) return;
+  auto peer = std::make_unique<BtardPeer>();
+  const std::vector<float> mine(64, 0.5f), params(64, 0.25f);
+  Task<std::optional<Error>> commit = peer->btard.commit(btard_group(), 0, mine, 32, params);
+  commit.start();
+  Bytes header;
+  wire::Writer w(header);
+  w.u8(1);  // a request
+  w.varint(9);
+  w.varint(220 + in[0] % 6);
+  w.raw(in.subspan(1));
+  peer->rpc.on_message(peer->swarm[1].local(), Message{std::move(header), {}});
+  peer->swarm.net.run(std::chrono::seconds(30), [&] { return peer->counter.answers > 0; });
+}
+
+Seeds btard_seeds() {
+  // A commitment by member 2 (signed by its own key), a reveal, a check and an accusation for the
+  // group, and requests to see member 1's gradient and a piece's contributions.
+  const auto key = dht::Identity::from_seed(2);
+  Bytes commit;
+  wire::Writer c(commit);
+  c.u64(kBtardGroup);
+  c.varint(0);
+  c.raw(key.public_key);
+  c.f64(32);
+  c.raw(std::vector<std::uint8_t>(64, 7));  // seed commitment, parameter hash
+  c.varint(3);
+  c.raw(std::vector<std::uint8_t>(96, 9));  // one hash per piece
+  const auto sig = key.sign_bytes(commit);
+  c.raw(sig);
+  auto with = [](std::uint8_t method, const Bytes& body) {
+    std::vector<std::uint8_t> out{static_cast<std::uint8_t>(method - 220)};
+    out.insert(out.end(), body.begin(), body.end());
+    return out;
+  };
+  Bytes reveal, check, accuse, gradient, rows;
+  wire::Writer(reveal).u64(kBtardGroup);
+  wire::Writer(reveal).raw(std::vector<std::uint8_t>(32, 1));
+  wire::Writer ck(check);
+  ck.u64(kBtardGroup);
+  ck.raw(std::vector<std::uint8_t>(32, 2));
+  ck.varint(3);
+  for (int i = 0; i < 3; ++i) {
+    ck.f64(0.5);
+    ck.raw(std::vector<std::uint8_t>(32, 3));
+  }
+  wire::Writer(accuse).u64(kBtardGroup);
+  wire::Writer(accuse).varint(0);
+  wire::Writer(gradient).u64(kBtardGroup);
+  wire::Writer(rows).u64(kBtardGroup);
+  wire::Writer(rows).varint(0);
+  return {with(220, commit), with(221, reveal), with(222, check), with(223, accuse), with(224, gradient), with(225, rows)};
+}
+
 template <class M>
 std::vector<std::uint8_t> request(const M& m, const Bytes& payload = {}) {
   Bytes header;
@@ -272,6 +358,7 @@ std::vector<Target> make_targets() {
   t.push_back(message_target<moe::ExpertInfo>("moe-expert-info", encoded(moe::ExpertInfo{4, 4, true, "ffn"})));
   t.push_back(message_target<moe::TensorReply>("moe-tensor-reply", encoded(moe::TensorReply{shape(), {}, 1})));
   t.push_back({"rpc-envelope-to-every-server", &envelope, &envelope_seeds});
+  t.push_back({"btard-messages", &btard_message, &btard_seeds});
   return t;
 }
 
