@@ -683,3 +683,108 @@ TEST(PowerSgd, TensorsTooSmallToGainGoWhole) {
   EXPECT_THROW(optim::PowerSgd(schema, 0, 1), std::invalid_argument);
   EXPECT_THROW(peers[0].begin(std::vector<float>(3)), std::invalid_argument);
 }
+
+// ---- BTARD's messages ---------------------------------------------------------------------
+
+#include <sodium.h>
+
+#include "core/optim/btard.hpp"
+
+namespace {
+
+// One member of a 3-member BTARD step (whose commitment went out) and what the others send it.
+struct BtardMember {
+  test::FakeSwarm swarm{3};
+  Rpc rpc{swarm[0].runtime()};
+  dht::DhtNode dht{swarm[0].runtime(), rpc, dht::DhtId::of_key("m0"), dht::DhtConfig{}, {}};
+  averaging::AllReduceConfig allreduce;
+  std::unique_ptr<Btard> btard;
+  averaging::Group group;
+  BtardMember() {
+    allreduce.aggregation.rule = averaging::AggregationRule::kCenteredClip;
+    allreduce.min_part = 16;
+    btard = std::make_unique<Btard>(swarm[0].runtime(), rpc, dht, dht::Identity::from_seed(1), "t", BtardConfig{}, allreduce);
+    group.id = 5;
+    for (int i = 0; i < 3; ++i) group.members.push_back({swarm[i].local()});
+    group.schema = averaging::TensorSchema{{{48}}};
+    const std::vector<float> mine(48, 1.0f), params(48, 0.0f);
+    Task<std::optional<Error>> t = btard->commit(group, 0, mine, 32, params);
+    t.start();
+    swarm.net.run(10s, [] { return false; });
+  }
+  ~BtardMember() { rpc.shutdown(); }
+  // A commitment from member `from` to 3 pieces, signed by `signer` (or its own key).
+  Bytes commitment(std::uint64_t seed, std::uint64_t pieces, const dht::Identity* signer = nullptr) {
+    const auto key = dht::Identity::from_seed(seed);
+    Bytes b;
+    wire::Writer w(b);
+    w.u64(group.id);
+    w.varint(0);
+    w.raw(key.public_key);
+    w.f64(32);
+    w.raw(std::vector<std::uint8_t>(32, 1));  // the seed share's hash
+    // The hash of the parameters it computed on: the member's own (48 zeros).
+    const std::vector<float> params(48, 0.0f);
+    std::array<std::uint8_t, 32> h{};
+    crypto_generichash(h.data(), h.size(), reinterpret_cast<const std::uint8_t*>(params.data()), 4 * params.size(), nullptr, 0);
+    w.raw(h);
+    w.varint(pieces);
+    for (std::uint64_t i = 0; i < pieces; ++i) w.raw(std::vector<std::uint8_t>(32, 2));
+    const auto sig = (signer ? *signer : key).sign_bytes(b);
+    w.raw(sig);
+    return b;
+  }
+  void send(std::size_t from, std::uint32_t method, Bytes body) {
+    Rpc sender(swarm[from].runtime());
+    sender.notify(swarm[0].local(), method, std::move(body));
+    swarm.net.run(1s, [] { return false; });
+  }
+  std::string admit(std::size_t sender) {
+    const std::vector<std::uint8_t> piece(64, 0);
+    return allreduce.admit_piece(group.id, sender, 0, piece, 32);
+  }
+};
+
+}  // namespace
+
+// A commitment signed by another key than the one it names, one for the wrong number of pieces
+// and a truncated one are each refused and counted; the sender has no commitment, so its pieces
+// are refused with that reason. A well-formed one is taken (its piece then fails on its hash).
+TEST(Btard, MalformedCommitmentsAreRefusedAndCounted) {
+  BtardMember m;
+  const auto other = dht::Identity::from_seed(99);
+  m.send(1, 220, m.commitment(2, 3, &other));
+  EXPECT_EQ(m.swarm.metrics.counter("btard.bad_messages"), 1);
+  Bytes wrong_count = m.commitment(2, 7);
+  m.send(1, 220, wrong_count);
+  EXPECT_EQ(m.swarm.metrics.counter("btard.bad_messages"), 2);
+  Bytes cut = m.commitment(2, 3);
+  cut.resize(cut.size() - 10);
+  m.send(1, 220, cut);
+  EXPECT_EQ(m.swarm.metrics.counter("btard.bad_messages"), 3);
+  EXPECT_EQ(m.admit(1), "no commitment from the sender");
+  m.send(2, 220, m.commitment(3, 3));
+  EXPECT_EQ(m.swarm.metrics.counter("btard.bad_messages"), 3);
+  EXPECT_EQ(m.admit(2), "piece differs from its commitment");
+  EXPECT_EQ(m.swarm.metrics.counter("btard.refused_pieces"), 2);
+}
+
+// Check values for more pieces than any step has, and garbage, never crash: each is counted.
+TEST(Btard, OversizedAndGarbledMessagesAreCounted) {
+  BtardMember m;
+  m.send(2, 220, m.commitment(3, 3));
+  Bytes huge;
+  wire::Writer w(huge);
+  w.u64(m.group.id);
+  w.raw(std::vector<std::uint8_t>(32, 0));
+  w.varint(std::uint64_t{1} << 40);  // claims 2^40 check values
+  m.send(2, 222, huge);
+  m.send(2, 221, Bytes{1, 2, 3});  // shorter than a group id
+  Bytes accuse;
+  wire::Writer a(accuse);
+  a.u64(m.group.id);
+  a.varint(2);  // accuses itself
+  m.send(2, 223, accuse);
+  EXPECT_EQ(m.swarm.metrics.counter("btard.bad_messages"), 3);
+  EXPECT_EQ(m.btard->stats().accusations, 0u);
+}
