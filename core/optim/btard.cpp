@@ -188,6 +188,11 @@ Key Btard::piece_hash(std::uint64_t group, std::size_t sender, std::size_t piece
   return hash_of(head, body);
 }
 
+Key Btard::values_hash(const Round& r, std::size_t sender, std::size_t piece, std::span<const float> values) const {
+  const auto codec = allreduce_.codec.for_tensor(r.group.schema.numel(r.piece(piece)->tensor));
+  return piece_hash(r.group.id, sender, piece, compression::encode_body(values, codec));  // as it travels
+}
+
 void Btard::broadcast(const Round& r, std::uint32_t method, const Bytes& body) {
   for (std::size_t j = 0; j < r.group.members.size(); ++j)
     if (j != r.me) rpc_.notify(r.group.members[j].endpoint, method, body);
@@ -241,9 +246,7 @@ Task<std::optional<Error>> Btard::commit(const Group& group, std::uint64_t epoch
   std::size_t q = 0;
   for (const auto& part : r->layout.pieces)
     for (const Piece& pc : part) {
-      const auto codec = allreduce_.codec.for_tensor(group.schema.numel(pc.tensor));
-      const Bytes piece_body = compression::encode_body(mine.subspan(pc.begin, pc.size()), codec);
-      w.raw(piece_hash(group.id, r->me, q++, piece_body));
+      w.raw(values_hash(*r, r->me, q++, mine.subspan(pc.begin, pc.size())));
     }
   const auto sig = identity_.sign_bytes(body);
   w.raw(sig);
@@ -600,10 +603,8 @@ Task<void> Btard::dispute(std::shared_ptr<Round> r, std::size_t q, std::vector<f
     if (weights[i] == 0) continue;
     const Peer& p = round.peers[i];
     if (!p.committed) continue;  // its commitment never reached me: I cannot tell
-    const Piece& pc = *round.piece(q);
-    const auto codec = allreduce_.codec.for_tensor(round.group.schema.numel(pc.tensor));
-    const Bytes piece_body = compression::encode_body(std::span<const float>(rows).subspan(i * m, m), codec);
-    if (p.hashes.empty() || weights[i] != p.weight || piece_hash(round.group.id, i, q, piece_body) != p.hashes[q]) {
+    const auto row = std::span<const float>(rows).subspan(i * m, m);
+    if (p.hashes.empty() || weights[i] != p.weight || values_hash(round, i, q, row) != p.hashes[q]) {
       ban(round, j, "aggregated a contribution that member " + std::to_string(i) + " did not commit to");
       co_return;
     }
@@ -681,9 +682,7 @@ Task<std::string> Btard::gradient_fault(std::shared_ptr<Round> r, std::size_t t)
   std::size_t q = 0;
   for (const auto& part : round.layout.pieces)
     for (const Piece& pc : part) {
-      const auto codec = allreduce_.codec.for_tensor(round.group.schema.numel(pc.tensor));
-      const Bytes piece_body = compression::encode_body(std::span<const float>(g).subspan(pc.begin, pc.size()), codec);
-      if (piece_hash(round.group.id, t, q, piece_body) != p.hashes[q])
+      if (values_hash(round, t, q, std::span<const float>(g).subspan(pc.begin, pc.size())) != p.hashes[q])
         co_return std::string("showed a gradient that differs from its commitment");
       ++q;
     }

@@ -138,6 +138,8 @@ class Btard {
                     double weight);
   void keep_rows(std::uint64_t group, std::size_t piece, std::span<const float> rows, std::span<const double> weights);
   Key piece_hash(std::uint64_t group, std::size_t sender, std::size_t piece, std::span<const std::uint8_t> body) const;
+  // The hash of piece `piece` (global index) holding `values`, encoded as the all-reduce sends it.
+  Key values_hash(const Round& r, std::size_t sender, std::size_t piece, std::span<const float> values) const;
   std::vector<float> direction(const Round& r, std::size_t piece) const;
   // `out`: where this member's copy of the piece's aggregate is; a wrong one is replaced there.
   Task<void> dispute(std::shared_ptr<Round> r, std::size_t piece, std::vector<float> aggregate, std::span<float> out);
