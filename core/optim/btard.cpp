@@ -662,18 +662,18 @@ Task<void> Btard::dispute(std::shared_ptr<Round> r, std::size_t q, std::vector<f
   }
 }
 
-Task<std::string> Btard::gradient_fault(std::shared_ptr<Round> r, std::size_t t) {
+Task<std::optional<std::string>> Btard::gradient_fault(std::shared_ptr<Round> r, std::size_t t) {
   Round& round = *r;
   const Peer& p = round.peers[t];
-  if (!p.committed || p.hashes.empty()) co_return std::string{};  // nothing committed, nothing to check
+  if (!p.committed || p.hashes.empty()) co_return std::nullopt;  // nothing committed: nothing to judge
   // On other parameters than mine: I cannot recompute it (and no reducer in sync with me took it).
-  if (p.params != round.params_hash) co_return std::string{};
+  if (p.params != round.params_hash) co_return std::nullopt;
   Bytes body;
   wire::Writer w(body);
   w.u64(round.group.id);
   Task<Result<Reply>> call = rpc_.call(round.group.members[t].endpoint, kGradient, std::move(body), {}, cfg_.fetch_timeout);
   Result<Reply> got = co_await std::move(call);
-  if (!got.ok()) co_return "did not show its gradient: " + got.error().describe();
+  if (!got.ok()) co_return std::string("did not show its gradient: " + got.error().describe());
   const auto data = got->payload.data();
   const std::size_t total = round.group.schema.total();
   if (data.size() != total * sizeof(float)) co_return std::string("showed a gradient of the wrong size");
@@ -686,11 +686,11 @@ Task<std::string> Btard::gradient_fault(std::shared_ptr<Round> r, std::size_t t)
         co_return std::string("showed a gradient that differs from its commitment");
       ++q;
     }
-  if (!recompute_) co_return std::string{};
+  if (!recompute_) co_return std::nullopt;
   Contribution c{p.key, round.epoch, p.weight, round.params};
   Task<std::optional<std::vector<float>>> again = recompute_(std::move(c));
   std::optional<std::vector<float>> expect = co_await std::move(again);
-  if (!expect) co_return std::string{};  // cannot tell
+  if (!expect) co_return std::nullopt;  // cannot tell
   if (expect->size() != total) co_return std::string("committed to a weight no honest trainer has");
   double d2 = 0, e2 = 0;
   for (std::size_t k = 0; k < total; ++k) {
@@ -700,7 +700,7 @@ Task<std::string> Btard::gradient_fault(std::shared_ptr<Round> r, std::size_t t)
   }
   const double rel = std::sqrt(d2) / (std::sqrt(e2) + 1e-30);
   if (rel <= cfg_.recompute_tolerance) co_return std::string{};
-  co_return "its gradient is " + std::to_string(rel) + " (relative) from the recomputation on its seeded batches";
+  co_return std::string("its gradient is " + std::to_string(rel) + " (relative) from the recomputation on its seeded batches");
 }
 
 Task<void> Btard::validate(std::shared_ptr<Round> r, std::size_t t) {
@@ -710,8 +710,9 @@ Task<void> Btard::validate(std::shared_ptr<Round> r, std::size_t t) {
   if (lie) {
     ++stats_.false_accusations_sent;
   } else {
-    Task<std::string> check = gradient_fault(r, t);
-    fault = co_await std::move(check);
+    Task<std::optional<std::string>> check = gradient_fault(r, t);
+    std::optional<std::string> verdict = co_await std::move(check);
+    fault = verdict.value_or("");
   }
   if (fault.empty() || banned(round.group.members[t].endpoint)) co_return;
   Bytes body;
@@ -726,10 +727,14 @@ Task<void> Btard::validate(std::shared_ptr<Round> r, std::size_t t) {
 
 Task<void> Btard::judge_accusation(std::shared_ptr<Round> r, std::size_t accuser, std::size_t target) {
   Round& round = *r;
-  Task<std::string> check = gradient_fault(r, target);
-  const std::string fault = co_await std::move(check);
-  if (fault.empty()) ban(round, accuser, "accused member " + std::to_string(target) + ", whose gradient checks out");
-  else ban(round, target, fault + " (accused)");
+  Task<std::optional<std::string>> check = gradient_fault(r, target);
+  const std::optional<std::string> fault = co_await std::move(check);
+  if (!fault) {  // on other parameters than mine, or nothing to recompute: I cannot judge, so I ban nobody
+    rt_.observer.count("btard.accusations_unjudged");
+    co_return;
+  }
+  if (fault->empty()) ban(round, accuser, "accused member " + std::to_string(target) + ", whose gradient checks out");
+  else ban(round, target, *fault + " (accused)");
 }
 
 void Btard::ban(const Round& r, std::size_t member, std::string reason) {

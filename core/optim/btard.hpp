@@ -32,7 +32,8 @@
 //     recomputes it on the same seeded batches and the same parameters (the workload's Recompute).
 //     A mismatch (beyond `recompute_tolerance`, for floating-point reordering) or no answer is an
 //     accusation sent to the group; every member repeats the check itself and bans the accused,
-//     or, if the accused passes, the accuser.
+//     or, if the accused passes, the accuser (a member on other parameters than the accused's
+//     cannot judge, and bans nobody).
 // Bans are local decisions, each made on evidence the member checked itself. Each member
 // publishes its list in the DHT (a signed subkey under "<prefix>:bans"); a peer that did not
 // witness a ban takes it once `ban_quorum` distinct reporters it has not banned list it. Banned
@@ -143,8 +144,9 @@ class Btard {
   std::vector<float> direction(const Round& r, std::size_t piece) const;
   // `out`: where this member's copy of the piece's aggregate is; a wrong one is replaced there.
   Task<void> dispute(std::shared_ptr<Round> r, std::size_t piece, std::vector<float> aggregate, std::span<float> out);
-  // Why `target`'s gradient fails the check (empty: it passes).
-  Task<std::string> gradient_fault(std::shared_ptr<Round> r, std::size_t target);
+  // Why `target`'s gradient fails the check: empty if it passes, nullopt if this member cannot
+  // judge (it computed on other parameters, or committed nothing).
+  Task<std::optional<std::string>> gradient_fault(std::shared_ptr<Round> r, std::size_t target);
   Task<void> validate(std::shared_ptr<Round> r, std::size_t target);
   Task<void> judge_accusation(std::shared_ptr<Round> r, std::size_t accuser, std::size_t target);
   void ban(const Round& r, std::size_t member, std::string reason);

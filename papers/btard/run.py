@@ -17,7 +17,7 @@ them are Byzantine. Rows (pass/fail):
      attacker banned by every honest trainer, no honest one banned, accuracy with BTARD against
      the same run without attackers.
 
-    /usr/bin/python3 papers/btard/run.py [--jobs 2] [--seeds 100] [--steps 1100 --attack-from 1000]
+    /usr/bin/python3 papers/btard/run.py [--jobs 2] [--seeds 100] [--steps 1500 --attack-from 1000]
     /usr/bin/python3 papers/btard/run.py --only-live    # row 6 again, into the existing RESULTS.md
 """
 import argparse
@@ -57,7 +57,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--apiary", default=os.path.join(ROOT, "build", "apiary"))
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=1100)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--attack-from", type=int, default=1000)
     ap.add_argument("--seeds", type=int, default=100, help="seeds of the short run checked for false bans (0: skip)")
     ap.add_argument("--powersgd-rank", type=int, default=1)
