@@ -103,7 +103,11 @@ void Identity::save(const std::string& path) const {
   out << to_hex(seed_.data(), seed_.size()) << "\n";
 }
 
-std::string Identity::owner_tag() const { return "[owner:" + to_hex(public_key.data(), 32) + "]"; }
+std::string owner_tag_of(const std::array<std::uint8_t, 32>& public_key) {
+  return "[owner:" + to_hex(public_key.data(), public_key.size()) + "]";
+}
+
+std::string Identity::owner_tag() const { return owner_tag_of(public_key); }
 
 std::array<std::uint8_t, 64> Identity::sign_bytes(std::span<const std::uint8_t> msg) const {
   std::array<std::uint8_t, 64> sig{};

@@ -38,6 +38,9 @@ struct Identity {
   static Identity from_seed_bytes(const std::array<std::uint8_t, 32>& seed);
 };
 
+// "[owner:<hex>]": how keys and subkeys name the owner with this public key.
+std::string owner_tag_of(const std::array<std::uint8_t, 32>& public_key);
+
 // Whether `sig` is `key`'s Ed25519 signature over `msg`.
 bool verify_signature(const std::array<std::uint8_t, 32>& key, std::span<const std::uint8_t> msg,
                       std::span<const std::uint8_t> sig);

@@ -23,17 +23,18 @@
 //     back and z_q a Gaussian direction drawn from the shared seed. CenteredClip's fixed point
 //     makes the s_i of a piece sum to (about) zero; a sum that does not opens a dispute: every
 //     member fetches the piece's contributions from its reducer, checks each against its sender's
-//     commitment, runs CenteredClip itself and compares. A reducer that does not answer, sends
-//     contributions that were not committed or whose aggregate differs is banned (and a wrong
+//     commitment, runs CenteredClip itself and compares. A reducer that sends contributions that
+//     were not committed or whose aggregate differs is banned (and a wrong
 //     aggregate is replaced by the one recomputed from the committed contributions before the
-//     step is applied); otherwise the members whose s_i was false are.
+//     step is applied); otherwise the members whose s_i was false are. A reducer that does not
+//     answer (it may have left) is not banned, but its aggregate there is replaced by zero.
 //  5. Validate. The shared seed picks `validators` members and, for each, another member to check:
 //     the validator fetches that member's gradient, checks it against the commitment and
 //     recomputes it on the same seeded batches and the same parameters (the workload's Recompute).
-//     A mismatch (beyond `recompute_tolerance`, for floating-point reordering) or no answer is an
-//     accusation sent to the group; every member repeats the check itself and bans the accused,
-//     or, if the accused passes, the accuser (a member on other parameters than the accused's
-//     cannot judge, and bans nobody).
+//     A mismatch (beyond `recompute_tolerance`, for floating-point reordering) is an accusation
+//     sent to the group (no answer is no verdict: the member may have left); every member repeats
+//     the check itself and bans the accused, or, if the accused passes, the accuser (a member on
+//     other parameters than the accused's, or not answered, cannot judge and bans nobody).
 // Bans are local decisions, each made on evidence the member checked itself. Each member
 // publishes its list in the DHT (a signed subkey under "<prefix>:bans"); a peer that did not
 // witness a ban takes it once `ban_quorum` distinct reporters it has not banned list it. Banned

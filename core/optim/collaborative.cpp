@@ -351,27 +351,25 @@ Task<Result<std::uint64_t>> CollaborativeOptimizer::join_from(Endpoint peer) {
   Result<ModelState> st = co_await state_.download_from(peer, state_schema(), cfg_.state_timeout);
   if (!st.ok()) co_return st.error();
   if (st->epoch < epoch_) co_return Error{ErrorCode::kRejected, "the peer's state is older than this peer's"};
+  adopt(std::move(*st));
+  co_return epoch_;
+}
+
+void CollaborativeOptimizer::adopt(ModelState st) {
   const auto n = static_cast<std::ptrdiff_t>(params_.size());
-  params_.assign(st->tensors.begin(), st->tensors.begin() + n);
-  if (set_opt_) set_opt_(std::vector<float>(st->tensors.begin() + n, st->tensors.end()));
-  epoch_ = st->epoch;
+  params_.assign(st.tensors.begin(), st.tensors.begin() + n);
+  if (set_opt_) set_opt_(std::vector<float>(st.tensors.begin() + n, st.tensors.end()));
+  epoch_ = st.epoch;
   std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
   samples_ = 0;
   published_ = 0;
-  co_return epoch_;
 }
 
 Task<Result<std::uint64_t>> CollaborativeOptimizer::join() {
   // Never back: a peer that catches up takes no state older than its own epoch.
   Result<ModelState> st = co_await state_.download(state_schema(), cfg_.state_timeout, epoch_);
   if (!st.ok()) co_return st.error();
-  const auto n = static_cast<std::ptrdiff_t>(params_.size());
-  params_.assign(st->tensors.begin(), st->tensors.begin() + n);
-  if (set_opt_) set_opt_(std::vector<float>(st->tensors.begin() + n, st->tensors.end()));
-  epoch_ = st->epoch;
-  std::fill(grad_sum_.begin(), grad_sum_.end(), 0.0f);
-  samples_ = 0;
-  published_ = 0;
+  adopt(std::move(*st));
   samples_since_state_ = 0;
   rt_.observer.count("optim.state_downloads");
   co_return epoch_;

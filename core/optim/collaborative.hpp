@@ -123,6 +123,8 @@ class CollaborativeOptimizer {
   Task<Result<averaging::Group>> find_group(std::string key, const averaging::TensorSchema& schema, std::size_t peers);
   Task<Result<averaging::AllReduceReport>> average_state(std::size_t peers);
   averaging::TensorSchema state_schema() const;
+  // Takes a downloaded state: parameters, optimizer state, epoch; what was accumulated is dropped.
+  void adopt(averaging::ModelState st);
   averaging::Member self() const;
 
   Runtime& rt_;
