@@ -42,6 +42,12 @@ std::span<const std::uint8_t> as_bytes(std::span<const float> v) {
 
 }  // namespace
 
+Rng batch_rng(std::uint64_t run_seed, const Key& key, std::uint64_t epoch, std::uint64_t batch) {
+  std::uint64_t k = run_seed ^ 0x6274617264ULL;  // "btard"
+  for (std::size_t i = 0; i < 8; ++i) k = (k << 8 | k >> 56) ^ key[i];
+  return Rng(k).fork(epoch + 1).fork(batch + 1);
+}
+
 struct Btard::Peer {
   bool committed = false;
   Key key{};
@@ -69,34 +75,22 @@ struct Btard::Round {
   Key seed{};
   Key params_hash{};  // of `params`
   Key shared{};
-  bool shared_ready = false;
   bool over = false;
   std::vector<Peer> peers;
   // Every contribution to each piece of my part (global index), kept for disputes.
   std::map<std::size_t, std::pair<std::vector<float>, std::vector<double>>> rows;
   std::set<std::size_t> judged;  // targets whose accusation this member has judged
   Notifier changed;
-  std::size_t piece_size(std::size_t q) const {
-    for (const auto& part : layout.pieces) {
-      if (q < part.size()) return part[q].size();
-      q -= part.size();
-    }
-    return 0;
-  }
-  const Piece* piece(std::size_t q) const {
-    for (const auto& part : layout.pieces) {
-      if (q < part.size()) return &part[q];
-      q -= part.size();
-    }
-    return nullptr;
-  }
-  std::size_t reducer_of(std::size_t q) const {
+  // Which reducer's part holds piece q (global index), and the piece; nullptr past the last one.
+  std::pair<std::size_t, const Piece*> locate(std::size_t q) const {
     for (std::size_t j = 0; j < layout.pieces.size(); ++j) {
-      if (q < layout.pieces[j].size()) return j;
+      if (q < layout.pieces[j].size()) return {j, &layout.pieces[j][q]};
       q -= layout.pieces[j].size();
     }
-    return layout.pieces.size();
+    return {layout.pieces.size(), nullptr};
   }
+  const Piece* piece(std::size_t q) const { return locate(q).second; }
+  std::size_t piece_size(std::size_t q) const { return piece(q) ? piece(q)->size() : 0; }
 };
 
 Btard::Btard(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity, std::string prefix, BtardConfig config,
@@ -114,30 +108,16 @@ Btard::Btard(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity, s
       co_return Reply{};
     });
   rpc_.on(kGradient, [this](Request in) -> Task<Result<Reply>> {
-    std::uint64_t group = 0;
-    try {
-      wire::Reader rd(in.body);
-      group = rd.u64();
-      rd.expect_end();
-    } catch (const wire::DecodeError& e) {
-      co_return Error{ErrorCode::kBadMessage, e.what()};
-    }
-    auto r = round_of(group);
-    if (!r || !r->group.index_of(in.from)) co_return Error{ErrorCode::kRejected, "not a member of that step"};
-    co_return Reply{{}, Payload::bytes(Bytes(as_bytes(r->mine).begin(), as_bytes(r->mine).end()))};
+    Result<std::shared_ptr<Round>> r = shown_round(in, nullptr);
+    if (!r.ok()) co_return r.error();
+    const auto mine = as_bytes((*r)->mine);
+    co_return Reply{{}, Payload::bytes(Bytes(mine.begin(), mine.end()))};
   });
   rpc_.on(kRows, [this](Request in) -> Task<Result<Reply>> {
-    std::uint64_t group = 0, piece = 0;
-    try {
-      wire::Reader rd(in.body);
-      group = rd.u64();
-      piece = rd.varint();
-      rd.expect_end();
-    } catch (const wire::DecodeError& e) {
-      co_return Error{ErrorCode::kBadMessage, e.what()};
-    }
-    auto r = round_of(group);
-    if (!r || !r->group.index_of(in.from)) co_return Error{ErrorCode::kRejected, "not a member of that step"};
+    std::uint64_t piece = 0;
+    Result<std::shared_ptr<Round>> found = shown_round(in, &piece);
+    if (!found.ok()) co_return found.error();
+    const auto& r = *found;
     auto it = r->rows.find(piece);
     if (it == r->rows.end()) co_return Error{ErrorCode::kInvalidArgument, "no contributions kept for that piece"};
     Bytes body;
@@ -155,6 +135,22 @@ Btard::Btard(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity, s
 }
 
 Btard::~Btard() { scope_.destroy_all(); }
+
+// A request to show something of a step: its group (and a piece), from a member of it.
+Result<std::shared_ptr<Btard::Round>> Btard::shown_round(const Request& in, std::uint64_t* piece) const {
+  std::uint64_t group = 0;
+  try {
+    wire::Reader rd(in.body);
+    group = rd.u64();
+    if (piece) *piece = rd.varint();
+    rd.expect_end();
+  } catch (const wire::DecodeError& e) {
+    return Error{ErrorCode::kBadMessage, e.what()};
+  }
+  auto r = round_of(group);
+  if (!r || !r->group.index_of(in.from)) return Error{ErrorCode::kRejected, "not a member of that step"};
+  return r;
+}
 
 std::shared_ptr<Btard::Round> Btard::round_of(std::uint64_t group) const {
   auto it = rounds_.find(group);
@@ -290,11 +286,12 @@ void Btard::on_message(std::uint32_t method, const Endpoint& from, std::span<con
   // took from it; the others count its share in the seed); nothing else of it is.
   if (banned(from) && method != kCommit && method != kReveal) return;
   std::uint64_t group = 0;
-  if (body.size() < 8) {
+  try {
+    group = wire::Reader(body).u64();
+  } catch (const wire::DecodeError&) {
     rt_.observer.count("btard.bad_messages");
     return;
   }
-  for (int i = 7; i >= 0; --i) group = (group << 8) | body[static_cast<std::size_t>(i)];
   if (auto r = round_of(group)) {
     if (auto i = r->group.index_of(from)) apply(*r, method, *i, body);
     else rt_.observer.count("btard.bad_messages");
@@ -475,7 +472,6 @@ Task<void> Btard::verify(const Group& group, std::span<float> averaged, std::vec
     for (const auto& p : round.peers)
       if (p.revealed) w.raw(p.seed);
     round.shared = hash_of(all);
-    round.shared_ready = true;
   }
   // 4. Check the aggregates of the pieces I took part in.
   const std::size_t total = round.layout.total_pieces();
@@ -550,7 +546,7 @@ Task<void> Btard::dispute(std::shared_ptr<Round> r, std::size_t q, std::vector<f
   Round& round = *r;
   ++stats_.disputes;
   rt_.observer.count("btard.disputes");
-  const std::size_t j = round.reducer_of(q);
+  const std::size_t j = round.locate(q).first;
   if (j >= round.group.members.size() || banned(round.group.members[j].endpoint)) co_return;
   const std::size_t n = round.group.members.size();
   const std::size_t m = round.piece_size(q);

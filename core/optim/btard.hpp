@@ -83,6 +83,9 @@ struct Contribution {
   double weight = 0;   // its samples
   std::vector<float> parameters;  // the step's parameters, before its update
 };
+// Where local batch `batch` of `epoch` of the peer with `key` draws its rows from: the same in
+// ns-3 and live, so that anyone can draw a member's batches again.
+Rng batch_rng(std::uint64_t run_seed, const Key& key, std::uint64_t epoch, std::uint64_t batch);
 // The workload's recomputation (in simulated or real compute time); nullopt: cannot.
 using Recompute = std::function<Task<std::optional<std::vector<float>>>(Contribution)>;
 
@@ -134,6 +137,7 @@ class Btard {
   struct Round;
   struct Peer;
   std::shared_ptr<Round> round_of(std::uint64_t group) const;
+  Result<std::shared_ptr<Round>> shown_round(const Request& in, std::uint64_t* piece) const;
   void on_message(std::uint32_t method, const Endpoint& from, std::span<const std::uint8_t> body);
   void apply(Round& r, std::uint32_t method, std::size_t from, std::span<const std::uint8_t> body);
   std::string admit(std::uint64_t group, std::size_t sender, std::size_t piece, std::span<const std::uint8_t> body,

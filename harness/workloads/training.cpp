@@ -169,9 +169,7 @@ Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
 }
 
 std::vector<std::size_t> TrainingApp::seeded_rows(const optim::Key& key, std::uint64_t epoch, std::uint64_t b) const {
-  std::uint64_t k = driver_.swarm().seed ^ 0x6274617264ULL;  // "btard"
-  for (std::size_t i = 0; i < 8; ++i) k = (k << 8 | k >> 56) ^ key[i];
-  Rng rng = Rng(k).fork(epoch + 1).fork(b + 1);
+  Rng rng = optim::batch_rng(driver_.swarm().seed, key, epoch, b);
   std::vector<std::size_t> rows(spec_.batch_size);
   for (auto& r : rows) r = static_cast<std::size_t>(rng.below(driver_.train().size()));
   return rows;

@@ -11,6 +11,7 @@
 #include "harness/data/idx.hpp"
 #include "core/dht/validate.hpp"
 #include "core/optim/attack.hpp"
+#include "core/optim/btard.hpp"
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/processes.hpp"
@@ -201,9 +202,7 @@ int run_trainer(const TrainerOptions& o) {
   // so that a validator can draw it again; a validator recomputes a member's mean gradient on a
   // copy of the model, summed as TorchCollaborative::accumulate sums it.
   auto seeded_rows = [&](const optim::Key& key, std::uint64_t epoch, std::uint64_t b) {
-    std::uint64_t k = o.seed ^ 0x6274617264ULL;
-    for (std::size_t i = 0; i < 8; ++i) k = (k << 8 | k >> 56) ^ key[i];
-    Rng r = Rng(k).fork(epoch + 1).fork(b + 1);
+    Rng r = optim::batch_rng(o.seed, key, epoch, b);
     return sample_rows(r, o.batch_size, train.size());
   };
   auto shadow = make_model(o);
