@@ -270,6 +270,7 @@ int main(int argc, char** argv) {
         if (*store_cmd) {
           j["stale"] = r.stale;
           j["refused"] = r.refused;
+          j["refused_why"] = r.refused_why;
           j["unreachable"] = r.unreachable;
         }
         for (const auto& rec : r.records)
@@ -279,7 +280,7 @@ int main(int argc, char** argv) {
       } else if (r.ok && *store_cmd) {
         std::printf("stored on %zu peers in %.1f ms", r.replicas, r.latency_ms);
         if (r.stale) std::printf("; %zu refused it as stale (they hold a newer record)", r.stale);
-        if (r.refused) std::printf("; %zu refused it as invalid or expired", r.refused);
+        if (r.refused) std::printf("; %zu refused it (%s)", r.refused, r.refused_why.c_str());
         if (r.unreachable) std::printf("; %zu did not answer", r.unreachable);
         std::printf("\n");
       } else if (r.ok) {

@@ -1,5 +1,6 @@
 #include "harness/peer_stack.hpp"
 
+#include "core/optim/schema.hpp"
 #include "core/dht/validate.hpp"
 
 namespace apiary {
@@ -8,7 +9,7 @@ PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpo
                      double bandwidth, Workload& workload)
     : rt_(rt), spec_(spec), directory_(directory), index_(index), bandwidth_(bandwidth), rpc_(std::make_unique<Rpc>(rt)) {
   if (spec.uses_dht) {
-    std::vector<std::shared_ptr<dht::Validator>> validators{std::make_shared<dht::SignatureValidator>()};
+    std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators();
     dht::DhtConfig config = spec.dht.config;
     if (spec.behind_nat(index)) config.client_mode = true;  // nobody could reach it to ask
     dht_ = std::make_unique<dht::DhtNode>(rt, *rpc_, swarm_identity(spec, index).id(), config, std::move(validators));

@@ -246,7 +246,15 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     c.rpc_timeout = s.get_duration("dht.rpc_timeout", c.rpc_timeout);
     c.refresh_period = s.get_duration("dht.refresh", c.refresh_period);
     c.replicate_period = s.get_duration("dht.replicate", c.replicate_period);
-    c.max_records = static_cast<std::size_t>(s.get_int("dht.max_records", static_cast<std::int64_t>(c.max_records), 1, 100'000'000));
+    auto& st = c.storage;
+    st.max_records = static_cast<std::size_t>(s.get_int("dht.max_records", static_cast<std::int64_t>(st.max_records), 1, 100'000'000));
+    st.max_bytes = static_cast<std::size_t>(
+        s.get_int("dht.max_storage_bytes", static_cast<std::int64_t>(st.max_bytes), 4096, std::int64_t{1} << 40));
+    st.source_bytes = static_cast<std::size_t>(
+        s.get_int("dht.source_quota_bytes", static_cast<std::int64_t>(st.source_bytes), 1024, std::int64_t{1} << 40));
+    st.ip_bytes = static_cast<std::size_t>(
+        s.get_int("dht.ip_quota_bytes", static_cast<std::int64_t>(st.ip_bytes), 1024, std::int64_t{1} << 40));
+    st.max_ttl = s.get_duration("dht.max_ttl", st.max_ttl);
     c.cache_on_lookup = s.get_bool("dht.cache", c.cache_on_lookup);
     c.blacklist_base = s.get_duration("dht.blacklist", c.blacklist_base);
     c.join_refresh_buckets =

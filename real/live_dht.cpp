@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/optim/schema.hpp"
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
 #include "real/asio_timer.hpp"
@@ -70,7 +71,7 @@ struct LiveNode {
     rng = Rng(std::hash<std::string>{}(identity.id().hex()) ^ static_cast<std::uint64_t>(to_ns(rt->now())));
     runtime = std::make_unique<Runtime>(Runtime{*rt, *rt, *rt, rng, *observer});
     rpc = std::make_unique<Rpc>(*runtime);
-    std::vector<std::shared_ptr<dht::Validator>> validators{std::make_shared<dht::SignatureValidator>()};
+    std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators();
     node = std::make_unique<dht::DhtNode>(*runtime, *rpc, identity.id(), cfg, validators);
   }
   ~LiveNode() {
@@ -165,12 +166,14 @@ DhtClientResult dht_client_store(const DhtClientOptions& o, const std::string& k
     out.replicas = res->replicas;
     out.stale = res->stale;
     out.refused = res->refused;
+    out.refused_why = res->why_refused();
     out.unreachable = res->unreachable;
     out.latency_ms = static_cast<double>(res->latency.count()) / 1e6;
     out.ok = res->replicas > 0;
     if (!out.ok)
       out.error = "no peer accepted the record (" + std::to_string(res->stale) + " hold a newer one, " + std::to_string(res->refused) +
-                  " refused it as invalid or expired, " + std::to_string(res->unreachable) + " did not answer)";
+                  " refused it" + (res->refused ? " (" + out.refused_why + ")" : std::string()) + ", " +
+                  std::to_string(res->unreachable) + " did not answer)";
   });
 }
 

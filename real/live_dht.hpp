@@ -36,6 +36,7 @@ struct DhtClientResult {
   bool ok = false;
   std::size_t replicas = 0;                         // store: peers that accepted and hold the record
   std::size_t stale = 0, refused = 0, unreachable = 0;  // store: the others, by reason
+  std::string refused_why;  // store: the refusals by reason ("1 expires too late, 2 no room")
   std::vector<dht::Record> records;
   bool not_found = false;  // get: the swarm was reached and holds no record under the key
   double latency_ms = 0;

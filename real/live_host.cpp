@@ -35,8 +35,11 @@ class LiveHost final : public Host {
     o.listen = Endpoint{host_.ip, static_cast<std::uint16_t>(spec_.live_base_port ? spec_.live_base_port + i : 0)};
     auto& p = peers_.emplace_back();
     p.rt = std::make_unique<LiveRuntime>(io_, o);
-    p.rt->open();  // to learn its port: the peer keeps it across down and up
-    p.rt->close();
+    // Opened now to learn its port, which the peer keeps across down and up; and left open until
+    // the peer first goes down: closed and reopened later, the port could meanwhile be taken as
+    // the local port of some other process's connection. (Nobody sends to a peer that has not
+    // joined: its endpoint is known to no one yet.)
+    p.rt->open();
     p.env = std::make_unique<PeerEnv>(*p.rt, metrics_, i, Rng(spec_.seed).fork(i + 1));
     p.rt->set_observer(p.env->observer);
     if (log_level_) p.env->observer.set_log_sink(&LiveHost::log, this, *log_level_);

@@ -1,6 +1,7 @@
 #include <utility>  // before asio: Boost 1.74's awaitable.hpp needs std::exchange
 #include "real/live_runtime.hpp"
 
+#include <algorithm>
 #include <array>
 #include <deque>
 #include <map>
@@ -54,6 +55,9 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     // once. (On an inbound connection `peer` is only what the remote claimed, so its errors must
     // not fail calls to that endpoint: they go over our own connection to it.)
     bool outbound = false;
+    std::uint32_t remote_ip = 0;  // inbound: the address it came from (for the per-IP limit)
+    std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now(), last_active = created;
+    std::uint64_t unfinished = 0;  // the decoder's unfinished bytes, as last counted
     bool writing = false;
     bool connected = false;
     std::uint32_t next_stream = 1;
@@ -73,6 +77,11 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
   Observer* observer = &null_observer;
   std::map<Endpoint, std::shared_ptr<Connection>> by_peer;
   std::map<Connection*, std::shared_ptr<Connection>> all;
+  // The resource manager's state (LiveOptions).
+  std::map<std::uint32_t, std::size_t> inbound_per_ip;
+  std::uint64_t unfinished_total = 0;
+  std::unique_ptr<asio::steady_timer> sweeper, accept_retry;
+  Duration accept_backoff{};
   // Timers: one asio timer per peer, armed for the earliest entry of an ordered queue, so
   // timers due at the same instant fire in the order they were scheduled.
   using Steady = std::chrono::steady_clock;
@@ -131,19 +140,106 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     acceptor->async_accept([self = weak_from_this()](boost::system::error_code ec, tcp::socket s) {
       auto me = self.lock();
       if (!me || !me->acceptor) return;
-      if (!ec) {
-        if (me->all.size() >= me->opts.max_connections) {
-          me->observer->count("transport.rejected_connections");
-        } else {
-          s.set_option(tcp::no_delay(true));
-          auto c = std::make_shared<Connection>(*me, std::move(s));
-          c->connected = true;
-          me->all.emplace(c.get(), c);
-          me->read_loop(c);
-        }
+      if (ec) {
+        if (ec == asio::error::operation_aborted) return;
+        // Out of file descriptors (or another transient failure): retrying at once would spin.
+        me->observer->count("transport.accept_errors");
+        me->accept_backoff = std::clamp<Duration>(2 * me->accept_backoff, std::chrono::milliseconds(10), std::chrono::seconds(1));
+        if (!me->accept_retry) me->accept_retry = std::make_unique<asio::steady_timer>(me->io);
+        me->accept_retry->expires_after(me->accept_backoff);
+        me->accept_retry->async_wait([self](boost::system::error_code wait_ec) {
+          auto again = self.lock();
+          if (!wait_ec && again) again->accept_loop();
+        });
+        return;
       }
+      me->accept_backoff = Duration::zero();
+      me->admit(std::move(s));
       me->accept_loop();
     });
+  }
+
+  void admit(tcp::socket s) {
+    boost::system::error_code ec;
+    const auto remote = s.remote_endpoint(ec);
+    if (ec) return;
+    const std::uint32_t ip = remote.address().is_v4() ? remote.address().to_v4().to_uint() : 0;
+    if (auto it = inbound_per_ip.find(ip); it != inbound_per_ip.end() && it->second >= opts.max_connections_per_ip) {
+      observer->count("transport.rejected_connections.per_ip");
+      return;
+    }
+    if (all.size() >= opts.max_connections && !evict_idle_inbound()) {
+      observer->count("transport.rejected_connections");
+      return;
+    }
+    s.set_option(tcp::no_delay(true), ec);
+    auto c = std::make_shared<Connection>(*this, std::move(s));
+    c->connected = true;
+    c->remote_ip = ip;
+    ++inbound_per_ip[ip];
+    all.emplace(c.get(), c);
+    read_loop(c);
+  }
+
+  // Closes the inbound connection that has been idle longest, if it has been idle long enough.
+  bool evict_idle_inbound() {
+    std::shared_ptr<Connection> oldest;
+    for (const auto& [p, c] : all)
+      if (!c->outbound && (!oldest || c->last_active < oldest->last_active)) oldest = c;
+    if (!oldest || Steady::now() - oldest->last_active < opts.evict_idle_after) return false;
+    observer->count("transport.evicted_connections");
+    drop(oldest, "evicted: idle while the node was full", false);
+    return true;
+  }
+
+  void start_sweeper() {
+    if (!sweeper) sweeper = std::make_unique<asio::steady_timer>(io);
+    const Duration period = std::clamp<Duration>(std::min(opts.handshake_timeout, opts.idle_timeout) / 4,
+                                                 std::chrono::milliseconds(10), std::chrono::seconds(1));
+    sweeper->expires_after(period);
+    sweeper->async_wait([self = weak_from_this()](boost::system::error_code ec) {
+      auto me = self.lock();
+      if (ec || !me || !me->acceptor) return;
+      me->sweep();
+      me->start_sweeper();
+    });
+  }
+
+  // Closes inbound connections that never named themselves, and connections with nothing to do.
+  void sweep() {
+    const auto now = Steady::now();
+    std::vector<std::pair<std::shared_ptr<Connection>, bool>> doomed;  // (connection, silent at the handshake)
+    for (const auto& [p, c] : all) {
+      if (!c->outbound && !c->peer.valid() && now - c->created >= opts.handshake_timeout)
+        doomed.emplace_back(c, true);
+      else if (!c->writing && c->small.empty() && c->bulk.empty() && c->decoder.streams_in_flight() == 0 &&
+               now - c->last_active >= opts.idle_timeout)
+        doomed.emplace_back(c, false);
+    }
+    for (auto& [c, silent] : doomed) {
+      observer->count(silent ? "transport.handshake_timeouts" : "transport.idle_closed");
+      drop(c, silent ? "no HELLO in time" : "idle", false);
+    }
+  }
+
+  // After a read: the bytes unfinished messages hold, on this connection and in all; over the total,
+  // the connection holding most goes. False if `c` itself went.
+  bool account(const std::shared_ptr<Connection>& c) {
+    c->last_active = Steady::now();
+    const std::uint64_t u = c->decoder.unfinished_bytes();
+    unfinished_total = unfinished_total - c->unfinished + u;
+    c->unfinished = u;
+    while (unfinished_total > opts.max_unfinished_total) {
+      std::shared_ptr<Connection> most;
+      for (const auto& [p, x] : all)
+        if (!most || x->unfinished > most->unfinished) most = x;
+      if (!most || most->unfinished == 0) break;
+      observer->count("transport.unfinished_shed");
+      observer->log(LogLevel::kWarn, "transport", "closing connection from " + remote_text(*most) + ": its unfinished messages hold " +
+                                                      std::to_string(most->unfinished) + " bytes");
+      drop(most, "unfinished messages over the node's limit", most->outbound);
+    }
+    return c->open;
   }
 
   // Framing bytes (and small messages) are read into rbuf and fed to the decoder; payload bytes
@@ -166,7 +262,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
         std::vector<wire::FrameDecoder::Event> events;
         c->decoder.filled(n, events);
         c->after_payload = true;
-        if (me->dispatch(c, events)) me->read_loop(c);
+        if (me->account(c) && me->dispatch(c, events)) me->read_loop(c);
       });
       return;
     }
@@ -190,7 +286,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
         me->drop(c, std::string("protocol error: ") + e.what(), /*notify=*/c->outbound);
         return;
       }
-      if (me->dispatch(c, events)) me->read_loop(c);
+      if (me->account(c) && me->dispatch(c, events)) me->read_loop(c);
     });
   }
 
@@ -233,6 +329,12 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     boost::system::error_code ignored;
     c->sock.close(ignored);
     all.erase(c.get());
+    unfinished_total -= c->unfinished;
+    c->unfinished = 0;
+    if (!c->outbound) {
+      auto n = inbound_per_ip.find(c->remote_ip);
+      if (n != inbound_per_ip.end() && --n->second == 0) inbound_per_ip.erase(n);
+    }
     auto it = by_peer.find(c->peer);
     if (it != by_peer.end() && it->second == c) by_peer.erase(it);
     const bool had_work = !c->small.empty() || !c->bulk.empty();
@@ -327,6 +429,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
         me->drop(c, "write: " + ec.message());
         return;
       }
+      c->last_active = Steady::now();
       me->retire_written(*c);
       me->write_next(c);
     });
@@ -360,6 +463,8 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     auto conns = all;
     for (auto& [p, c] : conns) drop(c, "closed", false);
     by_peer.clear();
+    if (sweeper) sweeper->cancel();
+    if (accept_retry) accept_retry->cancel();
     queue.clear();
     due_of.clear();
     if (wake) wake->cancel();
@@ -384,6 +489,7 @@ void LiveRuntime::open() {
   impl_->local = Endpoint{impl_->opts.listen.ip, acc->local_endpoint().port()};
   impl_->acceptor = std::move(acc);
   impl_->accept_loop();
+  impl_->start_sweeper();
 }
 
 void LiveRuntime::close() { impl_->close_all(); }

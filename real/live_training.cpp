@@ -229,6 +229,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
     const auto& inc = incs[k];
     bool has_eval = false;
     double stepping = 0;
+    std::int64_t attacked = 0;
     for (const auto& j : read_json_lines(inc.out)) {
       const std::string ev = j.value("event", "");
       if (ev == "step") stepping += j.value("seconds", 0.0);
@@ -247,8 +248,8 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         if (j.contains("global_batch")) metrics.sample("train.step.global_batch", j.value("global_batch", 0.0));
         metrics.sample("train.step.group", j.value("group", 0.0));
         max_epoch = std::max<std::uint64_t>(max_epoch, j.value("epoch", 0ULL) + 1);
-      } else if (ev == "attacks") {
-        metrics.count("train.attacks." + optim::to_string(t.attack.kind), j.value("batches", std::int64_t{0}));
+      } else if (ev == "attacks") {  // a running total: the trainer's last one counts
+        attacked = std::max(attacked, j.value("batches", std::int64_t{0}));
       } else if (ev == "joined") {
         metrics.count("optim.state_downloads", 1);
         metrics.sample("train.joined_epoch", j.value("epoch", 0.0));
@@ -267,6 +268,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         }
       }
     }
+    if (attacked > 0) metrics.count("train.attacks." + optim::to_string(t.attack.kind), attacked);
     if (has_eval && eval_source == incs.size() && !inc.killed && !inc.newcomer) eval_source = k;
   }
   // Accuracy over time, as the first trainer that ran to the end saw it.

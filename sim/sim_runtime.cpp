@@ -125,11 +125,12 @@ void SimRuntime::send(const Endpoint& to, Message message) {
     e.payload = message.payload;
     sidecar_.put(sidecar_key(local_, stream), std::move(e));
   }
-  // BEGIN datagram: real frame header, real message header (unless beside), first payload part.
-  const std::uint64_t total = message.payload.size();
+  // BEGIN datagram: real frame header, real message header (unless beside), first part of the
+  // rest. A header beside still costs its wire time: its bytes travel as virtual bytes ahead of the
+  // payload's, split into datagrams like them (one datagram holds at most 64 KiB).
   const std::uint64_t header_len = message.header.size();
+  const std::uint64_t total = message.payload.size() + (header_beside ? header_len : 0);
   const std::uint32_t real_header = header_beside ? 0 : static_cast<std::uint32_t>(header_len);
-  std::uint64_t virtual_now = header_beside ? header_len : 0;  // a big header still costs wire time
   std::uint64_t first_part =
       std::min<std::uint64_t>(total, kDatagramPayload > real_header ? kDatagramPayload - real_header : 0);
   wire::FrameHeader fh{wire::FrameType::kBegin, flags, stream, 4 + real_header, total};
@@ -139,7 +140,7 @@ void SimRuntime::send(const Endpoint& to, Message message) {
   w.u32(static_cast<std::uint32_t>(header_len));
   if (!header_beside) w.raw(message.header);
   Ptr<Packet> p = Create<Packet>(buf.data(), static_cast<std::uint32_t>(buf.size()));
-  if (first_part + virtual_now) p->AddAtEnd(Create<Packet>(static_cast<std::uint32_t>(first_part + virtual_now)));
+  if (first_part) p->AddAtEnd(Create<Packet>(static_cast<std::uint32_t>(first_part)));
   const InetSocketAddress dst(Ipv4Address(to.ip), to.port);
   socket_->SendTo(p, 0, dst);
   std::uint64_t datagrams = 1;
@@ -202,9 +203,7 @@ void SimRuntime::on_datagram(const Endpoint& from, Ptr<Packet> packet) {
         in.header.assign(h.begin(), h.end());
         r.expect_end();
       }
-      std::uint64_t virt = size - wire::kFrameHeaderSize - fh.length;
-      if (fh.flags & kHeaderBeside) virt -= std::min<std::uint64_t>(virt, header_len);
-      in.received = virt;
+      in.received = size - wire::kFrameHeaderSize - fh.length;
       if (in.received > in.total) throw wire::DecodeError("payload part beyond declared size");
       auto [it, ok] = streams.emplace(fh.stream, std::move(in));
       if (it->second.received == it->second.total) deliver(from, fh.stream, it->second);

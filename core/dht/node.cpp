@@ -4,6 +4,68 @@
 
 namespace apiary::dht {
 
+namespace {
+StoreOutcome outcome_of(Storage::Outcome o) {
+  switch (o) {
+    case Storage::Outcome::kStored: return StoreOutcome::kStored;
+    case Storage::Outcome::kStale: return StoreOutcome::kStale;
+    case Storage::Outcome::kExpired: return StoreOutcome::kExpired;
+    case Storage::Outcome::kTooLate: return StoreOutcome::kTooLate;
+    case Storage::Outcome::kShadows: return StoreOutcome::kShadows;
+    case Storage::Outcome::kNoRoom: return StoreOutcome::kNoRoom;
+  }
+  return StoreOutcome::kInvalid;
+}
+}  // namespace
+
+const char* describe(StoreOutcome o) {
+  switch (o) {
+    case StoreOutcome::kStored: return "stored";
+    case StoreOutcome::kStale: return "stale";
+    case StoreOutcome::kExpired: return "expired";
+    case StoreOutcome::kInvalid: return "invalid";
+    case StoreOutcome::kTooLate: return "expires too late";
+    case StoreOutcome::kShadows: return "would hide an owner's subkeys";
+    case StoreOutcome::kNoRoom: return "no room";
+  }
+  return "unknown";
+}
+
+const char* name_of(StoreOutcome o) {
+  switch (o) {
+    case StoreOutcome::kStored: return "stored";
+    case StoreOutcome::kStale: return "stale";
+    case StoreOutcome::kExpired: return "expired";
+    case StoreOutcome::kInvalid: return "invalid";
+    case StoreOutcome::kTooLate: return "too_late";
+    case StoreOutcome::kShadows: return "shadows";
+    case StoreOutcome::kNoRoom: return "no_room";
+  }
+  return "unknown";
+}
+
+void StoreTally::count(StoreOutcome o) {
+  const auto code = static_cast<std::size_t>(o);
+  if (code < outcomes.size()) {
+    ++outcomes[code];
+  } else {
+    ++outcomes[static_cast<std::size_t>(StoreOutcome::kInvalid)];  // a code this build does not know
+    o = StoreOutcome::kInvalid;
+  }
+  ++(o == StoreOutcome::kStored ? stored : o == StoreOutcome::kStale ? stale : refused);
+}
+
+std::string StoreResult::why_refused() const {
+  std::string out;
+  for (std::size_t code = 0; code < outcomes.size(); ++code) {
+    const auto o = static_cast<StoreOutcome>(code);
+    if (o == StoreOutcome::kStored || o == StoreOutcome::kStale || outcomes[code] == 0) continue;
+    if (!out.empty()) out += ", ";
+    out += std::to_string(outcomes[code]) + " " + describe(o);
+  }
+  return out;
+}
+
 struct DhtNode::Traversal {
   struct Key {
     DhtId target;
@@ -18,6 +80,7 @@ struct DhtNode::Traversal {
   std::size_t min_holders = 1;
   std::vector<Key> keys;
   std::map<DhtId, Candidate> contacts;
+  std::map<Endpoint, DhtId> endpoints;  // one candidate per endpoint: one peer cannot pose as many
   int queried = 0;
   Notifier changed;
 };
@@ -30,7 +93,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
       cfg_(config),
       validators_(std::move(validators)),
       table_(self, config.k, config.depth_modulo),
-      storage_(config.max_records),
+      storage_(config.storage),
       created_(rt.now()) {
   if (cfg_.client_mode) return;  // a client serves nothing
   rpc_.serve<PingRequest, PingReply>([this](const Endpoint& from, PingRequest req) -> Task<Result<PingReply>> {
@@ -50,12 +113,14 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
         reply.outcomes.push_back(static_cast<std::uint8_t>(StoreOutcome::kInvalid));
         continue;
       }
-      const auto o = storage_.store(r, now);
-      if (o != Storage::Outcome::kExpired) refreshed_[{r.key, r.subkey}] = now;
-      reply.outcomes.push_back(static_cast<std::uint8_t>(
-          o == Storage::Outcome::kStored ? StoreOutcome::kStored
-          : o == Storage::Outcome::kStale ? StoreOutcome::kStale
-                                          : StoreOutcome::kExpired));
+      const auto o = storage_.store(r, now, from);
+      if (o == Storage::Outcome::kStored || o == Storage::Outcome::kStale) refreshed_[{r.key, r.subkey}] = now;
+      if (o != Storage::Outcome::kStored && o != Storage::Outcome::kStale) {
+        rt_.observer.count(std::string("dht.store_refused.") + name_of(outcome_of(o)));
+        rt_.observer.log(LogLevel::kDebug, "dht", "refused record '" + r.key + "' from " + from.to_string() + ": " +
+                                                      describe(outcome_of(o)));
+      }
+      reply.outcomes.push_back(static_cast<std::uint8_t>(outcome_of(o)));
     }
     co_return reply;
   });
@@ -99,8 +164,12 @@ void DhtNode::punish(const Contact& c) {
 
 void DhtNode::learn(const Contact& c, bool newcomer) {
   if (c.id == self_ || !c.endpoint.valid()) return;
-  blacklist_.erase(c.endpoint);
   auto r = table_.add(c, rt_.now());
+  if (r.kind == RoutingTable::Added::kRefused) {
+    rt_.observer.count("dht.contacts_refused.same_endpoint");
+    return;
+  }
+  blacklist_.erase(c.endpoint);
   // A peer new to us, or one that says it (re)joined lately (a restarted peer we still knew),
   // gets the records it should hold — at most once per replication period.
   if ((r.kind == RoutingTable::Added::kAdded || newcomer) && !cfg_.client_mode) {
@@ -194,6 +263,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
       table_.touch_bucket(target, now);
       for (const auto& c : table_.nearest(target, cfg_.k)) {
         if (blacklisted(c.endpoint)) continue;
+        if (auto [at, fresh] = t.endpoints.try_emplace(c.endpoint, c.id); !fresh && at->second != c.id) continue;
         t.contacts.try_emplace(c.id, Candidate{c, 1});
         key.cands.insert({c.id ^ target, c.id});
       }
@@ -353,6 +423,10 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
         }
         for (const auto& n : entry.nearest) {
           if (n.id == self_ || !n.endpoint.valid() || blacklisted(n.endpoint)) continue;
+          if (auto [at, fresh] = t.endpoints.try_emplace(n.endpoint, n.id); !fresh && at->second != n.id) {
+            rt_.observer.count("dht.candidates_refused.same_endpoint");
+            continue;
+          }
           t.contacts.try_emplace(n.id, Candidate{n, hop + 1});
           key.cands.insert({n.id ^ key.target, n.id});
           if (t.fill_buckets) learn(n);  // refresh: fill our bucket from what we hear
@@ -375,22 +449,25 @@ Task<std::vector<StoreTally>> DhtNode::store_many(std::vector<Record> records) {
 
   std::vector<StoreTally> replicas(records.size());
   std::map<DhtId, std::pair<Contact, std::vector<std::size_t>>> plan;
+  // One request per endpoint: a peer that answers for many ids (made up next to the key) is one replica.
+  std::map<Endpoint, DhtId> by_endpoint;
   const TimePoint now = rt_.now();
   for (std::size_t i = 0; i < records.size(); ++i) {
     const DhtId id = DhtId::of_key(records[i].key);
     const auto& nearest = found[id].nearest;
     const bool self_near = nearest.size() < cfg_.k || ((self_ ^ id) < (nearest.back().id ^ id));
     if (self_near && !cfg_.client_mode) {
-      if (check_record(records[i])) {
-        ++replicas[i].refused;
-      } else {
-        const auto o = storage_.store(records[i], now);
-        ++(o == Storage::Outcome::kStored ? replicas[i].stored : o == Storage::Outcome::kStale ? replicas[i].stale : replicas[i].refused);
-      }
+      if (check_record(records[i]))
+        replicas[i].count(StoreOutcome::kInvalid);
+      else
+        replicas[i].count(outcome_of(storage_.store(records[i], now)));
     }
     for (const auto& c : nearest) {
-      auto& p = plan[c.id];
-      p.first = c;
+      if (c.endpoint == rt_.transport.local()) continue;
+      const DhtId& holder = by_endpoint.try_emplace(c.endpoint, c.id).first->second;
+      auto& p = plan[holder];
+      if (!p.second.empty() && p.second.back() == i) continue;
+      if (p.second.empty()) p.first = c;
       p.second.push_back(i);
     }
   }
@@ -408,12 +485,8 @@ Task<std::vector<StoreTally>> DhtNode::store_many(std::vector<Record> records) {
       }
       for (std::size_t j = 0; j < idx.size(); ++j) {
         StoreTally& t = (*reps)[idx[j]];
-        if (j >= r->outcomes.size()) {  // a reply that answers fewer records than were sent
-          ++t.refused;
-          continue;
-        }
-        const auto o = static_cast<StoreOutcome>(r->outcomes[j]);
-        ++(o == StoreOutcome::kStored ? t.stored : o == StoreOutcome::kStale ? t.stale : t.refused);
+        // A reply that answers fewer records than were sent refuses the rest.
+        t.count(j < r->outcomes.size() ? static_cast<StoreOutcome>(r->outcomes[j]) : StoreOutcome::kInvalid);
       }
       co_return 1;
     }(this, p.first, p.second, &records, &replicas));
@@ -436,7 +509,7 @@ Task<StoreResult> DhtNode::store(Record record) {
   std::vector<Record> one{std::move(record)};
   std::vector<StoreTally> reps = co_await store_many(std::move(one));
   const StoreTally& t = reps[0];
-  co_return StoreResult{t.stored, rt_.now() - t0, t.stale, t.refused, t.unreachable};
+  co_return StoreResult{t.stored, rt_.now() - t0, t.stale, t.refused, t.unreachable, t.outcomes};
 }
 
 Task<GetResult> DhtNode::get(std::string key, std::size_t min_holders) {

@@ -3,6 +3,7 @@
 // alpha-parallel lookups (many keys in one traversal), stores to the k nearest peers, caches on
 // the lookup path, keeps its routing table fresh, replicates and republishes under churn, and
 // backs off from peers that do not answer. The same code runs in ns-3 and live.
+#include <array>
 #include <functional>
 #include <map>
 #include <memory>
@@ -22,7 +23,7 @@ struct DhtConfig {
   std::size_t alpha = 3;
   int depth_modulo = 5;
   Duration rpc_timeout = std::chrono::seconds(2);
-  std::size_t max_records = 100000;
+  StorageLimits storage;  // size, quotas and the longest lifetime of what this node keeps
   Duration refresh_period = std::chrono::minutes(30);    // 0: no bucket refresh
   Duration replicate_period = std::chrono::minutes(10);  // 0: no replication/republish
   std::size_t join_refresh_buckets = 160;  // buckets filled after joining (dht.join_refresh)
@@ -47,18 +48,24 @@ struct GetResult {
   Duration latency{};
 };
 
-// What the peers a record was sent to (and this peer, if among the nearest) answered.
+// What the peers a record was sent to (and this peer, if among the nearest) answered. A peer counts
+// once however many ids it answers for.
 struct StoreTally {
   std::size_t stored = 0;       // accepted, and hold the record now (or already held this very record)
   std::size_t stale = 0;        // refused: they hold a newer record under the key (or subkey)
-  std::size_t refused = 0;      // refused: invalid (signature, schema, size) or already expired
+  std::size_t refused = 0;      // refused for another reason (outcomes says which)
   std::size_t unreachable = 0;  // no answer
+  std::array<std::size_t, kStoreOutcomes> outcomes{};  // answers by StoreOutcome code
+  void count(StoreOutcome o);
 };
 
 struct StoreResult {
   std::size_t replicas = 0;  // peers (or self) that accepted and hold the record; never a refusal
   Duration latency{};
   std::size_t stale = 0, refused = 0, unreachable = 0;  // the others, by reason
+  std::array<std::size_t, kStoreOutcomes> outcomes{};
+  // "2 expires too late, 1 no room": the refusals other than stale, by reason ("" when none).
+  std::string why_refused() const;
 };
 
 class DhtNode {

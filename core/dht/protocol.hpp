@@ -64,7 +64,21 @@ struct StoreRequest {
   }
 };
 
-enum class StoreOutcome : std::uint8_t { kStored = 0, kStale = 1, kExpired = 2, kInvalid = 3 };
+// What a node answers for each record of a store. A code this build does not know counts as refused.
+enum class StoreOutcome : std::uint8_t {
+  kStored = 0,   // held
+  kStale = 1,    // the node holds a record under the (key, subkey) that expires no earlier
+  kExpired = 2,  // expired on arrival
+  kInvalid = 3,  // a validator refused it (signature, schema, size)
+  kTooLate = 4,  // expires later than the node keeps anything
+  kShadows = 5,  // an unowned plain value would hide an owner's signed subkeys
+  kNoRoom = 6,   // the sender's share of the node's store is full of records that expire later
+};
+inline constexpr std::size_t kStoreOutcomes = 7;
+// "stored", "stale", "expires too late", ...: how a reply's code reads in logs and the CLI.
+const char* describe(StoreOutcome o);
+// "stored", "stale", "too_late", ...: its name in counters (dht.store_refused.NAME).
+const char* name_of(StoreOutcome o);
 
 struct StoreReply {
   DhtId id;

@@ -37,4 +37,9 @@ Bytes Record::signed_bytes() const {
   return w.take();
 }
 
+bool Record::owned() const {
+  constexpr std::string_view tag = "[owner:";
+  return key.find(tag) != std::string::npos || (subkey && subkey->find(tag) != std::string::npos);
+}
+
 }  // namespace apiary::dht

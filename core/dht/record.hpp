@@ -33,6 +33,9 @@ struct Record {
   static Record decode(wire::Reader& r, const Limits& lim);
   // The bytes a signature covers.
   Bytes signed_bytes() const;
+  // Whether its key or subkey names an owner ("[owner:...]"): then a validator has checked the
+  // owner's signature over it before any node keeps or returns it.
+  bool owned() const;
   bool operator==(const Record&) const = default;
 };
 

@@ -54,6 +54,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
     auto it = std::find_if(b.nodes.begin(), b.nodes.end(),
                            [&](const Entry& e) { return e.contact.id == c.id; });
     if (it != b.nodes.end()) {
+      if (it->contact.endpoint != c.endpoint && endpoint_taken(c.endpoint, c.id)) return {Added::kRefused, std::nullopt};
       Entry e = *it;
       e.contact.endpoint = c.endpoint;
       e.last_seen = now;
@@ -61,6 +62,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
       b.nodes.push_back(e);
       return {Added::kUpdated, std::nullopt};
     }
+    if (endpoint_taken(c.endpoint, c.id)) return {Added::kRefused, std::nullopt};
     if (b.nodes.size() < k_) {
       b.nodes.push_back(Entry{c, now});
       auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
@@ -92,11 +94,21 @@ bool RoutingTable::remove(const DhtId& id) {
     return true;
   }
   b.nodes.erase(it);
-  if (!b.replacements.empty()) {
-    b.nodes.push_back(b.replacements.back());
-    b.replacements.pop_back();
+  // The freshest replacement whose endpoint no other contact holds.
+  for (auto r = b.replacements.rbegin(); r != b.replacements.rend(); ++r) {
+    if (endpoint_taken(r->contact.endpoint, r->contact.id)) continue;
+    b.nodes.push_back(*r);
+    b.replacements.erase(std::next(r).base());
+    break;
   }
   return true;
+}
+
+bool RoutingTable::endpoint_taken(const Endpoint& endpoint, const DhtId& id) const {
+  for (const auto& b : buckets_)
+    for (const auto& e : b.nodes)
+      if (e.contact.endpoint == endpoint && e.contact.id != id) return true;
+  return false;
 }
 
 bool RoutingTable::contains(const DhtId& id) const { return find(id).has_value(); }

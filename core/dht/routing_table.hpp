@@ -4,6 +4,9 @@
 // least-recently-seen order and a replacement list per bucket. A full bucket never evicts on its
 // own: add() names the least-recently-seen contact to ping, and only if that ping fails does
 // the owner call remove(), which promotes the freshest replacement.
+// One endpoint holds one id: a contact whose endpoint the table already knows under another id is
+// refused (kRefused) until that one leaves. A peer that answers from one address for many made-up
+// ids (to crowd the ids next to a key it wants to censor) gets one place, not a bucket.
 #include <cstddef>
 #include <optional>
 #include <vector>
@@ -29,7 +32,7 @@ struct RoutingStats {
 
 class RoutingTable {
  public:
-  enum class Added { kAdded, kUpdated, kFull, kSelf };
+  enum class Added { kAdded, kUpdated, kFull, kSelf, kRefused };
   struct AddResult {
     Added kind;
     std::optional<Contact> ping_first;  // kFull: the least-recently-seen contact to check
@@ -78,6 +81,8 @@ class RoutingTable {
     bool covers(const DhtId& id) const { return prefix.common_prefix(id) >= depth; }
   };
   std::size_t bucket_of(const DhtId& id) const;
+  // Whether a contact other than `id` holds `endpoint` (a scan: tables hold a few hundred contacts).
+  bool endpoint_taken(const Endpoint& endpoint, const DhtId& id) const;
   bool can_split(const Bucket& b) const;
   void split(std::size_t index);
 

@@ -173,7 +173,24 @@ void SchemaValidator::require(std::string prefix, Type type, std::size_t max_siz
   rules_.push_back(Rule{std::move(prefix), type, max_size});
 }
 
+void SchemaValidator::require_owned(std::string suffix, std::size_t max_size, ValueCheck check) {
+  owned_.push_back(OwnedRule{std::move(suffix), max_size, std::move(check)});
+}
+
 std::optional<std::string> SchemaValidator::check(const Record& r) const {
+  for (const auto& rule : owned_) {
+    if (r.key.size() < rule.suffix.size() || r.key.compare(r.key.size() - rule.suffix.size(), rule.suffix.size(), rule.suffix) != 0)
+      continue;
+    if (!r.subkey) return "'" + rule.suffix + "' keys hold owners' entries only, not a plain value";
+    const Owner o = owner_in(*r.subkey);
+    if (!o.named || !o.valid || r.subkey->size() != owner_tag_of(o.key).size())
+      return "an entry under a '" + rule.suffix + "' key must have its owner's tag as its subkey";
+    if (r.value.size() > rule.max_size)
+      return "value larger than the schema allows for '" + rule.suffix + "' (" + std::to_string(r.value.size()) + " > " +
+             std::to_string(rule.max_size) + " bytes)";
+    if (rule.check)
+      if (auto why = rule.check(r.value)) return "value under '" + rule.suffix + "': " + *why;
+  }
   for (const auto& rule : rules_) {
     if (r.key.rfind(rule.prefix, 0) != 0) continue;
     if (r.value.size() > rule.max_size) return "value larger than the schema allows for '" + rule.prefix + "'";

@@ -7,8 +7,10 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -79,6 +81,11 @@ class SchemaValidator final : public Validator {
   enum class Type { kInt64, kFloat64, kUtf8, kBytes };
   // Values under keys starting with `prefix` must be of `type` and at most `max_size` bytes.
   void require(std::string prefix, Type type, std::size_t max_size = SIZE_MAX);
+  // Records under keys that end with `suffix` must be dictionary entries whose subkey is exactly an
+  // owner tag (so each entry is written, and signed, by the owner it names: install a
+  // SignatureValidator too), with values of at most `max_size` bytes that `check` accepts.
+  using ValueCheck = std::function<std::optional<std::string>(std::span<const std::uint8_t>)>;
+  void require_owned(std::string suffix, std::size_t max_size, ValueCheck check = {});
   std::optional<std::string> check(const Record& r) const override;
 
  private:
@@ -87,7 +94,13 @@ class SchemaValidator final : public Validator {
     Type type;
     std::size_t max_size;
   };
+  struct OwnedRule {
+    std::string suffix;
+    std::size_t max_size;
+    ValueCheck check;
+  };
   std::vector<Rule> rules_;
+  std::vector<OwnedRule> owned_;
 };
 
 std::optional<std::string> validate(const std::vector<std::shared_ptr<Validator>>& validators,

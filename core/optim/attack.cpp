@@ -32,7 +32,7 @@ void tamper_aggregate(const AttackConfig& a, std::span<float> mean) {
 
 const std::vector<std::string>& attack_names() {
   static const std::vector<std::string> names{"none", "sign_flip", "random_direction", "label_flip", "delayed", "wrong_aggregate",
-                                                "break_commitment"};
+                                                "break_commitment", "progress_poison"};
   return names;
 }
 

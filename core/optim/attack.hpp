@@ -10,7 +10,11 @@
 //  * wrong aggregate: as a reducer it answers with its part's mean times -scale (the all-reduce's
 //    part: AllReduceFaults::tamper_result);
 //  * break commitment (against BTARD): it commits to its honest gradient, then sends -scale x it
-//    (the all-reduce's part: AllReduceFaults::tamper_sent).
+//    (the all-reduce's part: AllReduceFaults::tamper_sent);
+//  * progress poison: it trains honestly, and at every attacked step writes progress records that
+//    claim the swarm is a million steps ahead: a plain value squatting the progress key, an entry
+//    under a subkey that names no owner, one that never expires, and a Sybil's signed report
+//    (progress.hpp: poisoned_progress). Undefended, one such record froze a swarm.
 // The vector attacks are here so that the ns-3 and the live trainers apply the same ones.
 #include <cstdint>
 #include <span>
@@ -21,7 +25,16 @@
 
 namespace apiary::optim {
 
-enum class AttackKind { kNone, kSignFlip, kRandomDirection, kLabelFlip, kDelayed, kWrongAggregate, kBreakCommitment };
+enum class AttackKind {
+  kNone,
+  kSignFlip,
+  kRandomDirection,
+  kLabelFlip,
+  kDelayed,
+  kWrongAggregate,
+  kBreakCommitment,
+  kProgressPoison,
+};
 
 struct AttackConfig {
   AttackKind kind = AttackKind::kNone;

@@ -188,7 +188,7 @@ Task<void> Btard::wait_phase(std::shared_ptr<Round> r, std::function<bool()> don
   co_await wait_until(rt_, r->changed, rt_.now() + cfg_.phase_timeout, std::move(done));
 }
 
-Task<std::optional<Error>> Btard::commit(const Group& group, std::uint64_t epoch, std::span<const float> mine, double weight,
+Task<std::optional<Error>> Btard::commit(Group group, std::uint64_t epoch, std::span<const float> mine, double weight,
                                  std::span<const float> parameters) {
   const auto me = group.index_of(rt_.transport.local());
   if (!me) co_return Error{ErrorCode::kInvalidArgument, "not a member of the group"};
@@ -437,7 +437,7 @@ static double check_value(std::span<const float> g, std::span<const float> x, st
   return w * c * dot;
 }
 
-Task<void> Btard::verify(const Group& group, std::span<float> averaged, std::vector<bool> got_mean) {
+Task<void> Btard::verify(Group group, std::span<float> averaged, std::vector<bool> got_mean) {
   auto r = round_of(group.id);
   if (!r) co_return;
   Round& round = *r;

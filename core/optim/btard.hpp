@@ -112,13 +112,13 @@ class Btard {
   void set_recompute(Recompute r) { recompute_ = std::move(r); }
   // Phase 1, before the all-reduce: commit to `mine` (empty for an auxiliary member) and wait for
   // the others' commitments (or phase_timeout).
-  Task<std::optional<Error>> commit(const averaging::Group& group, std::uint64_t epoch, std::span<const float> mine, double weight,
+  Task<std::optional<Error>> commit(averaging::Group group, std::uint64_t epoch, std::span<const float> mine, double weight,
                             std::span<const float> parameters);
   // Phases 3 to 5, after it: reveal, check the aggregates (disputes resolved before it returns),
   // start this member's validations (they go on in the background).
   // `averaged`: what the all-reduce gave this member, where the pieces that did not come back are
   // set to zero (the step leaves those parameters alone); `got_mean`: AllReduceReport::got_mean.
-  Task<void> verify(const averaging::Group& group, std::span<float> averaged, std::vector<bool> got_mean);
+  Task<void> verify(averaging::Group group, std::span<float> averaged, std::vector<bool> got_mean);
   // The member to download the state from when this one computed the step on other parameters
   // than the plurality of the group's (its pieces were refused as out of sync); nullopt when in sync.
   std::optional<Endpoint> resync_source(std::uint64_t group) const;

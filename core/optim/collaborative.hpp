@@ -71,6 +71,7 @@ class CollaborativeOptimizer {
                          averaging::TensorSchema schema, std::vector<float> initial, CollaborativeConfig config);
   std::vector<float>& parameters() { return params_; }
   std::uint64_t epoch() const { return epoch_; }
+  std::string progress_key() const { return progress_.key(); }  // where the swarm's progress reports live
   std::uint64_t local_samples() const { return samples_; }
   double samples_per_second() const { return rate_; }
   bool stepping() const { return in_step_; }

@@ -38,9 +38,25 @@ struct SwarmProgress {
   TimePoint fetched{};              // when the reports were read
 };
 
-// Pure aggregation: reports older than `stale` before `now` are ignored.
+// Pure aggregation: reports older than `stale` before `now`, or dated more than `stale` after it,
+// are ignored; so are reports on epochs above `max_epoch`. A report counts at most target_batch
+// samples, and (with three reports or more) at most ten times the median throughput: one lying
+// report can make a step come early, not freeze the swarm or make it wait forever.
 SwarmProgress aggregate(const std::vector<PeerProgress>& reports, std::uint64_t target_batch, TimePoint now,
-                        Duration stale);
+                        Duration stale, std::uint64_t max_epoch = UINT64_MAX);
+
+// The highest epoch this peer can believe, from the other peers' fresh epochs: the (tolerate+1)-th
+// highest of them (so `tolerate` peers claiming a far epoch move nobody), never below this peer's
+// own; with no more than `tolerate` other reports, the highest (a small swarm cannot outvote a
+// liar, and a peer behind must still catch up). The swarm may be one step past it: a peer that
+// has just stepped is there before the others.
+std::uint64_t trusted_epoch(std::vector<std::uint64_t> others, std::uint64_t own, std::size_t tolerate);
+
+// What a progress-poisoning attacker writes under `key` (attack.hpp), each claiming epoch
+// `claimed` with every sample: a plain value that expires after 23 hours, an entry under the
+// subkey "mallory", the same signed by `sybil` but never expiring, and `sybil`'s signed report.
+std::vector<dht::Record> poisoned_progress(const std::string& key, const dht::Identity& sybil, TimePoint now,
+                                           std::uint64_t claimed);
 
 struct ProgressConfig {
   std::string prefix = "run";                   // DHT key: prefix + ":progress"
@@ -49,6 +65,7 @@ struct ProgressConfig {
   Duration stale = std::chrono::seconds(30);    // reports older than this are ignored
   Duration matchmaking_lead = std::chrono::seconds(5);  // begin matchmaking this long before the ETA
   std::size_t read_holders = 3;
+  std::size_t tolerate = 1;  // peers whose epoch claims may be lies (training.progress_tolerate)
 };
 
 class ProgressTracker {
@@ -73,6 +90,7 @@ class ProgressTracker {
   dht::Identity identity_;
   ProgressConfig cfg_;
   std::function<bool(const std::string&)> ignored_;
+  std::optional<std::uint64_t> published_epoch_;  // this peer's last report
 };
 
 }  // namespace apiary::optim

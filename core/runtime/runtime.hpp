@@ -63,6 +63,9 @@ struct TransportLimits {
   std::uint64_t max_header = 1u << 20;       // 1 MiB
   std::uint64_t max_payload = 1ull << 30;    // 1 GiB
   std::uint32_t max_streams_in_flight = 64;  // per connection
+  // Bytes buffered for messages that have begun and not ended, per connection (what a peer that
+  // starts many large messages and never finishes them can make a node hold).
+  std::uint64_t max_unfinished_bytes = 1ull << 30;
 };
 
 // Delivery contract: messages to one destination arrive in order, whole or not at all. Large

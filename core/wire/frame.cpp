@@ -100,6 +100,11 @@ void FrameDecoder::reserve(Incoming& in, std::uint64_t need) {
   if (in.capacity >= need) return;
   // What arrived vouches for what is reserved: grow 4x at a time.
   const std::uint64_t cap = std::min<std::uint64_t>(in.total, std::max({need, 4 * in.received, kInitialPayload}));
+  const std::uint64_t held = unfinished_ - in.capacity + cap;
+  if (held > limits_.max_unfinished_bytes)
+    throw DecodeError("unfinished messages would hold " + std::to_string(held) + " bytes, over the limit of " +
+                      std::to_string(limits_.max_unfinished_bytes));
+  unfinished_ = held;
   std::shared_ptr<std::uint8_t[]> grown(new std::uint8_t[static_cast<std::size_t>(cap)]);
   if (in.received) std::copy_n(in.data, in.received, grown.get());
   in.data = grown.get();
@@ -196,6 +201,7 @@ void FrameDecoder::on_stage_done(std::vector<Event>& out) {
             in.owner = std::move(t.owner);
             in.data = t.bytes.data();
             in.capacity = in.total;
+            in.lent = true;
           }
         }
         auto [it, fresh] = streams_.emplace(cur_.stream, std::move(in));
@@ -227,6 +233,7 @@ void FrameDecoder::complete_if_done(std::uint32_t stream, std::vector<Event>& ou
     const std::span<const std::uint8_t> bytes(it->second.data, static_cast<std::size_t>(it->second.total));
     ev.message.payload = Payload::view(std::move(it->second.owner), bytes);
   }
+  if (!it->second.lent) unfinished_ -= it->second.capacity;
   streams_.erase(it);
   out.push_back(std::move(ev));
 }

@@ -81,6 +81,8 @@ class FrameDecoder {
   using Placement = std::function<PayloadTarget(std::span<const std::uint8_t> header, std::uint64_t size)>;
   void set_placement(Placement placement) { placement_ = std::move(placement); }
   std::size_t streams_in_flight() const { return streams_.size(); }
+  // Bytes this decoder has allocated for messages not yet complete (not the buffers a placement lent).
+  std::uint64_t unfinished_bytes() const { return unfinished_; }
 
  private:
   struct Incoming {
@@ -90,6 +92,7 @@ class FrameDecoder {
     std::uint64_t capacity = 0;
     std::uint64_t received = 0;
     std::uint64_t total = 0;
+    bool lent = false;  // data is a placement's buffer, not the decoder's
   };
   enum class Stage { kHead, kHello, kBeginLen, kBeginHeader, kPayload };
   void on_head();
@@ -106,6 +109,7 @@ class FrameDecoder {
   std::uint64_t part_ = 0;               // payload bytes of the current BEGIN frame
   Incoming* in_ = nullptr;               // the stream the payload bytes go to
   std::map<std::uint32_t, Incoming> streams_;
+  std::uint64_t unfinished_ = 0;
   Placement placement_;
 };
 

@@ -33,6 +33,7 @@ optim::Examples to_examples(const data::ImageSet& set, std::uint64_t limit) {
 TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity, const TrainingDriver& driver,
                          std::uint32_t index, double bandwidth)
     : rt_(rt),
+      dht_(dht),
       driver_(driver),
       spec_(driver.spec()),
       index_(index),
@@ -158,6 +159,14 @@ Task<void> TrainingApp::compute_batch(std::vector<float>& grad) {
   if (attacker_ && spec_.attack.kind == optim::AttackKind::kDelayed) params = delayed_parameters();
   const bool flip = attack && spec_.attack.kind == optim::AttackKind::kLabelFlip;
   const double loss = driver_.model().grad_sum(params, flip ? driver_.train_flipped() : driver_.train(), rows, grad);
+  if (attack && spec_.attack.kind == optim::AttackKind::kProgressPoison && poisoned_epoch_ != epoch()) {
+    poisoned_epoch_ = epoch();
+    const auto sybil = dht::Identity::from_seed(driver_.swarm().seed ^ (0x5b11ULL << 32) ^ index_);
+    for (auto& rec : optim::poisoned_progress(collab_ ? collab_->progress_key() : "train:progress", sybil, rt_.now(), 1000000))
+      dht_.spawn_store(std::move(rec), [obs = &rt_.observer](const dht::StoreResult& r) {
+        obs->count("train.attacks.progress_poison.replicas", static_cast<std::int64_t>(r.replicas));
+      });
+  }
   if (attack) {
     optim::tamper_gradient(spec_.attack, grad, attack_rng_);
     if (spec_.attack.kind != optim::AttackKind::kWrongAggregate && spec_.attack.kind != optim::AttackKind::kBreakCommitment)

@@ -133,6 +133,7 @@ class TrainingApp final : public PeerApp {
   std::span<const float> delayed_parameters();
 
   Runtime& rt_;
+  dht::DhtNode& dht_;
   const TrainingDriver& driver_;
   const TrainingWorkloadSpec& spec_;
   std::uint32_t index_;
@@ -143,6 +144,7 @@ class TrainingApp final : public PeerApp {
   Rng attack_rng_;
   optim::Key key_{};  // this peer's public key
   std::map<std::uint64_t, std::vector<float>> snapshots_;  // delayed attack: parameters by global step
+  std::optional<std::uint64_t> poisoned_epoch_;  // progress poison: the last step it wrote its records at
   std::unique_ptr<optim::CollaborativeOptimizer> collab_;
   std::unique_ptr<optim::DilocoOptimizer> diloco_;
   std::vector<float> local_momentum_;  // DiLoCo's inner SGD

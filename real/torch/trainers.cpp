@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "harness/data/idx.hpp"
+#include "core/optim/schema.hpp"
 #include "core/dht/validate.hpp"
 #include "core/optim/attack.hpp"
 #include "core/optim/btard.hpp"
@@ -126,7 +127,7 @@ int run_trainer(const TrainerOptions& o) {
   const auto identity = dht::Identity::generate();
   dht::DhtConfig dcfg;
   dcfg.k = 8;
-  dht::DhtNode node(rt, rpc, identity.id(), dcfg, {std::make_shared<dht::SignatureValidator>()});
+  dht::DhtNode node(rt, rpc, identity.id(), dcfg, optim::standard_validators());
   if (!o.ready_file.empty()) write_file_atomically(o.ready_file, live.local().to_string() + "\n");
 
   auto model = make_model(o);
@@ -228,7 +229,8 @@ int run_trainer(const TrainerOptions& o) {
       for (auto& x : sum) x = x / static_cast<float>(batches * o.batch_size);
       co_return sum;
     });
-  std::uint64_t attacks = 0;
+  std::uint64_t attacks = 0, attacks_logged = 0;
+  std::optional<std::uint64_t> poisoned_epoch;  // progress poison: the last step it wrote its records at
   // Delayed attack: parameters by global step, the oldest within `delay` steps kept.
   std::map<std::uint64_t, std::vector<torch::Tensor>> snapshots;
   // One local batch's gradients, as this trainer computes them (an attacker's: attack.hpp).
@@ -274,6 +276,12 @@ int run_trainer(const TrainerOptions& o) {
         std::copy_n(flat.data() + at, g.numel(), g.data_ptr<float>());
         at += static_cast<std::size_t>(g.numel());
       }
+    }
+    if (attacking && attack.kind == optim::AttackKind::kProgressPoison && poisoned_epoch != e) {
+      poisoned_epoch = e;  // the same records as the ns-3 trainer's attacker (progress.hpp)
+      const auto sybil = dht::Identity::from_seed(o.seed ^ (0x5b11ULL << 32) ^ o.index);
+      for (auto& rec : optim::poisoned_progress(cc.progress.prefix + ":progress", sybil, rt.now(), 1000000))
+        node.spawn_store(std::move(rec), [](const dht::StoreResult&) {});
     }
     if (attacking) ++attacks;
   };
@@ -341,6 +349,12 @@ int run_trainer(const TrainerOptions& o) {
                                         : sample_rows(data_rng, o.batch_size, train.size());
       local_gradients(idx);
       collab->accumulate(o.batch_size);
+      // An attacker's running total, written as it grows: a banned attacker may never finish, and
+      // is then stopped with the run.
+      if (attacks != attacks_logged && attacks % 8 == 1) {
+        log.write(nlohmann::json{{"event", "attacks"}, {"batches", attacks}});
+        attacks_logged = attacks;
+      }
       Duration rest = Duration::zero();  // let the network make progress meanwhile
       if (o.samples_per_second > 0) {
         const auto busy = Duration(static_cast<std::int64_t>(o.batch_size / o.samples_per_second * 1e9));
@@ -372,7 +386,7 @@ int run_trainer(const TrainerOptions& o) {
       log.write(step);
       if (o.eval_every && collab->epoch() % o.eval_every == 0) log_evaluation("eval", collab->epoch(), o.eval_samples);
     }
-    if (attack.kind != optim::AttackKind::kNone) log.write(nlohmann::json{{"event", "attacks"}, {"batches", attacks}});
+    if (attack.kind != optim::AttackKind::kNone) log.write(nlohmann::json{{"event", "attacks"}, {"batches", attacks}});  // the total
     if (const optim::Btard* b = collab->core().btard()) {
       nlohmann::json bans = nlohmann::json::array();
       for (const auto& ban : b->bans())
@@ -562,7 +576,7 @@ struct Node {
     dht::DhtConfig cfg;
     cfg.k = 8;
     dht = std::make_unique<dht::DhtNode>(*rt, *rpc, dht::Identity::generate().id(), cfg,
-                                         std::vector<std::shared_ptr<dht::Validator>>{std::make_shared<dht::SignatureValidator>()});
+                                         optim::standard_validators());
   }
   ~Node() {
     dht.reset();

@@ -134,6 +134,24 @@ assert am < 0.5, am
 assert ak > 0.65 and ak > am + 0.25, (am, ak)
 print("live attack (1 of 6 sign flip): accuracy %.3f with the mean, %.3f with CenteredClip" % (am, ak))
 PY
+# Progress poisoning live: 1 of 6 trainers writes, from step 5 on, progress records that claim the
+# swarm is at step 1,000,000 (a squatting plain value, an unsigned entry, an everlasting one and a
+# Sybil's signed report). Every node refuses the first three and every trainer outvotes the fourth:
+# all 40 steps are taken and nobody tries to catch up to the lie. Undefended, one such record froze
+# a live swarm for good.
+"$APIARY" run attack.toml --json --quiet --set training.attack=progress_poison --set training.aggregation=mean > poison.json ||
+  fail "apiary run (progress poison) exited non-zero"
+python3 - <<'PY' || fail "progress poison results"
+import json
+j = json.load(open("poison.json"))
+c, f = j["metrics"]["counters"], j["cost"]
+assert f["steps"] == 40, f
+assert c.get("train.attacks.progress_poison", 0) > 0, c
+assert c.get("train.catch_ups", 0) == 0, c
+assert f["final_accuracy"] > 0.65, f
+print("live progress poison (1 of 6): 40 steps in %.1f s, accuracy %.3f" % (f["train_seconds"], f["final_accuracy"]))
+PY
+
 # BTARD live: 2 of 6 trainers send their gradients times -1000 from step 5 and accuse whoever they
 # validate. Validators recompute members' gradients on their seeded batches: every honest trainer
 # bans both attackers, none bans an honest one, and training stays on course.

@@ -50,13 +50,7 @@ class Conformance : public ::testing::Test {
   // Runs `t` to completion in the world (bounded by `limit` of world time).
   template <class T>
   T run(Task<T> t, Duration limit = 10s) {
-    std::optional<T> out;
-    scope.spawn([](Task<T> task, std::optional<T>& o) -> Task<void> {
-      o.emplace(co_await std::move(task));
-    }(std::move(t), out));
-    EXPECT_TRUE(world.run_until([&] { return out.has_value(); }, limit)) << "did not finish";
-    if (!out) throw std::runtime_error("task did not finish");
-    return std::move(*out);
+    return run_in(world, scope, std::move(t), limit);
   }
   Duration now(std::size_t i) { return world.runtime(i).now().time_since_epoch(); }
 
@@ -65,14 +59,6 @@ class Conformance : public ::testing::Test {
   TaskScope scope;
 };
 
-using Worlds = ::testing::Types<SimWorld, LiveWorld, FakeWorld>;
-class WorldNames {
- public:
-  template <class T>
-  static std::string GetName(int) {
-    return std::is_same_v<T, SimWorld> ? "ns3" : std::is_same_v<T, LiveWorld> ? "live" : "fake";
-  }
-};
 TYPED_TEST_SUITE(Conformance, Worlds, WorldNames);
 
 TYPED_TEST(Conformance, TimersFireInOrderAndCancelledOnesNever) {

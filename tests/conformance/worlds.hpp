@@ -5,6 +5,7 @@
 #include <utility>
 
 #include <boost/asio.hpp>
+#include <gtest/gtest.h>
 #include <functional>
 #include <memory>
 #include <ns3/inet-socket-address.h>
@@ -193,6 +194,28 @@ class LiveWorld final : public World {
   std::vector<std::unique_ptr<Peer>> peers_;
   std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> garbage_;
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+};
+
+// Runs `t` to completion in `world` (bounded by `limit` of the world's own time), in `scope`.
+template <class T>
+T run_in(World& world, TaskScope& scope, Task<T> t, Duration limit) {
+  std::optional<T> out;
+  scope.spawn([](Task<T> task, std::optional<T>& o) -> Task<void> {
+    o.emplace(co_await std::move(task));
+  }(std::move(t), out));
+  EXPECT_TRUE(world.run_until([&] { return out.has_value(); }, limit)) << "did not finish";
+  if (!out) throw std::runtime_error("task did not finish");
+  return std::move(*out);
+}
+
+// The typed suites' worlds and their names in test names.
+using Worlds = ::testing::Types<SimWorld, LiveWorld, FakeWorld>;
+class WorldNames {
+ public:
+  template <class T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, SimWorld> ? "ns3" : std::is_same_v<T, LiveWorld> ? "live" : "fake";
+  }
 };
 
 }  // namespace apiary::test

@@ -134,6 +134,24 @@ TEST(RoutingTable, FullBucketNamesLeastRecentlySeenAndRemovePromotesReplacement)
   EXPECT_EQ(table.add({self, {9, 9}}, TimePoint(4s)).kind, RoutingTable::Added::kSelf);
 }
 
+TEST(RoutingTable, OneEndpointHoldsOneId) {
+  Rng rng(3);
+  const DhtId self = DhtId::random(rng);
+  RoutingTable table(self, 20, 5);
+  const Endpoint mallory{Endpoint::ipv4(10, 6, 6, 6), 666};
+  const DhtId first = DhtId::random(rng);
+  EXPECT_EQ(table.add({first, mallory}, TimePoint(1s)).kind, RoutingTable::Added::kAdded);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(table.add({DhtId::random(rng), mallory}, TimePoint(2s)).kind, RoutingTable::Added::kRefused);
+  EXPECT_EQ(table.size(), 1u);
+  const DhtId honest = DhtId::random(rng);
+  EXPECT_EQ(table.add({honest, {Endpoint::ipv4(10, 0, 0, 1), 1}}, TimePoint(3s)).kind, RoutingTable::Added::kAdded);
+  EXPECT_EQ(table.add({honest, mallory}, TimePoint(4s)).kind, RoutingTable::Added::kRefused);  // nor move onto a held endpoint
+  EXPECT_EQ(table.find(honest)->endpoint, (Endpoint{Endpoint::ipv4(10, 0, 0, 1), 1}));
+  // Once the first leaves, the endpoint may hold another id (a peer restarted with a new identity).
+  EXPECT_TRUE(table.remove(first));
+  EXPECT_EQ(table.add({DhtId::random(rng), mallory}, TimePoint(5s)).kind, RoutingTable::Added::kAdded);
+}
+
 Record rec(std::string key, std::string value, TimePoint exp, std::optional<std::string> sub = std::nullopt) {
   return Record{std::move(key), std::move(sub), Bytes(value.begin(), value.end()), exp, {}};
 }
@@ -185,6 +203,74 @@ TEST(Storage, FullStoreEvictsEarliestExpiring) {
   EXPECT_EQ(s.evicted(), 1u);
   EXPECT_TRUE(s.get(DhtId::of_key("b"), now).empty());
   EXPECT_FALSE(s.get(DhtId::of_key("d"), now).empty());
+}
+
+TEST(Storage, NothingIsKeptLongerThanMaxTtl) {
+  Storage s(StorageLimits{.max_ttl = 1h, .clock_slack = 1min});
+  const TimePoint now(100s);
+  EXPECT_EQ(s.store(rec("k", "v", now + 1h), now), Storage::Outcome::kStored);
+  EXPECT_EQ(s.store(rec("k", "v", now + 1h + 2min), now), Storage::Outcome::kTooLate);
+  EXPECT_EQ(s.store(rec("squat", "v", TimePoint::max()), now), Storage::Outcome::kTooLate);
+  EXPECT_TRUE(s.get(DhtId::of_key("squat"), now).empty());
+}
+
+TEST(Storage, AnUnownedPlainValueNeverHidesAnOwnersSubkeys) {
+  Storage s;
+  const TimePoint now(0s);
+  const std::string owner = Identity::from_seed(1).owner_tag();
+  // (Storage trusts the validators that ran before it: an owner tag means a checked signature.)
+  ASSERT_EQ(s.store(rec("run:progress", "mine", TimePoint(60s), owner), now), Storage::Outcome::kStored);
+  EXPECT_EQ(s.store(rec("run:progress", "squat", TimePoint(20h)), now), Storage::Outcome::kShadows);
+  auto got = s.get(DhtId::of_key("run:progress"), now);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(*got[0].subkey, owner);
+  // Squatted first: the owner's entry replaces the unowned plain value, however late it expires.
+  ASSERT_EQ(s.store(rec("other:progress", "squat", TimePoint(20h)), now), Storage::Outcome::kStored);
+  EXPECT_EQ(s.store(rec("other:progress", "unowned", TimePoint(60s), "x"), now), Storage::Outcome::kStale);
+  EXPECT_EQ(s.store(rec("other:progress", "mine", TimePoint(60s), owner), now), Storage::Outcome::kStored);
+  got = s.get(DhtId::of_key("other:progress"), now);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(*got[0].subkey, owner);
+}
+
+TEST(Storage, OneSourcesFloodEvictsOnlyItsOwnRecords) {
+  const StorageLimits lim{.max_records = 2000, .max_bytes = 4u << 20, .source_bytes = 1u << 20, .ip_bytes = 2u << 20};
+  Storage s(lim);
+  const TimePoint now(0s);
+  const Endpoint alice{Endpoint::ipv4(10, 0, 0, 1), 7000}, bob{Endpoint::ipv4(10, 0, 0, 2), 7000};
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_EQ(s.store(rec("a" + std::to_string(i), "honest", TimePoint(60s)), now, alice), Storage::Outcome::kStored);
+    ASSERT_EQ(s.store(rec("b" + std::to_string(i), "honest", TimePoint(60s)), now, bob), Storage::Outcome::kStored);
+  }
+  // 100,000 tiny far-future records from one port, then 6,000 of 64 KiB from 1,000 ports of one host.
+  const Endpoint mallory{Endpoint::ipv4(10, 6, 6, 6), 666};
+  for (int i = 0; i < 100000; ++i) s.store(rec("m" + std::to_string(i), "x", TimePoint(23h)), now, mallory);
+  const std::string big(64 * 1024, 'x');
+  for (int i = 0; i < 6000; ++i)
+    s.store(rec("big" + std::to_string(i), big, TimePoint(23h)), now, Endpoint{mallory.ip, static_cast<std::uint16_t>(1000 + i % 1000)});
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_EQ(s.get(DhtId::of_key("a" + std::to_string(i)), now).size(), 1u) << i;
+    EXPECT_EQ(s.get(DhtId::of_key("b" + std::to_string(i)), now).size(), 1u) << i;
+  }
+  EXPECT_LE(s.size(), lim.max_records);
+  EXPECT_LE(s.bytes(), lim.max_bytes);
+  EXPECT_LE(s.bytes_of(mallory), lim.source_bytes);
+  EXPECT_LE(s.bytes_of_ip(mallory.ip), lim.ip_bytes);
+  EXPECT_GT(s.evicted(), 100000u);
+  // The honest sources are still served: a new honest record has room.
+  EXPECT_EQ(s.store(rec("a-late", "honest", TimePoint(60s)), now, alice), Storage::Outcome::kStored);
+}
+
+TEST(Storage, AFullStoreTakesFromTheLargestHost) {
+  Storage s(StorageLimits{.max_records = 100});
+  const TimePoint now(0s);
+  const Endpoint small{Endpoint::ipv4(10, 0, 0, 1), 1}, large{Endpoint::ipv4(10, 0, 0, 2), 1};
+  for (int i = 0; i < 20; ++i) s.store(rec("s" + std::to_string(i), "v", TimePoint(10s)), now, small);
+  for (int i = 0; i < 100; ++i) s.store(rec("l" + std::to_string(i), "v", TimePoint(20h)), now, large);
+  EXPECT_EQ(s.size(), 100u);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(s.get(DhtId::of_key("s" + std::to_string(i)), now).size(), 1u);
+  // The host over its share loses its earliest-expiring record, so a record of its own can find no room.
+  EXPECT_EQ(s.store(rec("l-early", "v", TimePoint(5s)), now, large), Storage::Outcome::kNoRoom);
 }
 
 TEST(Validation, SignaturesProtectOwnersRecords) {
@@ -249,6 +335,22 @@ TEST(Validation, SchemaTypesValues) {
   EXPECT_TRUE(v.check(rec("name.a", std::string("\xff\xfe"), TimePoint(1s))));
   EXPECT_TRUE(v.check(rec("name.a", std::string(17, 'a'), TimePoint(1s))));
   EXPECT_FALSE(v.check(rec("other", std::string("\xff"), TimePoint(1s))));
+}
+
+TEST(Validation, OwnedKeysTakeOnlyOwnersEntries) {
+  SchemaValidator v;
+  v.require_owned(":progress", 8, [](std::span<const std::uint8_t> b) -> std::optional<std::string> {
+    if (b.empty()) return "empty";
+    return std::nullopt;
+  });
+  const std::string owner = Identity::from_seed(1).owner_tag();
+  EXPECT_FALSE(v.check(rec("run:progress", "ok", TimePoint(1s), owner)).has_value());
+  EXPECT_TRUE(v.check(rec("run:progress", "ok", TimePoint(1s))).has_value());         // a plain value
+  EXPECT_TRUE(v.check(rec("run:progress", "ok", TimePoint(1s), "x")).has_value());    // not an owner
+  EXPECT_TRUE(v.check(rec("run:progress", "ok", TimePoint(1s), "x" + owner)).has_value());
+  EXPECT_TRUE(v.check(rec("run:progress", "123456789", TimePoint(1s), owner)).has_value());  // too large
+  EXPECT_TRUE(v.check(rec("run:progress", "", TimePoint(1s), owner)).has_value());           // its check
+  EXPECT_FALSE(v.check(rec("run:progress-not", "", TimePoint(1s))).has_value());  // another key
 }
 
 using DhtSwarm = test::FakeDhtSwarm;

@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "core/optim/progress.hpp"
+#include "core/optim/schema.hpp"
 #include "tests/support/fake_dht.hpp"
 
 using namespace apiary;
@@ -101,6 +102,68 @@ TEST(Progress, PeersPublishUnderSignedSubkeysAndEveryoneSeesTheSum) {
   auto stored = s.run(s.nodes[1]->store(forged));
   EXPECT_EQ(stored.replicas, 0u);
   EXPECT_EQ(s.run(trackers[8]->fetch()).samples, 1500u);
+}
+
+TEST(Progress, ALyingReportCanNeitherFreezeNorLeadTheSwarm) {
+  EXPECT_EQ(trusted_epoch({18, 18, 1000000}, 18, 1), 18u);   // one liar among three
+  EXPECT_EQ(trusted_epoch({18, 19, 18}, 18, 1), 18u);        // a peer one step ahead: believed as E + 1
+  EXPECT_EQ(trusted_epoch({50}, 0, 1), 50u);                 // a small swarm: the peer behind catches up
+  EXPECT_EQ(trusted_epoch({50, 50, 1000000}, 3, 1), 50u);    // a peer behind, one liar
+  EXPECT_EQ(trusted_epoch({}, 7, 1), 7u);
+  EXPECT_EQ(trusted_epoch({10, 10}, 40, 1), 40u);            // never below this peer's own
+  EXPECT_EQ(trusted_epoch({1000000, 1000000, 5}, 5, 1), 1000000u);  // more liars than tolerated
+
+  const TimePoint now = TimePoint(100s);
+  std::vector<PeerProgress> r{
+      {3, 40, 10.0, now, false},
+      {3, 30, 20.0, now, false},
+      {3, 20, 10.0, now, false},
+      {3, UINT64_MAX, 1e12, now, false},  // claims everything: counts target_batch, ten times the median rate
+      {9, 10, 10.0, now + 1h, false},      // dated in the future: ignored
+  };
+  auto s = aggregate(r, 100, now, 30s, 4);
+  EXPECT_EQ(s.epoch, 3u);
+  EXPECT_EQ(s.peers, 4u);
+  EXPECT_EQ(s.samples, 190u);
+  EXPECT_DOUBLE_EQ(s.samples_per_second, 10.0 + 20.0 + 10.0 + 200.0);  // the median of 10, 10, 20, 1e12: 20
+  r.push_back({1000000, 0, 1.0, now, false});
+  EXPECT_EQ(aggregate(r, 100, now, 30s, 4).epoch, 3u);  // above max_epoch: ignored
+}
+
+TEST(Progress, PoisonedProgressRecordsAreRefusedOrOutvoted) {
+  const dht::DhtConfig cfg = quiet_dht(6);
+  test::FakeDhtSwarm s(10, cfg, standard_validators(), 400);
+  s.join_all();
+  ProgressConfig pc;
+  pc.target_batch = 1000;
+  std::vector<std::unique_ptr<ProgressTracker>> trackers;
+  for (std::size_t i = 0; i < 4; ++i) {
+    trackers.push_back(std::make_unique<ProgressTracker>(s.fake[i].runtime(), *s.nodes[i], dht::Identity::from_seed(900 + i), pc));
+    EXPECT_TRUE(s.run(trackers[i]->publish(PeerProgress{18, 100, 50.0, {}, false})));
+  }
+  const TimePoint now = s.fake[9].runtime().now();
+  dht::Record squat{trackers[0]->key(), std::nullopt, PeerProgress{1000000, 0, 1.0, now, false}.encode(), now + 23h, {}};
+  EXPECT_EQ(s.run(s.nodes[9]->store(squat)).replicas, 0u);  // a plain value: refused by the schema
+  dht::Record unsigned_entry = squat;
+  unsigned_entry.subkey = "mallory";
+  EXPECT_EQ(s.run(s.nodes[9]->store(unsigned_entry)).replicas, 0u);  // not an owner's entry
+  dht::Record forever = squat;
+  forever.subkey = dht::Identity::from_seed(666).owner_tag();
+  forever.expiration = TimePoint::max();
+  dht::Identity::from_seed(666).sign(forever);
+  auto refused = s.run(s.nodes[9]->store(forever));
+  EXPECT_EQ(refused.replicas, 0u);
+  EXPECT_NE(refused.why_refused().find("expires too late"), std::string::npos) << refused.why_refused();
+  dht::Record sybil = forever;  // a Sybil's own signed report, far ahead
+  sybil.expiration = now + 1min;
+  dht::Identity::from_seed(666).sign(sybil);
+  EXPECT_GT(s.run(s.nodes[9]->store(sybil)).replicas, 0u);
+  for (auto& t : trackers) {
+    auto seen = s.run(t->fetch());
+    EXPECT_EQ(seen.epoch, 18u);
+    EXPECT_EQ(seen.samples, 400u);
+    EXPECT_EQ(seen.peers, 4u);
+  }
 }
 
 #include "core/optim/collaborative.hpp"

@@ -599,6 +599,34 @@ TEST(SimTraining, CenteredClipWithstandsAttackersThatBreakTheMean) {
   for (const Metrics* x : {&clean, &mean, &clip, &random_mean, &random_clip}) expect_no_invariant_violations(*x);
 }
 
+// Progress poisoning: one trainer of six writes, from step 1 on, progress records claiming the
+// swarm is at step 1,000,000 (core/optim/progress.hpp: poisoned_progress): a plain value squatting
+// the key, an entry under a subkey that names no owner, an everlasting signed entry, and a Sybil's
+// signed report. Every node refuses the first three (the key's schema, the longest lifetime) and
+// every trainer outvotes the fourth, so the swarm takes its steps as fast as without the attacker
+// (at least 90% of the speed) and nobody tries to catch up to the lie. One such record froze a swarm
+// before these defences.
+TEST(SimTraining, PoisonedProgressFreezesNobody) {
+  const std::vector<std::string> base{"training.steps=6", "training.attackers=1", "training.attack_from_step=1"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), base.begin(), base.end());
+    return more;
+  };
+  Metrics clean, poisoned;
+  const RunInfo c = sim::run_sim_swarm(spec_of(kTraining, with({})), clean);
+  const RunInfo p = sim::run_sim_swarm(spec_of(kTraining, with({"training.attack=progress_poison"})), poisoned);
+  EXPECT_GT(poisoned.counter("train.attacks.progress_poison"), 0);
+  EXPECT_GT(poisoned.counter("dht.store_rejected"), 0);           // squat and unsigned entry: the schema
+  EXPECT_GT(poisoned.counter("dht.store_refused.too_late"), 0);   // the everlasting entry
+  EXPECT_GT(poisoned.counter("train.attacks.progress_poison.replicas"), 0);  // the Sybil's report is stored...
+  EXPECT_EQ(p.figures.at("steps"), 6);                           // ...and outvoted
+  EXPECT_EQ(c.figures.at("steps"), 6);
+  EXPECT_LE(p.figures.at("train_seconds"), c.figures.at("train_seconds") / 0.9);
+  EXPECT_EQ(poisoned.counter("optim.catch_ups"), clean.counter("optim.catch_ups"));
+  EXPECT_GT(p.figures.at("final_accuracy"), c.figures.at("final_accuracy") - 0.05);
+  expect_no_invariant_violations(poisoned);
+}
+
 // BTARD (core/optim/btard.hpp) on top of CenteredClip: 10 peers, 4 Byzantine from step 5 on, who
 // also accuse whoever they validate. Validators recompute members' gradients on their seeded
 // batches and every honest trainer bans every attacker; no honest peer is banned (a false

@@ -1,0 +1,321 @@
+// Hostile peers, tried in every world (ns-3, live sockets on loopback, the fake transport of the
+// unit tests), one test source: each attack is made by a small attacker with its own Rpc that
+// speaks the DHT protocol directly, and each test asserts what the defence achieves.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "core/dht/node.hpp"
+#include "core/optim/schema.hpp"
+#include "tests/conformance/worlds.hpp"
+
+namespace apiary::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+dht::Record record(std::string key, std::string value, TimePoint expiration, std::optional<std::string> subkey = std::nullopt) {
+  return dht::Record{std::move(key), std::move(subkey), Bytes(value.begin(), value.end()), expiration, {}};
+}
+
+template <class W>
+class Adversary : public ::testing::Test {
+ protected:
+  static constexpr std::size_t kHonest = 3;
+  void SetUp() override {
+    for (std::size_t i = 0; i <= kHonest; ++i) {
+      world.add_peer();
+      rpc.push_back(std::make_unique<Rpc>(world.runtime(i)));
+    }
+    dht::DhtConfig cfg;
+    cfg.k = 8;
+    cfg.refresh_period = Duration::zero();
+    cfg.replicate_period = Duration::zero();
+    cfg.storage = limits;
+    for (std::size_t i = 0; i < kHonest; ++i)
+      nodes.push_back(std::make_unique<dht::DhtNode>(world.runtime(i), *rpc[i], dht::Identity::from_seed(100 + i).id(), cfg,
+                                                     optim::standard_validators()));
+    for (std::size_t i = 1; i < kHonest; ++i) EXPECT_GT(run(nodes[i]->bootstrap({world.endpoint(0)})), 0u);
+    EXPECT_GT(run(nodes[0]->bootstrap({world.endpoint(1)})), 0u);
+  }
+  void TearDown() override {
+    scope.destroy_all();
+    nodes.clear();
+    rpc.clear();
+  }
+  template <class T>
+  T run(Task<T> t, Duration limit = 60s) {
+    return run_in(world, scope, std::move(t), limit);
+  }
+  TimePoint now() { return world.runtime(0).now(); }
+  Rpc& attacker() { return *rpc[kHonest]; }
+  Endpoint attacker_endpoint() { return world.endpoint(kHonest); }
+  // The attacker's store requests to `to`, `per_message` records each, `in_flight` at a time; the
+  // outcomes the victim answered, by code.
+  std::map<dht::StoreOutcome, std::size_t> flood(Endpoint to, std::vector<dht::Record> records, std::size_t per_message,
+                                                 std::size_t in_flight) {
+    std::map<dht::StoreOutcome, std::size_t> answered;
+    for (std::size_t at = 0; at < records.size();) {
+      std::vector<Task<Result<dht::StoreReply>>> calls;
+      for (std::size_t m = 0; m < in_flight && at < records.size(); ++m) {
+        dht::StoreRequest req{dht::Sender{dht::DhtId::of_key("mallory"), true, false}, {}};
+        for (std::size_t j = 0; j < per_message && at < records.size(); ++j) req.records.push_back(std::move(records[at++]));
+        calls.push_back(attacker().template call<dht::StoreReply>(to, std::move(req), 30s));
+      }
+      for (auto& r : run(when_all(std::move(calls)), 120s)) {
+        if (!r.ok()) {
+          ADD_FAILURE() << "the victim did not answer a store: " << r.error().message;
+          continue;
+        }
+        for (auto o : r->outcomes) ++answered[static_cast<dht::StoreOutcome>(o)];
+      }
+    }
+    return answered;
+  }
+
+  dht::StorageLimits limits{.max_records = 20000, .max_bytes = 8u << 20, .source_bytes = 2u << 20, .ip_bytes = 4u << 20};
+  W world;
+  std::vector<std::unique_ptr<Rpc>> rpc;
+  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
+  TaskScope scope;
+};
+
+TYPED_TEST_SUITE(Adversary, Worlds, WorldNames);
+
+// One client floods a peer: 100,000 tiny records that expire in 23 hours, then 400 of 64 KiB
+// (31 MiB offered to a store capped at 8 MiB, 2 MiB per sender). Every honest record stays, the
+// store stays within its caps, and an honest store after the flood is accepted.
+TYPED_TEST(Adversary, AStorageFloodKeepsEveryHonestRecord) {
+  for (int i = 0; i < 100; ++i) {
+    auto r = this->run(this->nodes[1 + i % 2]->store(record("honest" + std::to_string(i), "v", this->now() + 10min)));
+    EXPECT_EQ(r.replicas, this->kHonest) << i;
+  }
+  std::vector<dht::Record> tiny;
+  for (int i = 0; i < 100000; ++i) tiny.push_back(record("m" + std::to_string(i), "x", this->now() + 23h));
+  auto answered = this->flood(this->world.endpoint(0), std::move(tiny), 64, 16);
+  std::vector<dht::Record> big;
+  for (int i = 0; i < 400; ++i) big.push_back(record("big" + std::to_string(i), std::string(64 * 1024 - 64, 'x'), this->now() + 23h));
+  for (auto& [o, n] : this->flood(this->world.endpoint(0), std::move(big), 1, 16)) answered[o] += n;
+  // Each was taken and then the sender's own earliest-expiring record went (or, expiring no later
+  // than all it held, this one at once: no room).
+  EXPECT_EQ(answered[dht::StoreOutcome::kStored] + answered[dht::StoreOutcome::kNoRoom], 100400u);
+  EXPECT_GT(answered[dht::StoreOutcome::kStored], 0u);
+
+  dht::Storage& victim = this->nodes[0]->storage();
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(victim.get(dht::DhtId::of_key("honest" + std::to_string(i)), this->now()).size(), 1u) << i;
+  EXPECT_LE(victim.bytes(), this->limits.max_bytes);
+  EXPECT_LE(victim.bytes_of(this->attacker_endpoint()), this->limits.source_bytes);
+  EXPECT_GT(victim.evicted(), 90000u);
+  for (int i = 0; i < 100; ++i) {
+    auto got = this->run(this->nodes[2]->get("honest" + std::to_string(i)));
+    EXPECT_TRUE(got.found) << i;
+  }
+  auto late = this->run(this->nodes[1]->store(record("honest-late", "v", this->now() + 10min)));
+  EXPECT_EQ(late.replicas, this->kHonest);
+}
+
+// An unowned plain value cannot replace an owner's signed dictionary, however late it expires,
+// and nothing is kept past the longest lifetime: the owner's entry stays readable everywhere.
+TYPED_TEST(Adversary, AnOwnersDictionaryCannotBeSquatted) {
+  const auto owner = dht::Identity::from_seed(7);
+  auto entry = record("profile", "owner's", this->now() + 10min, owner.owner_tag());
+  owner.sign(entry);
+  EXPECT_EQ(this->run(this->nodes[1]->store(entry)).replicas, this->kHonest);
+  std::vector<dht::Record> squat{record("profile", "squat", this->now() + 23h), record("profile", "forever", TimePoint::max())};
+  for (std::size_t i = 0; i < this->kHonest; ++i) {
+    auto answered = this->flood(this->world.endpoint(i), squat, 2, 1);
+    EXPECT_EQ(answered[dht::StoreOutcome::kShadows], 1u);
+    EXPECT_EQ(answered[dht::StoreOutcome::kTooLate], 1u);
+  }
+  for (std::size_t i = 0; i < this->kHonest; ++i) {
+    auto got = this->run(this->nodes[i]->get("profile", 3));
+    ASSERT_EQ(got.records.size(), 1u);
+    EXPECT_EQ(got.records[0].subkey, owner.owner_tag());
+  }
+  // The owner's next entry is taken (the squat left nothing in its way).
+  auto next = record("profile", "owner's, later", this->now() + 20min, owner.owner_tag());
+  owner.sign(next);
+  EXPECT_EQ(this->run(this->nodes[2]->store(next)).replicas, this->kHonest);
+}
+
+// An attacker that answers for 20 made-up ids placed next to a key (pings that name them, find
+// replies that list them, stores it says it took) neither inflates the replica count nor hides the
+// key: a lookup believes only replies from the id it asked (one endpoint cannot answer as twenty
+// ids), and a store counts a peer once however many ids it goes by.
+TYPED_TEST(Adversary, MadeUpIdsNeitherInflateReplicasNorHideAKey) {
+  const std::string key = "target";
+  const dht::DhtId target = dht::DhtId::of_key(key);
+  std::vector<dht::Contact> fakes;
+  for (int i = 0; i < 20; ++i) {
+    dht::DhtId id = target;
+    id.b[dht::DhtId::kBytes - 1] ^= static_cast<std::uint8_t>(i + 1);  // as near the key as ids get
+    fakes.push_back(dht::Contact{id, this->attacker_endpoint()});
+  }
+  Rpc& evil = this->attacker();
+  evil.serve<dht::FindRequest, dht::FindReply>([fakes](const Endpoint&, dht::FindRequest req) -> Task<Result<dht::FindReply>> {
+    dht::FindReply reply{fakes[0].id, {}};
+    for (std::size_t i = 0; i < req.keys.size(); ++i) reply.entries.push_back({{}, fakes});
+    co_return reply;
+  });
+  evil.serve<dht::StoreRequest, dht::StoreReply>([fakes](const Endpoint&, dht::StoreRequest req) -> Task<Result<dht::StoreReply>> {
+    co_return dht::StoreReply{fakes[0].id, std::vector<std::uint8_t>(req.records.size(), 0)};
+  });
+  evil.serve<dht::PingRequest, dht::PingReply>([fakes](const Endpoint&, dht::PingRequest) -> Task<Result<dht::PingReply>> {
+    co_return dht::PingReply{fakes[0].id};
+  });
+  for (std::size_t i = 0; i < this->kHonest; ++i)
+    for (const auto& f : fakes) {
+      auto pong = this->run(evil.call<dht::PingReply>(this->world.endpoint(i), dht::PingRequest{dht::Sender{f.id, false, false}}, 5s));
+      EXPECT_TRUE(pong.ok());
+    }
+  auto stored = this->run(this->nodes[1]->store(record(key, "v", this->now() + 10min)));
+  EXPECT_GE(stored.replicas, 1u);
+  EXPECT_LE(stored.replicas, this->kHonest + 1);  // three honest peers and the attacker, at most
+  for (std::size_t i = 0; i < this->kHonest; ++i) {
+    auto got = this->run(this->nodes[i]->get(key));
+    ASSERT_TRUE(got.found) << "the key is censored at peer " << i;
+    EXPECT_EQ(got.records[0].value, Bytes{'v'});
+  }
+}
+
+}  // namespace
+}  // namespace apiary::test
+
+namespace apiary::test {
+namespace {
+
+// The live transport's resource manager, against raw sockets on loopback.
+class LiveLimits : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    real::LiveOptions o;
+    o.max_connections = 64;
+    o.handshake_timeout = 300ms;
+    o.evict_idle_after = 100ms;
+    o.max_unfinished_total = 8u << 20;
+    o.limits.max_unfinished_bytes = 6u << 20;
+    victim = std::make_unique<real::LiveRuntime>(io, o);
+    victim->open();
+    client = std::make_unique<real::LiveRuntime>(io, real::LiveOptions{});
+    client->open();
+    victim_env = std::make_unique<PeerEnv>(*victim, metrics, 0, Rng(1));
+    client_env = std::make_unique<PeerEnv>(*client, metrics, 1, Rng(2));
+    victim->set_observer(victim_env->observer);
+    client->set_observer(client_env->observer);
+    server = std::make_unique<Rpc>(victim_env->runtime);
+    caller = std::make_unique<Rpc>(client_env->runtime);
+    server->serve<dht::PingRequest, dht::PingReply>([](const Endpoint&, dht::PingRequest) -> Task<Result<dht::PingReply>> {
+      co_return dht::PingReply{dht::DhtId::of_key("victim")};
+    });
+  }
+  void TearDown() override {
+    scope.destroy_all();
+    caller.reset();
+    server.reset();
+    sockets.clear();
+    client->close();
+    victim->close();
+  }
+  // Runs the loop until done() or `limit` of wall time (a safety net; the loop never sleeps).
+  bool run_until(const std::function<bool()>& done, Duration limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    io.restart();
+    while (!done() && std::chrono::steady_clock::now() < end) io.run_one_for(std::chrono::milliseconds(5));
+    return done();
+  }
+  // One honest call; true if it was answered.
+  bool ping() {
+    std::optional<bool> ok;
+    scope.spawn([](Rpc& rpc, Endpoint to, std::optional<bool>& out) -> Task<void> {
+      auto r = co_await rpc.call<dht::PingReply>(to, dht::PingRequest{dht::Sender{dht::DhtId::of_key("client"), true, false}}, 5s);
+      out = r.ok();
+    }(*caller, victim->local(), ok));
+    run_until([&] { return ok.has_value(); }, 10s);
+    return ok.value_or(false);
+  }
+  boost::asio::ip::tcp::socket& raw_connection() {
+    sockets.push_back(std::make_unique<boost::asio::ip::tcp::socket>(io));
+    const auto to = victim->local();
+    sockets.back()->connect({boost::asio::ip::address_v4(to.ip), to.port});
+    return *sockets.back();
+  }
+
+  boost::asio::io_context io;
+  Metrics metrics;
+  std::unique_ptr<real::LiveRuntime> victim, client;
+  std::unique_ptr<PeerEnv> victim_env, client_env;
+  std::unique_ptr<Rpc> server, caller;
+  std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> sockets;
+  TaskScope scope;
+};
+
+// 200 connections that never send a byte, against a node that takes 64: the idle ones make room
+// for newcomers, those that never name themselves are closed after the handshake timeout, and an
+// honest client is served all along.
+TEST_F(LiveLimits, IdleConnectionsCannotLockClientsOut) {
+  ASSERT_TRUE(ping());
+  for (int i = 0; i < 200; ++i) raw_connection();
+  run_until([&] { return false; }, 50ms);  // the victim accepts them
+  EXPECT_LE(victim->connections(), 64u);
+  int answered = 0;
+  for (int i = 0; i < 20; ++i) answered += ping() ? 1 : 0;
+  EXPECT_EQ(answered, 20);
+  EXPECT_GT(metrics.counter("transport.evicted_connections") + metrics.counter("transport.rejected_connections"), 0);
+  EXPECT_TRUE(run_until([&] { return metrics.counter("transport.handshake_timeouts") > 0; }, 3s));
+  EXPECT_TRUE(run_until([&] { return victim->connections() <= 2; }, 3s)) << victim->connections();
+  EXPECT_TRUE(ping());
+}
+
+// A peer that begins many large messages and finishes none: its connection is closed once what
+// it makes the node buffer passes the limit, and the node keeps serving.
+TEST_F(LiveLimits, UnfinishedMessagesCannotHoldUnboundedMemory) {
+  auto& s = raw_connection();
+  boost::asio::write(s, boost::asio::buffer(wire::encode_hello(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 9})));
+  const Bytes chunk(64 * 1024, 7);
+  boost::system::error_code ec;
+  for (std::uint32_t stream = 1; stream <= 32 && !ec; ++stream) {
+    // A 1 GiB message whose header is 4 bytes; 64 KiB of it, then nothing more.
+    Bytes frame = wire::encode_begin_prefix(stream, 4, 1ull << 30, static_cast<std::uint32_t>(chunk.size()));
+    frame.insert(frame.end(), {0, 0, 0, 0});
+    frame.insert(frame.end(), chunk.begin(), chunk.end());
+    boost::asio::write(s, boost::asio::buffer(frame), ec);
+    run_until([&] { return false; }, 5ms);
+  }
+  EXPECT_TRUE(run_until([&] { return metrics.counter("transport.bad_frames") + metrics.counter("transport.unfinished_shed") > 0; }, 3s));
+  EXPECT_TRUE(ping());
+}
+
+// A node out of file descriptors: every accept fails. It retries after a back-off that doubles
+// (not at once, which would spin a core), and accepts again once descriptors are free.
+TEST_F(LiveLimits, AcceptErrorsBackOffInsteadOfSpinning) {
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  // Take every descriptor under a limit just above those in use, then free one: the attacker's
+  // socket takes it, so the victim's accept finds none.
+  rlimit tight = old;
+  tight.rlim_cur = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd"))
+    tight.rlim_cur = std::max<rlim_t>(tight.rlim_cur, std::stoul(e.path().filename().string()) + 1);
+  tight.rlim_cur += 1;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  std::vector<int> fillers;
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY)) >= 0;) fillers.push_back(fd);
+  ASSERT_FALSE(fillers.empty());
+  ::close(fillers.back());
+  fillers.pop_back();
+  raw_connection();
+  run_until([&] { return false; }, 300ms);
+  const auto errors = metrics.counter("transport.accept_errors");
+  for (int fd : fillers) ::close(fd);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  EXPECT_GE(errors, 1);
+  EXPECT_LE(errors, 12) << "retried at once instead of backing off";
+  EXPECT_TRUE(run_until([&] { return victim->connections() >= 1; }, 3s)) << "never accepted again";
+  EXPECT_TRUE(ping());
+}
+
+}  // namespace
+}  // namespace apiary::test
