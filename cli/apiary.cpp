@@ -186,6 +186,12 @@ int main(int argc, char** argv) {
   peer_cmd->add_option("--join", peer.join, "IPV4:PORT of a peer already in the swarm (repeatable)")->allow_extra_args(false);
   peer_cmd->add_option("--identity", peer.identity_file, "Ed25519 identity file (created if missing)");
   peer_cmd->add_option("--k", peer.config.k, "bucket size / replication factor")->check(CLI::Range(1, 64));
+  peer_cmd->add_option("--max-storage-bytes", peer.config.storage.max_bytes, "bytes of records this peer keeps")
+      ->check(CLI::Range(std::size_t{4096}, std::size_t{1} << 40));
+  peer_cmd->add_option("--source-quota-bytes", peer.config.storage.source_bytes, "bytes one sender may hold here")
+      ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 40));
+  peer_cmd->add_option("--ip-quota-bytes", peer.config.storage.ip_bytes, "bytes one IP address may hold here")
+      ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 40));
   peer_cmd->add_option("--ready-file", peer.ready_file, "write '<id> <endpoint>' here once listening");
   peer_cmd->add_flag("--verbose", peer.verbose, "log protocol events to stderr");
   peer_cmd->add_option("--delay-ms", peer.delay_ms, "emulated one-way latency added to every received message")

@@ -301,6 +301,21 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
           return false;
         }
         c->peer = ev.hello;
+        // A HELLO names the endpoint its sender listens on. Named from another address than the
+        // connection's, it may be someone else's: the sender is then known by the address it
+        // really has (its messages come from it, replies go back over this connection), and it
+        // never takes over what is sent to the endpoint it named. (A sender behind NAT is
+        // answered all the same.)
+        if (!c->outbound && c->peer.ip != c->remote_ip) {
+          observer->count("transport.hello_address_mismatch");
+          boost::system::error_code ec;
+          const auto remote = c->sock.remote_endpoint(ec);
+          if (ec) {
+            drop(c, "no remote address", false);
+            return false;
+          }
+          c->peer = Endpoint{c->remote_ip, remote.port()};
+        }
         by_peer.try_emplace(c->peer, c);
         continue;
       }

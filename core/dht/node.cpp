@@ -92,7 +92,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
       self_(self),
       cfg_(config),
       validators_(std::move(validators)),
-      table_(self, config.k, config.depth_modulo),
+      table_(self, config.k, config.depth_modulo, config.bucket_ip_limit),
       storage_(config.storage),
       created_(rt.now()) {
   if (cfg_.client_mode) return;  // a client serves nothing

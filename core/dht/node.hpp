@@ -27,6 +27,7 @@ struct DhtConfig {
   Duration refresh_period = std::chrono::minutes(30);    // 0: no bucket refresh
   Duration replicate_period = std::chrono::minutes(10);  // 0: no replication/republish
   std::size_t join_refresh_buckets = 160;  // buckets filled after joining (dht.join_refresh)
+  std::size_t bucket_ip_limit = 2;  // contacts of one IP address per bucket (0: any; loopback exempt)
   bool client_mode = false;  // send requests, serve none, stay out of others' tables
   bool cache_on_lookup = true;
   Duration blacklist_base = std::chrono::seconds(5);

@@ -4,8 +4,8 @@
 
 namespace apiary::dht {
 
-RoutingTable::RoutingTable(DhtId self, std::size_t k, int depth_modulo)
-    : self_(self), k_(k), depth_modulo_(depth_modulo) {
+RoutingTable::RoutingTable(DhtId self, std::size_t k, int depth_modulo, std::size_t per_ip)
+    : self_(self), k_(k), depth_modulo_(depth_modulo), per_ip_(per_ip) {
   buckets_.push_back(Bucket{});
 }
 
@@ -63,16 +63,21 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
       return {Added::kUpdated, std::nullopt};
     }
     if (endpoint_taken(c.endpoint, c.id)) return {Added::kRefused, std::nullopt};
+    if (b.nodes.size() >= k_ && can_split(b)) {
+      split(i);
+      continue;
+    }
+    if (per_ip_ > 0 && (c.endpoint.ip >> 24) != 127) {
+      const auto same_ip = [&](const Entry& e) { return e.contact.endpoint.ip == c.endpoint.ip; };
+      if (static_cast<std::size_t>(std::count_if(b.nodes.begin(), b.nodes.end(), same_ip)) >= per_ip_)
+        return {Added::kRefused, std::nullopt};
+    }
     if (b.nodes.size() < k_) {
       b.nodes.push_back(Entry{c, now});
       auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
                             [&](const Entry& e) { return e.contact.id == c.id; });
       if (r != b.replacements.end()) b.replacements.erase(r);
       return {Added::kAdded, std::nullopt};
-    }
-    if (can_split(b)) {
-      split(i);
-      continue;
     }
     auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
                           [&](const Entry& e) { return e.contact.id == c.id; });

@@ -6,7 +6,10 @@
 // the owner call remove(), which promotes the freshest replacement.
 // One endpoint holds one id: a contact whose endpoint the table already knows under another id is
 // refused (kRefused) until that one leaves. A peer that answers from one address for many made-up
-// ids (to crowd the ids next to a key it wants to censor) gets one place, not a bucket.
+// ids (to crowd the ids next to a key it wants to censor) gets one place, not a bucket; and a
+// bucket holds at most `per_ip` contacts of one IP address (0: no limit; loopback addresses,
+// where every peer of a one-machine swarm lives, are exempt), so neither does one host with many
+// ports.
 #include <cstddef>
 #include <optional>
 #include <vector>
@@ -38,7 +41,7 @@ class RoutingTable {
     std::optional<Contact> ping_first;  // kFull: the least-recently-seen contact to check
   };
 
-  RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5);
+  RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5, std::size_t per_ip = 0);
 
   // A contact was seen (it sent us a request or answered one).
   AddResult add(const Contact& c, TimePoint now);
@@ -89,6 +92,7 @@ class RoutingTable {
   DhtId self_;
   std::size_t k_;
   int depth_modulo_;
+  std::size_t per_ip_;
   std::vector<Bucket> buckets_;  // ordered by prefix; together they cover the whole space
 };
 

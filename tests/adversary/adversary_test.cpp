@@ -288,6 +288,34 @@ TEST_F(LiveLimits, UnfinishedMessagesCannotHoldUnboundedMemory) {
   EXPECT_TRUE(ping());
 }
 
+// A HELLO that names another host's endpoint (an honest peer on 127.0.0.2, named from
+// 127.0.0.1): the victim knows the sender by the address it really has, and what it then sends to
+// the honest peer goes to the honest peer, not down the attacker's connection.
+TEST_F(LiveLimits, AHelloForAnotherHostsEndpointTakesNothingOver) {
+  real::LiveOptions at2;
+  at2.listen = Endpoint{Endpoint::ipv4(127, 0, 0, 2), 0};
+  real::LiveRuntime honest(io, at2);
+  honest.open();
+  PeerEnv honest_env(honest, metrics, 2, Rng(3));
+  Rpc honest_rpc(honest_env.runtime);
+  honest_rpc.serve<dht::PingRequest, dht::PingReply>([](const Endpoint&, dht::PingRequest) -> Task<Result<dht::PingReply>> {
+    co_return dht::PingReply{dht::DhtId::of_key("honest")};
+  });
+  auto& s = raw_connection();
+  boost::asio::write(s, boost::asio::buffer(wire::encode_hello(honest.local())));
+  EXPECT_TRUE(run_until([&] { return metrics.counter("transport.hello_address_mismatch") > 0; }, 2s));
+  std::optional<Result<dht::PingReply>> got;
+  scope.spawn([](Rpc& rpc, Endpoint to, std::optional<Result<dht::PingReply>>& out) -> Task<void> {
+    out = co_await rpc.call<dht::PingReply>(to, dht::PingRequest{dht::Sender{dht::DhtId::of_key("victim"), true, false}}, 2s);
+  }(*server, honest.local(), got));
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }, 5s));
+  ASSERT_TRUE(got->ok()) << got->error().message;
+  EXPECT_EQ((*got)->id, dht::DhtId::of_key("honest"));
+  EXPECT_EQ(s.available(), 0u) << "the attacker received what was meant for the peer it named";
+  scope.destroy_all();
+  honest.close();
+}
+
 // A node out of file descriptors: every accept fails. It retries after a back-off that doubles
 // (not at once, which would spin a core), and accepts again once descriptors are free.
 TEST_F(LiveLimits, AcceptErrorsBackOffInsteadOfSpinning) {

@@ -152,6 +152,29 @@ TEST(RoutingTable, OneEndpointHoldsOneId) {
   EXPECT_EQ(table.add({DhtId::random(rng), mallory}, TimePoint(5s)).kind, RoutingTable::Added::kAdded);
 }
 
+TEST(RoutingTable, ABucketHoldsFewContactsOfOneAddress) {
+  Rng rng(5);
+  const DhtId self = DhtId::random(rng);
+  RoutingTable table(self, 20, 5, 2);
+  const std::uint32_t host = Endpoint::ipv4(10, 6, 6, 6);
+  // Ids that all fall in one bucket (the far half of the space, which never splits here).
+  std::size_t added = 0;
+  for (std::uint16_t port = 1; port <= 40; ++port) {
+    DhtId id = DhtId::random(rng);
+    id.b[0] = static_cast<std::uint8_t>((self.b[0] ^ 0x80) & 0x80) | (id.b[0] & 0x7f);
+    added += table.add({id, {host, port}}, TimePoint(1s)).kind == RoutingTable::Added::kAdded;
+  }
+  EXPECT_EQ(added, 2u);
+  // Loopback, where every peer of a one-machine swarm lives, is exempt.
+  std::size_t local = 0;
+  for (std::uint16_t port = 1; port <= 10; ++port) {
+    DhtId id = DhtId::random(rng);
+    id.b[0] = static_cast<std::uint8_t>((self.b[0] ^ 0x80) & 0x80) | (id.b[0] & 0x7f);
+    local += table.add({id, {Endpoint::ipv4(127, 0, 0, 1), port}}, TimePoint(1s)).kind == RoutingTable::Added::kAdded;
+  }
+  EXPECT_EQ(local, 10u);
+}
+
 Record rec(std::string key, std::string value, TimePoint exp, std::optional<std::string> sub = std::nullopt) {
   return Record{std::move(key), std::move(sub), Bytes(value.begin(), value.end()), exp, {}};
 }

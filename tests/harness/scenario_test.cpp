@@ -190,8 +190,8 @@ TEST(Scenario, EveryShippedScenarioParses) {
   for (const char* name : {"scenarios/quickstart", "scenarios/ping-storm", "scenarios/ping-churn", "scenarios/ping-live",
                            "scenarios/ping-trace", "scenarios/ping-sites", "scenarios/dht-1k", "scenarios/dht-10k",
                            "scenarios/dht-100k", "scenarios/dht-live-64", "scenarios/avg-moshpit-64",
-                           "scenarios/avg-live-16", "scenarios/sweep-dht-churn", "papers/moshpit/averaging",
-                           "papers/kademlia/lookup"}) {
+                           "scenarios/avg-live-16", "scenarios/sweep-dht-churn", "scenarios/train-sim-progress-poison",
+                           "papers/moshpit/averaging", "papers/kademlia/lookup"}) {
     const std::string path = std::string(APIARY_SOURCE_DIR) + "/" + name + ".toml";
     auto s = Scenario::from_file(path);
     EXPECT_NO_THROW(parse_swarm_spec(s)) << path;
