@@ -212,6 +212,16 @@ int main(int argc, char** argv) {
   store_cmd->add_option("--ttl", ttl, "seconds until the record expires")->check(CLI::Range(1LL, 365LL * 86400));
   store_cmd->add_option("--identity", client.identity_file, "sign the record as this identity's owner");
   store_cmd->add_flag("--json", dht_json);
+  apiary::real::DhtFloodOptions flood;
+  long long flood_ttl = 23 * 3600;
+  auto* flood_cmd = dht_cmd->add_subcommand("flood", "Attack client: flood one peer with unsigned records (docs/threat-model.md)");
+  flood_cmd->add_option("--via", client.via, "IPV4:PORT of the peer to flood")->required()->allow_extra_args(false);
+  flood_cmd->add_option("--records", flood.records, "records to send")->check(CLI::Range(1ULL, 100'000'000ULL));
+  flood_cmd->add_option("--value-bytes", flood.value_bytes, "bytes of each value")->check(CLI::Range(std::size_t{0}, std::size_t{65536}));
+  flood_cmd->add_option("--per-message", flood.per_message, "records per store request")->check(CLI::Range(1, 64));
+  flood_cmd->add_option("--in-flight", flood.in_flight, "store requests in flight")->check(CLI::Range(1, 64));
+  flood_cmd->add_option("--prefix", flood.prefix, "keys are PREFIX<n>");
+  flood_cmd->add_option("--ttl", flood_ttl, "seconds until the records expire")->check(CLI::Range(1LL, 365LL * 86400));
   auto* get_cmd = dht_cmd->add_subcommand("get", "Get KEY");
   get_cmd->add_option("--via", client.via, "IPV4:PORT of a swarm peer")->required()->allow_extra_args(false);
   get_cmd->add_option("key", key)->required();
@@ -263,6 +273,14 @@ int main(int argc, char** argv) {
     if (*ar_cmd) return apiary::real::run_allreduce_bench(ar);
     if (*sweep_cmd) return apiary::cli::run_sweep(sweep);
     if (*campaign_cmd) return apiary::cli::run_campaign(campaign);
+    if (*dht_cmd && *flood_cmd) {
+      flood.ttl = std::chrono::seconds(flood_ttl);
+      const auto f = apiary::real::dht_client_flood(client, flood);
+      nlohmann::json j{{"sent", f.sent}, {"bytes", f.bytes}, {"unanswered", f.unanswered}, {"seconds", f.seconds},
+                       {"outcomes", f.outcomes}, {"error", f.error}};
+      std::cout << j.dump() << std::endl;
+      return f.error.empty() ? kExitOk : kExitFailed;
+    }
     if (*dht_cmd) {
       apiary::real::DhtClientResult r;
       if (*store_cmd)

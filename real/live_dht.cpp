@@ -148,6 +148,48 @@ DhtClientResult with_client(const DhtClientOptions& o, F body) {
 }
 }  // namespace
 
+DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions& f) {
+  DhtFloodResult out;
+  if (o.via.empty()) {
+    out.error = "--via names no peer";
+    return out;
+  }
+  const Endpoint victim = parse_or_throw(o.via.front(), "--via");
+  dht::DhtConfig cfg = o.config;
+  cfg.client_mode = true;
+  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, dht::Identity::generate(), cfg, false);
+  const Bytes value(f.value_bytes, 'x');
+  const auto t0 = std::chrono::steady_clock::now();
+  const TimePoint expiration = n.rt->now() + f.ttl;
+  const dht::Sender me{dht::DhtId::of_key("flood"), true, false};
+  for (std::uint64_t at = 0; at < f.records;) {
+    std::vector<Task<Result<dht::StoreReply>>> calls;
+    for (std::size_t m = 0; m < f.in_flight && at < f.records; ++m) {
+      dht::StoreRequest req{me, {}};
+      for (std::size_t j = 0; j < f.per_message && at < f.records; ++j, ++at) {
+        req.records.push_back(dht::Record{f.prefix + std::to_string(at), std::nullopt, value, expiration, {}});
+        out.bytes += value.size();
+      }
+      out.sent += req.records.size();
+      calls.push_back(n.rpc->call<dht::StoreReply>(victim, std::move(req), std::chrono::seconds(30)));
+    }
+    auto replies = n.run(when_all(std::move(calls)), std::chrono::seconds(120));
+    if (!replies) {
+      out.error = "the peer did not answer within 120 s";
+      break;
+    }
+    for (auto& r : *replies) {
+      if (!r.ok()) {
+        ++out.unanswered;
+        continue;
+      }
+      for (auto code : r->outcomes) ++out.outcomes[dht::name_of(static_cast<dht::StoreOutcome>(code))];
+    }
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
 DhtClientResult dht_client_store(const DhtClientOptions& o, const std::string& key,
                                  const std::string& value, std::optional<std::string> subkey,
                                  std::chrono::seconds ttl) {

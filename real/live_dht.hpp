@@ -2,6 +2,7 @@
 // Live DHT processes: `apiary peer` (a long-running DHT node on a real socket) and
 // `apiary dht store|get` (a short-lived client-mode node that talks to a running swarm).
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -48,6 +49,25 @@ DhtClientResult dht_client_store(const DhtClientOptions& o, const std::string& k
                                  const std::string& value, std::optional<std::string> subkey,
                                  std::chrono::seconds ttl);
 DhtClientResult dht_client_get(const DhtClientOptions& o, const std::string& key);
+
+// An attack client for experiments on hostile peers (docs/threat-model.md): sends `records`
+// unsigned records straight to the first --via peer, `per_message` per store request and
+// `in_flight` requests at a time, keys "<prefix><n>", values of `value_bytes`, expiring after `ttl`.
+struct DhtFloodOptions {
+  std::uint64_t records = 1000;
+  std::size_t value_bytes = 1;
+  std::size_t per_message = 64;
+  std::size_t in_flight = 16;
+  std::string prefix = "flood";
+  std::chrono::seconds ttl{23 * 3600};
+};
+struct DhtFloodResult {
+  std::uint64_t sent = 0, bytes = 0, unanswered = 0;
+  std::map<std::string, std::uint64_t> outcomes;  // what the peer answered, by outcome name
+  double seconds = 0;
+  std::string error;
+};
+DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions& f);
 
 // A live DHT swarm of separate processes on this machine (live.processes = true, registered as
 // the dht workload's process launcher): N `apiary peer` processes join through the first, then an
