@@ -12,4 +12,7 @@ cmake --build build-asan -j"${JOBS:-2}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1:strict_init_order=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$PWD/cmake/lsan.supp
-ctest --test-dir build-asan --output-on-failure -j"${JOBS:-2}" --timeout 600 -E "${APIARY_ASAN_EXCLUDE:-^$}"
+# One test is left to the plain build: it takes every file descriptor of its process for a moment,
+# and the sanitizers' own checks need descriptors (UBSan then reports a false "invalid vptr").
+ctest --test-dir build-asan --output-on-failure -j"${JOBS:-2}" --timeout 600 \
+  -E "${APIARY_ASAN_EXCLUDE:-^LiveLimits.AcceptErrorsBackOffInsteadOfSpinning$}"

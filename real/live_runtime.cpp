@@ -181,11 +181,16 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     read_loop(c);
   }
 
-  // Closes the inbound connection that has been idle longest, if it has been idle long enough.
+  // Closes the inbound connection that has been idle longest, if it has been idle long enough:
+  // one that never named itself before any that did (a peer that said HELLO is worth keeping).
   bool evict_idle_inbound() {
     std::shared_ptr<Connection> oldest;
+    const auto worse = [](const Connection& a, const Connection& b) {
+      if (a.peer.valid() != b.peer.valid()) return !a.peer.valid();
+      return a.last_active < b.last_active;
+    };
     for (const auto& [p, c] : all)
-      if (!c->outbound && (!oldest || c->last_active < oldest->last_active)) oldest = c;
+      if (!c->outbound && (!oldest || worse(*c, *oldest))) oldest = c;
     if (!oldest || Steady::now() - oldest->last_active < opts.evict_idle_after) return false;
     observer->count("transport.evicted_connections");
     drop(oldest, "evicted: idle while the node was full", false);
