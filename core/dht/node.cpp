@@ -16,32 +16,29 @@ StoreOutcome outcome_of(Storage::Outcome o) {
   }
   return StoreOutcome::kInvalid;
 }
+
+// By StoreOutcome code: its name in counters, and how it reads.
+struct OutcomeText {
+  const char* name;
+  const char* text;
+};
+constexpr std::array<OutcomeText, kStoreOutcomes> kOutcomeTexts{{{"stored", "stored"},
+                                                                  {"stale", "stale"},
+                                                                  {"expired", "expired"},
+                                                                  {"invalid", "invalid"},
+                                                                  {"too_late", "expires too late"},
+                                                                  {"shadows", "would hide an owner's subkeys"},
+                                                                  {"no_room", "no room"}}};
 }  // namespace
 
 const char* describe(StoreOutcome o) {
-  switch (o) {
-    case StoreOutcome::kStored: return "stored";
-    case StoreOutcome::kStale: return "stale";
-    case StoreOutcome::kExpired: return "expired";
-    case StoreOutcome::kInvalid: return "invalid";
-    case StoreOutcome::kTooLate: return "expires too late";
-    case StoreOutcome::kShadows: return "would hide an owner's subkeys";
-    case StoreOutcome::kNoRoom: return "no room";
-  }
-  return "unknown";
+  const auto code = static_cast<std::size_t>(o);
+  return code < kOutcomeTexts.size() ? kOutcomeTexts[code].text : "unknown";
 }
 
 const char* name_of(StoreOutcome o) {
-  switch (o) {
-    case StoreOutcome::kStored: return "stored";
-    case StoreOutcome::kStale: return "stale";
-    case StoreOutcome::kExpired: return "expired";
-    case StoreOutcome::kInvalid: return "invalid";
-    case StoreOutcome::kTooLate: return "too_late";
-    case StoreOutcome::kShadows: return "shadows";
-    case StoreOutcome::kNoRoom: return "no_room";
-  }
-  return "unknown";
+  const auto code = static_cast<std::size_t>(o);
+  return code < kOutcomeTexts.size() ? kOutcomeTexts[code].name : "unknown";
 }
 
 void StoreTally::count(StoreOutcome o) {
