@@ -132,14 +132,15 @@ Storage::Outcome Storage::store(const Record& r, TimePoint now, const Endpoint& 
     }
   }
   Slot& s = slots_[id];
-  Entry e{r, source, charge(r)};
+  const std::size_t charged = charge(r);
+  Entry e{r, source, charged};
   const ExpiryKey key{r.expiration, id, r.subkey};
   if (r.subkey)
     s.dict[*r.subkey] = std::move(e);
   else
     s.plain = std::move(e);
   by_expiry_.insert(key);
-  charge_to(source, key, static_cast<std::ptrdiff_t>(charge(r)));
+  charge_to(source, key, static_cast<std::ptrdiff_t>(charged));
 
   // Fair shares: the source's own quota, then its IP address's, then the whole store's.
   while (bytes_of(source) > limits_.source_bytes) evict_from_source(source);

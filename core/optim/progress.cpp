@@ -36,21 +36,28 @@ std::optional<PeerProgress> PeerProgress::decode(std::span<const std::uint8_t> b
   }
 }
 
+namespace {
+// A report counts while it is at most `stale` old, and (clocks differ) at most `stale` ahead.
+bool fresh(const PeerProgress& r, TimePoint now, Duration stale) {
+  return now - r.reported <= stale && r.reported - now <= stale;
+}
+}  // namespace
+
 SwarmProgress aggregate(const std::vector<PeerProgress>& reports, std::uint64_t target_batch, TimePoint now,
                         Duration stale, std::uint64_t max_epoch) {
   SwarmProgress s;
-  std::vector<const PeerProgress*> fresh;
+  std::vector<const PeerProgress*> current;
   for (const auto& r : reports)
-    if (now - r.reported <= stale && r.reported - now <= stale && r.epoch <= max_epoch) fresh.push_back(&r);
+    if (fresh(r, now, stale) && r.epoch <= max_epoch) current.push_back(&r);
   double rate_cap = std::numeric_limits<double>::infinity();
-  if (fresh.size() >= 3) {
+  if (current.size() >= 3) {
     std::vector<double> rates;
-    for (const auto* r : fresh) rates.push_back(r->samples_per_second);
+    for (const auto* r : current) rates.push_back(r->samples_per_second);
     std::nth_element(rates.begin(), rates.begin() + static_cast<std::ptrdiff_t>(rates.size() / 2), rates.end());
     if (rates[rates.size() / 2] > 0) rate_cap = 10 * rates[rates.size() / 2];
   }
-  for (const auto* r : fresh) s.epoch = std::max(s.epoch, r->epoch);
-  for (const auto* r : fresh) {
+  for (const auto* r : current) s.epoch = std::max(s.epoch, r->epoch);
+  for (const auto* r : current) {
     if (r->epoch < s.epoch) {
       ++s.behind;
       continue;
@@ -124,10 +131,9 @@ Task<SwarmProgress> ProgressTracker::fetch() {
     auto p = PeerProgress::decode(rec.value);
     if (!p) continue;
     reports.push_back(*p);
-    const bool fresh = now - p->reported <= cfg_.stale && p->reported - now <= cfg_.stale;
     if (*rec.subkey == mine)
       own = std::max(own.value_or(0), p->epoch);
-    else if (fresh)
+    else if (fresh(*p, now, cfg_.stale))
       others.push_back(p->epoch);
   }
   const std::uint64_t believed = trusted_epoch(std::move(others), own.value_or(0), cfg_.tolerate);

@@ -35,6 +35,14 @@ std::vector<Task<void>> start_all(std::size_t n, const std::function<Task<void>(
 
 std::vector<std::shared_ptr<dht::Validator>> signed_records() { return {std::make_shared<dht::SignatureValidator>()}; }
 
+// A progress tracker for each of the swarm's first n peers (identities from seeds 900, 901, ...).
+std::vector<std::unique_ptr<ProgressTracker>> trackers_of(test::FakeDhtSwarm& s, std::size_t n, const ProgressConfig& pc) {
+  std::vector<std::unique_ptr<ProgressTracker>> out;
+  for (std::size_t i = 0; i < n; ++i)
+    out.push_back(std::make_unique<ProgressTracker>(s.fake[i].runtime(), *s.nodes[i], dht::Identity::from_seed(900 + i), pc));
+  return out;
+}
+
 }  // namespace
 
 TEST(Progress, AggregatesTheSwarmsEpochSamplesAndEta) {
@@ -68,9 +76,7 @@ TEST(Progress, PeersPublishUnderSignedSubkeysAndEveryoneSeesTheSum) {
   ProgressConfig pc;
   pc.target_batch = 1000;
   pc.matchmaking_lead = 2s;
-  std::vector<std::unique_ptr<ProgressTracker>> trackers;
-  for (std::size_t i = 0; i < 10; ++i)
-    trackers.push_back(std::make_unique<ProgressTracker>(s.fake[i].runtime(), *s.nodes[i], dht::Identity::from_seed(900 + i), pc));
+  auto trackers = trackers_of(s, 10, pc);
   for (std::size_t i = 0; i < 5; ++i) {
     PeerProgress p{7, 100 * (i + 1), 50.0, {}, false};
     EXPECT_TRUE(s.run(trackers[i]->publish(p)));
@@ -136,11 +142,8 @@ TEST(Progress, PoisonedProgressRecordsAreRefusedOrOutvoted) {
   s.join_all();
   ProgressConfig pc;
   pc.target_batch = 1000;
-  std::vector<std::unique_ptr<ProgressTracker>> trackers;
-  for (std::size_t i = 0; i < 4; ++i) {
-    trackers.push_back(std::make_unique<ProgressTracker>(s.fake[i].runtime(), *s.nodes[i], dht::Identity::from_seed(900 + i), pc));
-    EXPECT_TRUE(s.run(trackers[i]->publish(PeerProgress{18, 100, 50.0, {}, false})));
-  }
+  auto trackers = trackers_of(s, 4, pc);
+  for (auto& t : trackers) EXPECT_TRUE(s.run(t->publish(PeerProgress{18, 100, 50.0, {}, false})));
   const TimePoint now = s.fake[9].runtime().now();
   dht::Record squat{trackers[0]->key(), std::nullopt, PeerProgress{1000000, 0, 1.0, now, false}.encode(), now + 23h, {}};
   EXPECT_EQ(s.run(s.nodes[9]->store(squat)).replicas, 0u);  // a plain value: refused by the schema

@@ -11,6 +11,12 @@
 namespace apiary {
 namespace {
 
+// A test's base settings, then a run's own (later ones win).
+std::vector<std::string> settings(const std::vector<std::string>& base, std::vector<std::string> more) {
+  more.insert(more.begin(), base.begin(), base.end());
+  return more;
+}
+
 SwarmSpec spec_of(const std::string& text, const std::vector<std::string>& sets = {}) {
   auto sc = Scenario::from_string(text, "t.toml", sets);
   return parse_swarm_spec(sc);
@@ -575,10 +581,7 @@ void expect_no_invariant_violations(const Metrics& m) {
 TEST(SimTraining, CenteredClipWithstandsAttackersThatBreakTheMean) {
   const std::vector<std::string> base{"peers=10", "training.steps=20", "training.target_batch=2048", "training.clip_tau=0.1",
                                       "training.attackers=4", "training.attack_from_step=3", "duration=30min"};
-  auto with = [&](std::vector<std::string> more) {
-    more.insert(more.begin(), base.begin(), base.end());
-    return more;
-  };
+  auto with = [&](std::vector<std::string> more) { return settings(base, std::move(more)); };
   Metrics clean, mean, clip, random_mean, random_clip;
   const RunInfo c = sim::run_sim_swarm(spec_of(kTraining, with({})), clean);
   const RunInfo m = sim::run_sim_swarm(spec_of(kTraining, with({"training.attack=sign_flip"})), mean);
@@ -608,10 +611,7 @@ TEST(SimTraining, CenteredClipWithstandsAttackersThatBreakTheMean) {
 // before these defences.
 TEST(SimTraining, PoisonedProgressFreezesNobody) {
   const std::vector<std::string> base{"training.steps=6", "training.attackers=1", "training.attack_from_step=1"};
-  auto with = [&](std::vector<std::string> more) {
-    more.insert(more.begin(), base.begin(), base.end());
-    return more;
-  };
+  auto with = [&](std::vector<std::string> more) { return settings(base, std::move(more)); };
   Metrics clean, poisoned;
   const RunInfo c = sim::run_sim_swarm(spec_of(kTraining, with({})), clean);
   const RunInfo p = sim::run_sim_swarm(spec_of(kTraining, with({"training.attack=progress_poison"})), poisoned);
@@ -637,10 +637,7 @@ const std::vector<std::string> kBtard{"peers=10", "training.steps=24", "training
                                       "training.attack_from_step=5",
                                       "training.btard_false_accusations=true", "training.eval_period=30s", "duration=20min"};
 
-std::vector<std::string> btard_with(std::vector<std::string> more) {
-  more.insert(more.begin(), kBtard.begin(), kBtard.end());
-  return more;
-}
+std::vector<std::string> btard_with(std::vector<std::string> more) { return settings(kBtard, std::move(more)); }
 
 TEST(SimBtard, BansEveryAttackerAndNoHonestPeer) {
   Metrics clean, flip, random;
@@ -702,10 +699,7 @@ TEST(SimBtard, APieceChangedAfterItsCommitmentIsRefused) {
 TEST(SimTraining, PowerSgdSendsFewerBytesAndStillLearns) {
   const std::vector<std::string> base{"peers=8", "training.steps=20", "training.target_batch=2048", "training.aux_fraction=0.125",
                                       "duration=30min"};
-  auto with = [&](std::vector<std::string> more) {
-    more.insert(more.begin(), base.begin(), base.end());
-    return more;
-  };
+  auto with = [&](std::vector<std::string> more) { return settings(base, std::move(more)); };
   Metrics whole, pair;
   const RunInfo w = sim::run_sim_swarm(spec_of(kTraining, with({})), whole);
   const RunInfo p = sim::run_sim_swarm(spec_of(kTraining, with({"training.powersgd_rank=2"})), pair);
