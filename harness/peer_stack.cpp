@@ -5,14 +5,27 @@
 
 namespace apiary {
 
+namespace {
+auth::AuthConfig auth_config(const SwarmSpec& spec) {
+  auth::AuthConfig c;
+  c.swarm_secret = spec.auth.swarm_secret;
+  // ns-3 models the crypto's cost in simulated time; live peers pay it in host time.
+  c.proof_cost = spec.backend == "sim" ? spec.auth.proof_cost : Duration::zero();
+  return c;
+}
+}  // namespace
+
 PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory, std::uint32_t index,
                      double bandwidth, Workload& workload)
-    : rt_(rt), spec_(spec), directory_(directory), index_(index), bandwidth_(bandwidth), rpc_(std::make_unique<Rpc>(rt)) {
+    : auth_(spec.auth.on ? std::make_unique<auth::AuthenticatedRuntime>(rt, swarm_identity(spec, index), auth_config(spec))
+                         : nullptr),
+      rt_(auth_ ? auth_->runtime : rt),
+      spec_(spec), directory_(directory), index_(index), bandwidth_(bandwidth), rpc_(std::make_unique<Rpc>(rt_)) {
   if (spec.uses_dht) {
     std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators();
     dht::DhtConfig config = spec.dht.config;
     if (spec.behind_nat(index)) config.client_mode = true;  // nobody could reach it to ask
-    dht_ = std::make_unique<dht::DhtNode>(rt, *rpc_, swarm_identity(spec, index).id(), config, std::move(validators));
+    dht_ = std::make_unique<dht::DhtNode>(rt_, *rpc_, swarm_identity(spec, index).id(), config, std::move(validators));
   }
   app_ = workload.make_app(*this);
 }

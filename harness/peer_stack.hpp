@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/auth/handshake.hpp"
 #include "core/dht/node.hpp"
 #include "core/runtime/rpc.hpp"
 #include "harness/spec.hpp"
@@ -22,7 +23,9 @@ class PeerStack {
   // Starts the app; joins the DHT (if any) through the bootstrap peers and then tells the app.
   void start();
 
+  // The peer's runtime; with network.authenticate, its transport is the authenticated one.
   Runtime& runtime() { return rt_; }
+  auth::AuthTransport* auth() { return auth_ ? &auth_->transport : nullptr; }
   Rpc& rpc() { return *rpc_; }
   dht::DhtNode* dht() { return dht_.get(); }
   const SwarmSpec& spec() const { return spec_; }
@@ -38,6 +41,7 @@ class PeerStack {
   }
 
  private:
+  std::unique_ptr<auth::AuthenticatedRuntime> auth_;
   Runtime& rt_;
   const SwarmSpec& spec_;
   const std::vector<Endpoint>& directory_;

@@ -158,6 +158,12 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.faults.nat_mapping = s.get_duration("network.nat_mapping", spec.faults.nat_mapping);
   if (spec.faults.nat_mapping <= Duration::zero()) s.fail("network.nat_mapping", "must be positive");
   if (spec.faults.rto_min <= Duration::zero()) s.fail("network.rto_min", "must be positive");
+  spec.auth.on = s.get_bool("network.authenticate", spec.auth.on);
+  spec.auth.swarm_secret = s.get_string("network.swarm_secret", "");
+  spec.auth.proof_cost = s.get_duration("network.proof_cost", spec.auth.proof_cost);
+  if (spec.auth.proof_cost < Duration::zero()) s.fail("network.proof_cost", "must not be negative");
+  if (!spec.auth.on && !spec.auth.swarm_secret.empty())
+    s.fail("network.swarm_secret", "a swarm secret is checked by the handshake: set network.authenticate = true");
   auto window = [&](const std::string& name) -> std::optional<FaultWindow> {
     const std::string k = "faults." + name;
     if (!s.has(k)) return std::nullopt;
@@ -217,6 +223,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.live_emulated_latency = s.get_duration("live.emulated_latency", Duration::zero());
   // Live settings are read in both worlds (so that one file serves both) and used live only.
   spec.live_processes = s.get_bool("live.processes", false);
+  if (spec.live_processes && !spec.auth.on)
+    s.fail("network.authenticate", "live peer processes always prove their keys; turn it off only for peers the runner runs");
   if (spec.live_processes && spec.churn.keep_state)
     s.fail("churn.keep_state", "a live peer process that is killed restarts empty; kept state is for peers the runner runs");
   // Live, the runner applies loss, partitions and latency spikes at each peer's transport when

@@ -71,6 +71,15 @@ struct ChurnSpec {
   std::vector<bool> starts_down(std::uint32_t peers) const;
 };
 
+// How peers prove who they are (core/auth): on by default in both worlds.
+struct AuthSpec {
+  bool on = true;             // network.authenticate
+  std::string swarm_secret;   // network.swarm_secret: only peers that know it join
+  // network.proof_cost: simulated time to make or check one proof (ns-3; live pays the real cost).
+  // An Ed25519 signature plus a verification, measured on this machine (docs/results.md).
+  Duration proof_cost = std::chrono::microseconds(100);
+};
+
 // The DHT every workload but ping runs on: its protocol settings, the seeds, and how peers join.
 struct DhtSpec {
   dht::DhtConfig config;
@@ -125,6 +134,7 @@ struct SwarmSpec {
   Distribution bandwidth = Distribution::fixed(100e6);   // bit/s
   std::optional<LatencyMatrix> latency_matrix;  // sim: replaces latency(A) + latency(B)
   NetworkFaults faults;                          // sim only
+  AuthSpec auth;
   FaultPlan inject;  // seeded faults injected into the protocols' RPC (both worlds, in-process peers)
   ChurnSpec churn;
   std::optional<Distribution> hop_delay;  // sim: a random delay per received message

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/auth/handshake.hpp"
 #include "core/optim/schema.hpp"
 #include "core/runtime/metrics.hpp"
 #include "real/live_runtime.hpp"
@@ -32,6 +33,21 @@ Endpoint parse_or_throw(const std::string& text, const char* what) {
   auto e = Endpoint::parse(text);
   if (!e) throw std::invalid_argument(std::string(what) + " '" + text + "' is not IPV4:PORT");
   return *e;
+}
+
+// The handshake's settings: a swarm secret read from a file (not the command line, where other
+// users of the machine could read it).
+auth::AuthConfig auth_config_from(const std::string& secret_file) {
+  auth::AuthConfig c;
+  if (secret_file.empty()) return c;
+  std::ifstream f(secret_file, std::ios::binary);
+  if (!f) throw std::runtime_error("--swarm-secret-file: cannot read '" + secret_file + "'");
+  std::ostringstream text;
+  text << f.rdbuf();
+  c.swarm_secret = text.str();
+  while (!c.swarm_secret.empty() && (c.swarm_secret.back() == '\n' || c.swarm_secret.back() == '\r')) c.swarm_secret.pop_back();
+  if (c.swarm_secret.empty()) throw std::runtime_error("--swarm-secret-file: '" + secret_file + "' is empty");
+  return c;
 }
 
 dht::Identity identity_from(const std::string& path) {
@@ -55,11 +71,13 @@ struct LiveNode {
   std::unique_ptr<LiveRuntime> rt;
   std::unique_ptr<PeerObserver> observer;
   Rng rng{0};
+  std::unique_ptr<auth::AuthTransport> auth;  // every peer proves its key (core/auth)
   std::unique_ptr<Runtime> runtime;
   std::unique_ptr<Rpc> rpc;
   std::unique_ptr<dht::DhtNode> node;
 
-  LiveNode(Endpoint listen, const dht::Identity& identity, dht::DhtConfig cfg, bool verbose, Duration delay = {}) {
+  LiveNode(Endpoint listen, const dht::Identity& identity, dht::DhtConfig cfg, bool verbose, Duration delay = {},
+           auth::AuthConfig auth_config = {}) {
     LiveOptions o;
     o.listen = listen;
     o.emulated_delay = delay;
@@ -69,7 +87,8 @@ struct LiveNode {
     observer->set_log_sink(&stderr_log, nullptr, verbose ? LogLevel::kDebug : LogLevel::kWarn);
     rt->set_observer(*observer);
     rng = Rng(std::hash<std::string>{}(identity.id().hex()) ^ static_cast<std::uint64_t>(to_ns(rt->now())));
-    runtime = std::make_unique<Runtime>(Runtime{*rt, *rt, *rt, rng, *observer});
+    auth = std::make_unique<auth::AuthTransport>(*rt, *rt, *rt, rng, *observer, identity, std::move(auth_config));
+    runtime = std::make_unique<Runtime>(Runtime{*rt, *rt, *auth, rng, *observer});
     rpc = std::make_unique<Rpc>(*runtime);
     std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators();
     node = std::make_unique<dht::DhtNode>(*runtime, *rpc, identity.id(), cfg, validators);
@@ -77,6 +96,7 @@ struct LiveNode {
   ~LiveNode() {
     node.reset();
     rpc.reset();
+    auth.reset();
     rt->close();
   }
   // Runs the io_context until `t` completes or the deadline passes.
@@ -98,7 +118,7 @@ struct LiveNode {
 int run_live_peer(const LivePeerOptions& o) {
   const auto identity = identity_from(o.identity_file);
   LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
-             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)));
+             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file));
   std::vector<Endpoint> seeds;
   for (const auto& j : o.join) seeds.push_back(parse_or_throw(j, "--join"));
   std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());
@@ -135,7 +155,7 @@ DhtClientResult with_client(const DhtClientOptions& o, F body) {
   cfg.refresh_period = Duration::zero();
   cfg.replicate_period = Duration::zero();
   const auto identity = o.identity_file.empty() ? dht::Identity::generate() : dht::Identity::load(o.identity_file);
-  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false);
+  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false, {}, auth_config_from(o.swarm_secret_file));
   std::vector<Endpoint> seeds;
   for (const auto& v : o.via) seeds.push_back(parse_or_throw(v, "--via"));
   auto joined = n.run(n.node->bootstrap(seeds), o.deadline);
@@ -157,11 +177,12 @@ DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions
   const Endpoint victim = parse_or_throw(o.via.front(), "--via");
   dht::DhtConfig cfg = o.config;
   cfg.client_mode = true;
-  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, dht::Identity::generate(), cfg, false);
+  const auto identity = dht::Identity::generate();
+  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false, {}, auth_config_from(o.swarm_secret_file));
   const Bytes value(f.value_bytes, 'x');
   const auto t0 = std::chrono::steady_clock::now();
   const TimePoint expiration = n.rt->now() + f.ttl;
-  const dht::Sender me{dht::DhtId::of_key("flood"), true, false};
+  const dht::Sender me{identity.id(), true, false};  // a made-up id is refused: ids are bound to keys
   for (std::uint64_t at = 0; at < f.records;) {
     std::vector<Task<Result<dht::StoreReply>>> calls;
     for (std::size_t m = 0; m < f.in_flight && at < f.records; ++m) {
@@ -258,6 +279,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
                                std::to_string(spec.dht.config.k)};
     if (spec.live_emulated_latency > Duration::zero())
       a.insert(a.end(), {"--delay-ms", std::to_string(to_seconds(spec.live_emulated_latency) * 1e3)});
+    if (!spec.auth.swarm_secret.empty()) a.insert(a.end(), {"--swarm-secret-file", (dir / "secret").string()});
     return a;
   };
   auto ready_line = [&](std::uint32_t i, std::chrono::steady_clock::time_point until) {
@@ -273,6 +295,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
     return ep;
   };
   std::vector<pid_t> pids(spec.peers, 0);
+  if (!spec.auth.swarm_secret.empty()) write_file_atomically((dir / "secret").string(), spec.auth.swarm_secret);
   pids[0] = children.spawn_self(peer_args(0), (dir / "peer0.log").string(), netns_of(0));
   const std::string seed = ready_endpoint(0);
   std::vector<std::uint32_t> incarnations(spec.peers, 0);
@@ -293,8 +316,10 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   cfg.client_mode = true;
   cfg.refresh_period = Duration::zero();
   cfg.replicate_period = Duration::zero();
+  auth::AuthConfig client_auth;
+  client_auth.swarm_secret = spec.auth.swarm_secret;
   LiveNode client(Endpoint{Endpoint::parse(spec.live_host + ":1")->ip, 0}, dht::Identity::from_seed(spec.seed), cfg, false,
-                  spec.live_emulated_latency);
+                  spec.live_emulated_latency, client_auth);
   // Churn, as the runner applies it, on the peer processes: "down" is SIGKILL, "up" a fresh
   // process that joins through the seed again, under its old identity unless the scenario says
   // otherwise (churn.keep_identity = false). Run time 0 is now, with every peer up.

@@ -21,6 +21,7 @@ struct LivePeerOptions {
   std::string ready_file;     // if set, "<id> <endpoint>\n" is written here once listening
   bool verbose = false;
   double delay_ms = 0;        // emulated one-way latency on every message received
+  std::string swarm_secret_file;  // the swarm's secret: only peers that know it are admitted
 };
 
 // Runs until SIGINT/SIGTERM. Returns the process exit code; throws on bad options.
@@ -31,6 +32,7 @@ struct DhtClientOptions {
   dht::DhtConfig config;
   std::string identity_file;     // sign as this owner (for [owner:...] keys)
   std::chrono::milliseconds deadline{10000};
+  std::string swarm_secret_file;  // the swarm's secret, if it has one
 };
 
 struct DhtClientResult {

@@ -22,7 +22,7 @@ ClipStats centered_clip(std::span<const float> rows, std::span<const double> wei
   double total = 0;
   for (double w : weights) {
     if (!std::isfinite(w) || w < 0) throw std::invalid_argument("centered_clip: weights must be finite and >= 0");
-    total += w;
+    total += cfg.equal_weights ? (w > 0 ? 1.0 : 0.0) : w;
   }
   if (!(total > 0)) throw std::invalid_argument("centered_clip: the weights sum to 0");
 
@@ -60,7 +60,7 @@ ClipStats centered_clip(std::span<const float> rows, std::span<const double> wei
         scale = cfg.tau / d;
         ++st.clipped;
       }
-      coeff[i] = weights[i] * scale / total;
+      coeff[i] = (cfg.equal_weights ? 1.0 : weights[i]) * scale / total;
     }
     std::fill(step.begin(), step.end(), 0.0);
     for (std::size_t i = 0; i < n; ++i) {

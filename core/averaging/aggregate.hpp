@@ -29,6 +29,11 @@ struct AggregationConfig {
   double tau = 1.0;                // CenteredClip's radius (L2, over a piece)
   std::uint32_t iterations = 20;   // at most this many steps
   double stop_step = 1e-6;         // stop once a step's L2 norm is at most this
+  // Every contribution with a positive weight counts once. A weight is its sender's claim (its
+  // samples): with weights, a few Byzantine members that claim, or really have, many samples can
+  // hold most of the weight and drag the result anywhere; counted once each, they move it at most
+  // as far as their share of the members allows (BTARD's setting).
+  bool equal_weights = false;
 };
 
 struct ClipStats {

@@ -56,7 +56,8 @@ Task<Result<ModelState>> StateSharer::download_from(Endpoint peer, std::optional
   co_return st;
 }
 
-Task<Result<ModelState>> StateSharer::download(std::optional<TensorSchema> expect, Duration timeout, std::uint64_t min_epoch) {
+Task<Result<ModelState>> StateSharer::download(std::optional<TensorSchema> expect, Duration timeout, std::uint64_t min_epoch,
+                                               std::uint64_t max_epoch) {
   if (!dht_) co_return Error{ErrorCode::kInvalidArgument, "no DHT to find state providers in"};
   dht::GetResult got = co_await dht_->get(prefix_ + ":state");
   std::vector<std::pair<std::uint64_t, Endpoint>> providers;
@@ -71,6 +72,14 @@ Task<Result<ModelState>> StateSharer::download(std::optional<TensorSchema> expec
     } catch (const wire::DecodeError&) {
       continue;
     }
+    if (excluded_ && excluded_(*ep)) {
+      rt_.observer.count("avg.state_providers_excluded");
+      continue;
+    }
+    if (epoch > max_epoch) {
+      rt_.observer.count("avg.state_providers_ahead");
+      continue;
+    }
     if (epoch >= min_epoch) providers.emplace_back(epoch, *ep);
   }
   std::sort(providers.begin(), providers.end(), [](const auto& a, const auto& b) {
@@ -79,7 +88,7 @@ Task<Result<ModelState>> StateSharer::download(std::optional<TensorSchema> expec
   std::string why = "no peer declares state under '" + prefix_ + "'";
   for (const auto& [epoch, ep] : providers) {
     Result<ModelState> r = co_await download_from(ep, expect, timeout);
-    if (r.ok() && r->epoch < min_epoch) {
+    if (r.ok() && (r->epoch < min_epoch || r->epoch > max_epoch)) {
       rt_.observer.count("avg.state_older_than_declared");
       why = ep.to_string() + " declared epoch " + std::to_string(epoch) + " but served " + std::to_string(r->epoch);
       continue;

@@ -29,7 +29,12 @@ class StateSharer {
   // `expect` (if set) must match the downloaded schema.
   // Never a state older than `min_epoch`: providers that declare less are skipped, and a state
   // that turns out older than declared is refused (so a peer that catches up never goes back).
-  Task<Result<ModelState>> download(std::optional<TensorSchema> expect, Duration timeout, std::uint64_t min_epoch = 0);
+  // Never a state newer than `max_epoch` either (what the caller believes the swarm has reached):
+  // a provider that declares more is lying or alone, and the freshest-looking state is not taken
+  // on its word. Excluded providers (banned ones) are never asked.
+  Task<Result<ModelState>> download(std::optional<TensorSchema> expect, Duration timeout, std::uint64_t min_epoch = 0,
+                                    std::uint64_t max_epoch = UINT64_MAX);
+  void set_excluded(std::function<bool(const Endpoint&)> excluded) { excluded_ = std::move(excluded); }
   Task<Result<ModelState>> download_from(Endpoint peer, std::optional<TensorSchema> expect, Duration timeout);
 
  private:
@@ -38,6 +43,7 @@ class StateSharer {
   dht::DhtNode* dht_;
   std::string prefix_;
   Provider provider_;
+  std::function<bool(const Endpoint&)> excluded_;
 };
 
 }  // namespace apiary::averaging

@@ -94,11 +94,13 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
       created_(rt.now()) {
   if (cfg_.client_mode) return;  // a client serves nothing
   rpc_.serve<PingRequest, PingReply>([this](const Endpoint& from, PingRequest req) -> Task<Result<PingReply>> {
+    if (auto refused = unbound(req.from.id, from)) co_return *refused;
     if (!req.from.client) learn(Contact{req.from.id, from}, req.from.newcomer);
     rt_.observer.count("dht.served.ping");
     co_return PingReply{self_};
   });
   rpc_.serve<StoreRequest, StoreReply>([this](const Endpoint& from, StoreRequest req) -> Task<Result<StoreReply>> {
+    if (auto refused = unbound(req.from.id, from)) co_return *refused;
     if (!req.from.client) learn(Contact{req.from.id, from}, req.from.newcomer);
     rt_.observer.count("dht.served.store");
     StoreReply reply{self_, {}};
@@ -122,6 +124,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
     co_return reply;
   });
   rpc_.serve<FindRequest, FindReply>([this](const Endpoint& from, FindRequest req) -> Task<Result<FindReply>> {
+    if (auto refused = unbound(req.from.id, from)) co_return *refused;
     if (!req.from.client) learn(Contact{req.from.id, from}, req.from.newcomer);
     rt_.observer.count("dht.served.find");
     FindReply reply{self_, {}};
@@ -138,6 +141,19 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
 }
 
 DhtNode::~DhtNode() { scope_.destroy_all(); }
+
+bool DhtNode::bound(const DhtId& id, const Endpoint& at) const {
+  if (!rt_.transport.authenticates()) return true;
+  const auto key = rt_.transport.peer_key(at);
+  return key && DhtId::hash(*key) == id;
+}
+
+std::optional<Error> DhtNode::unbound(const DhtId& id, const Endpoint& from) const {
+  if (bound(id, from)) return std::nullopt;
+  rt_.observer.count("dht.unbound_ids");
+  return Error{ErrorCode::kRejected, "the id " + id.hex().substr(0, 16) + "... is not the hash of the key " +
+                                         from.to_string() + " proved"};
+}
 
 std::optional<std::string> DhtNode::check_record(const Record& r) const {
   if (r.key.size() > cfg_.limits.max_key) return "key too long";
@@ -206,7 +222,7 @@ void DhtNode::hand_over(const Contact& c) {
 Task<void> DhtNode::check_lru(Contact lru) {
   auto r = co_await ping(lru.endpoint);
   checking_.erase(lru.id);
-  if (r.ok() && r->id == lru.id) {
+  if (r.ok() && r->id == lru.id && bound(r->id, lru.endpoint)) {
     table_.add(lru, rt_.now());  // alive: stays, now most recently seen
   } else {
     table_.remove(lru.id);  // dead: the freshest replacement takes its place
@@ -225,8 +241,9 @@ Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
   for (const auto& s : seeds)
     pings.push_back([](DhtNode* self, Endpoint e) -> Task<bool> {
       auto r = co_await self->ping(e);
-      if (r.ok()) self->learn(Contact{r->id, e});
-      co_return r.ok();
+      const bool ok = r.ok() && self->bound(r->id, e);
+      if (ok) self->learn(Contact{r->id, e});
+      co_return ok;
     }(this, s));
   co_await when_all(std::move(pings));
   if (table_.size() > 0) {
@@ -388,7 +405,7 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
     }
     auto r = co_await rpc_.call<FindReply>(contact.endpoint, std::move(req), cfg_.rpc_timeout);
     Candidate& c = t.contacts.at(contact.id);
-    if (!r.ok() || r->id != contact.id || r->entries.size() != asked.size()) {
+    if (!r.ok() || r->id != contact.id || !bound(r->id, contact.endpoint) || r->entries.size() != asked.size()) {
       c.state = Candidate::kFailed;
       punish(contact);
       for (auto i : asked)  // a nearer peer gone may leave the nearest that answered enough
@@ -426,7 +443,9 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
           }
           t.contacts.try_emplace(n.id, Candidate{n, hop + 1});
           key.cands.insert({n.id ^ key.target, n.id});
-          if (t.fill_buckets) learn(n);  // refresh: fill our bucket from what we hear
+          // Refresh: fill our bucket from what we hear, unless peers prove who they are: then a
+          // contact is admitted only once it has answered itself (as it does when queried).
+          if (t.fill_buckets && !rt_.transport.authenticates()) learn(n);
         }
         if (values_done(t, asked[j])) key.done = true;
         if (t.fill_buckets && table_.bucket_size(key.target) >= std::max<std::size_t>(1, cfg_.k / 2))
@@ -475,7 +494,7 @@ Task<std::vector<StoreTally>> DhtNode::store_many(std::vector<Record> records) {
       StoreRequest req{self->me(), {}};
       for (auto i : idx) req.records.push_back((*recs)[i]);
       auto r = co_await self->rpc_.call<StoreReply>(c.endpoint, std::move(req), self->cfg_.rpc_timeout);
-      if (!r.ok()) {
+      if (!r.ok() || r->id != c.id || !self->bound(r->id, c.endpoint)) {
         self->punish(c);
         for (auto i : idx) ++(*reps)[i].unreachable;
         co_return 0;

@@ -128,6 +128,10 @@ class DhtNode {
   Task<void> lookup_worker(Traversal& t);
   static bool values_done(const Traversal& t, std::size_t key);
   void learn(const Contact& c, bool newcomer = false);
+  // Whether `id` may speak from `at`: any id, unless the transport authenticates peers; then only
+  // the hash of the key the peer at `at` proved (core/auth).
+  bool bound(const DhtId& id, const Endpoint& at) const;
+  std::optional<Error> unbound(const DhtId& id, const Endpoint& from) const;  // the refusal, counted
   void hand_over(const Contact& c);
   Task<void> check_lru(Contact lru);
   bool blacklisted(const Endpoint& e) const;

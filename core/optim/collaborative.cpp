@@ -15,16 +15,32 @@ struct FlagGuard {
   ~FlagGuard() { flag = false; }
 };
 
+// With BTARD, CenteredClip counts each member once (its weight, a claim, could otherwise outweigh
+// the honest majority), at the reducers and at the validators alike (both use this config).
+CollaborativeConfig btard_settings(CollaborativeConfig c) {
+  if (c.btard.enabled) c.allreduce.aggregation.equal_weights = true;
+  return c;
+}
+
+// With BTARD, the swarm assumes fewer than `ban_quorum` Byzantine peers (that many reporters make a
+// ban hold); progress claims are outvoted under the same assumption, so that many colluding peers
+// ahead of everyone else (they grouped among themselves) do not pull the honest ones to their epoch.
+ProgressConfig progress_config(const CollaborativeConfig& c) {
+  ProgressConfig p = c.progress;
+  if (c.btard.enabled && c.btard.ban_quorum > 1) p.tolerate = std::max(p.tolerate, c.btard.ban_quorum - 1);
+  return p;
+}
+
 }  // namespace
 
 CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity,
                                                TensorSchema schema, std::vector<float> initial, CollaborativeConfig config)
     : rt_(rt),
-      cfg_(std::move(config)),
+      cfg_(btard_settings(std::move(config))),
       schema_(std::move(schema)),
       params_(std::move(initial)),
       grad_sum_(params_.size(), 0.0f),
-      progress_(rt, dht, std::move(identity), cfg_.progress),
+      progress_(rt, dht, std::move(identity), progress_config(cfg_)),
       matchmaker_(rt, rpc, dht, cfg_.matchmaking),
       averager_(rt, rpc, cfg_.allreduce),
       state_(rt, rpc, &dht, cfg_.progress.prefix, [this]() -> std::optional<ModelState> {
@@ -48,6 +64,7 @@ CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNo
       throw std::invalid_argument("BTARD verifies whole gradients: it cannot run with PowerSGD or local updates");
     btard_ = std::make_unique<Btard>(rt, rpc, dht, progress_.identity(), cfg_.progress.prefix, cfg_.btard, averager_.config());
     matchmaker_.set_excluded([this](const Endpoint& e) { return btard_->banned(e); });
+    state_.set_excluded([this](const Endpoint& e) { return btard_->banned(e); });  // a banned peer's state is not taken
     progress_.set_ignored([this](const std::string& tag) { return btard_->banned_tag(tag); });
   }
   if (cfg_.momentum > 0) {
@@ -141,7 +158,7 @@ Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_
         epoch_ = swarm.epoch;  // nothing to download: follow the swarm
         continue;
       }
-      Result<std::uint64_t> caught = co_await join();
+      Result<std::uint64_t> caught = co_await join(swarm.epoch);
       if (!caught.ok()) co_return caught.error();
       rt_.observer.count("optim.catch_ups");
       co_return Error{ErrorCode::kCancelled, "caught up from epoch " + std::to_string(was) + " to " + std::to_string(epoch_) +
@@ -365,9 +382,10 @@ void CollaborativeOptimizer::adopt(ModelState st) {
   published_ = 0;
 }
 
-Task<Result<std::uint64_t>> CollaborativeOptimizer::join() {
-  // Never back: a peer that catches up takes no state older than its own epoch.
-  Result<ModelState> st = co_await state_.download(state_schema(), cfg_.state_timeout, epoch_);
+Task<Result<std::uint64_t>> CollaborativeOptimizer::join(std::uint64_t max_epoch) {
+  // Never back: a peer that catches up takes no state older than its own epoch, nor one ahead of
+  // where it believes the swarm is.
+  Result<ModelState> st = co_await state_.download(state_schema(), cfg_.state_timeout, epoch_, max_epoch);
   if (!st.ok()) co_return st.error();
   adopt(std::move(*st));
   samples_since_state_ = 0;

@@ -114,8 +114,8 @@ class CollaborativeOptimizer {
   // the step's all-reduce (and of the state averaging when due), move to the next epoch.
   Task<Result<StepReport>> assist();
   // A newcomer: download the parameters, optimizer state and epoch from the freshest peer before
-  // contributing.
-  Task<Result<std::uint64_t>> join();
+  // contributing; never from a peer ahead of `max_epoch` (the swarm's trusted step, when known).
+  Task<Result<std::uint64_t>> join(std::uint64_t max_epoch = UINT64_MAX);
   // The same from one chosen peer (BTARD: a member that fell out of sync with its group).
   Task<Result<std::uint64_t>> join_from(Endpoint peer);
 

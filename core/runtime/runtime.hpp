@@ -3,8 +3,10 @@
 // set, passed in by reference; nothing is global. Two implementations exist: sim/ (ns-3: simulated
 // time and ns-3 UDP sockets) and real/ (Boost.Asio: steady clock and TCP). Both are
 // single-threaded per peer: callbacks never run concurrently with each other.
+#include <array>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "core/runtime/endpoint.hpp"
@@ -77,6 +79,13 @@ class Transport {
   virtual void set_handler(TransportHandler* handler) = 0;
   virtual TransportHandler* handler() const = 0;
   virtual void send(const Endpoint& to, Message message) = 0;
+  // A transport that authenticates its peers (core/auth) says so, and which Ed25519 public key
+  // the peer at `peer` proved it holds (nullopt before it has). Others authenticate nobody.
+  virtual bool authenticates() const { return false; }
+  virtual std::optional<std::array<std::uint8_t, 32>> peer_key(const Endpoint& peer) const {
+    (void)peer;
+    return std::nullopt;
+  }
 };
 
 class FaultInjector;  // core/runtime/faults.hpp

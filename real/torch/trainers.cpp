@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "harness/data/idx.hpp"
+#include "core/auth/handshake.hpp"
 #include "core/optim/schema.hpp"
 #include "core/dht/validate.hpp"
 #include "core/optim/attack.hpp"
@@ -122,9 +123,10 @@ int run_trainer(const TrainerOptions& o) {
   observer.set_log_sink(&quiet_log, nullptr, LogLevel::kWarn);
   live.set_observer(observer);
   Rng rng(o.seed * 7919 + o.index + (o.newcomer ? 1000 : 0));
-  Runtime rt{live, live, live, rng, observer};
-  Rpc rpc(rt);
   const auto identity = dht::Identity::generate();
+  auth::AuthTransport authenticated(live, live, live, rng, observer, identity);  // every peer proves its key
+  Runtime rt{live, live, authenticated, rng, observer};
+  Rpc rpc(rt);
   dht::DhtConfig dcfg;
   dcfg.k = 8;
   dht::DhtNode node(rt, rpc, identity.id(), dcfg, optim::standard_validators());
@@ -560,6 +562,8 @@ struct Node {
   std::unique_ptr<LiveRuntime> live;
   std::unique_ptr<PeerObserver> observer;
   Rng rng;
+  dht::Identity identity = dht::Identity::generate();
+  std::unique_ptr<auth::AuthTransport> auth;  // every peer proves its key
   std::unique_ptr<Runtime> rt;
   std::unique_ptr<Rpc> rpc;
   std::unique_ptr<dht::DhtNode> dht;
@@ -571,16 +575,19 @@ struct Node {
     observer = std::make_unique<PeerObserver>(metrics, *live, 0);
     observer->set_log_sink(&quiet_log, nullptr, LogLevel::kWarn);
     live->set_observer(*observer);
-    rt = std::make_unique<Runtime>(Runtime{*live, *live, *live, rng, *observer});
+    auth = std::make_unique<auth::AuthTransport>(*live, *live, *live, rng, *observer, identity);
+    rt = std::make_unique<Runtime>(Runtime{*live, *live, *auth, rng, *observer});
     rpc = std::make_unique<Rpc>(*rt);
     dht::DhtConfig cfg;
     cfg.k = 8;
-    dht = std::make_unique<dht::DhtNode>(*rt, *rpc, dht::Identity::generate().id(), cfg,
+    dht = std::make_unique<dht::DhtNode>(*rt, *rpc, identity.id(), cfg,
                                          optim::standard_validators());
   }
   ~Node() {
     dht.reset();
     rpc->shutdown();
+    rpc.reset();
+    auth.reset();
     live->close();
   }
   template <class T>

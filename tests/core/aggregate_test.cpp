@@ -82,6 +82,24 @@ TEST(CenteredClip, WeightsCountAndAZeroWeightCountsForNothing) {
   EXPECT_NEAR(out[0], 2.5, 1e-6);
 }
 
+// Two of five members far away (a flipped gradient) but holding most of the weight (they claim, or
+// have, many samples): weighted, they drag the result to themselves; counted once each (BTARD's
+// setting) the three honest members hold it within tau of their value.
+TEST(CenteredClip, EqualWeightsKeepAHeavyMinorityFromDraggingTheResult) {
+  const std::vector<float> rows{1, 1, 1, -1000, -1000};  // one coordinate per member
+  const std::vector<double> w{10, 10, 10, 1000, 1000};
+  std::vector<float> out(1);
+  auto cfg = clip(0.1, 2000, 1e-9);
+  centered_clip(rows, w, out, cfg);
+  EXPECT_LT(out[0], 0.0f) << "weighted, the heavy pair wins";
+  cfg.equal_weights = true;
+  centered_clip(rows, w, out, cfg);
+  EXPECT_NEAR(out[0], 1.0, 0.1 * 2.0 / 3.0 + 1e-6);  // honest value, moved at most 2/3 tau by the two
+  const std::vector<double> zero_counts_nothing{1, 1, 1, 0, 0};
+  centered_clip(rows, zero_counts_nothing, out, cfg);
+  EXPECT_NEAR(out[0], 1.0, 1e-6);
+}
+
 TEST(CenteredClip, EveryCoordinateStaysWithinTheContributionsRange) {
   Rng rng(5);
   const std::size_t n = 5, m = 200;

@@ -38,7 +38,9 @@ std::unique_ptr<Run> run_fake(const SwarmSpec& spec) {
 
 TEST(Runner, PingRoundTripsAreTheDrawnLatencies) {
   // Fake transport: a message takes 2 x the sender's access latency, so a round trip 4 x 5 ms.
-  const auto spec = spec_of("peers = 10\nduration = \"10s\"\n[network]\nlatency = \"5ms\"\n[workload]\nrate = \"2/s\"\n");
+  // (The link alone, without the handshake a first contact pays: see the next test.)
+  const auto spec = spec_of("peers = 10\nduration = \"10s\"\n[network]\nlatency = \"5ms\"\nauthenticate = false\n"
+                            "[workload]\nrate = \"2/s\"\n");
   const auto r = run_fake(spec);
   EXPECT_EQ(r->info.backend, "fake");
   EXPECT_DOUBLE_EQ(r->info.run_seconds, 10.0);
@@ -46,6 +48,19 @@ TEST(Runner, PingRoundTripsAreTheDrawnLatencies) {
   EXPECT_EQ(r->metrics.counter("ping.failed.timeout"), 0);
   EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 0.0), 20e6);
   EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 1.0), 20e6);
+}
+
+TEST(Runner, AFirstContactPaysTheHandshakesRoundTripOnce) {
+  // With authentication (the default) a peer's first message to another waits for HELLO and the
+  // two proofs: one more round trip and three proofs' cost (100 us each, modelled), once per pair.
+  const auto spec = spec_of("peers = 10\nduration = \"10s\"\n[network]\nlatency = \"5ms\"\n[workload]\nrate = \"2/s\"\n");
+  const auto r = run_fake(spec);
+  ASSERT_GT(r->metrics.counter("ping.ok"), 150);
+  EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 0.0), 20e6);
+  EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 1.0), 40e6 + 3 * 100e3);
+  EXPECT_LE(r->metrics.counter("auth.handshakes_started"), 10 * 9);  // at most once per ordered pair
+  EXPECT_EQ(r->metrics.counter("auth.handshakes_done"), 2 * r->metrics.counter("auth.handshakes_started"));
+  EXPECT_EQ(r->metrics.counter("dht.unbound_ids"), 0);
 }
 
 TEST(Runner, TraceChurnTakesPeersDownAndUp) {
@@ -251,7 +266,9 @@ TEST(Runner, EveryWorkloadEndsItsPeersTasksAndTimers) {
 // loss as TCP sees it (nothing lost, a lost message late by rto_min or more, p / (1 - p) resends
 // per message), the same seed the same losses; a partition drops what crosses it.
 TEST(Runner, NetworkFaultsAtEachPeersTransport) {
+  // (Without the handshake's messages, so that every message counted is a ping or its reply.)
   const auto spec = spec_of("peers = 10\nduration = \"60s\"\n[network]\nlatency = \"5ms\"\nloss = 0.2\nrto_min = \"200ms\"\n"
+                            "authenticate = false\n"
                             "[workload]\nrate = \"5/s\"\ntimeout = \"30s\"\n");
   const auto r = run_fake(spec);
   ASSERT_GT(r->metrics.counter("ping.ok"), 2500);

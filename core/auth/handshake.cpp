@@ -1,0 +1,405 @@
+#include "core/auth/handshake.hpp"
+
+#include <sodium.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/wire/codec.hpp"
+
+namespace apiary::auth {
+
+namespace {
+
+constexpr std::string_view kContext = "apiary-auth-v1";
+constexpr std::size_t kMaxReason = 200;
+
+template <std::size_t N>
+std::array<std::uint8_t, N> take(wire::Reader& r) {
+  std::array<std::uint8_t, N> a{};
+  const auto s = r.raw(N);
+  std::copy(s.begin(), s.end(), a.begin());
+  return a;
+}
+
+}  // namespace
+
+AuthTransport::AuthTransport(Transport& inner, Timers& timers, Clock& clock, Rng& rng, Observer& observer,
+                             const dht::Identity& identity, AuthConfig config)
+    : inner_(inner), timers_(timers), clock_(clock), rng_(rng), observer_(observer), identity_(identity), cfg_(std::move(config)) {
+  inner_.set_handler(this);
+}
+
+AuthTransport::~AuthTransport() {
+  for (const auto id : delayed_) timers_.cancel(id);
+  for (auto& [peer, s] : sessions_)
+    if (s.timer) timers_.cancel(s.timer);
+  if (inner_.handler() == this) inner_.set_handler(nullptr);
+}
+
+bool AuthTransport::established(const Endpoint& peer) const {
+  auto it = sessions_.find(peer);
+  return it != sessions_.end() && it->second.up();
+}
+
+std::optional<std::array<std::uint8_t, 32>> AuthTransport::peer_key(const Endpoint& peer) const {
+  auto it = sessions_.find(peer);
+  if (it == sessions_.end() || !it->second.up()) return std::nullopt;
+  return it->second.theirs;
+}
+
+Nonce AuthTransport::fresh_nonce() {
+  Nonce n{};
+  for (std::size_t i = 0; i < n.size(); i += 8) {
+    const std::uint64_t v = rng_.next();
+    std::memcpy(n.data() + i, &v, 8);
+  }
+  return n;
+}
+
+AuthTransport::Session& AuthTransport::session(const Endpoint& peer) {
+  auto it = sessions_.find(peer);
+  if (it != sessions_.end()) return it->second;
+  evict_if_full();
+  Session& s = sessions_[peer];
+  s.mine = fresh_nonce();
+  s.heard = clock_.now();
+  return s;
+}
+
+void AuthTransport::evict_if_full() {
+  if (sessions_.size() < cfg_.max_sessions) return;
+  // The longest silent session that is not handshaking goes (ties: the lowest endpoint).
+  auto victim = sessions_.end();
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+    if (!it->second.in_progress && (victim == sessions_.end() || it->second.heard < victim->second.heard)) victim = it;
+  if (victim == sessions_.end()) victim = sessions_.begin();
+  if (victim->second.timer) timers_.cancel(victim->second.timer);
+  observer_.count("auth.sessions_evicted");
+  sessions_.erase(victim);
+}
+
+void AuthTransport::send(const Endpoint& to, Message message) {
+  Session& s = session(to);
+  if (s.up()) {
+    send_at(to, s.ready_at, std::move(message));
+    return;
+  }
+  const std::uint64_t size = message.wire_size();
+  if (s.queued_bytes + size > cfg_.max_queued_bytes) {
+    observer_.count("auth.queue_full_drops");
+    return;  // as a full socket would: the RPC layer's timeout reports it
+  }
+  s.queued_bytes += size;
+  s.queue.push_back(std::move(message));
+  if (!s.in_progress) begin(to, s);
+}
+
+void AuthTransport::begin(const Endpoint& peer, Session& s) {
+  s.in_progress = true;
+  s.started = clock_.now();
+  observer_.count("auth.handshakes_started");
+  send_hello(peer, s);
+  arm(peer, s);
+}
+
+void AuthTransport::send_hello(const Endpoint& peer, const Session& s) {
+  Message m;
+  wire::Writer w(m.header);
+  w.u8(kHello);
+  w.u8(kVersion);
+  w.raw(identity_.public_key);
+  w.raw(s.mine);
+  inner_.send(peer, std::move(m));
+}
+
+Bytes AuthTransport::transcript(const Nonce& answered, const Nonce& own, const PublicKey& prover,
+                                const PublicKey& verifier) const {
+  Bytes t;
+  wire::Writer w(t);
+  w.raw({reinterpret_cast<const std::uint8_t*>(kContext.data()), kContext.size()});
+  w.raw(answered);
+  w.raw(own);
+  w.raw(prover);
+  w.raw(verifier);
+  return t;
+}
+
+std::array<std::uint8_t, 32> AuthTransport::mac(const Bytes& t) const {
+  std::array<std::uint8_t, 32> out{};
+  if (cfg_.swarm_secret.empty()) return out;
+  // The secret is hashed to a key first, so a secret of any length keys BLAKE2b.
+  std::array<std::uint8_t, 32> key{};
+  crypto_generichash(key.data(), key.size(), reinterpret_cast<const unsigned char*>(cfg_.swarm_secret.data()),
+                     cfg_.swarm_secret.size(), nullptr, 0);
+  crypto_generichash(out.data(), out.size(), t.data(), t.size(), key.data(), key.size());
+  return out;
+}
+
+void AuthTransport::send_proof(const Endpoint& peer, Session& s) {
+  s.proved_for = s.their_nonce;
+  const Bytes t = transcript(s.their_nonce, s.mine, identity_.public_key, *s.theirs);
+  Message m;
+  wire::Writer w(m.header);
+  w.u8(kProof);
+  w.u8(kVersion);
+  w.raw(identity_.public_key);
+  w.raw(s.mine);
+  w.raw(identity_.sign_bytes(t));
+  w.raw(mac(t));
+  observer_.count("auth.proofs_made");
+  // The signature takes proof_cost of this peer's time: the proof, and whatever follows it, goes
+  // out then.
+  s.ready_at = clock_.now() + cfg_.proof_cost;
+  send_at(peer, s.ready_at, std::move(m));
+}
+
+void AuthTransport::send_at(const Endpoint& peer, TimePoint at, Message m) {
+  const TimePoint now = clock_.now();
+  // What was put off to `at` for this peer has gone if `at` has passed (or nothing is put off).
+  if (at < now || (at == now && delayed_.empty())) {
+    inner_.send(peer, std::move(m));
+    return;
+  }
+  // Held in a shared box (timers take copyable callbacks); timers due at one instant fire in the
+  // order they were scheduled, so what was put off first leaves first.
+  auto held = std::make_shared<Message>(std::move(m));
+  auto id = std::make_shared<TimerId>(0);
+  *id = timers_.schedule(std::max(at - now, Duration::zero()), [this, peer, held, id] {
+    delayed_.erase(*id);
+    inner_.send(peer, std::move(*held));
+  });
+  delayed_.insert(*id);
+}
+
+void AuthTransport::send_refuse(const Endpoint& peer, const std::string& why) {
+  Message m;
+  wire::Writer w(m.header);
+  w.u8(kRefuse);
+  w.u8(kVersion);
+  w.str(why.substr(0, kMaxReason));
+  inner_.send(peer, std::move(m));
+}
+
+void AuthTransport::arm(const Endpoint& peer, Session& s) {
+  if (s.timer) timers_.cancel(s.timer);
+  s.timer = timers_.schedule(cfg_.resend_after, [this, peer] { on_timer(peer); });
+}
+
+void AuthTransport::on_timer(Endpoint peer) {
+  auto it = sessions_.find(peer);
+  if (it == sessions_.end()) return;
+  Session& s = it->second;
+  s.timer = 0;
+  if (!s.in_progress) return;
+  if (clock_.now() - s.started >= cfg_.handshake_timeout) {
+    observer_.count("auth.handshake_timeouts");
+    fail(peer, s, Error{ErrorCode::kTimeout, "no authenticated handshake with " + peer.to_string()});
+    return;
+  }
+  observer_.count("auth.resends");
+  if (s.theirs && s.have_their_nonce)
+    send_proof(peer, s);
+  else
+    send_hello(peer, s);
+  arm(peer, s);
+}
+
+void AuthTransport::fail(const Endpoint& peer, Session& s, const Error& e) {
+  if (s.timer) timers_.cancel(s.timer);
+  s.timer = 0;
+  s.in_progress = false;
+  s.verified = false;
+  s.proved_for.reset();
+  s.queue.clear();
+  s.queued_bytes = 0;
+  if (!s.unproven.empty()) observer_.count("auth.unauthenticated_drops", static_cast<std::int64_t>(s.unproven.size()));
+  s.unproven.clear();
+  s.unproven_bytes = 0;
+  s.mine = fresh_nonce();  // the next attempt is a new handshake
+  if (handler_) handler_->on_peer_error(peer, e);
+}
+
+void AuthTransport::flush(const Endpoint& peer, Session& s) {
+  if (s.timer) timers_.cancel(s.timer);
+  s.timer = 0;
+  if (s.in_progress) {
+    s.in_progress = false;
+    observer_.count("auth.handshakes_done");
+    observer_.sample("auth.handshake_ms", to_seconds(clock_.now() - s.started) * 1e3);
+  }
+  auto unproven = std::move(s.unproven);
+  s.unproven.clear();
+  s.unproven_bytes = 0;
+  auto queue = std::move(s.queue);
+  s.queue.clear();
+  s.queued_bytes = 0;
+  // Checking the peer's proof took proof_cost too: what waited leaves after it, behind our proof.
+  s.ready_at = std::max(s.ready_at, clock_.now() + cfg_.proof_cost);
+  for (auto& m : queue) send_at(peer, s.ready_at, std::move(m));
+  // What the peer sent before it proved itself is its own: delivered now, in order (last: the
+  // handler may send, and so make or drop sessions).
+  for (auto& m : unproven)
+    if (handler_) handler_->on_message(peer, std::move(m));
+}
+
+bool AuthTransport::may_bind(const Session& s, const PublicKey& key) const {
+  if (!s.bound || *s.bound == key) return true;
+  return s.errored || clock_.now() - s.heard >= cfg_.rebind_after;
+}
+
+void AuthTransport::on_hello(const Endpoint& from, std::span<const std::uint8_t> body) {
+  wire::Reader r(body);
+  const auto key = take<32>(r);
+  const auto nonce = take<32>(r);
+  r.expect_end();
+  if (cfg_.admit && !cfg_.admit(key)) {
+    observer_.count("auth.refused.not_admitted");
+    send_refuse(from, "this swarm does not admit your key");
+    return;
+  }
+  Session& s = session(from);
+  if (!may_bind(s, key)) {
+    observer_.count("auth.rebind_refused");
+    return;
+  }
+  if (s.up() || (s.theirs && *s.theirs != key)) {
+    // The peer lost its session (it restarted) or another key speaks from its endpoint: a new
+    // handshake, with a new challenge of ours.
+    s.verified = false;
+    s.proved_for.reset();
+    s.mine = fresh_nonce();
+  }
+  s.theirs = key;
+  s.their_nonce = nonce;
+  s.have_their_nonce = true;
+  if (!s.in_progress) {
+    s.in_progress = true;
+    s.started = clock_.now();
+    observer_.count("auth.handshakes_answered");
+  }
+  send_proof(from, s);
+  arm(from, s);
+}
+
+void AuthTransport::on_proof(const Endpoint& from, std::span<const std::uint8_t> body) {
+  wire::Reader r(body);
+  const auto key = take<32>(r);
+  const auto nonce = take<32>(r);
+  const auto sig = take<64>(r);
+  const auto tag = take<32>(r);
+  r.expect_end();
+  auto it = sessions_.find(from);
+  if (it == sessions_.end()) {
+    observer_.count("auth.unsolicited_proofs");  // no challenge of ours to answer
+    return;
+  }
+  Session& s = it->second;
+  if (!may_bind(s, key)) {
+    observer_.count("auth.rebind_refused");
+    return;
+  }
+  if (s.up() && s.theirs == key && s.their_nonce == nonce) {
+    // A proof sent again (ours to it was lost): prove ourselves again.
+    send_proof(from, s);
+    return;
+  }
+  const Bytes t = transcript(s.mine, nonce, key, identity_.public_key);
+  if (!cfg_.swarm_secret.empty() && sodium_memcmp(mac(t).data(), tag.data(), tag.size()) != 0) {
+    observer_.count("auth.refused.secret");
+    send_refuse(from, "proof not keyed with this swarm's secret");
+    fail(from, s, Error{ErrorCode::kRejected, from.to_string() + " does not know this swarm's secret"});
+    return;
+  }
+  if (!dht::verify_signature(key, t, sig)) {
+    observer_.count("auth.bad_proofs");
+    return;  // a forged or replayed proof: the handshake goes on (and times out) without it
+  }
+  if (cfg_.admit && !cfg_.admit(key)) {
+    observer_.count("auth.refused.not_admitted");
+    send_refuse(from, "this swarm does not admit your key");
+    fail(from, s, Error{ErrorCode::kRejected, from.to_string() + "'s key is not admitted"});
+    return;
+  }
+  observer_.count("auth.proofs_checked");
+  if (s.bound && *s.bound != key) observer_.count("auth.rebinds");
+  s.theirs = key;
+  s.their_nonce = nonce;
+  s.have_their_nonce = true;
+  s.verified = true;
+  s.bound = key;
+  s.errored = false;
+  s.heard = clock_.now();
+  if (!s.proved_for || *s.proved_for != nonce) send_proof(from, s);
+  flush(from, s);
+}
+
+void AuthTransport::on_refuse(const Endpoint& from, std::span<const std::uint8_t> body) {
+  wire::Reader r(body);
+  const std::string why = r.str(kMaxReason);
+  r.expect_end();
+  auto it = sessions_.find(from);
+  // Only a refusal of a handshake in progress counts: one out of the blue could end a live session.
+  if (it == sessions_.end() || !it->second.in_progress) return;
+  observer_.count("auth.refused_by_peer");
+  fail(from, it->second, Error{ErrorCode::kRejected, from.to_string() + " refused us: " + why});
+}
+
+void AuthTransport::on_message(const Endpoint& from, Message message) {
+  const auto& h = message.header;
+  if (!h.empty() && h[0] >= kHello && h[0] <= kRefuse) {
+    // No co_return or early exits inside the try: decoding errors only.
+    try {
+      if (h.size() < 2 || h[1] != kVersion) throw wire::DecodeError("unknown handshake version");
+      const std::span<const std::uint8_t> body(h.data() + 2, h.size() - 2);
+      if (h[0] == kHello) on_hello(from, body);
+      else if (h[0] == kProof) on_proof(from, body);
+      else on_refuse(from, body);
+    } catch (const wire::DecodeError&) {
+      observer_.count("auth.bad_handshakes");
+    }
+    return;
+  }
+  auto it = sessions_.find(from);
+  if (it == sessions_.end() || !it->second.up()) {
+    // From a peer we have no session with (we restarted, or it never proved itself): held until
+    // it proves itself (asked to, unless a handshake with it is under way), up to a bound.
+    Session& s = session(from);
+    const std::uint64_t size = message.wire_size();
+    if (s.unproven_bytes + size <= cfg_.max_unproven_bytes) {
+      s.unproven_bytes += size;
+      s.unproven.push_back(std::move(message));
+    } else {
+      observer_.count("auth.unauthenticated_drops");
+    }
+    if (!s.in_progress) begin(from, s);
+    return;
+  }
+  it->second.heard = clock_.now();
+  it->second.errored = false;
+  if (handler_) handler_->on_message(from, std::move(message));
+}
+
+void AuthTransport::on_peer_error(const Endpoint& peer, const Error& error) {
+  auto it = sessions_.find(peer);
+  if (it != sessions_.end()) {
+    Session& s = it->second;
+    s.errored = true;
+    if (s.in_progress) {
+      fail(peer, s, error);
+      return;
+    }
+    // The connection is gone; whoever answers at the endpoint next proves itself again.
+    s.verified = false;
+    s.proved_for.reset();
+    s.mine = fresh_nonce();
+  }
+  if (handler_) handler_->on_peer_error(peer, error);
+}
+
+PayloadTarget AuthTransport::place_payload(const Endpoint& from, std::span<const std::uint8_t> header, std::uint64_t size) {
+  if (!handler_ || !established(from)) return {};
+  return handler_->place_payload(from, header, size);
+}
+
+}  // namespace apiary::auth

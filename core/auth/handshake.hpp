@@ -1,0 +1,162 @@
+#pragma once
+// Authenticated peers. Before the first message to or from another peer, both prove that they hold
+// the Ed25519 key their DHT id is the hash of: each sends a fresh challenge (a nonce) and signs the
+// other's, together with both keys, so a proof can be neither replayed nor relayed to a third peer.
+// From then on the peer's endpoint is bound to its key: what arrives from the endpoint is the key
+// holder's, and `peer_key(endpoint)` says who that is (the DHT refuses any id but the key's hash).
+//
+// AuthTransport is a decorator over any Transport (ns-3 datagrams, live TCP, the fake world), so
+// the handshake is the same code in every world; in ns-3 its messages cross the simulated network
+// and the crypto's cost is modelled as simulated time (`AuthConfig::proof_cost`).
+//
+//   HELLO  key, nonce                  "here is my key; prove yours on this nonce"
+//   PROOF  key, nonce, sig, mac        sig = Ed25519 over (context, the nonce answered, own nonce,
+//                                      own key, the verifier's key); mac = keyed BLAKE2b of the
+//                                      same bytes under the swarm secret (zeros in an open swarm)
+//   REFUSE reason                      "you may not join" (secret or authorizer)
+//
+// A initiates: HELLO(A) -> PROOF(B) -> PROOF(A), then A's queued messages. Two peers that begin at
+// once each answer the other's HELLO with a PROOF. Messages wait (bounded) until the handshake
+// ends; a handshake lost on a lossy network is resent, and one that does not end in
+// `handshake_timeout` fails the waiting messages with a peer error (the RPC layer's calls fail).
+// A peer that forgot a session (it restarted) answers data it cannot attribute with a HELLO, holds
+// that data (bounded) until the sender has proved itself again, and delivers it then: a restart
+// loses no message that a session's peer sent in good faith.
+//
+// Binding: an endpoint bound to one key is not taken over by another key while the first is alive
+// (it was heard within `rebind_after` and the transport reported no error for it since): such a
+// handshake is refused and counted (auth.rebind_refused).
+//
+// The handshake's bytes begin with a tag no RPC envelope uses (0xA1..0xA3), so data messages pass
+// through unchanged. Nonces come from the peer's seeded Rng (simulations stay deterministic); a
+// nonce need only be fresh, since every signature names both keys.
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "core/dht/validate.hpp"
+#include "core/runtime/runtime.hpp"
+
+namespace apiary::auth {
+
+using PublicKey = std::array<std::uint8_t, 32>;
+using Nonce = std::array<std::uint8_t, 32>;
+
+struct AuthConfig {
+  // Non-empty: a swarm of those who know it; a peer whose proofs are not keyed with it is refused.
+  std::string swarm_secret;
+  // An authorizer: whether a proven key may join (an allow list, a token check). Empty: any key.
+  std::function<bool(const PublicKey&)> admit;
+  Duration handshake_timeout = std::chrono::seconds(5);
+  Duration resend_after = std::chrono::seconds(1);  // a handshake message unanswered this long goes again
+  // Simulated time one proof costs to make and to check (an Ed25519 signature and verification,
+  // and the hashes): ns-3 runs set it so the handshake's cost shows in simulated time; live, 0.
+  Duration proof_cost{};
+  // An endpoint bound to a key takes another key only after this long without a word from the first
+  // (or after a transport error for it): a peer that restarted with a new key.
+  Duration rebind_after = std::chrono::seconds(30);
+  std::uint64_t max_queued_bytes = 64ull << 20;  // per peer, what waits for its handshake
+  // Per peer, what arrived before it proved itself (it still believes in a session this side
+  // forgot, as after a restart): held until its proof, delivered then, dropped if none comes.
+  std::uint64_t max_unproven_bytes = 1u << 20;
+  std::size_t max_sessions = 1u << 16;           // peers remembered; the longest silent goes first
+};
+
+class AuthTransport final : public Transport, public TransportHandler {
+ public:
+  AuthTransport(Transport& inner, Timers& timers, Clock& clock, Rng& rng, Observer& observer,
+                const dht::Identity& identity, AuthConfig config = {});
+  ~AuthTransport() override;
+  AuthTransport(const AuthTransport&) = delete;
+  AuthTransport& operator=(const AuthTransport&) = delete;
+
+  const PublicKey& key() const { return identity_.public_key; }
+  // Whether messages flow with `peer` now (both proofs made and checked).
+  bool established(const Endpoint& peer) const;
+  std::size_t sessions() const { return sessions_.size(); }
+
+  // Transport
+  Endpoint local() const override { return inner_.local(); }
+  void set_handler(TransportHandler* handler) override { handler_ = handler; }
+  TransportHandler* handler() const override { return handler_; }
+  void send(const Endpoint& to, Message message) override;
+  std::optional<std::array<std::uint8_t, 32>> peer_key(const Endpoint& peer) const override;
+  bool authenticates() const override { return true; }
+
+  // TransportHandler (the inner transport's)
+  void on_message(const Endpoint& from, Message message) override;
+  void on_peer_error(const Endpoint& peer, const Error& error) override;
+  PayloadTarget place_payload(const Endpoint& from, std::span<const std::uint8_t> header, std::uint64_t size) override;
+
+  static constexpr std::uint8_t kHello = 0xA1, kProof = 0xA2, kRefuse = 0xA3;
+  static constexpr std::uint8_t kVersion = 1;
+
+ private:
+  struct Session {
+    Nonce mine{};                        // the challenge this side sent
+    std::optional<PublicKey> theirs;     // the key the peer claims (proven once verified)
+    Nonce their_nonce{};                 // the peer's challenge
+    bool have_their_nonce = false;
+    bool verified = false;               // the peer signed `mine`
+    std::optional<Nonce> proved_for;     // the peer's nonce this side last signed
+    std::optional<PublicKey> bound;      // the last key proven at this endpoint
+    std::deque<Message> queue;           // waiting for the handshake
+    std::uint64_t queued_bytes = 0;
+    std::deque<Message> unproven;        // arrived before the peer proved itself
+    std::uint64_t unproven_bytes = 0;
+    TimerId timer = 0;                   // resend / timeout
+    TimePoint started{};                 // of the handshake in progress
+    bool in_progress = false;
+    TimePoint ready_at{};                // with proof_cost: when our proof has gone (data follows it)
+    TimePoint heard{};                   // last message from the peer
+    bool errored = false;                // a transport error since it was last heard
+    bool up() const { return verified && proved_for && *proved_for == their_nonce; }
+  };
+
+  Session& session(const Endpoint& peer);
+  void begin(const Endpoint& peer, Session& s);
+  void send_hello(const Endpoint& peer, const Session& s);
+  void send_proof(const Endpoint& peer, Session& s);
+  void send_refuse(const Endpoint& peer, const std::string& why);
+  void arm(const Endpoint& peer, Session& s);
+  void on_timer(Endpoint peer);
+  void fail(const Endpoint& peer, Session& s, const Error& e);
+  void flush(const Endpoint& peer, Session& s);
+  bool may_bind(const Session& s, const PublicKey& key) const;
+  void on_hello(const Endpoint& from, std::span<const std::uint8_t> body);
+  void on_proof(const Endpoint& from, std::span<const std::uint8_t> body);
+  void on_refuse(const Endpoint& from, std::span<const std::uint8_t> body);
+  Bytes transcript(const Nonce& answered, const Nonce& own, const PublicKey& prover, const PublicKey& verifier) const;
+  std::array<std::uint8_t, 32> mac(const Bytes& transcript) const;
+  Nonce fresh_nonce();
+  void evict_if_full();
+  // Sends `m` to `peer` at `at` (now or later), behind whatever was put off to that instant before.
+  void send_at(const Endpoint& peer, TimePoint at, Message m);
+
+  Transport& inner_;
+  Timers& timers_;
+  Clock& clock_;
+  Rng& rng_;
+  Observer& observer_;
+  dht::Identity identity_;
+  AuthConfig cfg_;
+  TransportHandler* handler_ = nullptr;
+  std::map<Endpoint, Session> sessions_;
+  std::set<TimerId> delayed_;  // sends put off by proof_cost
+};
+
+// A peer's runtime with its transport authenticated: what a stack is built on.
+struct AuthenticatedRuntime {
+  AuthenticatedRuntime(Runtime& rt, const dht::Identity& identity, AuthConfig config = {})
+      : transport(rt.transport, rt.timers, rt.clock, rt.rng, rt.observer, identity, std::move(config)),
+        runtime{rt.clock, rt.timers, transport, rt.rng, rt.observer, rt.faults} {}
+  AuthTransport transport;
+  Runtime runtime;
+};
+
+}  // namespace apiary::auth
