@@ -8,6 +8,7 @@
 
 #include <filesystem>
 
+#include "core/auth/handshake.hpp"
 #include "core/dht/node.hpp"
 #include "core/optim/schema.hpp"
 #include "tests/conformance/worlds.hpp"
@@ -179,6 +180,133 @@ TYPED_TEST(Adversary, MadeUpIdsNeitherInflateReplicasNorHideAKey) {
     ASSERT_TRUE(got.found) << "the key is censored at peer " << i;
     EXPECT_EQ(got.records[0].value, Bytes{'v'});
   }
+}
+
+// The same swarm with authenticated peers (core/auth, the default of every runner): each peer's
+// transport proves its key, and a DHT id must be the hash of the key its sender proved.
+template <class W>
+class AuthenticatedAdversary : public ::testing::Test {
+ protected:
+  static constexpr std::size_t kHonest = 3;
+  void SetUp() override {
+    for (std::size_t i = 0; i <= kHonest; ++i) {
+      world.add_peer();
+      ids.push_back(dht::Identity::from_seed(100 + i));
+    }
+  }
+  // Every peer's stack; honest peers (and, with `attacker_knows`, the attacker) share `secret`.
+  void start(const std::string& secret = "", bool attacker_knows = true) {
+    for (std::size_t i = 0; i <= kHonest; ++i) {
+      auth::AuthConfig c;
+      if (i < kHonest || attacker_knows) c.swarm_secret = secret;
+      secured.push_back(std::make_unique<auth::AuthenticatedRuntime>(world.runtime(i), ids[i], c));
+      rpc.push_back(std::make_unique<Rpc>(secured[i]->runtime));
+    }
+    dht::DhtConfig cfg;
+    cfg.k = 8;
+    cfg.refresh_period = Duration::zero();
+    cfg.replicate_period = Duration::zero();
+    for (std::size_t i = 0; i < kHonest; ++i)
+      nodes.push_back(std::make_unique<dht::DhtNode>(secured[i]->runtime, *rpc[i], ids[i].id(), cfg, optim::standard_validators()));
+    for (std::size_t i = 1; i < kHonest; ++i) EXPECT_GT(run(nodes[i]->bootstrap({world.endpoint(0)})), 0u);
+    EXPECT_GT(run(nodes[0]->bootstrap({world.endpoint(1)})), 0u);
+  }
+  void TearDown() override {
+    scope.destroy_all();
+    nodes.clear();
+    for (auto& r : rpc) r->shutdown();
+    rpc.clear();
+    secured.clear();
+  }
+  template <class T>
+  T run(Task<T> t, Duration limit = 60s) {
+    return run_in(world, scope, std::move(t), limit);
+  }
+  TimePoint now() { return world.runtime(0).now(); }
+  Rpc& attacker() { return *rpc[kHonest]; }
+  bool knows(std::size_t i, const dht::DhtId& id) {
+    for (const auto& c : nodes[i]->table().nearest(id, 1000))
+      if (c.id == id) return true;
+    return false;
+  }
+
+  W world;
+  std::vector<dht::Identity> ids;
+  std::vector<std::unique_ptr<auth::AuthenticatedRuntime>> secured;
+  std::vector<std::unique_ptr<Rpc>> rpc;
+  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
+  TaskScope scope;
+};
+
+TYPED_TEST_SUITE(AuthenticatedAdversary, Worlds, WorldNames);
+
+// The attacker proves its own key, then names 20 made-up ids next to a key in its pings and
+// answers as one of them: every such request is refused (dht.unbound_ids), no honest table takes
+// a made-up id, a lookup takes no reply from an id its sender did not prove, and the key is found
+// everywhere. The attacker, under its own id, is an ordinary peer.
+TYPED_TEST(AuthenticatedAdversary, AnIdThatIsNotTheHashOfAProvenKeyIsRefused) {
+  this->start();
+  const std::string key = "target";
+  const dht::DhtId target = dht::DhtId::of_key(key);
+  std::vector<dht::DhtId> fakes;
+  for (int i = 0; i < 20; ++i) {
+    dht::DhtId id = target;
+    id.b[dht::DhtId::kBytes - 1] ^= static_cast<std::uint8_t>(i + 1);
+    fakes.push_back(id);
+  }
+  Rpc& evil = this->attacker();
+  std::vector<dht::Contact> listed;
+  for (const auto& f : fakes) listed.push_back(dht::Contact{f, this->world.endpoint(this->kHonest)});
+  evil.serve<dht::FindRequest, dht::FindReply>([listed](const Endpoint&, dht::FindRequest req) -> Task<Result<dht::FindReply>> {
+    dht::FindReply reply{listed[0].id, {}};
+    for (std::size_t i = 0; i < req.keys.size(); ++i) reply.entries.push_back({{}, listed});
+    co_return reply;
+  });
+  evil.serve<dht::PingRequest, dht::PingReply>([fakes](const Endpoint&, dht::PingRequest) -> Task<Result<dht::PingReply>> {
+    co_return dht::PingReply{fakes[0]};
+  });
+  std::size_t refused = 0;
+  for (std::size_t i = 0; i < this->kHonest; ++i)
+    for (const auto& f : fakes) {
+      auto pong = this->run(evil.call<dht::PingReply>(this->world.endpoint(i), dht::PingRequest{dht::Sender{f, false, false}}, 5s));
+      refused += !pong.ok();
+    }
+  EXPECT_EQ(refused, 3u * 20u);
+  EXPECT_EQ(this->world.metrics.counter("dht.unbound_ids"), 60);
+  // Under its own id it is heard (a ping that names the key it proved).
+  const dht::Sender itself{this->ids[this->kHonest].id(), false, false};
+  auto own = this->run(evil.call<dht::PingReply>(this->world.endpoint(0), dht::PingRequest{itself}, 5s));
+  EXPECT_TRUE(own.ok());
+  for (std::size_t i = 0; i < this->kHonest; ++i)
+    for (const auto& f : fakes) EXPECT_FALSE(this->knows(i, f)) << "peer " << i << " took a made-up id";
+  auto stored = this->run(this->nodes[1]->store(record(key, "v", this->now() + 10min)));
+  EXPECT_GE(stored.replicas, 2u);
+  EXPECT_LE(stored.replicas, this->kHonest);  // the attacker answers as a made-up id: never a replica
+  for (std::size_t i = 0; i < this->kHonest; ++i) {
+    auto got = this->run(this->nodes[i]->get(key));
+    ASSERT_TRUE(got.found) << "the key is censored at peer " << i;
+    EXPECT_EQ(got.records[0].value, Bytes{'v'});
+  }
+}
+
+// A swarm with a secret: a peer that does not know it is refused at the handshake. It reaches no
+// honest peer's handlers, enters no routing table, and the honest peers store and find as before.
+TYPED_TEST(AuthenticatedAdversary, AStrangerWithoutTheSwarmSecretGetsNothing) {
+  this->start("our hive's secret", false);
+  Rpc& stranger = this->attacker();
+  const auto served = this->world.metrics.counter("dht.served.ping");
+  for (std::size_t i = 0; i < this->kHonest; ++i) {
+    auto pong = this->run(stranger.call<dht::PingReply>(this->world.endpoint(i),
+                                                         dht::PingRequest{dht::Sender{this->ids[this->kHonest].id(), false, false}}, 5s));
+    ASSERT_FALSE(pong.ok());
+    EXPECT_EQ(pong.error().code, ErrorCode::kRejected) << pong.error().describe();
+  }
+  EXPECT_GE(this->world.metrics.counter("auth.refused.secret"), 3);
+  EXPECT_EQ(this->world.metrics.counter("dht.served.ping"), served);  // no handler ran for it
+  for (std::size_t i = 0; i < this->kHonest; ++i) EXPECT_FALSE(this->knows(i, this->ids[this->kHonest].id()));
+  auto stored = this->run(this->nodes[2]->store(record("k", "v", this->now() + 10min)));
+  EXPECT_EQ(stored.replicas, this->kHonest);
+  for (std::size_t i = 0; i < this->kHonest; ++i) EXPECT_TRUE(this->run(this->nodes[i]->get("k")).found);
 }
 
 }  // namespace

@@ -38,7 +38,8 @@ TEST(SimSwarm, RoundTripIsTwiceTheSumOfAccessLatencies) {
 TEST(SimSwarm, LatencyMatrixSetsEveryRoundTrip) {
   // Five sites; a round trip between peers at sites a and b takes 2 x matrix[a][b] (plus
   // serialisation at 10 Gbit/s).
-  auto spec = spec_of("peers = 25\nduration = \"20s\"\n[network]\nauthenticate = false\nlatency_matrix = \"" + std::string(APIARY_SOURCE_DIR) +
+  auto spec = spec_of("peers = 25\nduration = \"20s\"\n[network]\nauthenticate = false\nlatency_matrix = \"" +
+                      std::string(APIARY_SOURCE_DIR) +
                       "/scenarios/topologies/five-sites.matrix\"\nbandwidth = \"10Gbps\"\n[workload]\nrate = \"2/s\"\n");
   Metrics m;
   sim::run_sim_swarm(spec, m);
