@@ -419,6 +419,44 @@ TEST_F(LiveLimits, UnfinishedMessagesCannotHoldUnboundedMemory) {
 // A HELLO that names another host's endpoint (an honest peer on 127.0.0.2, named from
 // 127.0.0.1): the victim knows the sender by the address it really has, and what it then sends to
 // the honest peer goes to the honest peer, not down the attacker's connection.
+// On one host every peer has the same address, so a HELLO naming another local peer's port is
+// believed by the transport. With authenticated peers the claim wins nothing: the victim's messages
+// for that endpoint wait until the key bound to it is proven, and the attacker, who cannot prove
+// it, receives a handshake HELLO and no message meant for the peer it named; the call fails.
+TEST_F(LiveLimits, AHelloForALocalPeersPortDeliversNothingToTheAttacker) {
+  real::LiveRuntime honest(io, real::LiveOptions{});
+  honest.open();
+  PeerEnv honest_env(honest, metrics, 2, Rng(3));
+  auth::AuthenticatedRuntime honest_auth(honest_env.runtime, dht::Identity::from_seed(2));
+  auth::AuthConfig quick;
+  quick.handshake_timeout = 1s;
+  auth::AuthenticatedRuntime victim_auth(victim_env->runtime, dht::Identity::from_seed(1), quick);
+  Rpc victim_rpc(victim_auth.runtime);
+  auto& s = raw_connection();
+  boost::asio::write(s, boost::asio::buffer(wire::encode_hello(honest.local())));  // 127.0.0.1, the honest port
+  run_until([] { return false; }, 50ms);
+  std::optional<Result<dht::PingReply>> got;
+  scope.spawn([](Rpc& rpc, Endpoint to, std::optional<Result<dht::PingReply>>& out) -> Task<void> {
+    out = co_await rpc.call<dht::PingReply>(to, dht::PingRequest{dht::Sender{dht::DhtId::of_key("victim"), true, false}}, 8s);
+  }(victim_rpc, honest.local(), got));
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }, 10s));
+  EXPECT_FALSE(got->ok());
+  EXPECT_GE(metrics.counter("auth.handshake_timeouts"), 1);
+  // Everything the attacker's connection carried: handshake messages only.
+  std::vector<std::uint8_t> bytes(s.available());
+  if (!bytes.empty()) boost::asio::read(s, boost::asio::buffer(bytes));
+  wire::FrameDecoder decoder;
+  std::vector<wire::FrameDecoder::Event> events;
+  decoder.feed(bytes, events);
+  ASSERT_FALSE(events.empty()) << "the victim asked the claimed endpoint to prove itself";
+  for (const auto& e : events) {
+    ASSERT_FALSE(e.message.header.empty());
+    EXPECT_EQ(e.message.header[0], auth::AuthTransport::kHello) << "the attacker received a message meant for the peer it named";
+  }
+  scope.destroy_all();
+  honest.close();
+}
+
 TEST_F(LiveLimits, AHelloForAnotherHostsEndpointTakesNothingOver) {
   real::LiveOptions at2;
   at2.listen = Endpoint{Endpoint::ipv4(127, 0, 0, 2), 0};

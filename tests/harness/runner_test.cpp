@@ -52,12 +52,12 @@ TEST(Runner, PingRoundTripsAreTheDrawnLatencies) {
 
 TEST(Runner, AFirstContactPaysTheHandshakesRoundTripOnce) {
   // With authentication (the default) a peer's first message to another waits for HELLO and the
-  // two proofs: one more round trip and three proofs' cost (100 us each, modelled), once per pair.
+  // two proofs: one more round trip and three proof steps' cost (45 us each, modelled), once per pair.
   const auto spec = spec_of("peers = 10\nduration = \"10s\"\n[network]\nlatency = \"5ms\"\n[workload]\nrate = \"2/s\"\n");
   const auto r = run_fake(spec);
   ASSERT_GT(r->metrics.counter("ping.ok"), 150);
   EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 0.0), 20e6);
-  EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 1.0), 40e6 + 3 * 100e3);
+  EXPECT_EQ(r->metrics.quantile("ping.rtt_ns", 1.0), 40e6 + 3 * 45e3);
   EXPECT_LE(r->metrics.counter("auth.handshakes_started"), 10 * 9);  // at most once per ordered pair
   EXPECT_EQ(r->metrics.counter("auth.handshakes_done"), 2 * r->metrics.counter("auth.handshakes_started"));
   EXPECT_EQ(r->metrics.counter("dht.unbound_ids"), 0);
