@@ -194,6 +194,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 40));
   peer_cmd->add_option("--swarm-secret-file", peer.swarm_secret_file,
                        "a file holding the swarm's secret: only peers that know it are admitted");
+  peer_cmd->add_option("--id-work-bits", peer.id_work_bits, "the work every peer's id must carry (leading zero bits; ~2^N keys)")
+      ->check(CLI::Range(0u, 32u));
   peer_cmd->add_option("--ready-file", peer.ready_file, "write '<id> <endpoint>' here once listening");
   peer_cmd->add_flag("--verbose", peer.verbose, "log protocol events to stderr");
   peer_cmd->add_option("--delay-ms", peer.delay_ms, "emulated one-way latency added to every received message")
@@ -208,6 +210,7 @@ int main(int argc, char** argv) {
   bool dht_json = false;
   auto* store_cmd = dht_cmd->add_subcommand("store", "Store KEY VALUE");
   store_cmd->add_option("--swarm-secret-file", client.swarm_secret_file, "the swarm's secret, if it has one");
+  store_cmd->add_option("--id-work-bits", client.id_work_bits, "the swarm's id work")->check(CLI::Range(0u, 32u));
   store_cmd->add_option("--via", client.via, "IPV4:PORT of a swarm peer")->required()->allow_extra_args(false);
   store_cmd->add_option("key", key)->required();
   store_cmd->add_option("value", value)->required();
@@ -219,6 +222,7 @@ int main(int argc, char** argv) {
   long long flood_ttl = 23 * 3600;
   auto* flood_cmd = dht_cmd->add_subcommand("flood", "Attack client: flood one peer with unsigned records (docs/threat-model.md)");
   flood_cmd->add_option("--swarm-secret-file", client.swarm_secret_file, "the swarm's secret, if it has one");
+  flood_cmd->add_option("--id-work-bits", client.id_work_bits, "the swarm's id work")->check(CLI::Range(0u, 32u));
   flood_cmd->add_option("--via", client.via, "IPV4:PORT of the peer to flood")->required()->allow_extra_args(false);
   flood_cmd->add_option("--records", flood.records, "records to send")->check(CLI::Range(1ULL, 100'000'000ULL));
   flood_cmd->add_option("--value-bytes", flood.value_bytes, "bytes of each value")->check(CLI::Range(std::size_t{0}, std::size_t{65536}));
@@ -228,6 +232,7 @@ int main(int argc, char** argv) {
   flood_cmd->add_option("--ttl", flood_ttl, "seconds until the records expire")->check(CLI::Range(1LL, 365LL * 86400));
   auto* get_cmd = dht_cmd->add_subcommand("get", "Get KEY");
   get_cmd->add_option("--swarm-secret-file", client.swarm_secret_file, "the swarm's secret, if it has one");
+  get_cmd->add_option("--id-work-bits", client.id_work_bits, "the swarm's id work")->check(CLI::Range(0u, 32u));
   get_cmd->add_option("--via", client.via, "IPV4:PORT of a swarm peer")->required()->allow_extra_args(false);
   get_cmd->add_option("key", key)->required();
   get_cmd->add_flag("--json", dht_json);

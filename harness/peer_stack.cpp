@@ -9,6 +9,7 @@ namespace {
 auth::AuthConfig auth_config(const SwarmSpec& spec) {
   auth::AuthConfig c;
   c.swarm_secret = spec.auth.swarm_secret;
+  c.id_work_bits = spec.auth.id_work_bits;
   // ns-3 models the crypto's cost in simulated time; live peers pay it in host time.
   c.proof_cost = spec.backend == "sim" ? spec.auth.proof_cost : Duration::zero();
   return c;

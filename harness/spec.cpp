@@ -131,6 +131,7 @@ bool SwarmSpec::behind_nat(std::uint32_t i) const {
 }
 
 dht::Identity swarm_identity(const SwarmSpec& spec, std::uint32_t index) {
+  if (spec.auth.id_work_bits > 0) return dht::Identity::with_work(spec.seed * 1000003ULL + index, spec.auth.id_work_bits);
   return dht::Identity::from_seed(spec.seed * 1000003ULL + index);
 }
 
@@ -161,6 +162,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.auth.on = s.get_bool("network.authenticate", spec.auth.on);
   spec.auth.swarm_secret = s.get_string("network.swarm_secret", "");
   spec.auth.proof_cost = s.get_duration("network.proof_cost", spec.auth.proof_cost);
+  spec.auth.id_work_bits = static_cast<unsigned>(s.get_int("network.id_work_bits", 0, 0, 24));
   if (spec.auth.proof_cost < Duration::zero()) s.fail("network.proof_cost", "must not be negative");
   if (!spec.auth.on && !spec.auth.swarm_secret.empty())
     s.fail("network.swarm_secret", "a swarm secret is checked by the handshake: set network.authenticate = true");

@@ -75,6 +75,7 @@ struct ChurnSpec {
 struct AuthSpec {
   bool on = true;             // network.authenticate
   std::string swarm_secret;   // network.swarm_secret: only peers that know it join
+  unsigned id_work_bits = 0;  // network.id_work_bits: every id's cost (dht::id_work), checked at the handshake
   // network.proof_cost: simulated time each of a handshake's three proof steps takes (ns-3; live
   // pays the real cost): a handshake costs 135 us of host time on this machine (two Ed25519
   // signatures, two verifications; BM_AuthHandshake, docs/results.md), a third of it per step.

@@ -37,8 +37,9 @@ Endpoint parse_or_throw(const std::string& text, const char* what) {
 
 // The handshake's settings: a swarm secret read from a file (not the command line, where other
 // users of the machine could read it).
-auth::AuthConfig auth_config_from(const std::string& secret_file) {
+auth::AuthConfig auth_config_from(const std::string& secret_file, unsigned id_work_bits) {
   auth::AuthConfig c;
+  c.id_work_bits = id_work_bits;
   if (secret_file.empty()) return c;
   std::ifstream f(secret_file, std::ios::binary);
   if (!f) throw std::runtime_error("--swarm-secret-file: cannot read '" + secret_file + "'");
@@ -50,10 +51,18 @@ auth::AuthConfig auth_config_from(const std::string& secret_file) {
   return c;
 }
 
-dht::Identity identity_from(const std::string& path) {
-  if (path.empty()) return dht::Identity::generate();
-  if (std::filesystem::exists(path)) return dht::Identity::load(path);
-  auto id = dht::Identity::generate();
+// An identity with `bits` of work (created so when the file is new); a file whose key carries
+// less is an error: the swarm would refuse it.
+dht::Identity identity_from(const std::string& path, unsigned bits) {
+  if (path.empty()) return dht::Identity::generate_with_work(bits);
+  if (std::filesystem::exists(path)) {
+    auto id = dht::Identity::load(path);
+    if (dht::id_work(id.public_key) < bits)
+      throw std::runtime_error(path + ": its key's id carries " + std::to_string(dht::id_work(id.public_key)) +
+                               " bits of work; the swarm asks " + std::to_string(bits));
+    return id;
+  }
+  auto id = dht::Identity::generate_with_work(bits);
   id.save(path);
   return id;
 }
@@ -116,9 +125,9 @@ struct LiveNode {
 }  // namespace
 
 int run_live_peer(const LivePeerOptions& o) {
-  const auto identity = identity_from(o.identity_file);
+  const auto identity = identity_from(o.identity_file, o.id_work_bits);
   LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
-             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file));
+             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file, o.id_work_bits));
   std::vector<Endpoint> seeds;
   for (const auto& j : o.join) seeds.push_back(parse_or_throw(j, "--join"));
   std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());
@@ -154,8 +163,8 @@ DhtClientResult with_client(const DhtClientOptions& o, F body) {
   cfg.client_mode = true;
   cfg.refresh_period = Duration::zero();
   cfg.replicate_period = Duration::zero();
-  const auto identity = o.identity_file.empty() ? dht::Identity::generate() : dht::Identity::load(o.identity_file);
-  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false, {}, auth_config_from(o.swarm_secret_file));
+  const auto identity = identity_from(o.identity_file, o.id_work_bits);
+  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false, {}, auth_config_from(o.swarm_secret_file, o.id_work_bits));
   std::vector<Endpoint> seeds;
   for (const auto& v : o.via) seeds.push_back(parse_or_throw(v, "--via"));
   auto joined = n.run(n.node->bootstrap(seeds), o.deadline);
@@ -177,8 +186,8 @@ DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions
   const Endpoint victim = parse_or_throw(o.via.front(), "--via");
   dht::DhtConfig cfg = o.config;
   cfg.client_mode = true;
-  const auto identity = dht::Identity::generate();
-  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false, {}, auth_config_from(o.swarm_secret_file));
+  const auto identity = dht::Identity::generate_with_work(o.id_work_bits);
+  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false, {}, auth_config_from(o.swarm_secret_file, o.id_work_bits));
   const Bytes value(f.value_bytes, 'x');
   const auto t0 = std::chrono::steady_clock::now();
   const TimePoint expiration = n.rt->now() + f.ttl;
@@ -280,6 +289,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
     if (spec.live_emulated_latency > Duration::zero())
       a.insert(a.end(), {"--delay-ms", std::to_string(to_seconds(spec.live_emulated_latency) * 1e3)});
     if (!spec.auth.swarm_secret.empty()) a.insert(a.end(), {"--swarm-secret-file", (dir / "secret").string()});
+    if (spec.auth.id_work_bits > 0) a.insert(a.end(), {"--id-work-bits", std::to_string(spec.auth.id_work_bits)});
     return a;
   };
   auto ready_line = [&](std::uint32_t i, std::chrono::steady_clock::time_point until) {
@@ -318,8 +328,9 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   cfg.replicate_period = Duration::zero();
   auth::AuthConfig client_auth;
   client_auth.swarm_secret = spec.auth.swarm_secret;
-  LiveNode client(Endpoint{Endpoint::parse(spec.live_host + ":1")->ip, 0}, dht::Identity::from_seed(spec.seed), cfg, false,
-                  spec.live_emulated_latency, client_auth);
+  client_auth.id_work_bits = spec.auth.id_work_bits;
+  LiveNode client(Endpoint{Endpoint::parse(spec.live_host + ":1")->ip, 0}, dht::Identity::with_work(spec.seed, spec.auth.id_work_bits), cfg,
+                  false, spec.live_emulated_latency, client_auth);
   // Churn, as the runner applies it, on the peer processes: "down" is SIGKILL, "up" a fresh
   // process that joins through the seed again, under its old identity unless the scenario says
   // otherwise (churn.keep_identity = false). Run time 0 is now, with every peer up.

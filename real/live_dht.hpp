@@ -22,6 +22,7 @@ struct LivePeerOptions {
   bool verbose = false;
   double delay_ms = 0;        // emulated one-way latency on every message received
   std::string swarm_secret_file;  // the swarm's secret: only peers that know it are admitted
+  unsigned id_work_bits = 0;      // the work every id must carry (dht::id_work); ours is made so
 };
 
 // Runs until SIGINT/SIGTERM. Returns the process exit code; throws on bad options.
@@ -33,6 +34,7 @@ struct DhtClientOptions {
   std::string identity_file;     // sign as this owner (for [owner:...] keys)
   std::chrono::milliseconds deadline{10000};
   std::string swarm_secret_file;  // the swarm's secret, if it has one
+  unsigned id_work_bits = 0;      // the swarm's id work: this client's key is made to carry it
 };
 
 struct DhtClientResult {

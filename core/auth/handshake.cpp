@@ -243,6 +243,19 @@ void AuthTransport::flush(const Endpoint& peer, Session& s) {
     if (handler_) handler_->on_message(peer, std::move(m));
 }
 
+std::optional<std::string> AuthTransport::refusal(const PublicKey& key) {
+  if (cfg_.id_work_bits > 0 && dht::id_work(key) < cfg_.id_work_bits) {
+    observer_.count("auth.refused.id_work");
+    return "this swarm's ids carry " + std::to_string(cfg_.id_work_bits) + " bits of work; yours " +
+           std::to_string(dht::id_work(key));
+  }
+  if (cfg_.admit && !cfg_.admit(key)) {
+    observer_.count("auth.refused.not_admitted");
+    return std::string("this swarm does not admit your key");
+  }
+  return std::nullopt;
+}
+
 bool AuthTransport::may_bind(const Session& s, const PublicKey& key) const {
   if (!s.bound || *s.bound == key) return true;
   return s.errored || clock_.now() - s.heard >= cfg_.rebind_after;
@@ -253,9 +266,8 @@ void AuthTransport::on_hello(const Endpoint& from, std::span<const std::uint8_t>
   const auto key = take<32>(r);
   const auto nonce = take<32>(r);
   r.expect_end();
-  if (cfg_.admit && !cfg_.admit(key)) {
-    observer_.count("auth.refused.not_admitted");
-    send_refuse(from, "this swarm does not admit your key");
+  if (auto why = refusal(key)) {
+    send_refuse(from, *why);
     return;
   }
   Session& s = session(from);
@@ -315,10 +327,9 @@ void AuthTransport::on_proof(const Endpoint& from, std::span<const std::uint8_t>
     observer_.count("auth.bad_proofs");
     return;  // a forged or replayed proof: the handshake goes on (and times out) without it
   }
-  if (cfg_.admit && !cfg_.admit(key)) {
-    observer_.count("auth.refused.not_admitted");
-    send_refuse(from, "this swarm does not admit your key");
-    fail(from, s, Error{ErrorCode::kRejected, from.to_string() + "'s key is not admitted"});
+  if (auto why = refusal(key)) {
+    send_refuse(from, *why);
+    fail(from, s, Error{ErrorCode::kRejected, from.to_string() + "'s key may not join: " + *why});
     return;
   }
   observer_.count("auth.proofs_checked");

@@ -50,6 +50,9 @@ using Nonce = std::array<std::uint8_t, 32>;
 struct AuthConfig {
   // Non-empty: a swarm of those who know it; a peer whose proofs are not keyed with it is refused.
   std::string swarm_secret;
+  // The work every peer's id must carry (dht::id_work: leading zero bits of the id's hash): a key
+  // with less is refused at the handshake. 0: none.
+  unsigned id_work_bits = 0;
   // An authorizer: whether a proven key may join (an allow list, a token check). Empty: any key.
   std::function<bool(const PublicKey&)> admit;
   Duration handshake_timeout = std::chrono::seconds(5);
@@ -128,6 +131,8 @@ class AuthTransport final : public Transport, public TransportHandler {
   void fail(const Endpoint& peer, Session& s, const Error& e);
   void flush(const Endpoint& peer, Session& s);
   bool may_bind(const Session& s, const PublicKey& key) const;
+  // Why this key may not join (work, authorizer), counted; nullopt if it may.
+  std::optional<std::string> refusal(const PublicKey& key);
   void on_hello(const Endpoint& from, std::span<const std::uint8_t> body);
   void on_proof(const Endpoint& from, std::span<const std::uint8_t> body);
   void on_refuse(const Endpoint& from, std::span<const std::uint8_t> body);

@@ -86,6 +86,34 @@ Identity Identity::generate() {
   return from_seed_bytes(s);
 }
 
+unsigned id_work(const std::array<std::uint8_t, 32>& public_key) {
+  const DhtId twice = DhtId::hash(DhtId::hash(public_key).b);
+  unsigned bits = 0;
+  for (std::uint8_t byte : twice.b) {
+    if (byte == 0) {
+      bits += 8;
+      continue;
+    }
+    for (int k = 7; k >= 0 && !(byte >> k & 1); --k) ++bits;
+    break;
+  }
+  return bits;
+}
+
+Identity Identity::with_work(std::uint64_t seed, unsigned bits) {
+  for (std::uint64_t j = 0;; ++j) {
+    Identity id = from_seed(seed + j * 0x9e3779b97f4a7c15ULL);
+    if (id_work(id.public_key) >= bits) return id;
+  }
+}
+
+Identity Identity::generate_with_work(unsigned bits) {
+  for (;;) {
+    Identity id = generate();
+    if (id_work(id.public_key) >= bits) return id;
+  }
+}
+
 Identity Identity::load(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path + ": cannot read identity file");

@@ -26,6 +26,12 @@ struct Identity {
 
   static Identity from_seed(std::uint64_t seed);  // deterministic, for simulations
   static Identity generate();                     // from the OS's CSPRNG via libsodium
+  // The cost of an id (S/Kademlia's static puzzle): keys are drawn until the hash of the id has
+  // `bits` leading zero bits, about 2^bits Ed25519 key derivations (16 us each here). A swarm that
+  // demands the work makes every Sybil id, and every id ground next to a chosen key, that much
+  // dearer. The first from `seed` on, deterministic (simulations); or random.
+  static Identity with_work(std::uint64_t seed, unsigned bits);
+  static Identity generate_with_work(unsigned bits);
   // Key file: 64 hex digits of the 32-byte seed. Throws std::runtime_error on a bad file.
   static Identity load(const std::string& path);
   void save(const std::string& path) const;
@@ -39,6 +45,9 @@ struct Identity {
   std::array<std::uint8_t, 32> seed_{};
   static Identity from_seed_bytes(const std::array<std::uint8_t, 32>& seed);
 };
+
+// The work a public key's id carries: the leading zero bits of the hash of its id.
+unsigned id_work(const std::array<std::uint8_t, 32>& public_key);
 
 // "[owner:<hex>]": how keys and subkeys name the owner with this public key.
 std::string owner_tag_of(const std::array<std::uint8_t, 32>& public_key);

@@ -113,6 +113,14 @@ void BM_AuthHandshake(benchmark::State& state) {
 }
 BENCHMARK(BM_AuthHandshake);
 
+// Making an id that carries `bits` of work (network.id_work_bits): about 2^bits key derivations.
+void BM_IdWithWork(benchmark::State& state) {
+  std::uint64_t seed = 1;
+  for (auto _ : state) benchmark::DoNotOptimize(dht::Identity::with_work(seed++ * 7919, static_cast<unsigned>(state.range(0))));
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_IdWithWork)->Arg(0)->Arg(8)->Arg(12)->Unit(benchmark::kMillisecond);
+
 }  // namespace
 }  // namespace apiary
 

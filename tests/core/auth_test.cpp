@@ -182,6 +182,26 @@ TEST_F(Auth, AnAuthorizerDecidesWhoJoins) {
   EXPECT_EQ(count("auth.refused.not_admitted"), 1u);
 }
 
+TEST_F(Auth, AnIdWithoutTheSwarmsWorkIsRefused) {
+  auth::AuthConfig work;
+  work.id_work_bits = 8;
+  const auto a = dht::Identity::with_work(1, 8), b = dht::Identity::with_work(2, 8);
+  ASSERT_GE(dht::id_work(a.public_key), 8u);
+  ASSERT_LT(dht::id_work(ids[2].public_key), 8u);  // peer 2's key was drawn without the work
+  make(0, a, work);
+  make(1, b, work);
+  make(2, ids[2], work);
+  auths[0]->send(at(1), data(1));
+  auths[2]->send(at(1), data(2));
+  run();
+  ASSERT_EQ(inbox[1].got.size(), 1u);
+  EXPECT_EQ(inbox[1].got[0].first, at(0));
+  ASSERT_FALSE(inbox[2].errors.empty());
+  EXPECT_EQ(inbox[2].errors[0].code, ErrorCode::kRejected);
+  EXPECT_NE(inbox[2].errors[0].message.find("bits of work"), std::string::npos) << inbox[2].errors[0].message;
+  EXPECT_EQ(count("auth.refused.id_work"), 1u);
+}
+
 TEST_F(Auth, AnEndpointBoundToAKeyIsNotTakenOverWhileItsPeerLives) {
   auths[0]->send(at(1), data(1));
   run();
