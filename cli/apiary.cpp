@@ -230,6 +230,13 @@ int main(int argc, char** argv) {
   flood_cmd->add_option("--in-flight", flood.in_flight, "store requests in flight")->check(CLI::Range(1, 64));
   flood_cmd->add_option("--prefix", flood.prefix, "keys are PREFIX<n>");
   flood_cmd->add_option("--ttl", flood_ttl, "seconds until the records expire")->check(CLI::Range(1LL, 365LL * 86400));
+  apiary::real::DhtHoldOptions hold;
+  auto* hold_cmd = dht_cmd->add_subcommand("hold", "Attack client: hold idle connections to one peer and measure honest pings "
+                                                     "before and during (docs/threat-model.md)");
+  hold_cmd->add_option("--via", client.via, "IPV4:PORT of the peer")->required()->allow_extra_args(false);
+  hold_cmd->add_option("--swarm-secret-file", client.swarm_secret_file, "the swarm's secret, if it has one");
+  hold_cmd->add_option("--connections", hold.connections, "idle connections to hold")->check(CLI::Range(std::size_t{0}, std::size_t{60000}));
+  hold_cmd->add_option("--calls", hold.calls, "pings per measurement")->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
   auto* get_cmd = dht_cmd->add_subcommand("get", "Get KEY");
   get_cmd->add_option("--swarm-secret-file", client.swarm_secret_file, "the swarm's secret, if it has one");
   get_cmd->add_option("--id-work-bits", client.id_work_bits, "the swarm's id work")->check(CLI::Range(0u, 32u));
@@ -283,6 +290,16 @@ int main(int argc, char** argv) {
     if (*ar_cmd) return apiary::real::run_allreduce_bench(ar);
     if (*sweep_cmd) return apiary::cli::run_sweep(sweep);
     if (*campaign_cmd) return apiary::cli::run_campaign(campaign);
+    if (*dht_cmd && *hold_cmd) {
+      const auto r = apiary::real::dht_client_hold(client, hold);
+      nlohmann::json j{{"connections", hold.connections}, {"opened", r.opened}, {"failed_to_open", r.failed_to_open},
+                       {"still_open", r.still_open}, {"calls", hold.calls}, {"answered_before", r.answered_before},
+                       {"answered_during", r.answered_during}, {"answered_new_client", r.answered_new},
+                       {"p50_before_ms", r.p50_before_ms}, {"p50_during_ms", r.p50_during_ms},
+                       {"p50_new_client_ms", r.p50_new_ms}, {"first_call_new_client_ms", r.first_new_ms}, {"error", r.error}};
+      std::cout << j.dump() << std::endl;
+      return r.error.empty() ? kExitOk : kExitFailed;
+    }
     if (*dht_cmd && *flood_cmd) {
       flood.ttl = std::chrono::seconds(flood_ttl);
       const auto f = apiary::real::dht_client_flood(client, flood);

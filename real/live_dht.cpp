@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -125,6 +126,7 @@ struct LiveNode {
 }  // namespace
 
 int run_live_peer(const LivePeerOptions& o) {
+  raise_open_files_limit();  // a peer holds up to LiveOptions::max_connections sockets
   const auto identity = identity_from(o.identity_file, o.id_work_bits);
   LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
              Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file, o.id_work_bits));
@@ -217,6 +219,86 @@ DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions
     }
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+std::uint64_t raise_open_files_limit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return 0;
+  if (lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+    getrlimit(RLIMIT_NOFILE, &lim);
+  }
+  return lim.rlim_cur;
+}
+
+DhtHoldResult dht_client_hold(const DhtClientOptions& o, const DhtHoldOptions& h) {
+  DhtHoldResult out;
+  if (o.via.empty()) {
+    out.error = "--via names no peer";
+    return out;
+  }
+  raise_open_files_limit();
+  const Endpoint victim = parse_or_throw(o.via.front(), "--via");
+  dht::DhtConfig cfg = o.config;
+  cfg.client_mode = true;
+  auto auth = auth_config_from(o.swarm_secret_file, o.id_work_bits);
+  // Sequential pings from `n`; the latencies (ms) of those answered, and the first one's.
+  auto pings = [&](LiveNode& n, const dht::Identity& id, std::size_t calls, double* first) {
+    std::vector<double> ms;
+    for (std::size_t i = 0; i < calls; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto r = n.run(n.rpc->call<dht::PingReply>(victim, dht::PingRequest{dht::Sender{id.id(), true, false}}, std::chrono::seconds(5)),
+                     std::chrono::seconds(10));
+      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (i == 0 && first) *first = t;
+      if (r && r->ok()) ms.push_back(t);
+    }
+    return ms;
+  };
+  auto p50 = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  const auto me = dht::Identity::generate_with_work(o.id_work_bits);
+  LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, me, cfg, false, {}, auth);
+  pings(n, me, 3, nullptr);  // connection and handshake made: what follows is the steady state
+  auto before = pings(n, me, h.calls, nullptr);
+  out.answered_before = before.size();
+  out.p50_before_ms = p50(before);
+  std::vector<std::unique_ptr<asio::ip::tcp::socket>> held;
+  for (std::size_t i = 0; i < h.connections; ++i) {
+    auto sock = std::make_unique<asio::ip::tcp::socket>(n.io);
+    boost::system::error_code ec;
+    sock->connect({asio::ip::address_v4(victim.ip), victim.port}, ec);
+    if (ec) {
+      ++out.failed_to_open;
+      continue;
+    }
+    held.push_back(std::move(sock));
+  }
+  out.opened = held.size();
+  // Let the peer accept them all (and, being full, evict what it evicts) before measuring.
+  n.io.restart();
+  n.io.run_for(std::chrono::milliseconds(1500));
+  auto during = pings(n, me, h.calls, nullptr);
+  out.answered_during = during.size();
+  out.p50_during_ms = p50(during);
+  const auto newcomer = dht::Identity::generate_with_work(o.id_work_bits);
+  LiveNode fresh(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, newcomer, cfg, false, {}, auth);
+  auto late = pings(fresh, newcomer, h.calls + 1, &out.first_new_ms);
+  if (!late.empty()) late.erase(late.begin());  // the first one also connected and proved itself
+  out.answered_new = late.size();
+  out.p50_new_ms = p50(late);
+  for (auto& sock : held) {
+    sock->non_blocking(true);
+    std::uint8_t b;
+    boost::system::error_code ec;
+    sock->read_some(asio::buffer(&b, 1), ec);
+    out.still_open += ec == asio::error::would_block;
+  }
   return out;
 }
 

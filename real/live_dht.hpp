@@ -73,6 +73,25 @@ struct DhtFloodResult {
 };
 DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions& f);
 
+// An attack client and its measurement: honest pings to one peer (the first --via), then
+// `connections` TCP connections opened to it and held without a byte, then the same pings again
+// from the same client and from a client that connects only now. Latencies are of whole calls.
+struct DhtHoldOptions {
+  std::size_t connections = 4100;
+  std::size_t calls = 200;
+};
+struct DhtHoldResult {
+  std::size_t opened = 0, failed_to_open = 0, still_open = 0;  // the held connections
+  std::size_t answered_before = 0, answered_during = 0, answered_new = 0;
+  double p50_before_ms = 0, p50_during_ms = 0, p50_new_ms = 0, first_new_ms = 0;
+  std::string error;
+};
+DhtHoldResult dht_client_hold(const DhtClientOptions& o, const DhtHoldOptions& h);
+
+// Raises this process's soft limit on open files to its hard limit (a peer that serves thousands
+// of connections needs them); returns the limit now in force.
+std::uint64_t raise_open_files_limit();
+
 // A live DHT swarm of separate processes on this machine (live.processes = true, registered as
 // the dht workload's process launcher): N `apiary peer` processes join through the first, then an
 // in-process client stores `workload.keys` keys and gets them all back, `workload.concurrency` at

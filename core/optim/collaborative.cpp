@@ -22,15 +22,6 @@ CollaborativeConfig btard_settings(CollaborativeConfig c) {
   return c;
 }
 
-// With BTARD, the swarm assumes fewer than `ban_quorum` Byzantine peers (that many reporters make a
-// ban hold); progress claims are outvoted under the same assumption, so that many colluding peers
-// ahead of everyone else (they grouped among themselves) do not pull the honest ones to their epoch.
-ProgressConfig progress_config(const CollaborativeConfig& c) {
-  ProgressConfig p = c.progress;
-  if (c.btard.enabled && c.btard.ban_quorum > 1) p.tolerate = std::max(p.tolerate, c.btard.ban_quorum - 1);
-  return p;
-}
-
 }  // namespace
 
 CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity identity,
@@ -40,7 +31,7 @@ CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNo
       schema_(std::move(schema)),
       params_(std::move(initial)),
       grad_sum_(params_.size(), 0.0f),
-      progress_(rt, dht, std::move(identity), progress_config(cfg_)),
+      progress_(rt, dht, std::move(identity), cfg_.progress),
       matchmaker_(rt, rpc, dht, cfg_.matchmaking),
       averager_(rt, rpc, cfg_.allreduce),
       state_(rt, rpc, &dht, cfg_.progress.prefix, [this]() -> std::optional<ModelState> {
