@@ -235,7 +235,10 @@ int main(int argc, char** argv) {
                                                      "before and during (docs/threat-model.md)");
   hold_cmd->add_option("--via", client.via, "IPV4:PORT of the peer")->required()->allow_extra_args(false);
   hold_cmd->add_option("--swarm-secret-file", client.swarm_secret_file, "the swarm's secret, if it has one");
-  hold_cmd->add_option("--connections", hold.connections, "idle connections to hold")->check(CLI::Range(std::size_t{0}, std::size_t{60000}));
+  hold_cmd->add_option("--connections", hold.connections, "idle connections to hold")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{60000}));
+  hold_cmd->add_option("--source-addresses", hold.source_addresses, "hold them from this many loopback addresses (127.0.0.2, ...)")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{250}));
   hold_cmd->add_option("--calls", hold.calls, "pings per measurement")->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
   auto* get_cmd = dht_cmd->add_subcommand("get", "Get KEY");
   get_cmd->add_option("--swarm-secret-file", client.swarm_secret_file, "the swarm's secret, if it has one");
@@ -292,7 +295,8 @@ int main(int argc, char** argv) {
     if (*campaign_cmd) return apiary::cli::run_campaign(campaign);
     if (*dht_cmd && *hold_cmd) {
       const auto r = apiary::real::dht_client_hold(client, hold);
-      nlohmann::json j{{"connections", hold.connections}, {"opened", r.opened}, {"failed_to_open", r.failed_to_open},
+      nlohmann::json j{{"connections", hold.connections}, {"source_addresses", hold.source_addresses}, {"opened", r.opened},
+                       {"failed_to_open", r.failed_to_open},
                        {"still_open", r.still_open}, {"calls", hold.calls}, {"answered_before", r.answered_before},
                        {"answered_during", r.answered_during}, {"answered_new_client", r.answered_new},
                        {"p50_before_ms", r.p50_before_ms}, {"p50_during_ms", r.p50_during_ms},

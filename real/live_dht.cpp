@@ -272,7 +272,11 @@ DhtHoldResult dht_client_hold(const DhtClientOptions& o, const DhtHoldOptions& h
   for (std::size_t i = 0; i < h.connections; ++i) {
     auto sock = std::make_unique<asio::ip::tcp::socket>(n.io);
     boost::system::error_code ec;
-    sock->connect({asio::ip::address_v4(victim.ip), victim.port}, ec);
+    if (h.source_addresses > 0) {
+      sock->open(asio::ip::tcp::v4(), ec);
+      if (!ec) sock->bind({asio::ip::address_v4(Endpoint::ipv4(127, 0, 0, static_cast<std::uint8_t>(2 + i % h.source_addresses))), 0}, ec);
+    }
+    if (!ec) sock->connect({asio::ip::address_v4(victim.ip), victim.port}, ec);
     if (ec) {
       ++out.failed_to_open;
       continue;

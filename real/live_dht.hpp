@@ -78,6 +78,9 @@ DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions
 // from the same client and from a client that connects only now. Latencies are of whole calls.
 struct DhtHoldOptions {
   std::size_t connections = 4100;
+  // The connections come from this many loopback addresses (127.0.0.2, .3, ...), round robin; 0:
+  // from the system's choice (127.0.0.1, as the honest clients).
+  std::size_t source_addresses = 0;
   std::size_t calls = 200;
 };
 struct DhtHoldResult {

@@ -164,7 +164,10 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     const auto remote = s.remote_endpoint(ec);
     if (ec) return;
     const std::uint32_t ip = remote.address().is_v4() ? remote.address().to_v4().to_uint() : 0;
-    if (auto it = inbound_per_ip.find(ip); it != inbound_per_ip.end() && it->second >= opts.max_connections_per_ip) {
+    // An address at its limit makes room the same way, from its own connections: a newcomer that
+    // shares an address with an attacker (one host, one NAT) still gets in.
+    if (auto it = inbound_per_ip.find(ip);
+        it != inbound_per_ip.end() && it->second >= opts.max_connections_per_ip && !evict_idle_inbound(ip)) {
       observer->count("transport.rejected_connections.per_ip");
       return;
     }
@@ -183,14 +186,15 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
 
   // Closes the inbound connection that has been idle longest, if it has been idle long enough:
   // one that never named itself before any that did (a peer that said HELLO is worth keeping).
-  bool evict_idle_inbound() {
+  // With `from`, only among that address's connections.
+  bool evict_idle_inbound(std::optional<std::uint32_t> from = std::nullopt) {
     std::shared_ptr<Connection> oldest;
     const auto worse = [](const Connection& a, const Connection& b) {
       if (a.peer.valid() != b.peer.valid()) return !a.peer.valid();
       return a.last_active < b.last_active;
     };
     for (const auto& [p, c] : all)
-      if (!c->outbound && (!oldest || worse(*c, *oldest))) oldest = c;
+      if (!c->outbound && (!from || c->remote_ip == *from) && (!oldest || worse(*c, *oldest))) oldest = c;
     if (!oldest || Steady::now() - oldest->last_active < opts.evict_idle_after) return false;
     observer->count("transport.evicted_connections");
     drop(oldest, "evicted: idle while the node was full", false);

@@ -25,14 +25,14 @@ struct LiveOptions {
   Endpoint listen{Endpoint::ipv4(127, 0, 0, 1), 0};  // port 0: pick a free one
   TransportLimits limits;
   // The resource manager (any peer may be hostile): connections in all, and inbound ones per
-  // remote IP address; when all are taken, the inbound connection idle longest (at least
-  // evict_idle_after; one that never said HELLO before any that did) makes room, else the new one
-  // is refused. An inbound connection must name itself (HELLO) within handshake_timeout; any
-  // connection with nothing read, written or queued for idle_timeout is closed (ours are dialled
-  // again when needed). Unfinished messages may hold max_unfinished_total bytes across connections
-  // (limits.max_unfinished_bytes per connection): over it, the connection holding most is closed.
-  // An accept that fails (no file descriptors left) is retried after a back-off that doubles up to
-  // a second, not at once.
+  // remote IP address; when all are taken (or all of an address's), the inbound connection idle
+  // longest (at least evict_idle_after; one that never said HELLO before any that did) makes
+  // room, among all (or that address's), else the new one is refused. An inbound connection must
+  // name itself (HELLO) within handshake_timeout; any connection with nothing read, written or
+  // queued for idle_timeout is closed (ours are dialled again when needed). Unfinished messages
+  // may hold max_unfinished_total bytes across connections (limits.max_unfinished_bytes per
+  // connection): over it, the connection holding most is closed. An accept that fails (no file
+  // descriptors left) is retried after a back-off that doubles up to a second, not at once.
   std::size_t max_connections = 4096;
   std::size_t max_connections_per_ip = 1024;
   Duration evict_idle_after = std::chrono::seconds(1);
