@@ -1,6 +1,7 @@
 #include "core/averaging/matchmaking.hpp"
 
 #include <algorithm>
+#include <map>
 #include <set>
 
 namespace apiary::averaging {
@@ -70,6 +71,9 @@ Group Matchmaker::assemble(Search& s) {
 
 Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema, Member self) {
   if (current_) co_return Error{ErrorCode::kInvalidArgument, "already looking for a group under '" + current_->key + "'"};
+  if (rt_.transport.authenticates() && !identity_)
+    co_return Error{ErrorCode::kInvalidArgument,
+                    "peers here prove their keys and follow only signed declarations: give the matchmaker this peer's identity"};
   if (cfg_.min_group_size < 1 || cfg_.target_group_size < cfg_.min_group_size)
     co_return Error{ErrorCode::kInvalidArgument, "need 1 <= min_group_size <= target_group_size"};
   auto sp = std::make_shared<Search>();
@@ -85,9 +89,10 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
 
   dht::Record rec;
   rec.key = dht_key;
-  rec.subkey = self.endpoint.to_string();
+  rec.subkey = identity_ ? identity_->owner_tag() : self.endpoint.to_string();
   rec.value = Declaration{self, s.hash, s.deadline}.encode();
   rec.expiration = s.deadline;
+  if (identity_) identity_->sign(rec);
   // Declare, and give the declaration (ours and, as everyone starts together, the others') up to
   // a third of the budget to land before the first read; under churn a store can wait out RPC
   // timeouts on departed peers, so it finishes in the background.
@@ -103,6 +108,9 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
 
   const Declaration mine{s.self, s.hash, s.deadline};
   std::set<Endpoint> tried;
+  const bool authenticated = rt_.transport.authenticates();
+  std::map<Endpoint, std::array<std::uint8_t, 32>> owners;  // who declared each endpoint (authenticated peers)
+  std::set<std::array<std::uint8_t, 32>> misbound;  // owners whose declarations named another's endpoint
   std::optional<Error> fatal;
   while (!s.assembled && !s.failed && rt_.now() < s.deadline) {
     {
@@ -117,6 +125,22 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
           rt_.observer.count("avg.bad_declarations");
         }
         if (!d || d->member.endpoint == s.self.endpoint || tried.count(d->member.endpoint)) continue;
+        if (authenticated) {
+          // Only a declaration its owner signed, followed only to where that owner proves its key.
+          const auto owner = r.subkey ? dht::owner_of_tag(*r.subkey) : std::nullopt;
+          if (!owner) {
+            rt_.observer.count("avg.unowned_declarations");
+            continue;
+          }
+          if (misbound.count(*owner)) continue;
+          // A key already proven at that endpoint that is not the owner's: not its declaration.
+          if (auto proven = rt_.transport.peer_key(d->member.endpoint); proven && *proven != *owner) {
+            rt_.observer.count("avg.declarations_unbound");
+            misbound.insert(*owner);
+            continue;
+          }
+          owners[d->member.endpoint] = *owner;
+        }
         if (d->deadline <= rt_.now()) continue;
         if (excluded_ && excluded_(d->member.endpoint)) continue;
         // A client member cannot accept connections, so it never leads; it follows any leader.
@@ -148,6 +172,12 @@ Task<Result<Group>> Matchmaker::find_group(std::string key, TensorSchema schema,
         if (!r.ok())
           rt_.observer.log(LogLevel::kDebug, "avg.mm",
                            "'" + s.key + "': " + leader.member.endpoint.to_string() + " refused: " + r.error().describe());
+        if (r.ok() && authenticated && rt_.transport.peer_key(leader.member.endpoint) != owners[leader.member.endpoint]) {
+          rt_.observer.count("avg.declarations_unbound");  // another key answers at the declared endpoint
+          misbound.insert(owners[leader.member.endpoint]);
+          tried.erase(leader.member.endpoint);  // its own peer's declaration may still be followed
+          continue;
+        }
         if (r.ok()) {
           if (!r->group.index_of(s.self.endpoint) || !(r->group.schema == s.schema)) {
             rt_.observer.count("avg.bad_groups");

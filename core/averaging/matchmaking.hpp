@@ -13,6 +13,7 @@
 // member (it cannot accept connections) never leads: it follows any leader it finds.
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/averaging/protocol.hpp"
@@ -44,6 +45,11 @@ class Matchmaker {
   MatchmakingConfig& config() { return cfg_; }
   // Peers this one will not group with (banned ones): it neither takes them in nor follows them.
   void set_excluded(std::function<bool(const Endpoint&)> excluded) { excluded_ = std::move(excluded); }
+  // Declares under this identity's owner tag, signed (nobody else can declare for this peer). Over
+  // a transport that authenticates peers, only such declarations are followed, and only to the
+  // endpoint where their owner proved its key; without an identity, declarations are plain
+  // entries under the peer's endpoint.
+  void set_identity(dht::Identity identity) { identity_ = std::move(identity); }
 
  private:
   struct Search;
@@ -56,6 +62,7 @@ class Matchmaker {
   MatchmakingConfig cfg_;
   std::shared_ptr<Search> current_;
   std::function<bool(const Endpoint&)> excluded_;
+  std::optional<dht::Identity> identity_;
   TaskScope scope_;  // background declarations
 };
 

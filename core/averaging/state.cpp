@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 namespace apiary::averaging {
 
@@ -25,11 +26,24 @@ StateSharer::StateSharer(Runtime& rt, Rpc& rpc, dht::DhtNode* dht, std::string p
 
 Task<void> StateSharer::declare(std::uint64_t epoch, Duration ttl) {
   if (!dht_) co_return;
+  if (rt_.transport.authenticates() && !identity_) {
+    rt_.observer.log(LogLevel::kWarn, "avg.state", "not declared: peers here use only signed declarations (no identity given)");
+    co_return;
+  }
   dht::Record rec;
   rec.key = prefix_ + ":state";
-  rec.subkey = rt_.transport.local().to_string();
-  wire::Writer(rec.value).varint(epoch);
+  wire::Writer w(rec.value);
+  w.varint(epoch);
+  if (identity_) {
+    // Owned: the subkey names (and the signature proves) who declares; the endpoint rides in the value.
+    rec.subkey = identity_->owner_tag();
+    w.u32(rt_.transport.local().ip);
+    w.u16(rt_.transport.local().port);
+  } else {
+    rec.subkey = rt_.transport.local().to_string();
+  }
   rec.expiration = rt_.now() + ttl;
+  if (identity_) identity_->sign(rec);
   co_await dht_->store(std::move(rec));
 }
 
@@ -61,17 +75,33 @@ Task<Result<ModelState>> StateSharer::download(std::optional<TensorSchema> expec
   if (!dht_) co_return Error{ErrorCode::kInvalidArgument, "no DHT to find state providers in"};
   dht::GetResult got = co_await dht_->get(prefix_ + ":state");
   std::vector<std::pair<std::uint64_t, Endpoint>> providers;
+  // Over authenticated peers, only owned declarations count, each bound to its owner's key.
+  const bool authenticated = rt_.transport.authenticates();
+  std::map<Endpoint, std::array<std::uint8_t, 32>> owners;
   for (const auto& rec : got.records) {
     if (!rec.subkey) continue;
-    auto ep = Endpoint::parse(*rec.subkey);
-    if (!ep || *ep == rt_.transport.local()) continue;
+    const auto owner = dht::owner_of_tag(*rec.subkey);
+    if (authenticated && !owner) {
+      rt_.observer.count("avg.unowned_declarations");
+      continue;
+    }
+    std::optional<Endpoint> ep = owner ? std::nullopt : Endpoint::parse(*rec.subkey);
     std::uint64_t epoch = 0;
     try {
       wire::Reader r(rec.value);
       epoch = r.varint();
+      if (owner) {
+        Endpoint e;
+        e.ip = r.u32();
+        e.port = r.u16();
+        ep = e;
+      }
+      r.expect_end();
     } catch (const wire::DecodeError&) {
       continue;
     }
+    if (!ep || !ep->valid() || *ep == rt_.transport.local()) continue;
+    if (owner) owners[*ep] = *owner;
     if (excluded_ && excluded_(*ep)) {
       rt_.observer.count("avg.state_providers_excluded");
       continue;
@@ -88,6 +118,11 @@ Task<Result<ModelState>> StateSharer::download(std::optional<TensorSchema> expec
   std::string why = "no peer declares state under '" + prefix_ + "'";
   for (const auto& [epoch, ep] : providers) {
     Result<ModelState> r = co_await download_from(ep, expect, timeout);
+    if (r.ok() && authenticated && rt_.transport.peer_key(ep) != owners[ep]) {
+      rt_.observer.count("avg.state_providers_unbound");  // another key answers at the declared endpoint
+      why = ep.to_string() + " is not the peer that declared it";
+      continue;
+    }
     if (r.ok() && (r->epoch < min_epoch || r->epoch > max_epoch)) {
       rt_.observer.count("avg.state_older_than_declared");
       why = ep.to_string() + " declared epoch " + std::to_string(epoch) + " but served " + std::to_string(r->epoch);

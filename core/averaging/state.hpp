@@ -35,6 +35,10 @@ class StateSharer {
   Task<Result<ModelState>> download(std::optional<TensorSchema> expect, Duration timeout, std::uint64_t min_epoch = 0,
                                     std::uint64_t max_epoch = UINT64_MAX);
   void set_excluded(std::function<bool(const Endpoint&)> excluded) { excluded_ = std::move(excluded); }
+  // Declares under this identity's owner tag, signed (the endpoint in the value); over a transport
+  // that authenticates peers only such declarations are used, and only where their owner proves
+  // its key. Without an identity, declarations are plain entries under the peer's endpoint.
+  void set_identity(dht::Identity identity) { identity_ = std::move(identity); }
   Task<Result<ModelState>> download_from(Endpoint peer, std::optional<TensorSchema> expect, Duration timeout);
 
  private:
@@ -44,6 +48,7 @@ class StateSharer {
   std::string prefix_;
   Provider provider_;
   std::function<bool(const Endpoint&)> excluded_;
+  std::optional<dht::Identity> identity_;
 };
 
 }  // namespace apiary::averaging

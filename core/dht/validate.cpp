@@ -137,6 +137,12 @@ std::string owner_tag_of(const std::array<std::uint8_t, 32>& public_key) {
 
 std::string Identity::owner_tag() const { return owner_tag_of(public_key); }
 
+std::optional<std::array<std::uint8_t, 32>> owner_of_tag(std::string_view tag) {
+  const Owner o = owner_in(tag);
+  if (!o.valid || tag.size() != 7 + 64 + 1 || tag.substr(0, 7) != "[owner:") return std::nullopt;
+  return o.key;
+}
+
 std::array<std::uint8_t, 64> Identity::sign_bytes(std::span<const std::uint8_t> msg) const {
   std::array<std::uint8_t, 64> sig{};
   crypto_sign_detached(sig.data(), nullptr, msg.data(), msg.size(), secret_key.data());

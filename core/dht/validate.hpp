@@ -51,6 +51,8 @@ unsigned id_work(const std::array<std::uint8_t, 32>& public_key);
 
 // "[owner:<hex>]": how keys and subkeys name the owner with this public key.
 std::string owner_tag_of(const std::array<std::uint8_t, 32>& public_key);
+// The public key `tag` is exactly the owner tag of; nullopt for anything else.
+std::optional<std::array<std::uint8_t, 32>> owner_of_tag(std::string_view tag);
 
 // Whether `sig` is `key`'s Ed25519 signature over `msg`.
 bool verify_signature(const std::array<std::uint8_t, 32>& key, std::span<const std::uint8_t> msg,

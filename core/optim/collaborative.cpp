@@ -48,6 +48,9 @@ CollaborativeOptimizer::CollaborativeOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNo
                                 schema_.describe() + " has " + std::to_string(schema_.total()));
   if (cfg_.momentum < 0 || cfg_.momentum >= 1) throw std::invalid_argument("momentum must be in [0, 1)");
   if (cfg_.powersgd_rank > 0) powersgd_ = std::make_unique<PowerSgd>(schema_, cfg_.powersgd_rank, schema_.hash());
+  // Declarations (groups, state) signed with the key this peer proves to others.
+  matchmaker_.set_identity(progress_.identity());
+  state_.set_identity(progress_.identity());
   if (cfg_.btard.enabled) {
     if (cfg_.allreduce.aggregation.rule != AggregationRule::kCenteredClip)
       throw std::invalid_argument("BTARD verifies CenteredClip aggregates: set the aggregation to centered_clip");

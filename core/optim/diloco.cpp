@@ -17,6 +17,7 @@ DilocoOptimizer::DilocoOptimizer(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, Tenso
       averager_(rt, rpc, cfg_.allreduce) {
   if (params_.size() != schema_.total())
     throw std::invalid_argument("initial parameters do not match the schema " + schema_.describe());
+  if (cfg_.identity) matchmaker_.set_identity(*cfg_.identity);
 }
 
 bool DilocoOptimizer::inner_step_done(std::uint64_t samples) {

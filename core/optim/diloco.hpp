@@ -19,6 +19,9 @@
 namespace apiary::optim {
 
 struct DilocoConfig {
+  // Signs its matchmaking declarations (needed where peers authenticate: only owned declarations
+  // are followed there).
+  std::optional<dht::Identity> identity;
   std::string prefix = "run";
   std::size_t inner_steps = 500;  // H
   double outer_lr = 0.7;

@@ -110,6 +110,10 @@ class AveragingApp final : public PeerApp {
   AveragingApp(Runtime& rt, Rpc& rpc, dht::DhtNode* dht, const AveragingWorkloadSpec& spec,
                averaging::MemberKind kind, averaging::GridPosition position);
   ~AveragingApp() override;
+  // Its matchmaking declarations are signed with this identity (its key is the one it proves).
+  void set_identity(dht::Identity identity) {
+    if (mm_) mm_->set_identity(std::move(identity));
+  }
   // Static groups are handed out by the driver: no DHT join needed.
   bool joins_dht() const override { return spec_.grouping == "moshpit"; }
   std::vector<float>& values() { return values_; }

@@ -69,6 +69,7 @@ TrainingApp::TrainingApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, dht::Identity
     dc.bandwidth = bandwidth;
     dc.role = kind_;
     dc.announce_round = spec_.aux_fraction > 0;  // the auxiliary peers follow the rounds through the DHT
+    dc.identity = identity;
     diloco_ = std::make_unique<optim::DilocoOptimizer>(rt, rpc, dht, schema, driver.initial(), dc);
     local_momentum_.assign(driver.initial().size(), 0.0f);
     return;

@@ -192,6 +192,7 @@ int run_trainer(const TrainerOptions& o) {
     dc.allreduce = cc.allreduce;
     dc.role = cc.role;
     dc.announce_round = true;  // auxiliary peers may take part
+    dc.identity = identity;
     diloco = std::make_unique<TorchDiloco>(*model, rt, rpc, node, dc);
   } else if (o.mode == "collaborative") {
     if (o.btard_false_accusations) cc.btard.accuse_falsely = [&] { return epoch_now && optim::attacks_at(attack, epoch_now()); };

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "core/averaging/allreduce.hpp"
+#include "core/auth/handshake.hpp"
 #include "core/averaging/matchmaking.hpp"
 #include "core/averaging/state.hpp"
 #include "core/dht/validate.hpp"
@@ -18,6 +19,7 @@ using namespace std::chrono_literals;
 namespace {
 
 struct AvgPeer {
+  std::unique_ptr<auth::AuthenticatedRuntime> auth;
   std::unique_ptr<Rpc> rpc;
   std::unique_ptr<dht::DhtNode> dht;
   std::unique_ptr<Matchmaker> mm;
@@ -25,7 +27,8 @@ struct AvgPeer {
 };
 
 struct Stack {
-  Stack(std::size_t n, MatchmakingConfig mcfg) : fake(n, 10ms) {
+  // With `authenticated`, every peer proves its key (core/auth) and signs its declarations.
+  Stack(std::size_t n, MatchmakingConfig mcfg, bool authenticated = false) : fake(n, 10ms) {
     dht::DhtConfig dcfg;
     dcfg.k = 8;
     dcfg.refresh_period = Duration::zero();
@@ -34,10 +37,15 @@ struct Stack {
     acfg.min_part = 1;
     for (std::size_t i = 0; i < n; ++i) {
       AvgPeer p;
-      p.rpc = std::make_unique<Rpc>(fake[i].runtime());
-      p.dht = std::make_unique<dht::DhtNode>(fake[i].runtime(), *p.rpc, dht::Identity::from_seed(i + 7).id(), dcfg);
-      p.mm = std::make_unique<Matchmaker>(fake[i].runtime(), *p.rpc, *p.dht, mcfg);
-      p.avg = std::make_unique<Averager>(fake[i].runtime(), *p.rpc, acfg);
+      const auto id = dht::Identity::from_seed(i + 7);
+      if (authenticated) p.auth = std::make_unique<auth::AuthenticatedRuntime>(fake[i].runtime(), id);
+      Runtime& rt = authenticated ? p.auth->runtime : fake[i].runtime();
+      p.rpc = std::make_unique<Rpc>(rt);
+      p.dht = std::make_unique<dht::DhtNode>(rt, *p.rpc, id.id(), dcfg, std::vector<std::shared_ptr<dht::Validator>>{
+                                                                            std::make_shared<dht::SignatureValidator>()});
+      p.mm = std::make_unique<Matchmaker>(rt, *p.rpc, *p.dht, mcfg);
+      if (authenticated) p.mm->set_identity(id);
+      p.avg = std::make_unique<Averager>(rt, *p.rpc, acfg);
       peers.push_back(std::move(p));
     }
     for (std::size_t i = 0; i < n; ++i) {
@@ -49,6 +57,13 @@ struct Stack {
   }
   ~Stack() {
     for (auto& p : peers) p.rpc->shutdown();
+    for (auto& p : peers) {  // in reverse order of construction
+      p.avg.reset();
+      p.mm.reset();
+      p.dht.reset();
+      p.rpc.reset();
+      p.auth.reset();
+    }
     peers.clear();
   }
   test::FakeSwarm fake;
@@ -155,6 +170,60 @@ TEST(Moshpit, TwoByTwoByTwoGridIsExactAfterThreeRounds) {
     if (t < 2) EXPECT_GT(spread, 0.0) << "round " << t << " should not be exact yet";
     else EXPECT_EQ(spread, 0.0) << "every peer holds the same value after d rounds";
   }
+}
+
+// Over authenticated peers a declaration counts only if its owner signed it, and only at the
+// endpoint where that owner proves its key. Peer 4 is hostile: it writes an unsigned declaration,
+// and a signed one of its own that names peer 0's endpoint, both ranked ahead of everyone (a
+// leader of its choosing). Peers 0-3 ignore both and group among themselves.
+TEST(Matchmaking, OverAuthenticatedPeersOnlyTheOwnersDeclarationsAreFollowed) {
+  MatchmakingConfig mcfg;
+  mcfg.target_group_size = 4;
+  mcfg.min_group_size = 2;
+  mcfg.budget = 4s;
+  Stack s(5, mcfg, true);
+  const TensorSchema schema{{{4}}};
+  const std::string key = mcfg.prefix + ":k";
+  const auto evil = dht::Identity::from_seed(4 + 7);
+  const TimePoint deadline = s.fake.net.now() + 3s;  // earlier than the honest ones: ranked ahead
+  auto lie = [&](std::optional<std::string> subkey, Endpoint at) {
+    dht::Record r;
+    r.key = key;
+    r.subkey = std::move(subkey);
+    r.value = Declaration{Member{at, MemberKind::kFull, 1e9}, schema.hash(), deadline}.encode();
+    r.expiration = deadline;
+    if (r.subkey && r.subkey->find("[owner:") == 0) evil.sign(r);
+    auto t = s.peers[4].dht->store(std::move(r));
+    t.start();
+    s.fake.net.run(1min, [&] { return t.done(); });
+    EXPECT_GT(t.result().replicas, 0u);
+  };
+  lie(s.fake[3].local().to_string(), s.fake[3].local());  // unsigned, under an endpoint subkey
+  lie(evil.owner_tag(), s.fake[0].local());                // signed, but names peer 0's endpoint
+  std::vector<Task<Result<Group>>> tasks;
+  for (std::size_t i = 0; i < 4; ++i) {
+    tasks.push_back(s.peers[i].mm->find_group("k", schema, Member{s.fake[i].local(), MemberKind::kFull, 1.0}));
+    tasks.back().start();
+  }
+  s.fake.net.run(1min, [&] { return std::all_of(tasks.begin(), tasks.end(), [](auto& t) { return t.done(); }); });
+  std::set<std::uint64_t> ids;
+  for (std::size_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(tasks[i].done());
+    auto r = tasks[i].result();
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+    for (const auto& m : r->members) EXPECT_NE(m.endpoint, s.fake[4].local());
+    ids.insert(r->id);
+  }
+  EXPECT_LE(ids.size(), 2u);
+  EXPECT_GT(s.fake.metrics.counter("avg.unowned_declarations"), 0);
+  EXPECT_GT(s.fake.metrics.counter("avg.declarations_unbound"), 0);
+  // A matchmaker over authenticated peers without an identity says so.
+  Matchmaker blind(s.peers[1].auth->runtime, *s.peers[1].rpc, *s.peers[1].dht, mcfg);
+  auto t = blind.find_group("other", schema, Member{s.fake[1].local(), MemberKind::kFull, 1.0});
+  t.start();
+  s.fake.net.run(1min, [&] { return t.done(); });
+  ASSERT_FALSE(t.result().ok());
+  EXPECT_EQ(t.result().error().code, ErrorCode::kInvalidArgument);
 }
 
 TEST(Matchmaking, GroupsFormUpToTheTargetSizeAndAgree) {
