@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "core/wire/codec.hpp"
 
@@ -183,7 +184,12 @@ void AuthTransport::send_refuse(const Endpoint& peer, const std::string& why) {
 
 void AuthTransport::arm(const Endpoint& peer, Session& s) {
   if (s.timer) timers_.cancel(s.timer);
-  s.timer = timers_.schedule(cfg_.resend_after, [this, peer] { on_timer(peer); });
+  // Each resend waits twice as long as the last (1 s, 2 s, ...), never past the timeout.
+  const Duration since = clock_.now() - s.started;
+  Duration next = cfg_.resend_after;
+  while (next <= since) next = next * 2 + cfg_.resend_after;  // at 1 s, 3 s, 7 s, ...: gaps 1, 2, 4
+  const Duration until_timeout = s.started + cfg_.handshake_timeout - clock_.now();
+  s.timer = timers_.schedule(std::max(Duration::zero(), std::min(next - since, until_timeout)), [this, peer] { on_timer(peer); });
 }
 
 void AuthTransport::on_timer(Endpoint peer) {
@@ -211,10 +217,10 @@ void AuthTransport::fail(const Endpoint& peer, Session& s, const Error& e) {
   s.in_progress = false;
   s.verified = false;
   s.proved_for.reset();
-  s.queue.clear();
+  s.queue = {};
   s.queued_bytes = 0;
   if (!s.unproven.empty()) observer_.count("auth.unauthenticated_drops", static_cast<std::int64_t>(s.unproven.size()));
-  s.unproven.clear();
+  s.unproven = {};
   s.unproven_bytes = 0;
   s.mine = fresh_nonce();  // the next attempt is a new handshake
   if (handler_) handler_->on_peer_error(peer, e);
@@ -228,11 +234,9 @@ void AuthTransport::flush(const Endpoint& peer, Session& s) {
     observer_.count("auth.handshakes_done");
     observer_.sample("auth.handshake_ms", to_seconds(clock_.now() - s.started) * 1e3);
   }
-  auto unproven = std::move(s.unproven);
-  s.unproven.clear();
+  std::vector<Message> unproven = std::exchange(s.unproven, {});
   s.unproven_bytes = 0;
-  auto queue = std::move(s.queue);
-  s.queue.clear();
+  std::vector<Message> queue = std::exchange(s.queue, {});
   s.queued_bytes = 0;
   // Checking the peer's proof took proof_cost too: what waited leaves after it, behind our proof.
   s.ready_at = std::max(s.ready_at, clock_.now() + cfg_.proof_cost);

@@ -32,7 +32,7 @@
 // nonce need only be fresh, since every signature names both keys.
 #include <array>
 #include <cstdint>
-#include <deque>
+#include <vector>
 #include <functional>
 #include <map>
 #include <optional>
@@ -56,7 +56,7 @@ struct AuthConfig {
   // An authorizer: whether a proven key may join (an allow list, a token check). Empty: any key.
   std::function<bool(const PublicKey&)> admit;
   Duration handshake_timeout = std::chrono::seconds(5);
-  Duration resend_after = std::chrono::seconds(1);  // a handshake message unanswered this long goes again
+  Duration resend_after = std::chrono::seconds(1);  // a handshake message unanswered this long goes again (then 2x)
   // Simulated time one proof costs to make and to check (an Ed25519 signature and verification,
   // and the hashes): ns-3 runs set it so the handshake's cost shows in simulated time; live, 0.
   Duration proof_cost{};
@@ -108,9 +108,10 @@ class AuthTransport final : public Transport, public TransportHandler {
     bool verified = false;               // the peer signed `mine`
     std::optional<Nonce> proved_for;     // the peer's nonce this side last signed
     std::optional<PublicKey> bound;      // the last key proven at this endpoint
-    std::deque<Message> queue;           // waiting for the handshake
+    // (Vectors, not deques: an empty deque allocates, and a simulated peer holds hundreds of sessions.)
+    std::vector<Message> queue;          // waiting for the handshake
     std::uint64_t queued_bytes = 0;
-    std::deque<Message> unproven;        // arrived before the peer proved itself
+    std::vector<Message> unproven;       // arrived before the peer proved itself
     std::uint64_t unproven_bytes = 0;
     TimerId timer = 0;                   // resend / timeout
     TimePoint started{};                 // of the handshake in progress
