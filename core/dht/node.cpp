@@ -89,7 +89,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
       self_(self),
       cfg_(config),
       validators_(std::move(validators)),
-      table_(self, config.k, config.depth_modulo, config.bucket_ip_limit),
+      table_(self, config.k, config.depth_modulo, config.bucket_ip_limit, config.bucket_subnet_limit),
       storage_(config.storage),
       created_(rt.now()) {
   if (cfg_.client_mode) return;  // a client serves nothing

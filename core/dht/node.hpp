@@ -28,6 +28,9 @@ struct DhtConfig {
   Duration replicate_period = std::chrono::minutes(10);  // 0: no replication/republish
   std::size_t join_refresh_buckets = 160;  // buckets filled after joining (dht.join_refresh)
   std::size_t bucket_ip_limit = 2;  // contacts of one IP address per bucket (0: any; loopback exempt)
+  // Contacts of one /24 per bucket (0: any; loopback exempt). Off by default: ns-3 numbers its
+  // peers from 10.0.0.1 up, 254 to a /24; on the internet, 2 or 3 (libp2p's practice).
+  std::size_t bucket_subnet_limit = 0;
   bool client_mode = false;  // send requests, serve none, stay out of others' tables
   bool cache_on_lookup = true;
   Duration blacklist_base = std::chrono::seconds(5);

@@ -4,8 +4,8 @@
 
 namespace apiary::dht {
 
-RoutingTable::RoutingTable(DhtId self, std::size_t k, int depth_modulo, std::size_t per_ip)
-    : self_(self), k_(k), depth_modulo_(depth_modulo), per_ip_(per_ip) {
+RoutingTable::RoutingTable(DhtId self, std::size_t k, int depth_modulo, std::size_t per_ip, std::size_t per_subnet)
+    : self_(self), k_(k), depth_modulo_(depth_modulo), per_ip_(per_ip), per_subnet_(per_subnet) {
   buckets_.push_back(Bucket{});
 }
 
@@ -67,9 +67,12 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
       split(i);
       continue;
     }
-    if (per_ip_ > 0 && (c.endpoint.ip >> 24) != 127) {
+    if ((c.endpoint.ip >> 24) != 127) {
       const auto same_ip = [&](const Entry& e) { return e.contact.endpoint.ip == c.endpoint.ip; };
-      if (static_cast<std::size_t>(std::count_if(b.nodes.begin(), b.nodes.end(), same_ip)) >= per_ip_)
+      const auto same_subnet = [&](const Entry& e) { return e.contact.endpoint.ip >> 8 == c.endpoint.ip >> 8; };
+      if (per_ip_ > 0 && static_cast<std::size_t>(std::count_if(b.nodes.begin(), b.nodes.end(), same_ip)) >= per_ip_)
+        return {Added::kRefused, std::nullopt};
+      if (per_subnet_ > 0 && static_cast<std::size_t>(std::count_if(b.nodes.begin(), b.nodes.end(), same_subnet)) >= per_subnet_)
         return {Added::kRefused, std::nullopt};
     }
     if (b.nodes.size() < k_) {

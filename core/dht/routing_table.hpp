@@ -41,7 +41,9 @@ class RoutingTable {
     std::optional<Contact> ping_first;  // kFull: the least-recently-seen contact to check
   };
 
-  RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5, std::size_t per_ip = 0);
+  // per_ip / per_subnet: at most that many contacts of one IPv4 address / one /24 per bucket (0:
+  // any; loopback exempt), so that one host, or one rented range, cannot fill a bucket.
+  RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5, std::size_t per_ip = 0, std::size_t per_subnet = 0);
 
   // A contact was seen (it sent us a request or answered one).
   AddResult add(const Contact& c, TimePoint now);
@@ -93,6 +95,7 @@ class RoutingTable {
   std::size_t k_;
   int depth_modulo_;
   std::size_t per_ip_;
+  std::size_t per_subnet_;
   std::vector<Bucket> buckets_;  // ordered by prefix; together they cover the whole space
 };
 

@@ -175,6 +175,24 @@ TEST(RoutingTable, ABucketHoldsFewContactsOfOneAddress) {
   EXPECT_EQ(local, 10u);
 }
 
+TEST(RoutingTable, ABucketHoldsFewContactsOfOneSubnet) {
+  Rng rng(6);
+  const DhtId self = DhtId::random(rng);
+  RoutingTable table(self, 20, 5, 2, 3);
+  auto far = [&] {  // an id in the far half of the space (a bucket that never splits here)
+    DhtId id = DhtId::random(rng);
+    id.b[0] = static_cast<std::uint8_t>((self.b[0] ^ 0x80) & 0x80) | (id.b[0] & 0x7f);
+    return id;
+  };
+  std::size_t rented = 0, elsewhere = 0;
+  for (std::uint8_t host = 1; host <= 40; ++host)  // 40 addresses of one /24
+    rented += table.add({far(), {Endpoint::ipv4(203, 0, 113, host), 7000}}, TimePoint(1s)).kind == RoutingTable::Added::kAdded;
+  for (std::uint8_t net = 1; net <= 10; ++net)  // one address in each of 10 others
+    elsewhere += table.add({far(), {Endpoint::ipv4(198, 51, net, 9), 7000}}, TimePoint(1s)).kind == RoutingTable::Added::kAdded;
+  EXPECT_EQ(rented, 3u);
+  EXPECT_EQ(elsewhere, 10u);
+}
+
 Record rec(std::string key, std::string value, TimePoint exp, std::optional<std::string> sub = std::nullopt) {
   return Record{std::move(key), std::move(sub), Bytes(value.begin(), value.end()), exp, {}};
 }
