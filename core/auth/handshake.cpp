@@ -77,6 +77,7 @@ void AuthTransport::evict_if_full() {
   if (victim == sessions_.end()) victim = sessions_.begin();
   if (victim->second.timer) timers_.cancel(victim->second.timer);
   observer_.count("auth.sessions_evicted");
+  unproven_total_ -= victim->second.unproven_bytes;
   sessions_.erase(victim);
 }
 
@@ -221,6 +222,7 @@ void AuthTransport::fail(const Endpoint& peer, Session& s, const Error& e) {
   s.queued_bytes = 0;
   if (!s.unproven.empty()) observer_.count("auth.unauthenticated_drops", static_cast<std::int64_t>(s.unproven.size()));
   s.unproven = {};
+  unproven_total_ -= s.unproven_bytes;
   s.unproven_bytes = 0;
   s.mine = fresh_nonce();  // the next attempt is a new handshake
   if (handler_) handler_->on_peer_error(peer, e);
@@ -235,6 +237,7 @@ void AuthTransport::flush(const Endpoint& peer, Session& s) {
     observer_.sample("auth.handshake_ms", to_seconds(clock_.now() - s.started) * 1e3);
   }
   std::vector<Message> unproven = std::exchange(s.unproven, {});
+  unproven_total_ -= s.unproven_bytes;
   s.unproven_bytes = 0;
   std::vector<Message> queue = std::exchange(s.queue, {});
   s.queued_bytes = 0;
@@ -381,8 +384,9 @@ void AuthTransport::on_message(const Endpoint& from, Message message) {
     // it proves itself (asked to, unless a handshake with it is under way), up to a bound.
     Session& s = session(from);
     const std::uint64_t size = message.wire_size();
-    if (s.unproven_bytes + size <= cfg_.max_unproven_bytes) {
+    if (s.unproven_bytes + size <= cfg_.max_unproven_bytes && unproven_total_ + size <= cfg_.max_unproven_total) {
       s.unproven_bytes += size;
+      unproven_total_ += size;
       s.unproven.push_back(std::move(message));
     } else {
       observer_.count("auth.unauthenticated_drops");

@@ -67,6 +67,7 @@ struct AuthConfig {
   // Per peer, what arrived before it proved itself (it still believes in a session this side
   // forgot, as after a restart): held until its proof, delivered then, dropped if none comes.
   std::uint64_t max_unproven_bytes = 1u << 20;
+  std::uint64_t max_unproven_total = 64ull << 20;  // the same across all peers
   std::size_t max_sessions = 1u << 16;           // peers remembered; the longest silent goes first
 };
 
@@ -154,6 +155,7 @@ class AuthTransport final : public Transport, public TransportHandler {
   TransportHandler* handler_ = nullptr;
   std::map<Endpoint, Session> sessions_;
   std::set<TimerId> delayed_;  // sends put off by proof_cost
+  std::uint64_t unproven_total_ = 0;
 };
 
 // A peer's runtime with its transport authenticated: what a stack is built on.

@@ -113,6 +113,24 @@ TEST_F(Auth, AReplayedOrForgedProofIsUseless) {
   EXPECT_EQ(count("auth.unauthenticated_drops"), 1u);
 }
 
+TEST_F(Auth, WhatAnUnprovenPeerSendsIsHeldWithinBoundsAndDroppedWithItsHandshake) {
+  auth::AuthConfig tight;
+  tight.max_unproven_bytes = 1000;
+  tight.max_unproven_total = 250;  // across all peers
+  make(1, ids[1], tight);
+  swarm[3].set_handler(&tap);
+  for (int k = 0; k < 10; ++k) swarm[3].send(at(1), Message{Bytes(100, 1), {}});  // RPC-like bytes, never proven
+  run();
+  EXPECT_EQ(count("auth.unauthenticated_drops"), 8u);  // two fit under the total, the rest do not
+  EXPECT_TRUE(inbox[1].got.empty());
+  run(6s);  // the handshake the attacker never finishes times out: what it held goes too
+  EXPECT_EQ(count("auth.unauthenticated_drops"), 10u);
+  EXPECT_TRUE(inbox[1].got.empty());
+  auths[0]->send(at(1), data(1));  // and an honest peer is served as ever
+  run();
+  EXPECT_EQ(inbox[1].got.size(), 1u);
+}
+
 TEST_F(Auth, AProofRelayedFromAnotherPeerNamesTheWrongVerifier) {
   // Peer 1 wants to talk to the attacker's endpoint; the attacker passes peer 1's challenge on to
   // peer 0 and peer 0's proof back, to pass as peer 0. The proof names the attacker as verifier.
