@@ -18,15 +18,15 @@ auth::AuthConfig auth_config(const SwarmSpec& spec) {
 
 PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpoint>& directory, std::uint32_t index,
                      double bandwidth, Workload& workload)
-    : auth_(spec.auth.on ? std::make_unique<auth::AuthenticatedRuntime>(rt, swarm_identity(spec, index), auth_config(spec))
-                         : nullptr),
+    : identity_(swarm_identity(spec, index)),  // once: with id work, drawing it costs 2^N key derivations
+      auth_(spec.auth.on ? std::make_unique<auth::AuthenticatedRuntime>(rt, identity_, auth_config(spec)) : nullptr),
       rt_(auth_ ? auth_->runtime : rt),
       spec_(spec), directory_(directory), index_(index), bandwidth_(bandwidth), rpc_(std::make_unique<Rpc>(rt_)) {
   if (spec.uses_dht) {
     std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators();
     dht::DhtConfig config = spec.dht.config;
     if (spec.behind_nat(index)) config.client_mode = true;  // nobody could reach it to ask
-    dht_ = std::make_unique<dht::DhtNode>(rt_, *rpc_, swarm_identity(spec, index).id(), config, std::move(validators));
+    dht_ = std::make_unique<dht::DhtNode>(rt_, *rpc_, identity_.id(), config, std::move(validators));
   }
   app_ = workload.make_app(*this);
 }

@@ -26,6 +26,8 @@ class PeerStack {
   // The peer's runtime; with network.authenticate, its transport is the authenticated one.
   Runtime& runtime() { return rt_; }
   auth::AuthTransport* auth() { return auth_ ? &auth_->transport : nullptr; }
+  // The peer's identity (swarm_identity): its DHT id is the hash of this key, the key it proves.
+  const dht::Identity& identity() const { return identity_; }
   Rpc& rpc() { return *rpc_; }
   dht::DhtNode* dht() { return dht_.get(); }
   const SwarmSpec& spec() const { return spec_; }
@@ -41,6 +43,7 @@ class PeerStack {
   }
 
  private:
+  dht::Identity identity_;
   std::unique_ptr<auth::AuthenticatedRuntime> auth_;
   Runtime& rt_;
   const SwarmSpec& spec_;

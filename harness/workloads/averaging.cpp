@@ -365,7 +365,7 @@ class AveragingWorkload final : public Workload {
     app->values() = driver_.initial_values(i);
     app->set_bandwidth(p.bandwidth());
     app->set_ledger(&ledger_);
-    app->set_identity(swarm_identity(p.spec(), i));
+    app->set_identity(p.identity());
     auto& memo = kept_[i];
     if (memo.values) app->values() = std::move(*memo.values);
     if (memo.position) app->position() = *memo.position;

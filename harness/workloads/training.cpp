@@ -524,7 +524,7 @@ class TrainingWorkload final : public Workload {
  public:
   TrainingWorkload(const SwarmSpec& spec, Metrics& metrics) : cfg_(spec.workload_config<TrainingWorkloadSpec>()), driver_(spec, metrics) {}
   std::unique_ptr<PeerApp> make_app(PeerStack& p) override {
-    return std::make_unique<TrainingApp>(p.runtime(), p.rpc(), *p.dht(), swarm_identity(p.spec(), p.index()), driver_, p.index(),
+    return std::make_unique<TrainingApp>(p.runtime(), p.rpc(), *p.dht(), p.identity(), driver_, p.index(),
                                          p.bandwidth());
   }
   void begin(Runner& r) override {
