@@ -79,7 +79,12 @@ struct DhtNode::Traversal {
   std::map<DhtId, Candidate> contacts;
   std::map<Endpoint, DhtId> endpoints;  // one candidate per endpoint: one peer cannot pose as many
   int queried = 0;
-  Notifier changed;
+  // Disjoint paths: which path each contact belongs to (shared by the paths of one lookup); a
+  // contact another path holds is not taken, so no peer is asked by two paths.
+  std::size_t path = 0;
+  std::map<DhtId, std::size_t>* owner = nullptr;
+  Notifier own_changed;
+  Notifier* changed = &own_changed;  // the paths of one lookup share one
 };
 
 DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
@@ -292,41 +297,100 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
     rejoining_ = false;
     t.keys.clear();
   }
+  // With d disjoint paths (S/Kademlia), the starting candidates are dealt out among d traversals
+  // that never share a peer; their answers are merged. One peer (or a few colluding) on one path
+  // cannot steer the others.
+  const std::size_t d = fill_buckets ? 1 : std::max<std::size_t>(1, cfg_.disjoint_paths);
+  std::vector<Traversal*> paths;
+  std::vector<std::unique_ptr<Traversal>> more;  // paths 0..d-1 when d > 1 (t only starts them)
+  std::map<DhtId, std::size_t> owner;
+  if (d == 1) {
+    paths.push_back(&t);
+  } else {
+    for (std::size_t p = 0; p < d; ++p) {
+      auto tp = std::make_unique<Traversal>();
+      tp->want_values = t.want_values;
+      tp->min_holders = t.min_holders;
+      tp->path = p;
+      tp->owner = &owner;
+      tp->changed = &t.own_changed;
+      for (const auto& key : t.keys) {
+        Traversal::Key k;
+        k.target = key.target;
+        tp->keys.push_back(std::move(k));
+      }
+      paths.push_back(tp.get());
+      more.push_back(std::move(tp));
+    }
+    std::size_t dealt = 0;
+    for (std::size_t i = 0; i < t.keys.size(); ++i)
+      for (const auto& [dist, id] : t.keys[i].cands) {
+        auto [at, fresh] = owner.try_emplace(id, dealt % d);
+        if (fresh) ++dealt;
+        Traversal& tp = *paths[at->second];
+        tp.keys[i].cands.insert({dist, id});
+        const Candidate& c = t.contacts.at(id);
+        tp.contacts.try_emplace(id, c);
+        tp.endpoints.try_emplace(c.contact.endpoint, id);
+      }
+    // A path may know no peer at all for a key (fewer candidates than paths): nothing to do there.
+    for (auto& tp : paths)
+      for (auto& key : tp->keys) key.done = key.cands.empty();
+  }
   {
     // The workers run until every key is done; then the lookup returns at once and the workers
     // still waiting on slow or dead peers are destroyed, which cancels their calls. (Waiting for
     // them would make every get pay an RPC timeout whenever a dead peer was in flight.)
     std::vector<Task<void>> workers;
-    for (std::size_t i = 0; i < std::max<std::size_t>(1, cfg_.alpha); ++i)
-      workers.push_back(lookup_worker(t));
+    for (auto& tp : paths)
+      for (std::size_t i = 0; i < std::max<std::size_t>(1, cfg_.alpha); ++i) workers.push_back(lookup_worker(*tp));
     for (auto& w : workers) w.start();
     auto finished = [&] {
-      return std::all_of(t.keys.begin(), t.keys.end(), [](const auto& k) { return k.done; }) ||
-             std::all_of(workers.begin(), workers.end(), [](const auto& w) { return w.done(); });
+      const bool keys_done = std::all_of(paths.begin(), paths.end(), [](const auto& tp) {
+        return std::all_of(tp->keys.begin(), tp->keys.end(), [](const auto& k) { return k.done; });
+      });
+      return keys_done || std::all_of(workers.begin(), workers.end(), [](const auto& w) { return w.done(); });
     };
-    while (!finished()) co_await t.changed.wait();
+    while (!finished()) co_await t.own_changed.wait();
     // We were woken from inside a worker: let it reach its next suspension before destroying it.
     co_await sleep_on(rt_.timers, Duration::zero());
   }
 
   std::map<DhtId, LookupResult> out;
-  for (auto& key : t.keys) {
+  for (std::size_t i = 0; i < t.keys.size(); ++i) {
+    const DhtId target = t.keys[i].target;
     LookupResult res;
-    res.queried = t.queried;
-    int max_hop = 0;
-    for (const auto& [dist, id] : key.cands) {
-      const auto& c = t.contacts.at(id);
-      if (c.state != Candidate::kAnswered) continue;
-      res.nearest.push_back(c.contact);
-      max_hop = std::max(max_hop, c.hop);
+    int max_hop = 0, value_hop = 0;
+    std::vector<std::pair<DhtId, std::pair<Contact, int>>> answered;  // (distance, (contact, hop))
+    std::set<DhtId> holders;
+    for (auto& tp : paths) {
+      Traversal::Key& key = tp->keys[i];
+      res.queried += tp->queried;
+      for (const auto& [dist, id] : key.cands) {
+        const auto& c = tp->contacts.at(id);
+        if (c.state == Candidate::kAnswered) answered.push_back({dist, {c.contact, c.hop}});
+      }
+      for (auto& rec : key.records) {  // the latest record per subkey, across paths
+        auto same = std::find_if(res.records.begin(), res.records.end(), [&](const Record& x) { return x.subkey == rec.subkey; });
+        if (same == res.records.end())
+          res.records.push_back(std::move(rec));
+        else if (same->expiration < rec.expiration)
+          *same = std::move(rec);
+      }
+      holders.insert(key.holders.begin(), key.holders.end());
+      if (key.value_hop > 0 && (value_hop == 0 || key.value_hop < value_hop)) value_hop = key.value_hop;
+    }
+    std::sort(answered.begin(), answered.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [dist, ch] : answered) {
+      res.nearest.push_back(ch.first);
+      max_hop = std::max(max_hop, ch.second);
       if (res.nearest.size() >= cfg_.k) break;
     }
-    res.records = std::move(key.records);
-    res.hops = res.records.empty() ? max_hop : key.value_hop;
+    res.hops = res.records.empty() ? max_hop : value_hop;
     // Cache on the lookup path: the nearest answering peer that lacked the value gets a copy.
     if (want_values && cache_values && cfg_.cache_on_lookup && !res.records.empty()) {
       for (const auto& c : res.nearest) {
-        if (key.holders.count(c.id)) continue;
+        if (holders.count(c.id)) continue;
         StoreRequest req{me(), res.records};
         if (req.records.size() > cfg_.limits.max_keys_per_request) req.records.resize(cfg_.limits.max_keys_per_request);
         rt_.observer.count("dht.cache_stores");
@@ -334,7 +398,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
         break;
       }
     }
-    out.emplace(key.target, std::move(res));
+    out.emplace(target, std::move(res));
   }
   co_return out;
 }
@@ -384,10 +448,10 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
     }
     if (!pick) {
       if (!active) {
-        t.changed.notify_all();
+        t.changed->notify_all();
         co_return;
       }
-      co_await t.changed.wait();
+      co_await t.changed->wait();
       continue;
     }
     Candidate& cand = t.contacts.at(*pick);
@@ -441,6 +505,10 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
             rt_.observer.count("dht.candidates_refused.same_endpoint");
             continue;
           }
+          if (t.owner) {  // disjoint paths: a contact belongs to the first path that heard of it
+            auto [at, fresh] = t.owner->try_emplace(n.id, t.path);
+            if (!fresh && at->second != t.path) continue;
+          }
           t.contacts.try_emplace(n.id, Candidate{n, hop + 1});
           key.cands.insert({n.id ^ key.target, n.id});
           // Refresh: fill our bucket from what we hear, unless peers prove who they are: then a
@@ -452,7 +520,7 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
           key.done = true;
       }
     }
-    t.changed.notify_all();
+    t.changed->notify_all();
   }
 }
 

@@ -21,6 +21,9 @@ namespace apiary::dht {
 struct DhtConfig {
   std::size_t k = 20;
   std::size_t alpha = 3;
+  // Lookups for gets and stores over this many disjoint paths (S/Kademlia): the starting peers are
+  // dealt out among the paths, no peer is asked by two, the answers are merged. 1: one path.
+  std::size_t disjoint_paths = 1;
   int depth_modulo = 5;
   Duration rpc_timeout = std::chrono::seconds(2);
   StorageLimits storage;  // size, quotas and the longest lifetime of what this node keeps

@@ -403,6 +403,40 @@ DhtConfig small_k() {
   return c;
 }
 
+// Three disjoint lookup paths (S/Kademlia): stores and gets work as with one, and within one
+// lookup no peer is asked by two paths (each is asked at most once), though paths run together.
+TEST(DhtSwarm, DisjointPathsAskNoPeerTwiceAndFindEverything) {
+  DhtConfig cfg;
+  cfg.k = 8;
+  cfg.disjoint_paths = 3;
+  cfg.refresh_period = Duration::zero();
+  cfg.replicate_period = Duration::zero();
+  test::FakeDhtSwarm s(40, cfg);
+  s.join_all();
+  for (int i = 0; i < 20; ++i) {
+    auto st = s.run(s.nodes[static_cast<std::size_t>(i)]->store(rec("key" + std::to_string(i), "v", s.fake.net.now() + 1h)));
+    EXPECT_GE(st.replicas, 6u) << i;
+    auto got = s.run(s.nodes[static_cast<std::size_t>(i + 7)]->get("key" + std::to_string(i)));
+    EXPECT_TRUE(got.found) << i;
+  }
+  s.fake[0].sent.clear();
+  auto miss = s.run(s.nodes[0]->get("nobody stored this"));  // runs every path to its end
+  EXPECT_FALSE(miss.found);
+  std::map<Endpoint, int> finds;
+  for (const auto& [to, m] : s.fake[0].sent) {
+    wire::Reader r(m.header);
+    if (r.u8() != 1) continue;  // a request
+    r.varint();                 // its id
+    if (r.varint() == FindRequest::kMethod) ++finds[to];
+  }
+  int total = 0;
+  for (const auto& [to, n] : finds) {
+    EXPECT_EQ(n, 1) << to.to_string() << " was asked by two paths";
+    total += n;
+  }
+  EXPECT_GE(total, 9);  // three paths, each to its own k nearest
+}
+
 TEST(DhtSwarm, LookupsFindTheExactNearestPeers) {
   DhtSwarm s(20, small_k());
   s.join_all();
