@@ -33,6 +33,16 @@ class Auth : public ::testing::Test {
     auths[i]->set_handler(&inbox[i]);
   }
   Endpoint at(std::size_t i) { return swarm[i].local(); }
+  // Peers 0 and 2 each send peer 1 a message: peer 0's arrives, peer 2 is refused at the handshake.
+  void expect_peer1_takes_0_and_refuses_2() {
+    auths[0]->send(at(1), data(1));
+    auths[2]->send(at(1), data(2));
+    run();
+    ASSERT_EQ(inbox[1].got.size(), 1u);
+    EXPECT_EQ(inbox[1].got[0].first, at(0));
+    ASSERT_FALSE(inbox[2].errors.empty());
+    EXPECT_EQ(inbox[2].errors[0].code, ErrorCode::kRejected);
+  }
   void run(Duration d = 1s) { swarm.net.run(d); }
   std::uint64_t count(const std::string& name) { return static_cast<std::uint64_t>(swarm.metrics.counter(name)); }
   // What raw peer 3 (an attacker without a handshake of its own) received.
@@ -190,13 +200,7 @@ TEST_F(Auth, AnAuthorizerDecidesWhoJoins) {
   const auto allowed = ids[0].public_key;
   only.admit = [allowed](const auth::PublicKey& k) { return k == allowed; };
   make(1, ids[1], only);
-  auths[0]->send(at(1), data(1));
-  auths[2]->send(at(1), data(2));
-  run();
-  ASSERT_EQ(inbox[1].got.size(), 1u);
-  EXPECT_EQ(inbox[1].got[0].first, at(0));
-  ASSERT_FALSE(inbox[2].errors.empty());
-  EXPECT_EQ(inbox[2].errors[0].code, ErrorCode::kRejected);
+  ASSERT_NO_FATAL_FAILURE(expect_peer1_takes_0_and_refuses_2());
   EXPECT_EQ(count("auth.refused.not_admitted"), 1u);
 }
 
@@ -209,13 +213,7 @@ TEST_F(Auth, AnIdWithoutTheSwarmsWorkIsRefused) {
   make(0, a, work);
   make(1, b, work);
   make(2, ids[2], work);
-  auths[0]->send(at(1), data(1));
-  auths[2]->send(at(1), data(2));
-  run();
-  ASSERT_EQ(inbox[1].got.size(), 1u);
-  EXPECT_EQ(inbox[1].got[0].first, at(0));
-  ASSERT_FALSE(inbox[2].errors.empty());
-  EXPECT_EQ(inbox[2].errors[0].code, ErrorCode::kRejected);
+  ASSERT_NO_FATAL_FAILURE(expect_peer1_takes_0_and_refuses_2());
   EXPECT_NE(inbox[2].errors[0].message.find("bits of work"), std::string::npos) << inbox[2].errors[0].message;
   EXPECT_EQ(count("auth.refused.id_work"), 1u);
 }
