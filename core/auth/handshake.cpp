@@ -28,6 +28,12 @@ std::array<std::uint8_t, N> take(wire::Reader& r) {
 AuthTransport::AuthTransport(Transport& inner, Timers& timers, Clock& clock, Rng& rng, Observer& observer,
                              const dht::Identity& identity, AuthConfig config)
     : inner_(inner), timers_(timers), clock_(clock), rng_(rng), observer_(observer), identity_(identity), cfg_(std::move(config)) {
+  if (!cfg_.swarm_secret.empty()) {
+    // The secret is hashed to a key once, so a secret of any length keys BLAKE2b.
+    secret_key_.emplace();
+    crypto_generichash(secret_key_->data(), secret_key_->size(), reinterpret_cast<const unsigned char*>(cfg_.swarm_secret.data()),
+                       cfg_.swarm_secret.size(), nullptr, 0);
+  }
   inner_.set_handler(this);
 }
 
@@ -105,15 +111,17 @@ void AuthTransport::begin(const Endpoint& peer, Session& s) {
   arm(peer, s);
 }
 
-void AuthTransport::send_hello(const Endpoint& peer, const Session& s) {
+Message AuthTransport::opening(std::uint8_t tag, const Session& s) const {
   Message m;
   wire::Writer w(m.header);
-  w.u8(kHello);
+  w.u8(tag);
   w.u8(kVersion);
   w.raw(identity_.public_key);
   w.raw(s.mine);
-  inner_.send(peer, std::move(m));
+  return m;
 }
+
+void AuthTransport::send_hello(const Endpoint& peer, const Session& s) { inner_.send(peer, opening(kHello, s)); }
 
 Bytes AuthTransport::transcript(const Nonce& answered, const Nonce& own, const PublicKey& prover,
                                 const PublicKey& verifier) const {
@@ -129,24 +137,16 @@ Bytes AuthTransport::transcript(const Nonce& answered, const Nonce& own, const P
 
 std::array<std::uint8_t, 32> AuthTransport::mac(const Bytes& t) const {
   std::array<std::uint8_t, 32> out{};
-  if (cfg_.swarm_secret.empty()) return out;
-  // The secret is hashed to a key first, so a secret of any length keys BLAKE2b.
-  std::array<std::uint8_t, 32> key{};
-  crypto_generichash(key.data(), key.size(), reinterpret_cast<const unsigned char*>(cfg_.swarm_secret.data()),
-                     cfg_.swarm_secret.size(), nullptr, 0);
-  crypto_generichash(out.data(), out.size(), t.data(), t.size(), key.data(), key.size());
+  if (!secret_key_) return out;
+  crypto_generichash(out.data(), out.size(), t.data(), t.size(), secret_key_->data(), secret_key_->size());
   return out;
 }
 
 void AuthTransport::send_proof(const Endpoint& peer, Session& s) {
   s.proved_for = s.their_nonce;
   const Bytes t = transcript(s.their_nonce, s.mine, identity_.public_key, *s.theirs);
-  Message m;
+  Message m = opening(kProof, s);
   wire::Writer w(m.header);
-  w.u8(kProof);
-  w.u8(kVersion);
-  w.raw(identity_.public_key);
-  w.raw(s.mine);
   w.raw(identity_.sign_bytes(t));
   w.raw(mac(t));
   observer_.count("auth.proofs_made");
@@ -205,7 +205,7 @@ void AuthTransport::on_timer(Endpoint peer) {
     return;
   }
   observer_.count("auth.resends");
-  if (s.theirs && s.have_their_nonce)
+  if (s.theirs)  // we know the peer's challenge: our proof is what it waits for
     send_proof(peer, s);
   else
     send_hello(peer, s);
@@ -291,7 +291,6 @@ void AuthTransport::on_hello(const Endpoint& from, std::span<const std::uint8_t>
   }
   s.theirs = key;
   s.their_nonce = nonce;
-  s.have_their_nonce = true;
   if (!s.in_progress) {
     s.in_progress = true;
     s.started = clock_.now();
@@ -324,7 +323,7 @@ void AuthTransport::on_proof(const Endpoint& from, std::span<const std::uint8_t>
     return;
   }
   const Bytes t = transcript(s.mine, nonce, key, identity_.public_key);
-  if (!cfg_.swarm_secret.empty() && sodium_memcmp(mac(t).data(), tag.data(), tag.size()) != 0) {
+  if (secret_key_ && sodium_memcmp(mac(t).data(), tag.data(), tag.size()) != 0) {
     observer_.count("auth.refused.secret");
     send_refuse(from, "proof not keyed with this swarm's secret");
     fail(from, s, Error{ErrorCode::kRejected, from.to_string() + " does not know this swarm's secret"});
@@ -343,7 +342,6 @@ void AuthTransport::on_proof(const Endpoint& from, std::span<const std::uint8_t>
   if (s.bound && *s.bound != key) observer_.count("auth.rebinds");
   s.theirs = key;
   s.their_nonce = nonce;
-  s.have_their_nonce = true;
   s.verified = true;
   s.bound = key;
   s.errored = false;

@@ -104,8 +104,7 @@ class AuthTransport final : public Transport, public TransportHandler {
   struct Session {
     Nonce mine{};                        // the challenge this side sent
     std::optional<PublicKey> theirs;     // the key the peer claims (proven once verified)
-    Nonce their_nonce{};                 // the peer's challenge
-    bool have_their_nonce = false;
+    Nonce their_nonce{};                 // the peer's challenge (known once `theirs` is)
     bool verified = false;               // the peer signed `mine`
     std::optional<Nonce> proved_for;     // the peer's nonce this side last signed
     std::optional<PublicKey> bound;      // the last key proven at this endpoint
@@ -140,6 +139,8 @@ class AuthTransport final : public Transport, public TransportHandler {
   void on_refuse(const Endpoint& from, std::span<const std::uint8_t> body);
   Bytes transcript(const Nonce& answered, const Nonce& own, const PublicKey& prover, const PublicKey& verifier) const;
   std::array<std::uint8_t, 32> mac(const Bytes& transcript) const;
+  // A HELLO or a PROOF as far as they agree: tag, version, our key, our challenge.
+  Message opening(std::uint8_t tag, const Session& s) const;
   Nonce fresh_nonce();
   void evict_if_full();
   // Sends `m` to `peer` at `at` (now or later), behind whatever was put off to that instant before.
@@ -152,6 +153,7 @@ class AuthTransport final : public Transport, public TransportHandler {
   Observer& observer_;
   dht::Identity identity_;
   AuthConfig cfg_;
+  std::optional<std::array<std::uint8_t, 32>> secret_key_;  // BLAKE2b of the swarm secret, if any
   TransportHandler* handler_ = nullptr;
   std::map<Endpoint, Session> sessions_;
   std::set<TimerId> delayed_;  // sends put off by proof_cost

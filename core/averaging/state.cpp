@@ -32,6 +32,7 @@ Task<void> StateSharer::declare(std::uint64_t epoch, Duration ttl) {
   }
   dht::Record rec;
   rec.key = prefix_ + ":state";
+  rec.expiration = rt_.now() + ttl;
   wire::Writer w(rec.value);
   w.varint(epoch);
   if (identity_) {
@@ -39,11 +40,10 @@ Task<void> StateSharer::declare(std::uint64_t epoch, Duration ttl) {
     rec.subkey = identity_->owner_tag();
     w.u32(rt_.transport.local().ip);
     w.u16(rt_.transport.local().port);
+    identity_->sign(rec);
   } else {
     rec.subkey = rt_.transport.local().to_string();
   }
-  rec.expiration = rt_.now() + ttl;
-  if (identity_) identity_->sign(rec);
   co_await dht_->store(std::move(rec));
 }
 
