@@ -268,6 +268,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     c.cache_on_lookup = s.get_bool("dht.cache", c.cache_on_lookup);
     c.bucket_ip_limit = static_cast<std::size_t>(s.get_int("dht.bucket_ip_limit", static_cast<std::int64_t>(c.bucket_ip_limit), 0, 64));
     c.bucket_subnet_limit = static_cast<std::size_t>(s.get_int("dht.bucket_subnet_limit", 0, 0, 64));
+    c.lookup_ip_limit = static_cast<std::size_t>(s.get_int("dht.lookup_ip_limit", static_cast<std::int64_t>(c.lookup_ip_limit), 0, 64));
+    c.lookup_subnet_limit = static_cast<std::size_t>(s.get_int("dht.lookup_subnet_limit", 0, 0, 64));
     c.disjoint_paths = static_cast<std::size_t>(s.get_int("dht.disjoint_paths", 1, 1, 8));
     c.blacklist_base = s.get_duration("dht.blacklist", c.blacklist_base);
     c.join_refresh_buckets =

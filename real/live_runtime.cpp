@@ -382,6 +382,14 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
       c->outbound = true;
       by_peer[to] = c;
       all.emplace(c.get(), c);
+      if (local.ip != 0 && !local.shared_local()) {
+        // A peer listening on an address of its own dials from it: its HELLO names that address,
+        // which the other side checks against the connection's.
+        boost::system::error_code ec;
+        c->sock.open(tcp::v4(), ec);
+        if (!ec) c->sock.bind(tcp::endpoint(asio::ip::address_v4(local.ip), 0), ec);
+        if (ec) observer->count("transport.bind_failures");
+      }
       c->sock.async_connect(to_asio(to), [self = weak_from_this(), c](boost::system::error_code ec) {
         auto me = self.lock();
         if (!me || !c->open) return;

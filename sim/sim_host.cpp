@@ -39,7 +39,7 @@ class SimHost final : public Host {
   SimHost(const SwarmSpec& spec, Metrics& metrics) : spec_(spec), metrics_(metrics) {
     if (spec_.latency_matrix) {
       const auto& matrix = *spec_.latency_matrix;
-      const std::uint32_t base = net_.endpoint(0).ip;
+      const std::uint32_t base = SimNetwork::kBaseIp + 1;  // the first node's address
       net_.channel().SetLatencyFunction([&matrix, base](std::uint32_t from, std::uint32_t to) {
         return NanoSeconds(static_cast<std::int64_t>(matrix.between(from - base, to - base) * 1e6));
       });

@@ -21,6 +21,7 @@ SimNetwork::~SimNetwork() {
 
 std::size_t SimNetwork::add_peer(const LinkParams& link, TransportLimits limits) {
   const std::size_t i = runtimes_.size();
+  const Endpoint ep{kBaseIp + 1 + static_cast<std::uint32_t>(nodes_.size()), kPort};
   Ptr<Node> node = CreateObject<Node>();
   InternetStackHelper stack;
   stack.SetIpv6StackInstall(false);
@@ -32,7 +33,6 @@ std::size_t SimNetwork::add_peer(const LinkParams& link, TransportLimits limits)
   dev->SetAddress(Mac48Address::Allocate());
   dev->SetLink(link);
   node->AddDevice(dev);
-  const Endpoint ep = endpoint(i);
   channel_->Attach(dev, ep.ip);
 
   // Assigned by hand rather than with Ipv4AddressHelper, which would also install a queue disc
@@ -43,15 +43,34 @@ std::size_t SimNetwork::add_peer(const LinkParams& link, TransportLimits limits)
   ipv4->SetMetric(ifx, 1);
   ipv4->SetUp(ifx);
 
+  host_.push_back(nodes_.size());
+  beside_.push_back(false);
   nodes_.push_back(node);
   devices_.push_back(dev);
+  endpoints_.push_back(ep);
   runtimes_.push_back(std::make_unique<SimRuntime>(node, ep, sidecar_, limits));
   return i;
 }
 
+std::size_t SimNetwork::add_peer_beside(std::size_t host, TransportLimits limits) {
+  const std::size_t i = runtimes_.size();
+  const std::size_t n = host_.at(host);
+  std::uint16_t port = kPort;
+  for (std::size_t j = 0; j < i; ++j)
+    if (host_[j] == n) port = std::max<std::uint16_t>(port, static_cast<std::uint16_t>(endpoints_[j].port + 1));
+  const Endpoint ep{endpoints_[host].ip, port};
+  host_.push_back(n);
+  beside_.push_back(true);
+  endpoints_.push_back(ep);
+  runtimes_.push_back(std::make_unique<SimRuntime>(nodes_[n], ep, sidecar_, limits));
+  return i;
+}
+
 void SimNetwork::set_up(std::size_t i, bool up) {
-  devices_[i]->SetUp(up);
-  if (!up) channel_->ForgetNat(static_cast<std::uint32_t>(i + 1));
+  if (!beside_[i]) {  // the node's own peer: its link goes up and down with it
+    devices_[host_[i]]->SetUp(up);
+    if (!up) channel_->ForgetNat(static_cast<std::uint32_t>(host_[i] + 1));
+  }
   if (up)
     runtimes_[i]->open();
   else

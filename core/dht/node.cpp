@@ -83,6 +83,12 @@ struct DhtNode::Traversal {
   // contact another path holds is not taken, so no peer is asked by two paths.
   std::size_t path = 0;
   std::map<DhtId, std::size_t>* owner = nullptr;
+  // Candidates taken per IP address and per /24 (shared by the paths of one lookup).
+  struct Addresses {
+    std::map<std::uint32_t, std::size_t> ip, subnet;
+  };
+  Addresses own_addresses;
+  Addresses* addresses = &own_addresses;
   Notifier own_changed;
   Notifier* changed = &own_changed;  // the paths of one lookup share one
 };
@@ -283,6 +289,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
       for (const auto& c : table_.nearest(target, cfg_.k)) {
         if (blacklisted(c.endpoint)) continue;
         if (auto [at, fresh] = t.endpoints.try_emplace(c.endpoint, c.id); !fresh && at->second != c.id) continue;
+        if (!t.contacts.count(c.id) && !take_address(t, c.endpoint)) continue;
         t.contacts.try_emplace(c.id, Candidate{c, 1});
         key.cands.insert({c.id ^ target, c.id});
       }
@@ -313,6 +320,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
       tp->min_holders = t.min_holders;
       tp->path = p;
       tp->owner = &owner;
+      tp->addresses = &t.own_addresses;
       tp->changed = &t.own_changed;
       for (const auto& key : t.keys) {
         Traversal::Key k;
@@ -409,6 +417,17 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
 // would let a reader whose path passes peers at the edge of the storers' nearest sets (each of
 // which heard only some writers) read only those, poll after poll; the nearest peers are the
 // ones every writer stores to.
+bool DhtNode::take_address(Traversal& t, const Endpoint& at) const {
+  if (at.shared_local()) return true;
+  auto& ip = t.addresses->ip[at.ip];
+  auto& subnet = t.addresses->subnet[at.ip >> 8];
+  if ((cfg_.lookup_ip_limit > 0 && ip >= cfg_.lookup_ip_limit) ||
+      (cfg_.lookup_subnet_limit > 0 && subnet >= cfg_.lookup_subnet_limit))
+    return false;
+  ++ip, ++subnet;
+  return true;
+}
+
 bool DhtNode::values_done(const Traversal& t, std::size_t index) {
   const Traversal::Key& key = t.keys[index];
   if (!t.want_values || key.holders.size() < t.min_holders) return false;
@@ -508,6 +527,10 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
           if (t.owner) {  // disjoint paths: a contact belongs to the first path that heard of it
             auto [at, fresh] = t.owner->try_emplace(n.id, t.path);
             if (!fresh && at->second != t.path) continue;
+          }
+          if (!t.contacts.count(n.id) && !take_address(t, n.endpoint)) {
+            rt_.observer.count("dht.candidates_refused.address_limit");
+            continue;
           }
           t.contacts.try_emplace(n.id, Candidate{n, hop + 1});
           key.cands.insert({n.id ^ key.target, n.id});

@@ -67,7 +67,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
       split(i);
       continue;
     }
-    if ((c.endpoint.ip >> 24) != 127) {
+    if (!c.endpoint.shared_local()) {
       const auto same_ip = [&](const Entry& e) { return e.contact.endpoint.ip == c.endpoint.ip; };
       const auto same_subnet = [&](const Entry& e) { return e.contact.endpoint.ip >> 8 == c.endpoint.ip >> 8; };
       if (per_ip_ > 0 && static_cast<std::size_t>(std::count_if(b.nodes.begin(), b.nodes.end(), same_ip)) >= per_ip_)

@@ -7,9 +7,8 @@
 // One endpoint holds one id: a contact whose endpoint the table already knows under another id is
 // refused (kRefused) until that one leaves. A peer that answers from one address for many made-up
 // ids (to crowd the ids next to a key it wants to censor) gets one place, not a bucket; and a
-// bucket holds at most `per_ip` contacts of one IP address (0: no limit; loopback addresses,
-// where every peer of a one-machine swarm lives, are exempt), so neither does one host with many
-// ports.
+// bucket holds at most `per_ip` contacts of one IP address (0: no limit; 127.0.0.1, where every
+// peer of a one-machine swarm lives, is exempt), so neither does one host with many ports.
 #include <cstddef>
 #include <optional>
 #include <vector>
@@ -42,7 +41,7 @@ class RoutingTable {
   };
 
   // per_ip / per_subnet: at most that many contacts of one IPv4 address / one /24 per bucket (0:
-  // any; loopback exempt), so that one host, or one rented range, cannot fill a bucket.
+  // any; 127.0.0.1 exempt), so that one host, or one rented range, cannot fill a bucket.
   RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5, std::size_t per_ip = 0, std::size_t per_subnet = 0);
 
   // A contact was seen (it sent us a request or answered one).

@@ -107,6 +107,13 @@ Identity Identity::with_work(std::uint64_t seed, unsigned bits) {
   }
 }
 
+Identity Identity::ground_near(const DhtId& target, int prefix, std::uint64_t seed, unsigned work) {
+  for (std::uint64_t j = 0;; ++j) {
+    Identity id = from_seed(seed + j * 0x9e3779b97f4a7c15ULL);
+    if (id.id().common_prefix(target) >= prefix && id_work(id.public_key) >= work) return id;
+  }
+}
+
 Identity Identity::generate_with_work(unsigned bits) {
   for (;;) {
     Identity id = generate();

@@ -32,6 +32,10 @@ struct Identity {
   // dearer. The first from `seed` on, deterministic (simulations); or random.
   static Identity with_work(std::uint64_t seed, unsigned bits);
   static Identity generate_with_work(unsigned bits);
+  // What a Sybil attacker does: keys drawn from `seed` on until the id shares its first `prefix`
+  // bits with `target` and carries `work` bits of work (about 2^(prefix + work) derivations). For
+  // the adversary suite and experiments that place Sybils next to a key.
+  static Identity ground_near(const DhtId& target, int prefix, std::uint64_t seed, unsigned work = 0);
   // Key file: 64 hex digits of the 32-byte seed. Throws std::runtime_error on a bad file.
   static Identity load(const std::string& path);
   void save(const std::string& path) const;

@@ -78,27 +78,32 @@ std::optional<Endpoint> decode_endpoint(std::span<const std::uint8_t> b) {
 }  // namespace
 
 Task<std::size_t> declare_experts(dht::DhtNode& dht, std::vector<ExpertUid> uids, Endpoint server,
-                                  TimePoint expiration) {
+                                  TimePoint expiration, const dht::Identity* owner) {
   // One record per (prefix, next coordinate), deduplicated, plus one per full uid.
   std::map<std::pair<std::string, std::string>, dht::Record> records;
   const Bytes where = encode_endpoint(server);
+  const std::string tag = owner ? owner->owner_tag() : "";
   for (const auto& u : uids) {
     for (std::size_t d = 0; d < u.coords.size(); ++d) {
       dht::Record r;
       r.key = u.prefix_at(d);
-      r.subkey = std::to_string(u.coords[d]);
+      r.subkey = std::to_string(u.coords[d]) + tag;
       r.value = where;  // the last level names the server; the others only say "alive below"
       r.expiration = expiration;
       records[{*r.subkey, r.key}] = std::move(r);
     }
     dht::Record full;
     full.key = u.str();
+    if (owner) full.subkey = tag;  // signed: a dictionary of its servers, which no plain value can replace
     full.value = where;
     full.expiration = expiration;
     records[{"", full.key}] = std::move(full);
   }
   std::vector<dht::Record> all;
-  for (auto& [k, r] : records) all.push_back(std::move(r));
+  for (auto& [k, r] : records) {
+    if (owner) owner->sign(r);
+    all.push_back(std::move(r));
+  }
   const std::size_t n = all.size();
   std::size_t stored = 0;
   for (std::size_t at = 0; at < n; at += 64) {  // a store request carries at most 64 records
@@ -108,6 +113,13 @@ Task<std::size_t> declare_experts(dht::DhtNode& dht, std::vector<ExpertUid> uids
     for (auto r : reps) stored += r > 0;
   }
   co_return stored;
+}
+
+bool answered_by_owner(Runtime& rt, const FoundExpert& e) {
+  if (!e.owner || !rt.transport.authenticates()) return true;
+  if (rt.transport.peer_key(e.server) == e.owner) return true;
+  rt.observer.count("moe.unbound_experts");
+  return false;
 }
 
 ExpertFinder::ExpertFinder(Runtime& rt, dht::DhtNode& dht, std::string prefix, std::vector<std::uint32_t> grid,
@@ -133,14 +145,16 @@ Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<f
     double partial;
     ExpertUid uid;  // coords so far
     Endpoint server;
+    std::optional<std::array<std::uint8_t, 32>> owner;
   };
   auto worse = [](const Entry& a, const Entry& b) {
     if (a.bound != b.bound) return a.bound < b.bound;
     return a.uid.str() > b.uid.str();  // ties: the smaller uid first
   };
   std::priority_queue<Entry, std::vector<Entry>, decltype(worse)> frontier(worse);
-  frontier.push(Entry{best_rest[0], 0.0, ExpertUid{prefix_, {}}, {}});
+  frontier.push(Entry{best_rest[0], 0.0, ExpertUid{prefix_, {}}, {}, {}});
   std::vector<FoundExpert> out;
+  const bool authenticated = rt_.transport.authenticates();
   const TimePoint now = rt_.now();
   for (auto it = empty_until_.begin(); it != empty_until_.end();)
     it = it->second <= now ? empty_until_.erase(it) : std::next(it);
@@ -151,7 +165,7 @@ Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<f
     if (frontier.top().uid.coords.size() == dims) {  // a complete expert at the top: next best
       const Entry e = frontier.top();
       frontier.pop();
-      out.push_back(FoundExpert{e.uid.str(), e.server, e.partial});
+      out.push_back(FoundExpert{e.uid.str(), e.server, e.partial, e.owner});
       continue;
     }
     // Expand the best prefixes (up to `beam`, stopping at the first complete expert) in one traversal.
@@ -191,15 +205,27 @@ Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<f
       if (it != got.end())
         for (const auto& rec : it->second.records) {
           if (!rec.subkey) continue;
+          // "17" or, signed, "17[owner:<key>]"; over authenticated peers only the signed count.
+          const std::string_view subkey = *rec.subkey;
+          const std::string_view coord = subkey.substr(0, subkey.find('['));
+          std::optional<std::array<std::uint8_t, 32>> owner;
+          if (coord.size() < subkey.size()) {
+            owner = dht::owner_of_tag(subkey.substr(coord.size()));
+            if (!owner) continue;
+          } else if (authenticated) {
+            rt_.observer.count("moe.unowned_declarations");
+            continue;
+          }
           std::uint32_t c = 0;
-          auto [end, ec] = std::from_chars(rec.subkey->data(), rec.subkey->data() + rec.subkey->size(), c);
-          if (ec != std::errc{} || end != rec.subkey->data() + rec.subkey->size() || c >= grid_[d]) continue;
-          Entry child{0, e.partial + scores[d][c], e.uid, {}};
+          auto [end, ec] = std::from_chars(coord.data(), coord.data() + coord.size(), c);
+          if (coord.empty() || ec != std::errc{} || end != coord.data() + coord.size() || c >= grid_[d]) continue;
+          Entry child{0, e.partial + scores[d][c], e.uid, {}, {}};
           child.uid.coords.push_back(c);
           if (d + 1 == dims) {
             auto server = decode_endpoint(rec.value);
             if (!server) continue;
             child.server = *server;
+            child.owner = owner;
           }
           child.bound = child.partial + best_rest[d + 1];
           frontier.push(std::move(child));

@@ -5,7 +5,10 @@
 // An expert uid is a prefix and grid coordinates, "ffn.3.17" (prefix "ffn", grid 2-d). A server
 // declares each expert it hosts and every prefix on the way ("ffn." holds subkey "3", "ffn.3."
 // holds subkey "17" with the server's endpoint), with an expiration, and declares again before it
-// runs out; a dead server's experts simply expire.
+// runs out; a dead server's experts simply expire. A server with an identity signs each entry as
+// its owner (subkey "17[owner:<key>]"): no other peer can replace or remove it, and a reader over
+// authenticated peers follows only such entries, and calls the server only where the entry's owner
+// proves its key (an entry that names another peer's endpoint is not that peer's).
 //
 // The gating function gives a score per coordinate in each dimension; an expert's score is the sum
 // over its coordinates. find_best() returns the k best *alive* experts, exactly as exhaustive
@@ -13,6 +16,7 @@
 // best-first search whose priority is a prefix's score so far plus the best possible score of the
 // dimensions left (an upper bound), expanding up to `beam` prefixes per DHT traversal. Prefixes
 // found empty are cached as such for a while (negative caching).
+#include <array>
 #include <map>
 #include <optional>
 #include <string>
@@ -35,16 +39,23 @@ struct ExpertUid {
   bool operator==(const ExpertUid&) const = default;
 };
 
-// Declares `uids` as served at `server` until `expiration`. Returns how many records were stored
-// on at least one peer.
+// Declares `uids` as served at `server` until `expiration`, signed by `owner` when given (the
+// server's own identity: the key it proves at `server`). Returns how many records were stored on
+// at least one peer.
 Task<std::size_t> declare_experts(dht::DhtNode& dht, std::vector<ExpertUid> uids, Endpoint server,
-                                  TimePoint expiration);
+                                  TimePoint expiration, const dht::Identity* owner = nullptr);
 
 struct FoundExpert {
   std::string uid;
   Endpoint server;
   double score = 0;
+  std::optional<std::array<std::uint8_t, 32>> owner;  // the key that signed the declaration, if any
 };
+
+// Whether an answer from `e.server` may be taken as the expert's: when the expert was found by a
+// signed declaration over authenticated peers, only if the key proven at `e.server` signed it
+// (counted moe.unbound_experts when not); always otherwise (an expert the caller named itself).
+bool answered_by_owner(Runtime& rt, const FoundExpert& e);
 
 struct FinderConfig {
   std::size_t beam = 8;             // prefixes expanded per DHT traversal

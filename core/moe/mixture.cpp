@@ -154,9 +154,9 @@ Task<std::vector<bool>> MixtureRouter::call(std::vector<ExpertCall> calls, std::
     return rpc_.call<TensorReply>(calls[j].expert.server, std::move(q), cfg_.forward_timeout);
   };
   std::vector<bool> usable(calls.size(), false);  // answered, and the answer decodes to the right shape
-  std::function<bool(std::size_t, const Result<TensorReply>&)> accept = [&calls, &tensors, &usable](std::size_t j,
-                                                                                                    const Result<TensorReply>& r) {
-    usable[j] = r.ok() && tensors.take_output(j, calls[j].rows, *r);
+  std::function<bool(std::size_t, const Result<TensorReply>&)> accept = [this, &calls, &tensors, &usable](std::size_t j,
+                                                                                                          const Result<TensorReply>& r) {
+    usable[j] = r.ok() && answered_by_owner(rt_, calls[j].expert) && tensors.take_output(j, calls[j].rows, *r);
     return usable[j];
   };
   QuorumRule rule{k_min, cfg_.grace, cfg_.forward_timeout, {}};
@@ -186,9 +186,9 @@ Task<std::vector<bool>> MixtureRouter::backward(MixturePlan plan, MixtureTensors
     return rpc_.call<TensorReply>(calls[j].expert.server, std::move(q), cfg_.backward_timeout);
   };
   std::vector<bool> usable(n, false);
-  std::function<bool(std::size_t, const Result<TensorReply>&)> accept = [&calls, &tensors, &usable](std::size_t j,
-                                                                                                    const Result<TensorReply>& r) {
-    usable[j] = r.ok() && tensors.take_input_grad(j, calls[j].rows, *r);
+  std::function<bool(std::size_t, const Result<TensorReply>&)> accept = [this, &calls, &tensors, &usable](std::size_t j,
+                                                                                                          const Result<TensorReply>& r) {
+    usable[j] = r.ok() && answered_by_owner(rt_, calls[j].expert) && tensors.take_input_grad(j, calls[j].rows, *r);
     return usable[j];
   };
   const QuorumRule rule{n, Duration::zero(), cfg_.backward_timeout, {}};

@@ -23,6 +23,10 @@ struct Endpoint {
                                       std::uint8_t d) {
     return (std::uint32_t{a} << 24) | (std::uint32_t{b} << 16) | (std::uint32_t{c} << 8) | d;
   }
+  // 127.0.0.1, the address every peer of a swarm on one machine shares: limits per address
+  // (routing tables, lookups) do not apply to it. Other loopback addresses (127.0.0.2, ...)
+  // stand for hosts of their own, as in tests that give peers addresses apart.
+  constexpr bool shared_local() const { return ip == ipv4(127, 0, 0, 1); }
 };
 
 }  // namespace apiary

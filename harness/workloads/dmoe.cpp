@@ -86,10 +86,11 @@ Task<void> DmoeServerApp::SizedExperts::run(const std::string&, bool, std::vecto
   co_return;
 }
 
-DmoeServerApp::DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec, std::uint32_t index,
-                             double forward_speed, double backward_speed)
+DmoeServerApp::DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const dht::Identity& identity, const DmoeSimSpec& spec,
+                             std::uint32_t index, double forward_speed, double backward_speed)
     : rt_(rt),
       dht_(dht),
+      identity_(identity),
       mine_(hosted_by(spec, index)),
       experts_(uids_of(mine_), spec.hidden),
       device_(rt, experts_, forward_speed, backward_speed),
@@ -105,7 +106,7 @@ Task<void> DmoeServerApp::declare_loop() {
     // As hivemind's servers do: declare every 30 s, so the declarations follow the swarm as it
     // grows (stored to the key's nearest peers at each declaration), and expire 2 min after the
     // last one (a server that leaves is gone from searches soon).
-    co_await moe::declare_experts(dht_, std::move(uids), rt_.transport.local(), rt_.now() + std::chrono::minutes(2));
+    co_await moe::declare_experts(dht_, std::move(uids), rt_.transport.local(), rt_.now() + std::chrono::minutes(2), &identity_);
     co_await sleep_on(rt_.timers, std::chrono::seconds(30));
   }
 }
@@ -232,7 +233,7 @@ class DmoeWorkload final : public Workload {
       Rng speed(spec_.seed ^ 0x64736e6f6465ULL);
       Rng mine = speed.fork(i + 1);
       const double fwd = std::max(1.0, cfg_.forward_speed.sample(mine)), bwd = std::max(1.0, cfg_.backward_speed.sample(mine));
-      return std::make_unique<DmoeServerApp>(p.runtime(), p.rpc(), *p.dht(), cfg_, i, fwd, bwd);
+      return std::make_unique<DmoeServerApp>(p.runtime(), p.rpc(), *p.dht(), p.identity(), cfg_, i, fwd, bwd);
     }
     return std::make_unique<DmoeTrainerApp>(p.runtime(), p.rpc(), *p.dht(), cfg_, p.directory());
   }

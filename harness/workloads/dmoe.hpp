@@ -82,8 +82,9 @@ struct DmoeWorkloadConfig final : WorkloadConfig {
 // backend: rows / speed seconds per batch, size-only answers of the modelled sizes.
 class DmoeServerApp final : public PeerApp {
  public:
-  DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const DmoeSimSpec& spec, std::uint32_t index,
-                double forward_speed, double backward_speed);
+  // `identity`: the key the peer proves, which signs its declarations.
+  DmoeServerApp(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, const dht::Identity& identity, const DmoeSimSpec& spec,
+                std::uint32_t index, double forward_speed, double backward_speed);
   ~DmoeServerApp() override;
   void joined() override;  // declares its experts (and again before they expire)
 
@@ -102,6 +103,7 @@ class DmoeServerApp final : public PeerApp {
   Task<void> declare_loop();
   Runtime& rt_;
   dht::DhtNode& dht_;
+  const dht::Identity& identity_;
   std::vector<moe::ExpertUid> mine_;
   SizedExperts experts_;
   moe::TimedBackend device_;

@@ -628,7 +628,7 @@ int run_expert_server(const DmoeOptions& o) {
     mine.push_back(*uid);
   }
   // Declare, and declare again before the declarations expire.
-  auto declare = [&] { return moe::declare_experts(*n.dht, mine, n.live->local(), n.rt->now() + std::chrono::seconds(60)); };
+  auto declare = [&] { return moe::declare_experts(*n.dht, mine, n.live->local(), n.rt->now() + std::chrono::seconds(60), &n.identity); };
   n.run(declare());
   if (!o.ready_file.empty()) write_file_atomically(o.ready_file, n.live->local().to_string() + "\n");
   auto last = std::chrono::steady_clock::now();

@@ -6,10 +6,13 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <iostream>
 
 #include "core/auth/handshake.hpp"
 #include "core/dht/node.hpp"
+#include "core/moe/experts.hpp"
 #include "core/optim/schema.hpp"
 #include "tests/conformance/worlds.hpp"
 
@@ -289,6 +292,55 @@ TYPED_TEST(AuthenticatedAdversary, AnIdThatIsNotTheHashOfAProvenKeyIsRefused) {
   }
 }
 
+// Expert declarations over authenticated peers. The attacker stores, under the dictionary where an
+// honest server declared expert ffn.1, an unsigned entry for the same expert naming itself (and
+// expiring later), and a signed entry of its own that names another honest peer's endpoint. The
+// honest server's signed entry stays; a reader ignores the unsigned one, and of the signed ones
+// takes an answer only from the endpoint where the declaration's owner proves its key.
+TYPED_TEST(AuthenticatedAdversary, ExpertDeclarationsAreTheirOwnersOnly) {
+  this->start();
+  const auto attacker_at = this->world.endpoint(this->kHonest);
+  const moe::ExpertUid uid{"ffn", {1}};
+  EXPECT_EQ(this->run(moe::declare_experts(*this->nodes[1], {uid}, this->world.endpoint(1), this->now() + 10min, &this->ids[1])), 2u);
+
+  Bytes mine, victims;
+  wire::Writer(mine).u32(attacker_at.ip), wire::Writer(mine).u16(attacker_at.port);
+  wire::Writer(victims).u32(this->world.endpoint(2).ip), wire::Writer(victims).u16(this->world.endpoint(2).port);
+  dht::Record squat{"ffn.", std::string("1"), mine, this->now() + 20min, {}};
+  dht::Record misbound{"ffn.", "1" + this->ids[this->kHonest].owner_tag(), victims, this->now() + 20min, {}};
+  this->ids[this->kHonest].sign(misbound);
+  dht::StoreRequest req{dht::Sender{this->ids[this->kHonest].id(), true, false}, {squat, misbound}};
+  for (std::size_t i = 0; i < this->kHonest; ++i) {
+    auto r = this->run(this->attacker().template call<dht::StoreReply>(this->world.endpoint(i), req, 5s));
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+  }
+
+  auto& reader_rt = this->secured[0]->runtime;
+  moe::ExpertFinder finder(reader_rt, *this->nodes[0], "ffn", {2});
+  auto found = this->run(finder.find_best({{0.0f, 1.0f}}, 4));
+  EXPECT_GT(this->world.metrics.counter("moe.unowned_declarations"), 0);
+  ASSERT_EQ(found.size(), 2u);  // the honest server's entry and the attacker's signed one; not the unsigned
+  const moe::FoundExpert* honest = nullptr;
+  const moe::FoundExpert* lie = nullptr;
+  for (const auto& f : found) {
+    EXPECT_EQ(f.uid, "ffn.1");
+    EXPECT_NE(f.server, attacker_at) << "the unsigned entry was followed";
+    ASSERT_TRUE(f.owner.has_value());
+    (*f.owner == this->ids[1].public_key ? honest : lie) = &f;
+  }
+  ASSERT_TRUE(honest && lie);
+  EXPECT_EQ(honest->server, this->world.endpoint(1));
+  EXPECT_EQ(lie->server, this->world.endpoint(2));
+  // Once the reader has heard each named endpoint prove its key, only the owner's answer counts.
+  for (std::size_t i : {1u, 2u})
+    EXPECT_TRUE(this->run(this->rpc[0]->template call<dht::PingReply>(this->world.endpoint(i),
+                                                                      dht::PingRequest{dht::Sender{this->ids[0].id(), false, false}}, 5s))
+                    .ok());
+  EXPECT_TRUE(moe::answered_by_owner(reader_rt, *honest));
+  EXPECT_FALSE(moe::answered_by_owner(reader_rt, *lie));
+  EXPECT_EQ(this->world.metrics.counter("moe.unbound_experts"), 1);
+}
+
 // A swarm with a secret: a peer that does not know it is refused at the handshake. It reaches no
 // honest peer's handlers, enters no routing table, and the honest peers store and find as before.
 TYPED_TEST(AuthenticatedAdversary, AStrangerWithoutTheSwarmSecretGetsNothing) {
@@ -307,6 +359,143 @@ TYPED_TEST(AuthenticatedAdversary, AStrangerWithoutTheSwarmSecretGetsNothing) {
   auto stored = this->run(this->nodes[2]->store(record("k", "v", this->now() + 10min)));
   EXPECT_EQ(stored.replicas, this->kHonest);
   for (std::size_t i = 0; i < this->kHonest; ++i) EXPECT_TRUE(this->run(this->nodes[i]->get("k")).found);
+}
+
+// Sybils aimed at one key. Under authentication an id is the hash of a key its peer proves, so the
+// attacker grinds keys until their ids share their first 10 bits with the key's (about a thousand
+// derivations each: far nearer the key than any of the 24 honest peers), and runs them all from
+// one host, each on a port of its own. Each Sybil is an ordinary peer to the others: it answers
+// pings as itself, introduces itself to honest peers, answers every lookup with the Sybils
+// nearest the key, and says it stored whatever it is sent, keeping nothing. Without limits per
+// address the key's nearest places are all Sybils and the key is censored; with them (the
+// default: two peers of one address per bucket and per lookup) every honest get finds the key.
+template <class W>
+class SybilAttack : public ::testing::Test {
+ protected:
+  static constexpr std::size_t kHonest = 24;
+  static constexpr int kPrefix = 10;
+  static constexpr const char* kKey = "the key under attack";
+
+  // The attacker's identities, ground once for all worlds (2^10 derivations each).
+  static const std::vector<dht::Identity>& sybil_identities(std::size_t n) {
+    static std::vector<dht::Identity> ids;
+    while (ids.size() < n)
+      ids.push_back(dht::Identity::ground_near(dht::DhtId::of_key(kKey), kPrefix, (ids.size() + 1) << 40));
+    return ids;
+  }
+
+  // 24 honest peers (each on an address of its own) and `sybils` Sybils on one more.
+  void start(std::size_t sybils, bool defended) {
+    if constexpr (std::is_same_v<W, LiveWorld>) world.own_addresses = true;
+    for (std::size_t i = 0; i < kHonest; ++i) {
+      world.add_peer();
+      ids.push_back(dht::Identity::from_seed(100 + i));
+    }
+    const std::size_t host = world.add_peer();
+    for (std::size_t s = 1; s < sybils; ++s) world.add_peer_beside(host);
+    const auto& evil = sybil_identities(sybils);
+    ids.insert(ids.end(), evil.begin(), evil.begin() + static_cast<std::ptrdiff_t>(sybils));
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      secured.push_back(std::make_unique<auth::AuthenticatedRuntime>(world.runtime(i), ids[i], auth::AuthConfig{}));
+      rpc.push_back(std::make_unique<Rpc>(secured[i]->runtime));
+    }
+    dht::DhtConfig cfg;
+    cfg.k = 8;
+    cfg.refresh_period = Duration::zero();
+    cfg.replicate_period = Duration::zero();
+    if (!defended) cfg.bucket_ip_limit = cfg.lookup_ip_limit = 0;
+    for (std::size_t i = 0; i < kHonest; ++i)
+      nodes.push_back(std::make_unique<dht::DhtNode>(secured[i]->runtime, *rpc[i], ids[i].id(), cfg, optim::standard_validators()));
+    for (std::size_t i = 1; i < kHonest; ++i) EXPECT_GT(run(nodes[i]->bootstrap({world.endpoint(0)})), 0u);
+    EXPECT_GT(run(nodes[0]->bootstrap({world.endpoint(1)})), 0u);
+
+    std::vector<dht::Contact> all;
+    for (std::size_t s = 0; s < sybils; ++s) all.push_back(dht::Contact{ids[kHonest + s].id(), world.endpoint(kHonest + s)});
+    for (std::size_t s = 0; s < sybils; ++s) {
+      Rpc& r = *rpc[kHonest + s];
+      const dht::DhtId me = ids[kHonest + s].id();
+      r.serve<dht::PingRequest, dht::PingReply>([me](const Endpoint&, dht::PingRequest) -> Task<Result<dht::PingReply>> {
+        co_return dht::PingReply{me};
+      });
+      r.serve<dht::FindRequest, dht::FindReply>([me, all](const Endpoint&, dht::FindRequest req) -> Task<Result<dht::FindReply>> {
+        dht::FindReply reply{me, {}};
+        for (const auto& key : req.keys) {
+          auto nearest = all;
+          std::sort(nearest.begin(), nearest.end(), [&](const auto& a, const auto& b) { return dht::closer(key, a.id, b.id); });
+          nearest.resize(std::min<std::size_t>(nearest.size(), 20));
+          reply.entries.push_back({{}, std::move(nearest)});
+        }
+        co_return reply;
+      });
+      r.serve<dht::StoreRequest, dht::StoreReply>([me](const Endpoint&, dht::StoreRequest req) -> Task<Result<dht::StoreReply>> {
+        co_return dht::StoreReply{me, std::vector<std::uint8_t>(req.records.size(), static_cast<std::uint8_t>(dht::StoreOutcome::kStored))};
+      });
+    }
+    // Each Sybil introduces itself to six honest peers (pings, as a joining peer does).
+    std::vector<Task<Result<dht::PingReply>>> hellos;
+    for (std::size_t s = 0; s < sybils; ++s)
+      for (std::size_t j = 0; j < 6; ++j) {
+        const dht::PingRequest ping{dht::Sender{ids[kHonest + s].id(), false, false}};
+        hellos.push_back(rpc[kHonest + s]->template call<dht::PingReply>(world.endpoint((s + j) % kHonest), ping, 10s));
+      }
+    std::size_t heard = 0;
+    for (auto& r : run(when_all(std::move(hellos)), 120s)) heard += r.ok();
+    EXPECT_EQ(heard, sybils * 6);
+  }
+  // An honest peer stores the key; every honest peer then gets it. Returns how many found it.
+  std::size_t found_by_honest_peers() {
+    auto stored = run(nodes[1]->store(record(kKey, "v", now() + 10min)));
+    EXPECT_GT(stored.replicas, 0u);
+    std::size_t found = 0;
+    for (std::size_t i = 0; i < kHonest; ++i) {
+      auto got = run(nodes[i]->get(kKey));
+      found += got.found && !got.records.empty() && got.records[0].value == Bytes{'v'};
+    }
+    return found;
+  }
+  void TearDown() override {
+    scope.destroy_all();
+    nodes.clear();
+    for (auto& r : rpc) r->shutdown();
+    rpc.clear();
+    secured.clear();
+  }
+  template <class T>
+  T run(Task<T> t, Duration limit = 60s) {
+    return run_in(world, scope, std::move(t), limit);
+  }
+  TimePoint now() { return world.runtime(0).now(); }
+
+  W world;
+  std::vector<dht::Identity> ids;
+  std::vector<std::unique_ptr<auth::AuthenticatedRuntime>> secured;
+  std::vector<std::unique_ptr<Rpc>> rpc;
+  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
+  TaskScope scope;
+};
+
+TYPED_TEST_SUITE(SybilAttack, Worlds, WorldNames);
+
+TYPED_TEST(SybilAttack, WithoutLimitsPerAddressTwentySybilsCensorAKey) {
+  this->start(20, false);
+  const std::size_t found = this->found_by_honest_peers();
+  std::cout << "[ sybil    ] 20 Sybils on one host, no limits per address: " << found << "/" << this->kHonest << " gets found the key\n";
+  EXPECT_LE(found, this->kHonest / 4);  // the attack is real: most honest gets fail
+}
+
+TYPED_TEST(SybilAttack, TwentySybilsOnOneHostHideNothing) {
+  this->start(20, true);
+  const std::size_t found = this->found_by_honest_peers();
+  std::cout << "[ sybil    ] 20 Sybils on one host: " << found << "/" << this->kHonest << " gets found the key\n";
+  EXPECT_EQ(found, this->kHonest);
+  EXPECT_GT(this->world.metrics.counter("dht.candidates_refused.address_limit"), 0);
+}
+
+TYPED_TEST(SybilAttack, TwoHundredSybilsOnOneHostHideNothing) {
+  this->start(200, true);
+  const std::size_t found = this->found_by_honest_peers();
+  std::cout << "[ sybil    ] 200 Sybils on one host: " << found << "/" << this->kHonest << " gets found the key\n";
+  EXPECT_EQ(found, this->kHonest);
 }
 
 }  // namespace

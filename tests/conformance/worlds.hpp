@@ -24,6 +24,8 @@ class World {
  public:
   virtual ~World() = default;
   virtual std::size_t add_peer() = 0;
+  // A peer on peer `host`'s machine: the same address, a port of its own (Sybils on one host).
+  virtual std::size_t add_peer_beside(std::size_t host) = 0;
   virtual Runtime& runtime(std::size_t i) = 0;
   virtual void kill(std::size_t i) = 0;    // the peer's process is gone
   virtual void revive(std::size_t i) = 0;  // it comes back on the same endpoint
@@ -44,6 +46,13 @@ class SimWorld final : public World {
   }
   std::size_t add_peer() override {
     const std::size_t i = net_->add_peer(sim::LinkParams{ns3::MilliSeconds(5), 100e6, 100e6});
+    peers_.push_back(std::make_unique<PeerEnv>(net_->runtime(i), metrics, i, Rng(i + 1)));
+    net_->runtime(i).set_observer(peers_.back()->observer);
+    net_->set_up(i, true);
+    return i;
+  }
+  std::size_t add_peer_beside(std::size_t host) override {
+    const std::size_t i = net_->add_peer_beside(host);
     peers_.push_back(std::make_unique<PeerEnv>(net_->runtime(i), metrics, i, Rng(i + 1)));
     net_->runtime(i).set_observer(peers_.back()->observer);
     net_->set_up(i, true);
@@ -93,8 +102,17 @@ class FakeWorld final : public World {
     peers_.clear();
   }
   std::size_t add_peer() override {
+    ++hosts_;
+    return add_at(Endpoint{Endpoint::ipv4(10, 9, static_cast<std::uint8_t>(hosts_ >> 8), static_cast<std::uint8_t>(hosts_)), 7000});
+  }
+  std::size_t add_peer_beside(std::size_t host) override {
+    const Endpoint at = endpoint(host);
+    std::uint16_t port = at.port;
+    while (dir_.count(Endpoint{at.ip, port})) ++port;
+    return add_at(Endpoint{at.ip, port});
+  }
+  std::size_t add_at(const Endpoint& ep) {
     const std::size_t i = peers_.size();
-    const Endpoint ep{Endpoint::ipv4(10, 9, 0, static_cast<std::uint8_t>(i + 1)), 7000};
     peers_.push_back(std::make_unique<FakePeer>(net_, dir_, ep, std::chrono::milliseconds(5), metrics, static_cast<std::uint32_t>(i)));
     peers_.back()->refuse_dead = true;
     envs_.push_back(std::make_unique<PeerEnv>(*peers_.back(), metrics, static_cast<std::uint32_t>(i), Rng(i + 1)));
@@ -117,6 +135,7 @@ class FakeWorld final : public World {
 
  private:
   FakeNet net_;
+  std::size_t hosts_ = 0;
   std::map<Endpoint, FakePeer*> dir_;
   std::vector<std::unique_ptr<FakePeer>> peers_;
   std::vector<std::unique_ptr<PeerEnv>> envs_;
@@ -129,10 +148,19 @@ class LiveWorld final : public World {
     peers_.clear();
   }
   Duration emulated_delay{};  // for peers added after it is set
+  // Peers added after it is set listen on addresses of their own (127.0.1.1, 127.0.1.2, ...), as
+  // hosts apart, rather than all on 127.0.0.1.
+  bool own_addresses = false;
   std::size_t add_peer() override {
+    return add_at(own_addresses ? Endpoint{Endpoint::ipv4(127, 0, 1, static_cast<std::uint8_t>(++hosts_)), 0}
+                                : Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0});
+  }
+  std::size_t add_peer_beside(std::size_t host) override { return add_at(Endpoint{endpoint(host).ip, 0}); }
+  std::size_t add_at(const Endpoint& listen) {
     const std::size_t i = peers_.size();
     auto p = std::make_unique<Peer>();
     real::LiveOptions o;
+    o.listen = listen;
     o.emulated_delay = emulated_delay;
     p->rt = std::make_unique<real::LiveRuntime>(io_, o);
     p->rt->open();
@@ -191,6 +219,7 @@ class LiveWorld final : public World {
     std::unique_ptr<PeerEnv> env;
   };
   boost::asio::io_context io_;
+  std::size_t hosts_ = 0;
   std::vector<std::unique_ptr<Peer>> peers_;
   std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> garbage_;
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
