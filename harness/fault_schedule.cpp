@@ -121,8 +121,9 @@ void FaultyTransport::on_peer_error(const Endpoint& peer, const Error& error) {
   if (handler_) handler_->on_peer_error(peer, error);
 }
 
-PayloadTarget FaultyTransport::place_payload(const Endpoint& from, std::span<const std::uint8_t> header, std::uint64_t size) {
-  return handler_ ? handler_->place_payload(from, header, size) : PayloadTarget{};
+PayloadTarget FaultyTransport::place_payload(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> header,
+                                             std::uint64_t size) {
+  return handler_ ? handler_->place_payload(from, link, header, size) : PayloadTarget{};
 }
 
 }  // namespace apiary

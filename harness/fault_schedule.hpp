@@ -72,7 +72,8 @@ class FaultyTransport final : public Transport, public TransportHandler {
 
   void on_message(const Endpoint& from, Message message) override;
   void on_peer_error(const Endpoint& peer, const Error& error) override;
-  PayloadTarget place_payload(const Endpoint& from, std::span<const std::uint8_t> header, std::uint64_t size) override;
+  PayloadTarget place_payload(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> header,
+                              std::uint64_t size) override;
 
  private:
   LiveNetworkFaults& faults_;

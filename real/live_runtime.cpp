@@ -33,12 +33,12 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
   };
 
   struct Connection : std::enable_shared_from_this<Connection> {
-    Connection(Impl& o, tcp::socket s) : owner(o), sock(std::move(s)), decoder(o.opts.limits) {
+    Connection(Impl& o, tcp::socket s) : owner(o), sock(std::move(s)), decoder(o.opts.limits), link(++o.links) {
       // A payload may go straight to where its receiver wants it (an RPC reply into a tensor);
       // only once the peer has named itself, so replies can be matched to the calls made to it.
       decoder.set_placement([this](std::span<const std::uint8_t> header, std::uint64_t size) {
         if (!owner.handler || !peer.valid()) return PayloadTarget{};
-        return owner.handler->place_payload(peer, header, size);
+        return owner.handler->place_payload(peer, link, header, size);
       });
     }
     Connection(const Connection&) = delete;  // the placement above holds `this`
@@ -55,7 +55,9 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     // once. (On an inbound connection `peer` is only what the remote claimed, so its errors must
     // not fail calls to that endpoint: they go over our own connection to it.)
     bool outbound = false;
+    std::uint64_t link;  // this connection's number, in every message it delivers (Message::link)
     std::uint32_t remote_ip = 0;  // inbound: the address it came from (for the per-IP limit)
+    bool same_host = false;       // inbound: from this very host (both ends have one address)
     std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now(), last_active = created;
     std::uint64_t unfinished = 0;  // the decoder's unfinished bytes, as last counted
     bool writing = false;
@@ -77,6 +79,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
   Observer* observer = &null_observer;
   std::map<Endpoint, std::shared_ptr<Connection>> by_peer;
   std::map<Connection*, std::shared_ptr<Connection>> all;
+  std::uint64_t links = 0;  // connections made so far (their numbers)
   // The resource manager's state (LiveOptions).
   std::map<std::uint32_t, std::size_t> inbound_per_ip;
   std::uint64_t unfinished_total = 0;
@@ -179,6 +182,8 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     auto c = std::make_shared<Connection>(*this, std::move(s));
     c->connected = true;
     c->remote_ip = ip;
+    const auto near = c->sock.local_endpoint(ec);
+    c->same_host = !ec && near.address() == remote.address();
     ++inbound_per_ip[ip];
     all.emplace(c.get(), c);
     read_loop(c);
@@ -315,7 +320,8 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
         // really has (its messages come from it, replies go back over this connection), and it
         // never takes over what is sent to the endpoint it named. (A sender behind NAT is
         // answered all the same.)
-        if (!c->outbound && c->peer.ip != c->remote_ip) {
+        const bool believed = c->outbound || c->peer.ip == c->remote_ip;
+        if (!believed) {
           observer->count("transport.hello_address_mismatch");
           boost::system::error_code ec;
           const auto remote = c->sock.remote_endpoint(ec);
@@ -325,7 +331,13 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
           }
           c->peer = Endpoint{c->remote_ip, remote.port()};
         }
-        by_peer.try_emplace(c->peer, c);
+        // What is sent to the endpoint may go back over this connection, unless it came from this
+        // host (or opts.dial_back): there every peer has one address, and a port in a HELLO is a
+        // claim anyone there can make. What is sent to such a peer goes over a connection dialled
+        // to its port, which only the process listening there answers; so a process that names
+        // another's port (to relay between two peers, or read what is meant for one) is sent
+        // nothing. A sender known by its real address (above) is answered here: it cannot be dialled.
+        if (!believed || (!c->same_host && !opts.dial_back)) by_peer.try_emplace(c->peer, c);
         continue;
       }
       if (!c->peer.valid()) {
@@ -336,6 +348,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
         return false;
       }
       observer->count("transport.messages_received");
+      ev.message.link = c->link;
       deliver(c->peer, std::move(ev.message));
     }
     return c->open;
@@ -359,12 +372,16 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
       auto n = inbound_per_ip.find(c->remote_ip);
       if (n != inbound_per_ip.end() && --n->second == 0) inbound_per_ip.erase(n);
     }
+    // Only the connection that carried what we send to its peer speaks for that peer's
+    // reachability: another (a second inbound one, or one from this host claiming the port) never
+    // had anything of ours, and its end must not fail the calls waiting on the peer.
     auto it = by_peer.find(c->peer);
-    if (it != by_peer.end() && it->second == c) by_peer.erase(it);
+    const bool carried = it != by_peer.end() && it->second == c;
+    if (carried) by_peer.erase(it);
     const bool had_work = !c->small.empty() || !c->bulk.empty();
     c->small.clear();
     c->bulk.clear();
-    if (notify && c->peer.valid() && handler) {
+    if (notify && carried && c->peer.valid() && handler) {
       if (had_work) observer->count("transport.undelivered");
       handler->on_peer_error(c->peer, Error{ErrorCode::kUnreachable, why});
     }

@@ -39,6 +39,12 @@ struct LiveOptions {
   Duration handshake_timeout = std::chrono::seconds(10);
   Duration idle_timeout = std::chrono::minutes(5);
   std::uint64_t max_unfinished_total = 1ull << 30;
+  // Send to a peer only over a connection dialled to it, never back over one it opened (unless it
+  // is known by its real address, behind NAT). Always so between peers on one host, where any
+  // process can claim another's port; with dial_back also across hosts, so that a process sharing
+  // a peer's address (its host, its NAT) cannot relay between that peer and this one. Costs a
+  // connection per direction, and the first answer to a new peer waits for a dial.
+  bool dial_back = false;
   // Emulated one-way latency: every received message is handed to the protocol this much later
   // (order kept). For experiments on a kernel without tc netem; 0 delivers at once.
   Duration emulated_delay{};

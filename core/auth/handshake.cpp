@@ -205,7 +205,7 @@ void AuthTransport::on_timer(Endpoint peer) {
     return;
   }
   observer_.count("auth.resends");
-  if (s.theirs)  // we know the peer's challenge: our proof is what it waits for
+  if (s.theirs && !s.rechecking)  // we know the peer's challenge: our proof is what it waits for
     send_proof(peer, s);
   else
     send_hello(peer, s);
@@ -216,6 +216,7 @@ void AuthTransport::fail(const Endpoint& peer, Session& s, const Error& e) {
   if (s.timer) timers_.cancel(s.timer);
   s.timer = 0;
   s.in_progress = false;
+  s.rechecking = false;
   s.verified = false;
   s.proved_for.reset();
   s.queue = {};
@@ -231,6 +232,7 @@ void AuthTransport::fail(const Endpoint& peer, Session& s, const Error& e) {
 void AuthTransport::flush(const Endpoint& peer, Session& s) {
   if (s.timer) timers_.cancel(s.timer);
   s.timer = 0;
+  s.rechecking = false;
   if (s.in_progress) {
     s.in_progress = false;
     observer_.count("auth.handshakes_done");
@@ -244,10 +246,36 @@ void AuthTransport::flush(const Endpoint& peer, Session& s) {
   // Checking the peer's proof took proof_cost too: what waited leaves after it, behind our proof.
   s.ready_at = std::max(s.ready_at, clock_.now() + cfg_.proof_cost);
   for (auto& m : queue) send_at(peer, s.ready_at, std::move(m));
-  // What the peer sent before it proved itself is its own: delivered now, in order (last: the
-  // handler may send, and so make or drop sessions).
-  for (auto& m : unproven)
+  // What the peer sent before it proved itself is its own, if it came on the connection the proof
+  // came on: delivered now, in order (last: the handler may send, and so make or drop sessions).
+  const std::uint64_t link = s.link;
+  for (auto& m : unproven) {
+    if (m.link != link) {
+      observer_.count("auth.other_link_drops");
+      continue;
+    }
     if (handler_) handler_->on_message(peer, std::move(m));
+  }
+}
+
+void AuthTransport::hold(Session& s, Message m) {
+  const std::uint64_t size = m.wire_size();
+  if (s.unproven_bytes + size <= cfg_.max_unproven_bytes && unproven_total_ + size <= cfg_.max_unproven_total) {
+    s.unproven_bytes += size;
+    unproven_total_ += size;
+    s.unproven.push_back(std::move(m));
+  } else {
+    observer_.count("auth.unauthenticated_drops");
+  }
+}
+
+void AuthTransport::recheck(const Endpoint& peer, Session& s) {
+  if (s.in_progress || (s.rechecked != TimePoint{} && clock_.now() - s.rechecked < cfg_.recheck_after)) return;
+  observer_.count("auth.rechecks");
+  s.rechecked = clock_.now();
+  s.rechecking = true;
+  s.mine = fresh_nonce();  // the peer's next proof must answer this
+  begin(peer, s);
 }
 
 std::optional<std::string> AuthTransport::refusal(const PublicKey& key) {
@@ -268,7 +296,7 @@ bool AuthTransport::may_bind(const Session& s, const PublicKey& key) const {
   return s.errored || clock_.now() - s.heard >= cfg_.rebind_after;
 }
 
-void AuthTransport::on_hello(const Endpoint& from, std::span<const std::uint8_t> body) {
+void AuthTransport::on_hello(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> body) {
   wire::Reader r(body);
   const auto key = take<32>(r);
   const auto nonce = take<32>(r);
@@ -280,6 +308,14 @@ void AuthTransport::on_hello(const Endpoint& from, std::span<const std::uint8_t>
   Session& s = session(from);
   if (!may_bind(s, key)) {
     observer_.count("auth.rebind_refused");
+    return;
+  }
+  if (s.up() && link != s.link) {
+    // A HELLO for an up peer's endpoint on another connection: the peer itself on a new one (it
+    // restarted), or someone claiming its endpoint. Not answered, which would end the session;
+    // the peer is asked to prove itself again instead, and shows where it is now.
+    observer_.count("auth.other_link_hellos");
+    recheck(from, s);
     return;
   }
   if (s.up() || (s.theirs && *s.theirs != key)) {
@@ -300,7 +336,7 @@ void AuthTransport::on_hello(const Endpoint& from, std::span<const std::uint8_t>
   arm(from, s);
 }
 
-void AuthTransport::on_proof(const Endpoint& from, std::span<const std::uint8_t> body) {
+void AuthTransport::on_proof(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> body) {
   wire::Reader r(body);
   const auto key = take<32>(r);
   const auto nonce = take<32>(r);
@@ -317,7 +353,7 @@ void AuthTransport::on_proof(const Endpoint& from, std::span<const std::uint8_t>
     observer_.count("auth.rebind_refused");
     return;
   }
-  if (s.up() && s.theirs == key && s.their_nonce == nonce) {
+  if (s.up() && !s.rechecking && s.theirs == key && s.their_nonce == nonce) {
     // A proof sent again (ours to it was lost): prove ourselves again.
     send_proof(from, s);
     return;
@@ -346,6 +382,7 @@ void AuthTransport::on_proof(const Endpoint& from, std::span<const std::uint8_t>
   s.bound = key;
   s.errored = false;
   s.heard = clock_.now();
+  s.link = link;
   if (!s.proved_for || *s.proved_for != nonce) send_proof(from, s);
   flush(from, s);
 }
@@ -368,8 +405,8 @@ void AuthTransport::on_message(const Endpoint& from, Message message) {
     try {
       if (h.size() < 2 || h[1] != kVersion) throw wire::DecodeError("unknown handshake version");
       const std::span<const std::uint8_t> body(h.data() + 2, h.size() - 2);
-      if (h[0] == kHello) on_hello(from, body);
-      else if (h[0] == kProof) on_proof(from, body);
+      if (h[0] == kHello) on_hello(from, message.link, body);
+      else if (h[0] == kProof) on_proof(from, message.link, body);
       else on_refuse(from, body);
     } catch (const wire::DecodeError&) {
       observer_.count("auth.bad_handshakes");
@@ -381,15 +418,16 @@ void AuthTransport::on_message(const Endpoint& from, Message message) {
     // From a peer we have no session with (we restarted, or it never proved itself): held until
     // it proves itself (asked to, unless a handshake with it is under way), up to a bound.
     Session& s = session(from);
-    const std::uint64_t size = message.wire_size();
-    if (s.unproven_bytes + size <= cfg_.max_unproven_bytes && unproven_total_ + size <= cfg_.max_unproven_total) {
-      s.unproven_bytes += size;
-      unproven_total_ += size;
-      s.unproven.push_back(std::move(message));
-    } else {
-      observer_.count("auth.unauthenticated_drops");
-    }
+    hold(s, std::move(message));
     if (!s.in_progress) begin(from, s);
+    return;
+  }
+  if (message.link != it->second.link) {
+    // On another connection than the one the peer proved itself on: held until it proves itself
+    // there (it moved), dropped if it proves itself elsewhere (someone else spoke for it).
+    observer_.count("auth.other_link_messages");
+    hold(it->second, std::move(message));
+    recheck(from, it->second);
     return;
   }
   it->second.heard = clock_.now();
@@ -414,9 +452,13 @@ void AuthTransport::on_peer_error(const Endpoint& peer, const Error& error) {
   if (handler_) handler_->on_peer_error(peer, error);
 }
 
-PayloadTarget AuthTransport::place_payload(const Endpoint& from, std::span<const std::uint8_t> header, std::uint64_t size) {
-  if (!handler_ || !established(from)) return {};
-  return handler_->place_payload(from, header, size);
+PayloadTarget AuthTransport::place_payload(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> header,
+                                           std::uint64_t size) {
+  // Only a proven peer's payload goes where the layer above wants it, and only from the
+  // connection it proved itself on.
+  auto it = sessions_.find(from);
+  if (!handler_ || it == sessions_.end() || !it->second.up() || it->second.link != link) return {};
+  return handler_->place_payload(from, link, header, size);
 }
 
 }  // namespace apiary::auth

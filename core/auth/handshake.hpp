@@ -25,7 +25,13 @@
 //
 // Binding: an endpoint bound to one key is not taken over by another key while the first is alive
 // (it was heard within `rebind_after` and the transport reported no error for it since): such a
-// handshake is refused and counted (auth.rebind_refused).
+// handshake is refused and counted (auth.rebind_refused). Over a transport with connections (live
+// TCP, Message::link) a session is also bound to the connection its peer proved itself on: what
+// arrives for the endpoint on another connection is held, not delivered, and makes this side ask
+// the peer to prove itself again (a fresh challenge, at most once per `recheck_after`; the session
+// stays up meanwhile). Held messages are delivered only if the proof then comes on their
+// connection (the peer moved to a new one); otherwise they are dropped (auth.other_link_drops).
+// So a process that claims a peer's endpoint (on the same host) can inject nothing under it.
 //
 // The handshake's bytes begin with a tag no RPC envelope uses (0xA1..0xA3), so data messages pass
 // through unchanged. Nonces come from the peer's seeded Rng (simulations stay deterministic); a
@@ -63,6 +69,9 @@ struct AuthConfig {
   // An endpoint bound to a key takes another key only after this long without a word from the first
   // (or after a transport error for it): a peer that restarted with a new key.
   Duration rebind_after = std::chrono::seconds(30);
+  // Messages for a bound endpoint on another connection than the one its key was proven on ask
+  // the peer to prove itself again, at most this often (more such messages wait or are dropped).
+  Duration recheck_after = std::chrono::seconds(1);
   std::uint64_t max_queued_bytes = 64ull << 20;  // per peer, what waits for its handshake
   // Per peer, what arrived before it proved itself (it still believes in a session this side
   // forgot, as after a restart): held until its proof, delivered then, dropped if none comes.
@@ -95,7 +104,8 @@ class AuthTransport final : public Transport, public TransportHandler {
   // TransportHandler (the inner transport's)
   void on_message(const Endpoint& from, Message message) override;
   void on_peer_error(const Endpoint& peer, const Error& error) override;
-  PayloadTarget place_payload(const Endpoint& from, std::span<const std::uint8_t> header, std::uint64_t size) override;
+  PayloadTarget place_payload(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> header,
+                              std::uint64_t size) override;
 
   static constexpr std::uint8_t kHello = 0xA1, kProof = 0xA2, kRefuse = 0xA3;
   static constexpr std::uint8_t kVersion = 1;
@@ -119,6 +129,9 @@ class AuthTransport final : public Transport, public TransportHandler {
     TimePoint ready_at{};                // with proof_cost: when our proof has gone (data follows it)
     TimePoint heard{};                   // last message from the peer
     bool errored = false;                // a transport error since it was last heard
+    std::uint64_t link = 0;              // the connection the peer last proved itself on (Message::link)
+    bool rechecking = false;             // asking an up peer to prove itself again (another connection spoke)
+    TimePoint rechecked{};               // when that was last asked
     bool up() const { return verified && proved_for && *proved_for == their_nonce; }
   };
 
@@ -134,8 +147,12 @@ class AuthTransport final : public Transport, public TransportHandler {
   bool may_bind(const Session& s, const PublicKey& key) const;
   // Why this key may not join (work, authorizer), counted; nullopt if it may.
   std::optional<std::string> refusal(const PublicKey& key);
-  void on_hello(const Endpoint& from, std::span<const std::uint8_t> body);
-  void on_proof(const Endpoint& from, std::span<const std::uint8_t> body);
+  void on_hello(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> body);
+  void on_proof(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> body);
+  // Holds a message that arrived before its sender proved itself on its connection.
+  void hold(Session& s, Message m);
+  // Asks an up peer to prove itself again, if not asked within recheck_after.
+  void recheck(const Endpoint& peer, Session& s);
   void on_refuse(const Endpoint& from, std::span<const std::uint8_t> body);
   Bytes transcript(const Nonce& answered, const Nonce& own, const PublicKey& prover, const PublicKey& verifier) const;
   std::array<std::uint8_t, 32> mac(const Bytes& transcript) const;

@@ -54,9 +54,12 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
     auto it = std::find_if(b.nodes.begin(), b.nodes.end(),
                            [&](const Entry& e) { return e.contact.id == c.id; });
     if (it != b.nodes.end()) {
-      if (it->contact.endpoint != c.endpoint && endpoint_taken(c.endpoint, c.id)) return {Added::kRefused, std::nullopt};
+      // An id stays at the endpoint it was met at until it leaves (fails its pings): a contact
+      // heard from elsewhere (a relay that passed the id's handshake through, a second process
+      // with the same key) does not move it. A peer that restarts on a new port is found there
+      // once its old endpoint has stopped answering.
+      if (it->contact.endpoint != c.endpoint) return {Added::kRefused, std::nullopt};
       Entry e = *it;
-      e.contact.endpoint = c.endpoint;
       e.last_seen = now;
       b.nodes.erase(it);
       b.nodes.push_back(e);

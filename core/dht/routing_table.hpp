@@ -4,8 +4,9 @@
 // least-recently-seen order and a replacement list per bucket. A full bucket never evicts on its
 // own: add() names the least-recently-seen contact to ping, and only if that ping fails does
 // the owner call remove(), which promotes the freshest replacement.
-// One endpoint holds one id: a contact whose endpoint the table already knows under another id is
-// refused (kRefused) until that one leaves. A peer that answers from one address for many made-up
+// One endpoint holds one id, and one id one endpoint: a contact whose endpoint the table already
+// knows under another id, or whose id it knows at another endpoint, is refused (kRefused) until
+// that one leaves. A peer that answers from one address for many made-up
 // ids (to crowd the ids next to a key it wants to censor) gets one place, not a bucket; and a
 // bucket holds at most `per_ip` contacts of one IP address (0: no limit; 127.0.0.1, where every
 // peer of a one-machine swarm lives, is exempt), so neither does one host with many ports.

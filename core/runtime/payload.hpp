@@ -74,6 +74,10 @@ struct PayloadTarget {
 struct Message {
   Bytes header;     // small, always real; the RPC envelope and body live here
   Payload payload;  // optional bulk data
+  // The connection a received message came on, for transports with connections (live TCP: a
+  // number per connection, never reused); 0 where a transport has none (ns-3's datagrams, the
+  // fake world). Ignored on send.
+  std::uint64_t link = 0;
   std::uint64_t wire_size() const { return header.size() + payload.size(); }
 };
 

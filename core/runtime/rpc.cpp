@@ -139,7 +139,7 @@ void Rpc::on_peer_error(const Endpoint& peer, const Error& error) {
     complete(id, Error{error.code, peer.to_string() + ": " + error.message});
 }
 
-PayloadTarget Rpc::place_payload(const Endpoint& from, std::span<const std::uint8_t> header,
+PayloadTarget Rpc::place_payload(const Endpoint& from, std::uint64_t, std::span<const std::uint8_t> header,
                                  std::uint64_t size) {
   if (stopped_) return {};
   std::uint64_t id = 0;

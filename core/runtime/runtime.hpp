@@ -50,13 +50,14 @@ class TransportHandler {
   // the RPC layer turns into timeouts.
   virtual void on_peer_error(const Endpoint& peer, const Error& error) = 0;
   // Asked by a transport that reads payload bytes itself (live TCP) when a message from `from`
-  // with this header and a payload of `size` bytes begins to arrive: memory of exactly `size`
-  // bytes to write the payload into, or an empty target for a buffer of the transport's own.
-  // The message is then delivered with a payload that views the target. The bytes are written
-  // as they arrive, before the message is whole and whether or not it ever is.
-  virtual PayloadTarget place_payload(const Endpoint& from, std::span<const std::uint8_t> header,
+  // (on connection `link`, as Message::link) with this header and a payload of `size` bytes
+  // begins to arrive: memory of exactly `size` bytes to write the payload into, or an empty
+  // target for a buffer of the transport's own. The message is then delivered with a payload
+  // that views the target. The bytes are written as they arrive, before the message is whole and
+  // whether or not it ever is.
+  virtual PayloadTarget place_payload(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> header,
                                       std::uint64_t size) {
-    (void)from, (void)header, (void)size;
+    (void)from, (void)link, (void)header, (void)size;
     return {};
   }
 };

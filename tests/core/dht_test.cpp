@@ -147,6 +147,10 @@ TEST(RoutingTable, OneEndpointHoldsOneId) {
   EXPECT_EQ(table.add({honest, {Endpoint::ipv4(10, 0, 0, 1), 1}}, TimePoint(3s)).kind, RoutingTable::Added::kAdded);
   EXPECT_EQ(table.add({honest, mallory}, TimePoint(4s)).kind, RoutingTable::Added::kRefused);  // nor move onto a held endpoint
   EXPECT_EQ(table.find(honest)->endpoint, (Endpoint{Endpoint::ipv4(10, 0, 0, 1), 1}));
+  // Nor does it move to a free endpoint while it is in the table (a relay of its handshake).
+  const Endpoint relay{Endpoint::ipv4(10, 7, 7, 7), 777};
+  EXPECT_EQ(table.add({honest, relay}, TimePoint(4s)).kind, RoutingTable::Added::kRefused);
+  EXPECT_EQ(table.find(honest)->endpoint, (Endpoint{Endpoint::ipv4(10, 0, 0, 1), 1}));
   // Once the first leaves, the endpoint may hold another id (a peer restarted with a new identity).
   EXPECT_TRUE(table.remove(first));
   EXPECT_EQ(table.add({DhtId::random(rng), mallory}, TimePoint(5s)).kind, RoutingTable::Added::kAdded);

@@ -105,7 +105,7 @@ struct AnswerCounter final : TransportHandler {
     errors += !m.header.empty() && m.header[0] == 3 ? 1 : 0;
   }
   void on_peer_error(const Endpoint&, const Error&) override {}
-  PayloadTarget place_payload(const Endpoint&, std::span<const std::uint8_t>, std::uint64_t) override { return {}; }
+  PayloadTarget place_payload(const Endpoint&, std::uint64_t, std::span<const std::uint8_t>, std::uint64_t) override { return {}; }
 };
 
 struct ServingPeer {
