@@ -87,10 +87,11 @@ struct LiveNode {
   std::unique_ptr<dht::DhtNode> node;
 
   LiveNode(Endpoint listen, const dht::Identity& identity, dht::DhtConfig cfg, bool verbose, Duration delay = {},
-           auth::AuthConfig auth_config = {}) {
+           auth::AuthConfig auth_config = {}, bool dial_back = false) {
     LiveOptions o;
     o.listen = listen;
     o.emulated_delay = delay;
+    o.dial_back = dial_back;
     rt = std::make_unique<LiveRuntime>(io, o);
     rt->open();
     observer = std::make_unique<PeerObserver>(metrics, *rt, 0);
@@ -129,7 +130,8 @@ int run_live_peer(const LivePeerOptions& o) {
   raise_open_files_limit();  // a peer holds up to LiveOptions::max_connections sockets
   const auto identity = identity_from(o.identity_file, o.id_work_bits);
   LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
-             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file, o.id_work_bits));
+             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file, o.id_work_bits),
+             o.dial_back);
   std::vector<Endpoint> seeds;
   for (const auto& j : o.join) seeds.push_back(parse_or_throw(j, "--join"));
   std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());
