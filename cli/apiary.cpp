@@ -196,6 +196,8 @@ int main(int argc, char** argv) {
                        "a file holding the swarm's secret: only peers that know it are admitted");
   peer_cmd->add_option("--bucket-subnet-limit", peer.config.bucket_subnet_limit, "contacts of one /24 per bucket (0: any)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{64}));
+  peer_cmd->add_option("--schema", peer.schema,
+                       "a rule for the swarm's own keys, repeatable: '*SUFFIX=owned[:MAX]' or 'PREFIX*=int64|float64|utf8|bytes[:MAX]'");
   peer_cmd->add_flag("--dial-back", peer.dial_back,
                      "answer peers only over connections dialled to them (for peers sharing an address behind one NAT)");
   peer_cmd->add_option("--lookup-subnet-limit", peer.config.lookup_subnet_limit, "peers of one /24 a lookup takes (0: any)")

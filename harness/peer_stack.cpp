@@ -23,7 +23,9 @@ PeerStack::PeerStack(Runtime& rt, const SwarmSpec& spec, const std::vector<Endpo
       rt_(auth_ ? auth_->runtime : rt),
       spec_(spec), directory_(directory), index_(index), bandwidth_(bandwidth), rpc_(std::make_unique<Rpc>(rt_)) {
   if (spec.uses_dht) {
-    std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators();
+    std::vector<optim::SchemaRule> rules;
+    for (const auto& [pattern, rule] : spec.dht.schema) rules.push_back({pattern, rule});
+    std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators(rules);
     dht::DhtConfig config = spec.dht.config;
     if (spec.behind_nat(index)) config.client_mode = true;  // nobody could reach it to ask
     dht_ = std::make_unique<dht::DhtNode>(rt_, *rpc_, identity_.id(), config, std::move(validators));

@@ -187,6 +187,23 @@ std::string Scenario::get_string(const std::string& key, const std::string& def,
   return v;
 }
 
+std::vector<std::pair<std::string, std::string>> Scenario::get_string_table(
+    const std::string& key, const std::function<std::optional<std::string>(const std::string&, const std::string&)>& check) {
+  impl_->used.insert(key);
+  std::vector<std::pair<std::string, std::string>> out;
+  auto* n = impl_->find(key);
+  if (!n) return out;
+  if (!n->is_table()) fail(key, "expected a table of \"name\" = \"value\", found " + type_name(*n));
+  for (const auto& [k, v] : *n->as_table()) {
+    const std::string entry = key + "." + std::string(k.str());
+    if (!v.is_string()) throw ScenarioError(impl_->where(entry, &v) + ": key '" + entry + "': expected a string, found " + type_name(v));
+    std::string value = *v.value<std::string>();
+    if (auto why = check(std::string(k.str()), value)) throw ScenarioError(impl_->where(entry, &v) + ": key '" + entry + "': " + *why);
+    out.emplace_back(std::string(k.str()), std::move(value));
+  }
+  return out;
+}
+
 namespace {
 template <class F>
 auto unit_value(Scenario& s, const std::string& key, const toml::node* n, F parse) {

@@ -5,6 +5,7 @@
 // default. Overrides from the command line (`--set key=value`) replace or add keys; errors in
 // them name the override instead of a file line.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -56,6 +57,11 @@ class Scenario {
   // A fixed quantity ("20ms") or a table {dist = "uniform", min = "10ms", max = "50ms"}.
   // `unit` is "duration" (value in ns), "bitrate" (value in bit/s) or "rate" (per second).
   Distribution get_distribution(const std::string& key, Distribution def, const std::string& unit);
+
+  // A table of strings, `"name" = "value"` per entry (absent: empty), each entry passed to `check`,
+  // whose message (if any) fails the scenario at that entry's line.
+  std::vector<std::pair<std::string, std::string>> get_string_table(
+      const std::string& key, const std::function<std::optional<std::string>(const std::string&, const std::string&)>& check);
 
   // Reads and validates [sweep] (grid, zip, seeds) and marks it used.
   SweepSpec get_sweep();

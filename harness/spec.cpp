@@ -1,5 +1,7 @@
 #include "harness/spec.hpp"
 
+#include "core/optim/schema.hpp"
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
@@ -271,6 +273,9 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     c.lookup_ip_limit = static_cast<std::size_t>(s.get_int("dht.lookup_ip_limit", static_cast<std::int64_t>(c.lookup_ip_limit), 0, 64));
     c.lookup_subnet_limit = static_cast<std::size_t>(s.get_int("dht.lookup_subnet_limit", 0, 0, 64));
     c.disjoint_paths = static_cast<std::size_t>(s.get_int("dht.disjoint_paths", 1, 1, 8));
+    d.schema = s.get_string_table("dht.schema", [](const std::string& pattern, const std::string& rule) {
+      return optim::check_schema_rule(optim::SchemaRule{pattern, rule});
+    });
     c.blacklist_base = s.get_duration("dht.blacklist", c.blacklist_base);
     c.join_refresh_buckets =
         static_cast<std::size_t>(s.get_int("dht.join_refresh", static_cast<std::int64_t>(c.join_refresh_buckets), 0, 160));

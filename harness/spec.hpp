@@ -85,6 +85,8 @@ struct AuthSpec {
 // The DHT every workload but ping runs on: its protocol settings, the seeds, and how peers join.
 struct DhtSpec {
   dht::DhtConfig config;
+  // [dht.schema]: rules for the swarm's own keys, beside Apiary's (core/optim/schema.hpp).
+  std::vector<std::pair<std::string, std::string>> schema;
   std::uint32_t bootstrap_peers = 3;                // peers 0..B-1: always up, the seeds
   Duration join_window = std::chrono::seconds(60);  // the others join uniformly over this
 };

@@ -87,7 +87,7 @@ struct LiveNode {
   std::unique_ptr<dht::DhtNode> node;
 
   LiveNode(Endpoint listen, const dht::Identity& identity, dht::DhtConfig cfg, bool verbose, Duration delay = {},
-           auth::AuthConfig auth_config = {}, bool dial_back = false) {
+           auth::AuthConfig auth_config = {}, bool dial_back = false, const std::vector<optim::SchemaRule>& schema = {}) {
     LiveOptions o;
     o.listen = listen;
     o.emulated_delay = delay;
@@ -101,7 +101,7 @@ struct LiveNode {
     auth = std::make_unique<auth::AuthTransport>(*rt, *rt, *rt, rng, *observer, identity, std::move(auth_config));
     runtime = std::make_unique<Runtime>(Runtime{*rt, *rt, *auth, rng, *observer});
     rpc = std::make_unique<Rpc>(*runtime);
-    std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators();
+    std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators(schema);
     node = std::make_unique<dht::DhtNode>(*runtime, *rpc, identity.id(), cfg, validators);
   }
   ~LiveNode() {
@@ -127,11 +127,13 @@ struct LiveNode {
 }  // namespace
 
 int run_live_peer(const LivePeerOptions& o) {
+  std::vector<optim::SchemaRule> schema;
+  for (const auto& r : o.schema) schema.push_back(optim::parse_schema_rule(r));  // a bad rule: an error before we start
   raise_open_files_limit();  // a peer holds up to LiveOptions::max_connections sockets
   const auto identity = identity_from(o.identity_file, o.id_work_bits);
   LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
              Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file, o.id_work_bits),
-             o.dial_back);
+             o.dial_back, schema);
   std::vector<Endpoint> seeds;
   for (const auto& j : o.join) seeds.push_back(parse_or_throw(j, "--join"));
   std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());

@@ -24,6 +24,7 @@ struct LivePeerOptions {
   std::string swarm_secret_file;  // the swarm's secret: only peers that know it are admitted
   unsigned id_work_bits = 0;      // the work every id must carry (dht::id_work); ours is made so
   bool dial_back = false;         // LiveOptions::dial_back: answer peers only over connections we dialled
+  std::vector<std::string> schema;  // "PATTERN=RULE" rules for the swarm's own keys (core/optim/schema.hpp)
 };
 
 // Runs until SIGINT/SIGTERM. Returns the process exit code; throws on bad options.

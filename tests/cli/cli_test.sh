@@ -123,6 +123,9 @@ set +e; "$APIARY" dht get --via 127.0.0.1:1 greeting > /dev/null 2>&1; rc=$?; se
 # A peer told to join a swarm that does not answer says so and exits 5, not a swarm of one.
 set +e; msg=$(timeout 60 "$APIARY" peer --listen 127.0.0.1:0 --join 127.0.0.1:1 2>&1); rc=$?; set -e
 [ $rc -eq 5 ] && echo "$msg" | grep -q "could not join: no answer from 127.0.0.1:1" || fail "join to a dead seed: rc $rc: $msg"
+# A malformed schema rule is an error before the peer starts, naming the rule.
+set +e; msg=$(timeout 60 "$APIARY" peer --listen 127.0.0.1:0 --schema 'scores=owned' 2>&1); rc=$?; set -e
+[ $rc -eq 1 ] && echo "$msg" | grep -q "schema rule 'scores=owned': pattern 'scores' must be" || fail "bad schema rule: rc $rc: $msg"
 # A restarted peer keeps its id (identity file).
 id_before=$(cut -d' ' -f1 ready2)
 kill "${pids[2]}"; rm -f ready2

@@ -45,6 +45,37 @@ std::vector<std::unique_ptr<ProgressTracker>> trackers_of(test::FakeDhtSwarm& s,
 
 }  // namespace
 
+// A swarm's own keys under its own rules, beside Apiary's: owned entries only under "*:scores",
+// 8-byte values under "metrics.*"; malformed rules are refused with the reason.
+TEST(Schema, ASwarmsOwnRulesAreCheckedByEveryNode) {
+  const auto v = standard_validators({{"*:scores", "owned:16"}, {"metrics.*", "float64"}});
+  const auto at = TimePoint(std::chrono::hours(1));
+  auto rec = [&](std::string key, std::optional<std::string> subkey, std::size_t size) {
+    return dht::Record{std::move(key), std::move(subkey), Bytes(size, 1), at, {}};
+  };
+  const auto owner = dht::Identity::from_seed(5);
+  EXPECT_TRUE(dht::validate(v, rec("game:scores", std::nullopt, 4)).has_value());  // a plain value
+  EXPECT_TRUE(dht::validate(v, rec("game:scores", "mallory", 4)).has_value());     // no owner tag
+  auto entry = rec("game:scores", owner.owner_tag(), 16);
+  owner.sign(entry);
+  EXPECT_FALSE(dht::validate(v, entry).has_value()) << *dht::validate(v, entry);
+  auto big = rec("game:scores", owner.owner_tag(), 17);
+  owner.sign(big);
+  EXPECT_TRUE(dht::validate(v, big).has_value());
+  EXPECT_FALSE(dht::validate(v, rec("metrics.loss", std::nullopt, 8)).has_value());
+  EXPECT_TRUE(dht::validate(v, rec("metrics.loss", std::nullopt, 3)).has_value());
+  EXPECT_FALSE(dht::validate(v, rec("other", std::nullopt, 3)).has_value());
+  // Apiary's own rules still hold.
+  EXPECT_TRUE(dht::validate(v, rec("run:progress", std::nullopt, 8)).has_value());
+
+  for (const SchemaRule bad : std::vector<SchemaRule>{{"scores", "owned"}, {"*x", "float64"}, {"x*", "owned"}, {"*x", "owned:0"},
+                                                      {"*", "owned"}, {"x*", "int32"}, {"x*", "utf8:lots"}})
+    EXPECT_TRUE(check_schema_rule(bad).has_value()) << bad.pattern << " = " << bad.rule;
+  EXPECT_THROW(standard_validators({{"x*", "int32"}}), std::invalid_argument);
+  EXPECT_THROW(parse_schema_rule("no-equals-sign"), std::invalid_argument);
+  EXPECT_EQ(parse_schema_rule("*:scores=owned").rule, "owned");
+}
+
 TEST(Progress, AggregatesTheSwarmsEpochSamplesAndEta) {
   const TimePoint now = TimePoint(100s);
   std::vector<PeerProgress> r{

@@ -87,6 +87,19 @@ TEST(Scenario, ErrorsNameFileLineAndKey) {
       "");
 }
 
+// A swarm's own schema rules: read into the spec, and a malformed one named with its line.
+TEST(Scenario, SchemaRulesAreReadAndCheckedWhereTheyAre) {
+  const std::string head = "peers = 4\n[workload]\nkind = \"dht\"\n[dht.schema]\n";
+  auto s = Scenario::from_string(head + "\"*:scores\" = \"owned:512\"\n\"metrics.*\" = \"float64\"\n", "t.toml");
+  auto spec = parse_swarm_spec(s);
+  ASSERT_EQ(spec.dht.schema.size(), 2u);
+  EXPECT_EQ(spec.dht.schema[0], (std::pair<std::string, std::string>{"*:scores", "owned:512"}));
+  EXPECT_EQ(error_of(head + "\"*:scores\" = \"owned\"\n\"metrics\" = \"float64\"\n"),
+            "bad.toml:6: key 'dht.schema.metrics': pattern 'metrics' must be *SUFFIX (for owned) or PREFIX* (for a type), with a "
+            "non-empty part");
+  EXPECT_EQ(error_of(head + "\"x*\" = 3\n"), "bad.toml:5: key 'dht.schema.x*': expected a string, found an integer");
+}
+
 TEST(Scenario, SyntaxErrorsNameLineAndColumn) {
   const auto e = error_of("peers = 4\nduration = \"5s\n");
   EXPECT_EQ(e.rfind("bad.toml:2:", 0), 0u) << e;
