@@ -372,7 +372,7 @@ TYPED_TEST(AuthenticatedAdversary, AStrangerWithoutTheSwarmSecretGetsNothing) {
 template <class W>
 class SybilAttack : public ::testing::Test {
  protected:
-  static constexpr std::size_t kHonest = 24;
+  std::size_t honest = 24;
   static constexpr int kPrefix = 10;
   static constexpr const char* kKey = "the key under attack";
 
@@ -384,15 +384,18 @@ class SybilAttack : public ::testing::Test {
     return ids;
   }
 
-  // 24 honest peers (each on an address of its own) and `sybils` Sybils on one more.
-  void start(std::size_t sybils, bool defended) {
+  // `honest` peers (each on an address of its own) and `sybils` Sybils on one more; k = `k`.
+  void start(std::size_t sybils, bool defended, std::size_t honest_peers = 24, std::size_t k = 8, std::size_t hosts = 1) {
+    honest = honest_peers;
     if constexpr (std::is_same_v<W, LiveWorld>) world.own_addresses = true;
-    for (std::size_t i = 0; i < kHonest; ++i) {
+    for (std::size_t i = 0; i < honest; ++i) {
       world.add_peer();
       ids.push_back(dht::Identity::from_seed(100 + i));
     }
-    const std::size_t host = world.add_peer();
-    for (std::size_t s = 1; s < sybils; ++s) world.add_peer_beside(host);
+    // The Sybils, dealt out round robin over `hosts` machines of the attacker's.
+    std::vector<std::size_t> machines;
+    for (std::size_t h = 0; h < hosts; ++h) machines.push_back(world.add_peer());
+    for (std::size_t s = hosts; s < sybils; ++s) world.add_peer_beside(machines[s % hosts]);  // Sybil s is peer honest + s
     const auto& evil = sybil_identities(sybils);
     ids.insert(ids.end(), evil.begin(), evil.begin() + static_cast<std::ptrdiff_t>(sybils));
     for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -400,20 +403,20 @@ class SybilAttack : public ::testing::Test {
       rpc.push_back(std::make_unique<Rpc>(secured[i]->runtime));
     }
     dht::DhtConfig cfg;
-    cfg.k = 8;
+    cfg.k = k;
     cfg.refresh_period = Duration::zero();
     cfg.replicate_period = Duration::zero();
     if (!defended) cfg.bucket_ip_limit = cfg.lookup_ip_limit = 0;
-    for (std::size_t i = 0; i < kHonest; ++i)
+    for (std::size_t i = 0; i < honest; ++i)
       nodes.push_back(std::make_unique<dht::DhtNode>(secured[i]->runtime, *rpc[i], ids[i].id(), cfg, optim::standard_validators()));
-    for (std::size_t i = 1; i < kHonest; ++i) EXPECT_GT(run(nodes[i]->bootstrap({world.endpoint(0)})), 0u);
+    for (std::size_t i = 1; i < honest; ++i) EXPECT_GT(run(nodes[i]->bootstrap({world.endpoint(0)})), 0u);
     EXPECT_GT(run(nodes[0]->bootstrap({world.endpoint(1)})), 0u);
 
     std::vector<dht::Contact> all;
-    for (std::size_t s = 0; s < sybils; ++s) all.push_back(dht::Contact{ids[kHonest + s].id(), world.endpoint(kHonest + s)});
+    for (std::size_t s = 0; s < sybils; ++s) all.push_back(dht::Contact{ids[honest + s].id(), world.endpoint(honest + s)});
     for (std::size_t s = 0; s < sybils; ++s) {
-      Rpc& r = *rpc[kHonest + s];
-      const dht::DhtId me = ids[kHonest + s].id();
+      Rpc& r = *rpc[honest + s];
+      const dht::DhtId me = ids[honest + s].id();
       r.serve<dht::PingRequest, dht::PingReply>([me](const Endpoint&, dht::PingRequest) -> Task<Result<dht::PingReply>> {
         co_return dht::PingReply{me};
       });
@@ -435,8 +438,8 @@ class SybilAttack : public ::testing::Test {
     std::vector<Task<Result<dht::PingReply>>> hellos;
     for (std::size_t s = 0; s < sybils; ++s)
       for (std::size_t j = 0; j < 6; ++j) {
-        const dht::PingRequest ping{dht::Sender{ids[kHonest + s].id(), false, false}};
-        hellos.push_back(rpc[kHonest + s]->template call<dht::PingReply>(world.endpoint((s + j) % kHonest), ping, 10s));
+        const dht::PingRequest ping{dht::Sender{ids[honest + s].id(), false, false}};
+        hellos.push_back(rpc[honest + s]->template call<dht::PingReply>(world.endpoint((s + j) % honest), ping, 10s));
       }
     std::size_t heard = 0;
     for (auto& r : run(when_all(std::move(hellos)), 120s)) heard += r.ok();
@@ -447,7 +450,7 @@ class SybilAttack : public ::testing::Test {
     auto stored = run(nodes[1]->store(record(kKey, "v", now() + 10min)));
     EXPECT_GT(stored.replicas, 0u);
     std::size_t found = 0;
-    for (std::size_t i = 0; i < kHonest; ++i) {
+    for (std::size_t i = 0; i < honest; ++i) {
       auto got = run(nodes[i]->get(kKey));
       found += got.found && !got.records.empty() && got.records[0].value == Bytes{'v'};
     }
@@ -479,23 +482,58 @@ TYPED_TEST_SUITE(SybilAttack, Worlds, WorldNames);
 TYPED_TEST(SybilAttack, WithoutLimitsPerAddressTwentySybilsCensorAKey) {
   this->start(20, false);
   const std::size_t found = this->found_by_honest_peers();
-  std::cout << "[ sybil    ] 20 Sybils on one host, no limits per address: " << found << "/" << this->kHonest << " gets found the key\n";
-  EXPECT_LE(found, this->kHonest / 4);  // the attack is real: most honest gets fail
+  std::cout << "[ sybil    ] 20 Sybils on one host, no limits per address: " << found << "/" << this->honest << " gets found the key\n";
+  EXPECT_LE(found, this->honest / 4);  // the attack is real: most honest gets fail
 }
 
 TYPED_TEST(SybilAttack, TwentySybilsOnOneHostHideNothing) {
   this->start(20, true);
   const std::size_t found = this->found_by_honest_peers();
-  std::cout << "[ sybil    ] 20 Sybils on one host: " << found << "/" << this->kHonest << " gets found the key\n";
-  EXPECT_EQ(found, this->kHonest);
+  std::cout << "[ sybil    ] 20 Sybils on one host: " << found << "/" << this->honest << " gets found the key\n";
+  EXPECT_EQ(found, this->honest);
   EXPECT_GT(this->world.metrics.counter("dht.candidates_refused.address_limit"), 0);
 }
 
 TYPED_TEST(SybilAttack, TwoHundredSybilsOnOneHostHideNothing) {
   this->start(200, true);
   const std::size_t found = this->found_by_honest_peers();
-  std::cout << "[ sybil    ] 200 Sybils on one host: " << found << "/" << this->kHonest << " gets found the key\n";
-  EXPECT_EQ(found, this->kHonest);
+  std::cout << "[ sybil    ] 200 Sybils on one host: " << found << "/" << this->honest << " gets found the key\n";
+  EXPECT_EQ(found, this->honest);
+}
+
+// Where the limit ends: each address holds at most two of a key's k nearest places (k = 8 here),
+// so Sybils on three hosts leave two places to honest peers, and on four they take them all.
+TYPED_TEST(SybilAttack, TwoHundredSybilsOnThreeHostsHideNothing) {
+  this->start(200, true, 24, 8, 3);
+  const std::size_t found = this->found_by_honest_peers();
+  std::cout << "[ sybil    ] 200 Sybils on 3 hosts: " << found << "/" << this->honest << " gets found the key\n";
+  EXPECT_EQ(found, this->honest);
+}
+
+TYPED_TEST(SybilAttack, TwoHundredSybilsOnKOverTwoHostsCensorAKey) {
+  this->start(200, true, 24, 8, 4);
+  const std::size_t found = this->found_by_honest_peers();
+  std::cout << "[ sybil    ] 200 Sybils on 4 hosts (k = 8): " << found << "/" << this->honest << " gets found the key\n";
+  EXPECT_LE(found, this->honest / 4);
+}
+
+// The same at scale: 200 honest peers with the default k = 20, and 200 Sybils next to the key on
+// one host. Every honest peer gets the key once: at least 99% of the 200 gets must find it (and,
+// without the limits per address, at most a quarter do).
+TYPED_TEST(SybilAttack, WithoutLimitsPerAddressTwoHundredSybilsCensorAKeyAmongTwoHundredPeers) {
+  this->start(200, false, 200, 20);
+  const std::size_t found = this->found_by_honest_peers();
+  std::cout << "[ sybil    ] 200 Sybils on one host, 200 honest peers, k = 20, no limits per address: " << found << "/"
+            << this->honest << " gets found the key\n";
+  EXPECT_LE(found, this->honest / 4);
+}
+
+TYPED_TEST(SybilAttack, TwoHundredSybilsAmongTwoHundredPeersHideNothing) {
+  this->start(200, true, 200, 20);
+  const std::size_t found = this->found_by_honest_peers();
+  std::cout << "[ sybil    ] 200 Sybils on one host, 200 honest peers, k = 20: " << found << "/" << this->honest
+            << " gets found the key\n";
+  EXPECT_GE(found * 100, this->honest * 99);
 }
 
 }  // namespace
