@@ -15,7 +15,11 @@ foreach(_h singleton.h simulation-singleton.h)
   file(WRITE ${_shadow}/${_h} "${_text}")
 endforeach()
 add_library(apiary_ns3 INTERFACE)
-target_include_directories(apiary_ns3 SYSTEM BEFORE INTERFACE ${CMAKE_BINARY_DIR}/ns3-shadow)
+target_include_directories(apiary_ns3 SYSTEM BEFORE INTERFACE $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/ns3-shadow>
+  $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}/apiary/ns3-shadow>)
+# Installed with Apiary (cmake/Install.cmake), so that a program built on its sim headers compiles them the same way.
+set(_installed_shadow "$<INSTALL_PREFIX>/${CMAKE_INSTALL_INCLUDEDIR}/apiary/ns3-shadow/ns3")
 target_compile_options(apiary_ns3 INTERFACE
-  "SHELL:-include ${_shadow}/singleton.h" "SHELL:-include ${_shadow}/simulation-singleton.h")
+  "SHELL:-include $<BUILD_INTERFACE:${_shadow}>$<INSTALL_INTERFACE:${_installed_shadow}>/singleton.h"
+  "SHELL:-include $<BUILD_INTERFACE:${_shadow}>$<INSTALL_INTERFACE:${_installed_shadow}>/simulation-singleton.h")
 target_link_libraries(apiary_ns3 INTERFACE ns3::libcore ns3::libnetwork ns3::libinternet)
