@@ -280,6 +280,10 @@ int main(int argc, char** argv) {
   sweep_cmd->add_option("--out", sweep.out, "directory for the runs and index.json (default out/sweep-<name>)");
   sweep_cmd->add_option("--set", sweep.sets, "override a key for every run")->allow_extra_args(false);
   sweep_cmd->add_flag("--quiet", sweep.quiet, "no progress lines");
+  sweep_cmd->add_option("--executor", sweep.executor,
+                        "where the points run: local (default) or dask://HOST:PORT (a Dask cluster sharing --out)");
+  sweep_cmd->add_option("--only", sweep.only, "run point I alone and record it in the index (what each remote task runs)");
+  sweep_cmd->add_option("--emit", sweep.emit, "print a job array instead of running (slurm)")->check(CLI::IsMember({"slurm"}));
 
   // apiary campaign: many seeds, each with its own faults, every run checked against the invariants.
   auto* campaign_cmd = app.add_subcommand("campaign", "Run a scenario under many seeds with random faults; report invariant "

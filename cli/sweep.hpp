@@ -5,8 +5,15 @@
 // index.json (every run's name, file, seed, parameters, status and wall time), rewritten after
 // each run, so an interrupted sweep (Ctrl-C) resumes where it stopped: finished runs whose file
 // is present are not run again.
+//
+// Elsewhere than on this machine: `--executor dask://HOST:PORT` hands each point to a Dask
+// distributed cluster (Debian's python3-distributed; the workers share this directory), and
+// `--emit slurm` prints a Slurm job array. Either way a point runs as `apiary sweep SCENARIO --out
+// DIR --only I`, which runs point I alone and records it in DIR/index.json (under a lock, beside
+// other such runs): the same index, the same files, the same resume.
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,6 +28,9 @@ struct SweepOptions {
   std::string out;  // default out/sweep-<name>
   unsigned jobs = 2;
   bool quiet = false;
+  std::string executor = "local";     // or dask://HOST:PORT
+  std::optional<std::size_t> only;    // run this point alone (what each executor's task runs)
+  std::string emit;                   // "slurm": print a job array instead of running
 };
 
 int run_sweep(const SweepOptions& o);
@@ -47,6 +57,10 @@ struct RunSet {
   bool quiet = false;
   Duration timeout{};
   std::function<std::vector<std::string>(const Point&, const std::string& log)> check;
+  // Where the points run: "" or "local" (child processes here), or dask://HOST:PORT (each point
+  // is `apiary sweep SCENARIO --out DIR --only I` on a Dask worker).
+  std::string executor;
+  std::optional<std::size_t> only;  // run this point alone; the index gets its entry only
 };
 
 // Runs the points (their status, wall time and findings are updated); `what` names the command

@@ -1,6 +1,10 @@
 #include <utility>  // before asio: Boost 1.74's awaitable.hpp needs std::exchange
 #include "real/live_runtime.hpp"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <array>
 #include <deque>
@@ -13,6 +17,23 @@
 namespace apiary::real {
 
 namespace asio = boost::asio;
+
+namespace {
+
+// Whether `ip` is an address of one of this host's interfaces (a connection from it comes from
+// this host, whatever address it was made to).
+bool is_local_address(std::uint32_t ip) {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return false;
+  bool found = false;
+  for (ifaddrs* a = list; a && !found; a = a->ifa_next)
+    if (a->ifa_addr && a->ifa_addr->sa_family == AF_INET)
+      found = ntohl(reinterpret_cast<const sockaddr_in*>(a->ifa_addr)->sin_addr.s_addr) == ip;
+  freeifaddrs(list);
+  return found;
+}
+
+}  // namespace
 using asio::ip::tcp;
 
 namespace {
@@ -183,7 +204,7 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     c->connected = true;
     c->remote_ip = ip;
     const auto near = c->sock.local_endpoint(ec);
-    c->same_host = !ec && near.address() == remote.address();
+    c->same_host = (!ec && near.address() == remote.address()) || is_local_address(ip);
     ++inbound_per_ip[ip];
     all.emplace(c.get(), c);
     read_loop(c);

@@ -149,6 +149,10 @@ void AuthTransport::send_proof(const Endpoint& peer, Session& s) {
   wire::Writer w(m.header);
   w.raw(identity_.sign_bytes(t));
   w.raw(mac(t));
+  // Whether we still wait for the peer's proof: only then does a proof of its that we have seen
+  // before mean ours was lost (and ask for ours again). A finished side says so, so that two
+  // finished sides never answer each other's proofs forever.
+  w.u8(s.verified && !s.rechecking ? 0 : 1);
   observer_.count("auth.proofs_made");
   // The signature takes proof_cost of this peer's time: the proof, and whatever follows it, goes
   // out then.
@@ -270,7 +274,18 @@ void AuthTransport::hold(Session& s, Message m) {
 }
 
 void AuthTransport::recheck(const Endpoint& peer, Session& s) {
-  if (s.in_progress || (s.rechecked != TimePoint{} && clock_.now() - s.rechecked < cfg_.recheck_after)) return;
+  if (s.in_progress) return;
+  if (s.rechecked != TimePoint{} && clock_.now() - s.rechecked < cfg_.recheck_after) {
+    // Asked lately: ask again once the interval is over (what waits meanwhile stays held).
+    if (!s.timer)
+      s.timer = timers_.schedule(s.rechecked + cfg_.recheck_after - clock_.now(), [this, peer] {
+        auto it = sessions_.find(peer);
+        if (it == sessions_.end()) return;
+        it->second.timer = 0;
+        if (!it->second.unproven.empty() && it->second.up()) recheck(peer, it->second);
+      });
+    return;
+  }
   observer_.count("auth.rechecks");
   s.rechecked = clock_.now();
   s.rechecking = true;
@@ -310,12 +325,18 @@ void AuthTransport::on_hello(const Endpoint& from, std::uint64_t link, std::span
     observer_.count("auth.rebind_refused");
     return;
   }
-  if (s.up() && link != s.link) {
-    // A HELLO for an up peer's endpoint on another connection: the peer itself on a new one (it
-    // restarted), or someone claiming its endpoint. Not answered, which would end the session;
-    // the peer is asked to prove itself again instead, and shows where it is now.
-    observer_.count("auth.other_link_hellos");
-    recheck(from, s);
+  if (s.up() && s.theirs == key) {
+    // The peer asks us to prove ourselves again (its recheck, or it restarted and forgot us): we
+    // do, over its new challenge, and our session stays up (a peer that tore its side down at
+    // every such HELLO could be kept from ever finishing). On another connection than the one it
+    // proved itself on, the HELLO may be someone else's: the peer is asked to prove itself again
+    // too, and shows where it is now.
+    s.their_nonce = nonce;
+    send_proof(from, s);
+    if (link != s.link) {
+      observer_.count("auth.other_link_hellos");
+      recheck(from, s);
+    }
     return;
   }
   if (s.up() || (s.theirs && *s.theirs != key)) {
@@ -342,6 +363,7 @@ void AuthTransport::on_proof(const Endpoint& from, std::uint64_t link, std::span
   const auto nonce = take<32>(r);
   const auto sig = take<64>(r);
   const auto tag = take<32>(r);
+  const bool waiting = r.u8() != 0;
   r.expect_end();
   auto it = sessions_.find(from);
   if (it == sessions_.end()) {
@@ -353,9 +375,10 @@ void AuthTransport::on_proof(const Endpoint& from, std::uint64_t link, std::span
     observer_.count("auth.rebind_refused");
     return;
   }
-  if (s.up() && !s.rechecking && s.theirs == key && s.their_nonce == nonce) {
-    // A proof sent again (ours to it was lost): prove ourselves again.
-    send_proof(from, s);
+  if (s.up() && !s.rechecking && s.theirs == key && s.proven == nonce) {
+    // A proof we have checked before. The peer sent it again, waiting for ours (lost): prove
+    // ourselves again, over the connection it proved itself on. It never moves the session.
+    if (waiting && link == s.link) send_proof(from, s);
     return;
   }
   const Bytes t = transcript(s.mine, nonce, key, identity_.public_key);
@@ -379,6 +402,7 @@ void AuthTransport::on_proof(const Endpoint& from, std::uint64_t link, std::span
   s.theirs = key;
   s.their_nonce = nonce;
   s.verified = true;
+  s.proven = nonce;
   s.bound = key;
   s.errored = false;
   s.heard = clock_.now();
@@ -387,13 +411,14 @@ void AuthTransport::on_proof(const Endpoint& from, std::uint64_t link, std::span
   flush(from, s);
 }
 
-void AuthTransport::on_refuse(const Endpoint& from, std::span<const std::uint8_t> body) {
+void AuthTransport::on_refuse(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> body) {
   wire::Reader r(body);
   const std::string why = r.str(kMaxReason);
   r.expect_end();
   auto it = sessions_.find(from);
-  // Only a refusal of a handshake in progress counts: one out of the blue could end a live session.
-  if (it == sessions_.end() || !it->second.in_progress) return;
+  // Only a refusal of a handshake in progress counts, or one from the connection the peer proved
+  // itself on (it refused our latest proof): one out of the blue could end a live session.
+  if (it == sessions_.end() || (!it->second.in_progress && !(it->second.up() && link == it->second.link))) return;
   observer_.count("auth.refused_by_peer");
   fail(from, it->second, Error{ErrorCode::kRejected, from.to_string() + " refused us: " + why});
 }
@@ -407,7 +432,7 @@ void AuthTransport::on_message(const Endpoint& from, Message message) {
       const std::span<const std::uint8_t> body(h.data() + 2, h.size() - 2);
       if (h[0] == kHello) on_hello(from, message.link, body);
       else if (h[0] == kProof) on_proof(from, message.link, body);
-      else on_refuse(from, body);
+      else on_refuse(from, message.link, body);
     } catch (const wire::DecodeError&) {
       observer_.count("auth.bad_handshakes");
     }

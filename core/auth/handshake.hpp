@@ -10,9 +10,10 @@
 // and the crypto's cost is modelled as simulated time (`AuthConfig::proof_cost`).
 //
 //   HELLO  key, nonce                  "here is my key; prove yours on this nonce"
-//   PROOF  key, nonce, sig, mac        sig = Ed25519 over (context, the nonce answered, own nonce,
+//   PROOF  key, nonce, sig, mac, wait  sig = Ed25519 over (context, the nonce answered, own nonce,
 //                                      own key, the verifier's key); mac = keyed BLAKE2b of the
-//                                      same bytes under the swarm secret (zeros in an open swarm)
+//                                      same bytes under the swarm secret (zeros in an open swarm);
+//                                      wait: whether the sender still waits for the other's proof
 //   REFUSE reason                      "you may not join" (secret or authorizer)
 //
 // A initiates: HELLO(A) -> PROOF(B) -> PROOF(A), then A's queued messages. Two peers that begin at
@@ -116,6 +117,7 @@ class AuthTransport final : public Transport, public TransportHandler {
     std::optional<PublicKey> theirs;     // the key the peer claims (proven once verified)
     Nonce their_nonce{};                 // the peer's challenge (known once `theirs` is)
     bool verified = false;               // the peer signed `mine`
+    std::optional<Nonce> proven;         // the peer's nonce in the last proof of its we checked
     std::optional<Nonce> proved_for;     // the peer's nonce this side last signed
     std::optional<PublicKey> bound;      // the last key proven at this endpoint
     // (Vectors, not deques: an empty deque allocates, and a simulated peer holds hundreds of sessions.)
@@ -153,7 +155,7 @@ class AuthTransport final : public Transport, public TransportHandler {
   void hold(Session& s, Message m);
   // Asks an up peer to prove itself again, if not asked within recheck_after.
   void recheck(const Endpoint& peer, Session& s);
-  void on_refuse(const Endpoint& from, std::span<const std::uint8_t> body);
+  void on_refuse(const Endpoint& from, std::uint64_t link, std::span<const std::uint8_t> body);
   Bytes transcript(const Nonce& answered, const Nonce& own, const PublicKey& prover, const PublicKey& verifier) const;
   std::array<std::uint8_t, 32> mac(const Bytes& transcript) const;
   // A HELLO or a PROOF as far as they agree: tag, version, our key, our challenge.

@@ -83,12 +83,12 @@ struct DhtNode::Traversal {
   // contact another path holds is not taken, so no peer is asked by two paths.
   std::size_t path = 0;
   std::map<DhtId, std::size_t>* owner = nullptr;
-  // Candidates taken per IP address and per /24 (shared by the paths of one lookup).
+  // Candidates taken per IP address and per /24, for each key (shared by the paths of one lookup).
   struct Addresses {
     std::map<std::uint32_t, std::size_t> ip, subnet;
   };
-  Addresses own_addresses;
-  Addresses* addresses = &own_addresses;
+  std::vector<Addresses> own_addresses;
+  std::vector<Addresses>* addresses = &own_addresses;
   Notifier own_changed;
   Notifier* changed = &own_changed;  // the paths of one lookup share one
 };
@@ -282,6 +282,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
   t.fill_buckets = fill_buckets;
   for (int attempt = 0; attempt < 2; ++attempt) {
     const TimePoint now = rt_.now();
+    t.own_addresses.assign(targets.size(), {});
     for (const auto& target : targets) {
       Traversal::Key key;
       key.target = target;
@@ -289,7 +290,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
       for (const auto& c : table_.nearest(target, cfg_.k)) {
         if (blacklisted(c.endpoint)) continue;
         if (auto [at, fresh] = t.endpoints.try_emplace(c.endpoint, c.id); !fresh && at->second != c.id) continue;
-        if (!t.contacts.count(c.id) && !take_address(t, c.endpoint)) continue;
+        if (!take_address(t, t.keys.size(), c.endpoint)) continue;
         t.contacts.try_emplace(c.id, Candidate{c, 1});
         key.cands.insert({c.id ^ target, c.id});
       }
@@ -417,10 +418,11 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
 // would let a reader whose path passes peers at the edge of the storers' nearest sets (each of
 // which heard only some writers) read only those, poll after poll; the nearest peers are the
 // ones every writer stores to.
-bool DhtNode::take_address(Traversal& t, const Endpoint& at) const {
+bool DhtNode::take_address(Traversal& t, std::size_t key, const Endpoint& at) const {
   if (at.shared_local()) return true;
-  auto& ip = t.addresses->ip[at.ip];
-  auto& subnet = t.addresses->subnet[at.ip >> 8];
+  auto& counts = (*t.addresses)[key];
+  auto& ip = counts.ip[at.ip];
+  auto& subnet = counts.subnet[at.ip >> 8];
   if ((cfg_.lookup_ip_limit > 0 && ip >= cfg_.lookup_ip_limit) ||
       (cfg_.lookup_subnet_limit > 0 && subnet >= cfg_.lookup_subnet_limit))
     return false;
@@ -528,7 +530,7 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
             auto [at, fresh] = t.owner->try_emplace(n.id, t.path);
             if (!fresh && at->second != t.path) continue;
           }
-          if (!t.contacts.count(n.id) && !take_address(t, n.endpoint)) {
+          if (!key.cands.count({n.id ^ key.target, n.id}) && !take_address(t, asked[j], n.endpoint)) {
             rt_.observer.count("dht.candidates_refused.address_limit");
             continue;
           }

@@ -34,10 +34,10 @@ struct DhtConfig {
   // Contacts of one /24 per bucket (0: any; 127.0.0.1 exempt). Off by default: ns-3 numbers its
   // peers from 10.0.0.1 up, 254 to a /24; on the internet, 2 or 3 (libp2p's practice).
   std::size_t bucket_subnet_limit = 0;
-  // Peers of one IP address (of one /24) a lookup takes as candidates, over all its paths (0: any;
-  // 127.0.0.1 exempt). Ids ground next to a key and run from one host then hold at most this many
-  // of the key's k nearest places: the others stay with honest peers, which a store reaches and a
-  // get finds. The /24 limit is off by default for the reason above.
+  // Peers of one IP address (of one /24) a lookup takes as candidates for a key, over all its
+  // paths (0: any; 127.0.0.1 exempt). Ids ground next to a key and run from one host then hold at
+  // most this many of the key's k nearest places: the others stay with honest peers, which a store
+  // reaches and a get finds. The /24 limit is off by default for the reason above.
   std::size_t lookup_ip_limit = 2;
   std::size_t lookup_subnet_limit = 0;
   bool client_mode = false;  // send requests, serve none, stay out of others' tables
@@ -139,8 +139,9 @@ class DhtNode {
   Task<Result<PingReply>> ping(Endpoint to);
   Task<void> lookup_worker(Traversal& t);
   static bool values_done(const Traversal& t, std::size_t key);
-  // Counts a new candidate at `at` against the lookup's limits per address; false if over them.
-  bool take_address(Traversal& t, const Endpoint& at) const;
+  // Counts a new candidate for the lookup's key `key` at `at` against the limits per address;
+  // false if over them.
+  bool take_address(Traversal& t, std::size_t key, const Endpoint& at) const;
   void learn(const Contact& c, bool newcomer = false);
   // Whether `id` may speak from `at`: any id, unless the transport authenticates peers; then only
   // the hash of the key the peer at `at` proved (core/auth).

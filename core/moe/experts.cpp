@@ -201,7 +201,17 @@ Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<f
       const std::string key = e.uid.prefix_at(e.uid.coords.size());
       const auto it = got.find(key);
       const std::size_t d = e.uid.coords.size();
-      bool any = false;
+      // One child per coordinate: several servers sign entries for one coordinate (each its own
+      // subkey), and a prefix pushed once per entry would be searched, and its experts returned,
+      // once per server. Of an expert's entries (over authenticated peers), none whose endpoint
+      // has proven another key than its owner's; first one whose endpoint proved its owner's;
+      // then the one expiring last (the latest declaration, as a single plain entry would hold).
+      struct Choice {
+        const dht::Record* rec;
+        std::optional<std::array<std::uint8_t, 32>> owner;
+        bool proven;
+      };
+      std::map<std::uint32_t, Choice> best;
       if (it != got.end())
         for (const auto& rec : it->second.records) {
           if (!rec.subkey) continue;
@@ -219,18 +229,35 @@ Task<std::vector<FoundExpert>> ExpertFinder::find_best(std::vector<std::vector<f
           std::uint32_t c = 0;
           auto [end, ec] = std::from_chars(coord.data(), coord.data() + coord.size(), c);
           if (coord.empty() || ec != std::errc{} || end != coord.data() + coord.size() || c >= grid_[d]) continue;
-          Entry child{0, e.partial + scores[d][c], e.uid, {}, {}};
-          child.uid.coords.push_back(c);
+          bool proven = false;
           if (d + 1 == dims) {
-            auto server = decode_endpoint(rec.value);
+            const auto server = decode_endpoint(rec.value);
             if (!server) continue;
-            child.server = *server;
-            child.owner = owner;
+            if (authenticated && owner) {
+              const auto proved = rt_.transport.peer_key(*server);
+              if (proved && *proved != *owner) {
+                rt_.observer.count("moe.declarations_unbound");  // another key answers there
+                continue;
+              }
+              proven = proved.has_value();
+            }
           }
-          child.bound = child.partial + best_rest[d + 1];
-          frontier.push(std::move(child));
-          any = true;
+          const Choice choice{&rec, owner, proven};
+          auto [at, fresh] = best.try_emplace(c, choice);
+          if (!fresh && std::make_pair(proven, rec.expiration) > std::make_pair(at->second.proven, at->second.rec->expiration))
+            at->second = choice;
         }
+      const bool any = !best.empty();
+      for (const auto& [c, chosen] : best) {
+        Entry child{0, e.partial + scores[d][c], e.uid, {}, {}};
+        child.uid.coords.push_back(c);
+        if (d + 1 == dims) {
+          child.server = *decode_endpoint(chosen.rec->value);
+          child.owner = chosen.owner;
+        }
+        child.bound = child.partial + best_rest[d + 1];
+        frontier.push(std::move(child));
+      }
       if (!any) empty_until_[key] = rt_.now() + cfg_.negative_ttl;
     }
   }

@@ -1,5 +1,6 @@
 #include "core/optim/schema.hpp"
 
+#include <cstdint>
 #include <map>
 #include <stdexcept>
 #include <variant>
@@ -14,7 +15,7 @@ struct Parsed {
   bool owned = false;
   std::string key;  // the suffix (owned) or prefix
   dht::SchemaValidator::Type type = dht::SchemaValidator::Type::kBytes;
-  std::size_t max_size = 64 * 1024;
+  std::optional<std::size_t> max_size;  // owned: 64 KiB unless given; typed: any unless given
 };
 
 std::variant<Parsed, std::string> parse(const SchemaRule& r) {
@@ -23,14 +24,10 @@ std::variant<Parsed, std::string> parse(const SchemaRule& r) {
   const std::string kind = r.rule.substr(0, colon);
   if (colon != std::string::npos) {
     const std::string n = r.rule.substr(colon + 1);
-    std::size_t used = 0;
     unsigned long long v = 0;
-    try {
-      v = std::stoull(n, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (n.empty() || used != n.size() || v == 0 || v > (1u << 20))
+    const bool digits = !n.empty() && n.size() <= 8 && n.find_first_not_of("0123456789") == std::string::npos;
+    if (digits) v = std::stoull(n);
+    if (!digits || v == 0 || v > (1u << 20))
       return "the size after ':' in '" + r.rule + "' must be a number of bytes from 1 to 1048576";
     p.max_size = static_cast<std::size_t>(v);
   }
@@ -77,9 +74,9 @@ std::vector<std::shared_ptr<dht::Validator>> standard_validators(const std::vect
     if (auto* why = std::get_if<std::string>(&p)) throw std::invalid_argument("schema rule '" + r.pattern + "': " + *why);
     const Parsed& x = std::get<Parsed>(p);
     if (x.owned)
-      schema->require_owned(x.key, x.max_size);
+      schema->require_owned(x.key, x.max_size.value_or(64 * 1024));
     else
-      schema->require(x.key, x.type, x.max_size);
+      schema->require(x.key, x.type, x.max_size.value_or(SIZE_MAX));
   }
   schema->require_owned(":progress", 64, [](std::span<const std::uint8_t> v) -> std::optional<std::string> {
     if (!PeerProgress::decode(v)) return "not a progress report";

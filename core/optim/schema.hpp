@@ -19,6 +19,7 @@ namespace apiary::optim {
 //                                 the owner's tag), values of at most MAX bytes (64 KiB)
 //   "PREFIX*" = "TYPE[:MAX]"      values under keys starting with PREFIX are TYPE (int64 and
 //                                 float64: 8 bytes; utf8: valid UTF-8; bytes), at most MAX bytes
+//                                 when given (MAX: 1 to 1048576)
 struct SchemaRule {
   std::string pattern, rule;
 };

@@ -291,6 +291,69 @@ printf 'peers = 10\n[sweep]\ngrid = { "peers" = [10, "many"] }\n' > badsweep.tom
 grep -q "peers=many" badsweep.err || fail "bad sweep error: $(cat badsweep.err)"
 }
 
+# 9b. The same sweep on a Dask cluster (a scheduler and two workers on loopback, started here,
+#     sharing this directory): 4 points, interrupted and resumed through the same index; then a
+#     Slurm job array, two of whose tasks run here as a node would run them.
+sweep_dask() {
+cat > dask.toml <<'TOML'
+name = "dask-sweep"
+peers = 20
+duration = "40min"
+[workload]
+kind = "dht"
+start = "40s"
+[dht]
+join_window = "10s"
+[sweep]
+grid = { "dht.k" = [5, 10], "peers" = [20, 24] }
+TOML
+dpids=()
+stop_dask() { for p in "${dpids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap 'stop_dask; rm -rf "$work"' EXIT
+dask-scheduler --host 127.0.0.1 --port 0 --no-dashboard --scheduler-file sched.json > sched.log 2>&1 & dpids+=($!)
+for w in 1 2; do
+  dask-worker --scheduler-file sched.json --nworkers 1 --nthreads 1 --no-dashboard --local-directory "dw$w" > "worker$w.log" 2>&1 &
+  dpids+=($!)
+done
+addr=$(timeout 120 /usr/bin/python3 - <<'PY'
+import os, time
+for _ in range(600):
+    if os.path.exists("sched.json"):
+        break
+    time.sleep(0.1)
+from distributed import Client
+c = Client(scheduler_file="sched.json", timeout=60)
+c.wait_for_workers(2, timeout=60)
+print(c.scheduler.address.replace("tcp://", "dask://"))
+c.close()
+PY
+) || fail "no Dask cluster: $(tail -5 sched.log worker1.log)"
+DSWEEP=("$APIARY" sweep dask.toml --out dsweep --jobs 2 --executor "$addr")
+"${DSWEEP[@]}" --quiet 2> dsweep1.err & sweep_pid=$!
+ddone() { python3 -c 'import json; print(sum(r["status"] == "done" for r in json.load(open("dsweep/index.json"))["runs"]))' 2>/dev/null || echo 0; }
+for _ in $(seq 1200); do [ "$(ddone)" -ge 1 ] && break; kill -0 "$sweep_pid" 2>/dev/null || break; sleep 0.05; done
+kill -INT "$sweep_pid" 2>/dev/null || true
+rc=0; wait "$sweep_pid" || rc=$?
+[ "$rc" = 130 ] || fail "interrupted Dask sweep exited $rc: $(cat dsweep1.err)"
+first=$(ddone)
+[ "$first" -ge 1 ] && [ "$first" -lt 4 ] || fail "interrupted Dask sweep had $first of 4 runs done"
+"${DSWEEP[@]}" 2> dsweep2.err || fail "resumed Dask sweep: $(cat dsweep2.err)"
+grep -q "$first already done" dsweep2.err || fail "the resumed Dask sweep did not keep finished runs: $(head -1 dsweep2.err)"
+[ "$(ddone)" = 4 ] || fail "resumed Dask sweep finished $(ddone) of 4"
+for i in 0 1 2 3; do [ -s "dsweep/run-000$i.h5" ] || fail "dsweep/run-000$i.h5 missing"; done
+grep -q "expected local or dask://HOST:PORT" <("$APIARY" sweep dask.toml --executor dask://nowhere 2>&1) || fail "bad --executor accepted"
+# A Slurm array: task I runs point I alone, into the same index.
+"$APIARY" sweep dask.toml --out slurm --emit slurm > job.sh || fail "--emit slurm"
+grep -q '^#SBATCH --array=0-3$' job.sh && grep -q -- '--only "$SLURM_ARRAY_TASK_ID"' job.sh || fail "job array: $(cat job.sh)"
+for t in 0 3; do SLURM_ARRAY_TASK_ID=$t bash job.sh 2> "task$t.err" || fail "array task $t: $(cat "task$t.err")"; done
+python3 -c '
+import json, os
+r = json.load(open("slurm/index.json"))["runs"]
+assert [x["status"] for x in r] == ["done", "pending", "pending", "done"], r
+assert os.path.exists("slurm/run-0000.h5") and os.path.exists("slurm/run-0003.h5")' || fail "array tasks: $(cat slurm/index.json)"
+stop_dask
+}
+
 # 10. A fault campaign: seeds with their own drawn faults are clean; faults made heavy on purpose
 #     break the DHT's invariant, and the summary's command replays the violation exactly.
 campaign() {
@@ -320,7 +383,7 @@ done
 }
 
 all=(quickstart determinism errors live_ping live_dht_tools live_dht_scenario live_dht_churn live_averaging live_averaging_churn allreduce_bench sweep
-     campaign campaigns)
+     sweep_dask campaign campaigns)
 [ $# -gt 2 ] && sections=("${@:3}") || sections=("${all[@]}")
 for s in "${sections[@]}"; do
   declare -F "$s" > /dev/null || fail "no section '$s' (there are: ${all[*]})"

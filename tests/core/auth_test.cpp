@@ -60,6 +60,60 @@ class Auth : public ::testing::Test {
   std::array<Inbox, 4> inbox;
 };
 
+// Over a transport with connections, a session is bound to the one its peer proved itself on. A
+// message for the peer's endpoint on another connection (someone on its host claiming its port) is
+// held, not delivered; the peer is asked to prove itself again, does so on its own connection,
+// and the held message is dropped. Neither side's session goes down meanwhile, and the proofs
+// stop there (no side answers a finished side's proof). The peer's own later messages flow.
+TEST_F(Auth, AMessageOnAnotherConnectionIsDroppedAndTheSessionStaysUp) {
+  auths[0]->send(at(1), data(1));
+  run();
+  ASSERT_TRUE(auths[0]->established(at(1)) && auths[1]->established(at(0)));
+  ASSERT_EQ(inbox[1].got.size(), 1u);
+  const auto made = count("auth.proofs_made");
+  Message injected = data(7);
+  injected.link = 5;  // not the connection peer 0 proved itself on (this transport's: 0)
+  auths[1]->on_message(at(0), std::move(injected));
+  EXPECT_TRUE(auths[1]->established(at(0)));
+  for (int i = 0; i < 20; ++i) {
+    swarm.net.run(10ms);
+    EXPECT_TRUE(auths[0]->established(at(1)) && auths[1]->established(at(0))) << "a session went down at step " << i;
+  }
+  run(10s);
+  EXPECT_EQ(inbox[1].got.size(), 1u) << "the message from another connection was delivered";
+  EXPECT_EQ(count("auth.other_link_drops"), 1u);
+  EXPECT_EQ(count("auth.rechecks"), 1u);
+  EXPECT_EQ(count("auth.proofs_made") - made, 1u);  // peer 0 proved itself again, once; nothing more
+  auths[0]->send(at(1), data(2));
+  run();
+  ASSERT_EQ(inbox[1].got.size(), 2u);
+  EXPECT_EQ(inbox[1].got[1].second, (Bytes{1, 2}));
+  // Many such messages: at most one recheck a second (recheck_after), each then dropped.
+  for (int i = 0; i < 50; ++i) {
+    Message m = data(8);
+    m.link = 6;
+    auths[1]->on_message(at(0), std::move(m));
+  }
+  run(3s);
+  EXPECT_EQ(count("auth.rechecks"), 2u);
+  EXPECT_EQ(count("auth.other_link_drops"), 51u);
+  EXPECT_EQ(inbox[1].got.size(), 2u);
+  // A HELLO in peer 0's name with a challenge of its own: peer 1 proves itself to it (to peer 0,
+  // which has no use for the proof) and that is all: finished sides do not answer each other's
+  // proofs, so no exchange of proofs starts that would never end.
+  Message hello;
+  wire::Writer w(hello.header);
+  w.u8(auth::AuthTransport::kHello);
+  w.u8(auth::AuthTransport::kVersion);
+  w.raw(ids[0].public_key);
+  w.raw(std::array<std::uint8_t, 32>{7});
+  const auto before = count("auth.proofs_made");
+  auths[1]->on_message(at(0), std::move(hello));
+  run(10s);
+  EXPECT_EQ(count("auth.proofs_made") - before, 1u);
+  EXPECT_TRUE(auths[0]->established(at(1)) && auths[1]->established(at(0)));
+}
+
 TEST_F(Auth, MessagesFlowOnlyAfterBothProveTheirKeys) {
   for (std::uint8_t k = 0; k < 3; ++k) auths[0]->send(at(1), data(k));
   EXPECT_FALSE(auths[0]->established(at(1)));

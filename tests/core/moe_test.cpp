@@ -80,7 +80,9 @@ TEST(ExpertFinder, KnownScoresGiveAKnownRanking) {
 
 // 1,000 experts on a 16x16x16 grid, declared by five servers, some of them expired: the search
 // returns exactly the exhaustive top-k over the alive ones, reading far fewer prefixes.
-TEST(ExpertFinder, BeamSearchEqualsExhaustiveTopKOverAliveExperts) {
+// With `signed_by_servers`, every server signs its declarations (an entry per server under each
+// coordinate it serves below): still each expert once, the same ranking.
+void beam_search_equals_exhaustive(bool signed_by_servers) {
   Dht d(20);
   Rng rng(17);
   const std::vector<std::uint32_t> grid{16, 16, 16};
@@ -98,9 +100,11 @@ TEST(ExpertFinder, BeamSearchEqualsExhaustiveTopKOverAliveExperts) {
     if (server < 5) alive[u.str()] = {u, d.fake[server].local()};
     ++i;
   }
-  for (std::size_t s = 0; s < 6; ++s)
-    d.run(declare_experts(*d.nodes[s], per_server[s], d.fake[s].local(),
-                          d.fake.net.now() + (s < 5 ? 1h : 30s)));
+  for (std::size_t s = 0; s < 6; ++s) {
+    const auto owner = dht::Identity::from_seed(500 + s);
+    d.run(declare_experts(*d.nodes[s], per_server[s], d.fake[s].local(), d.fake.net.now() + (s < 5 ? 1h : 30s),
+                          signed_by_servers ? &owner : nullptr));
+  }
   d.fake.net.run(1min);  // server 5's declarations expire
   ExpertFinder f(d.fake[12].runtime(), *d.nodes[12], "ffn", grid);
   for (int trial = 0; trial < 6; ++trial) {
@@ -121,6 +125,9 @@ TEST(ExpertFinder, BeamSearchEqualsExhaustiveTopKOverAliveExperts) {
     }
   }
 }
+
+TEST(ExpertFinder, BeamSearchEqualsExhaustiveTopKOverAliveExperts) { beam_search_equals_exhaustive(false); }
+TEST(ExpertFinder, BeamSearchEqualsExhaustiveTopKOverSignedDeclarations) { beam_search_equals_exhaustive(true); }
 
 // The mixture's wait rule: all at once; done when all finished, at the timeout, or once min(k_min,
 // n) answered and the grace period has passed.

@@ -68,8 +68,9 @@ TEST(Schema, ASwarmsOwnRulesAreCheckedByEveryNode) {
   // Apiary's own rules still hold.
   EXPECT_TRUE(dht::validate(v, rec("run:progress", std::nullopt, 8)).has_value());
 
-  for (const SchemaRule bad : std::vector<SchemaRule>{{"scores", "owned"}, {"*x", "float64"}, {"x*", "owned"}, {"*x", "owned:0"},
-                                                      {"*", "owned"}, {"x*", "int32"}, {"x*", "utf8:lots"}})
+  for (const SchemaRule& bad : std::vector<SchemaRule>{{"scores", "owned"}, {"*x", "float64"}, {"x*", "owned"}, {"*x", "owned:0"},
+                                                      {"*", "owned"}, {"x*", "int32"}, {"x*", "utf8:lots"},
+                                                      {"x*", "utf8: 5"}, {"x*", "utf8:+5"}})
     EXPECT_TRUE(check_schema_rule(bad).has_value()) << bad.pattern << " = " << bad.rule;
   EXPECT_THROW(standard_validators({{"x*", "int32"}}), std::invalid_argument);
   EXPECT_THROW(parse_schema_rule("no-equals-sign"), std::invalid_argument);
