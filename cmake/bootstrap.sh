@@ -14,6 +14,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   python3 python3-h5py python3-numpy python3-pandas python3-matplotlib python3-pytest  # analysis/
+  python3-distributed                       # apiary sweep --executor dask://
   iproute2 procps                           # ip netns, tc, pgrep: sim_vs_live.py builds its own network
 )
 
