@@ -488,7 +488,8 @@ Task<void> Btard::verify(Group group, std::span<float> averaged, std::vector<boo
         const Piece& pc = *round.piece(q);
         const auto z = direction(round, q);
         s = check_value(std::span<const float>(round.mine).subspan(pc.begin, pc.size()),
-                        std::span<const float>(round.result).subspan(pc.begin, pc.size()), z, round.peers[round.me].weight, tau);
+                        std::span<const float>(round.result).subspan(pc.begin, pc.size()), z, check_weight(round.peers[round.me].weight),
+                        tau);
       }
       w.f64(s);
       Key got{};
@@ -644,7 +645,7 @@ Task<void> Btard::dispute(std::shared_ptr<Round> r, std::size_t q, std::vector<f
       rt_.observer.count("btard.aggregates_disagree");
       continue;
     }
-    const double truth = check_value(std::span<const float>(rows).subspan(i * m, m), aggregate, z, weights[i], tau);
+    const double truth = check_value(std::span<const float>(rows).subspan(i * m, m), aggregate, z, check_weight(weights[i]), tau);
     if (!(std::abs(claimed - truth) <= 1e-6 * (std::abs(truth) + 1) + 1e-4 * std::abs(truth)))
       ban(round, i, "announced a false check value");
   }

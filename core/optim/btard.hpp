@@ -157,6 +157,11 @@ class Btard {
   void ban(const Round& r, std::size_t member, std::string reason);
   Task<void> publish_bans();
   void broadcast(const Round& r, std::uint32_t method, const Bytes& body);
+  // A member's weight in the check of CenteredClip's fixed point: the one the aggregate gave it
+  // (1 for every member that sent something, under equal weights; else its committed weight).
+  double check_weight(double committed) const {
+    return allreduce_.aggregation.equal_weights ? (committed > 0 ? 1.0 : 0.0) : committed;
+  }
   Task<void> wait_phase(std::shared_ptr<Round> r, std::function<bool()> done);
 
   Runtime& rt_;
