@@ -48,3 +48,8 @@ configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/ApiaryConfig.cmake.in 
 write_basic_package_version_file(${CMAKE_BINARY_DIR}/ApiaryConfigVersion.cmake COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_BINARY_DIR}/ApiaryConfig.cmake ${CMAKE_BINARY_DIR}/ApiaryConfigVersion.cmake
   DESTINATION ${APIARY_INSTALL_CMAKEDIR})
+
+# Libraries built with sanitizers (APIARY_SANITIZE) need them when a program built on them links.
+if(APIARY_SANITIZE)
+  target_link_options(apiary_core INTERFACE $<INSTALL_INTERFACE:-fsanitize=${APIARY_SANITIZE}>)
+endif()
