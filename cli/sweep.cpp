@@ -342,7 +342,8 @@ int run_points(const RunSet& o, std::vector<Point>& points, const std::string& w
     if (auto r = children.reap_one()) {
       auto it = running.find(r->first);
       if (it == running.end()) continue;
-      Point& p = points[it->second.first];
+      const std::size_t index = it->second.first;
+      Point& p = points[index];
       p.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - it->second.second).count();
       running.erase(it);
       const bool ok = WIFEXITED(r->second) && WEXITSTATUS(r->second) == 0;
@@ -354,7 +355,7 @@ int run_points(const RunSet& o, std::vector<Point>& points, const std::string& w
                      format_duration(o.timeout).c_str(), log.c_str());
       } else if (real::interrupted() && !ok) {
         // Killed by us: runs again on resume, unless a worker finished it meanwhile.
-        const std::string recorded = dask ? recorded_status(dir, p, it->second.first) : "";
+        const std::string recorded = dask ? recorded_status(dir, p, index) : "";
         p.status = recorded == "done" || recorded == "violated" ? recorded : "pending";
       } else {
         p.status = ok ? "done" : "failed";

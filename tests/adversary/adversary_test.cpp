@@ -440,12 +440,13 @@ class SybilAttack : public ::testing::Test {
     for (auto& r : run(when_all(std::move(hellos)), 120s)) heard += r.ok();
     EXPECT_EQ(heard, sybils * 6);
   }
-  // An honest peer stores the key; every honest peer then gets it. Returns how many found it.
-  std::size_t found_by_honest_peers() {
+  // An honest peer stores the key; the first `getters` honest peers (all by default) then get it.
+  // Returns how many found it.
+  std::size_t found_by_honest_peers(std::size_t getters = SIZE_MAX) {
     auto stored = run(nodes[1]->store(record(kKey, "v", now() + 10min)));
     EXPECT_GT(stored.replicas, 0u);
     std::size_t found = 0;
-    for (std::size_t i = 0; i < honest; ++i) {
+    for (std::size_t i = 0; i < std::min(honest, getters); ++i) {
       auto got = run(nodes[i]->get(kKey));
       found += got.found && !got.records.empty() && got.records[0].value == Bytes{'v'};
     }
@@ -517,10 +518,12 @@ TYPED_TEST(SybilAttack, TwoHundredSybilsOnKOverTwoHostsCensorAKey) {
 // without the limits per address, at most a quarter do).
 TYPED_TEST(SybilAttack, WithoutLimitsPerAddressTwoHundredSybilsCensorAKeyAmongTwoHundredPeers) {
   this->start(200, false, 200, 20);
-  const std::size_t found = this->found_by_honest_peers();
-  std::cout << "[ sybil    ] 200 Sybils on one host, 200 honest peers, k = 20, no limits per address: " << found << "/"
-            << this->honest << " gets found the key\n";
-  EXPECT_LE(found, this->honest / 4);
+  // 100 getters: each lookup here walks dozens of Sybils, and live every contact is a socket at
+  // both ends in this one process (200 getters came near its descriptor limit).
+  const std::size_t found = this->found_by_honest_peers(100);
+  std::cout << "[ sybil    ] 200 Sybils on one host, 200 honest peers, k = 20, no limits per address: " << found
+            << "/100 gets found the key\n";
+  EXPECT_LE(found, 25u);
 }
 
 TYPED_TEST(SybilAttack, TwoHundredSybilsAmongTwoHundredPeersHideNothing) {
