@@ -315,12 +315,8 @@ for w in 1 2; do
   dask-worker --scheduler-file sched.json --nworkers 1 --nthreads 1 --no-dashboard --local-directory "dw$w" > "worker$w.log" 2>&1 &
   dpids+=($!)
 done
+for _ in $(seq 600); do [ -s sched.json ] && break; sleep 0.1; done  # the scheduler, another process, writes it
 addr=$(timeout 120 /usr/bin/python3 - <<'PY'
-import os, time
-for _ in range(600):
-    if os.path.exists("sched.json"):
-        break
-    time.sleep(0.1)
 from distributed import Client
 c = Client(scheduler_file="sched.json", timeout=60)
 c.wait_for_workers(2, timeout=60)
