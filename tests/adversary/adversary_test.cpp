@@ -185,11 +185,47 @@ TYPED_TEST(Adversary, MadeUpIdsNeitherInflateReplicasNorHideAKey) {
   }
 }
 
-// The same swarm with authenticated peers (core/auth, the default of every runner): each peer's
-// transport proves its key, and a DHT id must be the hash of the key its sender proved.
+// Peers in world W behind authenticated transports (core/auth, the default of every runner): their
+// stacks, torn down in order, and tasks run to completion in the world's time.
 template <class W>
-class AuthenticatedAdversary : public ::testing::Test {
+class AuthenticatedSwarm : public ::testing::Test {
  protected:
+  void TearDown() override {
+    scope.destroy_all();
+    nodes.clear();
+    for (auto& r : rpc) r->shutdown();
+    rpc.clear();
+    secured.clear();
+  }
+  template <class T>
+  T run(Task<T> t, Duration limit = 60s) {
+    return run_in(world, scope, std::move(t), limit);
+  }
+  TimePoint now() { return world.runtime(0).now(); }
+
+  W world;
+  std::vector<dht::Identity> ids;
+  std::vector<std::unique_ptr<auth::AuthenticatedRuntime>> secured;
+  std::vector<std::unique_ptr<Rpc>> rpc;
+  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
+  TaskScope scope;
+};
+// The base's members, named in a fixture that derives from it (a dependent base hides them).
+#define APIARY_SWARM_MEMBERS                           \
+  using AuthenticatedSwarm<W>::world;                  \
+  using AuthenticatedSwarm<W>::ids;                    \
+  using AuthenticatedSwarm<W>::secured;                \
+  using AuthenticatedSwarm<W>::rpc;                    \
+  using AuthenticatedSwarm<W>::nodes;                  \
+  using AuthenticatedSwarm<W>::run;                    \
+  using AuthenticatedSwarm<W>::now
+
+// The same swarm with authenticated peers: each peer's transport proves its key, and a DHT id
+// must be the hash of the key its sender proved.
+template <class W>
+class AuthenticatedAdversary : public AuthenticatedSwarm<W> {
+ protected:
+  APIARY_SWARM_MEMBERS;
   static constexpr std::size_t kHonest = 3;
   void SetUp() override {
     for (std::size_t i = 0; i <= kHonest; ++i) {
@@ -214,18 +250,6 @@ class AuthenticatedAdversary : public ::testing::Test {
     for (std::size_t i = 1; i < kHonest; ++i) EXPECT_GT(run(nodes[i]->bootstrap({world.endpoint(0)})), 0u);
     EXPECT_GT(run(nodes[0]->bootstrap({world.endpoint(1)})), 0u);
   }
-  void TearDown() override {
-    scope.destroy_all();
-    nodes.clear();
-    for (auto& r : rpc) r->shutdown();
-    rpc.clear();
-    secured.clear();
-  }
-  template <class T>
-  T run(Task<T> t, Duration limit = 60s) {
-    return run_in(world, scope, std::move(t), limit);
-  }
-  TimePoint now() { return world.runtime(0).now(); }
   Rpc& attacker() { return *rpc[kHonest]; }
   bool knows(std::size_t i, const dht::DhtId& id) {
     for (const auto& c : nodes[i]->table().nearest(id, 1000))
@@ -233,12 +257,6 @@ class AuthenticatedAdversary : public ::testing::Test {
     return false;
   }
 
-  W world;
-  std::vector<dht::Identity> ids;
-  std::vector<std::unique_ptr<auth::AuthenticatedRuntime>> secured;
-  std::vector<std::unique_ptr<Rpc>> rpc;
-  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
-  TaskScope scope;
 };
 
 TYPED_TEST_SUITE(AuthenticatedAdversary, Worlds, WorldNames);
@@ -365,8 +383,9 @@ TYPED_TEST(AuthenticatedAdversary, AStrangerWithoutTheSwarmSecretGetsNothing) {
 // address the key's nearest places are all Sybils and the key is censored; with them (the
 // default: two peers of one address per bucket and per lookup) every honest get finds the key.
 template <class W>
-class SybilAttack : public ::testing::Test {
+class SybilAttack : public AuthenticatedSwarm<W> {
  protected:
+  APIARY_SWARM_MEMBERS;
   std::size_t honest = 24;
   static constexpr int kPrefix = 10;
   static constexpr const char* kKey = "the key under attack";
@@ -452,26 +471,10 @@ class SybilAttack : public ::testing::Test {
     }
     return found;
   }
-  void TearDown() override {
-    scope.destroy_all();
-    nodes.clear();
-    for (auto& r : rpc) r->shutdown();
-    rpc.clear();
-    secured.clear();
-  }
-  template <class T>
-  T run(Task<T> t, Duration limit = 60s) {
-    return run_in(world, scope, std::move(t), limit);
-  }
-  TimePoint now() { return world.runtime(0).now(); }
 
-  W world;
-  std::vector<dht::Identity> ids;
-  std::vector<std::unique_ptr<auth::AuthenticatedRuntime>> secured;
-  std::vector<std::unique_ptr<Rpc>> rpc;
-  std::vector<std::unique_ptr<dht::DhtNode>> nodes;
-  TaskScope scope;
 };
+
+#undef APIARY_SWARM_MEMBERS
 
 TYPED_TEST_SUITE(SybilAttack, Worlds, WorldNames);
 

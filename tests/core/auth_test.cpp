@@ -20,6 +20,17 @@ struct Inbox final : TransportHandler {
 
 Message data(std::uint8_t tag) { return Message{Bytes{1, tag}, {}}; }  // as an RPC request would begin
 
+// A HELLO as anyone can write it: a key (one's own or another's) and a challenge.
+Message hello_of(std::span<const std::uint8_t> key, std::span<const std::uint8_t> nonce) {
+  Message m;
+  wire::Writer w(m.header);
+  w.u8(auth::AuthTransport::kHello);
+  w.u8(auth::AuthTransport::kVersion);
+  w.raw(key);
+  w.raw(nonce);
+  return m;
+}
+
 class Auth : public ::testing::Test {
  protected:
   Auth() : swarm(4) {
@@ -101,12 +112,7 @@ TEST_F(Auth, AMessageOnAnotherConnectionIsDroppedAndTheSessionStaysUp) {
   // A HELLO in peer 0's name with a challenge of its own: peer 1 proves itself to it (to peer 0,
   // which has no use for the proof) and that is all: finished sides do not answer each other's
   // proofs, so no exchange of proofs starts that would never end.
-  Message hello;
-  wire::Writer w(hello.header);
-  w.u8(auth::AuthTransport::kHello);
-  w.u8(auth::AuthTransport::kVersion);
-  w.raw(ids[0].public_key);
-  w.raw(std::array<std::uint8_t, 32>{7});
+  Message hello = hello_of(ids[0].public_key, std::array<std::uint8_t, 32>{7});
   const auto before = count("auth.proofs_made");
   auths[1]->on_message(at(0), std::move(hello));
   run(10s);
@@ -153,12 +159,7 @@ TEST_F(Auth, AReplayedOrForgedProofIsUseless) {
   ASSERT_FALSE(proof.empty());
   // The attacker (raw peer 3) says it is peer 0, then replays peer 0's proof, then forges one.
   swarm[3].set_handler(&tap);
-  Message hello;
-  wire::Writer w(hello.header);
-  w.u8(auth::AuthTransport::kHello);
-  w.u8(auth::AuthTransport::kVersion);
-  w.raw(ids[0].public_key);
-  w.raw(std::array<std::uint8_t, 32>{});
+  Message hello = hello_of(ids[0].public_key, std::array<std::uint8_t, 32>{});
   swarm[3].send(at(1), std::move(hello));
   run();
   swarm[3].send(at(1), Message{proof, {}});
@@ -205,12 +206,7 @@ TEST_F(Auth, AProofRelayedFromAnotherPeerNamesTheWrongVerifier) {
   const Bytes challenge = raw.back().second;  // peer 1's HELLO: tag, version, key, nonce
   ASSERT_EQ(challenge[0], auth::AuthTransport::kHello);
   const auto attacker = dht::Identity::from_seed(666);
-  Message relay;
-  wire::Writer w(relay.header);
-  w.u8(auth::AuthTransport::kHello);
-  w.u8(auth::AuthTransport::kVersion);
-  w.raw(attacker.public_key);
-  w.raw(std::span<const std::uint8_t>(challenge.data() + 2 + 32, 32));
+  Message relay = hello_of(attacker.public_key, std::span<const std::uint8_t>(challenge.data() + 2 + 32, 32));
   raw.clear();
   swarm[3].send(at(0), std::move(relay));
   run();
