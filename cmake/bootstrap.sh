@@ -15,6 +15,7 @@ PACKAGES=(
   dataset-fashion-mnist
   python3 python3-h5py python3-numpy python3-pandas python3-matplotlib python3-pytest  # analysis/
   python3-distributed                       # apiary sweep --executor dask://
+  python3-dev pybind11-dev python3-torch    # the Python package (real/python), on the same libtorch
   iproute2 procps                           # ip netns, tc, pgrep: sim_vs_live.py builds its own network
 )
 

@@ -16,6 +16,7 @@
 #include "core/auth/handshake.hpp"
 #include "core/optim/schema.hpp"
 #include "core/runtime/metrics.hpp"
+#include "real/live_node.hpp"
 #include "real/live_runtime.hpp"
 #include "real/asio_timer.hpp"
 #include "real/exit_codes.hpp"
@@ -30,86 +31,17 @@ namespace asio = boost::asio;
 
 namespace {
 
-Endpoint parse_or_throw(const std::string& text, const char* what) {
-  auto e = Endpoint::parse(text);
-  if (!e) throw std::invalid_argument(std::string(what) + " '" + text + "' is not IPV4:PORT");
-  return *e;
-}
+Endpoint parse_or_throw(const std::string& text, const char* what) { return parse_endpoint_or_throw(text, what); }
 
-// The handshake's settings: a swarm secret read from a file (not the command line, where other
-// users of the machine could read it).
-auth::AuthConfig auth_config_from(const std::string& secret_file, unsigned id_work_bits) {
-  auth::AuthConfig c;
-  c.id_work_bits = id_work_bits;
-  if (secret_file.empty()) return c;
-  std::ifstream f(secret_file, std::ios::binary);
-  if (!f) throw std::runtime_error("--swarm-secret-file: cannot read '" + secret_file + "'");
-  std::ostringstream text;
-  text << f.rdbuf();
-  c.swarm_secret = text.str();
-  while (!c.swarm_secret.empty() && (c.swarm_secret.back() == '\n' || c.swarm_secret.back() == '\r')) c.swarm_secret.pop_back();
-  if (c.swarm_secret.empty()) throw std::runtime_error("--swarm-secret-file: '" + secret_file + "' is empty");
-  return c;
-}
-
-// An identity with `bits` of work (created so when the file is new); a file whose key carries
-// less is an error: the swarm would refuse it.
-dht::Identity identity_from(const std::string& path, unsigned bits) {
-  if (path.empty()) return dht::Identity::generate_with_work(bits);
-  if (std::filesystem::exists(path)) {
-    auto id = dht::Identity::load(path);
-    if (dht::id_work(id.public_key) < bits)
-      throw std::runtime_error(path + ": its key's id carries " + std::to_string(dht::id_work(id.public_key)) +
-                               " bits of work; the swarm asks " + std::to_string(bits));
-    return id;
-  }
-  auto id = dht::Identity::generate_with_work(bits);
-  id.save(path);
-  return id;
-}
-
-void stderr_log(void*, std::uint32_t, LogLevel level, std::string_view component, std::string_view msg) {
-  static const char* names[] = {"debug", "info", "warn", "error"};
-  std::fprintf(stderr, "[%s] %.*s: %.*s\n", names[static_cast<int>(level)],
-               static_cast<int>(component.size()), component.data(), static_cast<int>(msg.size()), msg.data());
-}
-
-// One live node (server or client) on its own io_context.
-struct LiveNode {
+struct IoContext {
   asio::io_context io;
-  Metrics metrics;
-  std::unique_ptr<LiveRuntime> rt;
-  std::unique_ptr<PeerObserver> observer;
-  Rng rng{0};
-  std::unique_ptr<auth::AuthTransport> auth;  // every peer proves its key (core/auth)
-  std::unique_ptr<Runtime> runtime;
-  std::unique_ptr<Rpc> rpc;
-  std::unique_ptr<dht::DhtNode> node;
+};
 
+// One live node (server or client) on its own io_context, run by the caller.
+struct LiveNode : IoContext, LiveNodeStack {
   LiveNode(Endpoint listen, const dht::Identity& identity, dht::DhtConfig cfg, bool verbose, Duration delay = {},
-           auth::AuthConfig auth_config = {}, bool dial_back = false, const std::vector<optim::SchemaRule>& schema = {}) {
-    LiveOptions o;
-    o.listen = listen;
-    o.emulated_delay = delay;
-    o.dial_back = dial_back;
-    rt = std::make_unique<LiveRuntime>(io, o);
-    rt->open();
-    observer = std::make_unique<PeerObserver>(metrics, *rt, 0);
-    observer->set_log_sink(&stderr_log, nullptr, verbose ? LogLevel::kDebug : LogLevel::kWarn);
-    rt->set_observer(*observer);
-    rng = Rng(std::hash<std::string>{}(identity.id().hex()) ^ static_cast<std::uint64_t>(to_ns(rt->now())));
-    auth = std::make_unique<auth::AuthTransport>(*rt, *rt, *rt, rng, *observer, identity, std::move(auth_config));
-    runtime = std::make_unique<Runtime>(Runtime{*rt, *rt, *auth, rng, *observer});
-    rpc = std::make_unique<Rpc>(*runtime);
-    std::vector<std::shared_ptr<dht::Validator>> validators = optim::standard_validators(schema);
-    node = std::make_unique<dht::DhtNode>(*runtime, *rpc, identity.id(), cfg, validators);
-  }
-  ~LiveNode() {
-    node.reset();
-    rpc.reset();
-    auth.reset();
-    rt->close();
-  }
+           auth::AuthConfig auth_config = {}, bool dial_back = false, const std::vector<optim::SchemaRule>& schema = {})
+      : LiveNodeStack(io, identity, LiveNodeOptions{listen, std::move(cfg), verbose, delay, std::move(auth_config), dial_back, schema}) {}
   // Runs the io_context until `t` completes or the deadline passes.
   template <class T>
   std::optional<T> run(Task<T> t, std::chrono::milliseconds deadline) {

@@ -22,8 +22,8 @@ Task<void> TorchExperts::run(const std::string& uid, bool backward, std::vector<
   std::vector<Decoded> batch;
   for (auto* j : jobs) {
     try {
-      Decoded d{j, unpack(j->inputs(), j->input.dims, j->codec), {}};
-      if (backward) d.g = unpack(j->output_grads(), j->grad.dims, j->codec);
+      Decoded d{j, unpack(j->inputs(), j->input.dims, j->codec).to(e->device), {}};  // off the wire onto the expert's device
+      if (backward) d.g = unpack(j->output_grads(), j->grad.dims, j->codec).to(e->device);
       batch.push_back(std::move(d));
     } catch (const std::exception& ex) {
       j->reply = Error{ErrorCode::kBadMessage, "expert " + uid + ": " + ex.what()};
@@ -135,7 +135,7 @@ void TorchExperts::save(const std::string& dir) {
 void TorchExperts::load(const std::string& dir) {
   for (auto& [uid, e] : experts_) {
     torch::serialize::InputArchive ar;
-    ar.load_from(dir + "/" + uid + ".pt");
+    ar.load_from(dir + "/" + uid + ".pt", e.device);
     e.module->load(ar);
   }
 }

@@ -20,8 +20,9 @@ torch::Tensor TransformerExpertImpl::forward(torch::Tensor x) {
   return ffn(norm1(x + a));
 }
 
-HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr) {
+HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr, torch::Device device) {
   TransformerExpert m(dim, heads, hidden);
+  m->to(device);
   HostedExpert e;
   e.module = m.ptr();
   e.forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
@@ -29,16 +30,19 @@ HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::
   e.input_dim = e.output_dim = dim;
   e.sequence = true;
   e.kind = "transformer";
+  e.device = device;
   return e;
 }
 
-HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr) {
+HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr, torch::Device device) {
   FfnExpert m(dim, hidden);
+  m->to(device);
   HostedExpert e;
   e.module = m.ptr();
   e.forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
   e.optimizer = std::make_unique<torch::optim::SGD>(m->parameters(), torch::optim::SGDOptions(lr));
   e.input_dim = e.output_dim = dim;
+  e.device = device;
   return e;
 }
 

@@ -38,11 +38,13 @@ struct HostedExpert {
   bool sequence = false;  // inputs [batch, seq, dim] instead of [batch, dim]
   std::string kind = "ffn";
   std::uint64_t updates = 0;
+  torch::Device device{torch::kCPU};  // where its parameters live: requests are moved there
 };
 
-// An FFN expert of width `dim` with an SGD optimizer of learning rate `lr`.
-HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr);
+// An FFN expert of width `dim` with an SGD optimizer of learning rate `lr`, on `device`.
+HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr, torch::Device device = torch::kCPU);
 // A transformer-block expert (inputs [batch, seq, dim]).
-HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr);
+HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr,
+                                     torch::Device device = torch::kCPU);
 
 }  // namespace apiary::real

@@ -7,6 +7,23 @@
 
 namespace apiary::real {
 
+namespace {
+
+// The predicate a Drive runs the loop until: its first call starts the task (so that the task
+// starts where the drive runs, on the loop it holds), then tells whether it is done.
+template <class T>
+std::function<bool()> starting(Task<T>& task) {
+  return [&task, started = false]() mutable {
+    if (!started) {
+      started = true;
+      task.start();
+    }
+    return task.done();
+  };
+}
+
+}  // namespace
+
 using moe::BackwardRequest;
 using moe::ForwardRequest;
 using moe::InfoRequest;
@@ -18,8 +35,7 @@ RemoteExpert::RemoteExpert(Rpc& rpc, Endpoint server, std::string uid, Drive dri
 ExpertInfo RemoteExpert::info() {
   InfoRequest q{uid_};
   auto task = rpc_.call<ExpertInfo>(server_, std::move(q), timeout_);
-  task.start();
-  drive_([&] { return task.done(); });
+  drive_(starting(task));
   if (!task.done()) throw std::runtime_error("expert " + uid_ + ": the event loop stopped before the reply");
   Result<ExpertInfo> r = task.result();
   if (!r.ok()) throw std::runtime_error("expert " + uid_ + ": " + r.error().describe());
@@ -79,8 +95,7 @@ Task<Result<torch::Tensor>> RemoteExpert::backward_async(torch::Tensor x, torch:
 }
 
 torch::Tensor RemoteExpert::await_tensor(Task<Result<torch::Tensor>> task) {
-  task.start();
-  drive_([&] { return task.done(); });
+  drive_(starting(task));
   if (!task.done()) throw std::runtime_error("expert " + uid_ + ": the event loop stopped before the reply");
   Result<torch::Tensor> r = task.result();
   if (!r.ok()) throw std::runtime_error("expert " + uid_ + " at " + server_.to_string() + ": " + r.error().describe());
@@ -112,7 +127,10 @@ moe::MixtureConfig mixture_config(const MoeOptions& o) {
   return c;
 }
 
-torch::Tensor index_of(const std::vector<std::int64_t>& rows) { return torch::tensor(rows, torch::kLong); }
+// Row indices on `device` (the tensors they index live there).
+torch::Tensor index_of(const std::vector<std::int64_t>& rows, const torch::Device& device) {
+  return torch::tensor(rows, torch::kLong).to(device);
+}
 
 std::uint8_t codec_for(const averaging::CodecPolicy& p, const torch::Tensor& t) {
   return static_cast<std::uint8_t>(p.for_tensor(static_cast<std::uint64_t>(t.numel())));
@@ -137,10 +155,12 @@ std::optional<torch::Tensor> rows_reply(const TensorReply& r, std::size_t rows, 
 class ForwardTensors final : public moe::MixtureTensors {
  public:
   ForwardTensors(torch::Tensor x, averaging::CodecPolicy codec) : x_(std::move(x)), codec_(codec) {}
-  Body inputs(const std::vector<std::int64_t>& rows) override { return body_of(codec_, x_.index_select(0, index_of(rows))); }
+  Body inputs(const std::vector<std::int64_t>& rows) override {
+    return body_of(codec_, x_.index_select(0, index_of(rows, x_.device())));
+  }
   bool take_output(std::size_t slot, const std::vector<std::int64_t>& rows, const TensorReply& r) override {
     auto y = rows_reply(r, rows.size(), x_.size(1));
-    if (y) outputs[slot] = *y;
+    if (y) outputs[slot] = y->to(x_.options());  // off the wire onto the inputs' device
     return y.has_value();
   }
   Body output_grads(std::size_t, const std::vector<std::int64_t>&) override { throw std::logic_error("not a backward"); }
@@ -158,14 +178,16 @@ class BackwardTensors final : public moe::MixtureTensors {
  public:
   BackwardTensors(torch::Tensor x, torch::Tensor g, std::vector<std::int64_t> offsets, averaging::CodecPolicy codec)
       : x_(std::move(x)), g_(std::move(g)), offsets_(std::move(offsets)), codec_(codec), gx(torch::zeros_like(x_)) {}
-  Body inputs(const std::vector<std::int64_t>& rows) override { return body_of(codec_, x_.index_select(0, index_of(rows))); }
+  Body inputs(const std::vector<std::int64_t>& rows) override {
+    return body_of(codec_, x_.index_select(0, index_of(rows, x_.device())));
+  }
   bool take_output(std::size_t, const std::vector<std::int64_t>&, const TensorReply&) override { return false; }
   Body output_grads(std::size_t j, const std::vector<std::int64_t>& rows) override {
     return body_of(codec_, g_.narrow(0, offsets_[j], static_cast<std::int64_t>(rows.size())).contiguous());
   }
   bool take_input_grad(std::size_t, const std::vector<std::int64_t>& rows, const TensorReply& r) override {
     auto d = rows_reply(r, rows.size(), x_.size(1));
-    if (d) gx.index_add_(0, index_of(rows), *d);
+    if (d) gx.index_add_(0, index_of(rows, x_.device()), d->to(gx.options()));
     return d.has_value();
   }
 
@@ -180,8 +202,7 @@ class BackwardTensors final : public moe::MixtureTensors {
 
 template <class T>
 T drive_task(Task<T>& task, const RemoteExpert::Drive& drive, const char* what) {
-  task.start();
-  drive([&] { return task.done(); });
+  drive(starting(task));
   if (!task.done()) throw std::runtime_error(std::string(what) + " did not finish: the event loop stopped");
   return task.result();
 }
@@ -234,9 +255,22 @@ RemoteMixtureOfExpertsImpl::RemoteMixtureOfExpertsImpl(Runtime& rt, Rpc& rpc, dh
 torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
   if (x.dim() != 2 || x.size(1) != opt_.dim)
     throw std::invalid_argument("the mixture takes [batch, " + std::to_string(opt_.dim) + "] inputs");
+  return mix(x, gate(x));
+}
+
+torch::Tensor RemoteMixtureOfExpertsImpl::mix(torch::Tensor x, torch::Tensor logits) {
+  if (x.dim() != 2 || x.size(1) != opt_.dim)
+    throw std::invalid_argument("the mixture takes [batch, " + std::to_string(opt_.dim) + "] inputs, not " +
+                                c10::str(x.sizes()));
+  std::int64_t coordinates = 0;
+  for (auto g : opt_.grid) coordinates += g;
+  if (logits.dim() != 2 || logits.size(0) != x.size(0) || logits.size(1) != coordinates)
+    throw std::invalid_argument("the gate's scores must be [batch, " + std::to_string(coordinates) + "], not " +
+                                c10::str(logits.sizes()));
+  if (logits.device() != x.device()) throw std::invalid_argument("the gate's scores and the inputs are on different devices");
   const std::int64_t batch = x.size(0);
   const std::size_t dims = opt_.grid.size();
-  const torch::Tensor logits = gate(x);  // [batch, sum(grid)]
+  const auto longs = torch::TensorOptions().dtype(torch::kLong).device(x.device());
   std::vector<torch::Tensor> per_dim;
   std::int64_t at = 0;
   for (auto g : opt_.grid) {
@@ -268,11 +302,11 @@ torch::Tensor RemoteMixtureOfExpertsImpl::forward(torch::Tensor x) {
     kept->offsets.push_back(offset);
     offset += count;
     outs.push_back(tensors.outputs.at(c.slot));
-    rows.push_back(index_of(c.rows));
+    rows.push_back(index_of(c.rows, x.device()));
     const auto u = moe::ExpertUid::parse(c.expert.uid, opt_.grid);
     if (!u) throw std::runtime_error("expert uid " + c.expert.uid + " is not on the layer's grid");
-    for (std::size_t d = 0; d < dims; ++d) coords[d].push_back(torch::full({count}, static_cast<std::int64_t>(u->coords[d]), torch::kLong));
-    e_idx.push_back(torch::full({count}, static_cast<std::int64_t>(n), torch::kLong));
+    for (std::size_t d = 0; d < dims; ++d) coords[d].push_back(torch::full({count}, static_cast<std::int64_t>(u->coords[d]), longs));
+    e_idx.push_back(torch::full({count}, static_cast<std::int64_t>(n), longs));
     last_responders_.push_back(c.expert.uid);
   }
   last_routes_ = kept->plan.routes;

@@ -35,7 +35,9 @@ namespace apiary::real {
 
 class RemoteExpert : public torch::nn::Module {
  public:
-  // `drive(done)` runs the caller's event loop until done() holds (live: io_context::run_one).
+  // `drive(done)` runs the caller's event loop until done() holds (live: io_context::run_one). It
+  // calls done() before it runs anything: that first call starts the work, so a drive that must
+  // first take hold of its loop (the Python package's) starts it there.
   using Drive = std::function<void(const std::function<bool()>&)>;
   RemoteExpert(Rpc& rpc, Endpoint server, std::string uid, Drive drive,
                Duration timeout = std::chrono::seconds(30));
@@ -105,6 +107,9 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   RemoteMixtureOfExpertsImpl(Runtime& rt, Rpc& rpc, dht::DhtNode& dht, MoeOptions options, RemoteExpert::Drive drive);
   // x: [batch, dim] -> [batch, dim]. Throws std::runtime_error when no k_min experts answer.
   torch::Tensor forward(torch::Tensor x);
+  // The same with the gate's scores given ([batch, sum(grid)], differentiable): for a caller that
+  // owns its gate (the Python module). Inputs on any device; data leaves it only at the wire.
+  torch::Tensor mix(torch::Tensor x, torch::Tensor logits);
   torch::nn::Linear gate{nullptr};
   // Which experts answered the last forward (for tests and logs).
   const std::vector<std::string>& last_responders() const { return last_responders_; }
