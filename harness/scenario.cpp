@@ -1,5 +1,7 @@
 #include "harness/scenario.hpp"
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -184,6 +186,15 @@ std::string Scenario::get_string(const std::string& key, const std::string& def,
     }
     if (!ok) fail(key, "'" + v + "' is not one of: " + list);
   }
+  return v;
+}
+
+std::string Scenario::get_device(const std::string& key, const std::string& def) {
+  const std::string v = get_string(key, def);
+  bool ok = v == "cpu" || v == "cuda";
+  if (!ok && v.rfind("cuda:", 0) == 0 && v.size() > 5 && v.size() <= 8)
+    ok = std::all_of(v.begin() + 5, v.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!ok) fail(key, "'" + v + "' is not a device: cpu, cuda or cuda:N");
   return v;
 }
 

@@ -51,6 +51,9 @@ class Scenario {
   bool get_bool(const std::string& key, bool def);
   std::string get_string(const std::string& key, const std::string& def,
                          const std::vector<std::string>& allowed = {});
+  // A LibTorch device name: "cpu", "cuda" or "cuda:N" (whether the machine has it is checked where
+  // the device is used, in the live trainer processes).
+  std::string get_device(const std::string& key, const std::string& def);
   Duration get_duration(const std::string& key, Duration def);
   std::uint64_t get_bytes(const std::string& key, std::uint64_t def);
   double get_rate(const std::string& key, double def);  // per second

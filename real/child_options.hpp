@@ -50,6 +50,7 @@ struct TrainerOptions {
   std::uint32_t btard_validators = 2;
   std::uint32_t btard_ban_quorum = 2;
   bool btard_false_accusations = false;  // an attacker also accuses whoever it validates
+  std::string device = "cpu";  // where the model and data live: cpu, cuda, cuda:N
 };
 
 // `v(flag, field, help)` for every field.
@@ -93,6 +94,7 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--btard-validators", o.btard_validators, "BTARD: members that recompute another's gradient, per step");
   v("--btard-ban-quorum", o.btard_ban_quorum, "BTARD: reporters that make a ban read from the DHT hold");
   v("--btard-false-accusations", o.btard_false_accusations, "BTARD: as an attacker, also accuse whoever it validates");
+  v("--device", o.device, "where the model and data live: cpu, cuda or cuda:N");
 }
 
 // Live DMoE: expert servers and a trainer as processes (real/torch/trainers.hpp).
@@ -116,6 +118,7 @@ struct DmoeOptions {
   std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
   std::string out, ready_file;
   double max_seconds = 900;
+  std::string device = "cpu";  // the experts' (servers) or the model's (trainers) device: cpu, cuda, cuda:N
 };
 
 template <class V>
@@ -148,6 +151,7 @@ void visit_fields(DmoeOptions& o, V&& v) {
   v("--out", o.out, "JSON lines output");
   v("--ready-file", o.ready_file, "written once ready");
   v("--max-seconds", o.max_seconds, "give up after this long");
+  v("--device", o.device, "where the experts (servers) or the model (trainers) live: cpu, cuda or cuda:N");
 }
 
 namespace detail {

@@ -37,6 +37,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   base.hidden = d.hidden;
   base.learning_rate = d.learning_rate;
   base.dataset_dir = d.dataset_dir;
+  base.device = d.device;
   base.steps = d.steps;
   base.batch_size = d.batch_size;
   base.train_samples = d.train_samples;

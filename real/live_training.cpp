@@ -107,6 +107,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
   base.eval_samples = t.eval_samples;
   base.eval_every = t.eval_every;
   base.dataset_dir = t.dataset_dir;
+  base.device = t.device;
   base.mode = t.mode;
   base.inner_steps = static_cast<std::uint32_t>(t.inner_steps);
   base.outer_lr = t.outer_lr;

@@ -289,6 +289,7 @@ void parse_dmoe_torch(Scenario& s, DmoeTorchSpec& d) {
   d.train_samples = static_cast<std::uint64_t>(s.get_int("dmoe.train_samples", 0, 0, 60000));
   d.learning_rate = s.get_double("dmoe.learning_rate", d.learning_rate, 0, 1e6);
   d.dataset_dir = path_beside(s, s.get_string("dmoe.dataset_dir", d.dataset_dir));
+  d.device = s.get_device("dmoe.device", d.device);
   d.baseline = s.get_bool("dmoe.baseline", d.baseline);
 }
 

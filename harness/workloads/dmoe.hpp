@@ -68,6 +68,7 @@ struct DmoeTorchSpec {
   std::uint64_t eval_samples = 2000, train_samples = 0;
   double learning_rate = 0.05;
   std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  std::string device = "cpu";  // the expert servers' and the trainer's device (cpu, cuda, cuda:N)
   bool baseline = true;
 };
 

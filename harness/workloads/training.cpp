@@ -562,6 +562,7 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   auto& t = *c;
   t.mode = s.get_string("training.mode", t.mode, {"collaborative", "diloco"});
   t.dataset_dir = path_beside(s, s.get_string("training.dataset_dir", t.dataset_dir));
+  t.device = s.get_device("training.device", t.device);
   t.train_samples = static_cast<std::uint64_t>(s.get_int("training.train_samples", 0, 0, 60000));
   t.eval_samples = static_cast<std::uint64_t>(s.get_int("training.eval_samples", static_cast<std::int64_t>(t.eval_samples), 1, 10000));
   t.batch_size = static_cast<std::uint32_t>(s.get_int("training.batch_size", t.batch_size, 1, 1 << 16));

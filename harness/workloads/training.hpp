@@ -39,6 +39,7 @@ namespace apiary {
 struct TrainingWorkloadSpec final : WorkloadConfig {
   std::string mode = "collaborative";  // collaborative | diloco
   std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  std::string device = "cpu";  // live trainer processes: where the model and data live (cpu, cuda, cuda:N)
   std::uint64_t train_samples = 0;  // 0: the whole training set
   std::uint64_t eval_samples = 1000;
   std::uint32_t batch_size = 32;      // a local batch

@@ -18,6 +18,14 @@ namespace apiary::python {
 
 namespace {
 
+torch::Device device_of(const std::string& name) {
+  try {
+    return real::device_named(name);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
 // A Python object that may be dropped without the GIL (its last reference goes with it).
 struct PyRef {
   py::object o;
@@ -92,7 +100,7 @@ class PyExpertServer {
   void add_builtin(const std::string& uid, const std::string& kind, std::int64_t dim, std::int64_t hidden, std::int64_t heads,
                    double lr, const std::string& device) {
     if (dim <= 0 || hidden <= 0) throw py::value_error("dim and hidden_dim must be positive");
-    const torch::Device dev(device);
+    const torch::Device dev = device_of(device);
     real::HostedExpert e;
     if (kind == "ffn")
       e = real::make_ffn_expert(dim, hidden, lr, dev);
@@ -125,7 +133,7 @@ class PyExpertServer {
     e.output_dim = output_dim;
     e.sequence = sequence;
     e.kind = "python";
-    e.device = torch::Device(device);
+    e.device = device_of(device);
     core_->modules.push_back(ref);
     add(uid, std::move(e));
   }

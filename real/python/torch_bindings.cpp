@@ -11,6 +11,7 @@
 #include "core/averaging/matchmaking.hpp"
 #include "core/compression/codecs.hpp"
 #include "core/optim/collaborative.hpp"
+#include "core/optim/diloco.hpp"
 #include "real/live_runtime.hpp"
 #include "real/python/node.hpp"
 
@@ -396,6 +397,92 @@ class TorchCollaborative {
   bool local_updates_ = false;
 };
 
+// ---- DiLoCo ------------------------------------------------------------------------------------
+
+struct DilocoOptions {
+  std::string prefix = "run";
+  std::size_t inner_steps = 500;
+  double outer_lr = 0.7;
+  double outer_momentum = 0.9;
+  bool nesterov = true;
+  AveragingOptions averaging;
+};
+
+struct DilocoCore final : Dependent {
+  std::unique_ptr<optim::DilocoOptimizer> opt;
+  void close() override { opt.reset(); }
+};
+
+class TorchDilocoPy {
+ public:
+  TorchDilocoPy(std::shared_ptr<Node> node, std::vector<at::Tensor> params, DilocoOptions o)
+      : node_(std::move(node)), params_(std::move(params)), core_(std::make_shared<DilocoCore>()) {
+    if (params_.empty()) throw py::value_error("DiLoCo: the optimizer has no parameters");
+    check_tensors(params_, nullptr, "DiLoCo parameters");
+    if (o.inner_steps == 0) throw py::value_error("inner_steps must be positive");
+    if (!std::isfinite(o.outer_lr) || o.outer_lr <= 0) throw py::value_error("outer_lr must be positive");
+    if (!std::isfinite(o.outer_momentum) || o.outer_momentum < 0 || o.outer_momentum >= 1)
+      throw py::value_error("outer_momentum must be in [0, 1)");
+    schema_ = schema_of(params_);
+    optim::DilocoConfig c;
+    c.identity = node_->identity();
+    c.prefix = o.prefix;
+    c.inner_steps = o.inner_steps;
+    c.outer_lr = o.outer_lr;
+    c.outer_momentum = o.outer_momentum;
+    c.nesterov = o.nesterov;
+    c.matchmaking = matchmaking_of(o.averaging);
+    c.matchmaking.prefix = o.prefix;
+    c.allreduce = allreduce_of(o.averaging);
+    c.role = role_named(o.averaging.mode);
+    c.bandwidth = o.averaging.bandwidth;
+    node_->with_loop([&] {
+      auto& s = node_->stack();
+      core_->opt = std::make_unique<optim::DilocoOptimizer>(*s.runtime, *s.rpc, *s.node, schema_, host_floats(params_), c);
+      node_->attach(core_, "averaging");
+    }, "DiLoCo");
+  }
+  bool inner_step_done(std::uint64_t samples) {
+    return node_->with_loop([&] { return live().opt->inner_step_done(samples); }, "DiLoCo.step");
+  }
+  // The outer step from where the inner steps got to; the parameters then hold the swarm's.
+  py::dict outer_step(double timeout) {
+    check_tensors(params_, &schema_, "DiLoCo parameters");
+    auto now = host_floats(params_);
+    Result<optim::OuterReport> r = node_->await(
+        [&] {
+          live().opt->parameters() = std::move(now);
+          return live().opt->outer_step();
+        },
+        timeout, "the outer step");
+    if (!r.ok()) {
+      if (r.error().code == ErrorCode::kTimeout) throw TimeoutFailure("the outer step: " + r.error().message);
+      throw std::runtime_error("the outer step: " + r.error().describe());
+    }
+    auto params = node_->with_loop([&] { return live().opt->parameters(); });
+    write_back(params, params_);
+    py::dict d;
+    d["round"] = r->round;
+    d["group_size"] = r->group;
+    d["bytes_sent"] = r->bytes_sent;
+    d["samples"] = r->samples;
+    return d;
+  }
+  std::uint64_t round() {
+    return node_->with_loop([&] { return live().opt->round(); });
+  }
+
+ private:
+  DilocoCore& live() {
+    if (!core_->opt) throw ClosedFailure("DiLoCo: the DHT is shut down");
+    return *core_;
+  }
+  std::shared_ptr<Node> node_;
+  std::vector<at::Tensor> params_;
+  averaging::TensorSchema schema_;
+  std::shared_ptr<DilocoCore> core_;
+};
+
 }  // namespace
 
 void bind_torch(py::module_& m) {
@@ -438,6 +525,20 @@ void bind_torch(py::module_& m) {
       .def("take_downloaded_state", &TorchCollaborative::take_downloaded_state)
       .def_property_readonly("epoch", &TorchCollaborative::epoch)
       .def_property_readonly("local_samples", &TorchCollaborative::local_samples);
+
+  py::class_<DilocoOptions>(m, "DilocoOptions")
+      .def(py::init<>())
+      .def_readwrite("prefix", &DilocoOptions::prefix)
+      .def_readwrite("inner_steps", &DilocoOptions::inner_steps)
+      .def_readwrite("outer_lr", &DilocoOptions::outer_lr)
+      .def_readwrite("outer_momentum", &DilocoOptions::outer_momentum)
+      .def_readwrite("nesterov", &DilocoOptions::nesterov)
+      .def_readwrite("averaging", &DilocoOptions::averaging);
+  py::class_<TorchDilocoPy, std::shared_ptr<TorchDilocoPy>>(m, "Diloco")
+      .def(py::init<std::shared_ptr<Node>, std::vector<at::Tensor>, DilocoOptions>())
+      .def("inner_step_done", &TorchDilocoPy::inner_step_done)
+      .def("outer_step", &TorchDilocoPy::outer_step, py::arg("timeout") = 0.0)
+      .def_property_readonly("round", &TorchDilocoPy::round);
 }
 
 }  // namespace apiary::python

@@ -7,7 +7,7 @@ namespace apiary::real {
 std::vector<float> flat(const std::vector<torch::Tensor>& ts) {
   std::vector<float> out;
   for (const auto& t : ts) {
-    const torch::Tensor c = t.detach().to(torch::kFloat).contiguous();
+    const torch::Tensor c = t.detach().to(torch::kCPU, torch::kFloat).contiguous();  // off the device: the wire's copy
     out.insert(out.end(), c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
   }
   return out;
@@ -70,8 +70,9 @@ void adam_set(torch::optim::Optimizer& opt, std::span<const float> flat) {
     const auto& p = params[i];
     const auto n = static_cast<std::size_t>(p.numel());
     auto st = std::make_unique<State>();
-    st->exp_avg(torch::from_blob(const_cast<float*>(flat.data()) + at, p.sizes(), torch::kFloat).clone());
-    st->exp_avg_sq(torch::from_blob(const_cast<float*>(flat.data()) + total + at, p.sizes(), torch::kFloat).clone());
+    st->exp_avg(torch::from_blob(const_cast<float*>(flat.data()) + at, p.sizes(), torch::kFloat).to(p.options(), false, true));
+    st->exp_avg_sq(
+        torch::from_blob(const_cast<float*>(flat.data()) + total + at, p.sizes(), torch::kFloat).to(p.options(), false, true));
     st->step(static_cast<std::int64_t>(std::lround(flat[2 * total + i])));
     opt.state()[key_of(p)] = std::move(st);
     at += n;
@@ -127,7 +128,7 @@ void set_optimizer_state(torch::optim::Optimizer& opt, std::span<const float> fl
       std::size_t at = 0;
       for (const auto& p : all_params(opt)) {
         auto st = std::make_unique<torch::optim::SGDParamState>();
-        st->momentum_buffer(torch::from_blob(const_cast<float*>(flat.data()) + at, p.sizes(), torch::kFloat).clone());
+        st->momentum_buffer(torch::from_blob(const_cast<float*>(flat.data()) + at, p.sizes(), torch::kFloat).to(p.options(), false, true));
         opt.state()[key_of(p)] = std::move(st);
         at += static_cast<std::size_t>(p.numel());
       }

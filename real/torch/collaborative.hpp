@@ -25,8 +25,8 @@
 
 namespace apiary::real {
 
-// The tensors' values one after the other, as float32; and back: consecutive slices of `flat` into
-// the tensors of `dst`, in order.
+// The tensors' values one after the other, as float32 on the host (the one copy off their device);
+// and back: consecutive slices of `flat` into the tensors of `dst`, in order, each on its device.
 std::vector<float> flat(const std::vector<torch::Tensor>& ts);
 void unflatten_into(std::span<const float> flat, const std::vector<torch::Tensor>& dst);
 

@@ -1,5 +1,8 @@
 #include "real/torch/experts.hpp"
 
+#include <optional>
+#include <stdexcept>
+
 namespace apiary::real {
 
 FfnExpertImpl::FfnExpertImpl(std::int64_t dim, std::int64_t hidden)
@@ -18,6 +21,25 @@ torch::Tensor TransformerExpertImpl::forward(torch::Tensor x) {
   const torch::Tensor s = x.transpose(0, 1);  // [seq, batch, dim] for the attention
   const torch::Tensor a = std::get<0>(attention(s, s, s)).transpose(0, 1);
   return ffn(norm1(x + a));
+}
+
+torch::Device device_named(const std::string& name) {
+  std::optional<torch::Device> d;
+  try {
+    d.emplace(name);
+  } catch (const c10::Error&) {
+  }
+  if (!d || !(d->is_cpu() || d->is_cuda()))
+    throw std::invalid_argument("device '" + name + "' is not cpu, cuda or cuda:N");
+  if (d->is_cuda()) {
+    if (!torch::cuda::is_available())
+      throw std::invalid_argument("device '" + name +
+                                  "': no CUDA here (this LibTorch is built for the CPU only, or no GPU is visible)");
+    const auto count = static_cast<std::int64_t>(torch::cuda::device_count());
+    if (d->has_index() && d->index() >= count)
+      throw std::invalid_argument("device '" + name + "': this machine has " + std::to_string(count) + " GPU(s)");
+  }
+  return *d;
 }
 
 HostedExpert make_transformer_expert(std::int64_t dim, std::int64_t heads, std::int64_t hidden, double lr, torch::Device device) {

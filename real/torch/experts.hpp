@@ -41,6 +41,11 @@ struct HostedExpert {
   torch::Device device{torch::kCPU};  // where its parameters live: requests are moved there
 };
 
+// A device by name: "cpu", "cuda" or "cuda:N". std::invalid_argument for any other name, for a
+// CUDA device where this LibTorch has no CUDA or no GPU is visible, and for a GPU index beyond
+// those present; the message says which.
+torch::Device device_named(const std::string& name);
+
 // An FFN expert of width `dim` with an SGD optimizer of learning rate `lr`, on `device`.
 HostedExpert make_ffn_expert(std::int64_t dim, std::int64_t hidden, double lr, torch::Device device = torch::kCPU);
 // A transformer-block expert (inputs [batch, seq, dim]).

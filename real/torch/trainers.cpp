@@ -18,6 +18,7 @@
 #include "real/live_runtime.hpp"
 #include "real/processes.hpp"
 #include "real/torch/collaborative.hpp"
+#include "real/torch/experts.hpp"
 
 namespace apiary::real {
 
@@ -31,15 +32,20 @@ struct TensorSet {
   std::int64_t size() const { return y.size(0); }
 };
 
-TensorSet load(const std::string& split, const std::string& dir, std::uint64_t limit) {
+TensorSet load(const std::string& split, const std::string& dir, std::uint64_t limit, const torch::Device& device) {
   const auto set = data::load_fashion_mnist(split, dir);
   const auto n = static_cast<std::int64_t>(limit ? std::min<std::uint64_t>(limit, set.size()) : set.size());
   auto pixels = torch::from_blob(const_cast<std::uint8_t*>(set.pixels.data()), {n, 784}, torch::kUInt8).to(torch::kFloat);
   TensorSet t;
   t.x = (pixels / 255.0 - 0.286) / 0.353;
   t.y = torch::from_blob(const_cast<std::uint8_t*>(set.labels.data()), {n}, torch::kUInt8).to(torch::kLong);
+  t.x = t.x.to(device);
+  t.y = t.y.to(device);
   return t;
 }
+
+// The rows `idx` of `t` (the indices go to t's device).
+torch::Tensor rows(const torch::Tensor& t, const torch::Tensor& idx) { return t.index_select(0, idx.to(t.device())); }
 
 // `n` row indices drawn uniformly from [0, size).
 torch::Tensor sample_rows(Rng& rng, std::uint64_t n, std::int64_t size) {
@@ -49,9 +55,11 @@ torch::Tensor sample_rows(Rng& rng, std::uint64_t n, std::int64_t size) {
   return idx;
 }
 
-torch::nn::Sequential make_model(const TrainerOptions& o) {
+torch::nn::Sequential make_model(const TrainerOptions& o, const torch::Device& device) {
   torch::manual_seed(static_cast<std::uint64_t>(o.seed));  // every trainer and the baseline start alike
-  return torch::nn::Sequential(torch::nn::Linear(784, o.hidden), torch::nn::ReLU(), torch::nn::Linear(o.hidden, 10));
+  torch::nn::Sequential m(torch::nn::Linear(784, o.hidden), torch::nn::ReLU(), torch::nn::Linear(o.hidden, 10));
+  m->to(device);  // initialised on the CPU (the same values everywhere), then moved
+  return m;
 }
 
 struct Eval {
@@ -89,13 +97,15 @@ class Log {
 // What every trainer process starts with: one LibTorch thread, its start time, its JSON-lines
 // log, and the Fashion-MNIST splits.
 struct ProcessRun {
-  ProcessRun(const std::string& out, const std::string& dataset_dir, std::uint64_t train_samples)
+  ProcessRun(const std::string& out, const std::string& dataset_dir, std::uint64_t train_samples, const std::string& device_name)
       : wall0((torch::set_num_threads(1), std::chrono::steady_clock::now())),
+        device(device_named(device_name)),
         log(out),
-        train(load("train", dataset_dir, train_samples)),
-        test(load("t10k", dataset_dir, 0)) {}
+        train(load("train", dataset_dir, train_samples, device)),
+        test(load("t10k", dataset_dir, 0, device)) {}
   double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(); }
   std::chrono::steady_clock::time_point wall0;
+  torch::Device device;  // the model and the data live there; values leave it only at the wire
   Log log;
   TensorSet train, test;
 };
@@ -109,7 +119,7 @@ void quiet_log(void*, std::uint32_t, LogLevel level, std::string_view component,
 }  // namespace
 
 int run_trainer(const TrainerOptions& o) {
-  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples, o.device);
   Log& log = run.log;
   const TensorSet &train = run.train, &test = run.test;
 
@@ -132,7 +142,7 @@ int run_trainer(const TrainerOptions& o) {
   dht::DhtNode node(rt, rpc, identity.id(), dcfg, optim::standard_validators());
   if (!o.ready_file.empty()) write_file_atomically(o.ready_file, live.local().to_string() + "\n");
 
-  auto model = make_model(o);
+  auto model = make_model(o, run.device);
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(o.learning_rate).momentum(o.momentum));
   optim::CollaborativeConfig cc;
   cc.progress.prefix = "train";
@@ -209,7 +219,7 @@ int run_trainer(const TrainerOptions& o) {
     Rng r = optim::batch_rng(o.seed, key, epoch, b);
     return sample_rows(r, o.batch_size, train.size());
   };
-  auto shadow = make_model(o);
+  auto shadow = make_model(o, run.device);
   if (collab && o.btard)
     collab->core().set_recompute([&](optim::Contribution c) -> Task<std::optional<std::vector<float>>> {
       const auto params = shadow->parameters();
@@ -223,7 +233,7 @@ int run_trainer(const TrainerOptions& o) {
       for (std::uint64_t b = 0; b < batches; ++b) {
         const torch::Tensor idx = seeded_rows(c.public_key, c.epoch, b);
         shadow->zero_grad();
-        torch::nn::functional::cross_entropy(shadow->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+        torch::nn::functional::cross_entropy(shadow->forward(rows(train.x, idx)), rows(train.y, idx)).backward();
         std::vector<torch::Tensor> grads;
         for (const auto& p : params) grads.push_back(p.grad());
         std::vector<float> g = flat(grads);
@@ -240,7 +250,7 @@ int run_trainer(const TrainerOptions& o) {
   auto local_gradients = [&](const torch::Tensor& idx) {
     const std::uint64_t e = epoch_now();
     const bool attacking = optim::attacks_at(attack, e);
-    torch::Tensor y = train.y.index_select(0, idx);
+    torch::Tensor y = rows(train.y, idx);
     if (attacking && attack.kind == optim::AttackKind::kLabelFlip) y = 9 - y;
     std::vector<torch::Tensor> now;
     if (attack.kind == optim::AttackKind::kDelayed) {
@@ -260,7 +270,7 @@ int run_trainer(const TrainerOptions& o) {
       }
     }
     model->zero_grad();
-    torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), y).backward();
+    torch::nn::functional::cross_entropy(model->forward(rows(train.x, idx)), y).backward();
     if (!now.empty()) {
       torch::NoGradGuard no_grad;
       auto params = model->parameters();
@@ -466,16 +476,16 @@ int run_trainer(const TrainerOptions& o) {
 }
 
 int run_baseline(const TrainerOptions& o) {
-  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples, o.device);
   Log& log = run.log;
   const TensorSet &train = run.train, &test = run.test;
-  auto model = make_model(o);
+  auto model = make_model(o, run.device);
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(o.learning_rate).momentum(o.momentum));
   Rng data_rng(o.seed ^ 0xba5e);
   for (std::uint32_t step = 0; step < o.steps; ++step) {
     const torch::Tensor idx = sample_rows(data_rng, o.target_batch, train.size());
     optimizer.zero_grad();
-    torch::nn::functional::cross_entropy(model->forward(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+    torch::nn::functional::cross_entropy(model->forward(rows(train.x, idx)), rows(train.y, idx)).backward();
     optimizer.step();
     if (o.eval_every && (step + 1) % o.eval_every == 0) {
       const Eval e = evaluate(model, test, static_cast<std::int64_t>(o.eval_samples));
@@ -619,12 +629,13 @@ int run_expert_server(const DmoeOptions& o) {
   so.min_batch = o.min_batch;
   so.batch_wait = Duration(static_cast<std::int64_t>(o.batch_wait_ms * 1e6));
   ExpertServer server(*n.rt, *n.rpc, so);
+  const torch::Device device = device_named(o.device);
   std::vector<moe::ExpertUid> mine;
   for (const auto& u : o.uids) {
     std::string why;
     auto uid = moe::ExpertUid::parse(u, o.grid, &why);
     if (!uid) throw std::invalid_argument("expert uid '" + u + "': " + why);
-    server.add(u, make_ffn_expert(o.dim, o.hidden, o.learning_rate));
+    server.add(u, make_ffn_expert(o.dim, o.hidden, o.learning_rate, device));
     mine.push_back(*uid);
   }
   // Declare, and declare again before the declarations expire.
@@ -648,7 +659,7 @@ int run_expert_server(const DmoeOptions& o) {
 }
 
 int run_dmoe_trainer(const DmoeOptions& o) {
-  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples, o.device);
   Log& log = run.log;
   const TensorSet &train = run.train, &test = run.test;
   Node n(o.delay_ms, o.seed * 131 + 3);
@@ -674,6 +685,9 @@ int run_dmoe_trainer(const DmoeOptions& o) {
   torch::manual_seed(o.seed);
   torch::nn::Linear in(784, o.dim), out(o.dim, 10);
   RemoteMixtureOfExperts moe(*n.rt, *n.rpc, *n.dht, mo, drive);
+  in->to(run.device);
+  out->to(run.device);
+  moe->to(run.device);
   std::vector<torch::Tensor> params = in->parameters();
   for (auto& p : out->parameters()) params.push_back(p);
   for (auto& p : moe->parameters()) params.push_back(p);
@@ -696,7 +710,7 @@ int run_dmoe_trainer(const DmoeOptions& o) {
     const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
     opt.zero_grad();
     try {
-      torch::Tensor loss = torch::nn::functional::cross_entropy(model(train.x.index_select(0, idx)), train.y.index_select(0, idx));
+      torch::Tensor loss = torch::nn::functional::cross_entropy(model(rows(train.x, idx)), rows(train.y, idx));
       if (mo.switch_mode) loss = loss + 0.01 * moe->last_balance_loss();
       loss.backward();
       opt.step();
@@ -720,12 +734,15 @@ int run_dmoe_trainer(const DmoeOptions& o) {
 }
 
 int run_dmoe_baseline(const DmoeOptions& o) {
-  ProcessRun run(o.out, o.dataset_dir, o.train_samples);
+  ProcessRun run(o.out, o.dataset_dir, o.train_samples, o.device);
   Log& log = run.log;
   const TensorSet &train = run.train, &test = run.test;
   torch::manual_seed(o.seed);
   torch::nn::Linear in(784, o.dim), out(o.dim, 10);
   LocalMixture moe(o);
+  in->to(run.device);
+  out->to(run.device);
+  moe->to(run.device);
   std::vector<torch::Tensor> params = in->parameters(), expert_params;
   for (auto& p : out->parameters()) params.push_back(p);
   for (auto& p : moe->gate->parameters()) params.push_back(p);
@@ -739,7 +756,7 @@ int run_dmoe_baseline(const DmoeOptions& o) {
     const torch::Tensor idx = sample_rows(data_rng, o.batch_size, train.size());
     opt.zero_grad();
     expert_opt.zero_grad();
-    torch::nn::functional::cross_entropy(model(train.x.index_select(0, idx)), train.y.index_select(0, idx)).backward();
+    torch::nn::functional::cross_entropy(model(rows(train.x, idx)), rows(train.y, idx)).backward();
     opt.step();
     expert_opt.step();
   }

@@ -82,6 +82,9 @@ TEST(Scenario, ErrorsNameFileLineAndKey) {
             "");  // the same file runs in ns-3 with backend = "sim"
   EXPECT_EQ(error_of("backend = \"live\"\npeers = 4\n[live]\nprocesses = true\n"),
             "bad.toml:4: key 'live.processes': the ping workload has no live process swarm; it runs live in one process");
+  EXPECT_EQ(error_of("peers = 4\n[workload]\nkind = \"training\"\n[training]\ndevice = \"gpu0\"\n"),
+            "bad.toml:5: key 'training.device': 'gpu0' is not a device: cpu, cuda or cuda:N");
+  EXPECT_EQ(error_of("peers = 4\n[workload]\nkind = \"training\"\n[training]\ndevice = \"cuda:1\"\n"), "");
   EXPECT_EQ(
       error_of("backend = \"live\"\npeers = 4\nduration = \"2min\"\n[workload]\nkind = \"averaging\"\n[churn]\nmodel = \"exponential\"\n"),
       "");

@@ -127,6 +127,63 @@ def test_a_newcomer_downloads_parameters_and_adam_state():
         b.shutdown()
 
 
+def test_diloco_outer_step_is_nesterov_sgd_on_the_weighted_mean_pseudo_gradient():
+    dhts = swarm(2)
+    h, batches = 3, (2, 6)
+    torch.manual_seed(5)
+    start = torch.nn.Linear(3, 2)
+    models = [torch.nn.Linear(3, 2) for _ in range(2)]
+    for m in models:
+        m.load_state_dict(start.state_dict())
+    opts = [apiary.DiLoCoOptimizer(torch.optim.SGD(m.parameters(), lr=0.05), d, prefix="dl", inner_steps=h,
+                                   min_group_size=2, target_group_size=2)
+            for m, d in zip(models, dhts)]
+    data = [[torch.randn(batches[i], 3) for _ in range(2 * h)] for i in range(2)]
+    infos = [[], []]
+
+    def train(i):
+        for x in data[i]:
+            opts[i].zero_grad()
+            models[i](x).pow(2).mean().backward()
+            info = opts[i].step(batch_size=batches[i])
+            if info is not None:
+                infos[i].append(info)
+
+    threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert [len(i) for i in infos] == [2, 2] and infos[0][0].group_size == 2, infos
+        # The reference: the same inner steps per peer, then the outer Nesterov step on the
+        # sample-weighted mean of (start - reached), twice.
+        ref = torch.nn.Linear(3, 2)
+        ref.load_state_dict(start.state_dict())
+        outer = torch.optim.SGD(ref.parameters(), lr=0.7, momentum=0.9, nesterov=True)
+        for r in range(2):
+            deltas = []
+            for i in range(2):
+                m = torch.nn.Linear(3, 2)
+                m.load_state_dict(ref.state_dict())
+                inner = torch.optim.SGD(m.parameters(), lr=0.05)
+                for x in data[i][r * h:(r + 1) * h]:
+                    inner.zero_grad()
+                    m(x).pow(2).mean().backward()
+                    inner.step()
+                deltas.append([p0.detach() - p1.detach() for p0, p1 in zip(ref.parameters(), m.parameters())])
+            w = [batches[i] * h for i in range(2)]
+            outer.zero_grad()
+            for k, p in enumerate(ref.parameters()):
+                p.grad = (w[0] * deltas[0][k] + w[1] * deltas[1][k]) / sum(w)
+            outer.step()
+        for m in models:
+            assert torch.allclose(m.weight, ref.weight, atol=1e-5) and torch.allclose(m.bias, ref.bias, atol=1e-5)
+    finally:
+        for d in dhts:
+            d.shutdown()
+
+
 def test_bad_input_raises_clear_exceptions():
     with pytest.raises(ValueError, match="IPV4:PORT"):
         apiary.DHT(listen="nowhere")
@@ -143,6 +200,14 @@ def test_bad_input_raises_clear_exceptions():
             apiary.Averager([torch.zeros(3, dtype=torch.int64)], d)
         with pytest.raises(ValueError, match="compression"):
             apiary.Averager([torch.zeros(3)], d, compression="zip")
+        server = apiary.ExpertServer(d)
+        with pytest.raises(ValueError, match="not cpu, cuda or cuda:N"):
+            server.add_builtin("e.0", dim=4, hidden_dim=4, device="tpu")
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="no CUDA here"):
+                server.add_builtin("e.1", dim=4, hidden_dim=4, device="cuda")
+        with pytest.raises(ValueError, match="no experts"):
+            server.start()
         t = torch.zeros(3)
         avg = apiary.Averager([t], d, matchmaking_time=0.5)
         with pytest.raises(TimeoutError):

@@ -15,9 +15,10 @@ import torch  # noqa: F401  (first: the extension links the libtorch this loads)
 from . import _apiary
 from .dht import DHT, ValueWithExpiration, get_dht_time
 from .averaging import Averager, GroupInfo
-from .optim import CollaborativeOptimizer, StepInfo
+from .optim import CollaborativeOptimizer, DiLoCoOptimizer, OuterStepInfo, StepInfo
 from .moe import ExpertServer, RemoteMixtureOfExperts
 from .runs import RunError, run, sweep
 
 __all__ = ["DHT", "ValueWithExpiration", "get_dht_time", "Averager", "GroupInfo", "CollaborativeOptimizer", "StepInfo",
+           "DiLoCoOptimizer", "OuterStepInfo",
            "ExpertServer", "RemoteMixtureOfExperts", "run", "sweep", "RunError"]

@@ -78,11 +78,13 @@ class RemoteMixtureOfExperts(torch.nn.Module):
     layer goes on once `k_min` have answered and `timeout_after_k_min` passed), and their outputs
     are mixed by the softmax of the gate's scores. Backward goes to the same experts, which train
     on it. routing="sample" routes each sample on its own; "switch" sends each sample to its one
-    best expert and exposes balance_loss(). Inputs may be on any device."""
+    best expert and exposes balance_loss(). The gate lives on `device` (or wherever .to() moves it);
+    the inputs on the gate's device; values leave it only at the wire."""
 
     def __init__(self, *, in_features: int, grid_size: Sequence[int], dht: DHT, uid_prefix: str = "expert",
                  k_best: int = 4, k_min: int = 1, forward_timeout: float = 10.0, backward_timeout: float = 10.0,
-                 timeout_after_k_min: float = 1.0, routing: str = "batch", compression: str = "float32"):
+                 timeout_after_k_min: float = 1.0, routing: str = "batch", compression: str = "float32",
+                 device: Union[str, torch.device, None] = None):
         super().__init__()
         o = _apiary.MixtureOptions()
         o.uid_prefix = uid_prefix
@@ -96,7 +98,7 @@ class RemoteMixtureOfExperts(torch.nn.Module):
         o.routing = routing
         o.compression = compression
         self._core = _apiary.Mixture(dht._node, o)
-        self.gate = torch.nn.Linear(int(in_features), sum(o.grid))
+        self.gate = torch.nn.Linear(int(in_features), sum(o.grid), device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():

@@ -197,3 +197,57 @@ class CollaborativeOptimizer:
                 for mine, theirs in zip(_state_tensors(self.opt), state):
                     mine.copy_(theirs.reshape(mine.shape))
         self._core.publish(_state_tensors(self.opt))
+
+
+@dataclass
+class OuterStepInfo:
+    round: int        # the outer step just taken
+    group_size: int   # peers whose pseudo-gradients were averaged (this one included)
+    bytes_sent: int
+    samples: int      # this peer's samples since the last outer step (its weight)
+
+
+class DiLoCoOptimizer:
+    """DiLoCo (Douillard et al., 2023): `opt` is the inner optimizer, stepped on every local batch;
+    every `inner_steps` batches the peers average their pseudo-gradients (start minus current
+    parameters, weighted by samples) and take an outer SGD step with Nesterov momentum from the
+    start parameters (outer_lr 0.7, momentum 0.9 as in the paper). Communication once per
+    `inner_steps` batches instead of once per batch. One DiLoCoOptimizer (or Averager) per DHT.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, dht: DHT, *, prefix: str, inner_steps: int = 500,
+                 outer_lr: float = 0.7, outer_momentum: float = 0.9, nesterov: bool = True, target_group_size: int = 16,
+                 min_group_size: int = 2, matchmaking_time: float = 5.0, allreduce_timeout: float = 30.0,
+                 compression: str = "float32", mode: str = "full", bandwidth: float = 1.0):
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"DiLoCoOptimizer wraps a torch.optim.Optimizer, not a {type(opt).__name__}")
+        self.opt = opt
+        o = _apiary.DilocoOptions()
+        o.prefix = prefix
+        o.inner_steps = int(inner_steps)
+        o.outer_lr = float(outer_lr)
+        o.outer_momentum = float(outer_momentum)
+        o.nesterov = bool(nesterov)
+        o.averaging = averaging_options(prefix, target_group_size, min_group_size, matchmaking_time, allreduce_timeout,
+                                        compression, mode, bandwidth)
+        self._core = _apiary.Diloco(dht._node, _params(opt), o)
+
+    @property
+    def round(self) -> int:
+        """Outer steps taken."""
+        return self._core.round
+
+    @property
+    def param_groups(self):
+        return self.opt.param_groups
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, batch_size: int, *, timeout: Optional[float] = None) -> Optional[OuterStepInfo]:
+        """The inner step on this batch's gradients; then, every inner_steps batches, the outer step
+        (it waits for the group). Returns the outer step's OuterStepInfo, or None."""
+        self.opt.step()
+        if not self._core.inner_step_done(int(batch_size)):
+            return None
+        return OuterStepInfo(**self._core.outer_step(float(timeout or 0.0)))
