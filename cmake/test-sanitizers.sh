@@ -16,3 +16,11 @@ export LSAN_OPTIONS=suppressions=$PWD/cmake/lsan.supp
 # and the sanitizers' own checks need descriptors (UBSan then reports a false "invalid vptr").
 ctest --test-dir build-asan --output-on-failure -j"${JOBS:-2}" --timeout 600 \
   -E "${APIARY_ASAN_EXCLUDE:-^LiveLimits.AcceptErrorsBackOffInsteadOfSpinning$}"
+# The Python package's tests on the instrumented module: the interpreter is not instrumented, so
+# the sanitizers' runtimes are preloaded (into the test's child processes too); leaks are not
+# checked (the interpreter keeps its own memory at exit).
+if [ -d build-asan/python/apiary ]; then
+  LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 APIARY_BUILD_DIR=build-asan \
+    /usr/bin/python3 -m pytest -q tests/python/test_package.py
+fi
