@@ -22,14 +22,20 @@ bool LoopThread::stopped() const {
   return stop_;
 }
 
+bool LoopThread::held_by_this_thread() const {
+  std::lock_guard l(m_);
+  return depth_ > 0 && holder_ == std::this_thread::get_id();
+}
+
 void LoopThread::stop() {
+  if (held_by_this_thread()) throw std::logic_error("LoopThread::stop() from a thread that holds the loop");
   {
     std::lock_guard l(m_);
-    if (stop_ && !thread_.joinable()) return;
     stop_ = true;
   }
   cv_.notify_all();
   io_->stop();  // wakes run_one_for at once
+  std::lock_guard j(join_m_);
   if (thread_.joinable()) thread_.join();
 }
 

@@ -40,6 +40,9 @@ class LoopThread {
   // with the loop not borrowed by this thread.
   void stop();
   bool stopped() const;
+  // Whether the calling thread holds the loop now (inside a Borrow, or the serving thread inside a
+  // handler): stop() from there would wait for itself.
+  bool held_by_this_thread() const;
 
   class Borrow {
    public:
@@ -67,6 +70,7 @@ class LoopThread {
     const auto start = std::chrono::steady_clock::now();
     auto last_check = start;
     while (!task.done()) {
+      if (stopped()) throw std::runtime_error("the peer was shut down during the call");
       const auto now = std::chrono::steady_clock::now();
       if (deadline && now - start >= *deadline) return std::nullopt;
       if (check && now - last_check >= every) {
@@ -89,6 +93,7 @@ class LoopThread {
   int depth_ = 0;     // how deeply the holder holds (0: nobody)
   std::thread::id holder_;
   bool stop_ = false;
+  std::mutex join_m_;  // one stop() joins the serving thread; another waits for it
   std::thread thread_;
 };
 

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <system_error>
 
 #include <boost/system/system_error.hpp>
@@ -55,7 +57,7 @@ Node::Node(const NodeOptions& o) : identity_(real::identity_from(o.identity_path
   std::vector<Endpoint> seeds;
   for (const auto& p : o.initial_peers) seeds.push_back(real::parse_endpoint_or_throw(p, "initial peer"));
   with_loop([&] {
-    stack_ = std::make_unique<real::LiveNodeStack>(loop_.io(), identity_, lo);
+    stack_ = std::make_unique<real::LiveNodeStack>(loop_->io(), identity_, lo);
     endpoint_ = stack_->rt->local().to_string();
     if (!o.client_mode) stack_->node->start_maintenance();
   });
@@ -76,32 +78,41 @@ Node::Node(const NodeOptions& o) : identity_(real::identity_from(o.identity_path
 
 Node::~Node() {
   py::gil_scoped_acquire gil;  // (shutdown releases it while it borrows the loop)
-  shutdown();
+  try {
+    shutdown();
+  } catch (const std::exception&) {
+    // Dropped inside a call on itself (the garbage collector, run by an expert's forward on the
+    // loop's thread): closing would destroy what that call is running. Left running instead, to
+    // the end of the process.
+    (void)loop_.release();
+    (void)stack_.release();
+    (void)new std::vector<std::shared_ptr<Dependent>>(std::move(dependents_));
+  }
 }
 
-void Node::attach(std::shared_ptr<Dependent> d, const std::string& role) {
-  if (!role.empty()) {
-    if (std::find(roles_.begin(), roles_.end(), role) != roles_.end())
-      throw std::invalid_argument("this DHT already serves " + role + " (one object of each kind per DHT: start another apiary.DHT)");
-    roles_.push_back(role);
-  }
-  dependents_.push_back(std::move(d));
+void Node::claim(const std::string& role) {
+  if (std::find(roles_.begin(), roles_.end(), role) != roles_.end())
+    throw std::invalid_argument("this DHT already serves " + role + " (one object of each kind per DHT: start another apiary.DHT)");
+  roles_.push_back(role);
 }
+
+void Node::attach(std::shared_ptr<Dependent> d) { dependents_.push_back(std::move(d)); }
 
 void Node::shutdown() {
   if (closed_) return;
+  if (loop_->held_by_this_thread())  // a signal handler or an expert's forward, inside a call on this peer
+    throw std::runtime_error("shutdown() from inside a call on this DHT (a signal handler?): call it once the call has returned");
+  py::gil_scoped_release nogil;
   {
-    py::gil_scoped_release nogil;
-    {
-      real::LoopThread::Borrow b(loop_);
-      for (auto& d : dependents_) d->close();
-      dependents_.clear();
-      if (stack_) stack_->rpc->shutdown();
-      stack_.reset();
-      closed_ = true;
-    }
-    loop_.stop();
+    real::LoopThread::Borrow b(*loop_);
+    if (closed_) return;  // another thread shut it down meanwhile
+    for (auto& d : dependents_) d->close();
+    dependents_.clear();
+    if (stack_) stack_->rpc->shutdown();
+    stack_.reset();
+    closed_ = true;
   }
+  loop_->stop();
 }
 
 namespace {
@@ -156,7 +167,11 @@ py::object get(Node& n, const std::string& key, double timeout) {
   if (!res.found) return py::none();
   py::list out;
   for (const auto& r : res.records) {
-    py::object sub = r.subkey ? py::object(py::str(*r.subkey)) : py::none();
+    // Subkeys come from other peers: bytes that are not UTF-8 are kept as surrogate escapes.
+    py::object sub = py::none();
+    if (r.subkey)
+      sub = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeUTF8(r.subkey->data(), static_cast<Py_ssize_t>(r.subkey->size()), "surrogateescape"));
     out.append(py::make_tuple(sub, py::bytes(reinterpret_cast<const char*>(r.value.data()), r.value.size()),
                               to_seconds(r.expiration), !r.signature.empty()));
   }

@@ -40,6 +40,7 @@ struct PyRef {
 // loop. Its exceptions become the request's error reply (the server keeps serving).
 std::function<torch::Tensor(const torch::Tensor&)> python_forward(std::shared_ptr<PyRef> module) {
   return [module](const torch::Tensor& x) -> torch::Tensor {
+    if (_Py_IsFinalizing()) throw std::runtime_error("the server's interpreter is exiting");
     py::gil_scoped_acquire gil;
     try {
       py::object y = module->o(x);
@@ -91,8 +92,9 @@ class PyExpertServer {
     period_ = seconds(o.update_period, "update_period");
     node_->with_loop([&] {
       auto& s = node_->stack();
+      node_->claim("experts");
       core_->server = std::make_unique<real::ExpertServer>(*s.runtime, *s.rpc, so);
-      node_->attach(core_, "experts");
+      node_->attach(core_);
     }, "ExpertServer");
   }
 
@@ -205,6 +207,30 @@ struct MixtureOptionsPy {
   std::string compression = "float32";
 };
 
+// Ctrl-C during a forward: the signal is taken (and its exception kept) while the experts' calls
+// run to their end or timeout; the forward then raises it. Throwing from inside the calls would
+// leave their callbacks pointing into destroyed frames.
+struct PendingSignal {
+  PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
+  bool taken = false;
+  void check() {
+    if (taken) return;
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {
+      PyErr_Fetch(&type, &value, &traceback);
+      taken = true;
+    }
+  }
+  ~PendingSignal() {
+    if (!taken) return;
+    py::gil_scoped_acquire gil;
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+  }
+};
+thread_local PendingSignal* t_forward_signal = nullptr;  // set while this thread runs a forward
+
 struct MixtureCore final : Dependent {
   std::unique_ptr<real::RemoteMixtureOfExpertsImpl> mixture;
   void close() override { mixture.reset(); }
@@ -242,8 +268,8 @@ class PyMixture {
       while (!done()) {
         if (n->closed()) return;
         n->loop().run_for(std::chrono::milliseconds(5));
-        if (std::chrono::steady_clock::now() - last > std::chrono::milliseconds(100)) {
-          check_signals();
+        if (t_forward_signal && std::chrono::steady_clock::now() - last > std::chrono::milliseconds(100)) {
+          t_forward_signal->check();
           last = std::chrono::steady_clock::now();
         }
       }
@@ -251,19 +277,35 @@ class PyMixture {
     node_->with_loop([&] {
       auto& s = node_->stack();
       core_->mixture = std::make_unique<real::RemoteMixtureOfExpertsImpl>(*s.runtime, *s.rpc, *s.node, mo, drive);
-      node_->attach(core_, "");
+      node_->attach(core_);
     }, "RemoteMixtureOfExperts");
   }
 
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& logits) {
-    py::gil_scoped_release nogil;
-    real::LoopThread::Borrow b(node_->loop());
-    if (!core_->mixture) throw ClosedFailure("RemoteMixtureOfExperts: the DHT is shut down");
-    try {
-      return core_->mixture->mix(x, logits);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
+    PendingSignal signal;
+    torch::Tensor y;
+    {
+      py::gil_scoped_release nogil;
+      real::LoopThread::Borrow b(node_->loop());
+      if (!core_->mixture) throw ClosedFailure("RemoteMixtureOfExperts: the DHT is shut down");
+      t_forward_signal = &signal;
+      try {
+        y = core_->mixture->mix(x, logits);
+      } catch (const std::invalid_argument& e) {
+        t_forward_signal = nullptr;
+        throw py::value_error(e.what());
+      } catch (...) {
+        t_forward_signal = nullptr;
+        throw;
+      }
+      t_forward_signal = nullptr;
     }
+    if (signal.taken) {  // Ctrl-C came during the calls: raise it now
+      PyErr_Restore(signal.type, signal.value, signal.traceback);
+      signal.taken = false;
+      throw py::error_already_set();
+    }
+    return y;
   }
   std::vector<std::string> last_responders() {
     return node_->with_loop([&] { return live().last_responders(); });

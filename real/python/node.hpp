@@ -79,10 +79,10 @@ class Node {
   auto await(F&& make, double timeout, const std::string& what) {
     py::gil_scoped_release nogil;
     std::optional<std::chrono::milliseconds> deadline;
-    if (timeout > 0) deadline = std::chrono::milliseconds(static_cast<std::int64_t>(timeout * 1000));
-    real::LoopThread::Borrow b(loop_);  // held throughout: a shutdown cannot come between
+    if (timeout > 0 && timeout < 1e9) deadline = std::chrono::milliseconds(static_cast<std::int64_t>(timeout * 1000));
+    real::LoopThread::Borrow b(*loop_);  // held throughout: a shutdown cannot come between
     if (closed_) throw ClosedFailure(what + ": the DHT is shut down");
-    auto r = loop_.await(make(), &check_signals, deadline);
+    auto r = loop_->await(make(), &check_signals, deadline);
     if (!r) throw TimeoutFailure(what + " did not finish within " + std::to_string(timeout) + " s");
     return std::move(*r);
   }
@@ -91,27 +91,30 @@ class Node {
   template <class F>
   auto with_loop(F&& f, const std::string& what = "the call") {
     py::gil_scoped_release nogil;
-    real::LoopThread::Borrow b(loop_);
+    real::LoopThread::Borrow b(*loop_);
     if (closed_) throw ClosedFailure(what + ": the DHT is shut down");
     return f();
   }
-  // Keeps `d` until shutdown. `role` names the RPC methods it serves ("averaging", "experts"):
-  // one node serves each once, so a second object of a role is refused (ValueError).
-  void attach(std::shared_ptr<Dependent> d, const std::string& role);
+  // Takes `role` ("averaging", "experts": the RPC methods its object serves) before that object is
+  // built: one node serves each once, so a second object of a role is refused (ValueError) before
+  // it could replace the first one's handlers. With the loop borrowed.
+  void claim(const std::string& role);
+  // Keeps `d` until shutdown, which closes it. With the loop borrowed.
+  void attach(std::shared_ptr<Dependent> d);
 
   // The node's stack; ClosedFailure once it is shut down. Use it with the loop borrowed.
   real::LiveNodeStack& stack() {
     if (!stack_) throw ClosedFailure("the DHT is shut down");
     return *stack_;
   }
-  real::LoopThread& loop() { return loop_; }
+  real::LoopThread& loop() { return *loop_; }
   const dht::Identity& identity() const { return identity_; }
   std::string endpoint() const { return endpoint_; }
   std::string peer_id() const { return identity_.id().hex(); }
   std::size_t contacts() const { return contacts_; }
 
  private:
-  real::LoopThread loop_;
+  std::unique_ptr<real::LoopThread> loop_ = std::make_unique<real::LoopThread>();
   dht::Identity identity_;
   std::unique_ptr<real::LiveNodeStack> stack_;
   std::vector<std::shared_ptr<Dependent>> dependents_;

@@ -181,10 +181,11 @@ class TorchAverager {
     auto ar = allreduce_of(o_);
     node_->with_loop([&] {
       auto& s = node_->stack();
+      node_->claim("averaging");
       core_->matchmaker = std::make_unique<averaging::Matchmaker>(*s.runtime, *s.rpc, *s.node, mm);
       core_->matchmaker->set_identity(node_->identity());
       core_->averager = std::make_unique<averaging::Averager>(*s.runtime, *s.rpc, ar);
-      node_->attach(core_, "averaging");
+      node_->attach(core_);
     }, "Averager");
   }
 
@@ -278,12 +279,13 @@ class TorchCollaborative {
     local_updates_ = o.local_updates;
     node_->with_loop([&] {
       auto& s = node_->stack();
+      node_->claim("averaging");
       core_->opt = std::make_unique<optim::CollaborativeOptimizer>(*s.runtime, *s.rpc, *s.node, node_->identity(), schema_,
                                                                    host_floats(params_), c);
       CollaborativeCore* core = core_.get();
       core_->opt->set_optimizer_state(core_->state_schema, [core] { return core->state; },
                                       [core](std::vector<float> v) { core->downloaded = std::move(v); });
-      node_->attach(core_, "averaging");
+      node_->attach(core_);
     }, "CollaborativeOptimizer");
   }
 
@@ -438,8 +440,9 @@ class TorchDilocoPy {
     c.bandwidth = o.averaging.bandwidth;
     node_->with_loop([&] {
       auto& s = node_->stack();
+      node_->claim("averaging");
       core_->opt = std::make_unique<optim::DilocoOptimizer>(*s.runtime, *s.rpc, *s.node, schema_, host_floats(params_), c);
-      node_->attach(core_, "averaging");
+      node_->attach(core_);
     }, "DiLoCo");
   }
   bool inner_step_done(std::uint64_t samples) {

@@ -1,5 +1,7 @@
 #include "real/torch/mixture.hpp"
 
+#include <torch/custom_class.h>
+
 #include <map>
 #include <stdexcept>
 
@@ -146,7 +148,7 @@ std::optional<torch::Tensor> rows_reply(const TensorReply& r, std::size_t rows, 
   if (r.shape.dims != std::vector<std::int64_t>{static_cast<std::int64_t>(rows), dim}) return std::nullopt;
   try {
     return unpack(r.payload, r.shape.dims, r.codec);
-  } catch (const std::invalid_argument&) {
+  } catch (const std::exception&) {  // a peer's bytes that do not decode (wire::DecodeError too)
     return std::nullopt;
   }
 }
@@ -212,7 +214,8 @@ T drive_task(Task<T>& task, const RemoteExpert::Drive& drive, const char* what) 
 // The experts one forward used, for its backward: the router's plan and where each expert's
 // output sits in the concatenated outputs.
 struct RemoteMixtureOfExpertsImpl::CallSet {
-  moe::MixtureRouter* router = nullptr;
+  moe::MixtureRouter* router = nullptr;  // valid while `alive` holds: the layer still exists
+  std::weak_ptr<void> alive;
   moe::MixturePlan plan;
   std::vector<std::int64_t> offsets;
   averaging::CodecPolicy codec;
@@ -221,20 +224,28 @@ struct RemoteMixtureOfExpertsImpl::CallSet {
 
 namespace {
 
+// A forward's CallSet, held by its autograd graph (as long as a backward may come, and no longer).
+struct CallSetRef : torch::CustomClassHolder {
+  explicit CallSetRef(std::shared_ptr<RemoteMixtureOfExpertsImpl::CallSet> c) : calls(std::move(c)) {}
+  std::shared_ptr<RemoteMixtureOfExpertsImpl::CallSet> calls;
+};
+const auto kCallSetRefClass = torch::class_<CallSetRef>("apiary", "MixtureCallSet");
+
 // y_all = the experts' outputs, concatenated; backward: core's parallel backward, every expert's
 // input gradients added into the rows it served (a failed expert contributes none).
 struct ParallelExpertsFunction : torch::autograd::Function<ParallelExpertsFunction> {
   // `anchor` requires grad, so the backward runs (and the experts train) even when neither x nor
   // the outputs need gradients, e.g. a mixture right on the data.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor y_all, torch::Tensor anchor,
-                               std::int64_t calls) {
+                               c10::intrusive_ptr<CallSetRef> calls) {
     (void)anchor;
     ctx->save_for_backward({x});
-    ctx->saved_data["calls"] = calls;
+    ctx->saved_data["calls"] = std::move(calls);
     return y_all;
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
-    auto* cs = reinterpret_cast<RemoteMixtureOfExpertsImpl::CallSet*>(ctx->saved_data["calls"].toInt());
+    const std::shared_ptr<RemoteMixtureOfExpertsImpl::CallSet> cs = ctx->saved_data["calls"].toCustomClass<CallSetRef>()->calls;
+    if (cs->alive.expired()) throw std::runtime_error("the mixture-of-experts layer is gone: its backward cannot run");
     BackwardTensors tensors(ctx->get_saved_variables()[0], grads[0].contiguous(), cs->offsets, cs->codec);
     auto task = cs->router->backward(cs->plan, tensors);
     drive_task(task, cs->drive, "the experts' backward");
@@ -288,6 +299,7 @@ torch::Tensor RemoteMixtureOfExpertsImpl::mix(torch::Tensor x, torch::Tensor log
   // The answering experts' outputs as one tensor whose backward calls them all in parallel.
   auto kept = std::make_shared<CallSet>();
   kept->router = &router_;
+  kept->alive = alive_;
   kept->plan = std::move(*routed);
   kept->codec = opt_.codec;
   kept->drive = drive_;
@@ -310,15 +322,10 @@ torch::Tensor RemoteMixtureOfExpertsImpl::mix(torch::Tensor x, torch::Tensor log
     last_responders_.push_back(c.expert.uid);
   }
   last_routes_ = kept->plan.routes;
-  if (torch::GradMode::is_enabled()) {  // a backward may come: keep its plan a while
-    recent_.push_back(kept);
-    while (recent_.size() > 64) recent_.pop_front();
-  }
   const torch::Tensor b_idx = torch::cat(rows);
   const torch::Tensor anchor = torch::zeros({1}, x.options()).requires_grad_(torch::GradMode::is_enabled());
   const torch::Tensor y_all =
-      ParallelExpertsFunction::apply(x, torch::cat(outs), anchor,
-                                     reinterpret_cast<std::int64_t>(kept.get()));
+      ParallelExpertsFunction::apply(x, torch::cat(outs), anchor, c10::make_intrusive<CallSetRef>(kept));
   torch::Tensor w;
   if (opt_.switch_mode) {
     // The gate's probability of the chosen expert: the product of the per-dimension softmaxes.

@@ -130,7 +130,7 @@ class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
   std::vector<std::string> last_responders_;
   std::vector<std::vector<std::string>> last_routes_;
   torch::Tensor balance_loss_;
-  std::deque<std::shared_ptr<CallSet>> recent_;  // alive until their backward can no longer come
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // expires with the layer (a late backward sees it)
 };
 TORCH_MODULE(RemoteMixtureOfExperts);
 

@@ -70,6 +70,19 @@ def test_averager_averages_torch_tensors_of_any_float_dtype_in_place():
         for ts in tensors:
             assert torch.allclose(ts[0], torch.full((3, 4), mean))
             assert ts[1].dtype == torch.float64 and torch.allclose(ts[1], torch.arange(5, dtype=torch.float64) * mean)
+        # A second averager on a peer is refused before it could take over the first one's
+        # messages: the first still averages.
+        with pytest.raises(ValueError, match="already serves averaging"):
+            apiary.Averager([torch.zeros(2)], dhts[0])
+        for i, ts in enumerate(tensors):
+            ts[0].fill_(float(i))
+        threads = [threading.Thread(target=lambda i=i: infos.__setitem__(i, avs[i].step())) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(i.group_size == 3 and i.key == "round1" for i in infos), infos
+        assert all(torch.allclose(ts[0], torch.full((3, 4), 1.0)) for ts in tensors)
     finally:
         for d in dhts:
             d.shutdown()
@@ -296,6 +309,15 @@ def test_remote_mixture_equals_the_local_mixture_and_trains_the_experts():
         assert not torch.equal(experts[(0, 0)][0].weight, before[(0, 0)][0].weight)  # the expert trained
         with pytest.raises(ValueError, match=r"\[batch, 6\]"):
             moe(torch.randn(3, 5))
+        # Many forwards before one backward: each keeps its experts for its own backward.
+        ys = [moe(torch.randn(2, 6)) for _ in range(80)]
+        torch.stack(ys).sum().backward()
+        assert all(server.updates(u) == 81 for u in server.uids)
+        # A backward after the peer is gone fails cleanly.
+        late = moe(torch.randn(2, 6))
+        client_dht.shutdown()
+        with pytest.raises(RuntimeError, match="is gone"):
+            late.sum().backward()
         with pytest.raises(ValueError, match="already served"):
             server.add("expert.0.0", torch.nn.Linear(6, 6), input_dim=6)
     finally:

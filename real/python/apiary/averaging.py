@@ -59,6 +59,7 @@ class Averager:
         opts = averaging_options(prefix, target_group_size, min_group_size, matchmaking_time, allreduce_timeout,
                                  compression, mode, bandwidth)
         self._core = _apiary.Averager(dht._node, tensors, opts)
+        self.dht = dht  # (kept: the peer lives while this does, and interpreter exit shuts it down)
         self.tensors = tensors
 
     def step(self, weight: float = 1.0, *, key: Optional[str] = None, timeout: Optional[float] = None) -> GroupInfo:

@@ -32,6 +32,7 @@ class ExpertServer:
         o.min_batch = int(min_batch)
         o.batch_wait = float(batch_wait)
         self._core = _apiary.ExpertServer(dht._node, o)
+        self.dht = dht
         self._modules: Dict[str, torch.nn.Module] = {}
 
     def add(self, uid: str, module: torch.nn.Module, *, input_dim: int, output_dim: Optional[int] = None,
@@ -98,6 +99,7 @@ class RemoteMixtureOfExperts(torch.nn.Module):
         o.routing = routing
         o.compression = compression
         self._core = _apiary.Mixture(dht._node, o)
+        self.dht = dht
         self.gate = torch.nn.Linear(int(in_features), sum(o.grid), device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

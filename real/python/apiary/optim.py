@@ -118,6 +118,7 @@ class CollaborativeOptimizer:
         o.max_wait = float(max_wait)
         o.state_timeout = float(state_timeout)
         self._core = _apiary.Collaborative(dht._node, self._params, _state_tensors(opt), o)
+        self.dht = dht
         self._last_report = -float("inf")
         if load_state:
             self.load_state_from_peers()
@@ -145,16 +146,16 @@ class CollaborativeOptimizer:
 
     def step(self, batch_size: Optional[int] = None, *, wait: bool = False,
              timeout: Optional[float] = None) -> Optional[StepInfo]:
-        """Adds this peer's gradients (of `batch_size` samples); takes the global step if it is due
-        (or, with wait=True, waits for it). Returns the step's StepInfo, or None if none was taken."""
+        """Adds this peer's gradients (of `batch_size` samples; they are zeroed then); takes the
+        global step if it is due (or, with wait=True, waits for it). Returns the step's StepInfo,
+        or None if none was taken."""
         n = batch_size if batch_size is not None else self.batch_size_per_step
         if n is None:
             raise ValueError("step() needs batch_size (or batch_size_per_step at construction)")
         if self.local_updates:
             self.opt.step()
         self._core.accumulate(int(n))
-        if self.local_updates:
-            self.opt.zero_grad()
+        self.opt.zero_grad()  # the gradients are the swarm's now (a loop without zero_grad counts them once)
         if not wait:
             now = time.monotonic()
             if now - self._last_report >= self.progress_interval:
@@ -170,8 +171,8 @@ class CollaborativeOptimizer:
             self._load_from_core()
             return info
         if grad is not None:
-            if info.state_averaged:
-                self._load_params()
+            if info.state_averaged:  # the group's parameters and optimizer state, then this step
+                self._load_from_core()
             with torch.no_grad():
                 for p, g in zip(self._params, grad):
                     if p.grad is None:
@@ -231,6 +232,7 @@ class DiLoCoOptimizer:
         o.averaging = averaging_options(prefix, target_group_size, min_group_size, matchmaking_time, allreduce_timeout,
                                         compression, mode, bandwidth)
         self._core = _apiary.Diloco(dht._node, _params(opt), o)
+        self.dht = dht
 
     @property
     def round(self) -> int:
