@@ -54,7 +54,11 @@ CHILDREN = set()  # live Popen objects, each the leader of its own process group
 
 
 def spawn(args, **kw):
-    p = subprocess.Popen(args, start_new_session=True, **kw)
+    # Its own process group (killed as one), in this script's session: with the kernel's autogroup
+    # scheduling (sched_autogroup_enabled), every session is one scheduling group, so a child in a
+    # new session would get a group's share of the CPU to itself. In one session every process
+    # (gloo workers, Apiary's peers, the busy load) gets a process's share, as on a peer's machine.
+    p = subprocess.Popen(args, process_group=0, **kw)
     CHILDREN.add(p)
     return p
 
@@ -281,9 +285,9 @@ def run_gloo(peers, elements, rounds, warmup, timeout):
 # apiary
 
 
-def run_apiary(apiary, peers, elements, rounds, warmup, timeout):
+def run_apiary(apiary, peers, elements, rounds, warmup, timeout, codec="float32"):
     cmd = [apiary, "allreduce-bench", "--peers", str(peers), "--elements", str(elements),
-           "--rounds", str(rounds), "--warmup", str(warmup), "--json"]
+           "--rounds", str(rounds), "--warmup", str(warmup), "--codec", codec, "--json"]
     t_start = time.monotonic()
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         p = spawn(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, cwd=REPO)
@@ -360,6 +364,11 @@ def main():
     ap.add_argument("--loopback-repeats", type=int, default=3)
     ap.add_argument("--skip-gloo", action="store_true")
     ap.add_argument("--skip-apiary", action="store_true")
+    ap.add_argument("--codecs", nargs="+", default=["float32"],
+                    help="Apiary's wire codecs to measure, each against gloo's float32 (e.g. float32 float16 uniform8)")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="busy processes (one spinning loop each) running beside both systems throughout: "
+                         "the CPU a peer shares with its own training")
     ap.add_argument("--out", help="write all raw numbers to this JSON file")
     a = ap.parse_args()
     if a.rounds < 1 or a.warmup < 0 or min(a.peers) < 1 or min(a.elements) < 1:
@@ -407,6 +416,11 @@ def main():
         log(f"loopback: measurement failed: {e}")
     report["loopback"] = lb
 
+    busy = [spawn([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL) for _ in range(a.busy)]
+    if busy:
+        log(f"load: {len(busy)} busy processes beside every measurement")
+    report["busy_processes"] = len(busy)
+
     for n in a.peers:
         for m in a.elements:
             point = {"peers": n, "elements": m, "bytes": m * 4}
@@ -429,9 +443,13 @@ def main():
                         f"max abs error {g['max_abs_error']:.3g}{'' if ok else ' (WRONG RESULT)'}, "
                         f"peak RSS {g['peak_rss_bytes_sum'] / 2**30:.2f} GiB total")
                 point["gloo"] = g
-            if apiary is not None:
-                log(f"apiary n={n} m={m}: running ...")
-                r = run_apiary(apiary, n, m, a.rounds, a.warmup, timeout)
+            for codec in (a.codecs if apiary is not None else []):
+                name = "apiary" if codec == "float32" else f"apiary_{codec}"
+                if apiary is None:
+                    break
+                log(f"{name} n={n} m={m}: running ...")
+                r = run_apiary(apiary, n, m, a.rounds, a.warmup, timeout, codec)
+                r["codec"] = codec
                 if "error" in r:
                     log(f"apiary n={n} m={m}: FAILED: {r['error']}")
                     if r.pop("fatal", False) and not any("apiary" in p and "error" not in p["apiary"]
@@ -445,10 +463,12 @@ def main():
                     if med is None and r.get("round_seconds"):
                         med = r["median_seconds"] = statistics.median(r["round_seconds"])
                     r.update(bandwidths(n, m, med, loopback) or {})
-                    log(f"apiary n={n} m={m}: median {med:.3f} s, bus {r.get('busbw_GBps', 0):.2f} GB/s, "
+                    log(f"{name} n={n} m={m}: median {med:.3f} s, bus {r.get('busbw_GBps', 0):.2f} GB/s, "
                         f"max abs error {r.get('max_abs_error')}")
-                point["apiary"] = r
+                point[name] = r
             report["points"].append(point)
+    for p in busy:
+        kill(p)
     report["apiary_note"] = apiary_note
 
     # the table
@@ -460,6 +480,7 @@ def main():
           f"bus bandwidth = 2(N-1)/N x bytes / time.")
     if apiary_note:
         print(f"Apiary: {apiary_note}")
+    print(f"Load: {report['busy_processes']} busy processes beside both systems.")
     print()
     print("| peers | elements | gloo median s | apiary median s | apiary/gloo ratio | apiary bus GB/s "
           "| fraction of loopback | gloo bus GB/s | gloo fraction of loopback |")
@@ -473,6 +494,21 @@ def main():
         print(f"| {p['peers']} | {p['elements']:,} | {gcell} | {rcell} | {fmt(ratio, '.2f')} "
               f"| {fmt(r.get('busbw_GBps'), '.2f')} | {fmt(r.get('fraction_of_loopback'), '.0%')} "
               f"| {fmt(g.get('busbw_GBps'), '.2f')} | {fmt(g.get('fraction_of_loopback'), '.0%')} |")
+    others = [c for c in a.codecs if c != "float32"]
+    if others:
+        print()
+        print("Compressed codecs against gloo's float32 (speed-up = gloo time / Apiary time):")
+        print()
+        print("| peers | elements | codec | apiary median s | max abs error | speed-up over gloo fp32 |")
+        print("|---:|---:|---|---:|---:|---:|")
+        for p in report["points"]:
+            gm = p.get("gloo", {}).get("median_seconds")
+            for c in others:
+                r = p.get(f"apiary_{c}", {})
+                rm = r.get("median_seconds")
+                cell = fmt(rm, ".3f") if "error" not in r else "failed"
+                print(f"| {p['peers']} | {p['elements']:,} | {c} | {cell} | {fmt(r.get('max_abs_error'), '.3g')} "
+                      f"| {fmt(gm / rm if gm and rm else None, '.2f')} |")
 
     if a.out:
         d = os.path.dirname(os.path.abspath(a.out))

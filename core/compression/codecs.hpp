@@ -59,5 +59,12 @@ inline constexpr bool kFloat32IsNative = std::endian::native == std::endian::lit
 
 std::uint16_t float_to_half(float f);
 float half_to_float(std::uint16_t h);
+// Many at once: `out` (2 bytes per value, little-endian) / `in` hold in.size() / out.size() halves.
+// F16C instructions where the CPU has them, else the functions above; the results are the same.
+void floats_to_halves(std::span<const float> in, std::uint8_t* out);
+void halves_to_floats(const std::uint8_t* in, std::span<float> out);
+// The scalar paths alone (for the test that holds the two equal, and the benchmark).
+void floats_to_halves_scalar(std::span<const float> in, std::uint8_t* out);
+void halves_to_floats_scalar(const std::uint8_t* in, std::span<float> out);
 
 }  // namespace apiary::compression

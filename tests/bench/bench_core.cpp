@@ -3,6 +3,7 @@
 #include <benchmark/benchmark.h>
 
 #include "core/auth/handshake.hpp"
+#include "core/compression/codecs.hpp"
 #include "core/runtime/rpc.hpp"
 #include "core/wire/frame.hpp"
 #include "harness/workloads/ping.hpp"
@@ -28,6 +29,41 @@ void BM_VarintRoundTrip(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(values.size()));
 }
 BENCHMARK(BM_VarintRoundTrip);
+
+// float32 -> float16 -> float32 of 1M values (an all-reduce part): the bulk path (F16C where the
+// CPU has it) against the scalar one, in the same run. Arg 1: bulk, 0: scalar.
+void BM_HalfEncode(benchmark::State& state) {
+  Rng rng(2);
+  std::vector<float> v(1 << 20);
+  for (auto& x : v) x = static_cast<float>(rng.normal(0, 1));
+  std::vector<std::uint8_t> out(2 * v.size());
+  for (auto _ : state) {
+    if (state.range(0))
+      compression::floats_to_halves(v, out.data());
+    else
+      compression::floats_to_halves_scalar(v, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(4 * v.size()));
+}
+BENCHMARK(BM_HalfEncode)->Arg(0)->Arg(1);
+
+void BM_HalfDecode(benchmark::State& state) {
+  Rng rng(3);
+  std::vector<float> v(1 << 20);
+  for (auto& x : v) x = static_cast<float>(rng.normal(0, 1));
+  std::vector<std::uint8_t> halves(2 * v.size());
+  compression::floats_to_halves_scalar(v, halves.data());
+  for (auto _ : state) {
+    if (state.range(0))
+      compression::halves_to_floats(halves.data(), v);
+    else
+      compression::halves_to_floats_scalar(halves.data(), v);
+    benchmark::DoNotOptimize(v.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(4 * v.size()));
+}
+BENCHMARK(BM_HalfDecode)->Arg(0)->Arg(1);
 
 void BM_PingEncodeDecode(benchmark::State& state) {
   Bytes buf;

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 
 #include "core/compression/codecs.hpp"
@@ -23,6 +24,53 @@ TEST(Half, ExactOnRepresentableValuesAndRoundsToNearestEven) {
   // 1 + 2^-11 is halfway between 1 and the next half (1 + 2^-10): ties to even (1).
   EXPECT_EQ(half_to_float(float_to_half(1.0f + 0x1p-11f)), 1.0f);
   EXPECT_EQ(half_to_float(float_to_half(1.0f + 0x1.8p-11f)), 1.0f + 0x1p-10f);
+}
+
+// The bulk conversions (F16C on this CPU, when it has it) give the scalar functions' bits exactly:
+// every half, and floats of every kind (normal, subnormal, overflowing, ties, NaN payloads), at
+// lengths that are not multiples of the vector width.
+TEST(Half, BulkConversionsEqualTheScalarOnesBitForBit) {
+  std::vector<std::uint8_t> halves(2 * 65536);
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    halves[2 * h] = static_cast<std::uint8_t>(h);
+    halves[2 * h + 1] = static_cast<std::uint8_t>(h >> 8);
+  }
+  std::vector<float> a(65536), b(65536);
+  halves_to_floats(halves.data(), a);
+  halves_to_floats_scalar(halves.data(), b);
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(std::bit_cast<std::uint32_t>(a[i]), std::bit_cast<std::uint32_t>(b[i])) << i;
+
+  Rng rng(11);
+  std::vector<float> f;
+  for (int i = 0; i < 200003; ++i) f.push_back(std::bit_cast<float>(static_cast<std::uint32_t>(rng.next())));
+  for (float x : {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, 1e-8f, 2.98e-8f, 1.0f + 0x1p-11f, INFINITY, -INFINITY, NAN})
+    f.push_back(x);
+  for (std::uint32_t payload : {1u, 0x1fffu, 0x2000u, 0x200000u, 0x3fffffu}) {
+    f.push_back(std::bit_cast<float>(0x7f800000u | payload));  // signalling and quiet NaNs
+    f.push_back(std::bit_cast<float>(0xff800000u | payload));
+  }
+  std::vector<std::uint8_t> x(2 * f.size()), y(2 * f.size());
+  floats_to_halves(f, x.data());
+  floats_to_halves_scalar(f, y.data());
+  for (std::size_t i = 0; i < f.size(); ++i)
+    ASSERT_EQ(x[2 * i] | (x[2 * i + 1] << 8), y[2 * i] | (y[2 * i + 1] << 8)) << std::hex << std::bit_cast<std::uint32_t>(f[i]);
+}
+
+// float16's one-pass accumulate (decode, scale and add without a temporary) gives exactly what
+// decoding and then adding gives, for assign and add, at a length that is not a multiple of 8.
+TEST(Half, AccumulateInOnePassEqualsDecodeThenAdd) {
+  const auto v = sample(1003, 5, 3.0f);
+  const Bytes body = encode_body(v, Codec::kFloat16);
+  std::vector<float> decoded(v.size());
+  decode_body_into(Codec::kFloat16, body, decoded);
+  for (bool assign : {true, false}) {
+    std::vector<float> sum = sample(v.size(), 6), want = sum;
+    accumulate_body(Codec::kFloat16, body, sum, 0.37f, assign);
+    for (std::size_t i = 0; i < v.size(); ++i) want[i] = assign ? 0.37f * decoded[i] : want[i] + 0.37f * decoded[i];
+    for (std::size_t i = 0; i < v.size(); ++i) ASSERT_EQ(sum[i], want[i]) << i << (assign ? " assign" : " add");
+  }
+  std::vector<float> short_sum(v.size() - 1);
+  EXPECT_THROW(accumulate_body(Codec::kFloat16, body, short_sum, 1.0f, false), wire::DecodeError);
 }
 
 TEST(Codecs, EachRoundTripsWithinItsStatedBound) {
