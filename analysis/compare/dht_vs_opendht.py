@@ -46,6 +46,7 @@ def run_apiary(apiary, scenario, peers, keys, mode="first", concurrency=16):
         "get_p95_ms": s["dht.get.latency_ns"]["p95"] / 1e6,
         "get_per_s": cost["get_ops_per_second"],
         "store_per_s": cost["store_ops_per_second"],
+        "store_p50_ms": s["dht.store.latency_ns"]["p50"] / 1e6 if "dht.store.latency_ns" in s else float("nan"),
     }
 
 
@@ -97,8 +98,10 @@ def run_opendht(peers, keys, mode="first", concurrency=16, settle=3.0):
     def value(i):
         return bytes((i * 131 + j) % 256 for j in range(64))
 
-    def store(i):
-        return client.put(key(i), dht.Value(value(i)))
+    def store(i):  # the blocking put: returns once the value is stored (as Apiary's store)
+        t = time.perf_counter()
+        ok = client.put(key(i), dht.Value(value(i)))
+        return ok, time.perf_counter() - t
 
     def get(i):
         t = time.perf_counter()
@@ -133,18 +136,20 @@ def run_opendht(peers, keys, mode="first", concurrency=16, settle=3.0):
         got = list(pool.map(get, range(keys)))
         get_s = time.perf_counter() - t
     lat = sorted(d for _, d in got)
+    store_lat = sorted(d for _, d in stored)
     for r in nodes + [client]:
         r.join()
     for w in workers:
         w.stdin.close()
         w.wait()
     return {
-        "store_ok": sum(map(bool, stored)) / keys,
+        "store_ok": sum(bool(ok) for ok, _ in stored) / keys,
         "get_ok": sum(ok for ok, _ in got) / keys,
         "get_p50_ms": statistics.median(lat) * 1e3,
         "get_p95_ms": lat[int(0.95 * (len(lat) - 1))] * 1e3,
         "get_per_s": keys / get_s,
         "store_per_s": keys / store_s,
+        "store_p50_ms": statistics.median(store_lat) * 1e3,
     }
 
 
@@ -171,12 +176,13 @@ def main():
                     r.update(system=name, peers=n, keys=a.keys, mode=mode, concurrency=c)
                     rows.append(r)
                     print(json.dumps(r), file=sys.stderr)
-    print("| peers | get measured until | in flight | system | store ok | get ok | get p50 (ms) | get p95 (ms) | gets/s | stores/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| peers | get measured until | in flight | system | store ok | get ok | get p50 (ms) | get p95 (ms) | gets/s "
+          "| store p50 (ms) | stores/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['peers']} | {'first value' if r['mode'] == 'first' else 'search complete'} | {r['concurrency']} | "
               f"{r['system']} | {r['store_ok']:.1%} | {r['get_ok']:.1%} | {r['get_p50_ms']:.2f} | {r['get_p95_ms']:.2f} | "
-              f"{r['get_per_s']:.0f} | {r['store_per_s']:.0f} |")
+              f"{r['get_per_s']:.0f} | {r['store_p50_ms']:.2f} | {r['store_per_s']:.0f} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
