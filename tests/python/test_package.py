@@ -237,23 +237,27 @@ def test_bad_input_raises_clear_exceptions():
 
 def test_ctrl_c_interrupts_a_waiting_call_and_exit_never_hangs():
     code = textwrap.dedent("""
-        import sys, torch, apiary
+        import traceback, torch, apiary
         d = apiary.DHT()
         left_open = apiary.DHT(initial_peers=[d.endpoint])  # never shut down: exit must not hang
         avg = apiary.Averager([torch.zeros(3)], d, matchmaking_time=120)
-        print("waiting", flush=True)
+        print(d.endpoint, flush=True)
         try:
             avg.step()
-        except KeyboardInterrupt:
-            print("interrupted", flush=True)
+        except KeyboardInterrupt as e:
+            print("interrupted in", traceback.extract_tb(e.__traceback__)[-1].name, flush=True)
     """)
     p = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "waiting"
-    time.sleep(0.5)  # (the child is blocked in step(); only a signal ends it)
+    endpoint = p.stdout.readline().strip()
+    # The child is inside step() once its matchmaking declaration is in the DHT: then interrupt it.
+    with apiary.DHT(initial_peers=[endpoint]) as watcher:
+        deadline = time.monotonic() + 30
+        while watcher.get("avg:round0") is None:
+            assert time.monotonic() < deadline, "the child never declared itself"
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
-    assert "interrupted" in out, (out, err)
+    assert "interrupted in step" in out, (out, err)  # raised from inside the blocked call
     assert p.returncode == 0, err
     assert time.monotonic() - t0 < 10
 
