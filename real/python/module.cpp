@@ -10,6 +10,7 @@
 
 #include <boost/system/system_error.hpp>
 
+#include "apiary/version.hpp"
 #include "core/runtime/endpoint.hpp"
 #include "real/live_runtime.hpp"
 #include "real/python/node.hpp"
@@ -185,6 +186,7 @@ py::object get(Node& n, const std::string& key, double timeout) {
 PYBIND11_MODULE(_apiary, m) {
   using namespace apiary::python;
   m.doc() = "Apiary's C++ core for Python (see the apiary package)";
+  m.attr("__version__") = apiary::kVersion;
   py::register_exception<TimeoutFailure>(m, "Timeout", PyExc_TimeoutError);
   py::register_exception<ConnectionFailure>(m, "Unreachable", PyExc_ConnectionError);
   py::register_exception<ClosedFailure>(m, "Closed", PyExc_RuntimeError);

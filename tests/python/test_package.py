@@ -30,6 +30,12 @@ def swarm(n, **kw):
     return [first] + [apiary.DHT(initial_peers=[first.endpoint], **kw) for _ in range(n - 1)]
 
 
+def test_the_package_is_the_build_s_and_names_its_version():
+    assert apiary.__file__.startswith(str(PYDIR))
+    version = (ROOT / "CMakeLists.txt").read_text().split("project(apiary VERSION ", 1)[1].split()[0]
+    assert apiary.__version__ == version
+
+
 def test_dht_stores_and_gets_values_subkeys_and_signed_records():
     a, b, c = swarm(3)
     try:

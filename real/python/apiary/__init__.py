@@ -13,6 +13,7 @@ with pybind11 to Debian's torch, sharing its libtorch, so tensors pass without c
 import torch  # noqa: F401  (first: the extension links the libtorch this loads)
 
 from . import _apiary
+__version__ = _apiary.__version__
 from .dht import DHT, ValueWithExpiration, get_dht_time
 from .averaging import Averager, GroupInfo
 from .optim import CollaborativeOptimizer, DiLoCoOptimizer, OuterStepInfo, StepInfo
