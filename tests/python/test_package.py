@@ -15,7 +15,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("APIARY_BUILD_DIR", ROOT / "build"))
+BUILD = Path(os.environ.get("APIARY_BUILD_DIR", ROOT / "build")).resolve()
 PYDIR = BUILD / "python"
 assert (PYDIR / "apiary").is_dir(), f"{PYDIR}/apiary is missing: build the project first (cmake/bootstrap.sh)"
 sys.path.insert(0, str(PYDIR))
