@@ -31,8 +31,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-Endpoint parse_or_throw(const std::string& text, const char* what) { return parse_endpoint_or_throw(text, what); }
-
 struct IoContext {
   asio::io_context io;
 };
@@ -63,11 +61,11 @@ int run_live_peer(const LivePeerOptions& o) {
   for (const auto& r : o.schema) schema.push_back(optim::parse_schema_rule(r));  // a bad rule: an error before we start
   raise_open_files_limit();  // a peer holds up to LiveOptions::max_connections sockets
   const auto identity = identity_from(o.identity_file, o.id_work_bits);
-  LiveNode n(parse_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
+  LiveNode n(parse_endpoint_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
              Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file, o.id_work_bits),
              o.dial_back, schema);
   std::vector<Endpoint> seeds;
-  for (const auto& j : o.join) seeds.push_back(parse_or_throw(j, "--join"));
+  for (const auto& j : o.join) seeds.push_back(parse_endpoint_or_throw(j, "--join"));
   std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());
   std::fflush(stdout);
   if (!o.ready_file.empty())
@@ -104,7 +102,7 @@ DhtClientResult with_client(const DhtClientOptions& o, F body) {
   const auto identity = identity_from(o.identity_file, o.id_work_bits);
   LiveNode n(Endpoint{Endpoint::ipv4(127, 0, 0, 1), 0}, identity, cfg, false, {}, auth_config_from(o.swarm_secret_file, o.id_work_bits));
   std::vector<Endpoint> seeds;
-  for (const auto& v : o.via) seeds.push_back(parse_or_throw(v, "--via"));
+  for (const auto& v : o.via) seeds.push_back(parse_endpoint_or_throw(v, "--via"));
   auto joined = n.run(n.node->bootstrap(seeds), o.deadline);
   if (!joined || *joined == 0) {
     out.error = "could not reach any peer through --via";
@@ -121,7 +119,7 @@ DhtFloodResult dht_client_flood(const DhtClientOptions& o, const DhtFloodOptions
     out.error = "--via names no peer";
     return out;
   }
-  const Endpoint victim = parse_or_throw(o.via.front(), "--via");
+  const Endpoint victim = parse_endpoint_or_throw(o.via.front(), "--via");
   dht::DhtConfig cfg = o.config;
   cfg.client_mode = true;
   const auto identity = dht::Identity::generate_with_work(o.id_work_bits);
@@ -176,7 +174,7 @@ DhtHoldResult dht_client_hold(const DhtClientOptions& o, const DhtHoldOptions& h
     return out;
   }
   raise_open_files_limit();
-  const Endpoint victim = parse_or_throw(o.via.front(), "--via");
+  const Endpoint victim = parse_endpoint_or_throw(o.via.front(), "--via");
   dht::DhtConfig cfg = o.config;
   cfg.client_mode = true;
   auto auth = auth_config_from(o.swarm_secret_file, o.id_work_bits);

@@ -14,6 +14,7 @@
 #include "core/optim/diloco.hpp"
 #include "real/live_runtime.hpp"
 #include "real/python/node.hpp"
+#include "real/torch/collaborative.hpp"
 
 namespace apiary::python {
 
@@ -45,34 +46,6 @@ averaging::TensorSchema schema_of(const std::vector<at::Tensor>& ts) {
   averaging::TensorSchema s;
   for (const auto& t : ts) s.shapes.push_back(t.sizes().vec());
   return s;
-}
-
-// The values of `ts` in order, as float32 on the host (the one copy off the device).
-std::vector<float> host_floats(const std::vector<at::Tensor>& ts, double scale = 1.0) {
-  std::vector<float> out;
-  std::size_t total = 0;
-  for (const auto& t : ts) total += static_cast<std::size_t>(t.numel());
-  out.reserve(total);
-  for (const auto& t : ts) {
-    const at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous();
-    const float* p = c.data_ptr<float>();
-    if (scale == 1.0) {
-      out.insert(out.end(), p, p + c.numel());
-    } else {
-      for (std::int64_t i = 0; i < c.numel(); ++i) out.push_back(static_cast<float>(p[i] * scale));
-    }
-  }
-  return out;
-}
-
-// Consecutive slices of `flat` into `dst`, each copied to its tensor's device and dtype.
-void write_back(std::span<const float> flat, const std::vector<at::Tensor>& dst) {
-  at::NoGradGuard no_grad;
-  std::size_t at = 0;
-  for (auto t : dst) {
-    t.copy_(torch::from_blob(const_cast<float*>(flat.data()) + at, t.sizes(), at::kFloat));
-    at += static_cast<std::size_t>(t.numel());
-  }
 }
 
 // New float32 CPU tensors of `schema`'s shapes holding `flat`.
@@ -194,7 +167,7 @@ class TorchAverager {
     check_tensors(tensors_, &schema_, "Averager.step");
     const std::string k = key ? *key : "round" + std::to_string(rounds_);
     ++rounds_;
-    std::vector<float> local = role_ == averaging::MemberKind::kAux ? std::vector<float>{} : host_floats(tensors_);
+    std::vector<float> local = role_ == averaging::MemberKind::kAux ? std::vector<float>{} : real::flat(tensors_);
     Result<GroupRound> r = node_->await(
         [&] {
           if (core_->matchmaker == nullptr) throw ClosedFailure("Averager.step: the DHT is shut down");
@@ -207,7 +180,7 @@ class TorchAverager {
         throw TimeoutFailure("Averager.step: " + r.error().message);
       throw std::runtime_error("Averager.step: " + r.error().describe());
     }
-    if (!r->report.averaged.empty()) write_back(r->report.averaged, tensors_);
+    if (!r->report.averaged.empty()) real::unflatten_into(r->report.averaged, tensors_);
     py::dict d = report_of(r->report, r->group.members.size());
     d["key"] = k;
     return d;
@@ -258,7 +231,7 @@ class TorchCollaborative {
     if (o.target_batch_size == 0) throw py::value_error("target_batch_size must be positive");
     schema_ = schema_of(params_);
     core_->state_schema = schema_of(state);
-    core_->state = host_floats(state);
+    core_->state = real::flat(state);
     optim::CollaborativeConfig c;
     c.progress.prefix = o.prefix;
     c.progress.target_batch = o.target_batch_size;
@@ -281,7 +254,7 @@ class TorchCollaborative {
       auto& s = node_->stack();
       node_->claim("averaging");
       core_->opt = std::make_unique<optim::CollaborativeOptimizer>(*s.runtime, *s.rpc, *s.node, node_->identity(), schema_,
-                                                                   host_floats(params_), c);
+                                                                   real::flat(params_), c);
       CollaborativeCore* core = core_.get();
       core_->opt->set_optimizer_state(core_->state_schema, [core] { return core->state; },
                                       [core](std::vector<float> v) { core->downloaded = std::move(v); });
@@ -297,10 +270,11 @@ class TorchCollaborative {
     if (!local_updates_) {
       std::vector<at::Tensor> grads;
       for (const auto& p : params_) grads.push_back(p.grad().defined() ? p.grad() : torch::zeros_like(p));
-      g = host_floats(grads, static_cast<double>(samples));  // summed: the step averages over the global batch
+      g = real::flat(grads);
+      for (auto& x : g) x *= static_cast<float>(samples);  // summed: the step averages over the global batch
     }
     std::vector<float> now;
-    if (local_updates_) now = host_floats(params_);  // the caller stepped its optimizer: keep the copy current
+    if (local_updates_) now = real::flat(params_);  // the caller stepped its optimizer: keep the copy current
     node_->with_loop([&] {
       if (local_updates_) live().opt->parameters() = std::move(now);
       live().opt->accumulate(g, samples);
@@ -367,8 +341,8 @@ class TorchCollaborative {
   void publish(const std::vector<at::Tensor>& state) {
     check_tensors(params_, &schema_, "CollaborativeOptimizer parameters");
     check_tensors(state, &core_->state_schema, "CollaborativeOptimizer optimizer state");
-    auto p = host_floats(params_);
-    auto s = host_floats(state);
+    auto p = real::flat(params_);
+    auto s = real::flat(state);
     node_->with_loop([&] {
       live().opt->parameters() = std::move(p);
       core_->state = std::move(s);
@@ -441,7 +415,7 @@ class TorchDilocoPy {
     node_->with_loop([&] {
       auto& s = node_->stack();
       node_->claim("averaging");
-      core_->opt = std::make_unique<optim::DilocoOptimizer>(*s.runtime, *s.rpc, *s.node, schema_, host_floats(params_), c);
+      core_->opt = std::make_unique<optim::DilocoOptimizer>(*s.runtime, *s.rpc, *s.node, schema_, real::flat(params_), c);
       node_->attach(core_);
     }, "DiLoCo");
   }
@@ -451,7 +425,7 @@ class TorchDilocoPy {
   // The outer step from where the inner steps got to; the parameters then hold the swarm's.
   py::dict outer_step(double timeout) {
     check_tensors(params_, &schema_, "DiLoCo parameters");
-    auto now = host_floats(params_);
+    auto now = real::flat(params_);
     Result<optim::OuterReport> r = node_->await(
         [&] {
           live().opt->parameters() = std::move(now);
@@ -463,7 +437,7 @@ class TorchDilocoPy {
       throw std::runtime_error("the outer step: " + r.error().describe());
     }
     auto params = node_->with_loop([&] { return live().opt->parameters(); });
-    write_back(params, params_);
+    real::unflatten_into(params, params_);
     py::dict d;
     d["round"] = r->round;
     d["group_size"] = r->group;
