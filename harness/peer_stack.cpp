@@ -12,6 +12,7 @@ auth::AuthConfig auth_config(const SwarmSpec& spec) {
   c.id_work_bits = spec.auth.id_work_bits;
   // ns-3 models the crypto's cost in simulated time; live peers pay it in host time.
   c.proof_cost = spec.backend == "sim" ? spec.auth.proof_cost : Duration::zero();
+  c.modelled_proofs = spec.backend == "sim" && spec.auth.modelled_proofs;
   return c;
 }
 }  // namespace

@@ -166,6 +166,11 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.auth.proof_cost = s.get_duration("network.proof_cost", spec.auth.proof_cost);
   spec.auth.id_work_bits = static_cast<unsigned>(s.get_int("network.id_work_bits", 0, 0, 24));
   if (spec.auth.proof_cost < Duration::zero()) s.fail("network.proof_cost", "must not be negative");
+  spec.auth.modelled_proofs = s.get_string("network.proofs", "signed", {"signed", "modelled"}) == "modelled";
+  if (spec.auth.modelled_proofs && spec.backend != "sim")
+    s.fail("network.proofs", "modelled proofs are for simulations: live peers sign their proofs");
+  spec.lean_stack = s.get_string("network.stack", "full", {"full", "lean"}) == "lean";
+  if (spec.lean_stack && spec.backend != "sim") s.fail("network.stack", "the network stack is chosen in ns-3 runs only");
   if (!spec.auth.on && !spec.auth.swarm_secret.empty())
     s.fail("network.swarm_secret", "a swarm secret is checked by the handshake: set network.authenticate = true");
   auto window = [&](const std::string& name) -> std::optional<FaultWindow> {

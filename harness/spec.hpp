@@ -80,6 +80,9 @@ struct AuthSpec {
   // pays the real cost): a handshake costs 135 us of host time on this machine (two Ed25519
   // signatures, two verifications; BM_AuthHandshake, docs/results.md), a third of it per step.
   Duration proof_cost = std::chrono::microseconds(45);
+  // network.proofs = "modelled" (ns-3 only): handshake proofs are keyed hashes that stand for the
+  // Ed25519 signatures (AuthConfig::modelled_proofs), for runs of very many peers.
+  bool modelled_proofs = false;
 };
 
 // The DHT every workload but ping runs on: its protocol settings, the seeds, and how peers join.
@@ -137,6 +140,9 @@ struct SwarmSpec {
   Distribution latency = Distribution::fixed(10e6);      // ns
   Distribution bandwidth = Distribution::fixed(100e6);   // bit/s
   std::optional<LatencyMatrix> latency_matrix;  // sim: replaces latency(A) + latency(B)
+  // network.stack (sim): "full", ns-3's node, IPv4 and UDP objects per peer; "lean", none of them,
+  // the same link model (sim/sim_network.hpp).
+  bool lean_stack = false;
   NetworkFaults faults;                          // sim only
   AuthSpec auth;
   FaultPlan inject;  // seeded faults injected into the protocols' RPC (both worlds, in-process peers)

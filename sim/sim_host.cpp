@@ -8,6 +8,8 @@
 #include <fstream>
 #include <memory>
 
+#include <malloc.h>
+
 #include <ns3/simulator.h>
 
 #include "harness/fault_schedule.hpp"
@@ -27,6 +29,9 @@ std::uint64_t rss_bytes() {
   return resident * 4096;
 }
 
+// Bytes the allocator has handed out (and not taken back): what building a peer's network costs.
+std::int64_t heap_bytes() { return static_cast<std::int64_t>(mallinfo2().uordblks); }
+
 void sim_log(void*, std::uint32_t peer, LogLevel level, std::string_view component, std::string_view msg) {
   print_log_line(Simulator::Now().GetSeconds(), peer, level, component, msg);
 }
@@ -36,16 +41,17 @@ void sim_log(void*, std::uint32_t peer, LogLevel level, std::string_view compone
 // The runner's world in simulated time: peers on the network model, ns-3 events as its timers.
 class SimHost final : public Host {
  public:
-  SimHost(const SwarmSpec& spec, Metrics& metrics) : spec_(spec), metrics_(metrics) {
+  SimHost(const SwarmSpec& spec, Metrics& metrics)
+      : spec_(spec), metrics_(metrics), net_(spec.lean_stack ? Stack::kLean : Stack::kFull) {
     if (spec_.latency_matrix) {
       const auto& matrix = *spec_.latency_matrix;
       const std::uint32_t base = SimNetwork::kBaseIp + 1;  // the first node's address
-      net_.channel().SetLatencyFunction([&matrix, base](std::uint32_t from, std::uint32_t to) {
+      net_.links().SetLatencyFunction([&matrix, base](std::uint32_t from, std::uint32_t to) {
         return NanoSeconds(static_cast<std::int64_t>(matrix.between(from - base, to - base) * 1e6));
       });
     }
     if (spec_.faults.loss > 0)
-      net_.channel().SetLoss(spec_.faults.loss, NanoSeconds(spec_.faults.rto_min.count()), spec_.seed ^ 0x6c6f7373ULL);  // "loss"
+      net_.links().SetLoss(spec_.faults.loss, NanoSeconds(spec_.faults.rto_min.count()), spec_.seed ^ 0x6c6f7373ULL);  // "loss"
   }
   std::string backend() const override { return "sim"; }
 
@@ -53,7 +59,9 @@ class SimHost final : public Host {
     LinkParams params;
     params.latency = NanoSeconds(static_cast<std::int64_t>(link.latency_ns));
     params.up_bps = params.down_bps = link.bandwidth_bps;
+    const auto heap0 = heap_bytes();
     net_.add_peer(params);
+    network_bytes_ += heap_bytes() - heap0;
     auto& rt = net_.runtime(i);
     envs_.push_back(std::make_unique<PeerEnv>(rt, metrics_, i, Rng(spec_.seed).fork(i + 1)));
     rt.set_observer(envs_.back()->observer);
@@ -64,7 +72,7 @@ class SimHost final : public Host {
       rt.set_receive_delay([rng, d] { return Duration(static_cast<std::int64_t>(d.sample(*rng))); });
     }
     if (spec_.behind_nat(i))  // the channel's host index of peer i is i + 1
-      net_.channel().SetNat(i + 1, NanoSeconds(spec_.faults.nat_mapping.count()));
+      net_.links().SetNat(i + 1, NanoSeconds(spec_.faults.nat_mapping.count()));
     if (i + 1 == spec_.peers) rss_built_ = rss_bytes();
   }
 
@@ -87,7 +95,7 @@ class SimHost final : public Host {
     Simulator::Run();
     sim_wall_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
     rss_end_ = rss_bytes();
-    const auto& st = net_.channel().stats();
+    const auto& st = net_.links().stats();
     metrics_.count("network.retransmissions", static_cast<std::int64_t>(st.retransmissions - counted_.retransmissions));
     metrics_.count("network.partition_drops", static_cast<std::int64_t>(st.dropped_partition - counted_.dropped_partition));
     metrics_.count("network.nat_drops", static_cast<std::int64_t>(st.dropped_nat - counted_.dropped_nat));
@@ -106,15 +114,18 @@ class SimHost final : public Host {
     info.figures["speedup_vs_real_time"] = sim_wall_ > 0 ? info.run_seconds / sim_wall_ : 0;
     info.figures["build_bytes_per_peer"] = per_peer(rss_built_);
     info.figures["peak_bytes_per_peer"] = per_peer(rss_end_);
-    info.figures["channel_packets"] = static_cast<double>(net_.channel().stats().packets);
-    info.figures["channel_dropped_down"] = static_cast<double>(net_.channel().stats().dropped_down);
+    // The network stack alone (ns-3 objects or the lean entries, the runtime): heap bytes
+    // allocated while each peer's network was built, over the peers.
+    info.figures["network_bytes_per_peer"] = static_cast<double>(network_bytes_) / spec_.peers;
+    info.figures["channel_packets"] = static_cast<double>(net_.links().stats().packets);
+    info.figures["channel_dropped_down"] = static_cast<double>(net_.links().stats().dropped_down);
     info.figures["sidecar_swept"] = static_cast<double>(net_.sidecar().swept());
   }
 
  private:
   // The scenario's fault windows (harness/fault_schedule.hpp), applied to the channel and runtimes.
   void schedule_faults(Duration end) {
-    auto& ch = net_.channel();
+    auto& ch = net_.links();
     auto host = [this](std::uint32_t i) { return net_.endpoint(i).ip - SimNetwork::kBaseIp; };
     const auto& f = spec_.faults;
     FaultHooks h;
@@ -145,6 +156,7 @@ class SimHost final : public Host {
   std::optional<LogLevel> log_level_ = log_level_from_env();
   std::uint64_t rss0_ = rss_bytes(), rss_built_ = 0, rss_end_ = 0;
   double sim_wall_ = 0;
+  std::int64_t network_bytes_ = 0;
   ChannelStats counted_;  // what run() already put into the metrics
   std::chrono::steady_clock::time_point wall0_ = std::chrono::steady_clock::now();
 };

@@ -1,7 +1,13 @@
 #pragma once
-// The simulated network: ns-3 nodes with an IPv4 stack (static routing only, no ARP, no queue
-// discs), each with one DirectNetDevice on a shared DirectChannel, and one SimRuntime per peer.
-// The n-th node has address 10.0.0.0 + n (so peer i has 10.0.0.0 + i + 1 when no peer was added
+// The simulated network: one SimRuntime per peer on one of two stacks, both timed by the same
+// LinkModel (latency, bandwidth, loss, partitions, NAT).
+//  - Full: an ns-3 node per host with an IPv4 stack (static routing only, no ARP, no queue discs)
+//    and one DirectNetDevice on a shared DirectChannel; messages cross ns-3's UDP and IPv4 layers
+//    as datagrams. For experiments that need ns-3's own stack (its sockets, tracing, raw packets).
+//  - Lean: no ns-3 node, device or protocol objects; the LeanChannel times each message as the
+//    datagrams the full stack would send and hands it to the receiving runtime. A peer costs its
+//    runtime and its link's entry, a few hundred bytes, so a run can hold a million peers.
+// The n-th host has address 10.0.0.0 + n (so peer i has 10.0.0.0 + i + 1 when no peer was added
 // beside another). One SimNetwork per process at a time: ns-3's simulator is a process-wide
 // singleton, destroyed with the network.
 #include <memory>
@@ -11,44 +17,57 @@
 #include <ns3/ptr.h>
 
 #include "sim/direct_channel.hpp"
+#include "sim/lean_channel.hpp"
 #include "sim/sim_runtime.hpp"
 
 namespace apiary::sim {
+
+enum class Stack { kFull, kLean };
 
 class SimNetwork {
  public:
   static constexpr std::uint32_t kBaseIp = 0x0a000000;  // 10.0.0.0/8
   static constexpr std::uint16_t kPort = 7000;
 
-  SimNetwork();
+  explicit SimNetwork(Stack stack = Stack::kFull);
   ~SimNetwork();
   SimNetwork(const SimNetwork&) = delete;
   SimNetwork& operator=(const SimNetwork&) = delete;
 
-  // Adds a node and its runtime (socket not yet open). Returns the peer index.
+  Stack stack() const { return stack_; }
+  // Adds a host and its peer's runtime (socket not yet open). Returns the peer index.
   std::size_t add_peer(const LinkParams& link, TransportLimits limits = {});
-  // Adds a peer on peer `host`'s node: its own runtime and port, the same address and link (one
+  // Adds a peer on peer `host`'s host: its own runtime and port, the same address and link (one
   // machine running many peers, as an attacker's Sybils do). Up and down with its own socket only.
   std::size_t add_peer_beside(std::size_t host, TransportLimits limits = {});
   std::size_t size() const { return runtimes_.size(); }
   SimRuntime& runtime(std::size_t i) { return *runtimes_[i]; }
   const SimRuntime& runtime(std::size_t i) const { return *runtimes_[i]; }
-  DirectNetDevice& device(std::size_t i) { return *devices_[host_[i]]; }
   Endpoint endpoint(std::size_t i) const { return endpoints_[i]; }
-  DirectChannel& channel() { return *channel_; }
+  // The link model of either stack: faults are set here.
+  LinkModel& links() { return lean_ ? *lean_model_ : channel_->model(); }
+  const LinkModel& links() const { return lean_ ? *lean_model_ : channel_->model(); }
+  // Full stack only (std::logic_error on the lean one).
+  DirectNetDevice& device(std::size_t i);
+  // Lean stack only: hands `message` to peer i as from `from`, with no network in between.
+  bool inject(std::size_t i, const Endpoint& from, Message message);
   Sidecar& sidecar() { return sidecar_; }
 
   // Peer leaves (socket closed, timers cancelled, link down) or rejoins.
   void set_up(std::size_t i, bool up);
 
  private:
-  ns3::Ptr<DirectChannel> channel_;
-  std::vector<ns3::Ptr<ns3::Node>> nodes_;
+  Stack stack_;
+  ns3::Ptr<DirectChannel> channel_;            // full
+  std::unique_ptr<LinkModel> lean_model_;      // lean
+  std::unique_ptr<LeanChannel> lean_;          // lean
+  std::vector<ns3::Ptr<ns3::Node>> nodes_;     // full: per host
   std::vector<ns3::Ptr<DirectNetDevice>> devices_;
   std::vector<std::unique_ptr<SimRuntime>> runtimes_;
   std::vector<Endpoint> endpoints_;
-  std::vector<std::size_t> host_;  // the node each peer runs on
-  std::vector<bool> beside_;        // added beside another peer (not its node's own)
+  std::vector<std::uint32_t> host_;  // the host each peer runs on (1, 2, ...)
+  std::vector<bool> beside_;         // added beside another peer (not its host's own)
+  std::uint32_t hosts_ = 0;
   Sidecar sidecar_;
 };
 

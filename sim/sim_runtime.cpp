@@ -9,6 +9,7 @@
 #include <ns3/udp-socket-factory.h>
 
 #include "core/wire/frame.hpp"
+#include "sim/lean_channel.hpp"
 
 namespace apiary::sim {
 
@@ -46,22 +47,29 @@ void Sidecar::sweep(std::int64_t now) {
 }
 
 SimRuntime::SimRuntime(Ptr<Node> node, Endpoint local, Sidecar& sidecar, TransportLimits limits)
-    : node_(node), local_(local), sidecar_(sidecar), limits_(limits) {}
+    : node_(node), local_(local), sidecar_(&sidecar), limits_(limits) {}
+
+SimRuntime::SimRuntime(LeanChannel& channel, Endpoint local, TransportLimits limits)
+    : lean_(&channel), local_(local), limits_(limits) {}
 
 SimRuntime::~SimRuntime() { close(); }
 
 void SimRuntime::open() {
-  if (socket_) return;
-  socket_ = Socket::CreateSocket(node_, UdpSocketFactory::GetTypeId());
-  if (socket_->Bind(InetSocketAddress(Ipv4Address(local_.ip), local_.port)) != 0)
-    throw std::runtime_error("sim: cannot bind " + local_.to_string());
-  socket_->SetRecvCallback(MakeCallback(&SimRuntime::on_readable, this));
+  if (open_) return;
+  if (!lean_) {
+    socket_ = Socket::CreateSocket(node_, UdpSocketFactory::GetTypeId());
+    if (socket_->Bind(InetSocketAddress(Ipv4Address(local_.ip), local_.port)) != 0)
+      throw std::runtime_error("sim: cannot bind " + local_.to_string());
+    socket_->SetRecvCallback(MakeCallback(&SimRuntime::on_readable, this));
+  }
+  open_ = true;
 }
 
 void SimRuntime::close() {
   for (auto& [id, ev] : timers_) Simulator::Cancel(ev);
   timers_.clear();
   incoming_.clear();
+  open_ = false;
   if (socket_) {
     socket_->SetRecvCallback(MakeNullCallback<void, Ptr<Socket>>());
     socket_->Close();
@@ -114,7 +122,14 @@ bool SimRuntime::cancel(TimerId id) {
 }
 
 void SimRuntime::send(const Endpoint& to, Message message) {
-  if (!socket_) return;  // a stopped peer sends nothing
+  if (!open_) return;  // a stopped peer sends nothing
+  if (lean_) {
+    observer_->count("transport.messages_sent");
+    observer_->count("transport.bytes_sent", static_cast<std::int64_t>(message.wire_size()));
+    const auto datagrams = lean_->transmit(local_, to, std::move(message));
+    observer_->count("transport.datagrams_sent", static_cast<std::int64_t>(datagrams));
+    return;
+  }
   const std::uint32_t stream = next_stream_++;
   const bool header_beside = message.header.size() > kInlineHeaderMax;
   const bool payload_beside = message.payload.has_data();
@@ -123,7 +138,7 @@ void SimRuntime::send(const Endpoint& to, Message message) {
     Sidecar::Entry e;
     if (header_beside) e.header = message.header;
     e.payload = message.payload;
-    sidecar_.put(sidecar_key(local_, stream), std::move(e));
+    sidecar_->put(sidecar_key(local_, stream), std::move(e));
   }
   // BEGIN datagram: real frame header, real message header (unless beside), first part of the
   // rest. A header beside still costs its wire time: its bytes travel as virtual bytes ahead of the
@@ -235,7 +250,7 @@ void SimRuntime::deliver(const Endpoint& from, std::uint32_t stream, Incoming& i
   streams.erase(stream);
   if (streams.empty()) incoming_.erase(from);
   if (flags & (kHeaderBeside | kPayloadBeside)) {
-    auto e = sidecar_.take(sidecar_key(from, stream));
+    auto e = sidecar_->take(sidecar_key(from, stream));
     if (!e) {
       observer_->count("transport.lost_sidecar");
       return;
@@ -245,6 +260,29 @@ void SimRuntime::deliver(const Endpoint& from, std::uint32_t stream, Incoming& i
   } else {
     msg.payload = Payload::size_only(total);
   }
+  hand_over(from, std::move(msg));
+}
+
+void SimRuntime::receive_whole(const Endpoint& from, Message message) {
+  if (Simulator::Now() < stalled_until_) {  // frozen: handled when the stall ends, in arrival order
+    auto m = std::make_shared<Message>(std::move(message));
+    Simulator::Schedule(stalled_until_ - Simulator::Now(), [this, from, m] { receive_whole(from, std::move(*m)); });
+    return;
+  }
+  if (!open_) return;  // it left meanwhile
+  // The limits the full stack's frame reader enforces, on the message as a whole.
+  const char* bad = message.header.size() > limits_.max_header     ? "message header over limit"
+                    : message.payload.size() > limits_.max_payload ? "payload over limit"
+                                                                   : nullptr;
+  if (bad) {
+    observer_->count("transport.bad_frames");
+    observer_->log(LogLevel::kWarn, "transport", "bad message from " + from.to_string() + ": " + bad);
+    return;
+  }
+  hand_over(from, std::move(message));
+}
+
+void SimRuntime::hand_over(const Endpoint& from, Message msg) {
   observer_->count("transport.messages_received");
   if (receive_delay_) {
     auto m = std::make_shared<Message>(std::move(msg));

@@ -1,6 +1,10 @@
 #pragma once
-// The runtime contract on ns-3: simulated time, ns-3 events as timers, and a transport on an ns-3
-// UDP socket of the peer's node. Messages travel as datagrams of at most kDatagramPayload bytes:
+// The runtime contract on ns-3: simulated time, ns-3 events as timers, and a transport in one of
+// two stacks. The full stack: an ns-3 UDP socket of the peer's node. The lean stack: no node, no
+// IP or UDP objects; the LeanChannel carries the message whole, timed as the datagrams the full
+// stack would send (same sizes, same link model), straight to the receiving runtime.
+//
+// Full stack: messages travel as datagrams of at most kDatagramPayload bytes:
 // the first carries the frame header and the message header as real bytes; the payload is sent
 // as virtual (zero-filled, unallocated) bytes so ns-3 models its transfer time, while the data,
 // if any, rides beside in a Sidecar keyed by (sender, stream). The channel is lossless and FIFO
@@ -21,6 +25,7 @@
 #include <ns3/socket.h>
 
 #include "core/runtime/runtime.hpp"
+#include "core/wire/frame.hpp"
 
 namespace apiary::sim {
 
@@ -47,12 +52,18 @@ class Sidecar {
   std::uint64_t swept_ = 0;
 };
 
+class LeanChannel;
+
 class SimRuntime final : public Clock, public Timers, public Transport {
  public:
   static constexpr std::size_t kDatagramPayload = 60000;
   static constexpr std::size_t kInlineHeaderMax = 32768;
+  static constexpr std::uint32_t kIpUdpHeaders = 28;  // IPv4 (20) and UDP (8) bytes per datagram
 
+  // Full stack: a UDP socket on `node`.
   SimRuntime(ns3::Ptr<ns3::Node> node, Endpoint local, Sidecar& sidecar, TransportLimits limits = {});
+  // Lean stack: messages through `channel`.
+  SimRuntime(LeanChannel& channel, Endpoint local, TransportLimits limits = {});
   // Where transport counters and logs go (a NullObserver until set).
   void set_observer(Observer& observer) { observer_ = &observer; }
   // A random delay drawn per received message before the protocol sees it (every network hop
@@ -64,7 +75,7 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   void open();
   // Closes the socket and cancels every pending timer (peer leaves). Idempotent.
   void close();
-  bool is_open() const { return static_cast<bool>(socket_); }
+  bool is_open() const { return open_; }
   std::size_t pending_timers() const { return timers_.size(); }
   // A stall (a frozen process): until `until` the peer handles nothing; datagrams that arrive and
   // timers that come due wait, in their order, and run when it ends.
@@ -82,6 +93,13 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   TransportHandler* handler() const override { return handler_; }
   void send(const Endpoint& to, Message message) override;
 
+  // The sizes on the wire (IPv4 and UDP headers included) of the datagrams the full stack sends
+  // for `message`: `each(bytes)` once per datagram, in order. Returns how many.
+  template <typename F>
+  static std::uint64_t for_each_datagram(const Message& message, F&& each);
+  // Lean stack: a message the channel delivers now.
+  void receive_whole(const Endpoint& from, Message message);
+
  private:
   struct Incoming {
     Bytes header;
@@ -94,19 +112,22 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   void on_datagram_when_awake(const Endpoint& from, ns3::Ptr<ns3::Packet> packet);
   void on_datagram(const Endpoint& from, ns3::Ptr<ns3::Packet> packet);
   void deliver(const Endpoint& from, std::uint32_t stream, Incoming& in);
+  void hand_over(const Endpoint& from, Message msg);
   static Sidecar::Key sidecar_key(const Endpoint& from, std::uint32_t stream) {
     return {from.ip, from.port, stream};
   }
 
-  ns3::Ptr<ns3::Node> node_;
+  ns3::Ptr<ns3::Node> node_;     // full stack
+  LeanChannel* lean_ = nullptr;  // lean stack
   Endpoint local_;
-  Sidecar& sidecar_;
+  Sidecar* sidecar_ = nullptr;
   NullObserver null_observer_;
   Observer* observer_ = &null_observer_;
   TransportLimits limits_;
   TransportHandler* handler_ = nullptr;
   std::function<Duration()> receive_delay_;
   ns3::Ptr<ns3::Socket> socket_;
+  bool open_ = false;
   std::map<TimerId, ns3::EventId> timers_;
   ns3::Time stalled_until_{0};
   std::vector<std::pair<ns3::Time, ns3::Time>> stalls_;  // [begin, end) of each stall
@@ -114,5 +135,20 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   std::uint32_t next_stream_ = 1;
   std::map<Endpoint, std::map<std::uint32_t, Incoming>> incoming_;
 };
+
+template <typename F>
+std::uint64_t SimRuntime::for_each_datagram(const Message& message, F&& each) {
+  const bool header_beside = message.header.size() > kInlineHeaderMax;
+  const std::uint64_t header_len = message.header.size();
+  const std::uint64_t total = message.payload.size() + (header_beside ? header_len : 0);
+  const std::uint64_t real_header = header_beside ? 0 : header_len;
+  const std::uint64_t first_part = std::min<std::uint64_t>(total, kDatagramPayload > real_header ? kDatagramPayload - real_header : 0);
+  constexpr std::uint64_t kFrame = wire::kFrameHeaderSize;  // a BEGIN or PART frame's header
+  each(kIpUdpHeaders + kFrame + 4 + real_header + first_part);
+  std::uint64_t n = 1;
+  for (std::uint64_t off = first_part; off < total; off += kDatagramPayload, ++n)
+    each(kIpUdpHeaders + kFrame + std::min<std::uint64_t>(kDatagramPayload, total - off));
+  return n;
+}
 
 }  // namespace apiary::sim

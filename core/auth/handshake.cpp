@@ -135,6 +135,12 @@ Bytes AuthTransport::transcript(const Nonce& answered, const Nonce& own, const P
   return t;
 }
 
+std::array<std::uint8_t, 64> AuthTransport::modelled_signature(const PublicKey& key, const Bytes& t) {
+  std::array<std::uint8_t, 64> out{};
+  crypto_generichash(out.data(), out.size(), t.data(), t.size(), key.data(), key.size());
+  return out;
+}
+
 std::array<std::uint8_t, 32> AuthTransport::mac(const Bytes& t) const {
   std::array<std::uint8_t, 32> out{};
   if (!secret_key_) return out;
@@ -147,7 +153,7 @@ void AuthTransport::send_proof(const Endpoint& peer, Session& s) {
   const Bytes t = transcript(s.their_nonce, s.mine, identity_.public_key, *s.theirs);
   Message m = opening(kProof, s);
   wire::Writer w(m.header);
-  w.raw(identity_.sign_bytes(t));
+  w.raw(cfg_.modelled_proofs ? modelled_signature(identity_.public_key, t) : identity_.sign_bytes(t));
   w.raw(mac(t));
   // Whether we still wait for the peer's proof: only then does a proof of its that we have seen
   // before mean ours was lost (and ask for ours again). A finished side says so, so that two
@@ -388,7 +394,9 @@ void AuthTransport::on_proof(const Endpoint& from, std::uint64_t link, std::span
     fail(from, s, Error{ErrorCode::kRejected, from.to_string() + " does not know this swarm's secret"});
     return;
   }
-  if (!dht::verify_signature(key, t, sig)) {
+  const bool signed_ok = cfg_.modelled_proofs ? sig.size() == 64 && sodium_memcmp(modelled_signature(key, t).data(), sig.data(), 64) == 0
+                                              : dht::verify_signature(key, t, sig);
+  if (!signed_ok) {
     observer_.count("auth.bad_proofs");
     return;  // a forged or replayed proof: the handshake goes on (and times out) without it
   }

@@ -1,6 +1,7 @@
 #pragma once
-// The worlds the conformance suite runs in: ns-3 (simulated time, ns-3 UDP sockets on the
-// DirectChannel), live (Boost.Asio, TCP on loopback), and the recording fake transport of the
+// The worlds the conformance suite runs in: ns-3 on its full stack (simulated time, ns-3 UDP
+// sockets on the DirectChannel) and on its lean stack (no ns-3 nodes: whole messages through the
+// same link model), live (Boost.Asio, TCP on loopback), and the recording fake transport of the
 // unit tests (plain simulated time, whole messages, no sockets). Same interface, same tests.
 #include <utility>
 
@@ -38,9 +39,10 @@ class World {
   Metrics metrics;
 };
 
-class SimWorld final : public World {
+template <sim::Stack kStack>
+class SimWorldOn final : public World {
  public:
-  ~SimWorld() override {
+  ~SimWorldOn() override {
     peers_.clear();
     net_.reset();
   }
@@ -76,6 +78,13 @@ class SimWorld final : public World {
     return done();
   }
   void send_garbage(std::size_t i, const Bytes& bytes) override {
+    if constexpr (kStack == sim::Stack::kLean) {
+      // No sockets: the bytes reach the peer as a whole message from an address nobody owns.
+      Message m;
+      m.header = bytes;
+      net_->inject(i, Endpoint{Endpoint::ipv4(10, 255, 255, 1), 9}, std::move(m));
+      return;
+    }
     if (!raw_) {
       // A node outside the protocol stack, with a bare ns-3 UDP socket.
       const std::size_t r = net_->add_peer(sim::LinkParams{});
@@ -88,10 +97,13 @@ class SimWorld final : public World {
   }
 
  private:
-  std::unique_ptr<sim::SimNetwork> net_ = std::make_unique<sim::SimNetwork>();
+  std::unique_ptr<sim::SimNetwork> net_ = std::make_unique<sim::SimNetwork>(kStack);
   std::vector<std::unique_ptr<PeerEnv>> peers_;
   ns3::Ptr<ns3::Socket> raw_;
 };
+
+using SimWorld = SimWorldOn<sim::Stack::kFull>;
+using LeanWorld = SimWorldOn<sim::Stack::kLean>;
 
 // The unit tests' world: the recording fake transport, 5 ms per message. It carries whole
 // messages, so "garbage" reaches the RPC layer as an undecodable envelope.
@@ -238,12 +250,15 @@ T run_in(World& world, TaskScope& scope, Task<T> t, Duration limit) {
 }
 
 // The typed suites' worlds and their names in test names.
-using Worlds = ::testing::Types<SimWorld, LiveWorld, FakeWorld>;
+using Worlds = ::testing::Types<SimWorld, LeanWorld, LiveWorld, FakeWorld>;
 class WorldNames {
  public:
   template <class T>
   static std::string GetName(int) {
-    return std::is_same_v<T, SimWorld> ? "ns3" : std::is_same_v<T, LiveWorld> ? "live" : "fake";
+    return std::is_same_v<T, SimWorld>    ? "ns3"
+           : std::is_same_v<T, LeanWorld> ? "ns3lean"
+           : std::is_same_v<T, LiveWorld> ? "live"
+                                          : "fake";
   }
 };
 

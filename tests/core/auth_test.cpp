@@ -178,6 +178,40 @@ TEST_F(Auth, AReplayedOrForgedProofIsUseless) {
   EXPECT_EQ(count("auth.unauthenticated_drops"), 1u);
 }
 
+// Modelled proofs (simulations of very many peers): peers that model them talk; a proof whose
+// tag is off by a bit is refused; a signing peer and a modelling one never agree.
+TEST_F(Auth, ModelledProofsEstablishAndAWrongTagOrASignedProofIsRefused) {
+  auth::AuthConfig modelled;
+  modelled.modelled_proofs = true;
+  for (std::size_t i = 0; i < 2; ++i) make(i, ids[i], modelled);
+  auths[0]->send(at(1), data(1));
+  run();
+  ASSERT_EQ(inbox[1].got.size(), 1u);
+  EXPECT_TRUE(auths[1]->established(at(0)));
+  EXPECT_EQ(count("auth.bad_proofs"), 0u);
+  Bytes proof;
+  for (const auto& [to, m] : swarm[0].sent)
+    if (to == at(1) && m.header[0] == auth::AuthTransport::kProof) proof = m.header;
+  ASSERT_FALSE(proof.empty());
+  // A fresh challenge from the attacker's endpoint in peer 0's name, answered with peer 0's proof
+  // with one bit of its tag changed.
+  swarm[3].set_handler(&tap);
+  swarm[3].send(at(1), hello_of(ids[0].public_key, std::array<std::uint8_t, 32>{}));
+  run();
+  proof[100] ^= 1;
+  swarm[3].send(at(1), Message{proof, {}});
+  run();
+  EXPECT_GE(count("auth.bad_proofs"), 1u);
+  EXPECT_FALSE(auths[1]->established(at(3)));
+  // Peer 2 signs its proofs: peer 1, which models them, does not accept its signature.
+  const auto bad = count("auth.bad_proofs");
+  auths[2]->send(at(1), data(2));
+  run(6s);
+  EXPECT_GT(count("auth.bad_proofs"), bad);
+  EXPECT_FALSE(auths[1]->established(at(2)));
+  EXPECT_EQ(inbox[1].got.size(), 1u);
+}
+
 TEST_F(Auth, WhatAnUnprovenPeerSendsIsHeldWithinBoundsAndDroppedWithItsHandshake) {
   auth::AuthConfig tight;
   tight.max_unproven_bytes = 1000;
