@@ -273,6 +273,8 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
         s.get_int("dht.ip_quota_bytes", static_cast<std::int64_t>(st.ip_bytes), 1024, std::int64_t{1} << 40));
     st.max_ttl = s.get_duration("dht.max_ttl", st.max_ttl);
     c.cache_on_lookup = s.get_bool("dht.cache", c.cache_on_lookup);
+    c.store_along_max_bytes = static_cast<std::size_t>(
+        s.get_int("dht.store_along", static_cast<std::int64_t>(c.store_along_max_bytes), 0, 1 << 20));
     c.bucket_ip_limit = static_cast<std::size_t>(s.get_int("dht.bucket_ip_limit", static_cast<std::int64_t>(c.bucket_ip_limit), 0, 64));
     c.bucket_subnet_limit = static_cast<std::size_t>(s.get_int("dht.bucket_subnet_limit", 0, 0, 64));
     c.lookup_ip_limit = static_cast<std::size_t>(s.get_int("dht.lookup_ip_limit", static_cast<std::int64_t>(c.lookup_ip_limit), 0, 64));

@@ -31,9 +31,10 @@ import time
 K = 8  # replicas per key on both sides (OpenDHT's fixed search width)
 
 
-def run_apiary(apiary, scenario, peers, keys, mode="first", concurrency=16):
+def run_apiary(apiary, scenario, peers, keys, mode="first", concurrency=16, store_along=None):
     holders = 1 if mode == "first" else K
-    out = subprocess.run([apiary, "run", scenario, "--json", "--set", f"peers={peers}", "--set", f"dht.k={K}",
+    extra = [] if store_along is None else ["--set", f"dht.store_along={store_along}"]
+    out = subprocess.run([apiary, "run", scenario, "--json", *extra, "--set", f"peers={peers}", "--set", f"dht.k={K}",
                           "--set", f"workload.keys={keys}", "--set", f"workload.concurrency={concurrency}",
                           "--set", f"workload.get_holders={holders}", "--force", "--out", f"/tmp/apiary-dht-live-{peers}.h5"],
                          check=True, capture_output=True, text=True).stdout
@@ -165,13 +166,17 @@ def main():
     ap.add_argument("--modes", nargs="+", default=["first", "complete"])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--store-along", type=int, nargs="+", default=None,
+                    help="Apiary's dht.store_along values to run (each its own row; default: the scenario's)")
     a = ap.parse_args()
     rows = []
     for n in a.peers:
         for mode in a.modes:
             for c in a.concurrency:
-                for name, fn in (("apiary", lambda: run_apiary(a.apiary, a.scenario, n, a.keys, mode, c)),
-                                 ("opendht", lambda: run_opendht(n, a.keys, mode, c))):
+                sides = [(f"apiary along={v}" if v is not None else "apiary",
+                          lambda v=v: run_apiary(a.apiary, a.scenario, n, a.keys, mode, c, v)) for v in (a.store_along or [None])]
+                sides.append(("opendht", lambda: run_opendht(n, a.keys, mode, c)))
+                for name, fn in sides:
                     r = fn()
                     r.update(system=name, peers=n, keys=a.keys, mode=mode, concurrency=c)
                     rows.append(r)

@@ -71,7 +71,9 @@ struct DhtNode::Traversal {
     std::set<DhtId> holders;  // answered peers that returned a value
     int value_hop = 0;
     bool done = false;
+    std::vector<std::size_t> store;  // a store's lookup: the records (in along->records) under this key
   };
+  StoreAlong* along = nullptr;
   bool want_values = false;
   bool fill_buckets = false;
   std::size_t min_holders = 1;
@@ -116,22 +118,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
     rt_.observer.count("dht.served.store");
     StoreReply reply{self_, {}};
     const TimePoint now = rt_.now();
-    for (const auto& r : req.records) {
-      if (auto why = check_record(r)) {
-        rt_.observer.count("dht.store_rejected");
-        rt_.observer.log(LogLevel::kDebug, "dht", "rejected record '" + r.key + "' from " + from.to_string() + ": " + *why);
-        reply.outcomes.push_back(static_cast<std::uint8_t>(StoreOutcome::kInvalid));
-        continue;
-      }
-      const auto o = storage_.store(r, now, from);
-      if (o == Storage::Outcome::kStored || o == Storage::Outcome::kStale) refreshed_[{r.key, r.subkey}] = now;
-      if (o != Storage::Outcome::kStored && o != Storage::Outcome::kStale) {
-        rt_.observer.count(std::string("dht.store_refused.") + name_of(outcome_of(o)));
-        rt_.observer.log(LogLevel::kDebug, "dht", "refused record '" + r.key + "' from " + from.to_string() + ": " +
-                                                      describe(outcome_of(o)));
-      }
-      reply.outcomes.push_back(static_cast<std::uint8_t>(outcome_of(o)));
-    }
+    for (const auto& r : req.records) reply.outcomes.push_back(static_cast<std::uint8_t>(accept(r, from, now)));
     co_return reply;
   });
   rpc_.serve<FindRequest, FindReply>([this](const Endpoint& from, FindRequest req) -> Task<Result<FindReply>> {
@@ -147,11 +134,36 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
       e.nearest = table_.nearest(key, std::min(cfg_.k, cfg_.limits.max_contacts), req.from.id);
       reply.entries.push_back(std::move(e));
     }
+    if (!req.store.empty()) rt_.observer.count("dht.served.store_along");
+    for (const auto& r : req.store) {
+      if (table_.knows_nearer(DhtId::of_key(r.key), cfg_.k)) {
+        rt_.observer.count("dht.store_along_declined");
+        reply.stored.push_back(FindReply::kDeclined);
+      } else {
+        reply.stored.push_back(static_cast<std::uint8_t>(accept(r, from, now)));
+      }
+    }
     co_return reply;
   });
 }
 
 DhtNode::~DhtNode() { scope_.destroy_all(); }
+
+StoreOutcome DhtNode::accept(const Record& r, const Endpoint& from, TimePoint now) {
+  if (auto why = check_record(r)) {
+    rt_.observer.count("dht.store_rejected");
+    rt_.observer.log(LogLevel::kDebug, "dht", "rejected record '" + r.key + "' from " + from.to_string() + ": " + *why);
+    return StoreOutcome::kInvalid;
+  }
+  const auto o = storage_.store(r, now, from);
+  if (o == Storage::Outcome::kStored || o == Storage::Outcome::kStale) refreshed_[{r.key, r.subkey}] = now;
+  if (o != Storage::Outcome::kStored && o != Storage::Outcome::kStale) {
+    rt_.observer.count(std::string("dht.store_refused.") + name_of(outcome_of(o)));
+    rt_.observer.log(LogLevel::kDebug, "dht", "refused record '" + r.key + "' from " + from.to_string() + ": " +
+                                                  describe(outcome_of(o)));
+  }
+  return outcome_of(o);
+}
 
 bool DhtNode::bound(const DhtId& id, const Endpoint& at) const {
   if (!rt_.transport.authenticates()) return true;
@@ -216,12 +228,13 @@ void DhtNode::hand_over(const Contact& c) {
   // not at the next replication round: under churn this is what keeps records findable.
   std::vector<Record> give;
   if (storage_.size() == 0) return;
+  const DhtId nearer = table_.nearer_mask(c.id);
   storage_.for_each(rt_.now(), [&](const DhtId& id, const Record& r) {
     if (give.size() >= cfg_.limits.max_keys_per_request) return;
     // Only the holder nearest to the key (as far as it knows) hands over, so a newcomer gets one
     // copy rather than one from each of the k holders; and only if the newcomer is among the k
     // nearest peers of the key.
-    if (table_.any_nearer(id, self_, c.id)) return;
+    if (RoutingTable::any_in(id, self_, nearer)) return;
     const auto near = table_.nearest(id, cfg_.k);
     if (near.size() < cfg_.k || !((near.back().id ^ id) < (c.id ^ id))) give.push_back(r);
   });
@@ -272,7 +285,7 @@ Task<std::size_t> DhtNode::bootstrap(std::vector<Endpoint> seeds) {
 
 Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, bool want_values,
                                                     bool fill_buckets, std::size_t min_holders,
-                                                    bool cache_values) {
+                                                    bool cache_values, StoreAlong* along) {
   // A node that lost every contact (a frozen process whose calls all timed out at once, a network
   // that went away) joins again through its seeds. A client needs this most: nobody calls it, so
   // nothing else would ever refill its table.
@@ -280,6 +293,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
   t.want_values = want_values;
   t.min_holders = std::max<std::size_t>(1, min_holders);
   t.fill_buckets = fill_buckets;
+  t.along = along && along->records ? along : nullptr;
   for (int attempt = 0; attempt < 2; ++attempt) {
     const TimePoint now = rt_.now();
     t.own_addresses.assign(targets.size(), {});
@@ -294,6 +308,9 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
         t.contacts.try_emplace(c.id, Candidate{c, 1});
         key.cands.insert({c.id ^ target, c.id});
       }
+      if (t.along)
+        for (std::size_t r = 0; r < t.along->records->size(); ++r)
+          if (DhtId::of_key((*t.along->records)[r].key) == target) key.store.push_back(r);
       t.keys.push_back(std::move(key));
     }
     if (!t.contacts.empty() || rejoining_ || seeds_.empty()) break;
@@ -323,9 +340,11 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
       tp->owner = &owner;
       tp->addresses = &t.own_addresses;
       tp->changed = &t.own_changed;
+      tp->along = t.along;
       for (const auto& key : t.keys) {
         Traversal::Key k;
         k.target = key.target;
+        k.store = key.store;
         tp->keys.push_back(std::move(k));
       }
       paths.push_back(tp.get());
@@ -444,6 +463,16 @@ bool DhtNode::values_done(const Traversal& t, std::size_t index) {
   return true;
 }
 
+bool DhtNode::among_nearest(const Traversal& t, std::size_t key, const DhtId& id) const {
+  std::size_t seen = 0;
+  for (const auto& [dist, cand] : t.keys[key].cands) {
+    if (t.contacts.at(cand).state == Candidate::kFailed) continue;
+    if (cand == id) return true;
+    if (++seen >= cfg_.k) return false;
+  }
+  return false;
+}
+
 Task<void> DhtNode::lookup_worker(Traversal& t) {
   for (;;) {
     std::optional<DhtId> pick;
@@ -480,16 +509,27 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
     ++t.queried;
     const Contact contact = cand.contact;
     const int hop = cand.hop;
-    FindRequest req{me(), {}};
-    std::vector<std::size_t> asked;
+    FindRequest req{me(), {}, {}};
+    std::vector<std::size_t> asked, handed;  // keys asked; records handed along (indices)
     for (std::size_t i = 0; i < t.keys.size() && req.keys.size() < cfg_.limits.max_keys_per_request; ++i) {
       auto& key = t.keys[i];
       if (key.done || !key.cands.count({contact.id ^ key.target, contact.id})) continue;
       req.keys.push_back(key.target);
       asked.push_back(i);
+      if (key.store.empty() || !among_nearest(t, i, contact.id)) continue;
+      for (auto r : key.store) {
+        if (req.store.size() >= cfg_.limits.max_keys_per_request) break;
+        req.store.push_back((*t.along->records)[r]);
+        handed.push_back(r);
+      }
     }
     auto r = co_await rpc_.call<FindReply>(contact.endpoint, std::move(req), cfg_.rpc_timeout);
     Candidate& c = t.contacts.at(contact.id);
+    if (r.ok() && !handed.empty() && r->id == contact.id && r->stored.size() == handed.size()) {
+      auto& got = t.along->answered[contact.id];
+      for (std::size_t j = 0; j < handed.size(); ++j)
+        if (r->stored[j] != FindReply::kDeclined) got.emplace_back(handed[j], static_cast<StoreOutcome>(r->stored[j]));
+    }
     if (!r.ok() || r->id != contact.id || !bound(r->id, contact.endpoint) || r->entries.size() != asked.size()) {
       c.state = Candidate::kFailed;
       punish(contact);
@@ -554,7 +594,24 @@ Task<std::vector<StoreTally>> DhtNode::store_many(std::vector<Record> records) {
   for (const auto& r : records) targets.push_back(DhtId::of_key(r.key));
   std::sort(targets.begin(), targets.end());
   targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-  auto found = co_await lookup(targets, false);
+  // Small records travel along the lookup's FINDs (DhtConfig::store_along_max_bytes).
+  std::vector<Record> along_records;
+  std::vector<std::size_t> along_index;  // along_records[j] is records[along_index[j]]
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    Bytes encoded;
+    wire::Writer w(encoded);
+    records[i].encode(w);
+    if (encoded.size() > cfg_.store_along_max_bytes) continue;
+    along_records.push_back(records[i]);
+    along_index.push_back(i);
+  }
+  StoreAlong along;
+  along.records = along_records.empty() ? nullptr : &along_records;
+  auto found = co_await lookup(targets, false, false, 1, true, &along);
+  // What the peers asked along the way answered, by peer id and record.
+  std::map<std::pair<DhtId, std::size_t>, StoreOutcome> answered;
+  for (const auto& [peer, outcomes] : along.answered)
+    for (const auto& [j, o] : outcomes) answered.try_emplace({peer, along_index[j]}, o);
 
   std::vector<StoreTally> replicas(records.size());
   std::map<DhtId, std::pair<Contact, std::vector<std::size_t>>> plan;
@@ -574,6 +631,11 @@ Task<std::vector<StoreTally>> DhtNode::store_many(std::vector<Record> records) {
     for (const auto& c : nearest) {
       if (c.endpoint == rt_.transport.local()) continue;
       const DhtId& holder = by_endpoint.try_emplace(c.endpoint, c.id).first->second;
+      if (auto a = answered.find({holder, i}); a != answered.end()) {  // it has it from the lookup
+        replicas[i].count(a->second);
+        answered.erase(a);  // counted once
+        continue;
+      }
       auto& p = plan[holder];
       if (!p.second.empty() && p.second.back() == i) continue;
       if (p.second.empty()) p.first = c;

@@ -42,6 +42,12 @@ struct DhtConfig {
   std::size_t lookup_subnet_limit = 0;
   bool client_mode = false;  // send requests, serve none, stay out of others' tables
   bool cache_on_lookup = true;
+  // A store hands records of at most this many bytes (encoded) to the peers its lookup asks among
+  // the key's k nearest known then, inside the FIND requests; only the final k nearest that were
+  // not asked that way get a STORE. A store then costs about one lookup instead of a lookup and k
+  // more requests; a few peers near the key but not among the final k get a copy too. Bigger
+  // records go only to the final k (each FIND would carry them). 0: always a lookup, then STOREs.
+  std::size_t store_along_max_bytes = 1024;
   Duration blacklist_base = std::chrono::seconds(5);
   Duration blacklist_max = std::chrono::minutes(5);
   Limits limits;
@@ -52,6 +58,13 @@ struct LookupResult {
   std::vector<Contact> nearest;  // the k nearest peers that answered, nearest first
   int hops = 0;                  // hops to the value (get) or to the nearest peer (find)
   int queried = 0;               // peers asked
+};
+
+// A store's lookup: the records it hands along to the peers it asks, and what each answered
+// (by the peer's id: record index, outcome).
+struct StoreAlong {
+  const std::vector<Record>* records = nullptr;
+  std::map<DhtId, std::vector<std::pair<std::size_t, StoreOutcome>>> answered;
 };
 
 struct GetResult {
@@ -104,9 +117,11 @@ class DhtNode {
   // peers have answered; or once the k nearest have all answered. With
   // cache_values (and DhtConfig::cache_on_lookup) the nearest answering peer that lacked a found
   // value is sent a copy.
+  // With `along`, each FIND to a peer among a key's k nearest known then carries the key's
+  // records from along->records, and the peers' outcomes are kept in along->answered.
   Task<std::map<DhtId, LookupResult>> lookup(std::vector<DhtId> targets, bool want_values,
                                              bool fill_buckets = false, std::size_t min_holders = 1,
-                                             bool cache_values = true);
+                                             bool cache_values = true, StoreAlong* along = nullptr);
   Task<StoreResult> store(Record record);
   // Gets a key's records. min_holders = 1: the first copy found (a local one first). A dictionary
   // that many peers write to (matchmaking declarations) is better read from several holders,
@@ -138,6 +153,8 @@ class DhtNode {
 
   Task<Result<PingReply>> ping(Endpoint to);
   Task<void> lookup_worker(Traversal& t);
+  // Whether `id` is among the k nearest candidates of the lookup's key `key` that have not failed.
+  bool among_nearest(const Traversal& t, std::size_t key, const DhtId& id) const;
   static bool values_done(const Traversal& t, std::size_t key);
   // Counts a new candidate for the lookup's key `key` at `at` against the limits per address;
   // false if over them.
@@ -158,6 +175,8 @@ class DhtNode {
   Task<void> refresh_loop();
   Task<void> replicate_loop();
   std::optional<std::string> check_record(const Record& r) const;
+  // A record a peer sent to be stored (in a STORE or along a FIND): checked, stored, counted.
+  StoreOutcome accept(const Record& r, const Endpoint& from, TimePoint now);
 
   Runtime& rt_;
   Rpc& rpc_;

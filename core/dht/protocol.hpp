@@ -96,20 +96,28 @@ struct StoreReply {
   }
 };
 
+// A FIND may carry records for the peer to store, as a STORE would (same checks, same quotas):
+// a store's lookup hands each record to the peers it asks among the key's k nearest it knows
+// then, so the store needs no second round of requests to the peers it ends with.
 struct FindRequest {
   static constexpr std::uint32_t kMethod = 102;
   Sender from;
   std::vector<DhtId> keys;
+  std::vector<Record> store;
   void encode(wire::Writer& w) const {
     from.encode(w);
     w.varint(keys.size());
     for (const auto& k : keys) encode_id(w, k);
+    w.varint(store.size());
+    for (const auto& rec : store) rec.encode(w);
   }
   static FindRequest decode(wire::Reader& r) {
     FindRequest f;
     f.from = Sender::decode(r);
     const auto n = r.varint_max(kDefaultLimits.max_keys_per_request, "keys per find");
     for (std::uint64_t i = 0; i < n; ++i) f.keys.push_back(decode_id(r));
+    const auto ns = r.varint_max(kDefaultLimits.max_keys_per_request, "records per find");
+    for (std::uint64_t i = 0; i < ns; ++i) f.store.push_back(Record::decode(r, kDefaultLimits));
     return f;
   }
 };
@@ -121,6 +129,11 @@ struct FindReply {
   };
   DhtId id;
   std::vector<Entry> entries;  // one per requested key, in order
+  // Per record the request carried, in order: a StoreOutcome, or kDeclined.
+  std::vector<std::uint8_t> stored;
+  // The peer knows k peers nearer to the record's key than itself: it keeps no copy (one that no
+  // later store would reach and update), and the storer sends a STORE if it ends among the k.
+  static constexpr std::uint8_t kDeclined = 0xFF;
   void encode(wire::Writer& w) const {
     encode_id(w, id);
     w.varint(entries.size());
@@ -134,6 +147,7 @@ struct FindReply {
         w.u16(c.endpoint.port);
       }
     }
+    w.bytes(stored);
   }
   static FindReply decode(wire::Reader& r) {
     FindReply f;
@@ -152,6 +166,8 @@ struct FindReply {
         e.nearest.push_back(c);
       }
     }
+    auto b = r.bytes(kDefaultLimits.max_keys_per_request);
+    f.stored.assign(b.begin(), b.end());
     return f;
   }
 };

@@ -172,6 +172,27 @@ bool RoutingTable::any_nearer(const DhtId& target, const DhtId& than, const DhtI
   return false;
 }
 
+bool RoutingTable::knows_nearer(const DhtId& target, std::size_t n) const {
+  if (n == 0) return true;
+  const DhtId bound = self_ ^ target;
+  std::size_t seen = 0;
+  for (const auto& b : buckets_)
+    for (const auto& e : b.nodes)
+      if ((e.contact.id ^ target) < bound && ++seen >= n) return true;
+  return false;
+}
+
+DhtId RoutingTable::nearer_mask(const DhtId& exclude) const {
+  DhtId mask;
+  for (const auto& b : buckets_)
+    for (const auto& e : b.nodes) {
+      if (e.contact.id == exclude) continue;
+      const int j = e.contact.id.common_prefix(self_);
+      if (j < DhtId::kBits) mask.b[static_cast<std::size_t>(j / 8)] |= static_cast<std::uint8_t>(0x80u >> (j % 8));
+    }
+  return mask;
+}
+
 std::vector<DhtId> RoutingTable::stale_bucket_targets(TimePoint before, Rng& rng) const {
   std::vector<DhtId> out;
   for (const auto& b : buckets_)

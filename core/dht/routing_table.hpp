@@ -55,6 +55,19 @@ class RoutingTable {
   // True if some contact other than `exclude` is nearer to target than `than` is (a linear scan
   // with an early exit; no sorting).
   bool any_nearer(const DhtId& target, const DhtId& than, const DhtId& exclude) const;
+  // The same question asked of many targets, with `than` our own id: a contact x is nearer to t
+  // than we are exactly when t differs from our id at the first bit where x does (bit
+  // common_prefix(x, self)). The mask has that bit set for every contact but `exclude`, so
+  // any_nearer(t, self, exclude) == ((t ^ self) & mask) != 0: one pass over the table, then a
+  // few word operations per target.
+  DhtId nearer_mask(const DhtId& exclude) const;
+  // Whether the table holds at least n contacts nearer to `target` than we are.
+  bool knows_nearer(const DhtId& target, std::size_t n) const;
+  static bool any_in(const DhtId& target, const DhtId& self, const DhtId& mask) {
+    for (std::size_t i = 0; i < DhtId::kBytes; ++i)
+      if ((target.b[i] ^ self.b[i]) & mask.b[i]) return true;
+    return false;
+  }
   std::optional<Contact> find(const DhtId& id) const;
   // The n known contacts nearest to target, nearest first (excluding `exclude` if given).
   std::vector<Contact> nearest(const DhtId& target, std::size_t n,

@@ -71,6 +71,33 @@ TEST(RoutingTable, MatchesBruteForceOnTenThousandIds) {
   }
 }
 
+// The hand-over's mask answers "is any contact but x nearer to t than we are" as the scan does,
+// for targets near us (where the answer is often no) and random ones, each contact excluded.
+TEST(RoutingTable, NearerMaskAgreesWithTheScan) {
+  Rng rng(11);
+  const DhtId self = DhtId::random(rng);
+  for (int size : {3, 40, 3000}) {
+    RoutingTable table(self, 20, 5);
+    std::vector<DhtId> ids;
+    for (int i = 0; i < size; ++i) {
+      ids.push_back(DhtId::random(rng));
+      table.add(Contact{ids.back(), Endpoint{static_cast<std::uint32_t>(i + 1), 1}}, TimePoint{});
+    }
+    std::vector<DhtId> held;
+    for (const auto& c : table.nearest(self, 100000)) held.push_back(c.id);
+    int yes = 0, no = 0;
+    for (int t = 0; t < 400; ++t) {
+      const DhtId target = t % 2 ? DhtId::random(rng) : DhtId::random_with_prefix(rng, self, 4 + t % 20);
+      const DhtId exclude = held[static_cast<std::size_t>(t) % held.size()];
+      const bool scan = table.any_nearer(target, self, exclude);
+      EXPECT_EQ(RoutingTable::any_in(target, self, table.nearer_mask(exclude)), scan) << size << " " << t;
+      (scan ? yes : no)++;
+    }
+    EXPECT_GT(yes, 0);
+    EXPECT_GT(no, 0);
+  }
+}
+
 TEST(RoutingTable, BucketCountsEqualBruteForceWithStrictSplitting) {
   // With b = 1 only the bucket holding our own id splits, so the bucket at depth d holds the
   // first k ids that share exactly d leading bits with us: countable by brute force.
@@ -541,6 +568,71 @@ TEST(DhtSwarm, StoreReplicatesToTheKNearestAndGetFindsIt) {
   // After expiration the value is gone everywhere.
   s.fake.net.run(11min);
   EXPECT_FALSE(s.run(s.nodes[7]->get("the-key")).found);
+}
+
+// A store's lookup hands small records along its FINDs: the k nearest hold the record as with
+// STOREs afterwards, the storer sends (almost) no STORE, fewer requests in all, and outcomes
+// (stale) are counted as a STORE's are. Records over the size limit go the old way.
+TEST(DhtSwarm, StoresTravelAlongTheLookupAndCountTheSame) {
+  auto requests = [](test::FakePeer& p) {
+    std::map<std::uint64_t, int> by_method;
+    for (const auto& [to, m] : p.sent) {
+      wire::Reader r(m.header);
+      if (r.u8() != 1) continue;  // a request
+      r.varint();                 // its id
+      ++by_method[r.varint()];
+    }
+    return by_method;
+  };
+  DhtConfig along = small_k(), separate = small_k();
+  along.k = separate.k = 8;
+  along.refresh_period = separate.refresh_period = Duration::zero();
+  along.replicate_period = separate.replicate_period = Duration::zero();
+  along.bucket_ip_limit = separate.bucket_ip_limit = 0;
+  separate.store_along_max_bytes = 0;
+  std::map<std::string, std::map<std::uint64_t, int>> sent;
+  for (const auto& [name, cfg] : {std::pair{"along", along}, std::pair{"separate", separate}}) {
+    DhtSwarm s(150, cfg);
+    s.join_all();
+    auto& storer = *s.nodes[7];
+    s.fake[7].sent.clear();
+    const TimePoint exp = s.fake.net.now() + 10min;
+    std::vector<std::size_t> replicas;
+    for (int i = 0; i < 20; ++i)
+      replicas.push_back(s.run(storer.store(rec("key" + std::to_string(i), "v", exp))).replicas);
+    sent[name] = requests(s.fake[7]);
+    for (int i = 0; i < 20; ++i) {
+      const std::string key = "key" + std::to_string(i);
+      // The 8 nearest of the others all hold it (and the storer, if it is among them).
+      std::vector<DhtId> others;
+      for (auto& id : s.ids())
+        if (id != storer.id()) others.push_back(id);
+      const auto nearest = brute_nearest(others, DhtId::of_key(key), 8);
+      std::size_t held = 0;
+      for (auto& n : s.nodes)
+        if (std::count(nearest.begin(), nearest.end(), n->id()) && !n->storage().get(DhtId::of_key(key), s.fake.net.now()).empty())
+          ++held;
+      EXPECT_EQ(held, 8u) << name << " " << key;
+      EXPECT_GE(replicas[static_cast<std::size_t>(i)], 8u) << name << " " << key;
+      EXPECT_TRUE(s.run(s.nodes[100]->get(key)).found) << name << " " << key;
+    }
+    // An older record: refused as stale by the holders, whichever way it went.
+    auto older = s.run(storer.store(rec("key3", "older", exp - 1min)));
+    EXPECT_EQ(older.replicas, 0u) << name;
+    EXPECT_GE(older.stale, 8u) << name;
+    // A record over the limit goes by STOREs after the lookup.
+    s.fake[7].sent.clear();
+    Record big = rec("big", std::string(2000, 'x'), exp);
+    EXPECT_GE(s.run(storer.store(big)).replicas, 8u) << name;
+    EXPECT_GE(requests(s.fake[7])[StoreRequest::kMethod], 8) << name;
+  }
+  const int store_along = sent["along"][StoreRequest::kMethod], store_separate = sent["separate"][StoreRequest::kMethod];
+  const int find_along = sent["along"][FindRequest::kMethod], find_separate = sent["separate"][FindRequest::kMethod];
+  EXPECT_EQ(store_separate, 20 * 8);
+  EXPECT_LE(store_along, 20);  // a STORE only to a final-nearest peer the lookup did not hand it to
+  EXPECT_LT(find_along + store_along, (find_separate + store_separate) * 7 / 10)
+      << "along: " << find_along << " finds, " << store_along << " stores; separate: " << find_separate << " finds, "
+      << store_separate << " stores";
 }
 
 TEST(DhtSwarm, DictionaryReadsReachTheNearestHoldersAndAreNotCached) {

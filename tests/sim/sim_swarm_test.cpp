@@ -651,8 +651,11 @@ TEST(SimBtard, BansEveryAttackerAndNoHonestPeer) {
   EXPECT_GT(clean.counter("btard.validations"), 0);
   // Without attackers the checks of CenteredClip's fixed point mostly agree. A check weighted
   // otherwise than the aggregate (committed weights against equal ones) disputed 1,570 parts in
-  // this run; weighted alike, 270 (members whose piece missed a reducer still announce a check).
-  EXPECT_LT(clean.counter("btard.disputes"), 400);
+  // this run; weighted alike, 400 (members whose piece missed a reducer still announce a check).
+  // The count follows the samples each step gathers: with DHT stores that take one lookup
+  // instead of a lookup and k more requests, steps end sooner with 25% fewer samples and the
+  // fixed point is looser: 290-470 over seeds 1-5, against 170-270 with the slower stores.
+  EXPECT_LT(clean.counter("btard.disputes"), 600);
   for (const RunInfo* x : {&f, &r}) {
     EXPECT_EQ(x->figures.at("btard_attackers"), 4);
     EXPECT_EQ(x->figures.at("btard_attackers_banned"), 4);  // by every honest trainer
@@ -728,12 +731,12 @@ TEST(SimTraining, PowerSgdSendsFewerBytesAndStillLearns) {
 // that comes back downloads the swarm's state before contributing again.
 TEST(SimTraining, RolesAndAPeerLeavingAndComingBack) {
   auto spec = spec_of(kTraining, {"peers=8", "training.client_fraction=0.125", "training.aux_fraction=0.125",
-                                  "training.target_batch=2048", "training.steps=12", "churn.model=trace",
+                                  "training.target_batch=2048", "training.steps=20", "churn.model=trace",
                                   "churn.trace=" + std::string(APIARY_SOURCE_DIR) + "/scenarios/traces/train-leave-join.trace",
                                   "dht.rpc_timeout=1s", "training.sender_timeout=2s", "training.reducer_timeout=4s"});
   Metrics m;
   const RunInfo info = sim::run_sim_swarm(spec, m);
-  EXPECT_EQ(info.figures.at("steps"), 12);
+  EXPECT_EQ(info.figures.at("steps"), 20);  // long enough that the peer comes back mid-run (at 75 s)
   EXPECT_GE(m.counter("optim.state_downloads"), 1) << "the peer that came back fetched the state";
   EXPECT_GE(m.counter("train.assists_ok"), 10) << "the auxiliary peer helped average";
   EXPECT_EQ(m.quantile("train.step.group", 1.0), 8);
