@@ -209,11 +209,18 @@ void DhtNode::learn(const Contact& c, bool newcomer) {
   // A peer new to us, or one that says it (re)joined lately (a restarted peer we still knew),
   // gets the records it should hold — at most once per replication period.
   if ((r.kind == RoutingTable::Added::kAdded || newcomer) && !cfg_.client_mode) {
-    auto it = handed_.find(c.id);
+    // Remembered by the id's first 64 bits (16 bytes a peer, in a sorted vector: a table's worth
+    // of peers at a million peers); two ids that share them share one entry.
+    const std::uint64_t tag = c.id.words()[0];
+    auto it = std::lower_bound(handed_.begin(), handed_.end(), tag, [](const auto& h, std::uint64_t t) { return h.first < t; });
     // (With replication off, still at most once per newcomer window, not on every message.)
     const Duration every = cfg_.replicate_period > Duration::zero() ? cfg_.replicate_period : kNewcomerWindow;
-    if (it == handed_.end() || rt_.now() - it->second > every) {
-      handed_[c.id] = rt_.now();
+    const bool known = it != handed_.end() && it->first == tag;
+    if (!known || rt_.now() - it->second > every) {
+      if (known)
+        it->second = rt_.now();
+      else
+        handed_.insert(it, {tag, rt_.now()});
       hand_over(c);
     }
   }

@@ -197,7 +197,7 @@ class DhtNode {
   // When each held record last arrived in a store: a record another peer pushed to us recently
   // need not be pushed again by us (Kademlia's replication optimisation).
   std::map<std::pair<std::string, std::optional<std::string>>, TimePoint> refreshed_;
-  std::map<DhtId, TimePoint> handed_;  // when we last handed records to a peer
+  std::vector<std::pair<std::uint64_t, TimePoint>> handed_;  // (id's first 64 bits, when we last handed it records), sorted
   TimePoint created_;
   // How long after (re)joining a node asks the peers it meets for the records it should hold.
   static constexpr Duration kNewcomerWindow = std::chrono::minutes(2);

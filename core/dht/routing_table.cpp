@@ -46,7 +46,7 @@ void RoutingTable::split(std::size_t index) {
   buckets_.insert(buckets_.begin() + static_cast<std::ptrdiff_t>(index) + 1, std::move(hi));
 }
 
-RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
+RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint) {
   if (c.id == self_) return {Added::kSelf, std::nullopt};
   for (;;) {
     const std::size_t i = bucket_of(c.id);
@@ -59,8 +59,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
       // with the same key) does not move it. A peer that restarts on a new port is found there
       // once its old endpoint has stopped answering.
       if (it->contact.endpoint != c.endpoint) return {Added::kRefused, std::nullopt};
-      Entry e = *it;
-      e.last_seen = now;
+      Entry e = *it;  // now the most recently seen: last in the bucket's order
       b.nodes.erase(it);
       b.nodes.push_back(e);
       return {Added::kUpdated, std::nullopt};
@@ -79,7 +78,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
         return {Added::kRefused, std::nullopt};
     }
     if (b.nodes.size() < k_) {
-      b.nodes.push_back(Entry{c, now});
+      b.nodes.push_back(Entry{c});
       auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
                             [&](const Entry& e) { return e.contact.id == c.id; });
       if (r != b.replacements.end()) b.replacements.erase(r);
@@ -88,7 +87,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
     auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
                           [&](const Entry& e) { return e.contact.id == c.id; });
     if (r != b.replacements.end()) b.replacements.erase(r);
-    b.replacements.push_back(Entry{c, now});
+    b.replacements.push_back(Entry{c});
     if (b.replacements.size() > k_) b.replacements.erase(b.replacements.begin());
     return {Added::kFull, b.nodes.front().contact};
   }
