@@ -1,5 +1,7 @@
 #include "sim/sim_network.hpp"
 
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
 #include <ns3/internet-stack-helper.h>
@@ -12,6 +14,11 @@ namespace apiary::sim {
 using namespace ns3;
 
 SimNetwork::SimNetwork(Stack stack) : stack_(stack) {
+  // A binary heap of events: the same order as ns-3's default (a std::map), 18-26% less host time
+  // per message from 10,000 to 100,000 peers (docs/results.md). NS_GLOBAL_VALUE may still
+  // choose another.
+  const char* globals = std::getenv("NS_GLOBAL_VALUE");
+  if (!globals || !std::strstr(globals, "SchedulerType")) Simulator::SetScheduler(ObjectFactory("ns3::PriorityQueueScheduler"));
   if (stack_ == Stack::kFull) {
     channel_ = CreateObject<DirectChannel>(kBaseIp);
   } else {

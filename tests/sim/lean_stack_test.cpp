@@ -92,7 +92,9 @@ TEST(LeanStack, LossDownHostsAndNatActAsOnTheFullStack) {
     const auto lean = deliveries(sim::Stack::kLean, plan);
     EXPECT_EQ(lean, full) << "loss " << plan.loss << " down " << plan.receiver_down_at_50ms << " nat " << plan.nat_on_receiver;
     EXPECT_LT(full.size(), 14u + (plan.loss > 0 ? 1u : 0u));
-    if (plan.receiver_down_at_50ms || plan.nat_on_receiver) EXPECT_LT(full.size(), 14u);
+    if (plan.receiver_down_at_50ms || plan.nat_on_receiver) {
+      EXPECT_LT(full.size(), 14u);
+    }
   }
 }
 
