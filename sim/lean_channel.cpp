@@ -57,6 +57,8 @@ SimRuntime* LeanChannel::find(const Endpoint& at) const {
 
 std::uint64_t LeanChannel::transmit(const Endpoint& from, const Endpoint& to, Message message) {
   const std::uint32_t src = host_of(from), dst = host_of(to);
+  // A host that is down sends nothing (on the full stack its device refuses the packets).
+  if (!model_.has_host(src) || !model_.up(src)) return SimRuntime::for_each_datagram(message, [](std::uint64_t) {});
   std::optional<Time> first;
   std::uint64_t first_bytes = 0;
   std::vector<std::pair<Time, std::uint64_t>> rest;

@@ -98,6 +98,30 @@ TEST(LeanStack, LossDownHostsAndNatActAsOnTheFullStack) {
   }
 }
 
+// A peer beside another on one host shares its link: while the host's own peer is down (its
+// link with it), the other's messages go nowhere, on either stack; back up, they arrive.
+TEST(LeanStack, APeerBesideADownHostSendsNothing) {
+  for (const auto stack : {sim::Stack::kFull, sim::Stack::kLean}) {
+    std::size_t got = 0;
+    {
+      sim::SimNetwork net(stack);
+      net.add_peer({});
+      net.add_peer({});
+      const std::size_t beside = net.add_peer_beside(0);
+      for (std::size_t i = 0; i < 3; ++i) net.set_up(i, true);
+      Recorder rec;
+      net.runtime(1).set_handler(&rec);
+      net.set_up(0, false);  // the host's link goes down with its own peer
+      ns3::Simulator::Schedule(ns3::Seconds(1), [&] { net.runtime(beside).send(net.endpoint(1), Message{Bytes(10, 1), {}}); });
+      ns3::Simulator::Schedule(ns3::Seconds(2), [&] { net.set_up(0, true); });
+      ns3::Simulator::Schedule(ns3::Seconds(3), [&] { net.runtime(beside).send(net.endpoint(1), Message{Bytes(10, 2), {}}); });
+      ns3::Simulator::Run();
+      got = rec.got.size();
+    }
+    EXPECT_EQ(got, 1u) << (stack == sim::Stack::kLean ? "lean" : "full");
+  }
+}
+
 TEST(LeanStack, OverLimitMessagesAreCountedAndDropped) {
   sim::SimNetwork net(sim::Stack::kLean);
   TransportLimits limits;
