@@ -163,14 +163,6 @@ std::vector<Contact> RoutingTable::nearest(const DhtId& target, std::size_t n,
   return out;
 }
 
-bool RoutingTable::any_nearer(const DhtId& target, const DhtId& than, const DhtId& exclude) const {
-  const DhtId bound = than ^ target;
-  for (const auto& b : buckets_)
-    for (const auto& e : b.nodes)
-      if (e.contact.id != exclude && (e.contact.id ^ target) < bound) return true;
-  return false;
-}
-
 bool RoutingTable::knows_nearer(const DhtId& target, std::size_t n) const {
   if (n == 0) return true;
   const DhtId bound = self_ ^ target;

@@ -52,14 +52,11 @@ class RoutingTable {
   bool contains(const DhtId& id) const;
   // Contacts in the bucket that covers id.
   std::size_t bucket_size(const DhtId& id) const { return buckets_[bucket_of(id)].nodes.size(); }
-  // True if some contact other than `exclude` is nearer to target than `than` is (a linear scan
-  // with an early exit; no sorting).
-  bool any_nearer(const DhtId& target, const DhtId& than, const DhtId& exclude) const;
-  // The same question asked of many targets, with `than` our own id: a contact x is nearer to t
-  // than we are exactly when t differs from our id at the first bit where x does (bit
-  // common_prefix(x, self)). The mask has that bit set for every contact but `exclude`, so
-  // any_nearer(t, self, exclude) == ((t ^ self) & mask) != 0: one pass over the table, then a
-  // few word operations per target.
+  // Whether some contact other than `exclude` is nearer to a target t than we are, asked of many
+  // targets: a contact x is nearer to t than we are exactly when t differs from our id at the
+  // first bit where x does (bit common_prefix(x, self)). The mask has that bit set for every
+  // contact but `exclude`, so the answer is any_in(t, self, mask), ((t ^ self) & mask) != 0: one
+  // pass over the table, then a few word operations per target.
   DhtId nearer_mask(const DhtId& exclude) const;
   // Whether the table holds at least n contacts nearer to `target` than we are.
   bool knows_nearer(const DhtId& target, std::size_t n) const;
