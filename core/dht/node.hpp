@@ -46,8 +46,11 @@ struct DhtConfig {
   // the key's k nearest known then, inside the FIND requests; only the final k nearest that were
   // not asked that way get a STORE. A store then costs about one lookup instead of a lookup and k
   // more requests; a few peers near the key but not among the final k get a copy too. Bigger
-  // records go only to the final k (each FIND would carry them). 0: always a lookup, then STOREs.
-  std::size_t store_along_max_bytes = 1024;
+  // records go only to the final k (each FIND would carry them). 0 (the default for now): a
+  // lookup, then STOREs. Off by default until its effect on live training is understood: with it
+  // on, stores end sooner, steps gather fewer samples, and a loaded live BTARD run banned its
+  // attackers later once (docs/results.md); the DHT benchmarks turn it on (1024).
+  std::size_t store_along_max_bytes = 0;
   Duration blacklist_base = std::chrono::seconds(5);
   Duration blacklist_max = std::chrono::minutes(5);
   Limits limits;

@@ -590,6 +590,7 @@ TEST(DhtSwarm, StoresTravelAlongTheLookupAndCountTheSame) {
   along.refresh_period = separate.refresh_period = Duration::zero();
   along.replicate_period = separate.replicate_period = Duration::zero();
   along.bucket_ip_limit = separate.bucket_ip_limit = 0;
+  along.store_along_max_bytes = 1024;
   separate.store_along_max_bytes = 0;
   std::map<std::string, std::map<std::uint64_t, int>> sent;
   for (const auto& [name, cfg] : {std::pair{"along", along}, std::pair{"separate", separate}}) {

@@ -651,10 +651,10 @@ TEST(SimBtard, BansEveryAttackerAndNoHonestPeer) {
   EXPECT_GT(clean.counter("btard.validations"), 0);
   // Without attackers the checks of CenteredClip's fixed point mostly agree. A check weighted
   // otherwise than the aggregate (committed weights against equal ones) disputed 1,570 parts in
-  // this run; weighted alike, 400 (members whose piece missed a reducer still announce a check).
-  // The count follows the samples each step gathers: with DHT stores that take one lookup
-  // instead of a lookup and k more requests, steps end sooner with 25% fewer samples and the
-  // fixed point is looser: 290-470 over seeds 1-5, against 170-270 with the slower stores.
+  // this run; weighted alike, 270 (members whose piece missed a reducer still announce a check).
+  // The count follows the samples each step gathers: with stores along lookups
+  // (dht.store_along), steps end sooner with 25% fewer samples and the fixed point is looser:
+  // 290-470 over seeds 1-5, against 170-270 without.
   EXPECT_LT(clean.counter("btard.disputes"), 600);
   for (const RunInfo* x : {&f, &r}) {
     EXPECT_EQ(x->figures.at("btard_attackers"), 4);
