@@ -262,6 +262,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     c.depth_modulo = static_cast<int>(s.get_int("dht.depth_modulo", c.depth_modulo, 1, 16));
     c.rpc_timeout = s.get_duration("dht.rpc_timeout", c.rpc_timeout);
     c.refresh_period = s.get_duration("dht.refresh", c.refresh_period);
+    c.lru_ping_after = s.get_duration("dht.lru_ping_after", c.lru_ping_after);
     c.replicate_period = s.get_duration("dht.replicate", c.replicate_period);
     auto& st = c.storage;
     st.max_records = static_cast<std::size_t>(s.get_int("dht.max_records", static_cast<std::int64_t>(st.max_records), 1, 100'000'000));

@@ -102,7 +102,7 @@ DhtNode::DhtNode(Runtime& rt, Rpc& rpc, DhtId self, DhtConfig config,
       self_(self),
       cfg_(config),
       validators_(std::move(validators)),
-      table_(self, config.k, config.depth_modulo, config.bucket_ip_limit, config.bucket_subnet_limit),
+      table_(self, config.k, config.depth_modulo, config.bucket_ip_limit, config.bucket_subnet_limit, config.lru_ping_after),
       storage_(config.storage),
       created_(rt.now()) {
   if (cfg_.client_mode) return;  // a client serves nothing
@@ -208,7 +208,8 @@ void DhtNode::learn(const Contact& c, bool newcomer) {
   blacklist_.erase(c.endpoint);
   // A peer new to us, or one that says it (re)joined lately (a restarted peer we still knew),
   // gets the records it should hold — at most once per replication period.
-  if ((r.kind == RoutingTable::Added::kAdded || newcomer) && !cfg_.client_mode) {
+  // (Nothing to remember while we hold no records: most peers of a big swarm, most of the time.)
+  if ((r.kind == RoutingTable::Added::kAdded || newcomer) && !cfg_.client_mode && storage_.size() > 0) {
     // Remembered by the id's first 64 bits (16 bytes a peer, in a sorted vector: a table's worth
     // of peers at a million peers); two ids that share them share one entry.
     const std::uint64_t tag = c.id.words()[0];
@@ -226,6 +227,7 @@ void DhtNode::learn(const Contact& c, bool newcomer) {
   }
   if (r.kind == RoutingTable::Added::kFull && r.ping_first && !checking_.count(r.ping_first->id)) {
     checking_.insert(r.ping_first->id);
+    rt_.observer.count("dht.lru_checks");
     scope_.spawn(check_lru(*r.ping_first));
   }
 }

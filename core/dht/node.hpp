@@ -29,6 +29,11 @@ struct DhtConfig {
   StorageLimits storage;  // size, quotas and the longest lifetime of what this node keeps
   Duration refresh_period = std::chrono::minutes(30);    // 0: no bucket refresh
   Duration replicate_period = std::chrono::minutes(10);  // 0: no replication/republish
+  // A full bucket pings its least-recently-seen contact before a newcomer may take its place only
+  // if that contact has not been heard from for this long (0: every time, as the Kademlia paper
+  // does). Each new contact met would otherwise cost a ping once buckets are full: at small k and
+  // many peers, most of a swarm's messages. The newcomer waits among the replacements.
+  Duration lru_ping_after = Duration::zero();
   std::size_t join_refresh_buckets = 160;  // buckets filled after joining (dht.join_refresh)
   std::size_t bucket_ip_limit = 2;  // contacts of one IP address per bucket (0: any; 127.0.0.1 exempt)
   // Contacts of one /24 per bucket (0: any; 127.0.0.1 exempt). Off by default: ns-3 numbers its

@@ -4,8 +4,14 @@
 
 namespace apiary::dht {
 
-RoutingTable::RoutingTable(DhtId self, std::size_t k, int depth_modulo, std::size_t per_ip, std::size_t per_subnet)
-    : self_(self), k_(k), depth_modulo_(depth_modulo), per_ip_(per_ip), per_subnet_(per_subnet) {
+RoutingTable::RoutingTable(DhtId self, std::size_t k, int depth_modulo, std::size_t per_ip, std::size_t per_subnet,
+                           Duration ping_after)
+    : self_(self),
+      k_(k),
+      depth_modulo_(depth_modulo),
+      per_ip_(per_ip),
+      per_subnet_(per_subnet),
+      ping_after_s_(std::chrono::duration_cast<std::chrono::seconds>(ping_after).count()) {
   buckets_.push_back(Bucket{});
 }
 
@@ -46,8 +52,9 @@ void RoutingTable::split(std::size_t index) {
   buckets_.insert(buckets_.begin() + static_cast<std::ptrdiff_t>(index) + 1, std::move(hi));
 }
 
-RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint) {
+RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
   if (c.id == self_) return {Added::kSelf, std::nullopt};
+  const std::int32_t now_s = seconds(now);
   for (;;) {
     const std::size_t i = bucket_of(c.id);
     Bucket& b = buckets_[i];
@@ -60,6 +67,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint) {
       // once its old endpoint has stopped answering.
       if (it->contact.endpoint != c.endpoint) return {Added::kRefused, std::nullopt};
       Entry e = *it;  // now the most recently seen: last in the bucket's order
+      e.seen_s = now_s;
       b.nodes.erase(it);
       b.nodes.push_back(e);
       return {Added::kUpdated, std::nullopt};
@@ -78,7 +86,7 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint) {
         return {Added::kRefused, std::nullopt};
     }
     if (b.nodes.size() < k_) {
-      b.nodes.push_back(Entry{c});
+      b.nodes.push_back(Entry{c, now_s});
       auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
                             [&](const Entry& e) { return e.contact.id == c.id; });
       if (r != b.replacements.end()) b.replacements.erase(r);
@@ -87,9 +95,11 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint) {
     auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
                           [&](const Entry& e) { return e.contact.id == c.id; });
     if (r != b.replacements.end()) b.replacements.erase(r);
-    b.replacements.push_back(Entry{c});
+    b.replacements.push_back(Entry{c, now_s});
     if (b.replacements.size() > k_) b.replacements.erase(b.replacements.begin());
-    return {Added::kFull, b.nodes.front().contact};
+    const Entry& lru = b.nodes.front();
+    if (now_s - std::int64_t{lru.seen_s} < ping_after_s_) return {Added::kFull, std::nullopt};  // heard lately: trusted
+    return {Added::kFull, lru.contact};
   }
 }
 
@@ -148,18 +158,35 @@ inline Dist distance(const DhtId& a, const DhtId& b) {
 
 std::vector<Contact> RoutingTable::nearest(const DhtId& target, std::size_t n,
                                            const std::optional<DhtId>& exclude) const {
-  std::vector<std::pair<Dist, const Contact*>> all;
-  all.reserve(size());
-  for (const auto& b : buckets_)
-    for (const auto& e : b.nodes)
-      if (!exclude || e.contact.id != *exclude) all.emplace_back(distance(e.contact.id, target), &e.contact);
-  const std::size_t m = std::min(n, all.size());
+  // Buckets are the leaves of a prefix tree: every id in one bucket is nearer to the target than
+  // every id in another exactly when the first bucket's prefix is nearer (the two prefixes differ
+  // at a bit both buckets fix). So whole buckets are taken in that order until n contacts are in
+  // hand, and only those are sorted: a few dozen prefix distances instead of one per contact.
+  thread_local std::vector<std::pair<Dist, std::size_t>> order;
+  thread_local std::vector<std::pair<Dist, const Contact*>> taken;
+  order.clear();
+  taken.clear();
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    const Bucket& b = buckets_[i];
+    if (b.nodes.empty()) continue;
+    DhtId d = b.prefix ^ target;  // the bits past the bucket's depth differ within it: cleared
+    auto byte = static_cast<std::size_t>(b.depth / 8);
+    if (b.depth % 8 != 0) d.b[byte++] &= static_cast<std::uint8_t>(0xFF00u >> (b.depth % 8));
+    for (; byte < DhtId::kBytes; ++byte) d.b[byte] = 0;
+    order.emplace_back(distance(d, DhtId{}), i);
+  }
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& [dist, i] : order) {
+    if (taken.size() >= n) break;
+    for (const auto& e : buckets_[i].nodes)
+      if (!exclude || e.contact.id != *exclude) taken.emplace_back(distance(e.contact.id, target), &e.contact);
+  }
+  const std::size_t m = std::min(n, taken.size());
   auto by_dist = [](const auto& a, const auto& b) { return a.first < b.first; };
-  if (m < all.size()) std::nth_element(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(m), all.end(), by_dist);
-  std::sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(m), by_dist);
+  std::partial_sort(taken.begin(), taken.begin() + static_cast<std::ptrdiff_t>(m), taken.end(), by_dist);
   std::vector<Contact> out;
   out.reserve(m);
-  for (std::size_t i = 0; i < m; ++i) out.push_back(*all[i].second);
+  for (std::size_t i = 0; i < m; ++i) out.push_back(*taken[i].second);
   return out;
 }
 

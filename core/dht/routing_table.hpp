@@ -2,8 +2,10 @@
 // Kademlia routing table: k-buckets over the 160-bit id space that split when they cover the
 // node's own id (or, as in relaxed Kademlia, while their depth is not a multiple of b), with
 // least-recently-seen order and a replacement list per bucket. A full bucket never evicts on its
-// own: add() names the least-recently-seen contact to ping, and only if that ping fails does
-// the owner call remove(), which promotes the freshest replacement.
+// own: add() names the least-recently-seen contact to ping when it has not been heard from for
+// `ping_after` (0: always, as in the Kademlia paper; BitTorrent's mainline DHT trusts a contact
+// heard within 15 minutes), and only if that ping fails does the owner call remove(), which
+// promotes the freshest replacement.
 // One endpoint holds one id, and one id one endpoint: a contact whose endpoint the table already
 // knows under another id, or whose id it knows at another endpoint, is refused (kRefused) until
 // that one leaves. A peer that answers from one address for many made-up
@@ -38,12 +40,13 @@ class RoutingTable {
   enum class Added { kAdded, kUpdated, kFull, kSelf, kRefused };
   struct AddResult {
     Added kind;
-    std::optional<Contact> ping_first;  // kFull: the least-recently-seen contact to check
+    std::optional<Contact> ping_first;  // kFull: the least-recently-seen contact to check, if not heard lately
   };
 
   // per_ip / per_subnet: at most that many contacts of one IPv4 address / one /24 per bucket (0:
   // any; 127.0.0.1 exempt), so that one host, or one rented range, cannot fill a bucket.
-  RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5, std::size_t per_ip = 0, std::size_t per_subnet = 0);
+  RoutingTable(DhtId self, std::size_t k = 20, int depth_modulo = 5, std::size_t per_ip = 0, std::size_t per_subnet = 0,
+               Duration ping_after = Duration::zero());
 
   // A contact was seen (it sent us a request or answered one).
   AddResult add(const Contact& c, TimePoint now);
@@ -83,9 +86,13 @@ class RoutingTable {
   std::vector<std::pair<int, std::size_t>> bucket_shape() const;
 
  private:
-  struct Entry {  // 28 bytes: a table of a few hundred contacts per peer, a million peers
+  struct Entry {  // 32 bytes: a table of a few hundred contacts per peer, a million peers
     Contact contact;
+    std::int32_t seen_s = 0;  // when last heard from, in whole seconds of the run's clock
   };
+  static std::int32_t seconds(TimePoint t) {
+    return static_cast<std::int32_t>(std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count());
+  }
   struct Bucket {
     DhtId prefix;
     int depth = 0;
@@ -105,6 +112,7 @@ class RoutingTable {
   int depth_modulo_;
   std::size_t per_ip_;
   std::size_t per_subnet_;
+  std::int64_t ping_after_s_;
   std::vector<Bucket> buckets_;  // ordered by prefix; together they cover the whole space
 };
 
