@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/runtime/flat_map.hpp"
+
 namespace apiary::dht {
 
 namespace {
@@ -66,9 +68,9 @@ std::string StoreResult::why_refused() const {
 struct DhtNode::Traversal {
   struct Key {
     DhtId target;
-    std::set<std::pair<DhtId, DhtId>> cands;  // (distance to target, id)
+    FlatSet<std::pair<DhtId, std::uint32_t>> cands;  // (distance to target, index in pool)
     std::vector<Record> records;
-    std::set<DhtId> holders;  // answered peers that returned a value
+    FlatSet<DhtId> holders;  // answered peers that returned a value
     int value_hop = 0;
     bool done = false;
     std::vector<std::size_t> store;  // a store's lookup: the records (in along->records) under this key
@@ -78,16 +80,25 @@ struct DhtNode::Traversal {
   bool fill_buckets = false;
   std::size_t min_holders = 1;
   std::vector<Key> keys;
-  std::map<DhtId, Candidate> contacts;
-  std::map<Endpoint, DhtId> endpoints;  // one candidate per endpoint: one peer cannot pose as many
+  // Sorted vectors, not trees: a lookup builds them up from a few dozen entries (a join's refresh
+  // of every far bucket, a few thousand) and drops them; see FlatMap on references.
+  std::vector<Candidate> pool;                // every candidate met, in that order
+  FlatMap<DhtId, std::uint32_t> contacts;    // id -> index in pool
+  FlatMap<Endpoint, DhtId> endpoints;
+  // The candidate's index in pool; a new one if the id is new.
+  std::uint32_t add(const Contact& c, int hop) {
+    auto [at, fresh] = contacts.try_emplace(c.id, static_cast<std::uint32_t>(pool.size()));
+    if (fresh) pool.push_back(Candidate{c, hop});
+    return at->second;
+  }  // one candidate per endpoint: one peer cannot pose as many
   int queried = 0;
   // Disjoint paths: which path each contact belongs to (shared by the paths of one lookup); a
   // contact another path holds is not taken, so no peer is asked by two paths.
   std::size_t path = 0;
-  std::map<DhtId, std::size_t>* owner = nullptr;
+  FlatMap<DhtId, std::size_t>* owner = nullptr;
   // Candidates taken per IP address and per /24, for each key (shared by the paths of one lookup).
   struct Addresses {
-    std::map<std::uint32_t, std::size_t> ip, subnet;
+    FlatMap<std::uint32_t, std::size_t> ip, subnet;
   };
   std::vector<Addresses> own_addresses;
   std::vector<Addresses>* addresses = &own_addresses;
@@ -314,8 +325,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
         if (blacklisted(c.endpoint)) continue;
         if (auto [at, fresh] = t.endpoints.try_emplace(c.endpoint, c.id); !fresh && at->second != c.id) continue;
         if (!take_address(t, t.keys.size(), c.endpoint)) continue;
-        t.contacts.try_emplace(c.id, Candidate{c, 1});
-        key.cands.insert({c.id ^ target, c.id});
+        key.cands.insert({c.id ^ target, t.add(c, 1)});
       }
       if (t.along)
         for (std::size_t r = 0; r < t.along->records->size(); ++r)
@@ -337,7 +347,7 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
   const std::size_t d = fill_buckets ? 1 : std::max<std::size_t>(1, cfg_.disjoint_paths);
   std::vector<Traversal*> paths;
   std::vector<std::unique_ptr<Traversal>> more;  // paths 0..d-1 when d > 1 (t only starts them)
-  std::map<DhtId, std::size_t> owner;
+  FlatMap<DhtId, std::size_t> owner;
   if (d == 1) {
     paths.push_back(&t);
   } else {
@@ -361,14 +371,13 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
     }
     std::size_t dealt = 0;
     for (std::size_t i = 0; i < t.keys.size(); ++i)
-      for (const auto& [dist, id] : t.keys[i].cands) {
-        auto [at, fresh] = owner.try_emplace(id, dealt % d);
+      for (const auto& [dist, index] : t.keys[i].cands) {
+        const Candidate& c = t.pool[index];
+        auto [at, fresh] = owner.try_emplace(c.contact.id, dealt % d);
         if (fresh) ++dealt;
         Traversal& tp = *paths[at->second];
-        tp.keys[i].cands.insert({dist, id});
-        const Candidate& c = t.contacts.at(id);
-        tp.contacts.try_emplace(id, c);
-        tp.endpoints.try_emplace(c.contact.endpoint, id);
+        tp.keys[i].cands.insert({dist, tp.add(c.contact, c.hop)});
+        tp.endpoints.try_emplace(c.contact.endpoint, c.contact.id);
       }
     // A path may know no peer at all for a key (fewer candidates than paths): nothing to do there.
     for (auto& tp : paths)
@@ -403,8 +412,8 @@ Task<std::map<DhtId, LookupResult>> DhtNode::lookup(std::vector<DhtId> targets, 
     for (auto& tp : paths) {
       Traversal::Key& key = tp->keys[i];
       res.queried += tp->queried;
-      for (const auto& [dist, id] : key.cands) {
-        const auto& c = tp->contacts.at(id);
+      for (const auto& [dist, index] : key.cands) {
+        const auto& c = tp->pool[index];
         if (c.state == Candidate::kAnswered) answered.push_back({dist, {c.contact, c.hop}});
       }
       for (auto& rec : key.records) {  // the latest record per subkey, across paths
@@ -463,8 +472,8 @@ bool DhtNode::values_done(const Traversal& t, std::size_t index) {
   if (!t.want_values || key.holders.size() < t.min_holders) return false;
   if (t.min_holders <= 1) return true;
   std::size_t seen = 0;
-  for (const auto& [dist, id] : key.cands) {
-    const auto& c = t.contacts.at(id);
+  for (const auto& [dist, at] : key.cands) {
+    const auto& c = t.pool[at];
     if (c.state == Candidate::kFailed) continue;
     if (c.state != Candidate::kAnswered) return false;
     if (++seen >= t.min_holders) return true;
@@ -474,9 +483,10 @@ bool DhtNode::values_done(const Traversal& t, std::size_t index) {
 
 bool DhtNode::among_nearest(const Traversal& t, std::size_t key, const DhtId& id) const {
   std::size_t seen = 0;
-  for (const auto& [dist, cand] : t.keys[key].cands) {
-    if (t.contacts.at(cand).state == Candidate::kFailed) continue;
-    if (cand == id) return true;
+  for (const auto& [dist, index] : t.keys[key].cands) {
+    const Candidate& c = t.pool[index];
+    if (c.state == Candidate::kFailed) continue;
+    if (c.contact.id == id) return true;
     if (++seen >= cfg_.k) return false;
   }
   return false;
@@ -484,18 +494,18 @@ bool DhtNode::among_nearest(const Traversal& t, std::size_t key, const DhtId& id
 
 Task<void> DhtNode::lookup_worker(Traversal& t) {
   for (;;) {
-    std::optional<DhtId> pick;
+    std::optional<std::uint32_t> pick;
     bool active = false;
     for (auto& key : t.keys) {
       if (key.done) continue;
       std::size_t seen = 0;
       bool inflight = false;
-      std::optional<DhtId> first_new;
-      for (const auto& [dist, id] : key.cands) {
-        const auto& c = t.contacts.at(id);
+      std::optional<std::uint32_t> first_new;
+      for (const auto& [dist, index] : key.cands) {
+        const auto& c = t.pool[index];
         if (c.state == Candidate::kFailed) continue;
         if (seen++ >= cfg_.k) break;
-        if (c.state == Candidate::kNew && !first_new) first_new = id;
+        if (c.state == Candidate::kNew && !first_new) first_new = index;
         if (c.state == Candidate::kInFlight) inflight = true;
       }
       if (!first_new && !inflight) {
@@ -513,7 +523,8 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
       co_await t.changed->wait();
       continue;
     }
-    Candidate& cand = t.contacts.at(*pick);
+    const std::uint32_t picked = *pick;
+    Candidate& cand = t.pool[picked];
     cand.state = Candidate::kInFlight;
     ++t.queried;
     const Contact contact = cand.contact;
@@ -522,7 +533,7 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
     std::vector<std::size_t> asked, handed;  // keys asked; records handed along (indices)
     for (std::size_t i = 0; i < t.keys.size() && req.keys.size() < cfg_.limits.max_keys_per_request; ++i) {
       auto& key = t.keys[i];
-      if (key.done || !key.cands.count({contact.id ^ key.target, contact.id})) continue;
+      if (key.done || !key.cands.count({contact.id ^ key.target, picked})) continue;
       req.keys.push_back(key.target);
       asked.push_back(i);
       if (key.store.empty() || !among_nearest(t, i, contact.id)) continue;
@@ -533,7 +544,7 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
       }
     }
     auto r = co_await rpc_.call<FindReply>(contact.endpoint, std::move(req), cfg_.rpc_timeout);
-    Candidate& c = t.contacts.at(contact.id);
+    Candidate& c = t.pool[picked];  // (taken again: the pool may have grown meanwhile)
     if (r.ok() && !handed.empty() && r->id == contact.id && r->stored.size() == handed.size()) {
       auto& got = t.along->answered[contact.id];
       for (std::size_t j = 0; j < handed.size(); ++j)
@@ -579,12 +590,13 @@ Task<void> DhtNode::lookup_worker(Traversal& t) {
             auto [at, fresh] = t.owner->try_emplace(n.id, t.path);
             if (!fresh && at->second != t.path) continue;
           }
-          if (!key.cands.count({n.id ^ key.target, n.id}) && !take_address(t, asked[j], n.endpoint)) {
+          const auto known = t.contacts.find(n.id);
+          const bool listed = known != t.contacts.end() && key.cands.count({n.id ^ key.target, known->second});
+          if (!listed && !take_address(t, asked[j], n.endpoint)) {
             rt_.observer.count("dht.candidates_refused.address_limit");
             continue;
           }
-          t.contacts.try_emplace(n.id, Candidate{n, hop + 1});
-          key.cands.insert({n.id ^ key.target, n.id});
+          key.cands.insert({n.id ^ key.target, t.add(n, hop + 1)});
           // Refresh: fill our bucket from what we hear, unless peers prove who they are: then a
           // contact is admitted only once it has answered itself (as it does when queried).
           if (t.fill_buckets && !rt_.transport.authenticates()) learn(n);

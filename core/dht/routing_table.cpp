@@ -140,47 +140,42 @@ std::optional<Contact> RoutingTable::find(const DhtId& id) const {
   return std::nullopt;
 }
 
-namespace {
-// An XOR distance as three native integers, compared lexicographically: much cheaper than
-// comparing 20-byte arrays in the hot path of every lookup and every find reply.
-struct Dist {
-  std::uint64_t hi, mid;
-  std::uint32_t lo;
-  bool operator<(const Dist& o) const {
-    return hi != o.hi ? hi < o.hi : mid != o.mid ? mid < o.mid : lo < o.lo;
+
+// Buckets are the leaves of a binary prefix tree, in id order: the buckets under one node of the
+// tree, at depth d, are a run of the vector, split where bit d of their prefixes turns to 1. Every
+// id under the child that agrees with the target at bit d is nearer to the target than every id
+// under the other child. So the tree is walked nearer child first, whole buckets are taken, and
+// the walk stops once n contacts are in hand: the rest are all farther. A lookup for a key
+// usually reads one to three buckets.
+void RoutingTable::take_nearest(const DhtId& target, std::size_t lo, std::size_t hi, int depth, std::size_t n,
+                                const std::optional<DhtId>& exclude, std::vector<std::pair<Dist3, const Contact*>>& taken) const {
+  while (lo < hi && taken.size() < n) {
+    if (hi - lo == 1) {
+      for (const auto& e : buckets_[lo].nodes)
+        if (!exclude || e.contact.id != *exclude) {
+          const auto w = (e.contact.id ^ target).words();
+          taken.emplace_back(Dist3{w[0], w[1], w[2]}, &e.contact);
+        }
+      return;
+    }
+    const auto first_one = std::partition_point(buckets_.begin() + static_cast<std::ptrdiff_t>(lo),
+                                                buckets_.begin() + static_cast<std::ptrdiff_t>(hi),
+                                                [&](const Bucket& b) { return !b.prefix.bit(depth); });
+    const auto mid = static_cast<std::size_t>(first_one - buckets_.begin());
+    if (mid != lo && mid != hi) {
+      const bool one = target.bit(depth);
+      take_nearest(target, one ? mid : lo, one ? hi : mid, depth + 1, n, exclude, taken);
+      (one ? hi : lo) = mid;  // then the farther child
+    }
+    ++depth;
   }
-};
-inline Dist distance(const DhtId& a, const DhtId& b) {
-  const auto w = (a ^ b).words();
-  return Dist{w[0], w[1], static_cast<std::uint32_t>(w[2])};
 }
-}  // namespace
 
 std::vector<Contact> RoutingTable::nearest(const DhtId& target, std::size_t n,
                                            const std::optional<DhtId>& exclude) const {
-  // Buckets are the leaves of a prefix tree: every id in one bucket is nearer to the target than
-  // every id in another exactly when the first bucket's prefix is nearer (the two prefixes differ
-  // at a bit both buckets fix). So whole buckets are taken in that order until n contacts are in
-  // hand, and only those are sorted: a few dozen prefix distances instead of one per contact.
-  thread_local std::vector<std::pair<Dist, std::size_t>> order;
-  thread_local std::vector<std::pair<Dist, const Contact*>> taken;
-  order.clear();
+  thread_local std::vector<std::pair<Dist3, const Contact*>> taken;
   taken.clear();
-  for (std::size_t i = 0; i < buckets_.size(); ++i) {
-    const Bucket& b = buckets_[i];
-    if (b.nodes.empty()) continue;
-    DhtId d = b.prefix ^ target;  // the bits past the bucket's depth differ within it: cleared
-    auto byte = static_cast<std::size_t>(b.depth / 8);
-    if (b.depth % 8 != 0) d.b[byte++] &= static_cast<std::uint8_t>(0xFF00u >> (b.depth % 8));
-    for (; byte < DhtId::kBytes; ++byte) d.b[byte] = 0;
-    order.emplace_back(distance(d, DhtId{}), i);
-  }
-  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (const auto& [dist, i] : order) {
-    if (taken.size() >= n) break;
-    for (const auto& e : buckets_[i].nodes)
-      if (!exclude || e.contact.id != *exclude) taken.emplace_back(distance(e.contact.id, target), &e.contact);
-  }
+  take_nearest(target, 0, buckets_.size(), 0, n, exclude, taken);
   const std::size_t m = std::min(n, taken.size());
   auto by_dist = [](const auto& a, const auto& b) { return a.first < b.first; };
   std::partial_sort(taken.begin(), taken.begin() + static_cast<std::ptrdiff_t>(m), taken.end(), by_dist);

@@ -101,6 +101,14 @@ class RoutingTable {
     TimePoint last_lookup{};
     bool covers(const DhtId& id) const { return prefix.common_prefix(id) >= depth; }
   };
+  // An XOR distance as three native integers, compared lexicographically: much cheaper than
+  // comparing 20-byte arrays in the hot path of every lookup and every find reply.
+  struct Dist3 {
+    std::uint64_t hi, mid, lo;
+    bool operator<(const Dist3& o) const { return hi != o.hi ? hi < o.hi : mid != o.mid ? mid < o.mid : lo < o.lo; }
+  };
+  void take_nearest(const DhtId& target, std::size_t lo, std::size_t hi, int depth, std::size_t n,
+                    const std::optional<DhtId>& exclude, std::vector<std::pair<Dist3, const Contact*>>& taken) const;
   std::size_t bucket_of(const DhtId& id) const;
   // Whether a contact other than `id` holds `endpoint` (a scan: tables hold a few hundred contacts).
   bool endpoint_taken(const Endpoint& endpoint, const DhtId& id) const;

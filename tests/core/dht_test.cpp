@@ -64,10 +64,17 @@ TEST(RoutingTable, MatchesBruteForceOnTenThousandIds) {
   EXPECT_EQ(held.size(), table.size());
   for (int t = 0; t < 50; ++t) {
     const DhtId target = DhtId::random(rng);
-    auto got = table.nearest(target, 20);
-    auto want = brute_nearest(held, target, 20);
-    ASSERT_EQ(got.size(), want.size());
-    for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].id, want[i]);
+    for (std::size_t n : {1, 7, 20, 64}) {
+      auto got = table.nearest(target, n);
+      auto want = brute_nearest(held, target, n);
+      ASSERT_EQ(got.size(), want.size());
+      for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].id, want[i]) << n;
+      // Without the nearest one: the next n.
+      got = table.nearest(target, n, want[0]);
+      auto next = brute_nearest(held, target, n + 1);
+      ASSERT_EQ(got.size(), n);
+      for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(got[i].id, next[i + 1]) << n;
+    }
   }
 }
 
