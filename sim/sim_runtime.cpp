@@ -131,45 +131,39 @@ void SimRuntime::send(const Endpoint& to, Message message) {
     return;
   }
   const std::uint32_t stream = next_stream_++;
-  const bool header_beside = message.header.size() > kInlineHeaderMax;
-  const bool payload_beside = message.payload.has_data();
-  std::uint8_t flags = (header_beside ? kHeaderBeside : 0) | (payload_beside ? kPayloadBeside : 0);
-  if (header_beside || payload_beside) {
+  const Split split(message);
+  std::uint8_t flags = (split.header_beside ? kHeaderBeside : 0) | (message.payload.has_data() ? kPayloadBeside : 0);
+  if (flags != 0) {
     Sidecar::Entry e;
-    if (header_beside) e.header = message.header;
+    if (split.header_beside) e.header = message.header;
     e.payload = message.payload;
     sidecar_->put(sidecar_key(local_, stream), std::move(e));
   }
-  // BEGIN datagram: real frame header, real message header (unless beside), first part of the
-  // rest. A header beside still costs its wire time: its bytes travel as virtual bytes ahead of the
-  // payload's, split into datagrams like them (one datagram holds at most 64 KiB).
-  const std::uint64_t header_len = message.header.size();
-  const std::uint64_t total = message.payload.size() + (header_beside ? header_len : 0);
-  const std::uint32_t real_header = header_beside ? 0 : static_cast<std::uint32_t>(header_len);
-  std::uint64_t first_part =
-      std::min<std::uint64_t>(total, kDatagramPayload > real_header ? kDatagramPayload - real_header : 0);
-  wire::FrameHeader fh{wire::FrameType::kBegin, flags, stream, 4 + real_header, total};
+  // BEGIN datagram: real frame header, real message header (unless beside), first part of the rest.
+  const auto real_header = static_cast<std::uint32_t>(split.real_header);
+  wire::FrameHeader fh{wire::FrameType::kBegin, flags, stream, 4 + real_header, split.total};
   auto head = wire::encode_frame_header(fh);
   Bytes buf(head.begin(), head.end());
   wire::Writer w(buf);
-  w.u32(static_cast<std::uint32_t>(header_len));
-  if (!header_beside) w.raw(message.header);
+  w.u32(static_cast<std::uint32_t>(split.header_len));
+  if (!split.header_beside) w.raw(message.header);
   Ptr<Packet> p = Create<Packet>(buf.data(), static_cast<std::uint32_t>(buf.size()));
-  if (first_part) p->AddAtEnd(Create<Packet>(static_cast<std::uint32_t>(first_part)));
+  if (split.first_part) p->AddAtEnd(Create<Packet>(static_cast<std::uint32_t>(split.first_part)));
   const InetSocketAddress dst(Ipv4Address(to.ip), to.port);
   socket_->SendTo(p, 0, dst);
-  std::uint64_t datagrams = 1;
-  for (std::uint64_t off = first_part; off < total; off += kDatagramPayload) {
-    const auto n = static_cast<std::uint32_t>(std::min<std::uint64_t>(kDatagramPayload, total - off));
+  const std::uint64_t datagrams = 1 + split.for_each_part([&](std::uint64_t off, std::uint64_t bytes) {
     auto ph = wire::encode_part_header(stream, off, 0);
     Ptr<Packet> part = Create<Packet>(ph.data(), static_cast<std::uint32_t>(ph.size()));
-    part->AddAtEnd(Create<Packet>(n));
+    part->AddAtEnd(Create<Packet>(static_cast<std::uint32_t>(bytes)));
     socket_->SendTo(part, 0, dst);
-    ++datagrams;
-  }
+  });
   observer_->count("transport.messages_sent");
   observer_->count("transport.datagrams_sent", static_cast<std::int64_t>(datagrams));
   observer_->count("transport.bytes_sent", static_cast<std::int64_t>(message.wire_size()));
+}
+
+void SimRuntime::resume_after_stall(std::function<void()> resume) {
+  Simulator::Schedule(stalled_until_ - Simulator::Now(), std::move(resume));
 }
 
 void SimRuntime::on_readable(Ptr<Socket> socket) {
@@ -182,10 +176,7 @@ void SimRuntime::on_readable(Ptr<Socket> socket) {
 }
 
 void SimRuntime::on_datagram_when_awake(const Endpoint& from, Ptr<Packet> packet) {
-  if (Simulator::Now() < stalled_until_) {  // frozen: handled when the stall ends, in arrival order
-    Simulator::Schedule(stalled_until_ - Simulator::Now(), &SimRuntime::on_datagram_when_awake, this, from, packet);
-    return;
-  }
+  if (stalled_now()) return resume_after_stall([this, from, packet] { on_datagram_when_awake(from, packet); });
   if (!socket_) return;  // it left meanwhile
   on_datagram(from, packet);
 }
@@ -264,11 +255,8 @@ void SimRuntime::deliver(const Endpoint& from, std::uint32_t stream, Incoming& i
 }
 
 void SimRuntime::receive_whole(const Endpoint& from, Message message) {
-  if (Simulator::Now() < stalled_until_) {  // frozen: handled when the stall ends, in arrival order
-    auto m = std::make_shared<Message>(std::move(message));
-    Simulator::Schedule(stalled_until_ - Simulator::Now(), [this, from, m] { receive_whole(from, std::move(*m)); });
-    return;
-  }
+  if (stalled_now())
+    return resume_after_stall([this, from, m = std::make_shared<Message>(std::move(message))] { receive_whole(from, std::move(*m)); });
   if (!open_) return;  // it left meanwhile
   // The limits the full stack's frame reader enforces, on the message as a whole.
   const char* bad = message.header.size() > limits_.max_header     ? "message header over limit"

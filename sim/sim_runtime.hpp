@@ -107,6 +107,11 @@ class SimRuntime final : public Clock, public Timers, public Transport {
     std::uint64_t received = 0;
     std::uint8_t flags = 0;
   };
+  struct Split;
+  // While the peer is frozen (stall_until): `resume` runs when the stall ends (events held back
+  // keep their arrival order). Callers: `if (stalled_now()) return resume_after_stall(...)`.
+  bool stalled_now() const { return ns3::Simulator::Now() < stalled_until_; }
+  void resume_after_stall(std::function<void()> resume);
   void on_readable(ns3::Ptr<ns3::Socket> socket);
   void arm(TimerId id, ns3::Time delay, std::function<void()> fn);
   void on_datagram_when_awake(const Endpoint& from, ns3::Ptr<ns3::Packet> packet);
@@ -136,19 +141,35 @@ class SimRuntime final : public Clock, public Timers, public Transport {
   std::map<Endpoint, std::map<std::uint32_t, Incoming>> incoming_;
 };
 
+// How the full stack cuts a message into datagrams. The BEGIN datagram carries the frame header,
+// the message header's length, the header itself unless it travels beside (then its bytes count
+// as virtual bytes ahead of the payload's), and the first `first_part` bytes of the rest; PART
+// datagrams carry up to kDatagramPayload bytes each from there on.
+struct SimRuntime::Split {
+  bool header_beside;
+  std::uint64_t header_len, total, real_header, first_part;
+  explicit Split(const Message& message)
+      : header_beside(message.header.size() > kInlineHeaderMax),
+        header_len(message.header.size()),
+        total(message.payload.size() + (header_beside ? header_len : 0)),
+        real_header(header_beside ? 0 : header_len),
+        first_part(std::min<std::uint64_t>(total, kDatagramPayload > real_header ? kDatagramPayload - real_header : 0)) {}
+  // part(offset, bytes) for each PART datagram, in order; returns how many.
+  template <typename F>
+  std::uint64_t for_each_part(F&& part) const {
+    std::uint64_t n = 0;
+    for (std::uint64_t off = first_part; off < total; off += kDatagramPayload, ++n)
+      part(off, std::min<std::uint64_t>(kDatagramPayload, total - off));
+    return n;
+  }
+};
+
 template <typename F>
 std::uint64_t SimRuntime::for_each_datagram(const Message& message, F&& each) {
-  const bool header_beside = message.header.size() > kInlineHeaderMax;
-  const std::uint64_t header_len = message.header.size();
-  const std::uint64_t total = message.payload.size() + (header_beside ? header_len : 0);
-  const std::uint64_t real_header = header_beside ? 0 : header_len;
-  const std::uint64_t first_part = std::min<std::uint64_t>(total, kDatagramPayload > real_header ? kDatagramPayload - real_header : 0);
+  const Split split(message);
   constexpr std::uint64_t kFrame = wire::kFrameHeaderSize;  // a BEGIN or PART frame's header
-  each(kIpUdpHeaders + kFrame + 4 + real_header + first_part);
-  std::uint64_t n = 1;
-  for (std::uint64_t off = first_part; off < total; off += kDatagramPayload, ++n)
-    each(kIpUdpHeaders + kFrame + std::min<std::uint64_t>(kDatagramPayload, total - off));
-  return n;
+  each(kIpUdpHeaders + kFrame + 4 + split.real_header + split.first_part);
+  return 1 + split.for_each_part([&](std::uint64_t, std::uint64_t bytes) { each(kIpUdpHeaders + kFrame + bytes); });
 }
 
 }  // namespace apiary::sim
