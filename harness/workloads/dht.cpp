@@ -124,6 +124,7 @@ class DhtWorkload final : public Workload {
       const auto st = node.table().stats();
       metrics.sample("dht.table.contacts", static_cast<double>(st.contacts));
       metrics.sample("dht.table.buckets", static_cast<double>(st.buckets));
+      metrics.sample("dht.table.replacements", static_cast<double>(st.replacements));
       std::vector<dht::DhtId> others;
       for (const auto& [id, j] : alive)
         if (j != idx) others.push_back(id);
