@@ -84,13 +84,13 @@ struct DhtNode::Traversal {
   // of every far bucket, a few thousand) and drops them; see FlatMap on references.
   std::vector<Candidate> pool;                // every candidate met, in that order
   FlatMap<DhtId, std::uint32_t> contacts;    // id -> index in pool
-  FlatMap<Endpoint, DhtId> endpoints;
+  FlatMap<Endpoint, DhtId> endpoints;  // one candidate per endpoint: one peer cannot pose as many
   // The candidate's index in pool; a new one if the id is new.
   std::uint32_t add(const Contact& c, int hop) {
     auto [at, fresh] = contacts.try_emplace(c.id, static_cast<std::uint32_t>(pool.size()));
     if (fresh) pool.push_back(Candidate{c, hop});
     return at->second;
-  }  // one candidate per endpoint: one peer cannot pose as many
+  }
   int queried = 0;
   // Disjoint paths: which path each contact belongs to (shared by the paths of one lookup); a
   // contact another path holds is not taken, so no peer is asked by two paths.
