@@ -27,14 +27,8 @@ class FlatMap {
   bool empty() const { return items_.empty(); }
   void clear() { items_.clear(); }
 
-  iterator find(const K& key) {
-    auto it = lower(key);
-    return it != items_.end() && !Less{}(key, it->first) ? it : items_.end();
-  }
-  const_iterator find(const K& key) const {
-    auto it = std::lower_bound(items_.begin(), items_.end(), key, [](const value_type& e, const K& k) { return Less{}(e.first, k); });
-    return it != items_.end() && !Less{}(key, it->first) ? it : items_.end();
-  }
+  iterator find(const K& key) { return found(items_, key); }
+  const_iterator find(const K& key) const { return found(items_, key); }
   std::size_t count(const K& key) const { return find(key) != end() ? 1 : 0; }
   V& at(const K& key) {
     auto it = find(key);
@@ -56,9 +50,16 @@ class FlatMap {
   V& operator[](const K& key) { return try_emplace(key).first->second; }
 
  private:
-  iterator lower(const K& key) {
-    return std::lower_bound(items_.begin(), items_.end(), key, [](const value_type& e, const K& k) { return Less{}(e.first, k); });
+  template <class Items>
+  static auto lower(Items& items, const K& key) {
+    return std::lower_bound(items.begin(), items.end(), key, [](const value_type& e, const K& k) { return Less{}(e.first, k); });
   }
+  template <class Items>
+  static auto found(Items& items, const K& key) {
+    auto it = lower(items, key);
+    return it != items.end() && !Less{}(key, it->first) ? it : items.end();
+  }
+  iterator lower(const K& key) { return lower(items_, key); }
   std::vector<value_type> items_;
 };
 
