@@ -85,16 +85,14 @@ RoutingTable::AddResult RoutingTable::add(const Contact& c, TimePoint now) {
       if (per_subnet_ > 0 && static_cast<std::size_t>(std::count_if(b.nodes.begin(), b.nodes.end(), same_subnet)) >= per_subnet_)
         return {Added::kRefused, std::nullopt};
     }
-    if (b.nodes.size() < k_) {
-      b.nodes.push_back(Entry{c, now_s});
-      auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
-                            [&](const Entry& e) { return e.contact.id == c.id; });
-      if (r != b.replacements.end()) b.replacements.erase(r);
-      return {Added::kAdded, std::nullopt};
-    }
+    // Out of the replacement list if it waited there: it goes into the bucket or back in as the freshest.
     auto r = std::find_if(b.replacements.begin(), b.replacements.end(),
                           [&](const Entry& e) { return e.contact.id == c.id; });
     if (r != b.replacements.end()) b.replacements.erase(r);
+    if (b.nodes.size() < k_) {
+      b.nodes.push_back(Entry{c, now_s});
+      return {Added::kAdded, std::nullopt};
+    }
     b.replacements.push_back(Entry{c, now_s});
     if (b.replacements.size() > k_) b.replacements.erase(b.replacements.begin());
     const Entry& lru = b.nodes.front();
