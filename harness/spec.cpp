@@ -171,6 +171,9 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     s.fail("network.proofs", "modelled proofs are for simulations: live peers sign their proofs");
   spec.lean_stack = s.get_string("network.stack", "full", {"full", "lean"}) == "lean";
   if (spec.lean_stack && spec.backend != "sim") s.fail("network.stack", "the network stack is chosen in ns-3 runs only");
+  spec.event_queue = s.get_string("network.event_queue", spec.event_queue, {"buckets", "heap", "map"});
+  if (s.has("network.event_queue") && spec.backend != "sim")
+    s.fail("network.event_queue", "the event queue is chosen in ns-3 runs only");
   if (!spec.auth.on && !spec.auth.swarm_secret.empty())
     s.fail("network.swarm_secret", "a swarm secret is checked by the handshake: set network.authenticate = true");
   auto window = [&](const std::string& name) -> std::optional<FaultWindow> {

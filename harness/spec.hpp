@@ -143,6 +143,9 @@ struct SwarmSpec {
   // network.stack (sim): "full", ns-3's node, IPv4 and UDP objects per peer; "lean", none of them,
   // the same link model (sim/sim_network.hpp).
   bool lean_stack = false;
+  // network.event_queue (sim): ns-3's pending events filed in time "buckets" (the default), in a
+  // binary "heap", or in ns-3's default "map"; all three run events in one order (one trace).
+  std::string event_queue = "buckets";
   NetworkFaults faults;                          // sim only
   AuthSpec auth;
   FaultPlan inject;  // seeded faults injected into the protocols' RPC (both worlds, in-process peers)

@@ -43,6 +43,11 @@ std::int64_t heap_bytes() {
 #endif
 }
 
+EventQueue event_queue(const std::string& name) {
+  if (name == "heap") return EventQueue::kHeap;
+  return name == "map" ? EventQueue::kMap : EventQueue::kBuckets;
+}
+
 void sim_log(void*, std::uint32_t peer, LogLevel level, std::string_view component, std::string_view msg) {
   print_log_line(Simulator::Now().GetSeconds(), peer, level, component, msg);
 }
@@ -53,7 +58,7 @@ void sim_log(void*, std::uint32_t peer, LogLevel level, std::string_view compone
 class SimHost final : public Host {
  public:
   SimHost(const SwarmSpec& spec, Metrics& metrics)
-      : spec_(spec), metrics_(metrics), net_(spec.lean_stack ? Stack::kLean : Stack::kFull) {
+      : spec_(spec), metrics_(metrics), net_(spec.lean_stack ? Stack::kLean : Stack::kFull, event_queue(spec.event_queue)) {
     if (spec_.latency_matrix) {
       const auto& matrix = *spec_.latency_matrix;
       const std::uint32_t base = SimNetwork::kBaseIp + 1;  // the first node's address

@@ -23,13 +23,18 @@
 namespace apiary::sim {
 
 enum class Stack { kFull, kLean };
+// ns-3's queue of pending events (every choice runs them in one order): time buckets
+// (sim/bucket_scheduler.hpp), a binary heap, or ns-3's default std::map.
+enum class EventQueue { kBuckets, kHeap, kMap };
 
 class SimNetwork {
  public:
   static constexpr std::uint32_t kBaseIp = 0x0a000000;  // 10.0.0.0/8
   static constexpr std::uint16_t kPort = 7000;
 
-  explicit SimNetwork(Stack stack = Stack::kFull);
+  // The event queue is ns-3's, for the whole process: NS_GLOBAL_VALUE's SchedulerType, if set,
+  // has the last word.
+  explicit SimNetwork(Stack stack = Stack::kFull, EventQueue queue = EventQueue::kBuckets);
   ~SimNetwork();
   SimNetwork(const SimNetwork&) = delete;
   SimNetwork& operator=(const SimNetwork&) = delete;
