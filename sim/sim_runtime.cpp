@@ -47,7 +47,7 @@ void Sidecar::sweep(std::int64_t now) {
 }
 
 SimRuntime::SimRuntime(Ptr<Node> node, Endpoint local, Sidecar& sidecar, TransportLimits limits)
-    : node_(node), local_(local), sidecar_(&sidecar), limits_(limits) {}
+    : local_(local), limits_(limits), node_(node), sidecar_(&sidecar) {}
 
 SimRuntime::SimRuntime(LeanChannel& channel, Endpoint local, TransportLimits limits)
     : lean_(&channel), local_(local), limits_(limits) {}
@@ -66,8 +66,10 @@ void SimRuntime::open() {
 }
 
 void SimRuntime::close() {
-  for (auto& [id, ev] : timers_) Simulator::Cancel(ev);
-  timers_.clear();
+  if (alarm_ns_ != kNoAlarm) Simulator::Cancel(alarm_);
+  alarm_ns_ = kNoAlarm;
+  timers_.clear();  // held timers (run_held) find nothing
+  due_.clear();
   incoming_.clear();
   open_ = false;
   if (socket_) {
@@ -96,28 +98,88 @@ Duration SimRuntime::frozen() const {
   return Duration(ns);
 }
 
+class SimRuntime::Dispatch {
+ public:
+  explicit Dispatch(SimRuntime& rt) : rt_(rt) { ++rt_.dispatching_; }
+  ~Dispatch() {
+    if (--rt_.dispatching_ == 0) rt_.set_alarm();
+  }
+  Dispatch(const Dispatch&) = delete;
+  Dispatch& operator=(const Dispatch&) = delete;
+
+ private:
+  SimRuntime& rt_;
+};
+
+namespace {
+// due_'s heap order: the timer due later (then the one scheduled later) sorts lower.
+template <class D>
+bool due_later(const D& a, const D& b) {
+  return a.at_ns != b.at_ns ? a.at_ns > b.at_ns : a.id > b.id;
+}
+}  // namespace
+
 TimerId SimRuntime::schedule(Duration delay, std::function<void()> fn) {
   const TimerId id = next_timer_++;
-  arm(id, NanoSeconds(std::max<std::int64_t>(0, delay.count())), std::move(fn));
+  const std::int64_t at = Simulator::Now().GetNanoSeconds() + std::max<std::int64_t>(0, delay.count());
+  timers_.try_emplace(id, std::move(fn));  // ids only grow: an append
+  due_.push_back({at, id});
+  std::push_heap(due_.begin(), due_.end(), due_later<Due>);
+  if (at < alarm_ns_ && dispatching_ == 0) set_alarm();
   return id;
 }
 
-void SimRuntime::arm(TimerId id, Time delay, std::function<void()> fn) {
-  timers_[id] = Simulator::Schedule(delay, [this, id, fn = std::move(fn)]() mutable {
-    if (Simulator::Now() < stalled_until_) {  // frozen: it fires when the stall ends
-      arm(id, stalled_until_ - Simulator::Now(), std::move(fn));
-      return;
+void SimRuntime::set_alarm() {
+  while (!due_.empty() && timers_.find(due_.front().id) == timers_.end()) {  // cancelled
+    std::pop_heap(due_.begin(), due_.end(), due_later<Due>);
+    due_.pop_back();
+  }
+  if (due_.empty() || due_.front().at_ns >= alarm_ns_) return;  // rings in time (or nothing to ring for)
+  if (alarm_ns_ != kNoAlarm) Simulator::Cancel(alarm_);
+  alarm_ns_ = due_.front().at_ns;
+  alarm_ = Simulator::Schedule(NanoSeconds(alarm_ns_) - Simulator::Now(), &SimRuntime::on_alarm, this);
+}
+
+void SimRuntime::on_alarm() {
+  alarm_ns_ = kNoAlarm;
+  Dispatch dispatch(*this);  // the alarm is set again after the timer's function (or now, if none runs)
+  while (!due_.empty()) {
+    const Due d = due_.front();
+    auto it = timers_.find(d.id);
+    if (it != timers_.end() && d.at_ns > Simulator::Now().GetNanoSeconds()) return;  // not yet
+    std::pop_heap(due_.begin(), due_.end(), due_later<Due>);
+    due_.pop_back();
+    if (it == timers_.end()) continue;  // cancelled
+    // One timer per ns-3 event, as if each had its own: the next one due now rings after the
+    // events already queued for this instant.
+    if (stalled_now()) {  // frozen: it runs when the stall ends, still cancellable until then
+      Simulator::Schedule(stalled_until_ - Simulator::Now(), &SimRuntime::run_held, this, d.id);
+      continue;
     }
-    timers_.erase(id);
+    auto fn = std::move(it->second);
+    timers_.erase(it);
     fn();
-  });
+    return;
+  }
+}
+
+void SimRuntime::run_held(TimerId id) {
+  auto it = timers_.find(id);
+  if (it == timers_.end()) return;  // cancelled meanwhile
+  if (stalled_now()) {  // the stall was made longer
+    Simulator::Schedule(stalled_until_ - Simulator::Now(), &SimRuntime::run_held, this, id);
+    return;
+  }
+  Dispatch dispatch(*this);
+  auto fn = std::move(it->second);
+  timers_.erase(it);
+  fn();
 }
 
 bool SimRuntime::cancel(TimerId id) {
   auto it = timers_.find(id);
   if (it == timers_.end()) return false;
-  Simulator::Cancel(it->second);
-  timers_.erase(it);
+  timers_.erase(it);  // its entry in due_ goes when it surfaces
   return true;
 }
 
@@ -275,10 +337,12 @@ void SimRuntime::hand_over(const Endpoint& from, Message msg) {
   if (receive_delay_) {
     auto m = std::make_shared<Message>(std::move(msg));
     Simulator::Schedule(NanoSeconds(std::max<std::int64_t>(0, receive_delay_().count())), [this, from, m] {
+      Dispatch dispatch(*this);
       if (handler_) handler_->on_message(from, std::move(*m));
     });
     return;
   }
+  Dispatch dispatch(*this);
   if (handler_) handler_->on_message(from, std::move(msg));
 }
 

@@ -48,6 +48,7 @@ class FlatMap {
     return {it, true};
   }
   V& operator[](const K& key) { return try_emplace(key).first->second; }
+  iterator erase(const_iterator it) { return items_.erase(it); }
 
  private:
   template <class Items>

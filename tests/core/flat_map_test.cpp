@@ -18,7 +18,7 @@ TEST(FlatMap, ActsAsStdMapUnderRandomOperations) {
   std::map<int, int> tree;
   for (int step = 0; step < 20000; ++step) {
     const int key = static_cast<int>(rng.uniform(0, 500));
-    switch (step % 4) {
+    switch (step % 5) {
       case 0: {
         auto [fi, fnew] = flat.try_emplace(key, step);
         auto [ti, tnew] = tree.try_emplace(key, step);
@@ -38,8 +38,18 @@ TEST(FlatMap, ActsAsStdMapUnderRandomOperations) {
         flat[key] += 1;
         tree[key] += 1;
         break;
-      default:
+      case 3:
         ASSERT_EQ(flat.find(key) == flat.end(), tree.find(key) == tree.end());
+        break;
+      default:
+        if (auto it = flat.find(key); it != flat.end()) {
+          auto next = flat.erase(it);
+          ASSERT_EQ(next == flat.end(), tree.upper_bound(key) == tree.end());
+          if (next != flat.end()) {
+            ASSERT_EQ(next->first, tree.upper_bound(key)->first);
+          }
+        }
+        tree.erase(key);
     }
   }
   ASSERT_EQ(flat.size(), tree.size());
