@@ -123,12 +123,12 @@ void check_output(const std::string& out, bool given, bool force) {
   fs::remove(probe, ec);
 }
 
-// A simulation of many peers spends much of its host time walking page tables: each message
-// touches two peers' state that neither a cache nor the TLB holds, and in a virtual machine each
-// miss walks two levels of tables. glibc backs its heap with transparent huge pages when told so
-// at start (the tunable glibc.malloc.hugetlb), so a simulation restarts itself once with it: at a
-// million peers 34% less host time per message here (docs/results.md), at 10,000 no change. A
-// GLIBC_TUNABLES that names glibc.malloc.hugetlb (=0: without) is left as it is.
+// A simulation of many peers spends much of its host time on memory the caches do not hold: each
+// message touches two peers' state, whose pages the TLB does not hold either (and in a virtual
+// machine a TLB miss walks two levels of tables). glibc backs its heap with transparent huge
+// pages when told so at start (the tunable glibc.malloc.hugetlb), so a simulation restarts itself
+// once with it: at a million peers 23-34% less host time per message here (docs/results.md), at
+// 10,000 no change. A GLIBC_TUNABLES that names glibc.malloc.hugetlb (=0: without) is left as is.
 void restart_with_huge_pages(char** argv) {
   if (!argv) return;
   const char* tunables = std::getenv("GLIBC_TUNABLES");
