@@ -111,27 +111,19 @@ class SimRuntime::Dispatch {
   SimRuntime& rt_;
 };
 
-namespace {
-// due_'s heap order: the timer due later (then the one scheduled later) sorts lower.
-template <class D>
-bool due_later(const D& a, const D& b) {
-  return a.at_ns != b.at_ns ? a.at_ns > b.at_ns : a.id > b.id;
-}
-}  // namespace
-
 TimerId SimRuntime::schedule(Duration delay, std::function<void()> fn) {
   const TimerId id = next_timer_++;
   const std::int64_t at = Simulator::Now().GetNanoSeconds() + std::max<std::int64_t>(0, delay.count());
   timers_.try_emplace(id, std::move(fn));  // ids only grow: an append
   due_.push_back({at, id});
-  std::push_heap(due_.begin(), due_.end(), due_later<Due>);
+  std::push_heap(due_.begin(), due_.end(), Due::later);
   if (at < alarm_ns_ && dispatching_ == 0) set_alarm();
   return id;
 }
 
 void SimRuntime::set_alarm() {
   while (!due_.empty() && timers_.find(due_.front().id) == timers_.end()) {  // cancelled
-    std::pop_heap(due_.begin(), due_.end(), due_later<Due>);
+    std::pop_heap(due_.begin(), due_.end(), Due::later);
     due_.pop_back();
   }
   if (due_.empty() || due_.front().at_ns >= alarm_ns_) return;  // rings in time (or nothing to ring for)
@@ -147,7 +139,7 @@ void SimRuntime::on_alarm() {
     const Due d = due_.front();
     auto it = timers_.find(d.id);
     if (it != timers_.end() && d.at_ns > Simulator::Now().GetNanoSeconds()) return;  // not yet
-    std::pop_heap(due_.begin(), due_.end(), due_later<Due>);
+    std::pop_heap(due_.begin(), due_.end(), Due::later);
     due_.pop_back();
     if (it == timers_.end()) continue;  // cancelled
     // One timer per ns-3 event, as if each had its own: the next one due now rings after the

@@ -120,6 +120,8 @@ class alignas(64) SimRuntime final : public Clock, public Timers, public Transpo
   struct Due {
     std::int64_t at_ns;
     TimerId id;
+    // due_'s heap order: the timer due later (then the one scheduled later) sorts lower.
+    static bool later(const Due& a, const Due& b) { return a.at_ns != b.at_ns ? a.at_ns > b.at_ns : a.id > b.id; }
   };
   class Dispatch;  // marks a handler of this peer running
   void set_alarm();
