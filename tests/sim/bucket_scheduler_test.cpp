@@ -11,6 +11,7 @@
 
 #include "sim/bucket_scheduler.hpp"
 #include "sim/sim_host.hpp"
+#include "tests/support/dht_churn_scenario.hpp"
 
 namespace apiary {
 namespace {
@@ -90,28 +91,7 @@ TEST(BucketScheduler, RunsEventsInTimeThenUidOrderUnderRandomOperations) {
 }
 
 TEST(BucketScheduler, ScenariosGiveTheSameTraceWithEveryEventQueue) {
-  auto scenario = Scenario::from_string(R"(
-peers = 120
-duration = "6min"
-seed = 3
-[network]
-stack = "lean"
-[churn]
-model = "weibull"
-mean_session = "3min"
-mean_downtime = "1min"
-[dht]
-k = 8
-join_window = "30s"
-replicate = "2min"
-refresh = "3min"
-[workload]
-kind = "dht"
-start = "1min"
-store_rate = "2/s"
-get_rate = "4/s"
-)", "dht.toml");
-  auto spec = parse_swarm_spec(scenario);
+  auto spec = test::dht_churn_spec({"seed=3", "duration=6min", "network.stack=lean"});
   std::map<std::string, std::uint64_t> hashes;
   for (const char* queue : {"buckets", "heap", "map"}) {
     spec.event_queue = queue;

@@ -7,6 +7,7 @@
 
 #include "analysis/h5/results_file.hpp"
 #include "sim/sim_host.hpp"
+#include "tests/support/dht_churn_scenario.hpp"
 
 namespace apiary {
 namespace {
@@ -77,27 +78,7 @@ TEST(Determinism, SameSeedSameTraceAndMetrics) {
 }
 
 TEST(Determinism, DhtScenarioIsReproducible) {
-  auto make = [](std::uint64_t seed) {
-    auto sc = Scenario::from_string(R"(
-peers = 120
-duration = "8min"
-[churn]
-model = "weibull"
-mean_session = "4min"
-mean_downtime = "1min"
-[dht]
-k = 8
-join_window = "30s"
-replicate = "2min"
-refresh = "3min"
-[workload]
-kind = "dht"
-start = "1min"
-store_rate = "2/s"
-get_rate = "4/s"
-)", "dht.toml", {"seed=" + std::to_string(seed)});
-    return parse_swarm_spec(sc);
-  };
+  auto make = [](std::uint64_t seed) { return test::dht_churn_spec({"seed=" + std::to_string(seed)}); };
   auto spec_a = make(5), spec_c = make(6);
   Metrics a, b, c;
   sim::run_sim_swarm(spec_a, a);
