@@ -84,8 +84,9 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     bool writing = false;
     bool connected = false;
     std::uint32_t next_stream = 1;
-    // Buffers of the write in flight.
+    // Buffers of the write in flight, and how many small messages it carries (whole).
     Bytes frame_prefix;
+    std::size_t small_in_write = 0;
     std::vector<asio::const_buffer> bufs;
   };
 
@@ -455,40 +456,74 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     if (c->connected) write_next(c);
   }
 
+  // Small messages leave several to a write: one system call, and (Nagle being off) one segment
+  // and one wake-up of the receiver, for what would be as many as there are messages. A DHT node
+  // under load often has a few requests or replies queued for one peer. Whole messages only, up
+  // to these bounds (a write of at most 3 * kCoalesceCount + 2 buffers stays one writev).
+  static constexpr std::size_t kCoalesceBytes = 64 * 1024;
+  static constexpr std::size_t kCoalesceCount = 16;
+
   void write_next(const std::shared_ptr<Connection>& c) {
     if (c->writing || !c->open || !c->connected) return;
     c->bufs.clear();
-    c->frame_prefix.clear();
+    Bytes& pre = c->frame_prefix;  // every frame prefix of this write; the buffers point into it
+    pre.clear();
     if (!c->hello.empty()) {
-      c->frame_prefix = std::move(c->hello);
-      c->hello.clear();
-      c->bufs.push_back(asio::buffer(c->frame_prefix));
-    } else if (!c->small.empty() || !c->bulk.empty()) {
-      auto& q = !c->small.empty() ? c->small : c->bulk;
-      OutMsg& m = q.front();
+      // Alone: the receiver must know who is speaking before it decodes the first message (its
+      // payload may go straight to memory lent for a reply from that peer).
+      pre.swap(c->hello);
+      c->bufs.push_back(asio::buffer(pre));
+      c->small_in_write = 0;
+      start_write(c);
+      return;
+    }
+    c->small_in_write = 0;
+    if (!c->small.empty()) {
+      // A small message fits one frame: it is written whole, never in parts.
+      std::array<std::size_t, kCoalesceCount + 1> cut{};  // where each message's prefix begins in `pre`
+      std::size_t n = 0, bytes = 0;
+      for (OutMsg& m : c->small) {
+        const std::size_t size = m.header.size() + m.payload.size();
+        if (n > 0 && (n == kCoalesceCount || bytes + size > kCoalesceBytes)) break;
+        bytes += size;
+        cut[n++] = pre.size();
+        const Bytes p = wire::encode_begin_prefix(m.stream, static_cast<std::uint32_t>(m.header.size()), m.payload.size(),
+                                                  m.payload.size());
+        pre.insert(pre.end(), p.begin(), p.end());
+      }
+      cut[n] = pre.size();
+      for (std::size_t i = 0; i < n; ++i) {  // `pre` is complete: its bytes stay where they are
+        OutMsg& m = c->small[i];
+        c->bufs.push_back(asio::buffer(pre.data() + cut[i], cut[i + 1] - cut[i]));
+        c->bufs.push_back(asio::buffer(m.header));
+        push_payload(*c, m, 0, m.payload.size());
+        m.begun = true;
+        m.offset = m.payload.size();
+      }
+      c->small_in_write = n;
+    } else if (!c->bulk.empty()) {
+      OutMsg& m = c->bulk.front();
       const std::uint64_t part = std::min<std::uint64_t>(wire::kPartSize, m.payload.size() - m.offset);
       if (!m.begun) {
-        c->frame_prefix = wire::encode_begin_prefix(m.stream, static_cast<std::uint32_t>(m.header.size()),
-                                                    m.payload.size(), part);
-        c->bufs.push_back(asio::buffer(c->frame_prefix));
-        c->bufs.push_back(asio::buffer(m.header));
-        m.begun = true;
+        pre = wire::encode_begin_prefix(m.stream, static_cast<std::uint32_t>(m.header.size()), m.payload.size(), part);
       } else {
-        auto ph = wire::encode_part_header(m.stream, m.offset, static_cast<std::uint32_t>(part));
-        c->frame_prefix.assign(ph.begin(), ph.end());
-        c->bufs.push_back(asio::buffer(c->frame_prefix));
+        const auto ph = wire::encode_part_header(m.stream, m.offset, static_cast<std::uint32_t>(part));
+        pre.assign(ph.begin(), ph.end());
       }
-      if (part) {
-        if (m.payload.has_data())
-          c->bufs.push_back(asio::buffer(m.payload.data().data() + m.offset, part));
-        else
-          c->bufs.push_back(asio::buffer(zeros().data(), part));
-      }
+      c->bufs.push_back(asio::buffer(pre));
+      if (!m.begun) c->bufs.push_back(asio::buffer(m.header));
+      m.begun = true;
+      push_payload(*c, m, m.offset, part);
       m.offset += part;
       // Keep the message alive until its bytes are written: the buffers point into it.
     } else {
       return;
     }
+    start_write(c);
+  }
+
+  void start_write(const std::shared_ptr<Connection>& c) {
+    observer->count("transport.writes");
     c->writing = true;
     asio::async_write(c->sock, c->bufs, [self = weak_from_this(), c](boost::system::error_code ec,
                                                                      std::size_t) {
@@ -505,23 +540,30 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     });
   }
 
-  // After a write completes: pop finished messages; rotate bulk streams for fairness.
-  void retire_written(Connection& c) {
-    auto retire = [](std::deque<OutMsg>& q, bool rotate) {
-      if (q.empty() || !q.front().begun) return;
-      OutMsg& m = q.front();
-      if (m.offset >= m.payload.size()) {
-        q.pop_front();
-      } else if (rotate && q.size() > 1) {
-        q.push_back(std::move(q.front()));
-        q.pop_front();
-      }
-    };
-    // Whatever was written came from the front of small (if begun) or bulk.
-    if (!c.small.empty() && c.small.front().begun)
-      retire(c.small, false);
+  // The buffer of `len` payload bytes from `from` (zeros for a payload that has only a size).
+  static void push_payload(Connection& c, const OutMsg& m, std::uint64_t from, std::uint64_t len) {
+    if (len == 0) return;
+    if (m.payload.has_data())
+      c.bufs.push_back(asio::buffer(m.payload.data().data() + from, len));
     else
-      retire(c.bulk, true);
+      c.bufs.push_back(asio::buffer(zeros().data(), len));
+  }
+
+  // After a write completes: pop the small messages it carried, or, if it carried a part of a bulk
+  // message, pop that message once finished and otherwise rotate bulk streams for fairness.
+  void retire_written(Connection& c) {
+    if (c.small_in_write > 0) {
+      c.small.erase(c.small.begin(), c.small.begin() + static_cast<std::ptrdiff_t>(c.small_in_write));
+      c.small_in_write = 0;
+      return;
+    }
+    if (c.bulk.empty() || !c.bulk.front().begun) return;
+    if (c.bulk.front().offset >= c.bulk.front().payload.size()) {
+      c.bulk.pop_front();
+    } else if (c.bulk.size() > 1) {
+      c.bulk.push_back(std::move(c.bulk.front()));
+      c.bulk.pop_front();
+    }
   }
 
   void close_all() {
