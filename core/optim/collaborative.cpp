@@ -170,9 +170,29 @@ Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_
 
 Task<Result<Group>> CollaborativeOptimizer::find_group(std::string key, const TensorSchema& schema, std::size_t peers) {
   auto& mm = matchmaker_.config();
+  mm.min_group_size = cfg_.matchmaking.min_group_size;
   if (cfg_.size_groups_by_progress)
     mm.target_group_size = std::clamp<std::size_t>(peers, cfg_.matchmaking.min_group_size, cfg_.matchmaking.target_group_size);
   Result<Group> g = co_await matchmaker_.find_group(std::move(key), schema, self());
+  co_return g;
+}
+
+Task<Result<Group>> CollaborativeOptimizer::find_step_group(const SwarmProgress& swarm, const TensorSchema& schema) {
+  const std::string key = cfg_.progress.prefix + ".step" + std::to_string(epoch_);
+  if (!btard_) co_return co_await find_group(key, schema, swarm.peers);
+  // BTARD outvotes attackers within a group (CenteredClip, validators, ban quorums): a group
+  // that is a part of the swarm may be half attackers, and trainers that step in a part of their
+  // own drift apart. So a step needs more than half of every trainer that reports progress (those
+  // behind included); a trainer left out catches up instead. Honest trainers, a majority, can
+  // always form one.
+  const std::size_t reporters = swarm.peers + swarm.behind;
+  const std::size_t need = std::min(reporters / 2 + 1, cfg_.matchmaking.target_group_size);
+  auto& mm = matchmaker_.config();
+  mm.min_group_size = std::max(cfg_.matchmaking.min_group_size, need);
+  mm.target_group_size = std::clamp<std::size_t>(reporters, mm.min_group_size, cfg_.matchmaking.target_group_size);
+  Result<Group> g = co_await matchmaker_.find_group(key, schema, self());
+  mm.min_group_size = cfg_.matchmaking.min_group_size;
+  if (!g.ok()) rt_.observer.count("optim.btard_no_majority_group");
   co_return g;
 }
 
@@ -224,7 +244,7 @@ Task<Result<StepReport>> CollaborativeOptimizer::step() {
   // 2. The step's group, and the mean gradient over the global batch.
   if (!cfg_.local_updates) {
     const TensorSchema& schema = powersgd_ ? powersgd_->first_schema() : schema_;
-    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema, swarm->peers);
+    Result<Group> group = co_await find_step_group(*swarm, schema);
     if (!group.ok()) co_return group.error();
     std::vector<float> mean(sum.size(), 0.0f);
     if (samples > 0)
@@ -330,7 +350,7 @@ Task<Result<StepReport>> CollaborativeOptimizer::assist() {
   rep.waited = t1 - t0;
   if (!cfg_.local_updates) {
     const TensorSchema& schema = powersgd_ ? powersgd_->first_schema() : schema_;
-    Result<Group> group = co_await find_group(cfg_.progress.prefix + ".step" + std::to_string(epoch_), schema, swarm->peers);
+    Result<Group> group = co_await find_step_group(*swarm, schema);
     if (!group.ok()) co_return group.error();
     rep.group = group->members.size();
     const Group members = *group;

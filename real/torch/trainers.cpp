@@ -385,6 +385,9 @@ int run_trainer(const TrainerOptions& o) {
         if (r.error().code == ErrorCode::kCancelled) {
           nlohmann::json caught = {{"event", "caught_up"}, {"epoch", collab->epoch()}};
           log.write(caught);
+        } else {
+          log.write(nlohmann::json{{"event", "step_failed"}, {"epoch", collab->epoch()}, {"why", r.error().describe()},
+                                   {"t", run.seconds()}});
         }
         continue;  // not ready yet (or caught up): compute on
       }

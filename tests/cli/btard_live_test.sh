@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Live BTARD end to end: six LibTorch trainer processes (apiary-train) on loopback, two of them
 # attackers; the honest ones find and ban them by recomputing their gradients.
-# Quarantined for now: it fails in about one run of six (docs/testing.md, "Quarantined").
 set -euo pipefail
 APIARY=$1
 work=$(mktemp -d)
