@@ -456,10 +456,10 @@ struct LiveRuntime::Impl : std::enable_shared_from_this<Impl> {
     if (c->connected) write_next(c);
   }
 
-  // Small messages leave several to a write: one system call, and (Nagle being off) one segment
-  // and one wake-up of the receiver, for what would be as many as there are messages. A DHT node
-  // under load often has a few requests or replies queued for one peer. Whole messages only, up
-  // to these bounds (a write of at most 3 * kCoalesceCount + 2 buffers stays one writev).
+  // Small messages queued for one peer leave several to a write: one system call, and (Nagle
+  // being off) one segment and one wake-up of the receiver, for a burst that would take one of
+  // each per message. Whole messages only, up to these bounds (at most 3 * kCoalesceCount
+  // buffers: one writev, under asio's 64).
   static constexpr std::size_t kCoalesceBytes = 64 * 1024;
   static constexpr std::size_t kCoalesceCount = 16;
 

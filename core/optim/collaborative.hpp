@@ -121,9 +121,10 @@ class CollaborativeOptimizer {
 
  private:
   Task<Result<SwarmProgress>> wait_for_target(std::uint64_t samples);
-  // A group sized to the `peers` on the epoch; under BTARD (`step_group`) one of more than half of
-  // every trainer that reports progress, or none.
+  // A group under `key`, sized to the `peers` on the epoch.
   Task<Result<averaging::Group>> find_group(std::string key, const averaging::TensorSchema& schema, std::size_t peers);
+  // The step's group: as find_group, but under BTARD one of more than half of every trainer that
+  // reports progress, or none.
   Task<Result<averaging::Group>> find_step_group(const SwarmProgress& swarm, const averaging::TensorSchema& schema);
   Task<Result<averaging::AllReduceReport>> average_state(std::size_t peers);
   averaging::TensorSchema state_schema() const;
