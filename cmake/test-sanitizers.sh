@@ -14,7 +14,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$PWD/cmake/lsan.supp
 # One test is left to the plain build: it takes every file descriptor of its process for a moment,
 # and the sanitizers' own checks need descriptors (UBSan then reports a false "invalid vptr").
-ctest --test-dir build-asan --output-on-failure -j"${JOBS:-2}" --timeout 600 -LE quarantine \
+ctest --test-dir build-asan --output-on-failure -j"${JOBS:-2}" --timeout 600 \
   -E "${APIARY_ASAN_EXCLUDE:-^LiveLimits.AcceptErrorsBackOffInsteadOfSpinning$}"
 # The Python package's tests on the instrumented module: the interpreter is not instrumented, so
 # the sanitizers' runtimes are preloaded (into the test's child processes too); leaks are not

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake/bootstrap.sh
-ctest --test-dir build --output-on-failure -j"${JOBS:-2}" --timeout 300 -LE quarantine
+ctest --test-dir build --output-on-failure -j"${JOBS:-2}" --timeout 300
 /usr/bin/python3 -m pytest -q tests/python

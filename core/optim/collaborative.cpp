@@ -168,30 +168,28 @@ Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_
   }
 }
 
-Task<Result<Group>> CollaborativeOptimizer::find_group(std::string key, const TensorSchema& schema, std::size_t peers) {
+Task<Result<Group>> CollaborativeOptimizer::find_group(std::string key, const TensorSchema& schema, std::size_t peers,
+                                                      std::size_t at_least) {
+  // Set in full every time: no call's sizes carry over to the next.
   auto& mm = matchmaker_.config();
-  mm.min_group_size = cfg_.matchmaking.min_group_size;
-  if (cfg_.size_groups_by_progress)
-    mm.target_group_size = std::clamp<std::size_t>(peers, cfg_.matchmaking.min_group_size, cfg_.matchmaking.target_group_size);
+  mm.min_group_size = std::clamp(at_least, cfg_.matchmaking.min_group_size, cfg_.matchmaking.target_group_size);
+  mm.target_group_size = cfg_.size_groups_by_progress || at_least > 0
+                             ? std::clamp<std::size_t>(peers, mm.min_group_size, cfg_.matchmaking.target_group_size)
+                             : cfg_.matchmaking.target_group_size;
   Result<Group> g = co_await matchmaker_.find_group(std::move(key), schema, self());
   co_return g;
 }
 
 Task<Result<Group>> CollaborativeOptimizer::find_step_group(const SwarmProgress& swarm, const TensorSchema& schema) {
-  const std::string key = cfg_.progress.prefix + ".step" + std::to_string(epoch_);
-  if (!btard_) co_return co_await find_group(key, schema, swarm.peers);
+  std::string key = cfg_.progress.prefix + ".step" + std::to_string(epoch_);
+  if (!btard_) co_return co_await find_group(std::move(key), schema, swarm.peers);
   // BTARD outvotes attackers within a group (CenteredClip, validators, ban quorums): a group
   // that is a part of the swarm may be half attackers, and trainers that step in a part of their
   // own drift apart. So a step needs more than half of every trainer that reports progress (those
   // behind included); a trainer left out catches up instead. Honest trainers, a majority, can
   // always form one.
   const std::size_t reporters = swarm.peers + swarm.behind;
-  const std::size_t need = std::min(reporters / 2 + 1, cfg_.matchmaking.target_group_size);
-  auto& mm = matchmaker_.config();
-  mm.min_group_size = std::max(cfg_.matchmaking.min_group_size, need);
-  mm.target_group_size = std::clamp<std::size_t>(reporters, mm.min_group_size, cfg_.matchmaking.target_group_size);
-  Result<Group> g = co_await matchmaker_.find_group(key, schema, self());
-  mm.min_group_size = cfg_.matchmaking.min_group_size;
+  Result<Group> g = co_await find_group(std::move(key), schema, reporters, reporters / 2 + 1);
   if (!g.ok()) rt_.observer.count("optim.btard_no_majority_group");
   co_return g;
 }

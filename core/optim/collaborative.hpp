@@ -121,8 +121,10 @@ class CollaborativeOptimizer {
 
  private:
   Task<Result<SwarmProgress>> wait_for_target(std::uint64_t samples);
-  // A group under `key`, sized to the `peers` on the epoch.
-  Task<Result<averaging::Group>> find_group(std::string key, const averaging::TensorSchema& schema, std::size_t peers);
+  // A group under `key`, sized to the `peers` on the epoch; with `at_least`, of at least that many
+  // (and sized to `peers` whether or not groups are sized by progress).
+  Task<Result<averaging::Group>> find_group(std::string key, const averaging::TensorSchema& schema, std::size_t peers,
+                                            std::size_t at_least = 0);
   // The step's group: as find_group, but under BTARD one of more than half of every trainer that
   // reports progress, or none.
   Task<Result<averaging::Group>> find_step_group(const SwarmProgress& swarm, const averaging::TensorSchema& schema);
