@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   for (auto* c : {trainer, baseline}) {
     apiary::real::add_fields(c, o);
     c->get_option("--role")->check(CLI::IsMember({"full", "client", "aux"}));
+    c->get_option("--parts")->check(CLI::IsMember({"minmax", "proportional"}));
+    c->get_option("--codec")->check(CLI::IsMember({"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"}));
   }
   for (auto* c : {server, dtrainer, dbase}) {
     apiary::real::add_fields(c, d);

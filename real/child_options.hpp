@@ -32,7 +32,19 @@ struct TrainerOptions {
   std::uint32_t eval_every = 20;    // epochs
   double delay_ms = 0;              // emulated one-way latency on every received message
   double samples_per_second = 0;    // the device's speed: a batch takes at least B / speed (0: as fast as it runs)
-  std::uint32_t budget_ms = 3000;   // matchmaking budget
+  // Matchmaking, all-reduce and stepping: the scenario's training.* keys (harness/workloads/
+  // training.cpp gives a trainer process these defaults when the scenario sets none).
+  std::uint32_t target_group_size = 64;  // sized down to the trainers that report progress
+  std::uint32_t min_group_size = 1;
+  double budget_ms = 3000;          // matchmaking budget
+  double poll_ms = 50;              // matchmaking: re-read the group key this often
+  double progress_ms = 100;         // publish this trainer's progress and read the swarm's this often
+  double max_wait_ms = 2000;        // a step waits this long for the swarm's target batch
+  std::uint64_t min_part = 1024;    // all-reduce: a reducer gets at least this many values
+  std::string parts = "minmax";     // all-reduce: minmax | proportional
+  double sender_timeout_ms = 3000, reducer_timeout_ms = 6000;
+  std::string codec = "float32";    // all-reduce wire codec (core/compression/codecs.hpp)
+  std::uint64_t codec_min_elements = 0;
   std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
   std::string out;                  // JSON lines
   std::string ready_file;           // "<endpoint>\n" once listening
@@ -50,6 +62,7 @@ struct TrainerOptions {
   std::uint32_t btard_validators = 2;
   std::uint32_t btard_ban_quorum = 2;
   bool btard_false_accusations = false;  // an attacker also accuses whoever it validates
+  double btard_check_tolerance = 1e-2, btard_recompute_tolerance = 1e-3, btard_phase_timeout_ms = 5000;
   std::string device = "cpu";  // where the model and data live: cpu, cuda, cuda:N
 };
 
@@ -76,7 +89,18 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--eval-every", o.eval_every, "evaluate every N steps (0: only at the end)");
   v("--delay-ms", o.delay_ms, "emulated one-way latency on every received message");
   v("--samples-per-second", o.samples_per_second, "emulated device speed (0: unthrottled)");
+  v("--target-group-size", o.target_group_size, "matchmaking: the group size aimed at (sized down to the reporting trainers)");
+  v("--min-group-size", o.min_group_size, "matchmaking: the smallest group a step may take");
   v("--budget-ms", o.budget_ms, "matchmaking budget");
+  v("--poll-ms", o.poll_ms, "matchmaking: re-read the group key this often");
+  v("--progress-ms", o.progress_ms, "publish progress and read the swarm's this often");
+  v("--max-wait-ms", o.max_wait_ms, "a step waits this long for the swarm's target batch, then computes on");
+  v("--min-part", o.min_part, "all-reduce: a reducer gets at least this many values, or none");
+  v("--parts", o.parts, "all-reduce: minmax or proportional");
+  v("--sender-timeout-ms", o.sender_timeout_ms, "all-reduce: a reducer leaves out senders silent this long");
+  v("--reducer-timeout-ms", o.reducer_timeout_ms, "all-reduce: a sender keeps its values for a part whose reducer is silent this long");
+  v("--codec", o.codec, "all-reduce wire codec: float32, float16, scaled-float16, uniform8, quantile8 or blockwise8");
+  v("--codec-min-elements", o.codec_min_elements, "all-reduce: tensors smaller than this travel as float32");
   v("--dataset-dir", o.dataset_dir, "Fashion-MNIST IDX files");
   v("--out", o.out, "JSON lines output");
   v("--ready-file", o.ready_file, "written once listening");
@@ -94,6 +118,9 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--btard-validators", o.btard_validators, "BTARD: members that recompute another's gradient, per step");
   v("--btard-ban-quorum", o.btard_ban_quorum, "BTARD: reporters that make a ban read from the DHT hold");
   v("--btard-false-accusations", o.btard_false_accusations, "BTARD: as an attacker, also accuse whoever it validates");
+  v("--btard-check-tolerance", o.btard_check_tolerance, "BTARD: an aggregate's relative check tolerance");
+  v("--btard-recompute-tolerance", o.btard_recompute_tolerance, "BTARD: a recomputed gradient's relative tolerance");
+  v("--btard-phase-timeout-ms", o.btard_phase_timeout_ms, "BTARD: wait this long for commits, reveals and checks");
   v("--device", o.device, "where the model and data live: cpu, cuda or cuda:N");
 }
 

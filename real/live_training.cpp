@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <boost/asio.hpp>
 
+#include "core/compression/codecs.hpp"
 #include "harness/churn.hpp"
 #include "harness/fault_schedule.hpp"
 #include "harness/workloads/training.hpp"
@@ -82,6 +83,57 @@ void btard_figures(const std::vector<Incarnation>& incs, const std::vector<bool>
 
 }  // namespace
 
+TrainerOptions trainer_options(const SwarmSpec& spec) {
+  const auto& t = spec.workload_config<TrainingWorkloadSpec>();
+  auto ms = [](Duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  TrainerOptions o;
+  o.seed = spec.seed;
+  o.steps = t.steps;
+  o.target_batch = t.target_batch;
+  o.batch_size = t.batch_size;
+  o.hidden = t.hidden;
+  o.learning_rate = t.learning_rate;
+  o.momentum = t.momentum;
+  o.train_samples = t.train_samples;
+  o.eval_samples = t.eval_samples;
+  o.eval_every = t.eval_every;
+  o.dataset_dir = t.dataset_dir;
+  o.device = t.device;
+  o.mode = t.mode;
+  o.inner_steps = static_cast<std::uint32_t>(t.inner_steps);
+  o.outer_lr = t.outer_lr;
+  o.outer_momentum = t.outer_momentum;
+  o.aggregation = averaging::to_string(t.allreduce.aggregation.rule);
+  o.clip_tau = t.allreduce.aggregation.tau;
+  o.clip_iterations = t.allreduce.aggregation.iterations;
+  o.powersgd_rank = t.powersgd_rank;
+  o.attack_from_step = t.attack.from_step;
+  o.attack_every = t.attack.every;
+  o.attack_scale = t.attack.scale;
+  o.attack_delay = t.attack.delay;
+  o.btard = t.btard.enabled;
+  o.btard_validators = t.btard.validators;
+  o.btard_ban_quorum = static_cast<std::uint32_t>(t.btard.ban_quorum);
+  o.btard_check_tolerance = t.btard.check_tolerance;
+  o.btard_recompute_tolerance = t.btard.recompute_tolerance;
+  o.btard_phase_timeout_ms = ms(t.btard.phase_timeout);
+  const auto& m = t.matchmaking;
+  o.target_group_size = static_cast<std::uint32_t>(m.target_group_size);
+  o.min_group_size = static_cast<std::uint32_t>(m.min_group_size);
+  o.budget_ms = ms(m.budget);
+  o.poll_ms = ms(m.poll);
+  o.progress_ms = ms(t.progress_period);
+  o.max_wait_ms = ms(t.max_wait);
+  const auto& r = t.allreduce;
+  o.min_part = r.min_part;
+  o.parts = averaging::to_string(r.parts);
+  o.sender_timeout_ms = ms(r.sender_timeout);
+  o.reducer_timeout_ms = ms(r.reducer_timeout);
+  o.codec = compression::to_string(r.codec.codec);
+  o.codec_min_elements = r.codec.min_elements;
+  return o;
+}
+
 RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress) {
   const auto& t = spec.workload_config<TrainingWorkloadSpec>();
   const std::string program = sibling_program("apiary-train", "built with LibTorch, APIARY_WITH_TORCH=ON");
@@ -95,34 +147,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
 
   // Every trainer process's options, and the baseline's: one typed struct, serialised for the
   // child by real/child_options.hpp.
-  TrainerOptions base;
-  base.seed = spec.seed;
-  base.steps = t.steps;
-  base.target_batch = t.target_batch;
-  base.batch_size = t.batch_size;
-  base.hidden = t.hidden;
-  base.learning_rate = t.learning_rate;
-  base.momentum = t.momentum;
-  base.train_samples = t.train_samples;
-  base.eval_samples = t.eval_samples;
-  base.eval_every = t.eval_every;
-  base.dataset_dir = t.dataset_dir;
-  base.device = t.device;
-  base.mode = t.mode;
-  base.inner_steps = static_cast<std::uint32_t>(t.inner_steps);
-  base.outer_lr = t.outer_lr;
-  base.outer_momentum = t.outer_momentum;
-  base.aggregation = averaging::to_string(t.allreduce.aggregation.rule);
-  base.clip_tau = t.allreduce.aggregation.tau;
-  base.clip_iterations = t.allreduce.aggregation.iterations;
-  base.powersgd_rank = t.powersgd_rank;
-  base.attack_from_step = t.attack.from_step;
-  base.attack_every = t.attack.every;
-  base.attack_scale = t.attack.scale;
-  base.attack_delay = t.attack.delay;
-  base.btard = t.btard.enabled;
-  base.btard_validators = t.btard.validators;
-  base.btard_ban_quorum = static_cast<std::uint32_t>(t.btard.ban_quorum);
+  const TrainerOptions base = trainer_options(spec);
   const std::vector<bool> attackers = training_attackers(spec);
   const std::vector<double> speeds = device_speeds(spec);
   const std::vector<averaging::MemberKind> roles = training_roles(spec);

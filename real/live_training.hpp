@@ -9,8 +9,13 @@
 // baseline's. No LibTorch here: the trainers are separate processes.
 #include "core/runtime/metrics.hpp"
 #include "harness/spec.hpp"
+#include "real/child_options.hpp"
 
 namespace apiary::real {
+
+// The options every trainer process of the scenario's swarm shares (its index, role, attack and
+// endpoints are set per process): the same training.* keys the ns-3 trainers read.
+TrainerOptions trainer_options(const SwarmSpec& spec);
 
 RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const ProgressFn& progress);
 

@@ -23,6 +23,12 @@ const char* to_string(Codec c) {
   return "?";
 }
 
+std::optional<Codec> codec_from_string(std::string_view name) {
+  for (int c = 0; c <= static_cast<int>(Codec::kBlockwise8); ++c)
+    if (name == to_string(static_cast<Codec>(c))) return static_cast<Codec>(c);
+  return std::nullopt;
+}
+
 std::uint16_t float_to_half(float f) {
   std::uint32_t x;
   std::memcpy(&x, &f, 4);

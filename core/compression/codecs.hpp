@@ -12,7 +12,9 @@
 // Decoding checks sizes and headers: a truncated or oversized buffer is a DecodeError.
 #include <bit>
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "core/runtime/payload.hpp"
@@ -30,6 +32,8 @@ enum class Codec : std::uint8_t {
 };
 
 const char* to_string(Codec c);
+// The codec with that name (as to_string writes it), or none.
+std::optional<Codec> codec_from_string(std::string_view name);
 
 // Self-describing: the codec and element count are in the encoded bytes.
 Bytes encode(std::span<const float> values, Codec codec);

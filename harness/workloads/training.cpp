@@ -560,6 +560,11 @@ class TrainingWorkload final : public Workload {
 std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpec& spec) {
   auto c = std::make_shared<TrainingWorkloadSpec>();
   auto& t = *c;
+  // LibTorch trainer processes (live.processes) read the same keys; where their defaults differ
+  // (wall-clock timing: finer polls, shorter timeouts) they are the ones real/child_options.hpp
+  // gives a trainer started by hand, and what they cannot do is refused here.
+  const bool processes = spec.backend == "live" && spec.live_processes;
+  using std::chrono::milliseconds, std::chrono::seconds;
   t.mode = s.get_string("training.mode", t.mode, {"collaborative", "diloco"});
   t.dataset_dir = path_beside(s, s.get_string("training.dataset_dir", t.dataset_dir));
   t.device = s.get_device("training.device", t.device);
@@ -571,9 +576,14 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   t.steps = static_cast<std::uint32_t>(s.get_int("training.steps", t.steps, 1, 10'000'000));
   t.learning_rate = s.get_double("training.learning_rate", t.learning_rate, 0, 1e6);
   t.momentum = s.get_double("training.momentum", t.momentum, 0, 0.999);
-  t.delayed_updates = s.get_bool("training.delayed_updates", t.delayed_updates);
+  t.delayed_updates = s.get_bool("training.delayed_updates", !processes);
   t.local_updates = s.get_bool("training.local_updates", t.local_updates);
   t.average_state_every = static_cast<std::uint32_t>(s.get_int("training.average_state_every", t.average_state_every, 0, 1'000'000));
+  if (processes && t.delayed_updates)
+    s.fail("training.delayed_updates", "live trainer processes wait for each step's average before the next batch");
+  if (processes && (t.local_updates || t.average_state_every > 0))
+    s.fail(t.local_updates ? "training.local_updates" : "training.average_state_every",
+           "live trainer processes step on the averaged gradients only; local updates run in ns-3 or live in one process");
   t.powersgd_rank = static_cast<std::uint32_t>(s.get_int("training.powersgd_rank", 0, 0, 1 << 16));
   if (t.local_updates && t.average_state_every == 0)
     s.fail("training.average_state_every", "local updates need parameter averaging every N epochs (N >= 1)");
@@ -584,41 +594,42 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   if (t.samples_per_second.mean() <= 0) s.fail("training.samples_per_second", "must be positive");
   t.start = s.get_duration("training.start", t.start);
   t.eval_period = s.get_duration("training.eval_period", t.eval_period);
-  t.progress_period = s.get_duration("training.progress_period", t.progress_period);
+  t.progress_period = s.get_duration("training.progress_period", processes ? milliseconds(100) : t.progress_period);
   if (t.eval_period <= Duration::zero()) s.fail("training.eval_period", "must be positive");
   if (t.progress_period <= Duration::zero()) s.fail("training.progress_period", "must be positive");
   t.target_loss = s.get_double("training.target_loss", t.target_loss, 0, 1e6);
   t.stop_at_target = s.get_bool("training.stop_at_target", t.stop_at_target);
+  if (processes && (t.target_loss > 0 || t.stop_at_target))
+    s.fail(t.target_loss > 0 ? "training.target_loss" : "training.stop_at_target",
+           "live trainer processes report their accuracy every eval_every steps, not a time to a target loss");
   t.client_fraction = s.get_double("training.client_fraction", t.client_fraction, 0, 1);
   t.aux_fraction = s.get_double("training.aux_fraction", t.aux_fraction, 0, 1);
   if (t.client_fraction + t.aux_fraction >= 1) s.fail("training.aux_fraction", "client_fraction + aux_fraction must be below 1");
   if (spec.dht.bootstrap_peers + std::lround(t.aux_fraction * spec.peers) + std::lround(t.client_fraction * spec.peers) > spec.peers)
     s.fail("training.aux_fraction",
            "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");
-  t.max_wait = s.get_duration("training.max_wait", t.max_wait);
+  t.max_wait = s.get_duration("training.max_wait", processes ? Duration(seconds(2)) : t.max_wait);
   t.hidden = static_cast<std::uint32_t>(s.get_int("training.hidden", t.hidden, 1, 1 << 16));
   t.eval_every = static_cast<std::uint32_t>(s.get_int("training.eval_every", t.eval_every, 0, 1 << 30));
   t.baseline = s.get_bool("training.baseline", t.baseline);
   auto& m = t.matchmaking;
   m.prefix = "mm";
   m.target_group_size = static_cast<std::size_t>(s.get_int("training.target_group_size", spec.peers, 1, 4096));
-  m.min_group_size = static_cast<std::size_t>(s.get_int("training.min_group_size", 2, 1, 4096));
+  m.min_group_size = static_cast<std::size_t>(s.get_int("training.min_group_size", processes ? 1 : 2, 1, 4096));
   if (m.min_group_size > m.target_group_size) s.fail("training.min_group_size", "must not exceed target_group_size");
-  m.budget = s.get_duration("training.matchmaking_budget", std::chrono::seconds(5));
-  m.poll = s.get_duration("training.matchmaking_poll", std::chrono::milliseconds(250));
+  m.budget = s.get_duration("training.matchmaking_budget", processes ? seconds(3) : seconds(5));
+  m.poll = s.get_duration("training.matchmaking_poll", processes ? milliseconds(50) : milliseconds(250));
   if (m.budget <= Duration::zero() || m.poll <= Duration::zero()) s.fail("training.matchmaking_poll", "budget and poll must be positive");
   auto& r = t.allreduce;
-  r.min_part = static_cast<std::uint64_t>(s.get_int("training.min_part", 256, 0, std::int64_t{1} << 32));
+  r.min_part = static_cast<std::uint64_t>(s.get_int("training.min_part", processes ? 1024 : 256, 0, std::int64_t{1} << 32));
   r.parts = s.get_string("training.parts", averaging::to_string(r.parts), {"minmax", "proportional"}) == "minmax"
                 ? averaging::PartRule::kMinMax
                 : averaging::PartRule::kProportional;
-  r.sender_timeout = s.get_duration("training.sender_timeout", std::chrono::seconds(5));
-  r.reducer_timeout = s.get_duration("training.reducer_timeout", std::chrono::seconds(15));
+  r.sender_timeout = s.get_duration("training.sender_timeout", processes ? seconds(3) : seconds(5));
+  r.reducer_timeout = s.get_duration("training.reducer_timeout", processes ? seconds(6) : seconds(15));
   if (r.reducer_timeout <= r.sender_timeout) s.fail("training.reducer_timeout", "must be longer than sender_timeout");
-  const auto codec = s.get_string("training.codec", "float32",
-                                  {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
-  for (int k = 0; k <= 5; ++k)
-    if (codec == compression::to_string(static_cast<compression::Codec>(k))) r.codec.codec = static_cast<compression::Codec>(k);
+  r.codec.codec = *compression::codec_from_string(s.get_string(
+      "training.codec", "float32", {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"}));
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
   parse_aggregation(s, "training", r.aggregation);
   auto& at = t.attack;

@@ -11,6 +11,7 @@
 #include "harness/data/idx.hpp"
 #include "core/auth/handshake.hpp"
 #include "core/optim/schema.hpp"
+#include "core/compression/codecs.hpp"
 #include "core/dht/validate.hpp"
 #include "core/optim/attack.hpp"
 #include "core/optim/btard.hpp"
@@ -149,16 +150,30 @@ int run_trainer(const TrainerOptions& o) {
   cc.progress.target_batch = o.target_batch;
   cc.progress.ttl = std::chrono::seconds(60);
   cc.progress.stale = std::chrono::seconds(10);
+  auto ms = [](double v) { return Duration(static_cast<std::int64_t>(v * 1e6)); };
+  if (o.min_group_size < 1 || o.min_group_size > o.target_group_size)
+    throw std::invalid_argument("--min-group-size must be at least 1 and at most --target-group-size");
+  if (!(o.budget_ms > 0 && o.poll_ms > 0 && o.progress_ms > 0 && o.max_wait_ms > 0 && o.btard_phase_timeout_ms > 0))
+    throw std::invalid_argument("--budget-ms, --poll-ms, --progress-ms, --max-wait-ms and --btard-phase-timeout-ms must be positive");
+  if (!(o.sender_timeout_ms > 0 && o.reducer_timeout_ms > o.sender_timeout_ms))
+    throw std::invalid_argument("--reducer-timeout-ms must be longer than --sender-timeout-ms, which must be positive");
   cc.matchmaking.prefix = "mm";
-  cc.matchmaking.target_group_size = 64;  // sized down to the trainers that report progress
-  cc.matchmaking.min_group_size = 1;
-  cc.matchmaking.budget = std::chrono::milliseconds(o.budget_ms);
-  cc.matchmaking.poll = std::chrono::milliseconds(50);
-  cc.allreduce.min_part = 1024;
-  cc.allreduce.sender_timeout = std::chrono::seconds(3);
-  cc.allreduce.reducer_timeout = std::chrono::seconds(6);
-  cc.poll = std::chrono::milliseconds(30);
-  cc.max_wait = std::chrono::seconds(2);  // then compute on and try again
+  cc.matchmaking.target_group_size = o.target_group_size;  // sized down to the trainers that report progress
+  cc.matchmaking.min_group_size = o.min_group_size;
+  cc.matchmaking.budget = ms(o.budget_ms);
+  cc.matchmaking.poll = ms(o.poll_ms);
+  cc.allreduce.min_part = o.min_part;
+  if (o.parts != "minmax" && o.parts != "proportional")
+    throw std::invalid_argument("--parts must be minmax or proportional, not '" + o.parts + "'");
+  cc.allreduce.parts = o.parts == "minmax" ? averaging::PartRule::kMinMax : averaging::PartRule::kProportional;
+  cc.allreduce.sender_timeout = ms(o.sender_timeout_ms);
+  cc.allreduce.reducer_timeout = ms(o.reducer_timeout_ms);
+  const auto codec = compression::codec_from_string(o.codec);
+  if (!codec) throw std::invalid_argument("--codec: no codec is called '" + o.codec + "'");
+  cc.allreduce.codec.codec = *codec;
+  cc.allreduce.codec.min_elements = o.codec_min_elements;
+  cc.poll = std::min(ms(o.progress_ms), Duration(std::chrono::milliseconds(30)));
+  cc.max_wait = ms(o.max_wait_ms);  // then compute on and try again
   if (o.aggregation != "mean" && o.aggregation != "centered_clip")
     throw std::invalid_argument("--aggregation must be mean or centered_clip, not '" + o.aggregation + "'");
   cc.allreduce.aggregation.rule =
@@ -168,6 +183,9 @@ int run_trainer(const TrainerOptions& o) {
   cc.btard.enabled = o.btard;
   cc.btard.validators = o.btard_validators;
   cc.btard.ban_quorum = o.btard_ban_quorum;
+  cc.btard.check_tolerance = o.btard_check_tolerance;
+  cc.btard.recompute_tolerance = o.btard_recompute_tolerance;
+  cc.btard.phase_timeout = ms(o.btard_phase_timeout_ms);
   cc.powersgd_rank = o.powersgd_rank;
   optim::AttackConfig attack;
   attack.kind = optim::attack_from_string(o.attack);
@@ -376,7 +394,7 @@ int run_trainer(const TrainerOptions& o) {
       co_await sleep_on(rt.timers, rest);
       // Step when the swarm has (by the estimate from everyone's reported progress and
       // throughput) gathered the global batch.
-      if (rt.now() - swarm.fetched >= std::chrono::milliseconds(100)) swarm = co_await collab->report_progress();
+      if (rt.now() - swarm.fetched >= ms(o.progress_ms)) swarm = co_await collab->report_progress();
       if (!collab->step_due(swarm)) continue;
       const auto t0 = std::chrono::steady_clock::now();
       Result<optim::StepReport> r = co_await collab->step();
@@ -507,7 +525,6 @@ int run_baseline(const TrainerOptions& o) {
 
 #include <csignal>
 
-#include "core/compression/codecs.hpp"
 #include "real/torch/mixture.hpp"
 
 namespace apiary::real {
@@ -678,8 +695,8 @@ int run_dmoe_trainer(const DmoeOptions& o) {
   mo.forward_timeout = Duration(static_cast<std::int64_t>(o.forward_timeout_ms * 1e6));
   mo.backward_timeout = Duration(static_cast<std::int64_t>(o.backward_timeout_ms * 1e6));
   mo.searches = 3;
-  for (int c = 0; c <= static_cast<int>(compression::Codec::kBlockwise8); ++c)
-    if (o.codec == compression::to_string(static_cast<compression::Codec>(c))) mo.codec.codec = static_cast<compression::Codec>(c);
+  if (const auto codec = compression::codec_from_string(o.codec)) mo.codec.codec = *codec;
+  else throw std::invalid_argument("--codec: no codec is called '" + o.codec + "'");
   const auto cap = std::chrono::seconds(60);
   RemoteExpert::Drive drive = [&n, cap](const std::function<bool()>& done) {
     const auto end = std::chrono::steady_clock::now() + cap;

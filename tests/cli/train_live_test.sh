@@ -74,6 +74,7 @@ eval_samples = 500
 train_samples = 20000
 client_fraction = 0.2
 aux_fraction = 0.2
+codec = "float16"     # the scenario's codec reaches the trainer processes: half the bytes of float32
 T
 "$APIARY" run diloco.toml --json --quiet > diloco.json || fail "apiary run (diloco) exited non-zero"
 python3 - <<'PY' || { python3 -m json.tool < diloco.json | head -80 >&2; fail "diloco results"; }
@@ -86,7 +87,7 @@ assert c.get("train.steps_ok") == 16, c         # every trainer took every outer
 assert c.get("train.assists_ok", 0) >= 3, c     # the auxiliary peer reduced parts of the rounds
 assert s["train.step.group"]["p50"] >= 4, s["train.step.group"]
 # 20 inner steps of 32 samples per all-reduce of the 784-128-10 MLP's ~100k parameters
-assert f["allreduce_bytes_per_sample"] < 2000, f
+assert f["allreduce_bytes_per_sample"] < 700, f    # float32 sends about 1,030 bytes per sample here
 assert f["final_accuracy"] > 0.6 and f["baseline_accuracy"] > 0.6, f
 print("live DiLoCo: %d outer steps, accuracy %.3f (baseline %.3f), %.0f all-reduce bytes per sample" % (
     f["steps"], f["final_accuracy"], f["baseline_accuracy"], f["allreduce_bytes_per_sample"]))

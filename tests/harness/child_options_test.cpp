@@ -2,7 +2,10 @@
 // same struct, field for field (doubles exactly).
 #include <gtest/gtest.h>
 
+#include "harness/scenario.hpp"
+#include "harness/spec.hpp"
 #include "real/child_cli.hpp"
+#include "real/live_training.hpp"
 
 namespace apiary::real {
 namespace {
@@ -55,6 +58,97 @@ TEST(ChildOptions, DmoeOptionsSurviveTheCommandLine) {
   EXPECT_EQ(got.k_min, 3u);
   EXPECT_EQ(got.timeout_after_k_min_ms, 12.5);
   EXPECT_EQ(got.routing, "switch");
+}
+
+// A scenario's training keys reach the LibTorch trainer processes as they reach the ns-3 trainers;
+// keys the scenario leaves out give a process the defaults it has when started by hand.
+const char* kLiveTraining = R"(backend = "live"
+peers = 6
+[live]
+processes = true
+[workload]
+kind = "training"
+[training]
+steps = 10
+)";
+
+TrainerOptions options_of(const std::string& extra) {
+  auto s = Scenario::from_string(std::string(kLiveTraining) + extra, "live.toml");
+  return trainer_options(parse_swarm_spec(s));
+}
+
+TEST(ChildOptions, TrainerProcessesTakeTheScenariosTrainingKeys) {
+  const auto o = options_of(R"(target_group_size = 5
+min_group_size = 3
+matchmaking_budget = "1500ms"
+matchmaking_poll = "20ms"
+progress_period = "250ms"
+max_wait = "7s"
+min_part = 512
+parts = "proportional"
+sender_timeout = "4s"
+reducer_timeout = "9s"
+codec = "float16"
+codec_min_elements = 4096
+btard_phase_timeout = "8s"
+btard_check_tolerance = 0.05
+)");
+  EXPECT_EQ(o.target_group_size, 5u);
+  EXPECT_EQ(o.min_group_size, 3u);
+  EXPECT_EQ(o.budget_ms, 1500);
+  EXPECT_EQ(o.poll_ms, 20);
+  EXPECT_EQ(o.progress_ms, 250);
+  EXPECT_EQ(o.max_wait_ms, 7000);
+  EXPECT_EQ(o.min_part, 512u);
+  EXPECT_EQ(o.parts, "proportional");
+  EXPECT_EQ(o.sender_timeout_ms, 4000);
+  EXPECT_EQ(o.reducer_timeout_ms, 9000);
+  EXPECT_EQ(o.codec, "float16");
+  EXPECT_EQ(o.codec_min_elements, 4096u);
+  EXPECT_EQ(o.btard_phase_timeout_ms, 8000);
+  EXPECT_EQ(o.btard_check_tolerance, 0.05);
+  EXPECT_EQ(o.steps, 10u);
+  // ...and survive the command line to the child.
+  const auto got = round_trip(o, "trainer");
+  EXPECT_EQ(got.budget_ms, 1500);
+  EXPECT_EQ(got.poll_ms, 20);
+  EXPECT_EQ(got.min_group_size, 3u);
+  EXPECT_EQ(got.codec, "float16");
+  EXPECT_EQ(got.parts, "proportional");
+  EXPECT_EQ(got.reducer_timeout_ms, 9000);
+
+  const TrainerOptions by_hand, from_scenario = options_of("");
+  EXPECT_EQ(from_scenario.min_group_size, by_hand.min_group_size);
+  EXPECT_EQ(from_scenario.budget_ms, by_hand.budget_ms);
+  EXPECT_EQ(from_scenario.poll_ms, by_hand.poll_ms);
+  EXPECT_EQ(from_scenario.progress_ms, by_hand.progress_ms);
+  EXPECT_EQ(from_scenario.max_wait_ms, by_hand.max_wait_ms);
+  EXPECT_EQ(from_scenario.min_part, by_hand.min_part);
+  EXPECT_EQ(from_scenario.parts, by_hand.parts);
+  EXPECT_EQ(from_scenario.sender_timeout_ms, by_hand.sender_timeout_ms);
+  EXPECT_EQ(from_scenario.reducer_timeout_ms, by_hand.reducer_timeout_ms);
+  EXPECT_EQ(from_scenario.codec, by_hand.codec);
+  EXPECT_EQ(from_scenario.btard_phase_timeout_ms, by_hand.btard_phase_timeout_ms);
+}
+
+TEST(ChildOptions, TrainerProcessesRefuseWhatTheyCannotDo) {
+  auto error = [](const std::string& extra) -> std::string {
+    try {
+      options_of(extra);
+    } catch (const ScenarioError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(error("delayed_updates = true\n").find("key 'training.delayed_updates'"), std::string::npos);
+  EXPECT_NE(error("local_updates = true\naverage_state_every = 2\n").find("key 'training.local_updates'"), std::string::npos);
+  EXPECT_NE(error("target_loss = 0.5\n").find("key 'training.target_loss'"), std::string::npos);
+  EXPECT_EQ(error("delayed_updates = false\n"), "");
+  // In ns-3 (or live in one process) the same keys stand, with the simulator's defaults.
+  auto s = Scenario::from_string("peers = 6\n[workload]\nkind = \"training\"\n[training]\nlocal_updates = true\n"
+                                 "average_state_every = 2\n",
+                                 "sim.toml");
+  EXPECT_NO_THROW(parse_swarm_spec(s));
 }
 
 }  // namespace
