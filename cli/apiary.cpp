@@ -232,7 +232,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::size_t{1}, std::size_t{8}));
   peer_cmd->add_option("--id-work-bits", peer.id_work_bits, "the work every peer's id must carry (leading zero bits; ~2^N keys)")
       ->check(CLI::Range(0u, 32u));
-  peer_cmd->add_option("--ready-file", peer.ready_file, "write '<id> <endpoint>' here once listening");
+  peer_cmd->add_option("--ready-file", peer.ready_file, "write '<id> <endpoint>' here once listening (a line per peer)");
+  peer_cmd->add_option("--count", peer.count, "peers this process hosts on one thread, each with its own port and identity")
+      ->check(CLI::Range(1u, 1024u));
   peer_cmd->add_flag("--verbose", peer.verbose, "log protocol events to stderr");
   peer_cmd->add_option("--delay-ms", peer.delay_ms, "emulated one-way latency added to every received message")
       ->check(CLI::Range(0.0, 60000.0));

@@ -310,6 +310,14 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
       s.fail("live.netns", map + " names " + std::to_string(spec.live_netns.size()) + " namespaces for " +
                                std::to_string(spec.peers) + " peers");
   }
+  spec.live_peers_per_process = static_cast<std::uint32_t>(s.get_int("live.peers_per_process", 1, 1, 1024));
+  if (spec.live_peers_per_process > 1) {
+    if (!spec.live_processes || spec.workload != "dht")
+      s.fail("live.peers_per_process", "packs live DHT peer processes (live.processes = true, workload \"dht\")");
+    if (spec.churn.kind != ChurnSpec::Kind::kNone || spec.faults.stall)
+      s.fail("live.peers_per_process", "churn and stalls strike one peer's process; with several peers to a process they would strike all");
+    if (!spec.live_netns.empty()) s.fail("live.peers_per_process", "a network namespace holds one peer's process");
+  }
   spec.config = type.parse(s, spec);
 
   s.get_sweep();  // validated here too; `apiary sweep` runs it

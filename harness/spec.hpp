@@ -161,6 +161,7 @@ struct SwarmSpec {
   Duration live_emulated_latency{};  // live: one-way delay added to every received message
   bool live_processes = false;       // live: a swarm of separate processes (the workload's launcher)
   std::vector<NetnsSlot> live_netns;  // live processes: peer i runs in live_netns[i] (empty: all here)
+  std::uint32_t live_peers_per_process = 1;  // live DHT processes: peers one `apiary peer` process hosts
   std::string scenario_text;
   std::string scenario_source;
 

@@ -59,29 +59,41 @@ struct LiveNode : IoContext, LiveNodeStack {
 int run_live_peer(const LivePeerOptions& o) {
   std::vector<optim::SchemaRule> schema;
   for (const auto& r : o.schema) schema.push_back(optim::parse_schema_rule(r));  // a bad rule: an error before we start
+  if (o.count < 1 || o.count > 1024) throw std::invalid_argument("--count must be in [1, 1024]");
   raise_open_files_limit();  // a peer holds up to LiveOptions::max_connections sockets
-  const auto identity = identity_from(o.identity_file, o.id_work_bits);
-  LiveNode n(parse_endpoint_or_throw(o.listen, "--listen"), identity, o.config, o.verbose,
-             Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)), auth_config_from(o.swarm_secret_file, o.id_work_bits),
-             o.dial_back, schema);
+  const Endpoint listen = parse_endpoint_or_throw(o.listen, "--listen");
+  if (o.count > 1 && listen.port != 0) throw std::invalid_argument("--count above 1 needs --listen IPV4:0 (a free port for each peer)");
+  const LiveNodeOptions options{listen, o.config, o.verbose, Duration(static_cast<std::int64_t>(o.delay_ms * 1e6)),
+                                auth_config_from(o.swarm_secret_file, o.id_work_bits), o.dial_back, schema};
+  asio::io_context io;
+  std::vector<std::unique_ptr<LiveNodeStack>> peers;
+  std::string ready;
+  for (std::uint32_t j = 0; j < o.count; ++j) {
+    const std::string file = o.identity_file.empty() || j == 0 ? o.identity_file : o.identity_file + "." + std::to_string(j);
+    const auto identity = identity_from(file, o.id_work_bits);
+    peers.push_back(std::make_unique<LiveNodeStack>(io, identity, options));
+    const std::string where = peers.back()->rt->local().to_string();
+    std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), where.c_str());
+    ready += identity.id().hex() + " " + where + "\n";
+  }
+  std::fflush(stdout);
+  if (!o.ready_file.empty()) write_file_atomically(o.ready_file, ready);
   std::vector<Endpoint> seeds;
   for (const auto& j : o.join) seeds.push_back(parse_endpoint_or_throw(j, "--join"));
-  std::printf("apiary peer %s listening on %s\n", identity.id().hex().c_str(), n.rt->local().to_string().c_str());
-  std::fflush(stdout);
-  if (!o.ready_file.empty())
-    write_file_atomically(o.ready_file, identity.id().hex() + " " + n.rt->local().to_string() + "\n");
   // A peer told to join that reaches nobody does not carry on as a swarm of its own.
   bool join_failed = false;
-  if (!seeds.empty())
-    n.node->spawn_join(seeds, [&](std::size_t contacts) {
-      join_failed = contacts == 0;
-      if (o.verbose) std::fprintf(stderr, "joined: %zu contacts\n", contacts);
-    });
-  n.node->start_maintenance();
-  asio::signal_set signals(n.io, SIGINT, SIGTERM);
+  for (auto& p : peers) {
+    if (!seeds.empty())
+      p->node->spawn_join(seeds, [&](std::size_t contacts) {
+        join_failed = join_failed || contacts == 0;
+        if (o.verbose) std::fprintf(stderr, "joined: %zu contacts\n", contacts);
+      });
+    p->node->start_maintenance();
+  }
+  asio::signal_set signals(io, SIGINT, SIGTERM);
   bool stop = false;
   signals.async_wait([&](boost::system::error_code, int) { stop = true; });
-  while (!stop && !join_failed) n.io.run_one_for(std::chrono::milliseconds(200));
+  while (!stop && !join_failed) io.run_one_for(std::chrono::milliseconds(200));
   if (join_failed) {
     std::string list;
     for (const auto& j : o.join) list += (list.empty() ? "" : ", ") + j;
@@ -301,45 +313,59 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   // Peer i binds its namespace's address when peers have namespaces (live.netns), else live.host.
   auto host_of = [&](std::uint32_t i) { return spec.live_netns.empty() ? spec.live_host : spec.live_netns[i].address; };
   auto netns_of = [&](std::uint32_t i) { return spec.live_netns.empty() ? std::string() : spec.live_netns[i].netns; };
+  // Peer 0, the seed, runs alone; the others `live.peers_per_process` to a process (one each by
+  // default). A process is named by its first peer: its identity files and ready file.
+  const std::uint32_t per = spec.live_peers_per_process;
+  auto count_of = [&](std::uint32_t first) { return first == 0 ? 1u : std::min(per, spec.peers - first); };
   auto peer_args = [&](std::uint32_t i) {
     std::vector<std::string> a{"apiary", "peer", "--listen", host_of(i) + ":0", "--identity",
                                (dir / ("id" + std::to_string(i))).string(), "--ready-file",
                                (dir / ("ready" + std::to_string(i))).string(), "--k",
                                std::to_string(spec.dht.config.k)};
+    if (count_of(i) > 1) a.insert(a.end(), {"--count", std::to_string(count_of(i))});
     if (spec.live_emulated_latency > Duration::zero())
       a.insert(a.end(), {"--delay-ms", std::to_string(to_seconds(spec.live_emulated_latency) * 1e3)});
     if (!spec.auth.swarm_secret.empty()) a.insert(a.end(), {"--swarm-secret-file", (dir / "secret").string()});
     if (spec.auth.id_work_bits > 0) a.insert(a.end(), {"--id-work-bits", std::to_string(spec.auth.id_work_bits)});
     return a;
   };
-  auto ready_line = [&](std::uint32_t i, std::chrono::steady_clock::time_point until) {
-    std::istringstream f(wait_for_file((dir / ("ready" + std::to_string(i))).string(), until, "live peer " + std::to_string(i)));
+  // The "<id> <endpoint>" lines of the process whose first peer is `first`, one per peer.
+  auto ready_lines = [&](std::uint32_t first, std::chrono::steady_clock::time_point until) {
+    std::istringstream f(wait_for_file((dir / ("ready" + std::to_string(first))).string(), until, "live peer " + std::to_string(first)));
+    std::vector<std::pair<std::string, std::string>> lines;
     std::string id, ep;
-    f >> id >> ep;
-    return std::make_pair(id, ep);
+    while (f >> id >> ep) lines.emplace_back(id, ep);
+    if (lines.size() != count_of(first))
+      throw std::runtime_error("live peer " + std::to_string(first) + " announced " + std::to_string(lines.size()) + " peers, not " +
+                               std::to_string(count_of(first)));
+    return lines;
   };
+  auto ready_line = [&](std::uint32_t i, std::chrono::steady_clock::time_point until) { return ready_lines(i, until).front(); };
   std::vector<std::string> first_id(spec.peers);
-  auto ready_endpoint = [&](std::uint32_t i) {
-    auto [id, ep] = ready_line(i, deadline);
-    first_id[i] = id;
-    return ep;
+  std::vector<std::string> endpoints;
+  auto read_ready = [&](std::uint32_t first) {
+    for (auto& [id, ep] : ready_lines(first, deadline)) {
+      first_id[endpoints.size()] = id;
+      endpoints.push_back(ep);
+    }
   };
-  std::vector<pid_t> pids(spec.peers, 0);
+  std::vector<pid_t> pids(spec.peers, 0);  // each peer's process
   if (!spec.auth.swarm_secret.empty()) write_file_atomically((dir / "secret").string(), spec.auth.swarm_secret);
   pids[0] = children.spawn_self(peer_args(0), (dir / "peer0.log").string(), netns_of(0));
-  const std::string seed = ready_endpoint(0);
+  read_ready(0);
+  const std::string seed = endpoints.front();
   std::vector<std::uint32_t> incarnations(spec.peers, 0);
-  auto start_peer = [&](std::uint32_t i) {
+  auto start_peer = [&](std::uint32_t i) {  // the process whose first peer is i
     auto a = peer_args(i);
     a.push_back("--join");
     a.push_back(seed);
     const std::string log = (dir / ("peer" + std::to_string(i) + "-" + std::to_string(incarnations[i]++) + ".log")).string();
-    pids[i] = children.spawn_self(a, log, netns_of(i));
+    const pid_t pid = children.spawn_self(a, log, netns_of(i));
+    for (std::uint32_t j = i; j < i + count_of(i); ++j) pids[j] = pid;
   };
-  for (std::uint32_t i = 1; i < spec.peers; ++i) start_peer(i);
-  std::vector<std::string> endpoints{seed};
-  for (std::uint32_t i = 1; i < spec.peers; ++i)
-    endpoints.push_back(ready_endpoint(i));
+  std::uint32_t processes = 1;
+  for (std::uint32_t i = 1; i < spec.peers; i += per, ++processes) start_peer(i);
+  for (std::uint32_t i = 1; i < spec.peers; i += per) read_ready(i);
 
   // The client: a client-mode node that enters through a few peers.
   dht::DhtConfig cfg = spec.dht.config;
@@ -441,7 +467,7 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   info.backend = "live";
   info.figures["store_ops_per_second"] = n / store_seconds;
   info.figures["get_ops_per_second"] = n / get_seconds;
-  info.figures["processes"] = spec.peers;
+  info.figures["processes"] = processes;
   info.run_seconds = store_seconds + get_seconds;
   client.node.reset();
   info.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();

@@ -25,6 +25,10 @@ struct LivePeerOptions {
   unsigned id_work_bits = 0;      // the work every id must carry (dht::id_work); ours is made so
   bool dial_back = false;         // LiveOptions::dial_back: answer peers only over connections we dialled
   std::vector<std::string> schema;  // "PATTERN=RULE" rules for the swarm's own keys (core/optim/schema.hpp)
+  // Peers this process hosts, on one thread, each with its own socket, identity and DHT node (as
+  // OpenDHT packs DhtRunners into one process). Peer j > 0 keeps its identity in
+  // "<identity_file>.<j>"; the ready file gets one line per peer.
+  std::uint32_t count = 1;
 };
 
 // Runs until SIGINT/SIGTERM. Returns the process exit code; throws on bad options.

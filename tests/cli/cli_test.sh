@@ -144,6 +144,22 @@ import json
 c = json.load(open("dhtlive.json"))["metrics"]["counters"]
 assert c.get("dht.store.ok") == 60 and c.get("dht.get.ok") == 60, c
 PY
+# The same 10 peers packed 4 to a process (the seed alone, then 4, 4 and 1): four processes, and
+# every store reaches its 8 nearest (k = 20 here: all 10 peers), wherever they run.
+"$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set peers=10 --set workload.keys=60 --set dht.join_window=1s \
+  --set live.peers_per_process=4 --json --out dhtpacked.h5 | tail -n 1 > dhtpacked.json
+python3 - <<'PY' || fail "live DHT peers packed into processes"
+import json
+j = json.load(open("dhtpacked.json"))
+c, s = j["metrics"]["counters"], j["metrics"]["series"]
+assert j["cost"]["processes"] == 4, j["cost"]
+assert c.get("dht.store.ok") == 60 and c.get("dht.get.ok") == 60, c
+assert s["dht.store.replicas"]["p50"] == 10, s["dht.store.replicas"]
+PY
+set +e
+msg=$("$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set live.peers_per_process=4 --set churn.model=exponential 2>&1); rc=$?
+set -e
+[ $rc -eq 2 ] && echo "$msg" | grep -q "key 'live.peers_per_process'" || fail "churn with packed peer processes: $msg"
 # Half the peer processes stalled (SIGSTOP) through the stores and gets: a frozen peer acknowledges
 # nothing, so every store lands on the 5 that run (10 without the stall), and every get succeeds.
 "$APIARY" run "$SRC/scenarios/dht-live-64.toml" --set peers=10 --set workload.keys=60 --set dht.join_window=1s \
