@@ -15,7 +15,8 @@ Replication is equal: OpenDHT stores on the 8 nodes nearest a key; Apiary runs w
 
     /usr/bin/python3 analysis/compare/dht_vs_opendht.py --apiary build/apiary --peers 64 256
 
-Apiary's side is `apiary run scenarios/dht-live-64.toml` (N separate peer processes); OpenDHT's
+Apiary's side is `apiary run scenarios/dht-live-64.toml` (N separate peer processes, or with
+--per-process 48 as many peers to a process as OpenDHT's side, on one thread each); OpenDHT's
 side is N DhtRunner nodes in Python processes of 48 (each runs its own network thread).
 """
 import argparse
@@ -31,9 +32,10 @@ import time
 K = 8  # replicas per key on both sides (OpenDHT's fixed search width)
 
 
-def run_apiary(apiary, scenario, peers, keys, mode="first", concurrency=16, store_along=None):
+def run_apiary(apiary, scenario, peers, keys, mode="first", concurrency=16, store_along=None, per_process=1):
     holders = 1 if mode == "first" else K
     extra = [] if store_along is None else ["--set", f"dht.store_along={store_along}"]
+    extra += ["--set", f"live.peers_per_process={per_process}"]
     out = subprocess.run([apiary, "run", scenario, "--json", *extra, "--set", f"peers={peers}", "--set", f"dht.k={K}",
                           "--set", f"workload.keys={keys}", "--set", f"workload.concurrency={concurrency}",
                           "--set", f"workload.get_holders={holders}", "--force", "--out", f"/tmp/apiary-dht-live-{peers}.h5"],
@@ -168,13 +170,17 @@ def main():
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--store-along", type=int, nargs="+", default=None,
                     help="Apiary's dht.store_along values to run (each its own row; default: the scenario's)")
+    ap.add_argument("--per-process", type=int, nargs="+", default=[1],
+                    help="Apiary's peers per `apiary peer` process (live.peers_per_process), each its own row; "
+                         f"{PER_PROCESS} packs them as OpenDHT's side is packed")
     a = ap.parse_args()
     rows = []
     for n in a.peers:
         for mode in a.modes:
             for c in a.concurrency:
-                sides = [(f"apiary along={v}" if v is not None else "apiary",
-                          lambda v=v: run_apiary(a.apiary, a.scenario, n, a.keys, mode, c, v)) for v in (a.store_along or [None])]
+                sides = [("apiary" + (f" along={v}" if v is not None else "") + (f" {pp}/process" if pp != 1 else ""),
+                          lambda v=v, pp=pp: run_apiary(a.apiary, a.scenario, n, a.keys, mode, c, v, pp))
+                         for v in (a.store_along or [None]) for pp in a.per_process]
                 sides.append(("opendht", lambda: run_opendht(n, a.keys, mode, c)))
                 for name, fn in sides:
                     r = fn()

@@ -609,6 +609,7 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
     s.fail("training.aux_fraction",
            "the DHT's bootstrap peers train as full peers; too few peers are left for the client and auxiliary fractions");
   t.max_wait = s.get_duration("training.max_wait", processes ? Duration(seconds(2)) : t.max_wait);
+  if (processes && t.max_wait <= Duration::zero()) s.fail("training.max_wait", "live trainer processes need a positive wait");
   t.hidden = static_cast<std::uint32_t>(s.get_int("training.hidden", t.hidden, 1, 1 << 16));
   t.eval_every = static_cast<std::uint32_t>(s.get_int("training.eval_every", t.eval_every, 0, 1 << 30));
   t.baseline = s.get_bool("training.baseline", t.baseline);
@@ -647,6 +648,7 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   b.check_tolerance = s.get_double("training.btard_check_tolerance", b.check_tolerance, 0, 1);
   b.recompute_tolerance = s.get_double("training.btard_recompute_tolerance", b.recompute_tolerance, 0, 1);
   b.phase_timeout = s.get_duration("training.btard_phase_timeout", b.phase_timeout);
+  if (b.phase_timeout <= Duration::zero()) s.fail("training.btard_phase_timeout", "must be positive");
   t.btard_false_accusations = s.get_bool("training.btard_false_accusations", false);
   if (b.enabled) {
     if (t.mode != "collaborative" || t.local_updates || t.powersgd_rank > 0)
