@@ -257,10 +257,23 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
   spec.workload = s.get_string("workload.kind", spec.workload, WorkloadRegistry::names());
   const WorkloadType& type = *WorkloadRegistry::find(spec.workload);
   spec.uses_dht = type.uses_dht;
+  // LibTorch trainer and expert processes (training and dmoe as live.processes) run their DHT
+  // nodes with the protocol's defaults and k = 8 unless dht.k says otherwise; the other dht keys
+  // would not reach them, so they are refused there.
+  const bool torch_processes =
+      spec.backend == "live" && spec.live_processes && (spec.workload == "training" || spec.workload == "dmoe");
   if (spec.uses_dht) {
     auto& d = spec.dht;
     auto& c = d.config;
-    c.k = static_cast<std::size_t>(s.get_int("dht.k", static_cast<std::int64_t>(c.k), 1, 64));
+    if (torch_processes)
+      for (const char* key : {"dht.alpha", "dht.depth_modulo", "dht.rpc_timeout", "dht.refresh", "dht.lru_ping_after", "dht.replicate",
+                              "dht.max_records", "dht.max_storage_bytes", "dht.source_quota_bytes", "dht.ip_quota_bytes", "dht.max_ttl",
+                              "dht.cache", "dht.store_along", "dht.bucket_ip_limit", "dht.bucket_subnet_limit", "dht.lookup_ip_limit",
+                              "dht.lookup_subnet_limit", "dht.disjoint_paths", "dht.schema", "dht.blacklist", "dht.join_refresh"})
+        if (s.has(key))
+          s.fail(key, "LibTorch trainer and expert processes run their DHT nodes with the protocol's defaults; of the dht keys only "
+                      "dht.k reaches them");
+    c.k = static_cast<std::size_t>(s.get_int("dht.k", torch_processes ? 8 : static_cast<std::int64_t>(c.k), 1, 64));
     c.alpha = static_cast<std::size_t>(s.get_int("dht.alpha", static_cast<std::int64_t>(c.alpha), 1, 32));
     c.depth_modulo = static_cast<int>(s.get_int("dht.depth_modulo", c.depth_modulo, 1, 16));
     c.rpc_timeout = s.get_duration("dht.rpc_timeout", c.rpc_timeout);

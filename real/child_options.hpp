@@ -64,6 +64,7 @@ struct TrainerOptions {
   bool btard_false_accusations = false;  // an attacker also accuses whoever it validates
   double btard_check_tolerance = 1e-2, btard_recompute_tolerance = 1e-3, btard_phase_timeout_ms = 5000;
   std::string device = "cpu";  // where the model and data live: cpu, cuda, cuda:N
+  std::uint32_t dht_k = 8;     // the DHT's bucket size and replication (dht.k)
 };
 
 // `v(flag, field, help)` for every field.
@@ -122,11 +123,13 @@ void visit_fields(TrainerOptions& o, V&& v) {
   v("--btard-recompute-tolerance", o.btard_recompute_tolerance, "BTARD: a recomputed gradient's relative tolerance");
   v("--btard-phase-timeout-ms", o.btard_phase_timeout_ms, "BTARD: wait this long for commits, reveals and checks");
   v("--device", o.device, "where the model and data live: cpu, cuda or cuda:N");
+  v("--dht-k", o.dht_k, "the DHT's bucket size and replication factor");
 }
 
 // Live DMoE: expert servers and a trainer as processes (real/torch/trainers.hpp).
 struct DmoeOptions {
   std::string join;                     // the seed DHT peer
+  std::uint32_t dht_k = 8;              // the DHT's bucket size and replication (dht.k)
   std::vector<std::string> uids;        // expert-server: the experts it hosts
   std::vector<std::uint32_t> grid{4, 4};
   std::int64_t dim = 64, hidden = 256;
@@ -151,6 +154,7 @@ struct DmoeOptions {
 template <class V>
 void visit_fields(DmoeOptions& o, V&& v) {
   v("--join", o.join, "a DHT peer to enter the swarm through");
+  v("--dht-k", o.dht_k, "the DHT's bucket size and replication factor");
   v("--experts", o.uids, "expert-server: expert uids to host, e.g. ffn.0.1");
   v("--grid", o.grid, "the expert grid, e.g. 4 4");
   v("--dim", o.dim, "the mixture's width");

@@ -29,7 +29,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   const TempDir tmp("apiary-dmoe");  // before the children: they go first
   const std::string dir = tmp.str();
   ChildProcesses children;
-  const std::string seed_ep = start_seed_peer(children, spec.live_host, dir);
+  const std::string seed_ep = start_seed_peer(children, spec.live_host, dir, spec.dht.config.k);
   // Every process's options: one typed struct, serialised for the child by real/child_options.hpp.
   DmoeOptions base;
   base.grid.assign(d.grid_dims, d.grid_side);
@@ -42,6 +42,7 @@ RunInfo run_live_dmoe(const SwarmSpec& spec, Metrics& metrics, const ProgressFn&
   base.batch_size = d.batch_size;
   base.train_samples = d.train_samples;
   base.k = d.k;
+  base.dht_k = static_cast<std::uint32_t>(spec.dht.config.k);
   base.seed = spec.seed;
   base.delay_ms = to_seconds(spec.live_emulated_latency) * 1e3;
   // Every expert of the grid, dealt round-robin to the servers.

@@ -131,6 +131,7 @@ TrainerOptions trainer_options(const SwarmSpec& spec) {
   o.reducer_timeout_ms = ms(r.reducer_timeout);
   o.codec = compression::to_string(r.codec.codec);
   o.codec_min_elements = r.codec.min_elements;
+  o.dht_k = static_cast<std::uint32_t>(spec.dht.config.k);
   return o;
 }
 
@@ -143,7 +144,7 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
 
   ChildProcesses children;
   // The seed DHT peer every trainer enters through.
-  const std::string seed_ep = start_seed_peer(children, spec.live_host, dir);
+  const std::string seed_ep = start_seed_peer(children, spec.live_host, dir, spec.dht.config.k);
 
   // Every trainer process's options, and the baseline's: one typed struct, serialised for the
   // child by real/child_options.hpp.

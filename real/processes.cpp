@@ -291,8 +291,9 @@ std::string sibling_program(const std::string& name, const std::string& needs) {
   return exe.string();
 }
 
-std::string start_seed_peer(ChildProcesses& children, const std::string& host, const std::string& dir) {
-  children.spawn_self({"apiary", "peer", "--listen", host + ":0", "--ready-file", dir + "/seed.ready"}, dir + "/seed.log");
+std::string start_seed_peer(ChildProcesses& children, const std::string& host, const std::string& dir, std::size_t k) {
+  children.spawn_self({"apiary", "peer", "--listen", host + ":0", "--ready-file", dir + "/seed.ready", "--k", std::to_string(k)},
+                      dir + "/seed.log");
   const std::string ready = wait_for_file(dir + "/seed.ready", std::chrono::steady_clock::now() + std::chrono::seconds(20),
                                           "the seed DHT peer (see " + dir + "/seed.log)");
   const auto space = ready.find(' '), nl = ready.find('\n');

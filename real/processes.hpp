@@ -93,7 +93,7 @@ void write_file_atomically(const std::string& path, const std::string& text);
 // a program installed next to this one (throws naming what to build if it is missing);
 std::string sibling_program(const std::string& name, const std::string& needs);
 // starts `apiary peer` (this binary) as the swarm's seed DHT peer and returns its IPV4:PORT;
-std::string start_seed_peer(ChildProcesses& children, const std::string& host, const std::string& dir);
+std::string start_seed_peer(ChildProcesses& children, const std::string& host, const std::string& dir, std::size_t k);
 // a number as a command-line argument, exactly;
 std::string format_number(double v);
 // the JSON objects of a JSON-lines file (a partial last line, from a killed writer, is skipped);

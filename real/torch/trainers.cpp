@@ -139,7 +139,8 @@ int run_trainer(const TrainerOptions& o) {
   Runtime rt{live, live, authenticated, rng, observer};
   Rpc rpc(rt);
   dht::DhtConfig dcfg;
-  dcfg.k = 8;
+  if (o.dht_k < 1 || o.dht_k > 64) throw std::invalid_argument("--dht-k must be in [1, 64]");
+  dcfg.k = o.dht_k;
   dht::DhtNode node(rt, rpc, identity.id(), dcfg, optim::standard_validators());
   if (!o.ready_file.empty()) write_file_atomically(o.ready_file, live.local().to_string() + "\n");
 
@@ -598,7 +599,7 @@ struct Node {
   std::unique_ptr<Runtime> rt;
   std::unique_ptr<Rpc> rpc;
   std::unique_ptr<dht::DhtNode> dht;
-  Node(double delay_ms, std::uint64_t seed) : rng(seed) {
+  Node(double delay_ms, std::uint64_t seed, std::uint32_t k) : rng(seed) {
     LiveOptions lo;
     lo.emulated_delay = Duration(static_cast<std::int64_t>(delay_ms * 1e6));
     live = std::make_unique<LiveRuntime>(io, lo);
@@ -610,7 +611,8 @@ struct Node {
     rt = std::make_unique<Runtime>(Runtime{*live, *live, *auth, rng, *observer});
     rpc = std::make_unique<Rpc>(*rt);
     dht::DhtConfig cfg;
-    cfg.k = 8;
+    if (k < 1 || k > 64) throw std::invalid_argument("--dht-k must be in [1, 64]");
+    cfg.k = k;
     dht = std::make_unique<dht::DhtNode>(*rt, *rpc, identity.id(), cfg,
                                          optim::standard_validators());
   }
@@ -641,7 +643,7 @@ int run_expert_server(const DmoeOptions& o) {
   torch::manual_seed(o.seed);
   std::signal(SIGTERM, on_term);
   std::signal(SIGINT, on_term);
-  Node n(o.delay_ms, o.seed * 31 + 7);
+  Node n(o.delay_ms, o.seed * 31 + 7, o.dht_k);
   n.join(o.join);
   ServerOptions so;
   so.fail_probability = o.fail_probability;
@@ -682,7 +684,7 @@ int run_dmoe_trainer(const DmoeOptions& o) {
   ProcessRun run(o.out, o.dataset_dir, o.train_samples, o.device);
   Log& log = run.log;
   const TensorSet &train = run.train, &test = run.test;
-  Node n(o.delay_ms, o.seed * 131 + 3);
+  Node n(o.delay_ms, o.seed * 131 + 3, o.dht_k);
   n.join(o.join);
   MoeOptions mo;
   mo.grid = o.grid;

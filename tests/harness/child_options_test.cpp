@@ -129,6 +129,11 @@ btard_check_tolerance = 0.05
   EXPECT_EQ(from_scenario.reducer_timeout_ms, by_hand.reducer_timeout_ms);
   EXPECT_EQ(from_scenario.codec, by_hand.codec);
   EXPECT_EQ(from_scenario.btard_phase_timeout_ms, by_hand.btard_phase_timeout_ms);
+  EXPECT_EQ(from_scenario.dht_k, by_hand.dht_k);
+  // The DHT's replication reaches them too.
+  auto s = Scenario::from_string(std::string(kLiveTraining) + "[dht]\nk = 5\n", "live.toml");
+  EXPECT_EQ(trainer_options(parse_swarm_spec(s)).dht_k, 5u);
+  EXPECT_EQ(round_trip(trainer_options(parse_swarm_spec(s)), "trainer").dht_k, 5u);
 }
 
 TEST(ChildOptions, TrainerProcessesRefuseWhatTheyCannotDo) {
@@ -144,6 +149,7 @@ TEST(ChildOptions, TrainerProcessesRefuseWhatTheyCannotDo) {
   EXPECT_NE(error("local_updates = true\naverage_state_every = 2\n").find("key 'training.local_updates'"), std::string::npos);
   EXPECT_NE(error("target_loss = 0.5\n").find("key 'training.target_loss'"), std::string::npos);
   EXPECT_EQ(error("delayed_updates = false\n"), "");
+  EXPECT_NE(error("[dht]\nalpha = 5\n").find("key 'dht.alpha'"), std::string::npos);
   // In ns-3 (or live in one process) the same keys stand, with the simulator's defaults.
   auto s = Scenario::from_string("peers = 6\n[workload]\nkind = \"training\"\n[training]\nlocal_updates = true\n"
                                  "average_state_every = 2\n",
