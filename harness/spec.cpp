@@ -324,7 +324,7 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
                                std::to_string(spec.peers) + " peers");
   }
   spec.live_peers_per_process = static_cast<std::uint32_t>(s.get_int("live.peers_per_process", 1, 1, 1024));
-  if (spec.live_peers_per_process > 1) {
+  if (spec.live_peers_per_process > 1 && spec.backend == "live") {
     if (!spec.live_processes || spec.workload != "dht")
       s.fail("live.peers_per_process", "packs live DHT peer processes (live.processes = true, workload \"dht\")");
     if (spec.churn.kind != ChurnSpec::Kind::kNone || spec.faults.stall)

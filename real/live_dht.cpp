@@ -80,21 +80,26 @@ int run_live_peer(const LivePeerOptions& o) {
   if (!o.ready_file.empty()) write_file_atomically(o.ready_file, ready);
   std::vector<Endpoint> seeds;
   for (const auto& j : o.join) seeds.push_back(parse_endpoint_or_throw(j, "--join"));
-  // A peer told to join that reaches nobody does not carry on as a swarm of its own.
-  bool join_failed = false;
+  // A peer told to join that reaches nobody does not carry on as a swarm of its own; a process
+  // whose peers all failed to join exits (one that failed alone is reported and idles).
+  std::size_t join_failures = 0;
   for (auto& p : peers) {
     if (!seeds.empty())
-      p->node->spawn_join(seeds, [&](std::size_t contacts) {
-        join_failed = join_failed || contacts == 0;
+      p->node->spawn_join(seeds, [&, id = p->node->id().hex()](std::size_t contacts) {
+        if (contacts == 0) {
+          ++join_failures;
+          std::fprintf(stderr, "apiary peer %s: could not join\n", id.c_str());
+        }
         if (o.verbose) std::fprintf(stderr, "joined: %zu contacts\n", contacts);
       });
     p->node->start_maintenance();
   }
+  const auto join_failed = [&] { return join_failures == peers.size(); };
   asio::signal_set signals(io, SIGINT, SIGTERM);
   bool stop = false;
   signals.async_wait([&](boost::system::error_code, int) { stop = true; });
-  while (!stop && !join_failed) io.run_one_for(std::chrono::milliseconds(200));
-  if (join_failed) {
+  while (!stop && !join_failed()) io.run_one_for(std::chrono::milliseconds(200));
+  if (join_failed()) {
     std::string list;
     for (const auto& j : o.join) list += (list.empty() ? "" : ", ") + j;
     std::fprintf(stderr, "apiary peer: could not join: no answer from %s\n", list.c_str());
@@ -309,7 +314,10 @@ RunInfo run_live_dht_swarm(const SwarmSpec& spec, Metrics& metrics, const Progre
   const TempDir tmp("apiary-live-dht");  // before the children: they go first
   const auto& dir = tmp.path();
   ChildProcesses children;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  // A process makes its peers' ids one after another (each costing about 16 us x 2^id_work_bits)
+  // before it announces them.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60) +
+                        std::chrono::microseconds(std::int64_t{64} << spec.auth.id_work_bits) * spec.live_peers_per_process;
   // Peer i binds its namespace's address when peers have namespaces (live.netns), else live.host.
   auto host_of = [&](std::uint32_t i) { return spec.live_netns.empty() ? spec.live_host : spec.live_netns[i].address; };
   auto netns_of = [&](std::uint32_t i) { return spec.live_netns.empty() ? std::string() : spec.live_netns[i].netns; };

@@ -61,7 +61,9 @@ TEST(ChildOptions, DmoeOptionsSurviveTheCommandLine) {
 }
 
 // A scenario's training keys reach the LibTorch trainer processes as they reach the ns-3 trainers;
-// keys the scenario leaves out give a process the defaults it has when started by hand.
+// keys the scenario leaves out give a process the defaults it has when started by hand (but for
+// target_group_size: the swarm's size there, 64 by hand; a group is sized down to the reporting
+// trainers either way).
 const char* kLiveTraining = R"(backend = "live"
 peers = 6
 [live]
