@@ -431,13 +431,15 @@ void TrainingDriver::btard_figures(const std::vector<TrainingApp*>& apps, std::m
       }
     }
   }
-  std::size_t caught = 0, attackers = 0;
+  std::size_t caught = 0, attackers = 0, seen = 0;
   for (std::size_t i = 0; i < attackers_.size(); ++i)
     if (attackers_[i]) {
       ++attackers;
       if (honest > 0 && banned_by[i] == honest) ++caught;
+      if (banned_by[i] > 0) ++seen;
     }
   figures["btard_attackers"] = static_cast<double>(attackers);
+  figures["btard_attackers_banned_by_any"] = static_cast<double>(seen);  // by at least one honest trainer
   figures["btard_attackers_banned"] = static_cast<double>(caught);  // by every honest trainer
   figures["btard_false_bans"] = static_cast<double>(honest_banned);
   figures["btard_last_ban_epoch"] = last;

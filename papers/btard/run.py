@@ -117,10 +117,12 @@ def main():
                  f"accuracy {100 * cm['final_accuracy']:.1f}% -> {100 * cb['final_accuracy']:.1f}%", None))
     false_bans = sum(s["cost"]["btard_false_bans"] for s in seeds)
     caught = sum(1 for s in seeds if s["cost"]["btard_attackers_banned"] == s["cost"]["btard_attackers"])
+    seen = sum(1 for s in seeds if s["cost"].get("btard_attackers_banned_by_any", -1) == s["cost"]["btard_attackers"])
     violations = sum(v for s in seeds for k, v in s["metrics"]["counters"].items() if k.startswith("invariant."))
     if seeds:
         rows.append(("4", f"sign flip from step 30 of 80, {len(seeds)} seeds: honest peers banned", "0",
-                     f"{false_bans:.0f} (every attacker banned in {caught} of {len(seeds)} seeds; "
+                     f"{false_bans:.0f} (every attacker banned by every honest peer in {caught} of {len(seeds)} seeds, "
+                     f"by at least one in {seen}; "
                      f"{violations} invariant violations)", false_bans == 0))
     p = fig("powersgd")
     ratio = cm["allreduce_bytes_per_sample"] / p["allreduce_bytes_per_sample"]

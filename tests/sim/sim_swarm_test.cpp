@@ -659,6 +659,7 @@ TEST(SimBtard, BansEveryAttackerAndNoHonestPeer) {
   for (const RunInfo* x : {&f, &r}) {
     EXPECT_EQ(x->figures.at("btard_attackers"), 4);
     EXPECT_EQ(x->figures.at("btard_attackers_banned"), 4);  // by every honest trainer
+    EXPECT_EQ(x->figures.at("btard_attackers_banned_by_any"), 4);
     EXPECT_EQ(x->figures.at("btard_false_bans"), 0);
     EXPECT_GT(x->figures.at("final_accuracy"), c.figures.at("final_accuracy") - 0.05);
   }
