@@ -137,6 +137,14 @@ void Scenario::fail(const std::string& key, const std::string& message) const {
 
 bool Scenario::has(const std::string& key) const { return impl_->find(key) != nullptr; }
 
+std::vector<std::string> Scenario::keys_in(const std::string& table) const {
+  std::vector<std::string> out;
+  const auto* n = impl_->find(table);
+  if (n && n->is_table())
+    for (const auto& [k, v] : *n->as_table()) out.push_back(table + "." + std::string(k.str()));
+  return out;
+}
+
 std::int64_t Scenario::get_int(const std::string& key, std::int64_t def, std::int64_t min,
                                std::int64_t max) {
   impl_->used.insert(key);

@@ -46,6 +46,8 @@ class Scenario {
   ~Scenario();
 
   bool has(const std::string& key) const;
+  // The keys present in table `table` (its own entries, as "table.name"), in the file's order.
+  std::vector<std::string> keys_in(const std::string& table) const;
   std::int64_t get_int(const std::string& key, std::int64_t def, std::int64_t min, std::int64_t max);
   double get_double(const std::string& key, double def, double min, double max);
   bool get_bool(const std::string& key, bool def);

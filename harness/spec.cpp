@@ -266,13 +266,10 @@ SwarmSpec parse_swarm_spec(Scenario& s) {
     auto& d = spec.dht;
     auto& c = d.config;
     if (torch_processes)
-      for (const char* key : {"dht.alpha", "dht.depth_modulo", "dht.rpc_timeout", "dht.refresh", "dht.lru_ping_after", "dht.replicate",
-                              "dht.max_records", "dht.max_storage_bytes", "dht.source_quota_bytes", "dht.ip_quota_bytes", "dht.max_ttl",
-                              "dht.cache", "dht.store_along", "dht.bucket_ip_limit", "dht.bucket_subnet_limit", "dht.lookup_ip_limit",
-                              "dht.lookup_subnet_limit", "dht.disjoint_paths", "dht.schema", "dht.blacklist", "dht.join_refresh"})
-        if (s.has(key))
-          s.fail(key, "LibTorch trainer and expert processes run their DHT nodes with the protocol's defaults; of the dht keys only "
-                      "dht.k reaches them");
+      for (const std::string& key : s.keys_in("dht"))
+        if (key != "dht.k" && key != "dht.bootstrap_peers" && key != "dht.join_window")
+          s.fail(key, "LibTorch trainer and expert processes run their DHT nodes with the protocol's defaults; of the protocol's "
+                      "dht keys only dht.k reaches them");
     c.k = static_cast<std::size_t>(s.get_int("dht.k", torch_processes ? 8 : static_cast<std::int64_t>(c.k), 1, 64));
     c.alpha = static_cast<std::size_t>(s.get_int("dht.alpha", static_cast<std::int64_t>(c.alpha), 1, 32));
     c.depth_modulo = static_cast<int>(s.get_int("dht.depth_modulo", c.depth_modulo, 1, 16));
