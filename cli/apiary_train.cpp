@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "core/compression/codecs.hpp"
 #include "real/child_cli.hpp"
 #include "real/torch/trainers.hpp"
 
@@ -27,14 +28,14 @@ int main(int argc, char** argv) {
     apiary::real::add_fields(c, o);
     c->get_option("--role")->check(CLI::IsMember({"full", "client", "aux"}));
     c->get_option("--parts")->check(CLI::IsMember({"minmax", "proportional"}));
-    c->get_option("--codec")->check(CLI::IsMember({"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"}));
+    c->get_option("--codec")->check(CLI::IsMember(apiary::compression::codec_names()));
   }
   for (auto* c : {server, dtrainer, dbase}) {
     apiary::real::add_fields(c, d);
     c->get_option("--grid")->expected(1, 8);
     c->get_option("--experts")->expected(1, 1 << 20);
     c->get_option("--routing")->check(CLI::IsMember({"batch", "sample", "switch"}));
-    c->get_option("--codec")->check(CLI::IsMember({"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"}));
+    c->get_option("--codec")->check(CLI::IsMember(apiary::compression::codec_names()));
   }
   for (auto* c : {trainer, server, dtrainer}) c->get_option("--join")->required();
   server->get_option("--experts")->required();

@@ -28,8 +28,7 @@ using namespace averaging;
 namespace {
 
 compression::Codec codec_named(const std::string& name) {
-  for (int c = 0; c <= 5; ++c)
-    if (name == compression::to_string(static_cast<compression::Codec>(c))) return static_cast<compression::Codec>(c);
+  if (const auto c = compression::codec_from_string(name)) return *c;
   throw std::invalid_argument("unknown codec '" + name + "' (float32, float16, scaled-float16, uniform8, quantile8, blockwise8)");
 }
 

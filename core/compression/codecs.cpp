@@ -23,9 +23,19 @@ const char* to_string(Codec c) {
   return "?";
 }
 
+const std::vector<std::string>& codec_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (int c = 0; c <= static_cast<int>(Codec::kBlockwise8); ++c) v.emplace_back(to_string(static_cast<Codec>(c)));
+    return v;
+  }();
+  return names;
+}
+
 std::optional<Codec> codec_from_string(std::string_view name) {
-  for (int c = 0; c <= static_cast<int>(Codec::kBlockwise8); ++c)
-    if (name == to_string(static_cast<Codec>(c))) return static_cast<Codec>(c);
+  const auto& names = codec_names();
+  for (std::size_t c = 0; c < names.size(); ++c)
+    if (name == names[c]) return static_cast<Codec>(c);
   return std::nullopt;
 }
 

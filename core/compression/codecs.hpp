@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -34,6 +35,8 @@ enum class Codec : std::uint8_t {
 const char* to_string(Codec c);
 // The codec with that name (as to_string writes it), or none.
 std::optional<Codec> codec_from_string(std::string_view name);
+// Every codec's name, in the enum's order: what a scenario key or an option may say.
+const std::vector<std::string>& codec_names();
 
 // Self-describing: the codec and element count are in the encoded bytes.
 Bytes encode(std::span<const float> values, Codec codec);

@@ -456,10 +456,7 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   r.sender_timeout = s.get_duration("averaging.sender_timeout", r.sender_timeout);
   r.reducer_timeout = s.get_duration("averaging.reducer_timeout", r.reducer_timeout);
   if (r.reducer_timeout <= r.sender_timeout) s.fail("averaging.reducer_timeout", "must be longer than sender_timeout");
-  const auto codec = s.get_string("averaging.codec", "float32",
-                                  {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
-  for (int k = 0; k <= 5; ++k)
-    if (codec == compression::to_string(static_cast<compression::Codec>(k))) r.codec.codec = static_cast<compression::Codec>(k);
+  r.codec.codec = *compression::codec_from_string(s.get_string("averaging.codec", "float32", compression::codec_names()));
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("averaging.codec_min_elements", 0, 0, std::int64_t{1} << 40));
   parse_aggregation(s, "averaging", r.aggregation);
   if (a.start + a.period * a.rounds > spec.duration)

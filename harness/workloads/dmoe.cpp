@@ -1,5 +1,6 @@
 #include "harness/workloads/dmoe.hpp"
 
+#include "core/compression/codecs.hpp"
 #include "harness/runner.hpp"
 
 #include <algorithm>
@@ -281,7 +282,7 @@ void parse_dmoe_torch(Scenario& s, DmoeTorchSpec& d) {
   d.backward_timeout = s.get_duration("dmoe.backward_timeout", d.backward_timeout);
   d.fail_probability = s.get_double("dmoe.fail_probability", d.fail_probability, 0, 1);
   parse_server(s, d.server);
-  d.codec = s.get_string("dmoe.codec", d.codec, {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"});
+  d.codec = s.get_string("dmoe.codec", d.codec, compression::codec_names());
   d.steps = static_cast<std::uint32_t>(s.get_int("dmoe.steps", d.steps, 1, 10'000'000));
   d.batch_size = static_cast<std::uint32_t>(s.get_int("dmoe.batch_size", d.batch_size, 1, 1 << 16));
   d.eval_every = static_cast<std::uint32_t>(s.get_int("dmoe.eval_every", d.eval_every, 0, 1 << 30));

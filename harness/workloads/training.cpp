@@ -631,8 +631,7 @@ std::shared_ptr<const WorkloadConfig> parse_training(Scenario& s, const SwarmSpe
   r.sender_timeout = s.get_duration("training.sender_timeout", processes ? seconds(3) : seconds(5));
   r.reducer_timeout = s.get_duration("training.reducer_timeout", processes ? seconds(6) : seconds(15));
   if (r.reducer_timeout <= r.sender_timeout) s.fail("training.reducer_timeout", "must be longer than sender_timeout");
-  r.codec.codec = *compression::codec_from_string(s.get_string(
-      "training.codec", "float32", {"float32", "float16", "scaled-float16", "uniform8", "quantile8", "blockwise8"}));
+  r.codec.codec = *compression::codec_from_string(s.get_string("training.codec", "float32", compression::codec_names()));
   r.codec.min_elements = static_cast<std::uint64_t>(s.get_int("training.codec_min_elements", 0, 0, std::int64_t{1} << 40));
   parse_aggregation(s, "training", r.aggregation);
   auto& at = t.attack;
