@@ -295,6 +295,7 @@ int main(int argc, char** argv) {
   ar_cmd->add_option("--codec", ar.codec, "wire codec: float32, float16, scaled-float16, uniform8, quantile8, blockwise8");
   ar_cmd->add_option("--piece-elements", ar.piece_elements, "values per streamed piece")->check(CLI::Range(1ULL, 1ULL << 26));
   ar_cmd->add_option("--window", ar.window, "pieces in flight per reducer")->check(CLI::Range(1, 64));
+  ar_cmd->add_option("--max-in-flight", ar.max_in_flight, "bytes in flight per sender over all its reducers (0: no cap)");
   ar_cmd->add_option("--host", ar.host, "IPv4 address to listen on");
   ar_cmd->add_flag("--json", ar.json, "print one JSON object");
   ar_cmd->add_option("--rank", ar.rank)->group("");  // internal: a peer process

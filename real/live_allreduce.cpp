@@ -49,6 +49,20 @@ std::string log_tail(const std::string& path) {
   return out.empty() ? " (its log is empty)" : "; its log ends:" + out;
 }
 
+// Pieces each peer keeps in flight per reducer (the window, capped by max_in_flight), for the report.
+std::size_t window_used(const AllReduceBenchOptions& o) {
+  Group g;
+  g.schema = TensorSchema{{{static_cast<std::int64_t>(o.elements)}}};
+  g.members.assign(o.peers, Member{Endpoint{}, MemberKind::kFull, 1.0});
+  AllReduceConfig cfg;
+  cfg.piece_elements = o.piece_elements;
+  cfg.window = o.window;
+  cfg.max_in_flight_bytes = o.max_in_flight;
+  cfg.codec.codec = codec_named(o.codec);
+  const auto layout = make_layout(g, cfg);
+  return layout.ok() ? lanes_per_reducer(g, *layout, cfg, 0) : 0;
+}
+
 struct PeerOutcome {
   std::vector<double> seconds;
   std::uint64_t bytes_sent = 0;
@@ -125,6 +139,7 @@ int run_peer(const AllReduceBenchOptions& o) {
   AllReduceConfig cfg;
   cfg.piece_elements = o.piece_elements;
   cfg.window = o.window;
+  cfg.max_in_flight_bytes = o.max_in_flight;
   cfg.codec.codec = codec_named(o.codec);
   cfg.sender_timeout = std::chrono::seconds(60);
   cfg.reducer_timeout = std::chrono::seconds(120);
@@ -167,7 +182,8 @@ int run_parent(const AllReduceBenchOptions& o) {
     pids.push_back(children.spawn_self({"apiary", "allreduce-bench", "--peers", std::to_string(o.peers), "--elements",
                          std::to_string(o.elements), "--rounds", std::to_string(o.rounds), "--warmup",
                          std::to_string(o.warmup), "--codec", o.codec, "--piece-elements",
-                         std::to_string(o.piece_elements), "--window", std::to_string(o.window), "--host", o.host,
+                         std::to_string(o.piece_elements), "--window", std::to_string(o.window), "--max-in-flight",
+                         std::to_string(o.max_in_flight), "--host", o.host,
                          "--rank", std::to_string(i), "--dir", dir.string()},
                         path_in(dir.string(), "log", i)));
   // Wait for every peer; when one dies, tell the rest (the abort file) instead of letting them
@@ -224,10 +240,12 @@ int run_parent(const AllReduceBenchOptions& o) {
   auto sorted = round_max;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2];
+  const std::size_t window = window_used(o);
   if (o.json) {
     nlohmann::json j{{"peers", o.peers},           {"elements", o.elements},  {"rounds", o.rounds},
                      {"round_seconds", round_max}, {"median_seconds", median}, {"bytes_sent_per_peer", bytes},
-                     {"max_abs_error", err},       {"codec", o.codec}};
+                     {"max_abs_error", err},       {"codec", o.codec},        {"window", window},
+                     {"max_in_flight", o.max_in_flight}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     const double gb = static_cast<double>(o.elements) * 4 / 1e9;

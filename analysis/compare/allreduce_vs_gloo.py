@@ -285,11 +285,13 @@ def run_gloo(peers, elements, rounds, warmup, timeout):
 # apiary
 
 
-def run_apiary(apiary, peers, elements, rounds, warmup, timeout, codec="float32", window=None):
+def run_apiary(apiary, peers, elements, rounds, warmup, timeout, codec="float32", window=None, max_in_flight=None):
     cmd = [apiary, "allreduce-bench", "--peers", str(peers), "--elements", str(elements),
            "--rounds", str(rounds), "--warmup", str(warmup), "--codec", codec, "--json"]
     if window is not None:
         cmd += ["--window", str(window)]
+    if max_in_flight is not None:
+        cmd += ["--max-in-flight", str(max_in_flight)]
     t_start = time.monotonic()
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         p = spawn(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, cwd=REPO)
@@ -372,6 +374,8 @@ def main():
                     help="busy processes (one spinning loop each) running beside both systems throughout: "
                          "the CPU a peer shares with its own training")
     ap.add_argument("--window", type=int, help="Apiary's pieces in flight per reducer (default: allreduce-bench's)")
+    ap.add_argument("--max-in-flight", type=int,
+                    help="Apiary's bytes in flight per sender, over all reducers; 0: no cap (default: allreduce-bench's)")
     ap.add_argument("--out", help="write all raw numbers to this JSON file")
     a = ap.parse_args()
     if a.rounds < 1 or a.warmup < 0 or min(a.peers) < 1 or min(a.elements) < 1:
@@ -451,7 +455,7 @@ def main():
                 if apiary is None:
                     break
                 log(f"{name} n={n} m={m}: running ...")
-                r = run_apiary(apiary, n, m, a.rounds, a.warmup, timeout, codec, a.window)
+                r = run_apiary(apiary, n, m, a.rounds, a.warmup, timeout, codec, a.window, a.max_in_flight)
                 r["codec"] = codec
                 if "error" in r:
                     log(f"apiary n={n} m={m}: FAILED: {r['error']}")

@@ -86,9 +86,25 @@ Result<Layout> make_layout(const Group& group, const AllReduceConfig& cfg) {
   return l;
 }
 
+std::size_t lanes_per_reducer(const Group& group, const Layout& layout, const AllReduceConfig& cfg, std::size_t me) {
+  const std::size_t window = std::max<std::uint32_t>(cfg.window, 1);
+  if (cfg.max_in_flight_bytes == 0) return window;
+  std::uint64_t remote = 0, piece_bytes = 0;
+  for (std::size_t j = 0; j < layout.pieces.size(); ++j) {
+    if (j == me || layout.pieces[j].empty()) continue;
+    ++remote;
+    for (const Piece& pc : layout.pieces[j])
+      piece_bytes = std::max(piece_bytes, compression::body_size(cfg.codec.for_tensor(group.schema.numel(pc.tensor)), pc.size()));
+  }
+  if (remote == 0 || piece_bytes == 0) return window;
+  const std::uint64_t fit = cfg.max_in_flight_bytes / (remote * piece_bytes);
+  return static_cast<std::size_t>(std::clamp<std::uint64_t>(fit, 1, window));
+}
+
 struct Averager::Round {
   Group group;
   std::size_t me = 0;
+  std::size_t window = 1;  // pieces in flight per reducer (lanes_per_reducer)
   std::vector<std::uint64_t> part_begin, part_size;
   std::vector<std::vector<Piece>> pieces;  // per reducer
   std::vector<std::size_t> first_piece;    // per reducer: the global index of its first piece
@@ -186,6 +202,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   const std::size_t n = group.members.size();
   r->group = std::move(group);
   r->me = *me;
+  r->window = lanes_per_reducer(r->group, *layout, cfg_, r->me);
   r->started = rt_.now();
   r->frozen_at_start = rt_.clock.frozen();
   r->weight = weight;
@@ -245,7 +262,7 @@ Task<Result<AllReduceReport>> Averager::all_reduce(Group group, std::vector<floa
   if (sends(self.kind)) {
     for (std::size_t j = 0; j < n; ++j) {
       if (r->pieces[j].empty()) continue;
-      const std::size_t lanes = std::min<std::size_t>(std::max<std::uint32_t>(cfg_.window, 1), r->pieces[j].size());
+      const std::size_t lanes = std::min(r->window, r->pieces[j].size());
       for (std::size_t l = 0; l < lanes; ++l) {
         ++r->lanes;
         scope_.spawn(send_lane(r, j, l));
@@ -567,7 +584,7 @@ Task<Result<PieceReply>> Averager::handle_piece(Endpoint from, PieceRequest req)
 Task<void> Averager::send_lane(std::shared_ptr<Round> r, std::size_t j, std::size_t first) {
   Round& round = *r;
   const auto& pieces = round.pieces[j];
-  const std::size_t stride = std::min<std::size_t>(std::max<std::uint32_t>(cfg_.window, 1), pieces.size());
+  const std::size_t stride = std::min(round.window, pieces.size());
   const Endpoint to = round.group.members[j].endpoint;
   for (std::size_t p = first; p < pieces.size(); p += stride) {
     if (round.main_done) break;

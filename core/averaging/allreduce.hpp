@@ -2,7 +2,8 @@
 // Butterfly all-reduce on the runtime contract (the same code in ns-3 and live).
 //
 // Each member's flattened tensors are cut into one part per reducer (partition.hpp). Every sender
-// streams its pieces of part j to member j, at most `window` pieces in flight per reducer; the
+// streams its pieces of part j to member j, at most `window` pieces in flight per reducer (fewer
+// where those would pass `max_in_flight_bytes` over all its reducers together); the
 // reducer accumulates the weighted sum of each piece and answers every sender's request for that
 // piece with the weighted mean once all senders have delivered it. A member's own part never
 // touches the transport.
@@ -50,6 +51,12 @@ struct AllReduceFaults {
 struct AllReduceConfig {
   std::uint64_t piece_elements = 1u << 16;  // 256 KiB of float32
   std::uint32_t window = 4;                 // pieces in flight per reducer
+  // A sender's bytes in flight over all its reducers together: where `window` pieces to each
+  // remote reducer would pass this, each gets fewer (at least one). 0: no cap. On a host whose
+  // CPU is the limit (peers on loopback), bytes beyond a few MiB only wait in socket buffers and
+  // are copied through memory the caches no longer hold; on a link with a long round trip the
+  // window is what keeps the link busy, and a cap idles it (docs/results.md measures both).
+  std::uint64_t max_in_flight_bytes = 0;
   std::uint64_t min_part = 1024;            // a reducer gets at least this many values, or none
   PartRule parts = PartRule::kMinMax;       // how bandwidth sizes the parts (partition.hpp)
   Duration sender_timeout = std::chrono::seconds(10);
@@ -80,6 +87,9 @@ struct Layout {
   std::size_t first_piece(std::size_t reducer) const;  // the global index of a reducer's first piece
 };
 Result<Layout> make_layout(const Group& group, const AllReduceConfig& cfg);
+// Pieces a sender keeps in flight to each reducer: `window`, capped by max_in_flight_bytes over
+// the reducers other than `me` that have a part (their largest piece's encoded size counted).
+std::size_t lanes_per_reducer(const Group& group, const Layout& layout, const AllReduceConfig& cfg, std::size_t me);
 
 struct AllReduceReport {
   std::uint64_t group = 0;                     // the group's id

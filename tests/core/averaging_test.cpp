@@ -301,6 +301,61 @@ TEST(AllReduce, EveryMixOfMemberKindsGetsTheExactWeightedMean) {
   EXPECT_EQ(mixes, 2 * (81 - 2));  // all-client has no reducer, all-aux no sender
 }
 
+// A sender keeps `window` pieces outstanding to each remote reducer unless max_in_flight_bytes
+// over all of them is less; the capped rounds still give the exact mean.
+TEST(AllReduce, MaxInFlightCapsThePiecesASenderKeepsOutstanding) {
+  const auto schema = TensorSchema{{{4000}}};  // 5 parts of 800 values, 8 pieces of 100 each
+  struct Case {
+    std::uint64_t cap;
+    compression::Codec codec;
+    std::size_t lanes;
+  };
+  // 4 remote reducers; a float32 piece is 400 bytes, a float16 one 200.
+  for (const Case c : {Case{0, compression::Codec::kFloat32, 8}, Case{3200, compression::Codec::kFloat32, 2},
+                       Case{3199, compression::Codec::kFloat32, 1}, Case{1, compression::Codec::kFloat32, 1},
+                       Case{3200, compression::Codec::kFloat16, 4}, Case{1 << 20, compression::Codec::kFloat32, 8}}) {
+    SCOPED_TRACE("cap " + std::to_string(c.cap) + " " + compression::to_string(c.codec));
+    AllReduceConfig cfg;
+    cfg.piece_elements = 100;
+    cfg.window = 8;
+    cfg.min_part = 1;
+    cfg.max_in_flight_bytes = c.cap;
+    cfg.codec.codec = c.codec;
+    Swarm s(5, cfg);
+    auto g = make_group(s, std::vector<MemberKind>(5, MemberKind::kFull), schema);
+    for (auto& m : g.members) m.bandwidth = 1.0;  // equal parts
+    auto layout = make_layout(g, cfg);
+    ASSERT_TRUE(layout.ok());
+    ASSERT_EQ(layout->pieces[1].size(), 8u);
+    EXPECT_EQ(lanes_per_reducer(g, *layout, cfg, 0), c.lanes);
+    Rng rng(7);
+    std::vector<std::vector<float>> data;
+    for (int i = 0; i < 5; ++i) data.push_back(random_values(rng, schema.total()));
+    // Before any reply can come back (the fake network delivers after 5 ms), peer 0 has sent the
+    // pieces its lanes may keep outstanding: `lanes` to each of the 4 other reducers.
+    auto first = s.avgs[0]->all_reduce(g, data[0], 1.0);
+    first.start();
+    std::size_t pieces_sent = 0;
+    for (const auto& [to, m] : s.fake[0].sent) pieces_sent += m.payload.size() > 0;
+    EXPECT_EQ(pieces_sent, 4 * c.lanes);
+    std::vector<Task<Result<AllReduceReport>>> rest;
+    for (std::size_t i = 1; i < 5; ++i) {
+      rest.push_back(s.avgs[i]->all_reduce(g, data[i], 1.0));
+      rest.back().start();
+    }
+    s.fake.net.run(1min, [&] {
+      return first.done() && std::all_of(rest.begin(), rest.end(), [](auto& t) { return t.done(); });
+    });
+    const auto want = weighted_mean(data, std::vector<double>(5, 1.0), {0, 1, 2, 3, 4}, 0, schema.total());
+    ASSERT_TRUE(first.done());
+    auto r = first.result();
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+    EXPECT_EQ(r->pieces_kept, 0u);
+    const double tol = c.codec == compression::Codec::kFloat32 ? 1e-6 : 5e-3;
+    for (std::size_t k = 0; k < want.size(); ++k) ASSERT_NEAR(r->averaged[k], want[k], tol) << "value " << k;
+  }
+}
+
 TEST(AllReduce, BadInputIsRefusedWithClearErrors) {
   AllReduceConfig cfg;
   Swarm s(2, cfg);

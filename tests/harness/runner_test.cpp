@@ -341,6 +341,24 @@ TEST(TrainingInvariant, PeersThatAveragedTheStateMustAgree) {
   EXPECT_EQ(m.counter("invariant.train.state_disagrees"), 1);
 }
 
+// averaging.max_in_flight reaches every peer's all-reduce: on the fake network, where a message
+// takes its latency whatever its size, 8 pieces per reducer in flight take one round trip and a
+// cap of one piece takes eight.
+TEST(AveragingKeys, MaxInFlightReachesTheAllReduce) {
+  const std::string text =
+      "peers = 4\nduration = \"30s\"\n[network]\nlatency = \"5ms\"\nauthenticate = false\n[workload]\nkind = \"averaging\"\n"
+      "[averaging]\ngrouping = \"allreduce\"\nelements = 3200\nmin_part = 100\npiece_elements = 100\nwindow = 8\n"
+      "rounds = 1\nstart = \"5s\"\n";
+  const auto open = run_fake(spec_of(text));
+  const auto capped = run_fake(spec_of(text, {"averaging.max_in_flight=1"}));
+  ASSERT_EQ(open->metrics.counter("avg.rounds_ok"), 4);
+  ASSERT_EQ(capped->metrics.counter("avg.rounds_ok"), 4);
+  const double t_open = open->metrics.quantile("avg.allreduce.seconds", 0.5);
+  const double t_capped = capped->metrics.quantile("avg.allreduce.seconds", 0.5);
+  EXPECT_GT(t_capped, 4 * t_open) << t_capped << " s capped, " << t_open << " s with 8 in flight";
+  EXPECT_THROW(spec_of(text, {"averaging.max_in_flight=-1"}), std::exception);
+}
+
 TEST(AllReduceLedger, AveragingUnderInjectedFaultsKeepsTheInvariant) {
   const auto r = run_fake(spec_of(
       "peers = 16\nduration = \"3min\"\n[workload]\nkind = \"averaging\"\n[averaging]\ngrouping = \"random\"\ngroup_size = 4\n"
