@@ -97,8 +97,10 @@ std::size_t lanes_per_reducer(const Group& group, const Layout& layout, const Al
       piece_bytes = std::max(piece_bytes, compression::body_size(cfg.codec.for_tensor(group.schema.numel(pc.tensor)), pc.size()));
   }
   if (remote == 0 || piece_bytes == 0) return window;
+  // Never fewer than two (unless the window is one): with one piece outstanding, a reducer idles
+  // from each reply until the next request arrives.
   const std::uint64_t fit = cfg.max_in_flight_bytes / (remote * piece_bytes);
-  return static_cast<std::size_t>(std::clamp<std::uint64_t>(fit, 1, window));
+  return static_cast<std::size_t>(std::clamp<std::uint64_t>(fit, std::min<std::size_t>(window, 2), window));
 }
 
 struct Averager::Round {

@@ -52,7 +52,8 @@ struct AllReduceConfig {
   std::uint64_t piece_elements = 1u << 16;  // 256 KiB of float32
   std::uint32_t window = 4;                 // pieces in flight per reducer
   // A sender's bytes in flight over all its reducers together: where `window` pieces to each
-  // remote reducer would pass this, each gets fewer (at least one). 0: no cap. On a host whose
+  // remote reducer would pass this, each gets fewer, but at least two (a reducer with one piece
+  // outstanding idles between a reply and the next request). 0: no cap. On a host whose
   // CPU is the limit (peers on loopback), bytes beyond a few MiB only wait in socket buffers and
   // are copied through memory the caches no longer hold; on a link with a long round trip the
   // window is what keeps the link busy, and a cap idles it (docs/results.md measures both).

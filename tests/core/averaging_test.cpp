@@ -302,7 +302,7 @@ TEST(AllReduce, EveryMixOfMemberKindsGetsTheExactWeightedMean) {
 }
 
 // A sender keeps `window` pieces outstanding to each remote reducer unless max_in_flight_bytes
-// over all of them is less; the capped rounds still give the exact mean.
+// over all of them is less, and never fewer than two; the capped rounds still give the exact mean.
 TEST(AllReduce, MaxInFlightCapsThePiecesASenderKeepsOutstanding) {
   const auto schema = TensorSchema{{{4000}}};  // 5 parts of 800 values, 8 pieces of 100 each
   struct Case {
@@ -311,9 +311,9 @@ TEST(AllReduce, MaxInFlightCapsThePiecesASenderKeepsOutstanding) {
     std::size_t lanes;
   };
   // 4 remote reducers; a float32 piece is 400 bytes, a float16 one 200.
-  for (const Case c : {Case{0, compression::Codec::kFloat32, 8}, Case{3200, compression::Codec::kFloat32, 2},
-                       Case{3199, compression::Codec::kFloat32, 1}, Case{1, compression::Codec::kFloat32, 1},
-                       Case{3200, compression::Codec::kFloat16, 4}, Case{1 << 20, compression::Codec::kFloat32, 8}}) {
+  for (const Case c : {Case{0, compression::Codec::kFloat32, 8}, Case{4800, compression::Codec::kFloat32, 3},
+                       Case{4799, compression::Codec::kFloat32, 2}, Case{1, compression::Codec::kFloat32, 2},
+                       Case{4800, compression::Codec::kFloat16, 6}, Case{1 << 20, compression::Codec::kFloat32, 8}}) {
     SCOPED_TRACE("cap " + std::to_string(c.cap) + " " + compression::to_string(c.codec));
     AllReduceConfig cfg;
     cfg.piece_elements = 100;

@@ -342,8 +342,8 @@ TEST(TrainingInvariant, PeersThatAveragedTheStateMustAgree) {
 }
 
 // averaging.max_in_flight reaches every peer's all-reduce: on the fake network, where a message
-// takes its latency whatever its size, 8 pieces per reducer in flight take one round trip and a
-// cap of one piece takes eight.
+// takes its latency whatever its size, 8 pieces per reducer in flight take one round trip and the
+// cap's floor of two takes four.
 TEST(AveragingKeys, MaxInFlightReachesTheAllReduce) {
   const std::string text =
       "peers = 4\nduration = \"30s\"\n[network]\nlatency = \"5ms\"\nauthenticate = false\n[workload]\nkind = \"averaging\"\n"
@@ -355,7 +355,7 @@ TEST(AveragingKeys, MaxInFlightReachesTheAllReduce) {
   ASSERT_EQ(capped->metrics.counter("avg.rounds_ok"), 4);
   const double t_open = open->metrics.quantile("avg.allreduce.seconds", 0.5);
   const double t_capped = capped->metrics.quantile("avg.allreduce.seconds", 0.5);
-  EXPECT_GT(t_capped, 4 * t_open) << t_capped << " s capped, " << t_open << " s with 8 in flight";
+  EXPECT_GT(t_capped, 3 * t_open) << t_capped << " s capped, " << t_open << " s with 8 in flight";
   EXPECT_THROW(spec_of(text, {"averaging.max_in_flight=-1"}), std::exception);
 }
 
