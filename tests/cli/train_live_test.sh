@@ -138,8 +138,9 @@ PY
 # Progress poisoning live: 1 of 6 trainers writes, from step 5 on, progress records that claim the
 # swarm is at step 1,000,000 (a squatting plain value, an unsigned entry, an everlasting one and a
 # Sybil's signed report). Every node refuses the first three and every trainer outvotes the fourth:
-# all 40 steps are taken and nobody tries to catch up to the lie. Undefended, one such record froze
-# a live swarm for good.
+# all 40 steps are taken and nobody catches up to the lie (a trainer slowed by a loaded machine may
+# still catch up to a step the swarm really took). Undefended, one such record froze a live swarm
+# for good.
 "$APIARY" run attack.toml --json --quiet --set training.attack=progress_poison --set training.aggregation=mean > poison.json ||
   fail "apiary run (progress poison) exited non-zero"
 python3 - <<'PY' || fail "progress poison results"
@@ -148,7 +149,8 @@ j = json.load(open("poison.json"))
 c, f = j["metrics"]["counters"], j["cost"]
 assert f["steps"] == 40, f
 assert c.get("train.attacks.progress_poison", 0) > 0, c
-assert c.get("train.catch_ups", 0) == 0, c
+assert c.get("train.catch_ups_past_last_step", 0) == 0, c
+assert c.get("train.catch_ups", 0) <= 3, c
 assert f["final_accuracy"] > 0.65, f
 print("live progress poison (1 of 6): 40 steps in %.1f s, accuracy %.3f" % (f["train_seconds"], f["final_accuracy"]))
 PY
