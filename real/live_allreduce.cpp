@@ -49,7 +49,8 @@ std::string log_tail(const std::string& path) {
   return out.empty() ? " (its log is empty)" : "; its log ends:" + out;
 }
 
-// Pieces each peer keeps in flight per reducer (the window, capped by max_in_flight), for the report.
+// Pieces each peer keeps in flight per reducer (the window, capped by max_in_flight and by the
+// pieces of a part), for the report.
 std::size_t window_used(const AllReduceBenchOptions& o) {
   Group g;
   g.schema = TensorSchema{{{static_cast<std::int64_t>(o.elements)}}};
@@ -60,7 +61,10 @@ std::size_t window_used(const AllReduceBenchOptions& o) {
   cfg.max_in_flight_bytes = o.max_in_flight;
   cfg.codec.codec = codec_named(o.codec);
   const auto layout = make_layout(g, cfg);
-  return layout.ok() ? lanes_per_reducer(g, *layout, cfg, 0) : 0;
+  if (!layout.ok()) return 0;
+  std::size_t most_pieces = 0;  // a reducer with fewer pieces than the window has a lane per piece
+  for (const auto& part : layout->pieces) most_pieces = std::max(most_pieces, part.size());
+  return std::min(lanes_per_reducer(g, *layout, cfg, 0), most_pieces);
 }
 
 struct PeerOutcome {

@@ -18,7 +18,7 @@ struct AllReduceBenchOptions {
   std::string codec = "float32";
   // 512 KiB pieces, up to 8 in flight per reducer and 4 MiB over all reducers (at least 2 per
   // reducer): the best of a small scan on this machine. That is 8 per reducer at 2 peers, 2 at 4
-  // and 8 peers, where 5 and 8 were 5-15% slower (docs/results.md).
+  // and 8 peers, where 5 (at 4) and 8 were 2-11% slower (docs/results.md).
   std::uint64_t piece_elements = std::uint64_t{1} << 17;
   std::uint32_t window = 8;
   std::uint64_t max_in_flight = std::uint64_t{4} << 20;  // bytes; 0: no cap

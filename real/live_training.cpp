@@ -282,9 +282,9 @@ RunInfo run_live_training(const SwarmSpec& spec, Metrics& metrics, const Progres
         metrics.sample("train.joined_epoch", j.value("epoch", 0.0));
       } else if (ev == "caught_up") {
         metrics.count("train.catch_ups", 1);
-        // A trainer that fell behind catches up to a step the swarm took; one past the run's last
-        // step was taken from a lie about the swarm's progress.
-        if (j.value("epoch", std::uint64_t{0}) > t.steps) metrics.count("train.catch_ups_past_last_step", 1);
+        // A trainer that fell behind catches up toward a step the swarm took; one past the run's
+        // last step was set by a lie about the swarm's progress.
+        if (j.value("target", std::uint64_t{0}) > t.steps) metrics.count("train.catch_ups_past_last_step", 1);
       } else if (ev == "eval") {
         has_eval = true;
       } else if (ev == "assist") {

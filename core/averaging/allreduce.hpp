@@ -52,8 +52,8 @@ struct AllReduceConfig {
   std::uint64_t piece_elements = 1u << 16;  // 256 KiB of float32
   std::uint32_t window = 4;                 // pieces in flight per reducer
   // A sender's bytes in flight over all its reducers together: where `window` pieces to each
-  // remote reducer would pass this, each gets fewer, but at least two (a reducer with one piece
-  // outstanding idles between a reply and the next request). 0: no cap. On a host whose
+  // remote reducer would pass this, each gets fewer, but at least two unless `window` is one (a
+  // reducer with one piece outstanding idles between a reply and the next request). 0: no cap. On a host whose
   // CPU is the limit (peers on loopback), bytes beyond a few MiB only wait in socket buffers and
   // are copied through memory the caches no longer hold; on a link with a long round trip the
   // window is what keeps the link busy, and a cap idles it (docs/results.md measures both).
@@ -89,7 +89,8 @@ struct Layout {
 };
 Result<Layout> make_layout(const Group& group, const AllReduceConfig& cfg);
 // Pieces a sender keeps in flight to each reducer: `window`, capped by max_in_flight_bytes over
-// the reducers other than `me` that have a part (their largest piece's encoded size counted).
+// the reducers other than `me` that have a part (their largest piece's encoded size counted), but
+// not below min(window, 2). A reducer with fewer pieces has as many lanes as pieces.
 std::size_t lanes_per_reducer(const Group& group, const Layout& layout, const AllReduceConfig& cfg, std::size_t me);
 
 struct AllReduceReport {

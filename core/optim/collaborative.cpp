@@ -152,6 +152,7 @@ Task<Result<SwarmProgress>> CollaborativeOptimizer::wait_for_target(std::uint64_
         epoch_ = swarm.epoch;  // nothing to download: follow the swarm
         continue;
       }
+      catch_up_target_ = swarm.epoch;
       Result<std::uint64_t> caught = co_await join(swarm.epoch);
       if (!caught.ok()) co_return caught.error();
       rt_.observer.count("optim.catch_ups");

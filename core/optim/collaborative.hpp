@@ -77,6 +77,9 @@ class CollaborativeOptimizer {
   bool stepping() const { return in_step_; }
   // Steps that gave up waiting for the swarm's target batch (what they held stays accumulated).
   std::uint64_t wait_timeouts() const { return wait_timeouts_; }
+  // The step the swarm claimed to be at when this peer last caught up (0: never): what the
+  // reports it fetched said, which a lie about the swarm's progress would inflate.
+  std::uint64_t catch_up_target() const { return catch_up_target_; }
   // Within a step: past the wait for the global batch (what is accumulated now is the next step's).
   bool averaging() const { return averaging_; }
   const CollaborativeConfig& config() const { return cfg_; }
@@ -140,7 +143,7 @@ class CollaborativeOptimizer {
   std::vector<float> params_, grad_sum_, momentum_;
   std::uint64_t samples_ = 0, epoch_ = 0, samples_since_state_ = 0, published_ = 0;
   double rate_ = 0;
-  std::uint64_t wait_timeouts_ = 0;
+  std::uint64_t wait_timeouts_ = 0, catch_up_target_ = 0;
   std::optional<TimePoint> last_accumulate_;
   bool in_step_ = false, averaging_ = false;
   averaging::TensorSchema opt_schema_;

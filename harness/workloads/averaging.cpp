@@ -449,8 +449,7 @@ std::shared_ptr<const WorkloadConfig> parse_averaging(Scenario& s, const SwarmSp
   r.piece_elements =
       static_cast<std::uint64_t>(s.get_int("averaging.piece_elements", static_cast<std::int64_t>(r.piece_elements), 1, 1 << 26));
   r.window = static_cast<std::uint32_t>(s.get_int("averaging.window", r.window, 1, 1024));
-  r.max_in_flight_bytes = static_cast<std::uint64_t>(
-      s.get_int("averaging.max_in_flight", static_cast<std::int64_t>(r.max_in_flight_bytes), 0, std::int64_t{1} << 40));
+  r.max_in_flight_bytes = s.get_bytes("averaging.max_in_flight", r.max_in_flight_bytes);
   r.min_part = static_cast<std::uint64_t>(s.get_int("averaging.min_part", static_cast<std::int64_t>(r.min_part), 0, std::int64_t{1} << 32));
   r.parts = s.get_string("averaging.parts", averaging::to_string(r.parts), {"minmax", "proportional"}) == "minmax"
                 ? averaging::PartRule::kMinMax

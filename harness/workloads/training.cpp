@@ -222,6 +222,9 @@ std::span<const float> TrainingApp::delayed_parameters() {
 void TrainingApp::record_step(const Result<optim::StepReport>& r) {
   if (!r.ok()) {
     rt_.observer.count(r.error().code == ErrorCode::kCancelled ? "train.catch_ups" : "train.step_failures");
+    // A catch-up toward a step past the run's last was set by a lie about the swarm's progress.
+    if (r.error().code == ErrorCode::kCancelled && collab_ && collab_->catch_up_target() > spec_.steps)
+      rt_.observer.count("train.catch_ups_past_last_step");
     rt_.observer.log(LogLevel::kInfo, "train", "peer " + std::to_string(index_) + " step: " + r.error().describe());
     return;
   }

@@ -402,7 +402,7 @@ int run_trainer(const TrainerOptions& o) {
       swarm = {};  // fresh progress before the next decision
       if (!r.ok()) {
         if (r.error().code == ErrorCode::kCancelled) {
-          nlohmann::json caught = {{"event", "caught_up"}, {"epoch", collab->epoch()}};
+          nlohmann::json caught = {{"event", "caught_up"}, {"epoch", collab->epoch()}, {"target", collab->core().catch_up_target()}};
           log.write(caught);
         } else {
           log.write(nlohmann::json{{"event", "step_failed"}, {"epoch", collab->epoch()}, {"why", r.error().describe()},

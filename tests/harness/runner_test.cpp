@@ -356,7 +356,15 @@ TEST(AveragingKeys, MaxInFlightReachesTheAllReduce) {
   const double t_open = open->metrics.quantile("avg.allreduce.seconds", 0.5);
   const double t_capped = capped->metrics.quantile("avg.allreduce.seconds", 0.5);
   EXPECT_GT(t_capped, 3 * t_open) << t_capped << " s capped, " << t_open << " s with 8 in flight";
-  EXPECT_THROW(spec_of(text, {"averaging.max_in_flight=-1"}), std::exception);
+  EXPECT_EQ(run_fake(spec_of(text, {"averaging.max_in_flight=\"1KiB\""}))->metrics.quantile("avg.allreduce.seconds", 0.5), t_capped);
+  for (const char* bad : {"averaging.max_in_flight=-1", "averaging.max_in_flight=\"lots\""}) {
+    try {
+      spec_of(text, {bad});
+      ADD_FAILURE() << bad << " was taken";
+    } catch (const ScenarioError& e) {
+      EXPECT_NE(std::string(e.what()).find("averaging.max_in_flight"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(AllReduceLedger, AveragingUnderInjectedFaultsKeepsTheInvariant) {

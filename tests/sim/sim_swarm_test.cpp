@@ -626,6 +626,7 @@ TEST(SimTraining, PoisonedProgressFreezesNobody) {
   EXPECT_EQ(c.figures.at("steps"), 6);
   EXPECT_LE(p.figures.at("train_seconds"), c.figures.at("train_seconds") / 0.9);
   EXPECT_EQ(poisoned.counter("optim.catch_ups"), clean.counter("optim.catch_ups"));
+  EXPECT_EQ(poisoned.counter("train.catch_ups_past_last_step"), 0);
   EXPECT_GT(p.figures.at("final_accuracy"), c.figures.at("final_accuracy") - 0.05);
   expect_no_invariant_violations(poisoned);
 }
@@ -760,6 +761,8 @@ TEST(SimTraining, CatchingUpNeverGoesBack) {
   sim::run_sim_swarm(parse_swarm_spec(sc), m);
   EXPECT_GT(m.counter("optim.state_downloads"), 10);
   EXPECT_EQ(m.counter("invariant.train.epoch_went_back"), 0);
+  EXPECT_GT(m.counter("train.catch_ups"), 0);
+  EXPECT_EQ(m.counter("train.catch_ups_past_last_step"), 0);  // each toward a step the swarm took
 }
 
 // Local updates with the state averaged every 2 steps, under injected RPC faults and a client
