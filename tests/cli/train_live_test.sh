@@ -139,7 +139,7 @@ PY
 # swarm is at step 1,000,000 (a squatting plain value, an unsigned entry, an everlasting one and a
 # Sybil's signed report). Every node refuses the first three and every trainer outvotes the fourth:
 # all 40 steps are taken and nobody catches up to the lie (a trainer slowed by a loaded machine may
-# still catch up to a step the swarm really took). Undefended, one such record froze a live swarm
+# still catch up to a step the swarm really took, now and then). Undefended, one such record froze a live swarm
 # for good.
 "$APIARY" run attack.toml --json --quiet --set training.attack=progress_poison --set training.aggregation=mean > poison.json ||
   fail "apiary run (progress poison) exited non-zero"
@@ -150,7 +150,9 @@ c, f = j["metrics"]["counters"], j["cost"]
 assert f["steps"] == 40, f
 assert c.get("train.attacks.progress_poison", 0) > 0, c
 assert c.get("train.catch_ups_past_last_step", 0) == 0, c
-assert c.get("train.catch_ups", 0) <= 3, c
+# How often a trainer slowed by the machine's load catches up is timing (0 to 4 seen with the suite
+# running beside it); a swarm that kept catching up instead of stepping together would pass a tenth.
+assert c.get("train.catch_ups", 0) <= c.get("train.steps_ok", 0) // 10, c
 assert f["final_accuracy"] > 0.65, f
 print("live progress poison (1 of 6): 40 steps in %.1f s, accuracy %.3f" % (f["train_seconds"], f["final_accuracy"]))
 PY
