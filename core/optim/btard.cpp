@@ -370,7 +370,7 @@ void Btard::apply(Round& r, std::uint32_t method, std::size_t from, std::span<co
       const std::uint64_t target = rd.varint();
       rd.expect_end();
       if (target >= r.peers.size() || target == from) bad = "accusation of member " + std::to_string(target);
-      else if (!r.judged.count(target) && target != r.me) {
+      else if (!r.judged.count(target)) {  // an accusation of me too: I check my own gradient as the others do
         r.judged.insert(target);
         ++stats_.accusations;
         scope_.spawn(judge_accusation(round_of(r.group.id), from, target));
@@ -657,20 +657,29 @@ Task<std::optional<std::string>> Btard::gradient_fault(std::shared_ptr<Round> r,
   if (!p.committed || p.hashes.empty()) co_return std::nullopt;  // nothing committed: nothing to judge
   // On other parameters than mine: I cannot recompute it (and no reducer in sync with me took it).
   if (p.params != round.params_hash) co_return std::nullopt;
-  Bytes body;
-  wire::Writer w(body);
-  w.u64(round.group.id);
-  Task<Result<Reply>> call = rpc_.call(round.group.members[t].endpoint, kGradient, std::move(body), {}, cfg_.fetch_timeout);
-  Result<Reply> got = co_await std::move(call);
-  if (!got.ok()) {  // it may have left or crashed: I cannot judge (and ban nobody)
-    rt_.observer.count("btard.gradients_unanswered");
-    co_return std::nullopt;
-  }
-  const auto data = got->payload.data();
   const std::size_t total = round.group.schema.total();
-  if (data.size() != total * sizeof(float)) co_return std::string("showed a gradient of the wrong size");
-  std::vector<float> g(total);
-  std::memcpy(g.data(), data.data(), data.size());
+  std::vector<float> g;
+  if (t == round.me) {
+    // Accused myself: my gradient is at hand. The check below is the one every other member
+    // runs, so an honest member whose gradient passes bans its false accuser as they do, and one
+    // whose recomputation differs (beyond the tolerance) bans nobody.
+    g = round.mine;
+  } else {
+    Bytes body;
+    wire::Writer w(body);
+    w.u64(round.group.id);
+    Task<Result<Reply>> call = rpc_.call(round.group.members[t].endpoint, kGradient, std::move(body), {}, cfg_.fetch_timeout);
+    Result<Reply> got = co_await std::move(call);
+    if (!got.ok()) {  // it may have left or crashed: I cannot judge (and ban nobody)
+      rt_.observer.count("btard.gradients_unanswered");
+      co_return std::nullopt;
+    }
+    const auto data = got->payload.data();
+    if (data.size() != total * sizeof(float)) co_return std::string("showed a gradient of the wrong size");
+    g.resize(total);
+    std::memcpy(g.data(), data.data(), data.size());
+  }
+  if (g.size() != total) co_return std::nullopt;
   std::size_t q = 0;
   for (const auto& part : round.layout.pieces)
     for (const Piece& pc : part) {

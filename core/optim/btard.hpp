@@ -33,8 +33,9 @@
 //     recomputes it on the same seeded batches and the same parameters (the workload's Recompute).
 //     A mismatch (beyond `recompute_tolerance`, for floating-point reordering) is an accusation
 //     sent to the group (no answer is no verdict: the member may have left); every member repeats
-//     the check itself and bans the accused, or, if the accused passes, the accuser (a member on
-//     other parameters than the accused's, or not answered, cannot judge and bans nobody).
+//     the check itself, the accused on its own gradient included, and bans the accused, or, if the
+//     accused passes, the accuser (a member on other parameters than the accused's, or not
+//     answered, cannot judge and bans nobody).
 // Bans are local decisions, each made on evidence the member checked itself. Each member
 // publishes its list in the DHT (a signed subkey under "<prefix>:bans"); a peer that did not
 // witness a ban takes it once `ban_quorum` distinct reporters it has not banned list it. Banned

@@ -886,3 +886,33 @@ TEST(Btard, OversizedAndGarbledMessagesAreCounted) {
   EXPECT_EQ(m.swarm.metrics.counter("btard.bad_messages"), 3);
   EXPECT_EQ(m.btard->stats().accusations, 0u);
 }
+
+// Accused itself, a member runs the check every other member runs, on its own gradient: where its
+// recomputation confirms the gradient it committed to, it bans the accuser (so a false accuser is
+// banned by every member that could judge, the accused included); where it does not, it bans
+// nobody.
+TEST(Btard, AnAccusedMemberJudgesItsAccuserOnItsOwnGradient) {
+  for (const bool confirmed : {true, false}) {
+    SCOPED_TRACE(confirmed ? "recomputation confirms" : "recomputation differs");
+    BtardMember m;
+    m.btard->set_recompute([confirmed](Contribution c) -> Task<std::optional<std::vector<float>>> {
+      EXPECT_EQ(c.parameters, std::vector<float>(48, 0.0f));
+      co_return std::vector<float>(48, confirmed ? 1.0f : 5.0f);  // the member committed to 48 ones
+    });
+    m.send(1, 220, m.commitment(2, 3));
+    Bytes accuse;
+    wire::Writer a(accuse);
+    a.u64(m.group.id);
+    a.varint(0);  // member 1 accuses member 0, the one under test
+    m.send(1, 223, accuse);
+    EXPECT_EQ(m.btard->stats().accusations, 1u);
+    EXPECT_EQ(m.swarm.metrics.counter("btard.gradients_unanswered"), 0);  // nothing was fetched
+    if (confirmed) {
+      ASSERT_EQ(m.btard->bans().size(), 1u);
+      EXPECT_EQ(m.btard->bans()[0].endpoint, m.swarm[1].local());
+      EXPECT_NE(m.btard->bans()[0].reason.find("accused member 0"), std::string::npos) << m.btard->bans()[0].reason;
+    } else {
+      EXPECT_TRUE(m.btard->bans().empty());
+    }
+  }
+}
