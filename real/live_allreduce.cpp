@@ -49,17 +49,25 @@ std::string log_tail(const std::string& path) {
   return out.empty() ? " (its log is empty)" : "; its log ends:" + out;
 }
 
+// The all-reduce every peer process runs.
+AllReduceConfig config_of(const AllReduceBenchOptions& o) {
+  AllReduceConfig cfg;
+  cfg.piece_elements = o.piece_elements;
+  cfg.window = o.window;
+  cfg.max_in_flight_bytes = o.max_in_flight;
+  cfg.codec.codec = codec_named(o.codec);
+  cfg.sender_timeout = std::chrono::seconds(60);
+  cfg.reducer_timeout = std::chrono::seconds(120);
+  return cfg;
+}
+
 // Pieces each peer keeps in flight per reducer (the window, capped by max_in_flight and by the
 // pieces of a part), for the report.
 std::size_t window_used(const AllReduceBenchOptions& o) {
   Group g;
   g.schema = TensorSchema{{{static_cast<std::int64_t>(o.elements)}}};
   g.members.assign(o.peers, Member{Endpoint{}, MemberKind::kFull, 1.0});
-  AllReduceConfig cfg;
-  cfg.piece_elements = o.piece_elements;
-  cfg.window = o.window;
-  cfg.max_in_flight_bytes = o.max_in_flight;
-  cfg.codec.codec = codec_named(o.codec);
+  const AllReduceConfig cfg = config_of(o);
   const auto layout = make_layout(g, cfg);
   if (!layout.ok()) return 0;
   std::size_t most_pieces = 0;  // a reducer with fewer pieces than the window has a lane per piece
@@ -140,15 +148,8 @@ int run_peer(const AllReduceBenchOptions& o) {
     if (!ep) throw std::runtime_error("bad endpoint from peer " + std::to_string(i));
     group.members.push_back(Member{*ep, MemberKind::kFull, 1.0});
   }
-  AllReduceConfig cfg;
-  cfg.piece_elements = o.piece_elements;
-  cfg.window = o.window;
-  cfg.max_in_flight_bytes = o.max_in_flight;
-  cfg.codec.codec = codec_named(o.codec);
-  cfg.sender_timeout = std::chrono::seconds(60);
-  cfg.reducer_timeout = std::chrono::seconds(120);
   Rpc rpc(env.runtime);
-  Averager avg(env.runtime, rpc, cfg);
+  Averager avg(env.runtime, rpc, config_of(o));
 
   PeerOutcome out;
   bool done = false;

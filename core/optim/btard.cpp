@@ -658,13 +658,12 @@ Task<std::optional<std::string>> Btard::gradient_fault(std::shared_ptr<Round> r,
   // On other parameters than mine: I cannot recompute it (and no reducer in sync with me took it).
   if (p.params != round.params_hash) co_return std::nullopt;
   const std::size_t total = round.group.schema.total();
-  std::vector<float> g;
-  if (t == round.me) {
-    // Accused myself: my gradient is at hand. The check below is the one every other member
-    // runs, so an honest member whose gradient passes bans its false accuser as they do, and one
-    // whose recomputation differs (beyond the tolerance) bans nobody.
-    g = round.mine;
-  } else {
+  // Accused myself, my gradient is at hand; the check below is the one every other member runs, so
+  // an honest member whose gradient passes bans its false accuser as they do, and one whose
+  // recomputation differs (beyond the tolerance) bans nobody.
+  std::span<const float> g = round.mine;
+  std::vector<float> fetched;
+  if (t != round.me) {
     Bytes body;
     wire::Writer w(body);
     w.u64(round.group.id);
@@ -676,14 +675,14 @@ Task<std::optional<std::string>> Btard::gradient_fault(std::shared_ptr<Round> r,
     }
     const auto data = got->payload.data();
     if (data.size() != total * sizeof(float)) co_return std::string("showed a gradient of the wrong size");
-    g.resize(total);
-    std::memcpy(g.data(), data.data(), data.size());
+    fetched.resize(total);
+    std::memcpy(fetched.data(), data.data(), data.size());
+    g = fetched;
   }
-  if (g.size() != total) co_return std::nullopt;
   std::size_t q = 0;
   for (const auto& part : round.layout.pieces)
     for (const Piece& pc : part) {
-      if (values_hash(round, t, q, std::span<const float>(g).subspan(pc.begin, pc.size())) != p.hashes[q])
+      if (values_hash(round, t, q, g.subspan(pc.begin, pc.size())) != p.hashes[q])
         co_return std::string("showed a gradient that differs from its commitment");
       ++q;
     }

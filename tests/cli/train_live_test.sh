@@ -139,8 +139,8 @@ PY
 # swarm is at step 1,000,000 (a squatting plain value, an unsigned entry, an everlasting one and a
 # Sybil's signed report). Every node refuses the first three and every trainer outvotes the fourth:
 # all 40 steps are taken and nobody catches up to the lie (a trainer slowed by a loaded machine may
-# still catch up to a step the swarm really took, now and then). Undefended, one such record froze a live swarm
-# for good.
+# still catch up to a step the swarm really took, now and then). Undefended, one such record froze
+# a live swarm for good.
 "$APIARY" run attack.toml --json --quiet --set training.attack=progress_poison --set training.aggregation=mean > poison.json ||
   fail "apiary run (progress poison) exited non-zero"
 python3 - <<'PY' || fail "progress poison results"
